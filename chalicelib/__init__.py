@@ -1,0 +1,1 @@
+"""Logic of the Claude agent backend, layered: web edge -> services -> adapters."""

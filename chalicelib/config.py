@@ -1,0 +1,174 @@
+"""Runtime configuration, read from the environment into one typed, immutable model.
+
+Every setting the product honours is declared here, with its environment variable, so the
+README's configuration table and the code cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from chalicelib.errors import Misconfigured
+
+Environment = Literal["development", "production"]
+StorageBackend = Literal["local", "s3"]
+
+DEFAULT_BUCKET = "claude-agent-user-data"
+DEFAULT_DATA_DIR = "./.data"
+# claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
+DEFAULT_MODEL = "claude-sonnet-4-6"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StorageSettings(_Frozen):
+    """Where user data lives: the embedded directory or an S3 API (R2, moto, AWS)."""
+
+    backend: StorageBackend
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    bucket: str = DEFAULT_BUCKET
+    endpoint_url: str | None = None
+    region: str = "auto"
+    r2_account_id: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class SandboxSettings(_Frozen):
+    """Where sessions run: local bubblewrap sandboxes, or a remote sandbox host."""
+
+    url: str | None = None
+    token: SecretStr | None = None
+    root: Path = Path("./.data/sandboxes")
+    allow_unisolated: bool = False
+    idle_timeout_seconds: int = 600
+    command_timeout_seconds: int = 120
+    cpu_seconds: int = 300
+    memory_mb: int = 2048
+
+
+class AgentSettings(_Frozen):
+    """How the agent talks to Claude."""
+
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    default_model: str = DEFAULT_MODEL
+    default_max_turns: int = 25
+    max_tokens: int = 8192
+    price_table_json: str | None = None
+
+
+class Settings(_Frozen):
+    """The whole configuration of one process (a Lambda container or the local gateway)."""
+
+    environment: Environment = "development"
+    api_key: SecretStr | None = None
+    storage: StorageSettings
+    sandbox: SandboxSettings = SandboxSettings()
+    agent: AgentSettings = AgentSettings()
+    websocket_url: str | None = Field(
+        default=None, description="Public ws(s):// URL clients connect to; derived if unset."
+    )
+    cors_allow_origins: tuple[str, ...] = ()
+    turn_runner_function: str | None = None
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `environ` (default: the process environment).
+
+        Raises Misconfigured with the variable's name when a value cannot be used.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        environment = (get("ENVIRONMENT") or "development").lower()
+        if environment not in ("development", "production"):
+            raise Misconfigured(
+                f"ENVIRONMENT={env.get('ENVIRONMENT')!r} is not valid: "
+                "set it to 'development' or 'production'."
+            )
+        try:
+            return cls(
+                environment=environment,  # type: ignore[arg-type]
+                api_key=get("API_KEY"),
+                storage=_storage_settings(get, environment),
+                sandbox=SandboxSettings(
+                    url=get("SANDBOX_URL"),
+                    token=get("SANDBOX_TOKEN"),
+                    root=Path(get("SANDBOX_ROOT") or Path(get("DATA_DIR") or DEFAULT_DATA_DIR) / "sandboxes"),
+                    allow_unisolated=_flag(get("SANDBOX_ALLOW_UNISOLATED")),
+                    idle_timeout_seconds=int(get("SANDBOX_IDLE_TIMEOUT") or 600),
+                    command_timeout_seconds=int(get("SANDBOX_COMMAND_TIMEOUT") or 120),
+                    cpu_seconds=int(get("SANDBOX_CPU_SECONDS") or 300),
+                    memory_mb=int(get("SANDBOX_MEMORY_MB") or 2048),
+                ),
+                agent=AgentSettings(
+                    anthropic_api_key=get("ANTHROPIC_API_KEY"),
+                    anthropic_base_url=get("ANTHROPIC_BASE_URL"),
+                    default_model=get("DEFAULT_MODEL") or DEFAULT_MODEL,
+                    default_max_turns=int(get("DEFAULT_MAX_TURNS") or 25),
+                    max_tokens=int(get("MAX_TOKENS") or 8192),
+                    price_table_json=get("PRICE_TABLE"),
+                ),
+                websocket_url=get("WEBSOCKET_URL"),
+                cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
+                if get("CORS_ALLOW_ORIGINS") is not None
+                else (() if environment == "production" else ("*",)),
+                turn_runner_function=get("TURN_RUNNER_FUNCTION"),
+            )
+        except ValueError as exc:  # int() failures and pydantic's ValidationError
+            raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc
+
+
+def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore[no-untyped-def]
+    explicit = get("STORAGE_BACKEND")
+    uses_s3 = any(get(n) for n in ("R2_ACCOUNT_ID", "S3_ENDPOINT_URL", "R2_BUCKET"))
+    if explicit is not None and explicit not in ("local", "s3"):
+        raise Misconfigured(
+            f"STORAGE_BACKEND={explicit!r} is not valid: set it to 'local' or 's3', or unset it."
+        )
+    backend = explicit or ("s3" if uses_s3 or environment == "production" else "local")
+    account = get("R2_ACCOUNT_ID")
+    endpoint = get("S3_ENDPOINT_URL") or (
+        f"https://{account}.r2.cloudflarestorage.com" if account else None
+    )
+    return StorageSettings(
+        backend=backend,
+        data_dir=Path(get("DATA_DIR") or DEFAULT_DATA_DIR),
+        bucket=get("R2_BUCKET") or DEFAULT_BUCKET,
+        endpoint_url=endpoint,
+        region=get("S3_REGION") or ("auto" if account or not get("AWS_REGION") else get("AWS_REGION")),
+        r2_account_id=account,
+        access_key_id=get("R2_ACCESS_KEY_ID"),
+        secret_access_key=get("R2_SECRET_ACCESS_KEY"),
+    )
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _describe(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+    return str(exc)

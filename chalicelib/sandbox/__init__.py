@@ -1,0 +1,1 @@
+"""Sandboxes: an isolated /workspace per session, local (bubblewrap) or on a sandbox host."""

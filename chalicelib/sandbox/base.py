@@ -1,0 +1,175 @@
+"""The Sandbox interface: what a session needs from its isolated workspace.
+
+The vocabulary follows hosted sandboxes (writeFile, exec, mountBucket) in Python style.
+Every path is a sandbox path under /workspace; implementations refuse anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+WORKSPACE = "/workspace"
+CLAUDE_DIR = "/workspace/.claude"
+
+
+class SandboxError(Exception):
+    """Base class of sandbox errors."""
+
+
+class SandboxPathError(SandboxError):
+    """A path is outside /workspace or otherwise unusable."""
+
+
+class SandboxFileNotFound(SandboxError):
+    """The file does not exist in the sandbox."""
+
+
+class SandboxGone(SandboxError):
+    """The sandbox was destroyed or reaped (idle timeout); set the session up again."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The sandbox host cannot be reached or refused us."""
+
+
+class IsolationUnavailable(SandboxError):
+    """Real isolation (bubblewrap) is missing and unisolated mode was not allowed."""
+
+
+class MountError(SandboxError):
+    """Mounting the user's storage failed or showed nothing; never reported as success."""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Outcome of one command. `*_truncated` is True when output passed the cap."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    timed_out: bool = False
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a listing: a path under /workspace."""
+
+    path: str
+    size: int
+    is_dir: bool
+
+
+class MountSpec(BaseModel):
+    """What to mount at /workspace/.claude: exactly one user's storage prefix.
+
+    `bind`: a host directory (the embedded store's `DATA_DIR/users/{userId}`).
+    `s3`: `bucket` + `prefix` (`users/{userId}/`) through s3fs-FUSE; the credentials stay
+    on the host side and never enter the sandbox.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["bind", "s3"]
+    source_dir: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class SandboxOptions(BaseModel):
+    """Per-session policy, chosen by the server from the user's settings (never the client)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    allow_network: bool = False
+
+
+@runtime_checkable
+class BashSession(Protocol):
+    """A persistent shell for the agent's bash tool: cwd and environment carry over."""
+
+    def run(self, command: str, *, timeout: float | None = None, max_output: int = 30_000) -> ExecResult:
+        """Run one command in the shell. A hung command is killed at `timeout`; the session lives on."""
+        ...
+
+    def restart(self) -> None:
+        """Kill the shell and start a fresh one (cwd back to /workspace, environment reset)."""
+        ...
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One session's isolated workspace."""
+
+    session_id: str
+
+    def write_file(self, path: str, content: bytes | str) -> None:
+        """Create or replace a file (parents are created)."""
+        ...
+
+    def write_files(self, files: dict[str, bytes | str]) -> None:
+        """Write many files at once (concurrently where the implementation can)."""
+        ...
+
+    def read_file(self, path: str) -> bytes:
+        """Return a file's bytes; raise SandboxFileNotFound."""
+        ...
+
+    def list_files(self, path: str = WORKSPACE, *, recursive: bool = True) -> list[FileEntry]:
+        """List entries under `path`."""
+        ...
+
+    def delete_file(self, path: str) -> None:
+        """Delete a file or a folder (recursively); missing is not an error."""
+        ...
+
+    def exec(self, command: str, *, timeout: float | None = None, max_output: int = 100_000) -> ExecResult:
+        """Run `command` with /bin/sh -c inside the sandbox, in /workspace."""
+        ...
+
+    def bash(self) -> BashSession:
+        """The session's persistent shell (created on first use)."""
+        ...
+
+    def mount_bucket(self, spec: MountSpec) -> list[str]:
+        """Mount the user's prefix at /workspace/.claude, verify it, return the listing seen.
+
+        Raise MountError when the mount fails or shows nothing.
+        """
+        ...
+
+    def destroy(self) -> None:
+        """Stop every process and delete the workspace."""
+        ...
+
+
+class SandboxProvider(Protocol):
+    """Creates, finds and destroys sandboxes by session id."""
+
+    #: "bwrap", "unisolated" or "remote"; reported by /health.
+    kind: str
+
+    def create(self, session_id: str, options: SandboxOptions) -> Sandbox:
+        """Create the session's sandbox, or return the existing one (idempotent)."""
+        ...
+
+    def get(self, session_id: str) -> Sandbox:
+        """Return the live sandbox; raise SandboxGone."""
+        ...
+
+    def destroy(self, session_id: str) -> bool:
+        """Destroy the sandbox; return False when there was none."""
+        ...
+
+    def supports_mount(self, spec: MountSpec) -> bool:
+        """Whether `mount_bucket(spec)` can work here (FUSE and s3fs present, for s3)."""
+        ...

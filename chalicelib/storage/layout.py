@@ -1,0 +1,52 @@
+"""The bucket layout, exactly the original's, plus the session records.
+
+    users/{userId}/skills/{name}.md                   flat skill (the original's form)
+    users/{userId}/skills/{name}/SKILL.md (+ files)   Agent Skills folder
+    users/{userId}/conversations/{conversationId}.json
+    users/{userId}/settings/preferences.json
+    sessions/{sessionId}/...                          session records and turn state
+
+Callers pass ids that `chalicelib.ids` has validated; every function here re-checks, so a
+key outside `users/{userId}/` cannot be built by mistake.
+"""
+
+from __future__ import annotations
+
+from chalicelib.ids import validate_id, validate_skill_path
+
+USERS = "users/"
+SESSIONS = "sessions/"
+
+
+def user_prefix(user_id: str) -> str:
+    return f"{USERS}{validate_id(user_id, 'userId')}/"
+
+
+def skills_prefix(user_id: str) -> str:
+    return f"{user_prefix(user_id)}skills/"
+
+
+def skill_key(user_id: str, relative_path: str) -> str:
+    """Key of a file under the user's skills folder (`debugging.md`, `pdf/SKILL.md`)."""
+    return skills_prefix(user_id) + validate_skill_path(relative_path)
+
+
+def conversations_prefix(user_id: str) -> str:
+    return f"{user_prefix(user_id)}conversations/"
+
+
+def conversation_key(user_id: str, conversation_id: str) -> str:
+    return f"{conversations_prefix(user_id)}{validate_id(conversation_id, 'conversationId')}.json"
+
+
+def settings_key(user_id: str) -> str:
+    return f"{user_prefix(user_id)}settings/preferences.json"
+
+
+def session_prefix(session_id: str) -> str:
+    return f"{SESSIONS}{validate_id(session_id, 'sessionId')}/"
+
+
+def session_key(session_id: str, name: str = "session.json") -> str:
+    """Key of one of a session's records (`session.json`, `turn.json`, ...)."""
+    return session_prefix(session_id) + validate_skill_path(name, "session record name")
