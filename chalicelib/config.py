@@ -111,17 +111,17 @@ class Settings(_Frozen):
                     token=get("SANDBOX_TOKEN"),
                     root=Path(get("SANDBOX_ROOT") or Path(get("DATA_DIR") or DEFAULT_DATA_DIR) / "sandboxes"),
                     allow_unisolated=_flag(get("SANDBOX_ALLOW_UNISOLATED")),
-                    idle_timeout_seconds=int(get("SANDBOX_IDLE_TIMEOUT") or 600),
-                    command_timeout_seconds=int(get("SANDBOX_COMMAND_TIMEOUT") or 120),
-                    cpu_seconds=int(get("SANDBOX_CPU_SECONDS") or 300),
-                    memory_mb=int(get("SANDBOX_MEMORY_MB") or 2048),
+                    idle_timeout_seconds=_int(get, "SANDBOX_IDLE_TIMEOUT", 600),
+                    command_timeout_seconds=_int(get, "SANDBOX_COMMAND_TIMEOUT", 120),
+                    cpu_seconds=_int(get, "SANDBOX_CPU_SECONDS", 300),
+                    memory_mb=_int(get, "SANDBOX_MEMORY_MB", 2048),
                 ),
                 agent=AgentSettings(
                     anthropic_api_key=get("ANTHROPIC_API_KEY"),
                     anthropic_base_url=get("ANTHROPIC_BASE_URL"),
                     default_model=get("DEFAULT_MODEL") or DEFAULT_MODEL,
-                    default_max_turns=int(get("DEFAULT_MAX_TURNS") or 25),
-                    max_tokens=int(get("MAX_TOKENS") or 8192),
+                    default_max_turns=_int(get, "DEFAULT_MAX_TURNS", 25),
+                    max_tokens=_int(get, "MAX_TOKENS", 8192),
                     price_table_json=get("PRICE_TABLE"),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
@@ -156,6 +156,16 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         access_key_id=get("R2_ACCESS_KEY_ID"),
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
     )
+
+
+def _int(get, name: str, default: int) -> int:  # type: ignore[no-untyped-def]
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise Misconfigured(f"{name}={raw!r} is not a whole number: set it to, say, {default}.") from None
 
 
 def _flag(value: str | None) -> bool:

@@ -7,6 +7,7 @@ token, and writes can be conditional (If-Match / If-None-Match: *).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -138,3 +139,21 @@ def iter_all(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
         token = page.next_token
         if token is None:
             return found
+
+
+def get_many(store: ObjectStore, keys: list[str], *, workers: int = 16) -> dict[str, StoredObject | None]:
+    """GET every key in parallel, so N reads cost one round trip of latency, not N.
+
+    A missing key maps to None (it was deleted between a listing and the read).
+    """
+
+    def fetch(key: str) -> StoredObject | None:
+        try:
+            return store.get(key)
+        except ObjectNotFound:
+            return None
+
+    if not keys:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+        return dict(zip(keys, pool.map(fetch, keys)))
