@@ -1,0 +1,1 @@
+"""Domain services: skills, conversations, settings, users, sessions, health."""

@@ -1,0 +1,43 @@
+"""GET /health: what this deployment is and what it is configured with (no secrets)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from chalicelib.config import Settings
+from chalicelib.services.models import ApiModel
+from chalicelib.version import __version__
+
+
+class Health(ApiModel):
+    """The original's fields (status, environment, hasApiKey, hasSandbox, hasR2, timestamp), plus more."""
+
+    status: Literal["healthy"] = "healthy"
+    environment: str
+    version: str
+    storage: str
+    bucket: str | None
+    has_api_key: bool
+    has_anthropic_key: bool
+    has_sandbox: bool
+    sandbox: str
+    has_r2: bool
+    timestamp: str
+
+
+def check_health(settings: Settings, storage_backend: str, sandbox_kind: str) -> Health:
+    """Describe the running configuration; makes no storage round trip (it is called often)."""
+    uses_s3 = storage_backend == "s3"
+    return Health(
+        environment=settings.environment,
+        version=__version__,
+        storage=storage_backend,
+        bucket=settings.storage.bucket if uses_s3 else None,
+        has_api_key=settings.api_key is not None,
+        has_anthropic_key=settings.agent.anthropic_api_key is not None,
+        has_sandbox=sandbox_kind != "none",
+        sandbox=sandbox_kind,
+        has_r2=uses_s3,
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )

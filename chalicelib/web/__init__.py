@@ -1,0 +1,1 @@
+"""The HTTP edge: request parsing, auth and error mapping around the Chalice routes."""

@@ -1,0 +1,66 @@
+"""Bearer-token auth for every route but /health.
+
+The original skipped auth entirely when API_KEY was unset. Here production fails closed, and
+development without a key works but says so loudly at start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+
+from chalicelib.config import Settings
+from chalicelib.errors import Misconfigured, Unauthorized
+
+log = logging.getLogger(__name__)
+_warned = False
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (case-insensitive), or None."""
+    value = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def key_matches(settings: Settings, token: str | None) -> bool:
+    """Constant-time comparison of `token` with API_KEY (False when either is missing)."""
+    if settings.api_key is None or token is None:
+        return False
+    return hmac.compare_digest(token.encode(), settings.api_key.get_secret_value().encode())
+
+
+def require_api_key(settings: Settings, headers: Mapping[str, str]) -> None:
+    """Raise unless the request carries the API key (or auth is off in development)."""
+    if settings.api_key is None:
+        if settings.is_production:
+            raise Misconfigured(
+                "API_KEY is not set on the server, so every request is refused (ENVIRONMENT=production). "
+                "Store it with ./scripts/put-secrets and redeploy.",
+                code="api_key_not_configured",
+            )
+        warn_if_open(settings)
+        return
+    token = bearer_token(headers)
+    if token is None:
+        raise Unauthorized(
+            "Missing credentials: send 'Authorization: Bearer <API_KEY>'.", code="missing_api_key"
+        )
+    if not key_matches(settings, token):
+        raise Unauthorized("Invalid API key: check the Bearer token against the server's API_KEY.", code="invalid_api_key")
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Log, once per process, that development is running without auth."""
+    global _warned
+    if settings.api_key is None and not settings.is_production and not _warned:
+        _warned = True
+        log.warning(
+            "API_KEY is not set: the API accepts requests WITHOUT authentication (development only). "
+            "Set API_KEY to require 'Authorization: Bearer <API_KEY>'."
+        )

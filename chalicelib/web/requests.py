@@ -1,0 +1,104 @@
+"""Reading a request: JSON bodies into pydantic models, query parameters, write conditions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from chalice.app import Request
+from pydantic import BaseModel, ValidationError
+
+from chalicelib.errors import BadRequest, InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WriteConditions:
+    """If-Match / If-None-Match: * from the request, passed down to conditional writes."""
+
+    if_match: str | None = None
+    if_none_match: bool = False
+
+
+class ApiRequest:
+    """What a route handler needs from the Chalice request, parsed and validated."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in (self._request.headers or {}).items()}
+
+    def query(self, name: str) -> str | None:
+        """A query-string parameter, or None."""
+        params = self._request.query_params or {}
+        value = params.get(name)
+        return value if value not in (None, "") else None
+
+    def query_int(self, name: str, *, default: int, minimum: int, maximum: int) -> int:
+        """An integer query parameter within [minimum, maximum], or a 400 that says so."""
+        raw = self.query(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"Query parameter {name}={raw!r} must be a whole number.", code=f"invalid_{name}") from None
+        if not minimum <= value <= maximum:
+            raise BadRequest(f"Query parameter {name}={value} must be between {minimum} and {maximum}.", code=f"invalid_{name}")
+        return value
+
+    def conditions(self) -> WriteConditions:
+        """The write preconditions the client asked for."""
+        headers = self.headers
+        if_none_match = headers.get("if-none-match")
+        if if_none_match is not None and if_none_match.strip() != "*":
+            raise BadRequest(
+                "If-None-Match supports only '*' (create only); use If-Match with an ETag to update.",
+                code="invalid_precondition",
+            )
+        if_match = headers.get("if-match")
+        return WriteConditions(if_match=if_match.strip() if if_match else None, if_none_match=if_none_match is not None)
+
+    def raw_json(self, *, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
+        """The body as JSON; 415 for another content type, 413 past `max_bytes`, 400 if malformed."""
+        content_type = self.headers.get("content-type", "")
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"Content-Type {content_type or '(none)'!r} is not supported: send a JSON body with "
+                "'Content-Type: application/json'.",
+            )
+        body = self._request.raw_body or b""
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"The body is {len(body)} bytes; the limit here is {max_bytes} bytes.")
+        if not body.strip():
+            raise InvalidJSON("The request body is empty: send a JSON object.", code="empty_body")
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidJSON(f"The body is not valid JSON ({exc}).") from None
+
+    def body(self, model: type[ModelT], *, max_bytes: int = DEFAULT_MAX_BODY) -> ModelT:
+        """The JSON body validated into `model`; a 400 lists every field that is wrong."""
+        data = self.raw_json(max_bytes=max_bytes)
+        if not isinstance(data, dict):
+            raise BadRequest(f"The body must be a JSON object, not {type(data).__name__}.", code="invalid_body")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise BadRequest(f"Invalid request body: {describe_validation_error(exc)}.", code="invalid_body") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `field: message`."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

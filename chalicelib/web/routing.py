@@ -1,0 +1,107 @@
+"""`Api`: registers Chalice routes whose handlers get a parsed request and the services.
+
+Every route goes through one `dispatch`, so auth, error mapping and JSON encoding are the same
+everywhere, and a handler is a few lines: read what it needs, call a service, return a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from chalice import Chalice, Response
+from pydantic import BaseModel
+
+from chalicelib.config import Settings
+from chalicelib.container import Container, get_container
+from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUnavailable
+from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
+from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
+from chalicelib.web.auth import require_api_key
+from chalicelib.web.responses import Reply, error_response, json_response
+from chalicelib.web.requests import ApiRequest
+
+log = logging.getLogger(__name__)
+
+# Every content type reaches our handler, which answers a JSON 415 itself; Chalice's own
+# 415 has a different body shape than the rest of the API.
+ANY_CONTENT_TYPE = ["*/*"]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a route handler receives besides its path parameters."""
+
+    request: ApiRequest
+    services: Container
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+
+Handler = Callable[..., BaseModel | Reply | dict[str, Any]]
+
+
+class Api:
+    """Route registration on a Chalice app, with the edge behaviour applied to every handler."""
+
+    def __init__(self, app: Chalice) -> None:
+        self.app = app
+
+    def route(self, path: str, *, methods: list[str], public: bool = False) -> Callable[[Handler], Handler]:
+        """Register `handler(ctx, **path_params)` for `methods` on `path`."""
+
+        def decorator(handler: Handler) -> Handler:
+            @functools.wraps(handler)
+            def view(**params: str) -> Response:
+                return self.dispatch(handler, params, public=public)
+
+            self.app.route(path, methods=methods, content_types=ANY_CONTENT_TYPE)(view)
+            return handler
+
+        return decorator
+
+    def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
+        """Run one request through auth, the handler and error mapping."""
+        try:
+            settings = Settings.from_env()
+            request = ApiRequest(self.app.current_request)
+            if not public:
+                require_api_key(settings, request.headers)
+            result = handler(RequestContext(request, get_container(settings)), **params)
+            if isinstance(result, Reply):
+                return json_response(result.body, result.status, result.headers)
+            return json_response(result)
+        except AppError as error:
+            return error_response(error)
+        except Exception as exc:  # noqa: BLE001 - the edge must answer JSON, whatever happened
+            return error_response(map_exception(exc))
+
+
+def map_exception(exc: Exception) -> AppError:
+    """The AppError a lower-layer exception stands for (logging the unexpected ones)."""
+    if isinstance(exc, StorageUnavailable):
+        detail = f" {exc.hint}" if exc.hint else ""
+        log.error("storage unavailable: %s%s", exc, detail)
+        return ServiceUnavailable(
+            f"Storage is unavailable: {exc}{detail} Nothing was changed; retry shortly.",
+            code="storage_unavailable",
+        )
+    if isinstance(exc, ObjectNotFound):
+        return NotFound("Not found.")
+    if isinstance(exc, StoragePreconditionFailed):
+        return PreconditionFailed(
+            "The object changed since you read it (If-Match did not match) or already exists "
+            "(If-None-Match: *). Fetch it again and retry with the new ETag."
+        )
+    incident = uuid.uuid4().hex[:12]
+    if isinstance(exc, StorageError):
+        log.error("storage error [%s]: %s", incident, exc)
+        return ServiceUnavailable(f"Storage failed ({exc}); incident {incident}. Retry shortly.", code="storage_error")
+    log.exception("unhandled error [%s]", incident)
+    return AppError(f"Internal error (incident {incident}); the server log has the details.")
