@@ -46,6 +46,8 @@ class SandboxSettings(_Frozen):
 
     url: str | None = None
     token: SecretStr | None = None
+    # Where the sandbox host reaches storage for s3fs, when that differs from the API's endpoint.
+    mount_endpoint_url: str | None = None
     root: Path = Path("./.data/sandboxes")
     allow_unisolated: bool = False
     idle_timeout_seconds: int = 600
@@ -109,6 +111,7 @@ class Settings(_Frozen):
                 sandbox=SandboxSettings(
                     url=get("SANDBOX_URL"),
                     token=get("SANDBOX_TOKEN"),
+                    mount_endpoint_url=get("SANDBOX_MOUNT_ENDPOINT_URL"),
                     root=Path(get("SANDBOX_ROOT") or Path(get("DATA_DIR") or DEFAULT_DATA_DIR) / "sandboxes"),
                     allow_unisolated=_flag(get("SANDBOX_ALLOW_UNISOLATED")),
                     idle_timeout_seconds=_int(get, "SANDBOX_IDLE_TIMEOUT", 600),

@@ -6,33 +6,15 @@ development without a key works but says so loudly at start.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Mapping
 
 from chalicelib.config import Settings
 from chalicelib.errors import Misconfigured, Unauthorized
+from chalicelib.security import bearer_token, key_matches
 
 log = logging.getLogger(__name__)
 _warned = False
-
-
-def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header (case-insensitive), or None."""
-    value = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
-    if not value:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def key_matches(settings: Settings, token: str | None) -> bool:
-    """Constant-time comparison of `token` with API_KEY (False when either is missing)."""
-    if settings.api_key is None or token is None:
-        return False
-    return hmac.compare_digest(token.encode(), settings.api_key.get_secret_value().encode())
 
 
 def require_api_key(settings: Settings, headers: Mapping[str, str]) -> None:
