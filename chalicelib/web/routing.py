@@ -16,6 +16,7 @@ from typing import Any
 from chalice import Chalice, Response
 from pydantic import BaseModel
 
+from chalicelib import secrets
 from chalicelib.config import Settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUnavailable
@@ -69,6 +70,7 @@ class Api:
     def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         """Run one request through auth, the handler and error mapping."""
         try:
+            secrets.ensure_loaded()
             settings = Settings.from_env()
             request = ApiRequest(self.app.current_request)
             if not public:
