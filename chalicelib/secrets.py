@@ -3,7 +3,7 @@
 `config.json` never holds a secret. A stage names where its secrets live:
     SECRETS_SOURCE=ssm:/claude-agent/prod          → SecureString parameters /claude-agent/prod/API_KEY, ...
     SECRETS_SOURCE=secretsmanager:claude-agent/prod → one secret whose JSON holds {"API_KEY": ...}
-The values are put into the process environment (where Settings reads everything), so the rest
+Outside Lambda SECRETS_SOURCE is ignored. The values are put into the process environment (where Settings reads everything), so the rest
 of the code cannot tell a secret from a local environment variable. Locally, secrets come
 from the environment or a git-ignored `.env` file instead, and SECRETS_SOURCE is unset.
 """
@@ -43,7 +43,9 @@ def ensure_loaded(environ: MutableMapping[str, str] | None = None, session: boto
     global _loaded_source, _failure
     env = os.environ if environ is None else environ
     source = env.get("SECRETS_SOURCE")
-    if not source or source == _loaded_source:
+    # Only inside Lambda: the dev stage's config also drives `chalice local` and ./scripts/dev,
+    # which take secrets from the environment or .env instead.
+    if not source or source == _loaded_source or "AWS_LAMBDA_FUNCTION_NAME" not in env:
         return
     with _lock:
         if source == _loaded_source:

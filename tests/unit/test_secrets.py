@@ -37,14 +37,14 @@ def put_ssm(path: str, values: dict[str, str]) -> None:
 
 def test_ssm_secrets_land_in_the_environment() -> None:
     put_ssm("/claude-agent/prod", ALL)
-    env = {"SECRETS_SOURCE": "ssm:/claude-agent/prod"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "ssm:/claude-agent/prod"}
     secrets.ensure_loaded(env)
     assert {k: env[k] for k in ALL} == ALL
 
 
 def test_an_explicit_environment_variable_wins() -> None:
     put_ssm("/claude-agent/prod", ALL)
-    env = {"SECRETS_SOURCE": "ssm:/claude-agent/prod", "API_KEY": "override"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "ssm:/claude-agent/prod", "API_KEY": "override"}
     secrets.ensure_loaded(env)
     assert env["API_KEY"] == "override"
 
@@ -54,7 +54,7 @@ def test_secrets_are_read_once_per_process() -> None:
     session = boto3.session.Session()
     calls: list[str] = []
     session.events.register("before-call.ssm.*", lambda model, **_: calls.append(model.name))
-    env = {"SECRETS_SOURCE": "ssm:/claude-agent/prod"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "ssm:/claude-agent/prod"}
     for _ in range(5):
         secrets.ensure_loaded(env, session)
     assert calls == ["GetParameters"]
@@ -63,7 +63,7 @@ def test_secrets_are_read_once_per_process() -> None:
 def test_a_missing_ssm_parameter_is_named() -> None:
     put_ssm("/claude-agent/prod", {k: v for k, v in ALL.items() if k != "ANTHROPIC_API_KEY"})
     with pytest.raises(Misconfigured) as caught:
-        secrets.ensure_loaded({"SECRETS_SOURCE": "ssm:/claude-agent/prod"})
+        secrets.ensure_loaded({"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "ssm:/claude-agent/prod"})
     assert "/claude-agent/prod/ANTHROPIC_API_KEY" in caught.value.message
     assert "./scripts/put-secrets" in caught.value.message
     assert caught.value.code == "secret_missing"
@@ -71,7 +71,7 @@ def test_a_missing_ssm_parameter_is_named() -> None:
 
 def test_the_optional_sandbox_token_may_be_missing() -> None:
     put_ssm("/claude-agent/dev", {k: v for k, v in ALL.items() if k != "SANDBOX_TOKEN"})
-    env = {"SECRETS_SOURCE": "ssm:/claude-agent/dev"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "ssm:/claude-agent/dev"}
     secrets.ensure_loaded(env)
     assert "SANDBOX_TOKEN" not in env and env["API_KEY"] == "api-key"
 
@@ -80,14 +80,14 @@ def test_secrets_manager_json_secret() -> None:
     boto3.client("secretsmanager", region_name="us-east-1").create_secret(
         Name="claude-agent/prod", SecretString=json.dumps(ALL)
     )
-    env = {"SECRETS_SOURCE": "secretsmanager:claude-agent/prod"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "secretsmanager:claude-agent/prod"}
     secrets.ensure_loaded(env)
     assert env["ANTHROPIC_API_KEY"] == "sk-ant-test"
 
 
 def test_a_missing_secrets_manager_secret_is_named() -> None:
     with pytest.raises(Misconfigured) as caught:
-        secrets.ensure_loaded({"SECRETS_SOURCE": "secretsmanager:claude-agent/nope"})
+        secrets.ensure_loaded({"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "secretsmanager:claude-agent/nope"})
     assert "'claude-agent/nope' does not exist" in caught.value.message
 
 
@@ -96,20 +96,26 @@ def test_a_secret_lacking_a_key_is_named() -> None:
         Name="claude-agent/prod", SecretString=json.dumps({"API_KEY": "x"})
     )
     with pytest.raises(Misconfigured) as caught:
-        secrets.ensure_loaded({"SECRETS_SOURCE": "secretsmanager:claude-agent/prod"})
+        secrets.ensure_loaded({"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "secretsmanager:claude-agent/prod"})
     assert "ANTHROPIC_API_KEY" in caught.value.message and "R2_SECRET_ACCESS_KEY" in caught.value.message
 
 
 def test_a_bad_source_says_what_to_write() -> None:
     with pytest.raises(Misconfigured) as caught:
-        secrets.ensure_loaded({"SECRETS_SOURCE": "vault:/x"})
+        secrets.ensure_loaded({"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "vault:/x"})
     assert "ssm:/claude-agent/<stage>" in caught.value.message
 
 
 def test_no_source_means_no_lookup() -> None:
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"AWS_LAMBDA_FUNCTION_NAME": "f"}
     secrets.ensure_loaded(env)
-    assert env == {}
+    assert env == {"AWS_LAMBDA_FUNCTION_NAME": "f"}
+
+
+def test_outside_lambda_the_source_is_ignored() -> None:
+    env = {"SECRETS_SOURCE": "ssm:/claude-agent/dev"}
+    secrets.ensure_loaded(env)  # no parameters exist: it would raise if it looked
+    assert env == {"SECRETS_SOURCE": "ssm:/claude-agent/dev"}
 
 
 def test_put_secrets_then_load_them_round_trip(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,7 +127,7 @@ def test_put_secrets_then_load_them_round_trip(monkeypatch: pytest.MonkeyPatch, 
     out = capsys.readouterr().out
     assert "ssm:/claude-agent/prod" in out
     assert all(value not in out for value in ALL.values())  # never printed
-    env = {"SECRETS_SOURCE": "ssm:/claude-agent/prod"}
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-api_handler", "SECRETS_SOURCE": "ssm:/claude-agent/prod"}
     secrets.ensure_loaded(env)
     assert {k: env[k] for k in ALL} == ALL
     param = boto3.client("ssm", region_name="us-east-1").get_parameter(Name="/claude-agent/prod/API_KEY")["Parameter"]
