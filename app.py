@@ -1,12 +1,16 @@
 """The Claude agent backend: every route and websocket handler, each delegating to chalicelib.
 
-Read this file as the table of contents: REST routes first (user data, then sessions), then
-the WebSocket handlers and the turn runner.
+Read this file as the table of contents: REST routes for user data, then sessions, then the
+WebSocket handlers and the turn runner.
 """
 
 from chalice import Chalice
 
+from chalicelib.services.conversations import MAX_CONVERSATION_BYTES
 from chalicelib.services.health import check_health
+from chalicelib.services.skills import MAX_UPLOAD_BYTES, SkillUpload
+from chalicelib.services.user_settings import MAX_SETTINGS_BYTES
+from chalicelib.web.responses import Reply, etag_header
 from chalicelib.web.routing import Api, RequestContext
 
 app = Chalice(app_name="claude-agent-backend")
@@ -19,4 +23,106 @@ api = Api(app)
 
 @api.route("/health", methods=["GET"], public=True)
 def health(ctx: RequestContext):
-    return check_health(ctx.settings, ctx.services.store.backend_name, "none")
+    return check_health(ctx.settings, ctx.services.store.backend_name, ctx.services.sandbox_kind)
+
+
+# -- Skills ------------------------------------------------------------------------------
+
+
+@api.route("/users/{userId}/skills", methods=["POST"])
+def upload_skill(ctx: RequestContext, userId: str):
+    cond = ctx.request.conditions()
+    body = ctx.request.body(SkillUpload, max_bytes=MAX_UPLOAD_BYTES)
+    result, etag = ctx.services.skills.upload(userId, body, cond.if_match, cond.if_none_match)
+    return Reply(result, headers=etag_header(etag))
+
+
+@api.route("/users/{userId}/skills", methods=["GET"])
+def list_skills(ctx: RequestContext, userId: str):
+    limit = ctx.request.query_int("limit", default=1000, minimum=1, maximum=1000)
+    return ctx.services.skills.list(userId, limit, ctx.request.query("cursor"))
+
+
+@api.route("/users/{userId}/skills/{skillName}", methods=["GET"])
+def get_skill(ctx: RequestContext, userId: str, skillName: str):
+    result, etag = ctx.services.skills.get(userId, skillName)
+    return Reply(result, headers=etag_header(etag))
+
+
+@api.route("/users/{userId}/skills/{skillName}", methods=["DELETE"])
+def delete_skill(ctx: RequestContext, userId: str, skillName: str):
+    return ctx.services.skills.delete(userId, skillName)
+
+
+# -- Conversations -----------------------------------------------------------------------
+
+
+@api.route("/users/{userId}/conversations", methods=["POST"])
+def save_conversation(ctx: RequestContext, userId: str):
+    cond = ctx.request.conditions()
+    body = ctx.request.raw_json(max_bytes=MAX_CONVERSATION_BYTES)
+    result, etag = ctx.services.conversations.save_body(userId, body, cond.if_match, cond.if_none_match)
+    return Reply(result, headers=etag_header(etag))
+
+
+@api.route("/users/{userId}/conversations", methods=["GET"])
+def list_conversations(ctx: RequestContext, userId: str):
+    limit = ctx.request.query_int("limit", default=100, minimum=1, maximum=1000)
+    return ctx.services.conversations.list(userId, limit, ctx.request.query("cursor"))
+
+
+@api.route("/users/{userId}/conversations/{conversationId}", methods=["GET"])
+def get_conversation(ctx: RequestContext, userId: str, conversationId: str):
+    result, etag = ctx.services.conversations.get(userId, conversationId)
+    return Reply(result, headers=etag_header(etag))
+
+
+@api.route("/users/{userId}/conversations/{conversationId}", methods=["DELETE"])
+def delete_conversation(ctx: RequestContext, userId: str, conversationId: str):
+    return ctx.services.conversations.delete(userId, conversationId)
+
+
+# -- Settings ----------------------------------------------------------------------------
+
+
+@api.route("/users/{userId}/settings", methods=["GET"])
+def get_settings(ctx: RequestContext, userId: str):
+    result, etag = ctx.services.user_settings.view(userId)
+    return Reply(result, headers=etag_header(etag))
+
+
+@api.route("/users/{userId}/settings", methods=["PUT"])
+def put_settings(ctx: RequestContext, userId: str):
+    cond = ctx.request.conditions()
+    body = ctx.request.raw_json(max_bytes=MAX_SETTINGS_BYTES)
+    result, etag = ctx.services.user_settings.replace(userId, body, cond.if_match, cond.if_none_match)
+    return Reply(result, headers=etag_header(etag))
+
+
+@api.route("/users/{userId}/settings", methods=["PATCH"])
+def patch_settings(ctx: RequestContext, userId: str):
+    cond = ctx.request.conditions()
+    body = ctx.request.raw_json(max_bytes=MAX_SETTINGS_BYTES)
+    result, etag = ctx.services.user_settings.patch(userId, body, cond.if_match)
+    return Reply(result, headers=etag_header(etag))
+
+
+# -- Users -------------------------------------------------------------------------------
+
+
+@api.route("/users/{userId}", methods=["DELETE"])
+def erase_user(ctx: RequestContext, userId: str):
+    return ctx.services.users.erase(userId)
+
+
+# -- Sessions ----------------------------------------------------------------------------
+
+
+@api.route("/setup/{sessionId}", methods=["POST"])
+def setup_session(ctx: RequestContext, sessionId: str):
+    return ctx.services.sessions.setup(sessionId, ctx.request.query("userId"), ctx.websocket_base())
+
+
+@api.route("/sandbox/{sessionId}", methods=["DELETE"])
+def destroy_sandbox(ctx: RequestContext, sessionId: str):
+    return ctx.services.sessions.destroy(sessionId)

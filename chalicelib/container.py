@@ -1,7 +1,7 @@
 """The composition root: builds adapters and services from Settings, once per configuration.
 
 A Lambda container (or the local gateway) keeps one Container per distinct Settings, so
-clients, pools and caches survive across requests while tests that change the environment
+clients, pools and sandboxes survive across requests, while tests that change the environment
 get fresh wiring automatically.
 """
 
@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxProvider
+from chalicelib.services.conversations import ConversationsService
+from chalicelib.services.sessions import SessionsService
+from chalicelib.services.skills import SkillsService
+from chalicelib.services.user_settings import UserSettingsService
+from chalicelib.services.users import UsersService
 from chalicelib.storage import ObjectStore
 from chalicelib.storage.factory import build_store
+
+T = TypeVar("T")
 
 
 class Container:
@@ -21,18 +30,56 @@ class Container:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.RLock()  # builders may ask for other parts
+        self._lock = threading.RLock()  # builders ask for other parts
         self._built: dict[str, Any] = {}
 
-    def _once(self, name: str, build: Any) -> Any:
+    def _once(self, name: str, build: Callable[[], T]) -> T:
         with self._lock:
             if name not in self._built:
                 self._built[name] = build()
-            return self._built[name]
+            return self._built[name]  # type: ignore[no-any-return]
+
+    # -- adapters ------------------------------------------------------------------------
 
     @property
     def store(self) -> ObjectStore:
         return self._once("store", lambda: build_store(self.settings))
+
+    @property
+    def sandboxes(self) -> SandboxProvider:
+        from chalicelib.sandbox.factory import build_sandbox_provider
+
+        return self._once("sandboxes", lambda: build_sandbox_provider(self.settings))
+
+    @property
+    def sandbox_kind(self) -> str:
+        """What runs sessions here, for /health; never raises."""
+        try:
+            return self.sandboxes.kind
+        except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
+            return "unavailable"
+
+    # -- services ------------------------------------------------------------------------
+
+    @property
+    def skills(self) -> SkillsService:
+        return self._once("skills", lambda: SkillsService(self.store))
+
+    @property
+    def conversations(self) -> ConversationsService:
+        return self._once("conversations", lambda: ConversationsService(self.store))
+
+    @property
+    def user_settings(self) -> UserSettingsService:
+        return self._once("user_settings", lambda: UserSettingsService(self.store))
+
+    @property
+    def users(self) -> UsersService:
+        return self._once("users", lambda: UsersService(self.store))
+
+    @property
+    def sessions(self) -> SessionsService:
+        return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes))
 
 
 @functools.lru_cache(maxsize=8)

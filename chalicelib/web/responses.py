@@ -38,3 +38,8 @@ def json_response(body: BaseModel | dict[str, Any], status: int = 200, headers: 
 def error_response(error: AppError) -> Response:
     """`{"error": "<what was wrong and what to do>", "code": "<machine code>"}`."""
     return json_response({"error": error.message, "code": error.code}, error.status, error.headers)
+
+
+def etag_header(etag: str | None) -> dict[str, str]:
+    """The ETag header of a write or read, when there is one."""
+    return {"ETag": etag} if etag else {}

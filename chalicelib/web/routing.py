@@ -44,6 +44,15 @@ class RequestContext:
     def settings(self) -> Settings:
         return self.services.settings
 
+    def websocket_base(self) -> str:
+        """Where clients open the agent websocket: WEBSOCKET_URL when deployed (API Gateway's
+        websocket API has its own host), else this server's own /ws (the local gateway)."""
+        if self.settings.websocket_url:
+            return self.settings.websocket_url.rstrip("/")
+        headers = self.request.headers
+        scheme = "wss" if headers.get("x-forwarded-proto", "http") == "https" else "ws"
+        return f"{scheme}://{headers.get('host', '127.0.0.1:8000')}/ws"
+
 
 Handler = Callable[..., BaseModel | Reply | dict[str, Any]]
 

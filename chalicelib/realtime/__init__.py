@@ -1,0 +1,1 @@
+"""The agent over WebSocket: frames, per-session state, the turn runner and event replay."""

@@ -1,0 +1,126 @@
+"""WebSocket frames, mirroring the original's socket.io events as JSON.
+
+Client → server frames carry an `action` (API Gateway's route selection key):
+    start, message, interrupt, get_history, clear, resume
+Server → client frames carry an `event` and a `seq`:
+    status, stream, message, tool_use, tool_result, result, error, history, cleared
+
+`seq` numbers the events of turns (1, 2, 3, ... across the whole session) so a client that
+reconnects can `resume` after the last one it saw. Direct replies to an action (history,
+cleared, an error about a bad frame, a status acknowledging a message) are not part of that
+stream and carry `seq: 0`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+MAX_PROMPT_CHARS = 100_000
+MAX_FRAME_BYTES = 128 * 1024  # API Gateway's own limit is 128 KiB per frame.
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class StartFrame(_Frame):
+    """Start (or continue) the session's conversation with these options."""
+
+    action: Literal["start"]
+    max_turns: int | None = Field(default=None, alias="maxTurns", ge=1, le=200)
+    model: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+    conversation_id: str | None = Field(default=None, alias="conversationId")
+
+
+class MessageOptions(_Frame):
+    """Per-message options a client may set; the server decides everything else."""
+
+    model_config = ConfigDict(extra="ignore")
+    max_turns: int | None = Field(default=None, alias="maxTurns", ge=1, le=200)
+
+
+class MessageFrame(_Frame):
+    """A user prompt. Queued behind a running turn (enqueue), never dropped."""
+
+    action: Literal["message"]
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    options: MessageOptions = MessageOptions()
+
+
+class InterruptFrame(_Frame):
+    action: Literal["interrupt"]
+
+
+class GetHistoryFrame(_Frame):
+    action: Literal["get_history"]
+
+
+class ClearFrame(_Frame):
+    action: Literal["clear"]
+
+
+class ResumeFrame(_Frame):
+    """After a reconnect: replay the events after `afterSeq`, then continue live."""
+
+    action: Literal["resume"]
+    after_seq: int = Field(alias="afterSeq", ge=0)
+
+
+ClientFrame = Annotated[
+    Union[StartFrame, MessageFrame, InterruptFrame, GetHistoryFrame, ClearFrame, ResumeFrame],
+    Field(discriminator="action"),
+]
+_client_frame: TypeAdapter[Any] = TypeAdapter(ClientFrame)
+ACTIONS = ("start", "message", "interrupt", "get_history", "clear", "resume")
+
+
+class FrameError(Exception):
+    """A client frame that cannot be used; `code` is sent in the error event."""
+
+    def __init__(self, message: str, code: str = "invalid_frame") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def parse_client_frame(raw: str | None) -> BaseModel:
+    """Validate one client frame, raising FrameError with a message that says how to fix it."""
+    if raw is None or raw in ("", "None"):  # Chalice hands over the string 'None' for no body
+        raise FrameError('Empty frame: send a JSON object such as {"action": "message", "prompt": "Hi"}.')
+    if len(raw.encode()) > MAX_FRAME_BYTES:
+        raise FrameError(f"Frame too large: at most {MAX_FRAME_BYTES} bytes.", "frame_too_large")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise FrameError(f"Frame is not valid JSON ({exc}).", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise FrameError("A frame must be a JSON object with an 'action'.")
+    if data.get("action") not in ACTIONS:
+        raise FrameError(
+            f"Unknown action {data.get('action')!r}: use one of {', '.join(ACTIONS)}.", "unknown_action"
+        )
+    try:
+        return _client_frame.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'frame'}: {e['msg']}" for e in exc.errors()
+        )
+        raise FrameError(f"Invalid {data['action']!r} frame: {problems}.") from None
+
+
+def frame(event: str, seq: int = 0, **fields: Any) -> dict[str, Any]:
+    """A server frame: `{"event": ..., "seq": n, ...fields}`."""
+    return {"event": event, "seq": seq, **fields}
+
+
+def error_frame(message: str, code: str, seq: int = 0) -> dict[str, Any]:
+    """An `error` event: what went wrong and what to do, plus a machine code."""
+    return frame("error", seq, message=message, code=code)
+
+
+def encode(payload: dict[str, Any]) -> str:
+    """The text of a frame on the wire."""
+    return json.dumps(payload, separators=(",", ":"), default=str)

@@ -1,0 +1,292 @@
+"""The websocket handlers' logic: connect, one frame at a time, disconnect.
+
+Handlers answer fast: a `message` is queued in the session state and a turn runner is started
+in the background; the runner streams the turn's events to the subscribed connection. Direct
+replies (acknowledgements, history, errors about a frame) go straight back with `seq: 0`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from chalicelib.config import Settings
+from chalicelib.errors import AppError, Conflict, NotFound
+from chalicelib.ids import ID_PATTERN
+from chalicelib.realtime.connections import Connection, ConnectionRegistry
+from chalicelib.realtime.dispatch import TurnDispatcher
+from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.protocol import (
+    ClearFrame,
+    FrameError,
+    GetHistoryFrame,
+    InterruptFrame,
+    MessageFrame,
+    ResumeFrame,
+    StartFrame,
+    error_frame,
+    frame,
+    parse_client_frame,
+)
+from chalicelib.realtime.sender import Sender
+from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
+from chalicelib.services.conversations import ConversationsService
+from chalicelib.services.sessions import SessionsService
+from chalicelib.security import bearer_token, key_matches
+
+log = logging.getLogger(__name__)
+
+MISSING_ANTHROPIC_KEY = (
+    "ANTHROPIC_API_KEY is not set on the server, so the agent cannot run. Set it in the server's "
+    "environment (locally: export it or put it in .env; in AWS: ./scripts/put-secrets) and restart."
+)
+
+
+@dataclass(frozen=True)
+class WsEvent:
+    """The parts of an API Gateway websocket event the service uses."""
+
+    connection_id: str
+    domain_name: str
+    stage: str
+    body: str | None = None
+    query: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+
+    @classmethod
+    def from_lambda_event(cls, event: dict[str, Any]) -> WsEvent:
+        ctx = event.get("requestContext") or {}
+        return cls(
+            connection_id=ctx.get("connectionId", ""),
+            domain_name=ctx.get("domainName", ""),
+            stage=ctx.get("stage", ""),
+            body=event.get("body"),
+            query=event.get("queryStringParameters") or {},
+            headers=event.get("headers") or {},
+        )
+
+
+@dataclass(frozen=True)
+class ConnectDecision:
+    """`$connect`'s answer: 200 accepts; anything else refuses the upgrade with that status."""
+
+    status: int
+    error: str | None = None
+    code: str | None = None
+
+
+class RealtimeService:
+    """Connect / message / disconnect for the agent websocket."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionsService,
+        conversations: ConversationsService,
+        states: StateStore,
+        events: EventLog,
+        connections: ConnectionRegistry,
+        dispatcher: TurnDispatcher,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.conversations = conversations
+        self.states = states
+        self.events = events
+        self.connections = connections
+        self.dispatcher = dispatcher
+
+    # -- $connect ------------------------------------------------------------------------
+
+    def connect(self, event: WsEvent) -> ConnectDecision:
+        """Accept only a session /setup created, with its token or the API key."""
+        query = event.query or {}
+        session_id = query.get("sessionId") or ""
+        if not ID_PATTERN.match(session_id) or session_id in (".", ".."):
+            return ConnectDecision(404, "Unknown or missing sessionId: call POST /setup first.", "session_not_found")
+        try:
+            record = self.sessions.get_record(session_id)
+        except NotFound as exc:
+            return ConnectDecision(404, exc.message, exc.code)
+        token = query.get("token")
+        bearer = bearer_token(event.headers or {})
+        if token is None and bearer is None:
+            return ConnectDecision(
+                401, "Missing credentials: add ?token=<token from /setup> or 'Authorization: Bearer <API_KEY>'.",
+                "missing_credentials",
+            )
+        allowed = (token is not None and self.sessions.token_matches(record, token)) or (
+            bearer is not None and key_matches(self.settings, bearer)
+        )
+        if not allowed:
+            return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
+        self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
+        self.states.update(session_id, lambda s: None, create=lambda: SessionState(
+            session_id=session_id, user_id=record.user_id, conversation_id=session_id
+        ))
+        return ConnectDecision(200)
+
+    # -- $disconnect ---------------------------------------------------------------------
+
+    def disconnect(self, event: WsEvent) -> None:
+        """Forget the connection; a running turn goes on and is saved."""
+        conn = self.connections.get(event.connection_id)
+        self.connections.remove(event.connection_id)
+        if conn is None:
+            return
+
+        def unsubscribe(state: SessionState) -> None:
+            if state.subscriber and state.subscriber.connection_id == event.connection_id:
+                state.subscriber = None
+
+        try:
+            self.states.update(conn.session_id, unsubscribe)
+        except AppError as exc:
+            log.warning("disconnect of %s: %s", event.connection_id, exc.message)
+
+    # -- $default ------------------------------------------------------------------------
+
+    def message(self, event: WsEvent, sender: Sender) -> None:
+        """Handle one client frame; every problem becomes an `error` event on this connection."""
+        sender.configure(event.domain_name, event.stage)
+        reply = lambda payload: sender.send(event.connection_id, payload)  # noqa: E731
+        conn = self.connections.get(event.connection_id)
+        if conn is None:
+            reply(error_frame("This connection is not registered (it may have expired): reconnect.", "unknown_connection"))
+            return
+        try:
+            parsed = parse_client_frame(event.body)
+        except FrameError as exc:
+            reply(error_frame(exc.message, exc.code))
+            return
+        try:
+            for payload in self._handle(conn, parsed):
+                reply(payload)
+        except AppError as exc:
+            reply(error_frame(exc.message, exc.code))
+        except Exception:  # noqa: BLE001 - the client must hear about it; the log has the rest
+            log.exception("handling %s for session %s failed", type(parsed).__name__, conn.session_id)
+            reply(error_frame("The server failed to handle this frame; it has been logged. Retry.", "internal_error"))
+
+    def _handle(self, conn: Connection, parsed: BaseModel) -> list[dict[str, Any]]:
+        if isinstance(parsed, StartFrame):
+            return self._start(conn, parsed)
+        if isinstance(parsed, MessageFrame):
+            return self._message(conn, parsed)
+        if isinstance(parsed, InterruptFrame):
+            return self._interrupt(conn)
+        if isinstance(parsed, GetHistoryFrame):
+            return [self._history(conn)]
+        if isinstance(parsed, ClearFrame):
+            return self._clear(conn)
+        if isinstance(parsed, ResumeFrame):
+            return self._resume(conn, parsed.after_seq)
+        raise AssertionError(f"unhandled frame {parsed!r}")
+
+    def _subscriber(self, conn: Connection, replay_after: int | None = None) -> Subscriber:
+        return Subscriber(
+            connection_id=conn.connection_id, domain_name=conn.domain_name, stage=conn.stage, replay_after=replay_after
+        )
+
+    def _require_model_key(self) -> None:
+        if self.settings.agent.anthropic_api_key is None:
+            raise AppError(MISSING_ANTHROPIC_KEY, code="anthropic_api_key_missing")
+
+    def _start(self, conn: Connection, start: StartFrame) -> list[dict[str, Any]]:
+        self._require_model_key()
+        conversation_id = start.conversation_id or conn.session_id
+        if not ID_PATTERN.match(conversation_id):
+            raise AppError(f"Invalid conversationId {conversation_id!r}.", code="invalid_conversation_id")
+        existing = self.conversations.load(conn.user_id, conversation_id)
+        messages = (existing[0].get("messages") if existing else None) or []
+
+        def apply(state: SessionState) -> None:
+            if state.turn_active and state.conversation_id != conversation_id:
+                raise Conflict("A turn is running: interrupt it before switching conversations.", code="turn_in_progress")
+            state.started = True
+            state.model = start.model
+            state.max_turns = start.max_turns
+            state.conversation_id = conversation_id
+            state.subscriber = self._subscriber(conn)
+
+        _, state = self.states.update(conn.session_id, apply)
+        return [
+            frame(
+                "status",
+                status="ready",
+                sessionId=conn.session_id,
+                conversationId=conversation_id,
+                continued=existing is not None,
+                messageCount=len(messages) if isinstance(messages, list) else 0,
+                model=start.model or "default",
+                lastSeq=state.last_seq,
+            )
+        ]
+
+    def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
+        self._require_model_key()
+        queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns)
+
+        def enqueue(state: SessionState) -> bool:
+            if len(state.queue) >= MAX_QUEUE:
+                raise Conflict(
+                    f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
+                )
+            state.started = True
+            state.queue.append(queued)
+            state.subscriber = self._subscriber(conn)
+            # A runner that stopped heartbeating is dead: the next runner takes its turn over.
+            return not state.turn_active
+
+        needs_runner, state = self.states.update(conn.session_id, enqueue)
+        if needs_runner:
+            self.dispatcher.dispatch(conn.session_id)
+        position = len(state.queue) - 1 + (1 if state.turn_active and not needs_runner else 0)
+        return [frame("status", status="queued", messageId=queued.id, position=position)]
+
+    def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
+        def flag(state: SessionState) -> int:
+            dropped = len(state.queue)
+            state.queue = []
+            if state.turn is not None:
+                state.turn.interrupt = True
+            return dropped
+
+        dropped, state = self.states.update(conn.session_id, flag)
+        if state.turn is None:
+            return [frame("status", status="idle", message="Nothing is running.", droppedQueued=dropped)]
+        return [frame("status", status="interrupting", turnId=state.turn.turn_id, droppedQueued=dropped)]
+
+    def _history(self, conn: Connection) -> dict[str, Any]:
+        state = self.states.read(conn.session_id)
+        conversation_id = state.conversation_id if state else conn.session_id
+        existing = self.conversations.load(conn.user_id, conversation_id)
+        body = existing[0] if existing else {}
+        return frame(
+            "history", conversationId=conversation_id, messages=body.get("messages", []), metadata=body.get("metadata", {})
+        )
+
+    def _clear(self, conn: Connection) -> list[dict[str, Any]]:
+        state = self.states.read(conn.session_id)
+        if state is not None and state.turn_active:
+            raise Conflict("A turn is running: interrupt it, then clear.", code="turn_in_progress")
+        conversation_id = state.conversation_id if state else conn.session_id
+        existing = self.conversations.load(conn.user_id, conversation_id)
+        body = dict(existing[0]) if existing else {"conversationId": conversation_id}
+        body["messages"] = []
+        self.conversations.save(conn.user_id, conversation_id, body)
+        return [frame("cleared", conversationId=conversation_id)]
+
+    def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
+        def subscribe(state: SessionState) -> tuple[bool, str | None, int]:
+            state.subscriber = self._subscriber(conn, replay_after=after_seq if state.turn_active else None)
+            return state.turn_active, state.last_turn_id, state.last_seq
+
+        (running, last_turn_id, last_seq), _ = self.states.update(conn.session_id, subscribe)
+        if running:
+            return []  # the runner replays, then continues live, in order
+        missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
+        return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]

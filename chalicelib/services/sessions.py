@@ -1,0 +1,293 @@
+"""Sessions: POST /setup prepares a sandbox holding the user's skills; DELETE /sandbox ends it.
+
+Setup is on the critical path of every conversation, so its storage round trips are counted:
+one parallel batch (session record, user settings, skills listing), then one parallel batch
+(every skill file, and the session record write), whatever the number of skills.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chalicelib.config import Settings
+from chalicelib.errors import Conflict, NotFound, ServiceUnavailable
+from chalicelib.ids import validate_id
+from chalicelib.sandbox.base import (
+    CLAUDE_DIR,
+    MountError,
+    MountSpec,
+    Sandbox,
+    SandboxError,
+    SandboxGone,
+    SandboxOptions,
+    SandboxProvider,
+    SandboxUnavailable,
+)
+from chalicelib.services.models import ApiModel
+from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
+from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage import layout
+
+log = logging.getLogger(__name__)
+
+SetupMethod = Literal["r2_load_dev", "r2_mount", "r2_load_fallback"]
+SKILLS_DIR = f"{CLAUDE_DIR}/skills"
+
+
+class SessionRecord(ApiModel):
+    """What `sessions/{sessionId}/session.json` holds: who owns the session and where it runs."""
+
+    session_id: str
+    user_id: str
+    token_sha256: str
+    sandbox_kind: str
+    setup_method: SetupMethod
+    created_at: datetime
+    last_active_at: datetime
+
+
+class SetupResult(ApiModel):
+    """The original's setup body, plus the websocket URL, its token and any fallback reason."""
+
+    status: Literal["ready"] = "ready"
+    session_id: str
+    user_id: str
+    setup_method: SetupMethod
+    skills_loaded: list[str]
+    message: str
+    websocket_url: str
+    token: str
+    fallback_reason: str | None = None
+
+
+class Destroyed(ApiModel):
+    status: Literal["destroyed"] = "destroyed"
+    session_id: str
+
+
+class _AllowNetwork(BaseModel):
+    """The one user setting the sandbox needs; read leniently so setup never fails on it."""
+
+    model_config = ConfigDict(extra="ignore")
+    allowNetwork: bool = False
+
+
+class SessionsService:
+    """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider) -> None:
+        self.settings = settings
+        self.store = store
+        self.sandboxes = sandboxes
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def setup(self, session_id: str, user_id: str | None, websocket_base: str) -> SetupResult:
+        """Prepare (or refresh) the session's sandbox with the user's skills.
+
+        Idempotent: a second call reuses the sandbox, reloads the skills and issues a new token.
+        """
+        validate_id(session_id, "sessionId")
+        validate_id(user_id, "userId")
+        assert user_id is not None
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            record_f = pool.submit(self._load_record, session_id)
+            options_f = pool.submit(self._sandbox_options, user_id)
+            listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
+            existing = record_f.result()
+            options = options_f.result()
+            listing = listing_f.result()
+        if existing is not None and existing[0].user_id != user_id:
+            raise Conflict(
+                f"Session {session_id!r} belongs to another user: choose a new sessionId.",
+                code="session_owned_by_another_user",
+            )
+
+        sandbox = self._create_sandbox(session_id, options)
+        method, fallback_reason, mounted = self._try_mount(sandbox, user_id)
+
+        token = secrets.token_urlsafe(32)
+        now = datetime.now(timezone.utc)
+        record = SessionRecord(
+            session_id=session_id,
+            user_id=user_id,
+            token_sha256=_sha256(token),
+            sandbox_kind=self.sandboxes.kind,
+            setup_method=method,
+            created_at=existing[0].created_at if existing else now,
+            last_active_at=now,
+        )
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
+            if mounted is None:
+                loaded_f = pool.submit(self._load_skills, sandbox, user_id, [o.key for o in listing])
+            save_f.result()
+            loaded = mounted if mounted is not None else loaded_f.result()
+
+        ws = f"{websocket_base}?sessionId={session_id}"
+        return SetupResult(
+            session_id=session_id,
+            user_id=user_id,
+            setup_method=method,
+            skills_loaded=loaded,
+            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>",
+            websocket_url=ws,
+            token=token,
+            fallback_reason=fallback_reason,
+        )
+
+    def reload_skills(self, session_id: str, user_id: str) -> list[str]:
+        """Recreate a sandbox that went away (reaped, host restarted) and load the skills again.
+
+        This is the per-request fallback path: it never mounts, so it works on any host.
+        """
+        options = self._sandbox_options(user_id)
+        sandbox = self._create_sandbox(session_id, options)
+        keys = [o.key for o in iter_all(self.store, layout.skills_prefix(user_id))]
+        return self._load_skills(sandbox, user_id, keys)
+
+    # -- lookups used by the websocket layer ---------------------------------------------
+
+    def get_record(self, session_id: str) -> SessionRecord:
+        """The session's record; NotFound if /setup never created it."""
+        validate_id(session_id, "sessionId")
+        found = self._load_record(session_id)
+        if found is None:
+            raise NotFound(
+                f"Session {session_id!r} does not exist: call POST /setup/{session_id}?userId=... first.",
+                code="session_not_found",
+            )
+        return found[0]
+
+    @staticmethod
+    def token_matches(record: SessionRecord, token: str | None) -> bool:
+        """Constant-time check of a connection token against the record."""
+        if not token:
+            return False
+        return hmac.compare_digest(_sha256(token), record.token_sha256)
+
+    def sandbox_for(self, session_id: str) -> Sandbox:
+        """The live sandbox of a session; raise SandboxGone when it is not there."""
+        return self.sandboxes.get(session_id)
+
+    # -- destroy -------------------------------------------------------------------------
+
+    def destroy(self, session_id: str) -> Destroyed:
+        """Destroy the sandbox and delete the session's records; 404 if there was neither."""
+        validate_id(session_id, "sessionId")
+        try:
+            had_sandbox = self.sandboxes.destroy(session_id)
+        except SandboxUnavailable as exc:
+            raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
+        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id))]
+        if not had_sandbox and not keys:
+            raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
+        if keys:
+            self.store.delete_many(keys)
+        return Destroyed(session_id=session_id)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
+        try:
+            stored = self.store.get(layout.session_key(session_id))
+        except ObjectNotFound:
+            return None
+        try:
+            return SessionRecord.model_validate_json(stored.body), stored.info.etag
+        except ValidationError:
+            log.warning("session record %s is unreadable; it will be replaced", session_id)
+            return None
+
+    def _save_record(self, record: SessionRecord, etag: str | None) -> None:
+        try:
+            self.store.put(
+                layout.session_key(record.session_id),
+                record.model_dump_json(by_alias=True).encode(),
+                content_type="application/json",
+                if_match=etag,
+                if_none_match=etag is None,
+            )
+        except PreconditionFailed:
+            raise Conflict(
+                f"Session {record.session_id!r} was set up concurrently by another request: retry.",
+                code="concurrent_setup",
+            ) from None
+
+    def _sandbox_options(self, user_id: str) -> SandboxOptions:
+        try:
+            raw = self.store.get(layout.settings_key(user_id)).body
+            allow = _AllowNetwork.model_validate_json(raw).allowNetwork
+        except (ObjectNotFound, ValidationError):
+            allow = False
+        return SandboxOptions(allow_network=allow)
+
+    def _create_sandbox(self, session_id: str, options: SandboxOptions) -> Sandbox:
+        try:
+            return self.sandboxes.create(session_id, options)
+        except SandboxUnavailable as exc:
+            raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
+        except SandboxError as exc:
+            raise ServiceUnavailable(f"The sandbox could not be created: {exc}", code="sandbox_failed") from exc
+
+    def _try_mount(self, sandbox: Sandbox, user_id: str) -> tuple[SetupMethod, str | None, list[str] | None]:
+        """Production mounts the user's prefix; development (and any failure) loads files."""
+        if not self.settings.is_production:
+            return "r2_load_dev", None, None
+        spec = self._mount_spec(user_id)
+        if spec is None:
+            return "r2_load_fallback", "No storage credentials to give the mount (set R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY).", None
+        if not self.sandboxes.supports_mount(spec):
+            return "r2_load_fallback", "The sandbox host cannot mount storage (no /dev/fuse or s3fs there).", None
+        try:
+            seen = sandbox.mount_bucket(spec)
+        except MountError as exc:
+            log.warning("mount failed for user %s, loading files instead: %s", user_id, exc)
+            return "r2_load_fallback", f"Mounting storage failed: {exc}", None
+        return "r2_mount", None, sorted(p for p in seen if p.startswith(SKILLS_DIR + "/"))
+
+    def _mount_spec(self, user_id: str) -> MountSpec | None:
+        storage = self.settings.storage
+        if storage.backend == "local":
+            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.user_prefix(user_id)).resolve()))
+        if storage.access_key_id is None or storage.secret_access_key is None:
+            return None
+        return MountSpec(
+            kind="s3",
+            bucket=storage.bucket,
+            prefix=layout.user_prefix(user_id),
+            endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
+            region=storage.region,
+            access_key_id=storage.access_key_id,
+            secret_access_key=storage.secret_access_key,
+        )
+
+    def _load_skills(self, sandbox: Sandbox, user_id: str, keys: list[str]) -> list[str]:
+        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
+        prefix = layout.skills_prefix(user_id)
+        objects = get_many(self.store, keys)
+        files = {
+            f"{SKILLS_DIR}/{key[len(prefix):]}": obj.body for key, obj in objects.items() if obj is not None
+        }
+        try:
+            # Start from an empty folder so skills deleted since the last setup disappear.
+            sandbox.delete_file(SKILLS_DIR)
+            sandbox.write_files(files)
+        except SandboxGone:
+            raise
+        except SandboxError as exc:
+            raise ServiceUnavailable(f"Loading skills into the sandbox failed: {exc}", code="sandbox_failed") from exc
+        return sorted(files)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()

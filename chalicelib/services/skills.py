@@ -1,0 +1,305 @@
+"""Skills: upload, list, read and delete a user's skills in both forms.
+
+    users/{userId}/skills/debugging.md                  flat (the original's form)
+    users/{userId}/skills/pdf-tools/SKILL.md (+ files)  Agent Skills folder
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
+from chalicelib.ids import validate_id, validate_skill_path
+from chalicelib.services.models import ApiModel
+from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from chalicelib.services.skill_format import NAME_PATTERN, SKILL_FILE, describe, validate_skill_md
+from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError
+from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
+from chalicelib.storage import layout
+from chalicelib.storage.base import get_many, iter_all
+
+MAX_SKILL_FILE_BYTES = 1024 * 1024
+MAX_SKILL_FILES = 100
+MAX_UPLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+SANDBOX_SKILLS_DIR = "/workspace/.claude/skills"
+_MISSING = "Skill name and content are required"
+
+SkillForm = Literal["flat", "folder"]
+
+
+class SkillUpload(ApiModel):
+    """`{name, content}` (the original's) or `{name, files: {path: content}}` (a folder)."""
+
+    name: str | None = None
+    content: str | None = None
+    files: dict[str, str] | None = None
+
+
+class SkillUploaded(ApiModel):
+    status: Literal["success"] = "success"
+    user_id: str
+    skill_name: str
+    key: str
+    message: str
+    form: SkillForm
+    files: list[str]
+
+
+class SkillItem(ApiModel):
+    name: str
+    form: SkillForm
+    path: str
+    size: int
+    updated: datetime | None
+    description: str
+
+
+class SkillList(ApiModel):
+    user_id: str
+    skills: list[str]
+    count: int
+    items: list[SkillItem]
+    next_cursor: str | None
+
+
+class SkillDetail(ApiModel):
+    user_id: str
+    skill_name: str
+    content: str
+    metadata: dict[str, str]
+    uploaded: datetime
+    size: int
+    form: SkillForm
+    description: str
+    files: dict[str, str] = Field(default_factory=dict)
+
+
+class SkillDeleted(ApiModel):
+    status: Literal["deleted"] = "deleted"
+    user_id: str
+    skill_name: str
+    key: str
+
+
+def skill_form(name: str) -> SkillForm:
+    """Names ending in .md are flat files; anything else names an Agent Skills folder."""
+    return "flat" if name.endswith(".md") else "folder"
+
+
+def _check_name(name: str) -> SkillForm:
+    if skill_form(name) == "flat":
+        validate_skill_path(name, "skill name")
+        if "/" in name:
+            raise BadRequest(f"Flat skill name {name!r} must not contain '/'.", code="invalid_skill_name")
+        return "flat"
+    if len(name) > 64 or not NAME_PATTERN.match(name):
+        raise BadRequest(
+            f"Invalid skill name {name!r}: a flat skill ends in '.md' (e.g. 'debugging.md'); an Agent Skill "
+            "folder name is 1-64 lowercase letters, digits and single hyphens (e.g. 'pdf-tools').",
+            code="invalid_skill_name",
+        )
+    return "folder"
+
+
+def _encode(path: str, content: str) -> bytes:
+    data = content.encode("utf-8")
+    if len(data) > MAX_SKILL_FILE_BYTES:
+        raise PayloadTooLarge(
+            f"Skill file {path!r} is {len(data)} bytes; the limit is {MAX_SKILL_FILE_BYTES} bytes (1 MiB) per file.",
+            code="skill_file_too_large",
+        )
+    return data
+
+
+class SkillsService:
+    """The user's skills in object storage."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def upload(self, user_id: str, upload: SkillUpload, if_match: str | None = None, if_none_match: bool = False) -> tuple[SkillUploaded, str]:
+        """Store a skill, replacing it entirely; return the response and the main file's ETag."""
+        validate_id(user_id, "userId")
+        if not upload.name or (upload.content is None and upload.files is None):
+            raise BadRequest(_MISSING, code="missing_fields")
+        if upload.content is not None and upload.files is not None:
+            raise BadRequest("Send either 'content' or 'files', not both.", code="ambiguous_skill_body")
+        name = upload.name
+        form = _check_name(name)
+        if form == "flat":
+            if upload.files is not None:
+                raise BadRequest(
+                    f"{name!r} is a flat skill (it ends in .md): send 'content', or drop '.md' to upload a folder.",
+                    code="ambiguous_skill_body",
+                )
+            files = {name: _encode(name, upload.content or "")}
+            main = name
+        else:
+            raw = upload.files if upload.files is not None else {SKILL_FILE: upload.content or ""}
+            if not raw:
+                raise BadRequest(_MISSING, code="missing_fields")
+            if len(raw) > MAX_SKILL_FILES:
+                raise PayloadTooLarge(f"A skill may have at most {MAX_SKILL_FILES} files; this one has {len(raw)}.", code="too_many_skill_files")
+            files = {}
+            for path, content in raw.items():
+                validate_skill_path(path)
+                files[f"{name}/{path}"] = _encode(path, content)
+            main = f"{name}/{SKILL_FILE}"
+            if main not in files:
+                raise ValidationFailed(
+                    f"An Agent Skill folder needs a {SKILL_FILE}: add 'files': {{'{SKILL_FILE}': '---\\nname: {name}\\n"
+                    "description: ...\\n---\\n...'}, or name the skill '<name>.md' for a flat file.",
+                    code="missing_skill_md",
+                )
+            try:
+                validate_skill_md(files[main].decode(), name)
+            except ValidationFailed as exc:
+                if upload.files is None and "must start with YAML frontmatter" in exc.message:
+                    raise ValidationFailed(
+                        f"{exc.message} Skill {name!r} has no '.md' extension, so it is stored as an Agent Skill "
+                        f"folder ({name}/SKILL.md). To upload a plain markdown skill, name it '{name}.md'.",
+                        code=exc.code,
+                    ) from None
+                raise
+
+        stale: list[str] = []
+        if form == "folder":
+            folder = layout.skill_key(user_id, name) + "/"
+            wanted = {layout.skill_key(user_id, p) for p in files}
+            stale = [o.key for o in iter_all(self.store, folder) if o.key not in wanted]
+        try:
+            info = self.store.put(
+                layout.skill_key(user_id, main),
+                files[main],
+                content_type="text/markdown; charset=utf-8",
+                if_match=if_match,
+                if_none_match=if_none_match,
+            )
+        except StoragePreconditionFailed:
+            raise PreconditionFailed(
+                f"Skill {name!r} " + ("already exists (If-None-Match: *)." if if_none_match else "changed since you read it (If-Match).")
+                + " GET it for the current ETag and retry.",
+            ) from None
+        except ObjectNotFound:  # S3 answers If-Match on a missing key with 404
+            raise PreconditionFailed(f"Skill {name!r} does not exist, so If-Match cannot match: drop If-Match to create it.") from None
+        extras = [p for p in files if p != main]
+        if extras:
+            with ThreadPoolExecutor(max_workers=min(16, len(extras))) as pool:
+                list(pool.map(lambda p: self.store.put(layout.skill_key(user_id, p), files[p], content_type=_content_type(p)), extras))
+        if stale:
+            self.store.delete_many(stale)
+        key = layout.skill_key(user_id, main if form == "flat" else name)
+        return (
+            SkillUploaded(
+                user_id=user_id,
+                skill_name=name,
+                key=key,
+                message=f"Skill {name} uploaded for user {user_id}",
+                form=form,
+                files=[layout.skill_key(user_id, p) for p in files],
+            ),
+            info.etag,
+        )
+
+    def list(self, user_id: str, limit: int = MAX_LIMIT, cursor: str | None = None) -> SkillList:
+        """One page of skills: flat files and folders, in name order, each counted once."""
+        prefix = layout.skills_prefix(user_id)
+        state = decode_cursor(cursor)
+        token = state.get("t") if state else None
+        if state is not None and not isinstance(token, str):
+            raise BadRequest("Invalid cursor: pass back nextCursor unchanged.", code="invalid_cursor")
+        try:
+            page = self.store.list(prefix, delimiter="/", max_keys=limit, continuation_token=token)
+        except StorageError as exc:
+            if token is None:
+                raise
+            raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
+        flat = {o.key[len(prefix):]: o for o in page.objects}
+        folders = [p[len(prefix):-1] for p in page.prefixes]
+        main_keys = [prefix + n for n in flat] + [f"{prefix}{n}/{SKILL_FILE}" for n in folders]
+        mains = get_many(self.store, main_keys)
+        items = []
+        for name in sorted([*flat, *folders]):
+            is_folder = name not in flat
+            obj = mains.get(f"{prefix}{name}/{SKILL_FILE}" if is_folder else prefix + name)
+            text = obj.body.decode("utf-8", "replace") if obj else ""
+            items.append(
+                SkillItem(
+                    name=name,
+                    form="folder" if is_folder else "flat",
+                    path=f"{SANDBOX_SKILLS_DIR}/{name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{name}",
+                    size=obj.info.size if obj else 0,
+                    updated=obj.info.last_modified if obj else None,
+                    description=describe(text, is_skill_md=is_folder),
+                )
+            )
+        return SkillList(
+            user_id=user_id,
+            skills=[i.name for i in items],
+            count=len(items),
+            items=items,
+            next_cursor=encode_cursor({"t": page.next_token}) if page.next_token else None,
+        )
+
+    def get(self, user_id: str, name: str) -> tuple[SkillDetail, str]:
+        """The skill's main file (and a folder's other files); 404 if there is none."""
+        form = _check_name(name)
+        if form == "flat":
+            try:
+                obj = self.store.get(layout.skill_key(user_id, name))
+            except ObjectNotFound:
+                raise NotFound("Skill not found", code="skill_not_found") from None
+            text = obj.body.decode("utf-8", "replace")
+            return (
+                SkillDetail(
+                    user_id=user_id, skill_name=name, content=text, metadata={"contentType": obj.content_type},
+                    uploaded=obj.info.last_modified, size=obj.info.size, form="flat",
+                    description=describe(text, is_skill_md=False),
+                ),
+                obj.info.etag,
+            )
+        folder = layout.skill_key(user_id, name) + "/"
+        keys = [o.key for o in iter_all(self.store, folder)]
+        main_key = folder + SKILL_FILE
+        if main_key not in keys:
+            raise NotFound("Skill not found", code="skill_not_found")
+        objects = get_many(self.store, keys)
+        main = objects[main_key]
+        if main is None:
+            raise NotFound("Skill not found", code="skill_not_found")
+        text = main.body.decode("utf-8", "replace")
+        return (
+            SkillDetail(
+                user_id=user_id, skill_name=name, content=text, metadata={"contentType": main.content_type},
+                uploaded=main.info.last_modified, size=main.info.size, form="folder",
+                description=describe(text, is_skill_md=True),
+                files={k[len(folder):]: o.body.decode("utf-8", "replace") for k, o in objects.items() if o and k != main_key},
+            ),
+            main.info.etag,
+        )
+
+    def delete(self, user_id: str, name: str) -> SkillDeleted:
+        """Delete a flat file or a whole folder; 404 if there is nothing."""
+        form = _check_name(name)
+        if form == "flat":
+            key = layout.skill_key(user_id, name)
+            try:
+                self.store.head(key)
+            except ObjectNotFound:
+                raise NotFound("Skill not found", code="skill_not_found") from None
+            self.store.delete(key)
+        else:
+            key = layout.skill_key(user_id, name)
+            keys = [o.key for o in iter_all(self.store, key + "/")]
+            if not keys:
+                raise NotFound("Skill not found", code="skill_not_found")
+            self.store.delete_many(keys)
+        return SkillDeleted(user_id=user_id, skill_name=name, key=key)
+
+
+def _content_type(path: str) -> str:
+    return "text/markdown; charset=utf-8" if path.endswith(".md") else "text/plain; charset=utf-8"

@@ -1,0 +1,27 @@
+"""Erasing a user: everything under `users/{userId}/` goes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from chalicelib.services.models import ApiModel
+from chalicelib.storage import ObjectStore
+from chalicelib.storage import layout
+from chalicelib.storage.base import iter_all
+
+
+class UserErased(ApiModel):
+    status: Literal["deleted"] = "deleted"
+    user_id: str
+    objects_deleted: int
+
+
+class UsersService:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def erase(self, user_id: str) -> UserErased:
+        """Delete every object of the user (batched deletes) and say how many went."""
+        keys = [o.key for o in iter_all(self.store, layout.user_prefix(user_id))]
+        deleted = self.store.delete_many(keys) if keys else 0
+        return UserErased(user_id=user_id, objects_deleted=deleted)
