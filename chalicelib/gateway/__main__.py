@@ -1,0 +1,73 @@
+"""python -m chalicelib.gateway: serve the whole product on one local port."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chalicelib.gateway", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--stage", default="dev", help="the .chalice/config.json stage (default dev)")
+    parser.add_argument("--app", default="app:app", help="module:attribute of the Chalice app")
+    parser.add_argument("--project-dir", default=".", type=Path)
+    args = parser.parse_args(argv)
+
+    project = args.project_dir.resolve()
+    sys.path.insert(0, str(project))
+    _load_dotenv(project / ".env")
+    from chalicelib.gateway.server import LocalGatewayApp, load_config
+
+    config = load_config(project, args.stage)
+    for key, value in config.environment_variables.items():
+        os.environ.setdefault(key, value)  # as `chalice local` does; the shell's values win
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    os.environ["LOCAL_GATEWAY_URL"] = base
+    os.environ.setdefault("TURN_RUNNER_FUNCTION", "turn_runner")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    module_name, _, attribute = args.app.partition(":")
+    chalice_app = getattr(importlib.import_module(module_name), attribute or "app")
+    gateway = LocalGatewayApp(chalice_app, config, static_dir=project / "web", app_module=module_name)
+    _banner(base)
+    import uvicorn
+
+    uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets", log_level="info", access_log=True)
+    return 0
+
+
+def _load_dotenv(path: Path) -> None:
+    """Secrets for local runs come from the environment or a git-ignored .env file."""
+    if path.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
+
+
+def _banner(base: str) -> None:
+    from chalicelib.config import Settings
+
+    settings = Settings.from_env()
+    storage = settings.storage
+    where = f"embedded directory {storage.data_dir.resolve()}" if storage.backend == "local" else (
+        f"bucket {storage.bucket} at {storage.endpoint_url or 'AWS S3'}")
+    lines = [
+        f"Claude agent backend ({settings.environment}) on {base}",
+        f"  REST       {base}/health",
+        f"  WebSocket  {base.replace('http', 'ws', 1)}/ws",
+        f"  storage    {where}",
+        f"  model key  {'set' if settings.agent.anthropic_api_key else 'NOT SET: the agent will answer with an error until ANTHROPIC_API_KEY is set'}",
+    ]
+    if settings.api_key is None:
+        lines.append("  !!! API_KEY is not set: every endpoint is open (development only). Set API_KEY to require it. !!!")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

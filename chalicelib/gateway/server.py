@@ -1,0 +1,253 @@
+"""The local gateway's ASGI app: REST through Chalice, /ws like API Gateway, and the AWS
+management and Lambda Invoke APIs the app calls back into."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import base64
+import importlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from chalice import Chalice
+from chalice.config import Config
+from chalice.local import ForbiddenError, LambdaContext, LocalGateway, LocalGatewayException, NotAuthorizedError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class _Connection:
+    websocket: WebSocket
+    loop: asyncio.AbstractEventLoop
+    source_ip: str
+    user_agent: str
+    connected_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    last_active_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    outbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+
+
+class LocalGatewayApp:
+    """Everything API Gateway and Lambda do for the app, in one process."""
+
+    def __init__(self, app: Chalice, config: Config, *, ws_stage: str = "api", static_dir: Path | None = None,
+                 app_module: str = "app", workers: int = 8) -> None:
+        self.chalice_app = app
+        self.config = config
+        self.ws_stage = ws_stage
+        self.static_dir = static_dir.resolve() if static_dir and static_dir.is_dir() else None
+        self.app_module = app_module
+        self.rest = LocalGateway(app, config)
+        self.api_id = "local" + secrets.token_hex(3)
+        self.connections: dict[str, _Connection] = {}
+        self.lock = threading.Lock()
+        self.background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        routes = [
+            WebSocketRoute("/ws", self.websocket),
+            Route("/{stage}/@connections/{connection_id:path}", self.management, methods=["POST", "GET", "DELETE"]),
+            Route("/2015-03-31/functions/{name}/invocations", self.invoke, methods=["POST"]),
+        ]
+        if self.static_dir is not None:
+            routes += [Route("/", self.index, methods=["GET"]), Route("/console/{path:path}", self.static, methods=["GET"])]
+        routes.append(Route("/{path:path}", self.rest_request, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]))
+        self.asgi = Starlette(routes=routes, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        self.background.shutdown(wait=False, cancel_futures=True)
+
+    # -- REST ------------------------------------------------------------------------------
+
+    async def rest_request(self, request: Request) -> Response:
+        body = await request.body()
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raw_path = request.scope.get("raw_path")
+        if raw_path:
+            # Keep percent-encoding as the client sent it, like `chalice local` does.
+            path = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        try:
+            result = await run_in_threadpool(self.rest.handle_request, request.method, path, headers, body or None)
+        except ForbiddenError as exc:
+            if b"Missing Authentication Token" in (exc.body or b"") or b"Authorization header requires" in (exc.body or b""):
+                return JSONResponse(
+                    {"error": f"No route matches {request.method} {request.url.path}: see the API reference in README.md.",
+                     "code": "route_not_found"}, status_code=404)
+            return JSONResponse({"error": "Forbidden.", "code": "forbidden"}, status_code=403)
+        except NotAuthorizedError:
+            return JSONResponse({"error": "Not authorized.", "code": "unauthorized"}, status_code=401)
+        except LocalGatewayException as exc:
+            return JSONResponse({"error": str(exc) or "Gateway error.", "code": "gateway_error"}, status_code=502)
+        response_headers = dict(result.get("headers") or {})
+        payload = result.get("body") or b""
+        if result.get("isBase64Encoded"):
+            payload = base64.b64decode(payload)
+        elif isinstance(payload, str):
+            payload = payload.encode()
+        response = Response(content=payload, status_code=result["statusCode"], headers=response_headers)
+        for key, values in (result.get("multiValueHeaders") or {}).items():
+            for value in values:
+                response.headers.append(key, value)
+        return response
+
+    # -- static files ----------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        assert self.static_dir is not None
+        return FileResponse(self.static_dir / "index.html")
+
+    async def static(self, request: Request) -> Response:
+        assert self.static_dir is not None
+        target = (self.static_dir / request.path_params["path"]).resolve()
+        if not str(target).startswith(str(self.static_dir) + os.sep) or not target.is_file():
+            return JSONResponse({"error": "No such file.", "code": "not_found"}, status_code=404)
+        return FileResponse(target)
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    def _handler(self, route_key: str) -> Callable[[dict[str, Any], Any], Any] | None:
+        config = self.chalice_app.websocket_handlers.get(route_key)
+        if config is None:
+            return None
+        return getattr(importlib.import_module(self.app_module), config.handler_string.rsplit(".", 1)[1])
+
+    def _event(self, route_key: str, event_type: str, connection_id: str, ws: WebSocket, body: str | None = None) -> dict[str, Any]:
+        headers = {k: v for k, v in ws.headers.items()}
+        return {
+            "requestContext": {
+                "routeKey": route_key, "eventType": event_type, "connectionId": connection_id,
+                "domainName": headers.get("host", "127.0.0.1"), "stage": self.ws_stage, "apiId": self.api_id,
+                "requestId": uuid.uuid4().hex, "connectedAt": int(time.time() * 1000),
+                "identity": {"sourceIp": ws.client.host if ws.client else "127.0.0.1", "userAgent": headers.get("user-agent", "")},
+            },
+            "queryStringParameters": dict(ws.query_params) or None,
+            "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "isBase64Encoded": False,
+            "body": body,
+        }
+
+    def _context(self, name: str, timeout: int = 30) -> LambdaContext:
+        return LambdaContext(function_name=name, memory_size=512, max_runtime_ms=timeout * 1000)
+
+    async def websocket(self, ws: WebSocket) -> None:
+        connect = self._handler("$connect")
+        message = self._handler("$default")
+        if message is None:
+            await ws.close(code=1008)
+            return
+        connection_id = base64.b64encode(secrets.token_bytes(9)).decode()[:-1] + "="
+        if connect is not None:
+            result = await run_in_threadpool(connect, self._event("$connect", "CONNECT", connection_id, ws), self._context("websocket_connect"))
+            status = int((result or {}).get("statusCode", 200))
+            if status >= 300:
+                body = (result or {}).get("body") or json.dumps({"error": "Connection refused.", "code": "refused"})
+                await ws.send_denial_response(Response(content=body, status_code=status, media_type="application/json"))
+                return
+        await ws.accept()
+        conn = _Connection(ws, asyncio.get_running_loop(), ws.client.host if ws.client else "127.0.0.1", ws.headers.get("user-agent", ""))
+        with self.lock:
+            self.connections[connection_id] = conn
+        writer = asyncio.create_task(self._writer(conn))
+        try:
+            while True:
+                text = await ws.receive_text()
+                conn.last_active_at = datetime.now(timezone.utc)
+                # Each frame is its own Lambda invocation; its return value is not sent (as in AWS).
+                self.background.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
+                                       self._context("websocket_message"))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            with self.lock:
+                self.connections.pop(connection_id, None)
+            await conn.outbox.put(None)
+            await writer
+            disconnect = self._handler("$disconnect")
+            if disconnect is not None:
+                await run_in_threadpool(self._run_logged, disconnect, self._event("$disconnect", "DISCONNECT", connection_id, ws),
+                                        self._context("websocket_disconnect"))
+
+    async def _writer(self, conn: _Connection) -> None:
+        # One writer per connection keeps frames in the order the management API received them.
+        while True:
+            text = await conn.outbox.get()
+            if text is None:
+                return
+            try:
+                await conn.websocket.send_text(text)
+            except Exception:  # noqa: BLE001 - the client went away; $disconnect follows
+                return
+
+    @staticmethod
+    def _run_logged(handler: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return handler(*args)
+        except Exception:  # noqa: BLE001 - a Lambda's crash goes to its log, as in CloudWatch
+            log.exception("handler %s failed", getattr(handler, "__name__", handler))
+            return None
+
+    # -- management API ------------------------------------------------------------------------
+
+    async def management(self, request: Request) -> Response:
+        connection_id = request.path_params["connection_id"]
+        with self.lock:
+            conn = self.connections.get(connection_id)
+        if conn is None:
+            return Response(content=b'{"message":null}', status_code=410, media_type="application/json",
+                            headers={"x-amzn-ErrorType": "GoneException"})
+        if request.method == "POST":
+            data = await request.body()
+            await conn.outbox.put(data.decode("utf-8", "replace"))
+            return Response(status_code=200)
+        if request.method == "DELETE":
+            await conn.websocket.close()
+            return Response(status_code=204)
+        return JSONResponse({
+            "ConnectedAt": conn.connected_at.isoformat(), "LastActiveAt": conn.last_active_at.isoformat(),
+            "Identity": {"SourceIp": conn.source_ip, "UserAgent": conn.user_agent},
+        })
+
+    # -- Lambda Invoke API -----------------------------------------------------------------------
+
+    async def invoke(self, request: Request) -> Response:
+        name = request.path_params["name"].rsplit(":", 1)[-1]
+        function = next((f for f in self.chalice_app.pure_lambda_functions
+                         if f.name == name or name.endswith(f"-{f.name}")), None)
+        if function is None:
+            return JSONResponse({"Type": "User", "message": f"Function not found: {name}"}, status_code=404,
+                                headers={"x-amzn-ErrorType": "ResourceNotFoundException"})
+        handler = getattr(importlib.import_module(self.app_module), function.handler_string.rsplit(".", 1)[1])
+        payload = json.loads((await request.body()) or b"{}")
+        context = self._context(function.name, timeout=900)
+        if request.headers.get("x-amz-invocation-type") == "Event":
+            self.background.submit(self._run_logged, handler, payload, context)
+            return Response(status_code=202)
+        result = await run_in_threadpool(handler, payload, context)
+        return JSONResponse(result)
+
+
+def load_config(project_dir: Path, stage: str) -> Config:
+    """The Chalice config of `stage`, as `chalice local` reads it."""
+    from chalice.cli.factory import CLIFactory
+
+    return CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
