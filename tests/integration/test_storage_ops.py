@@ -1,0 +1,98 @@
+"""Storage operations per endpoint, counted with botocore event hooks and pinned.
+
+A change that adds a round trip to an endpoint fails here. The README's cost table (Class A /
+Class B operations) is computed from OPS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chalicelib.config import Settings
+from chalicelib.container import get_container
+from tests.support.api import ROOT, Api, make_api
+
+SKILL_MD = "---\nname: pdf-tools\ndescription: PDFs. Use for PDFs.\n---\nbody"
+
+# endpoint → exact S3 operations, for a user with 3 flat skills + 1 folder skill (2 files),
+# 2 conversations and settings.
+OPS: dict[str, dict[str, int]] = {
+    "POST /users/{u}/skills (flat)": {"PutObject": 1},
+    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 2},
+    "GET /users/{u}/skills (4 skills)": {"ListObjectsV2": 1, "GetObject": 4},
+    "GET /users/{u}/skills/{flat}": {"GetObject": 1},
+    "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 2},
+    "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1},
+    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1},
+    "POST /users/{u}/conversations": {"PutObject": 1},
+    "GET /users/{u}/conversations/{id}": {"GetObject": 1},
+    "GET /users/{u}/conversations": {"ListObjectsV2": 1},
+    "DELETE /users/{u}/conversations/{id}": {"HeadObject": 1, "DeleteObject": 1},
+    "GET /users/{u}/settings": {"GetObject": 1},
+    "PUT /users/{u}/settings": {"PutObject": 1},
+    "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
+    "DELETE /users/{u}": {"ListObjectsV2": 1, "DeleteObjects": 1},
+    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 7, "ListObjectsV2": 1, "PutObject": 1},
+    "DELETE /sandbox/{s}": {"ListObjectsV2": 1, "DeleteObjects": 1},
+    "GET /health": {},
+}
+
+# Which operations R2 bills as Class A (writes, lists) and Class B (reads); deletes are free.
+CLASS_A = {"PutObject", "ListObjectsV2", "CopyObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
+CLASS_B = {"GetObject", "HeadObject"}
+
+
+@pytest.fixture
+def s3_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterator[tuple[Api, Counter[str]]]:
+    api = make_api("s3", tmp_path, monkeypatch, moto_endpoint)
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+    settings = Settings.from_env({**os.environ, **stage_env})
+    counts: Counter[str] = Counter()
+    client = get_container(settings).store.client  # type: ignore[attr-defined]
+    client.meta.events.register("before-call.s3", lambda model, **_: counts.update([model.name]))
+    yield api, counts
+
+
+def measure(counts: Counter[str], call) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    counts.clear()
+    response = call()
+    assert response.status_code < 400, response.body
+    return dict(counts)
+
+
+def test_operation_counts_are_pinned(s3_api: tuple[Api, Counter[str]]) -> None:
+    api, counts = s3_api
+    seen: dict[str, dict[str, int]] = {}
+    for name in ("a.md", "b.md", "c.md"):
+        seen["POST /users/{u}/skills (flat)"] = measure(counts, lambda n=name: api.post("/users/u/skills", {"name": n, "content": f"# {n}"}))
+    seen["POST /users/{u}/skills (folder, 2 files)"] = measure(
+        counts, lambda: api.post("/users/u/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_MD, "x.py": "1"}}))
+    seen["GET /users/{u}/skills (4 skills)"] = measure(counts, lambda: api.get("/users/u/skills"))
+    seen["GET /users/{u}/skills/{flat}"] = measure(counts, lambda: api.get("/users/u/skills/a.md"))
+    seen["GET /users/{u}/skills/{folder}"] = measure(counts, lambda: api.get("/users/u/skills/pdf-tools"))
+    seen["POST /users/{u}/conversations"] = measure(counts, lambda: api.post("/users/u/conversations", {"conversationId": "c1", "messages": []}))
+    api.post("/users/u/conversations", {"conversationId": "c2", "messages": []})
+    seen["GET /users/{u}/conversations/{id}"] = measure(counts, lambda: api.get("/users/u/conversations/c1"))
+    seen["GET /users/{u}/conversations"] = measure(counts, lambda: api.get("/users/u/conversations"))
+    seen["PUT /users/{u}/settings"] = measure(counts, lambda: api.send("PUT", "/users/u/settings", {"maxTurns": 3}))
+    seen["GET /users/{u}/settings"] = measure(counts, lambda: api.get("/users/u/settings"))
+    seen["PATCH /users/{u}/settings"] = measure(counts, lambda: api.send("PATCH", "/users/u/settings", {"maxTurns": 4}))
+    seen["POST /setup/{s}?userId={u} (4 skills, 5 files)"] = measure(counts, lambda: api.post("/setup/s1?userId=u"))
+    seen["DELETE /sandbox/{s}"] = measure(counts, lambda: api.delete("/sandbox/s1"))
+    seen["DELETE /users/{u}/conversations/{id}"] = measure(counts, lambda: api.delete("/users/u/conversations/c2"))
+    seen["DELETE /users/{u}/skills/{flat}"] = measure(counts, lambda: api.delete("/users/u/skills/c.md"))
+    seen["DELETE /users/{u}/skills/{folder}"] = measure(counts, lambda: api.delete("/users/u/skills/pdf-tools"))
+    seen["GET /health"] = measure(counts, lambda: api.get("/health"))
+    seen["DELETE /users/{u}"] = measure(counts, lambda: api.delete("/users/u"))
+    print("\nS3 operations per endpoint:")
+    for endpoint, ops in seen.items():
+        a = sum(n for op, n in ops.items() if op in CLASS_A)
+        b = sum(n for op, n in ops.items() if op in CLASS_B)
+        print(f"  {endpoint:50s} A={a} B={b}  {ops}")
+    assert seen == OPS
