@@ -1,0 +1,147 @@
+"""Sandboxes on a sandbox host, over HTTP (chosen when SANDBOX_URL is set).
+
+The API's Lambdas cannot keep sessions alive, so they drive sandboxes on a host running
+`sandbox_host` (see its Dockerfile). File contents travel base64-encoded in JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+
+from chalicelib.config import Settings
+from chalicelib.ids import validate_id
+from chalicelib.sandbox.base import (
+    WORKSPACE,
+    ExecResult,
+    FileEntry,
+    MountError,
+    MountSpec,
+    SandboxError,
+    SandboxFileNotFound,
+    SandboxGone,
+    SandboxOptions,
+    SandboxPathError,
+    SandboxUnavailable,
+)
+
+_ERRORS: dict[str, type[SandboxError]] = {
+    "sandbox_gone": SandboxGone,
+    "file_not_found": SandboxFileNotFound,
+    "invalid_path": SandboxPathError,
+    "mount_failed": MountError,
+}
+
+
+class _Client:
+    def __init__(self, settings: Settings) -> None:
+        token = settings.sandbox.token.get_secret_value() if settings.sandbox.token else ""
+        # Reads are quick; commands may run for their whole timeout, so the read timeout is long.
+        self.http = httpx.Client(
+            base_url=(settings.sandbox.url or "").rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(connect=5.0, read=settings.sandbox.command_timeout_seconds + 30.0, write=30.0, pool=10.0),
+        )
+
+    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, path, json=json, params=params)
+        except httpx.HTTPError as exc:
+            raise SandboxUnavailable(f"The sandbox host {self.http.base_url} cannot be reached ({type(exc).__name__}).") from exc
+        if response.status_code < 400:
+            return response.json()  # type: ignore[no-any-return]
+        try:
+            body = response.json()
+            message, code = body.get("error", ""), body.get("code", "")
+        except ValueError:
+            message, code = response.text[:200], ""
+        if response.status_code == 401:
+            raise SandboxUnavailable(f"The sandbox host refused SANDBOX_TOKEN: {message}")
+        raise _ERRORS.get(code, SandboxUnavailable if response.status_code >= 500 else SandboxError)(message)
+
+
+class RemoteBashSession:
+    def __init__(self, client: _Client, session_id: str) -> None:
+        self.client = client
+        self.base = f"/sessions/{session_id}/bash"
+
+    def run(self, command: str, *, timeout: float | None = None, max_output: int = 30_000) -> ExecResult:
+        return ExecResult(**self.client.call("POST", self.base, json={"command": command, "timeout": timeout, "maxOutput": max_output}))
+
+    def restart(self) -> None:
+        self.client.call("POST", self.base + "/restart")
+
+
+class RemoteSandbox:
+    """A session's sandbox on the sandbox host."""
+
+    def __init__(self, client: _Client, session_id: str) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.base = f"/sessions/{session_id}"
+
+    def write_file(self, path: str, content: bytes | str) -> None:
+        self.write_files({path: content})
+
+    def write_files(self, files: dict[str, bytes | str]) -> None:
+        encoded = {p: base64.b64encode(c.encode() if isinstance(c, str) else c).decode() for p, c in files.items()}
+        self.client.call("PUT", self.base + "/files", json={"files": encoded})
+
+    def read_file(self, path: str) -> bytes:
+        return base64.b64decode(self.client.call("GET", self.base + "/files", params={"path": path})["content"])
+
+    def list_files(self, path: str = WORKSPACE, *, recursive: bool = True) -> list[FileEntry]:
+        body = self.client.call("GET", self.base + "/list", params={"path": path, "recursive": "1" if recursive else "0"})
+        return [FileEntry(**e) for e in body["entries"]]
+
+    def delete_file(self, path: str) -> None:
+        self.client.call("DELETE", self.base + "/files", params={"path": path})
+
+    def exec(self, command: str, *, timeout: float | None = None, max_output: int = 100_000) -> ExecResult:
+        return ExecResult(**self.client.call("POST", self.base + "/exec", json={"command": command, "timeout": timeout, "maxOutput": max_output}))
+
+    def bash(self) -> RemoteBashSession:
+        return RemoteBashSession(self.client, self.session_id)
+
+    def mount_bucket(self, spec: MountSpec) -> list[str]:
+        payload = spec.model_dump(mode="json")
+        for secret in ("access_key_id", "secret_access_key"):
+            value = getattr(spec, secret)
+            payload[secret] = value.get_secret_value() if value is not None else None
+        return list(self.client.call("POST", self.base + "/mount", json={"spec": payload})["seen"])
+
+    def destroy(self) -> None:
+        self.client.call("DELETE", self.base)
+
+
+class RemoteSandboxProvider:
+    """Sandboxes on the host at SANDBOX_URL."""
+
+    kind = "remote"
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = _Client(settings)
+
+    def create(self, session_id: str, options: SandboxOptions) -> RemoteSandbox:
+        validate_id(session_id, "sessionId")
+        self.client.call("POST", f"/sessions/{session_id}", json={"allowNetwork": options.allow_network})
+        return RemoteSandbox(self.client, session_id)
+
+    def get(self, session_id: str) -> RemoteSandbox:
+        validate_id(session_id, "sessionId")
+        self.client.call("GET", f"/sessions/{session_id}")
+        return RemoteSandbox(self.client, session_id)
+
+    def destroy(self, session_id: str) -> bool:
+        validate_id(session_id, "sessionId")
+        try:
+            self.client.call("DELETE", f"/sessions/{session_id}")
+        except SandboxGone:
+            return False
+        return True
+
+    def supports_mount(self, spec: MountSpec) -> bool:
+        payload = spec.model_dump(mode="json")
+        return bool(self.client.call("POST", "/mount-support", json={"spec": payload})["supported"])

@@ -1,0 +1,1 @@
+"""The sandbox host: runs bubblewrap sandboxes for sessions, behind an authenticated HTTP API."""

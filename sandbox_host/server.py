@@ -1,0 +1,245 @@
+"""The sandbox host service.
+
+Lambda cannot keep a process alive between invocations, so sessions live here: one
+bubblewrap sandbox per session, driven over HTTP by `chalicelib.sandbox.remote`. Every route
+but /health needs `Authorization: Bearer $SANDBOX_TOKEN`; sessions idle for longer than
+SANDBOX_IDLE_TIMEOUT seconds (default 600) are destroyed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import (
+    IsolationUnavailable,
+    MountError,
+    MountSpec,
+    SandboxError,
+    SandboxFileNotFound,
+    SandboxGone,
+    SandboxOptions,
+    SandboxPathError,
+)
+from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
+from chalicelib.security import bearer_token
+
+log = logging.getLogger("sandbox_host")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CreateBody(_Body):
+    allow_network: bool = Field(default=False, alias="allowNetwork")
+
+
+class FilesBody(_Body):
+    files: dict[str, str]  # sandbox path → base64 content
+
+
+class CommandBody(_Body):
+    command: str
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    max_output: int = Field(default=100_000, alias="maxOutput", ge=1, le=10_000_000)
+
+
+class MountBody(_Body):
+    spec: MountSpec
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+class SandboxHost:
+    """Sessions of this host, with their last use for the idle reaper."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.sandbox.token is None:
+            raise SystemExit("SANDBOX_TOKEN is not set: the sandbox host refuses to start without it.")
+        self.settings = settings
+        self.token = settings.sandbox.token.get_secret_value()
+        self.provider = LocalSandboxProvider(settings)
+        self.last_used: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def touch(self, session_id: str) -> None:
+        with self.lock:
+            self.last_used[session_id] = time.monotonic()
+
+    def reap_idle(self, now: float | None = None) -> list[str]:
+        """Destroy sessions idle for longer than the idle timeout; return their ids."""
+        now = time.monotonic() if now is None else now
+        limit = self.settings.sandbox.idle_timeout_seconds
+        with self.lock:
+            idle = [sid for sid, used in self.last_used.items() if now - used > limit]
+            for sid in idle:
+                del self.last_used[sid]
+        for sid in idle:
+            self.provider.destroy(sid)
+            log.info("reaped idle session %s", sid)
+        return idle
+
+    def reaper(self, interval: float = 30.0) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.reap_idle()
+            except Exception:  # noqa: BLE001 - the reaper must keep running
+                log.exception("reaping failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sid in self.provider.sessions():
+            self.provider.destroy(sid)
+
+
+def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.0) -> Starlette:
+    """The sandbox host's ASGI app."""
+    host = SandboxHost(settings or Settings.from_env())
+
+    def endpoint(handler: Callable[..., Any], needs_session: bool = True) -> Callable[[Request], Any]:
+        async def run(request: Request) -> Response:
+            token = bearer_token(dict(request.headers))
+            if token is None or not hmac.compare_digest(token.encode(), host.token.encode()):
+                return _error(401, "Missing or invalid sandbox token: send 'Authorization: Bearer $SANDBOX_TOKEN'.", "unauthorized")
+            raw = await request.body()
+            from starlette.concurrency import run_in_threadpool
+
+            def call() -> Response:
+                try:
+                    sid = request.path_params.get("session_id")
+                    sandbox = host.provider.get(sid) if needs_session and sid else None
+                    if sid:
+                        host.touch(sid)
+                    return JSONResponse(handler(request, sandbox, raw))
+                except ValidationError as exc:
+                    return _error(400, f"Invalid request: {exc.errors()[0]['msg']}.", "invalid_request")
+                except SandboxGone as exc:
+                    return _error(404, str(exc), "sandbox_gone")
+                except SandboxFileNotFound as exc:
+                    return _error(404, str(exc), "file_not_found")
+                except SandboxPathError as exc:
+                    return _error(400, str(exc), "invalid_path")
+                except MountError as exc:
+                    return _error(422, str(exc), "mount_failed")
+                except IsolationUnavailable as exc:
+                    return _error(503, str(exc), "isolation_unavailable")
+                except SandboxError as exc:
+                    return _error(500, str(exc), "sandbox_error")
+
+            return await run_in_threadpool(call)
+
+        return run
+
+    def create(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
+        body = CreateBody.model_validate_json(raw or b"{}")
+        sid = request.path_params["session_id"]
+        host.provider.create(sid, SandboxOptions(allow_network=body.allow_network))
+        host.touch(sid)
+        return {"sessionId": sid}
+
+    def exists(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        return {"sessionId": sandbox.session_id}
+
+    def destroy(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
+        sid = request.path_params["session_id"]
+        with host.lock:
+            host.last_used.pop(sid, None)
+        if not host.provider.destroy(sid):
+            raise SandboxGone(f"No session {sid!r} on this host.")
+        return {"destroyed": True, "sessionId": sid}
+
+    def write(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        body = FilesBody.model_validate_json(raw)
+        sandbox.write_files({p: base64.b64decode(c) for p, c in body.files.items()})
+        return {"written": len(body.files)}
+
+    def read(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        return {"content": base64.b64encode(sandbox.read_file(request.query_params.get("path", ""))).decode()}
+
+    def remove(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        sandbox.delete_file(request.query_params.get("path", ""))
+        return {"deleted": True}
+
+    def listing(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        entries = sandbox.list_files(request.query_params.get("path", "/workspace"),
+                                     recursive=request.query_params.get("recursive", "1") == "1")
+        return {"entries": [asdict(e) for e in entries]}
+
+    def run_exec(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        body = CommandBody.model_validate_json(raw)
+        return asdict(sandbox.exec(body.command, timeout=body.timeout, max_output=body.max_output))
+
+    def run_bash(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        body = CommandBody.model_validate_json(raw)
+        return asdict(sandbox.bash().run(body.command, timeout=body.timeout, max_output=body.max_output))
+
+    def restart_bash(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        sandbox.bash().restart()
+        return {"restarted": True}
+
+    def mount(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        body = MountBody.model_validate_json(raw)
+        return {"seen": sandbox.mount_bucket(body.spec)}
+
+    def supports(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
+        return {"supported": host.provider.supports_mount(MountBody.model_validate_json(raw).spec)}
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "healthy", "kind": host.provider.kind, "sessions": len(host.provider.sessions())})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        thread = threading.Thread(target=host.reaper, args=(reaper_interval,), daemon=True, name="reaper")
+        thread.start()
+        yield
+        host.stop()
+
+    s = "/sessions/{session_id}"
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/mount-support", endpoint(supports, needs_session=False), methods=["POST"]),
+            Route(s, endpoint(create, needs_session=False), methods=["POST"]),
+            Route(s, endpoint(exists), methods=["GET"]),
+            Route(s, endpoint(destroy, needs_session=False), methods=["DELETE"]),
+            Route(s + "/files", endpoint(write), methods=["PUT"]),
+            Route(s + "/files", endpoint(read), methods=["GET"]),
+            Route(s + "/files", endpoint(remove), methods=["DELETE"]),
+            Route(s + "/list", endpoint(listing), methods=["GET"]),
+            Route(s + "/exec", endpoint(run_exec), methods=["POST"]),
+            Route(s + "/bash", endpoint(run_bash), methods=["POST"]),
+            Route(s + "/bash/restart", endpoint(restart_bash), methods=["POST"]),
+            Route(s + "/mount", endpoint(mount), methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.host = host
+    return app
+
+
+def main() -> None:
+    """Run the host: SANDBOX_HOST_BIND (default 0.0.0.0) and PORT (default 8080)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    uvicorn.run(app, host=os.environ.get("SANDBOX_HOST_BIND", "0.0.0.0"), port=int(os.environ.get("PORT", "8080")))
