@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chalicelib.config import Settings
+from chalicelib.errors import AppError
 from chalicelib.sandbox.base import (
     IsolationUnavailable,
     MountError,
@@ -130,6 +131,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     if sid:
                         host.touch(sid)
                     return JSONResponse(handler(request, sandbox, raw))
+                except AppError as exc:
+                    return _error(exc.status, exc.message, exc.code)
                 except ValidationError as exc:
                     return _error(400, f"Invalid request: {exc.errors()[0]['msg']}.", "invalid_request")
                 except SandboxGone as exc:

@@ -1,0 +1,83 @@
+"""A real s3fs mount of one user's prefix of a moto-server bucket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import MountError, MountSpec, SandboxOptions
+from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from tests.support.s3 import create_bucket, storage_settings
+
+FUSE_REASON = None
+if not os.path.exists("/dev/fuse"):
+    FUSE_REASON = "/dev/fuse is not available on this machine, so FUSE mounts cannot be tested"
+elif shutil.which("s3fs") is None:
+    FUSE_REASON = "s3fs is not installed (apt-get install s3fs)"
+elif shutil.which("bwrap") is None:
+    FUSE_REASON = "bubblewrap is not installed"
+elif os.geteuid() != 0:
+    FUSE_REASON = "mounting with s3fs needs root here"
+
+pytestmark = [pytest.mark.slow, pytest.mark.fuse, pytest.mark.skipif(FUSE_REASON is not None, reason=FUSE_REASON or "")]
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str) -> Iterator[tuple[str, str]]:
+    name = f"mount-{uuid.uuid4().hex[:10]}"
+    client = create_bucket(storage_settings(moto_endpoint, name))
+    client.put_object(Bucket=name, Key="users/alice/skills/debugging.md", Body=b"# Alice debugging")
+    client.put_object(Bucket=name, Key="users/alice/skills/pdf-tools/SKILL.md", Body=b"---\nname: pdf-tools\ndescription: d\n---\n")
+    client.put_object(Bucket=name, Key="users/bob/skills/bob-secret.md", Body=b"# Bob only")
+    yield name, moto_endpoint
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalSandboxProvider]:
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "sandboxes")}))
+    yield p
+    for sid in p.sessions():
+        p.destroy(sid)
+
+
+def spec(bucket: str, endpoint: str, prefix: str = "users/alice/", secret: str = "testing-secret-9931") -> MountSpec:
+    return MountSpec(kind="s3", bucket=bucket, prefix=prefix, endpoint_url=endpoint, region="us-east-1",
+                     access_key_id="testing", secret_access_key=secret)  # type: ignore[arg-type]
+
+
+def test_mounts_only_the_users_prefix(provider: LocalSandboxProvider, bucket: tuple[str, str]) -> None:
+    name, endpoint = bucket
+    sandbox = provider.create("s3-1", SandboxOptions())
+    assert provider.supports_mount(spec(name, endpoint))
+    seen = sandbox.mount_bucket(spec(name, endpoint))
+    assert "/workspace/.claude/skills/debugging.md" in seen
+    assert "/workspace/.claude/skills/pdf-tools/SKILL.md" in seen
+    assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout == "# Alice debugging"
+    everything = sandbox.exec("find / -name '*.md' -not -path '/proc/*' -not -path '/usr/*' 2>/dev/null").stdout
+    assert "bob-secret" not in everything
+    # The credentials stay outside: not in the environment, not under /workspace.
+    leak = sandbox.exec("env; grep -rs testing-secret-9931 /workspace /tmp /run /etc 2>/dev/null").stdout
+    assert "testing-secret-9931" not in leak
+    provider.destroy("s3-1")
+    assert not (sandbox.root / "s3fs.passwd").exists()
+
+
+def test_a_failing_mount_raises_and_is_not_used(provider: LocalSandboxProvider, bucket: tuple[str, str]) -> None:
+    name, _ = bucket
+    sandbox = provider.create("s3-2", SandboxOptions())
+    with pytest.raises(MountError):
+        sandbox.mount_bucket(spec(name, "http://127.0.0.1:9"))
+    assert sandbox.claude_source is None
+    assert "No such file" in sandbox.exec("ls /workspace/.claude 2>&1").stdout
+
+
+def test_an_empty_prefix_raises(provider: LocalSandboxProvider, bucket: tuple[str, str]) -> None:
+    name, endpoint = bucket
+    with pytest.raises(MountError):
+        provider.create("s3-3", SandboxOptions()).mount_bucket(spec(name, endpoint, prefix="users/nobody/"))
