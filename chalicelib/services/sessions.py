@@ -33,7 +33,8 @@ from chalicelib.sandbox.base import (
 )
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import ObjectInfo, iter_all
+from chalicelib.storage.cache import BodyCache
 from chalicelib.storage import layout
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,11 @@ class _AllowNetwork(BaseModel):
 class SessionsService:
     """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
 
-    def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None) -> None:
         self.settings = settings
         self.store = store
         self.sandboxes = sandboxes
+        self.cache = cache or BodyCache()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class SessionsService:
         with ThreadPoolExecutor(max_workers=2) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
             if mounted is None:
-                loaded_f = pool.submit(self._load_skills, sandbox, user_id, [o.key for o in listing])
+                loaded_f = pool.submit(self._load_skills, sandbox, user_id, listing)
             save_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
@@ -152,8 +154,7 @@ class SessionsService:
         """
         options = self._sandbox_options(user_id)
         sandbox = self._create_sandbox(session_id, options)
-        keys = [o.key for o in iter_all(self.store, layout.skills_prefix(user_id))]
-        return self._load_skills(sandbox, user_id, keys)
+        return self._load_skills(sandbox, user_id, iter_all(self.store, layout.skills_prefix(user_id)))
 
     # -- lookups used by the websocket layer ---------------------------------------------
 
@@ -271,13 +272,11 @@ class SessionsService:
             secret_access_key=storage.secret_access_key,
         )
 
-    def _load_skills(self, sandbox: Sandbox, user_id: str, keys: list[str]) -> list[str]:
+    def _load_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo]) -> list[str]:
         """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
         prefix = layout.skills_prefix(user_id)
-        objects = get_many(self.store, keys)
-        files = {
-            f"{SKILLS_DIR}/{key[len(prefix):]}": obj.body for key, obj in objects.items() if obj is not None
-        }
+        bodies = self.cache.get_many(self.store, listing)
+        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
         try:
             # Start from an empty folder so skills deleted since the last setup disappear.
             sandbox.delete_file(SKILLS_DIR)

@@ -141,7 +141,7 @@ def iter_all(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
             return found
 
 
-def get_many(store: ObjectStore, keys: list[str], *, workers: int = 16) -> dict[str, StoredObject | None]:
+def get_many(store: ObjectStore, keys: list[str], *, workers: int = 64) -> dict[str, StoredObject | None]:
     """GET every key in parallel, so N reads cost one round trip of latency, not N.
 
     A missing key maps to None (it was deleted between a listing and the read).

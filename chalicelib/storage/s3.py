@@ -31,7 +31,7 @@ _PRECONDITION = {"PreconditionFailed", "412"}
 _CONFLICT_RETRYABLE = {"ConditionalRequestConflict", "409"}
 
 
-def client_config(max_pool_connections: int = 32) -> Config:
+def client_config(max_pool_connections: int = 64) -> Config:
     """The botocore Config every S3 client here uses (asserted by a test)."""
     return Config(
         request_checksum_calculation="when_required",
