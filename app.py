@@ -6,10 +6,12 @@ WebSocket handlers and the turn runner.
 
 from chalice import Chalice
 
+from chalicelib.aws import aws_session
 from chalicelib.services.conversations import MAX_CONVERSATION_BYTES
 from chalicelib.services.health import check_health
 from chalicelib.services.skills import MAX_UPLOAD_BYTES, SkillUpload
 from chalicelib.services.user_settings import MAX_SETTINGS_BYTES
+from chalicelib.web import websocket
 from chalicelib.web.responses import Reply, etag_header
 from chalicelib.web.routing import Api, RequestContext
 
@@ -126,3 +128,28 @@ def setup_session(ctx: RequestContext, sessionId: str):
 @api.route("/sandbox/{sessionId}", methods=["DELETE"])
 def destroy_sandbox(ctx: RequestContext, sessionId: str):
     return ctx.services.sessions.destroy(sessionId)
+
+
+# -- The agent over WebSocket ------------------------------------------------------------
+
+app.websocket_api.session = aws_session()
+
+
+@app.on_ws_connect()
+def ws_connect(event):
+    return websocket.connect(event)
+
+
+@app.on_ws_message()
+def ws_message(event):
+    websocket.message(event, app.websocket_api)
+
+
+@app.on_ws_disconnect()
+def ws_disconnect(event):
+    websocket.disconnect(event)
+
+
+@app.lambda_function(name="turn_runner")
+def turn_runner(event, context):
+    return websocket.run_turns(event, context, app.websocket_api)

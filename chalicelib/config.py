@@ -64,6 +64,7 @@ class AgentSettings(_Frozen):
     default_model: str = DEFAULT_MODEL
     default_max_turns: int = 25
     max_tokens: int = 8192
+    max_retries: int = 2
     price_table_json: str | None = None
 
 
@@ -125,6 +126,7 @@ class Settings(_Frozen):
                     default_model=get("DEFAULT_MODEL") or DEFAULT_MODEL,
                     default_max_turns=_int(get, "DEFAULT_MAX_TURNS", 25),
                     max_tokens=_int(get, "MAX_TOKENS", 8192),
+                    max_retries=_int(get, "ANTHROPIC_MAX_RETRIES", 2),
                     price_table_json=get("PRICE_TABLE"),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),

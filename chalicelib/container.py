@@ -12,7 +12,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from chalicelib.agent.turn import AgentTurn
+from chalicelib.aws import aws_session
 from chalicelib.config import Settings
+from chalicelib.realtime.connections import ConnectionRegistry
+from chalicelib.realtime.dispatch import LambdaDispatcher, TurnDispatcher
+from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.runner import TurnRunner
+from chalicelib.realtime.sender import Sender
+from chalicelib.realtime.service import RealtimeService
+from chalicelib.realtime.state import StateStore
 from chalicelib.sandbox.base import SandboxProvider
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
@@ -32,6 +41,11 @@ class Container:
         self.settings = settings
         self._lock = threading.RLock()  # builders ask for other parts
         self._built: dict[str, Any] = {}
+
+    def override(self, name: str, value: Any) -> None:
+        """Replace a part (tests swap the turn dispatcher for a thread)."""
+        with self._lock:
+            self._built[name] = value
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
         with self._lock:
@@ -80,6 +94,32 @@ class Container:
     @property
     def sessions(self) -> SessionsService:
         return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes))
+
+    # -- the agent over websocket ----------------------------------------------------------
+
+    @property
+    def dispatcher(self) -> TurnDispatcher:
+        def build() -> TurnDispatcher:
+            function = self.settings.turn_runner_function or "turn_runner"
+            return LambdaDispatcher(aws_session().client("lambda"), function)
+
+        return self._once("dispatcher", build)
+
+    @property
+    def realtime(self) -> RealtimeService:
+        return self._once("realtime", lambda: RealtimeService(
+            self.settings, self.sessions, self.conversations, StateStore(self.store), EventLog(self.store),
+            ConnectionRegistry(self.store), self.dispatcher,
+        ))
+
+    @property
+    def agent_turn(self) -> AgentTurn:
+        return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings))
+
+    def turn_runner(self, sender: Sender) -> TurnRunner:
+        """A runner sending through `sender` (the app's websocket API)."""
+        return TurnRunner(self.settings, StateStore(self.store), EventLog(self.store), self.sessions,
+                          self.conversations, sender, self.agent_turn)
 
 
 @functools.lru_cache(maxsize=8)

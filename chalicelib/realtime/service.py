@@ -8,11 +8,13 @@ replies (acknowledgements, history, errors about a frame) go straight back with 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from chalicelib.agent.model_client import MISSING_KEY
 from chalicelib.config import Settings
 from chalicelib.errors import AppError, Conflict, NotFound
 from chalicelib.ids import ID_PATTERN
@@ -39,10 +41,6 @@ from chalicelib.security import bearer_token, key_matches
 
 log = logging.getLogger(__name__)
 
-MISSING_ANTHROPIC_KEY = (
-    "ANTHROPIC_API_KEY is not set on the server, so the agent cannot run. Set it in the server's "
-    "environment (locally: export it or put it in .env; in AWS: ./scripts/put-secrets) and restart."
-)
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,7 @@ class RealtimeService:
 
     def _require_model_key(self) -> None:
         if self.settings.agent.anthropic_api_key is None:
-            raise AppError(MISSING_ANTHROPIC_KEY, code="anthropic_api_key_missing")
+            raise AppError(MISSING_KEY, code="anthropic_api_key_missing")
 
     def _start(self, conn: Connection, start: StartFrame) -> list[dict[str, Any]]:
         self._require_model_key()
@@ -269,8 +267,18 @@ class RealtimeService:
             "history", conversationId=conversation_id, messages=body.get("messages", []), metadata=body.get("metadata", {})
         )
 
+    def _settled(self, session_id: str, wait: float = 3.0) -> SessionState | None:
+        """The state once no turn is running, waiting a moment: the runner sends `result`
+        just before it records the turn as finished."""
+        deadline = time.monotonic() + wait
+        state = self.states.read(session_id)
+        while state is not None and state.turn_active and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = self.states.read(session_id)
+        return state
+
     def _clear(self, conn: Connection) -> list[dict[str, Any]]:
-        state = self.states.read(conn.session_id)
+        state = self._settled(conn.session_id)
         if state is not None and state.turn_active:
             raise Conflict("A turn is running: interrupt it, then clear.", code="turn_in_progress")
         conversation_id = state.conversation_id if state else conn.session_id

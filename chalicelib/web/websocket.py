@@ -1,0 +1,64 @@
+"""The websocket edge: API Gateway events in, service calls out, refusals as status codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from chalice import Response
+from chalice.app import WebsocketEvent
+
+from chalicelib import secrets
+from chalicelib.config import Settings
+from chalicelib.container import Container, get_container
+from chalicelib.errors import AppError
+from chalicelib.realtime.protocol import error_frame
+from chalicelib.realtime.sender import ChaliceSender
+from chalicelib.realtime.service import WsEvent
+
+log = logging.getLogger(__name__)
+
+
+def container() -> Container:
+    secrets.ensure_loaded()
+    return get_container(Settings.from_env())
+
+
+def connect(event: WebsocketEvent) -> Response:
+    """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
+    try:
+        decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
+    except AppError as exc:
+        return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
+    if decision.status == 200:
+        return Response(body="", status_code=200)
+    return Response(body=json.dumps({"error": decision.error, "code": decision.code}), status_code=decision.status,
+                    headers={"Content-Type": "application/json"})
+
+
+def message(event: WebsocketEvent, websocket_api: Any) -> None:
+    """$default: one client frame."""
+    sender = ChaliceSender(websocket_api)
+    ws_event = WsEvent.from_lambda_event(event.to_dict())
+    try:
+        services = container()
+    except AppError as exc:
+        sender.send(ws_event.connection_id, error_frame(exc.message, exc.code))
+        return
+    services.realtime.message(ws_event, sender)
+
+
+def disconnect(event: WebsocketEvent) -> None:
+    """$disconnect: forget the connection; a running turn goes on."""
+    container().realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
+
+
+def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
+    """The turn runner Lambda: run the session's queued messages."""
+    session_id = str(payload.get("sessionId", ""))
+    services = container()
+    runner = services.turn_runner(ChaliceSender(websocket_api))
+    time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if hasattr(context, "get_remaining_time_in_millis") else None
+    ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: services.dispatcher.dispatch(session_id))
+    return {"sessionId": session_id, "turns": ran}
