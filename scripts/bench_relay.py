@@ -1,0 +1,88 @@
+"""Benchmark: the local gateway's relay overhead per streamed event.
+
+The fake Messages API streams a 2,000-delta answer; for each delta the time from the fake
+model writing it to the websocket client receiving its `stream` frame is measured (same
+process, same monotonic clock). The path is the production one: SDK → agent loop → turn
+runner → app.websocket_api.send (botocore post_to_connection) → management API → websocket.
+
+    .venv/bin/python -m scripts.bench_relay [--deltas 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deltas", type=int, default=2000)
+    parser.add_argument("--interval", type=float, default=0.005,
+                        help="seconds between deltas from the fake model (default 0.005: 200 deltas/s, faster than "
+                             "Claude streams; 0 sends them all at once and measures queueing, not relay)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import logging
+
+    logging.disable(logging.INFO)
+    import httpx
+    from websockets.sync.client import connect
+
+    from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
+    from tests.support.gateway import receive_until
+    from tests.support.sandbox_host import free_port
+
+    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake:
+        # The gateway runs as ./scripts/dev does, in its own process; CLOCK_MONOTONIC is shared.
+        port = free_port()
+        env = {**os.environ, "DATA_DIR": f"{tmp}/data", "SANDBOX_ROOT": f"{tmp}/sb", "ANTHROPIC_API_KEY": "bench",
+               "ANTHROPIC_BASE_URL": fake.url, "AWS_REGION": "us-east-1"}
+        server = subprocess.Popen([sys.executable, "-m", "chalicelib.gateway", "--port", str(port)], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            setup = httpx.post(f"{url}/setup/bench?userId=bench", timeout=60).json()
+            text = "".join(f"w{i % 10} " for i in range(args.deltas))
+            fake.script(Reply([Text("warm up")]), Reply([Text(text, chunks=args.deltas)], delay=args.interval))
+            with connect(f"{setup['websocketUrl']}&token={setup['token']}", max_size=2**24) as ws:
+                ws.send(json.dumps({"action": "message", "prompt": "warm up"}))
+                receive_until(ws, "result")
+                fake.emitted.clear()
+                fake.record_emits = True
+                ws.send(json.dumps({"action": "message", "prompt": "go"}))
+                received: list[float] = []
+                for _ in range(args.deltas * 3):
+                    frame = json.loads(ws.recv(timeout=60))
+                    if frame["event"] == "stream":
+                        received.append(time.monotonic())
+                    if frame["event"] == "result":
+                        break
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    emitted = [t for t, _ in fake.emitted]
+    assert len(emitted) == len(received) == args.deltas, (len(emitted), len(received))
+    latencies = sorted((r - e) * 1000 for e, r in zip(emitted, received))
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(f"relay overhead over {args.deltas} streamed deltas: median {statistics.median(latencies):.2f} ms, "
+          f"p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms, model pacing {args.interval * 1000:g} ms/delta (target: median < 2 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
