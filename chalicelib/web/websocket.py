@@ -11,8 +11,10 @@ from chalice.app import WebsocketEvent
 
 from chalicelib import secrets
 from chalicelib.config import Settings
+from chalicelib.aws import aws_session
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
+from chalicelib.realtime.dispatch import LambdaDispatcher
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.sender import ChaliceSender
 from chalicelib.realtime.service import WsEvent
@@ -60,5 +62,9 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     services = container()
     runner = services.turn_runner(ChaliceSender(websocket_api))
     time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if hasattr(context, "get_remaining_time_in_millis") else None
-    ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: services.dispatcher.dispatch(session_id))
+    # Hand a long queue over to a fresh invocation of this very function (its name is only
+    # known at run time when CloudFormation names it).
+    name = getattr(context, "function_name", None)
+    dispatcher = LambdaDispatcher(aws_session().client("lambda"), name) if name and name != "turn_runner" else services.dispatcher
+    ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id))
     return {"sessionId": session_id, "turns": ran}
