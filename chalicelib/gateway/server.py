@@ -27,7 +27,7 @@ from chalice.local import ForbiddenError, LambdaContext, LocalGateway, LocalGate
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -67,6 +67,7 @@ class LocalGatewayApp:
         ]
         if self.static_dir is not None:
             routes += [Route("/", self.index, methods=["GET"]), Route("/console/{path:path}", self.static, methods=["GET"])]
+
         routes.append(Route("/{path:path}", self.rest_request, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]))
         self.asgi = Starlette(routes=routes, lifespan=self._lifespan)
 
@@ -112,12 +113,11 @@ class LocalGatewayApp:
     # -- static files ----------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
-        assert self.static_dir is not None
-        return FileResponse(self.static_dir / "index.html")
+        return RedirectResponse("/console/")
 
     async def static(self, request: Request) -> Response:
         assert self.static_dir is not None
-        target = (self.static_dir / request.path_params["path"]).resolve()
+        target = (self.static_dir / (request.path_params["path"] or "index.html")).resolve()
         if not str(target).startswith(str(self.static_dir) + os.sep) or not target.is_file():
             return JSONResponse({"error": "No such file.", "code": "not_found"}, status_code=404)
         return FileResponse(target)

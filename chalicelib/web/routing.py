@@ -23,6 +23,7 @@ from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUna
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
+from chalicelib.web.cors import cors_headers, preflight_headers
 from chalicelib.web.responses import Reply, error_response, json_response
 from chalicelib.web.requests import ApiRequest
 
@@ -62,6 +63,7 @@ class Api:
 
     def __init__(self, app: Chalice) -> None:
         self.app = app
+        self._methods: dict[str, list[str]] = {}
 
     def route(self, path: str, *, methods: list[str], public: bool = False) -> Callable[[Handler], Handler]:
         """Register `handler(ctx, **path_params)` for `methods` on `path`."""
@@ -72,12 +74,35 @@ class Api:
                 return self.dispatch(handler, params, public=public)
 
             self.app.route(path, methods=methods, content_types=ANY_CONTENT_TYPE)(view)
+            if path not in self._methods:
+                self._register_preflight(path, handler.__name__)
+            self._methods.setdefault(path, []).extend(methods)
             return handler
 
         return decorator
 
+    def _register_preflight(self, path: str, name: str) -> None:
+        def preflight(**_: str) -> Response:
+            try:
+                settings = Settings.from_env()
+            except AppError as error:
+                return error_response(error)
+            headers = preflight_headers(settings, self.app.current_request.headers, self._methods[path])
+            return Response(body="", status_code=204, headers=headers)
+
+        preflight.__name__ = f"{name}_preflight"
+        self.app.route(path, methods=["OPTIONS"], content_types=ANY_CONTENT_TYPE)(preflight)
+
     def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
-        """Run one request through auth, the handler and error mapping."""
+        """Run one request through auth, the handler and error mapping, adding CORS headers."""
+        response = self._dispatch(handler, params, public=public)
+        try:
+            response.headers.update(cors_headers(Settings.from_env(), self.app.current_request.headers))
+        except AppError:
+            pass
+        return response
+
+    def _dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         try:
             secrets.ensure_loaded()
             settings = Settings.from_env()
