@@ -118,7 +118,7 @@ class LocalSandbox:
             raise SandboxFileNotFound(f"No folder at {path}.")
         entries: list[FileEntry] = []
         if target.is_file():
-            return [FileEntry(path=paths.relative(path) and self._sandbox_path(target), size=target.stat().st_size, is_dir=False)]
+            return [FileEntry(path=self._sandbox_path(target), size=target.stat().st_size, is_dir=False)]
         for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
             here = Path(dirpath)
             for name in sorted(dirnames):
