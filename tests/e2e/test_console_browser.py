@@ -165,3 +165,21 @@ def test_phone_width_layout(world, page) -> None:  # type: ignore[no-untyped-def
     for control in ("#user-id", "#skill-name", "#prompt", "#start-session"):
         box = page.locator(control).bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 391
+
+
+def test_reconnect_resumes_without_losing_or_repeating_text(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "flaky")
+    page.click("#start-session")
+    expect(page.locator("#transcript")).to_contain_text("Ready")
+    answer = "".join(f"part{i:02d} " for i in range(40))
+    world.fake.script(Reply([Text(answer, chunks=40)], delay=0.05))
+    page.fill("#prompt", "stream slowly")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .msg.assistant")).to_contain_text("part03")
+    page.evaluate("window.consoleApp.state.ws.close()")  # the network drops mid-answer
+    expect(page.locator("#transcript")).to_contain_text("reconnecting")
+    expect(page.locator("#transcript .result")).to_contain_text("1 turns", timeout=30000)
+    streamed = page.locator("#transcript .msg.assistant").all_text_contents()
+    assert "".join(streamed) == answer

@@ -160,3 +160,14 @@ def test_erase_user_removes_everything_and_counts(api: Api) -> None:
     r = api.delete("/users/hal")
     assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 4}
     assert list(api.keys()) == ["users/other/skills/keep.md"]
+
+
+def test_storage_outage_is_a_503_with_retry_after_and_changes_nothing(local_api: Api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("R2_BUCKET", "down")
+    for response in (local_api.post("/users/alice/skills", {"name": "a.md", "content": "x"}),
+                     local_api.get("/users/alice/skills"), local_api.get("/users/alice/conversations/c1")):
+        assert response.status_code == 503, response.body
+        assert response.headers["Retry-After"] == "5"
+        assert response.json_body["code"] == "storage_unavailable"
+        assert "retry" in response.json_body["error"].lower()
