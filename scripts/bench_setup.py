@@ -1,7 +1,9 @@
 """Benchmark: POST /setup with 1, 10 and 100 skills, storage 20 ms away (as R2 is).
 
 moto server answers on loopback in well under a millisecond, which would hide every
-sequential round trip; a proxy in front of it adds 20 ms to each request. Prints the median
+sequential round trip; a proxy in front of it adds 20 ms to each request. Both run in a
+child process, as R2 runs on other machines: in this process they would take the GIL and
+the CPU from the code being measured. Prints the median
 setup time per skill count and the 100-skill / 1-skill ratio (target: at most 3).
 
     .venv/bin/python -m scripts.bench_setup [--runs 5] [--delay 0.02]
@@ -22,6 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def skill_text(i: int) -> str:
+    """A flat skill of about 1.5 KB, a typical size for a markdown instruction file."""
+    return f"# Skill {i}\n\nUse this when task {i} comes up.\n\n" + "".join(f"- step {n}: do the thing carefully.\n" for n in range(40))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -29,23 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from moto.server import ThreadedMotoServer
-
-    from scripts.benchlib.latency_proxy import LatencyProxy
+    from scripts.benchlib.storage_process import remote_storage
     from tests.support.s3 import create_bucket, storage_settings
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    upstream = f"http://{host}:{port}"
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    client = create_bucket(storage_settings(upstream, bucket))
-    with tempfile.TemporaryDirectory() as tmp, LatencyProxy(upstream, delay=args.delay) as proxied:
+    with tempfile.TemporaryDirectory() as tmp, remote_storage(args.delay) as storage:
+        client = create_bucket(storage_settings(storage.upstream, bucket))  # seeding skips the delay
         os.environ.update({
-            "S3_ENDPOINT_URL": proxied, "R2_BUCKET": bucket, "R2_ACCESS_KEY_ID": "testing", "R2_SECRET_ACCESS_KEY": "testing",
+            "S3_ENDPOINT_URL": storage.url, "R2_BUCKET": bucket, "R2_ACCESS_KEY_ID": "testing", "R2_SECRET_ACCESS_KEY": "testing",
             "S3_REGION": "auto", "SANDBOX_ROOT": str(Path(tmp) / "sandboxes"), "AWS_REGION": "us-east-1",
         })
         from chalice.test import Client
@@ -54,9 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[tuple[str, int], float] = {}
 
-        def upload(user: str, count: int) -> None:
+        def upload_direct(user: str, count: int) -> None:
             for i in range(count):
-                client.put_object(Bucket=bucket, Key=f"users/{user}/skills/skill-{i:03d}.md", Body=f"# Skill {i}\n\nBody {i}.".encode())
+                client.put_object(Bucket=bucket, Key=f"users/{user}/skills/skill-{i:03d}.md", Body=skill_text(i).encode())
+
+        def upload_api(http: Client, user: str, count: int) -> None:
+            for i in range(count):
+                response = http.http.post(f"/users/{user}/skills", body=json.dumps({"name": f"skill-{i:03d}.md", "content": skill_text(i)}),
+                                          headers={"Content-Type": "application/json"})
+                assert response.status_code == 200, response.body
 
         def timed_setup(http: Client, session: str, user: str, count: int) -> float:
             started = time.perf_counter()
@@ -67,25 +71,29 @@ def main(argv: list[str] | None = None) -> int:
             http.http.delete(f"/sandbox/{session}")
             return elapsed
 
+        labels = {
+            "api": "first setup, skills uploaded through the API (bundle current)",
+            "direct": "first setup, skills written straight to the bucket (every file read, bundle rebuilt)",
+            "warm": "same user again in this process",
+        }
         with Client(app, stage_name="dev", project_dir=str(ROOT)) as http:
             timed_setup(http, "warmup", "nobody", 0)  # clients, pools, first sandbox
             for count in (1, 10, 100):
-                # cold: a user this process has never loaded (every file is fetched)
-                cold = []
+                timings: dict[str, list[float]] = {"api": [], "direct": [], "warm": []}
                 for run in range(args.runs):
-                    user = f"cold-{count}-{run}"
-                    upload(user, count)
-                    cold.append(timed_setup(http, f"c-{count}-{run}", user, count))
-                # warm: the same user again (file bodies whose ETag did not change come from memory)
-                warm = [timed_setup(http, f"w-{count}-{run}", f"cold-{count}-0", count) for run in range(args.runs)]
-                for label, timings in (("cold", cold), ("warm", warm)):
-                    results[(label, count)] = statistics.median(timings)
-                    print(f"{label} setup with {count:3d} skills: median {results[(label, count)] * 1000:7.1f} ms over "
-                          f"{args.runs} runs (min {min(timings) * 1000:.1f}, max {max(timings) * 1000:.1f})")
-        for label in ("cold", "warm"):
+                    # Each run is a new user, so nothing of theirs is in this process's cache.
+                    upload_api(http, f"api-{count}-{run}", count)
+                    timings["api"].append(timed_setup(http, f"a-{count}-{run}", f"api-{count}-{run}", count))
+                    upload_direct(f"direct-{count}-{run}", count)
+                    timings["direct"].append(timed_setup(http, f"d-{count}-{run}", f"direct-{count}-{run}", count))
+                    timings["warm"].append(timed_setup(http, f"w-{count}-{run}", f"api-{count}-0", count))
+                for label, values in timings.items():
+                    results[(label, count)] = statistics.median(values)
+                    print(f"{label:6s} {count:3d} skills: median {results[(label, count)] * 1000:7.1f} ms over {args.runs} runs "
+                          f"(min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f})  {labels[label]}")
+        for label in labels:
             print(f"ratio 100/1 ({label}): {results[(label, 100)] / results[(label, 1)]:.2f} (target <= 3), "
                   f"storage delay {args.delay * 1000:.0f} ms per request")
-    server.stop()
     return 0
 
 

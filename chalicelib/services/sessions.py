@@ -1,8 +1,10 @@
 """Sessions: POST /setup prepares a sandbox holding the user's skills; DELETE /sandbox ends it.
 
 Setup is on the critical path of every conversation, so its storage round trips are counted:
-one parallel batch (session record, user settings, skills listing), then one parallel batch
-(every skill file, and the session record write), whatever the number of skills.
+one parallel batch (session record, user settings, skills listing, skills bundle), then one
+parallel batch (the session record write, and any skill file the bundle could not serve),
+whatever the number of skills. Only when the bundle was behind the files does a third
+request rewrite it (see `skill_bundle`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
 )
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
+from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
+from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
-from chalicelib.storage import layout
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class SessionsService:
         self.store = store
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
+        self.bundle = SkillBundle(store)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -101,13 +104,15 @@ class SessionsService:
         validate_id(user_id, "userId")
         assert user_id is not None
 
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool:
             record_f = pool.submit(self._load_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
+            bundle_f = pool.submit(self.bundle.load, user_id)
             existing = record_f.result()
             options = options_f.result()
             listing = listing_f.result()
+            bundle = bundle_f.result()
         if existing is not None and existing[0].user_id != user_id:
             raise Conflict(
                 f"Session {session_id!r} belongs to another user: choose a new sessionId.",
@@ -131,7 +136,7 @@ class SessionsService:
         with ThreadPoolExecutor(max_workers=2) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
             if mounted is None:
-                loaded_f = pool.submit(self._load_skills, sandbox, user_id, listing)
+                loaded_f = pool.submit(self._load_skills, sandbox, user_id, listing, bundle)
             save_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
@@ -152,9 +157,12 @@ class SessionsService:
 
         This is the per-request fallback path: it never mounts, so it works on any host.
         """
-        options = self._sandbox_options(user_id)
-        sandbox = self._create_sandbox(session_id, options)
-        return self._load_skills(sandbox, user_id, iter_all(self.store, layout.skills_prefix(user_id)))
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            options_f = pool.submit(self._sandbox_options, user_id)
+            listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
+            bundle_f = pool.submit(self.bundle.load, user_id)
+            sandbox = self._create_sandbox(session_id, options_f.result())
+            return self._load_skills(sandbox, user_id, listing_f.result(), bundle_f.result())
 
     # -- lookups used by the websocket layer ---------------------------------------------
 
@@ -272,19 +280,30 @@ class SessionsService:
             secret_access_key=storage.secret_access_key,
         )
 
-    def _load_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo]) -> list[str]:
-        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
+    def _load_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle) -> list[str]:
+        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files).
+
+        Bodies come from the bundle where its ETags match the listing, then from this
+        process's cache, and only then from storage, all of those in one parallel batch.
+        """
         prefix = layout.skills_prefix(user_id)
-        bodies = self.cache.get_many(self.store, listing)
+        match = self.bundle.match(user_id, listing, bundle)
+        bodies = {**match.bodies, **self.cache.get_many(self.store, match.missing)}
         files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
-        try:
-            # Start from an empty folder so skills deleted since the last setup disappear.
-            sandbox.delete_file(SKILLS_DIR)
-            sandbox.write_files(files)
-        except SandboxGone:
-            raise
-        except SandboxError as exc:
-            raise ServiceUnavailable(f"Loading skills into the sandbox failed: {exc}", code="sandbox_failed") from exc
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The repair (a storage write) overlaps the sandbox writes.
+            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if match.stale else None
+            try:
+                # Start from an empty folder so skills deleted since the last setup disappear.
+                sandbox.delete_file(SKILLS_DIR)
+                sandbox.write_files(files)
+            except SandboxGone:
+                raise
+            except SandboxError as exc:
+                raise ServiceUnavailable(f"Loading skills into the sandbox failed: {exc}", code="sandbox_failed") from exc
+            finally:
+                if repair is not None:
+                    repair.result()
         return sorted(files)
 
 

@@ -16,10 +16,10 @@ from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, Preconditio
 from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from chalicelib.services.skill_bundle import SkillBundle
 from chalicelib.services.skill_format import NAME_PATTERN, SKILL_FILE, describe, validate_skill_md
-from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError
+from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage import layout
 from chalicelib.storage.base import get_many, iter_all
 
 MAX_SKILL_FILE_BYTES = 1024 * 1024
@@ -120,6 +120,7 @@ class SkillsService:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.bundle = SkillBundle(store)
 
     def upload(self, user_id: str, upload: SkillUpload, if_match: str | None = None, if_none_match: bool = False) -> tuple[SkillUploaded, str]:
         """Store a skill, replacing it entirely; return the response and the main file's ETag."""
@@ -186,12 +187,15 @@ class SkillsService:
             ) from None
         except ObjectNotFound:  # S3 answers If-Match on a missing key with 404
             raise PreconditionFailed(f"Skill {name!r} does not exist, so If-Match cannot match: drop If-Match to create it.") from None
+        written = {layout.skill_key(user_id, main): (info, files[main])}
         extras = [p for p in files if p != main]
         if extras:
             with ThreadPoolExecutor(max_workers=min(16, len(extras))) as pool:
-                list(pool.map(lambda p: self.store.put(layout.skill_key(user_id, p), files[p], content_type=_content_type(p)), extras))
+                infos = pool.map(lambda p: self.store.put(layout.skill_key(user_id, p), files[p], content_type=_content_type(p)), extras)
+                written.update({layout.skill_key(user_id, p): (i, files[p]) for p, i in zip(extras, infos)})
         if stale:
             self.store.delete_many(stale)
+        self.bundle.record_writes(user_id, written, removed=stale)
         key = layout.skill_key(user_id, main if form == "flat" else name)
         return (
             SkillUploaded(
@@ -292,12 +296,14 @@ class SkillsService:
             except ObjectNotFound:
                 raise NotFound("Skill not found", code="skill_not_found") from None
             self.store.delete(key)
+            self.bundle.record_writes(user_id, {}, removed=[key])
         else:
             key = layout.skill_key(user_id, name)
             keys = [o.key for o in iter_all(self.store, key + "/")]
             if not keys:
                 raise NotFound("Skill not found", code="skill_not_found")
             self.store.delete_many(keys)
+            self.bundle.record_writes(user_id, {}, removed=keys)
         return SkillDeleted(user_id=user_id, skill_name=name, key=key)
 
 

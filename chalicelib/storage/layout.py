@@ -4,6 +4,7 @@
     users/{userId}/skills/{name}/SKILL.md (+ files)   Agent Skills folder
     users/{userId}/conversations/{conversationId}.json
     users/{userId}/settings/preferences.json
+    users/{userId}/cache/skills-bundle.json           copies of the small skill files (derived)
     sessions/{sessionId}/...                          session records and turn state
 
 Callers pass ids that `chalicelib.ids` has validated; every function here re-checks, so a
@@ -29,6 +30,11 @@ def skills_prefix(user_id: str) -> str:
 def skill_key(user_id: str, relative_path: str) -> str:
     """Key of a file under the user's skills folder (`debugging.md`, `pdf/SKILL.md`)."""
     return skills_prefix(user_id) + validate_skill_path(relative_path)
+
+
+def skills_bundle_key(user_id: str) -> str:
+    """The skills bundle: derived from the skill files, so it sits outside `skills/`."""
+    return f"{user_prefix(user_id)}cache/skills-bundle.json"
 
 
 def conversations_prefix(user_id: str) -> str:

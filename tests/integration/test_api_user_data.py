@@ -49,7 +49,7 @@ def test_folder_skill_roundtrip_and_replacement(api: Api) -> None:
     assert detail["files"] == {"scripts/merge.py": "print('merge')", "reference.md": "# Ref"}
     # Re-uploading replaces the folder: files no longer present are gone.
     assert api.post("/users/bob/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_MD}}).status_code == 200
-    assert [k for k in api.keys() if k.startswith("users/bob/")] == ["users/bob/skills/pdf-tools/SKILL.md"]
+    assert [k for k in api.keys() if k.startswith("users/bob/skills/")] == ["users/bob/skills/pdf-tools/SKILL.md"]
 
 
 def test_content_without_md_is_an_agent_skill(api: Api) -> None:
@@ -158,8 +158,9 @@ def test_erase_user_removes_everything_and_counts(api: Api) -> None:
     api.send("PUT", "/users/hal/settings", {"maxTurns": 2})
     api.post("/users/other/skills", {"name": "keep.md", "content": "k"})
     r = api.delete("/users/hal")
-    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 4}
-    assert list(api.keys()) == ["users/other/skills/keep.md"]
+    # 2 skill files, a conversation, settings, and the skills bundle
+    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 5}
+    assert list(api.keys()) == ["users/other/cache/skills-bundle.json", "users/other/skills/keep.md"]
 
 
 def test_storage_outage_is_a_503_with_retry_after_and_changes_nothing(local_api: Api, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -66,6 +66,32 @@ def test_setup_is_idempotent_and_refreshes(api: Api) -> None:
     assert "debugging.md" not in sandbox.exec("ls /workspace/.claude/skills").stdout
 
 
+BUNDLE = "users/alice/cache/skills-bundle.json"
+
+
+def test_files_changed_behind_the_api_are_loaded_fresh_and_the_bundle_catches_up(api: Api) -> None:
+    upload_skills(api)
+    assert set(json.loads(api.raw(BUNDLE))["files"]) == {"debugging.md", "pdf-tools/SKILL.md", "pdf-tools/scripts/fill.py"}
+    api.write_raw("users/alice/skills/debugging.md", b"# Changed behind the API")
+    api.write_raw("users/alice/skills/extra.md", b"# Extra")
+    body = api.post("/setup/s-fresh?userId=alice").json_body
+    assert "/workspace/.claude/skills/extra.md" in body["skillsLoaded"]
+    sandbox = sandbox_of("s-fresh")
+    assert sandbox.read_file("/workspace/.claude/skills/debugging.md") == b"# Changed behind the API"
+    assert sandbox.read_file("/workspace/.claude/skills/extra.md") == b"# Extra"
+    files = json.loads(api.raw(BUNDLE))["files"]
+    assert files["debugging.md"]["text"] == "# Changed behind the API" and files["extra.md"]["text"] == "# Extra"
+
+
+def test_a_damaged_bundle_does_not_break_setup_and_is_rebuilt(api: Api) -> None:
+    upload_skills(api)
+    api.write_raw(BUNDLE, b"\x00 not a bundle")
+    r = api.post("/setup/s-damaged?userId=alice")
+    assert r.status_code == 200, r.json_body
+    assert sandbox_of("s-damaged").read_file("/workspace/.claude/skills/pdf-tools/SKILL.md").decode() == SKILL_MD
+    assert json.loads(api.raw(BUNDLE))["files"]["pdf-tools/SKILL.md"]["text"] == SKILL_MD
+
+
 def test_user_id_is_required_and_session_owned(local_api: Api) -> None:
     missing = local_api.post("/setup/s3")
     assert missing.status_code == 400 and missing.json_body["code"] == "missing_user_id"

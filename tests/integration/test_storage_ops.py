@@ -21,15 +21,16 @@ from tests.support.api import ROOT, Api, make_api
 SKILL_MD = "---\nname: pdf-tools\ndescription: PDFs. Use for PDFs.\n---\nbody"
 
 # endpoint → exact S3 operations, for a user with 3 flat skills + 1 folder skill (2 files),
-# 2 conversations and settings.
+# 2 conversations and settings. Skill writes also update the skills bundle (GET + PUT), so
+# setup reads 3 objects (session record, settings, bundle) whatever the number of skills.
 OPS: dict[str, dict[str, int]] = {
-    "POST /users/{u}/skills (flat)": {"PutObject": 1},
-    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 2},
+    "POST /users/{u}/skills (flat)": {"PutObject": 2, "GetObject": 1},
+    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 3, "GetObject": 1},
     "GET /users/{u}/skills (4 skills)": {"ListObjectsV2": 1, "GetObject": 4},
     "GET /users/{u}/skills/{flat}": {"GetObject": 1},
     "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 2},
-    "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1},
-    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1},
+    "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1, "GetObject": 1, "PutObject": 1},
+    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1, "GetObject": 1, "PutObject": 1},
     "POST /users/{u}/conversations": {"PutObject": 1},
     "GET /users/{u}/conversations/{id}": {"GetObject": 1},
     "GET /users/{u}/conversations": {"ListObjectsV2": 1},
@@ -38,7 +39,9 @@ OPS: dict[str, dict[str, int]] = {
     "PUT /users/{u}/settings": {"PutObject": 1},
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
     "DELETE /users/{u}": {"ListObjectsV2": 1, "DeleteObjects": 1},
-    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 7, "ListObjectsV2": 1, "PutObject": 1},
+    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 1},
+    # a file written straight to the bucket: read on its own, then the bundle is rewritten
+    "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 2},
     "DELETE /sandbox/{s}": {"ListObjectsV2": 1, "DeleteObjects": 1},
     "GET /health": {},
 }
@@ -85,6 +88,9 @@ def test_operation_counts_are_pinned(s3_api: tuple[Api, Counter[str]]) -> None:
     seen["PATCH /users/{u}/settings"] = measure(counts, lambda: api.send("PATCH", "/users/u/settings", {"maxTurns": 4}))
     seen["POST /setup/{s}?userId={u} (4 skills, 5 files)"] = measure(counts, lambda: api.post("/setup/s1?userId=u"))
     seen["DELETE /sandbox/{s}"] = measure(counts, lambda: api.delete("/sandbox/s1"))
+    api.s3.put_object(Bucket=api.bucket, Key="users/u/skills/d.md", Body=b"# d")
+    seen["POST /setup/{s}?userId={u} (after an out-of-band write)"] = measure(counts, lambda: api.post("/setup/s2?userId=u"))
+    api.delete("/sandbox/s2")
     seen["DELETE /users/{u}/conversations/{id}"] = measure(counts, lambda: api.delete("/users/u/conversations/c2"))
     seen["DELETE /users/{u}/skills/{flat}"] = measure(counts, lambda: api.delete("/users/u/skills/c.md"))
     seen["DELETE /users/{u}/skills/{folder}"] = measure(counts, lambda: api.delete("/users/u/skills/pdf-tools"))

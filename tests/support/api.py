@@ -60,6 +60,15 @@ class Api:
                 found[obj["Key"]] = obj["ETag"]
         return found
 
+    def write_raw(self, key: str, body: bytes) -> None:
+        """Write straight to the store, bypassing the API (as another tool or the mount would)."""
+        if self.backend == "local":
+            from chalicelib.storage.local import LocalDirectoryStore
+
+            LocalDirectoryStore(self.data_dir).put(key, body)
+            return
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+
     def raw(self, key: str) -> bytes:
         if self.backend == "local":
             return (self.data_dir / key).read_bytes()
