@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.support.sandbox_host import free_port
 
@@ -37,7 +39,12 @@ def test_scripts_dev_serves_rest_and_websocket(tmp_path: Path) -> None:
         setup = httpx.post(f"{api}/setup/session-1?userId=alice").json()
         assert setup["setupMethod"] == "r2_load_dev" and setup["websocketUrl"] == f"ws://127.0.0.1:{port}/ws?sessionId=session-1"
         assert (tmp_path / "data/users/alice/skills/debugging.md").exists()
+        with connect(f"{setup['websocketUrl']}&token={setup['token']}") as ws:  # the client offers permessage-deflate
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") is None  # API Gateway accepts none
+            ws.send('{"action": "get_history"}')
+            assert json.loads(ws.recv(timeout=10))["event"] == "history"  # sent through /@connections
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert "API_KEY is not set" in output
+    assert '"GET /health HTTP/1.1" 200' in output and "connections/" not in output  # one line per frame would drown the log
