@@ -81,6 +81,9 @@ class Settings(_Frozen):
     )
     cors_allow_origins: tuple[str, ...] = ()
     turn_runner_function: str | None = None
+    # A running turn reads its session state this often, for interrupts and reconnects: the
+    # interrupt latency, and one Class B read per tick while a turn runs.
+    turn_poll_seconds: float = Field(default=0.5, ge=0.05, le=3600)
 
     @property
     def is_production(self) -> bool:
@@ -134,6 +137,7 @@ class Settings(_Frozen):
                 if get("CORS_ALLOW_ORIGINS") is not None
                 else (() if environment == "production" else ("*",)),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
+                turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc
@@ -171,6 +175,16 @@ def _int(get, name: str, default: int) -> int:  # type: ignore[no-untyped-def]
         return int(raw)
     except ValueError:
         raise Misconfigured(f"{name}={raw!r} is not a whole number: set it to, say, {default}.") from None
+
+
+def _float(get, name: str, default: float) -> float:  # type: ignore[no-untyped-def]
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise Misconfigured(f"{name}={raw!r} is not a number: set it to, say, {default}.") from None
 
 
 def _flag(value: str | None) -> bool:

@@ -119,7 +119,7 @@ class Container:
     def turn_runner(self, sender: Sender) -> TurnRunner:
         """A runner sending through `sender` (the app's websocket API)."""
         return TurnRunner(self.settings, StateStore(self.store), EventLog(self.store), self.sessions,
-                          self.conversations, sender, self.agent_turn)
+                          self.conversations, sender, self.agent_turn, poll_interval=self.settings.turn_poll_seconds)
 
 
 @functools.lru_cache(maxsize=8)
