@@ -40,6 +40,12 @@ TURN_OPS: dict[str, dict[str, int]] = {
         "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
         "DeleteObjects event log": 1,
     },
+    # each further tool call: its result and the next reply, each saved with its events
+    "message → turn with two tool calls (three model replies)": {
+        "GetObject connection": 1, "GetObject state": 4, "PutObject state": 4, "GetObject conversation": 1,
+        "GetObject settings": 1, "PutObject conversation": 6, "PutObject event log": 7, "ListObjectsV2 event log": 1,
+        "DeleteObjects event log": 1,
+    },
     "$disconnect": {"GetObject connection": 1, "DeleteObject connection": 1, "GetObject state": 1, "PutObject state": 1},
 }
 
@@ -93,6 +99,8 @@ def test_storage_operations_of_a_chat_are_pinned(tmp_path: Path, monkeypatch: py
         measure("message → turn with one model reply", lambda: turn(Reply([Text("hello there", chunks=4)])))
         measure("message → turn with a tool call (two model replies)", lambda: turn(
             Reply([ToolUse("bash", {"command": "echo hi"})]), Reply([Text("done")])))
+        measure("message → turn with two tool calls (three model replies)", lambda: turn(
+            Reply([ToolUse("bash", {"command": "echo one"})]), Reply([ToolUse("bash", {"command": "echo two"})]), Reply([Text("done")])))
         measure("$disconnect", lambda: client.lambda_.invoke("ws_disconnect", ws_event("$disconnect", "c1")))
 
     print("\nS3 operations of a chat (poller excluded):")
