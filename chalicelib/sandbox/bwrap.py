@@ -164,8 +164,10 @@ class LocalSandbox:
         if not self.isolated:
             return argv
         allow_network = self.options.allow_network if network is None else network
-        cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-               "--unshare-cgroup-try", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+        # Run as root, bwrap keeps every capability unless told otherwise: with CAP_SYS_ADMIN and
+        # CAP_MKNOD a command could make a device node for the host's disk and mount it.
+        cmd = ["bwrap", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc",
+               "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
         for name in _MERGED_USR:
             source = Path("/") / name
             if source.is_symlink():

@@ -101,3 +101,14 @@ def test_memory_limit(provider: LocalSandboxProvider, tmp_path: Path) -> None:
 def test_own_pid_namespace(provider: LocalSandboxProvider) -> None:
     out = provider.create("s1", SandboxOptions()).exec("ls /proc | grep -E '^[0-9]+$' | wc -l").stdout
     assert int(out.strip()) < 10
+
+
+def test_no_capabilities(provider: LocalSandboxProvider) -> None:
+    sandbox = provider.create("caps", SandboxOptions())
+    status = dict(line.split(":\t") for line in sandbox.exec("cat /proc/self/status").stdout.splitlines() if ":\t" in line)
+    assert {status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")} == {"0000000000000000"}, status
+    assert status["NoNewPrivs"] == "1"  # so no setuid or file-capability binary can raise them again
+    # What the capabilities would allow: device nodes (a host disk), mounts, changing owners.
+    result = sandbox.exec("mknod /workspace/disk b 8 0 && echo MKNOD; mkdir -p /workspace/m && "
+                          "mount -t tmpfs none /workspace/m && echo MOUNTED; chown 1:1 /workspace/m && echo CHOWNED; true")
+    assert "MKNOD" not in result.stdout and "MOUNTED" not in result.stdout and "CHOWNED" not in result.stdout, result.stdout
