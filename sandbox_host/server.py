@@ -77,7 +77,11 @@ class SandboxHost:
             raise SystemExit("SANDBOX_TOKEN is not set: the sandbox host refuses to start without it.")
         self.settings = settings
         self.token = settings.sandbox.token.get_secret_value()
-        self.provider = LocalSandboxProvider(settings)
+        try:
+            self.provider = LocalSandboxProvider(settings)
+        except IsolationUnavailable as exc:
+            # A host that cannot isolate must not start: every session on it would fail.
+            raise SystemExit(f"The sandbox host cannot start: {exc}") from None
         self.last_used: dict[str, float] = {}
         self.lock = threading.Lock()
         self._stop = threading.Event()

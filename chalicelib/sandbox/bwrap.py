@@ -166,7 +166,8 @@ class LocalSandbox:
         allow_network = self.options.allow_network if network is None else network
         # Run as root, bwrap keeps every capability unless told otherwise: with CAP_SYS_ADMIN and
         # CAP_MKNOD a command could make a device node for the host's disk and mount it.
-        cmd = ["bwrap", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc",
+        # By full path: the sandboxed environment is empty, so the child's PATH cannot find it.
+        cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc",
                "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
         for name in _MERGED_USR:
             source = Path("/") / name
@@ -477,6 +478,32 @@ class LocalSandboxProvider:
         self.root = settings.sandbox.root.resolve()
         self._sandboxes: dict[str, LocalSandbox] = {}
         self._lock = threading.Lock()
+        if self.isolated:
+            self._probe()
+
+    def _probe(self) -> None:
+        """Fail now, not at the first command, when bwrap is installed but cannot work here.
+
+        bwrap must create namespaces, which a container forbids unless it was given
+        CAP_SYS_ADMIN: the sandbox host would start, and then every command would fail.
+        """
+        probe = LocalSandbox("probe", self.root / f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}", self.settings,
+                             SandboxOptions(), isolated=True)
+        try:
+            done = subprocess.run(probe.command(["/bin/true"]), capture_output=True, text=True, timeout=30, env={})
+            if done.returncode == 0:
+                return
+            detail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            detail = str(exc)
+        finally:
+            shutil.rmtree(probe.root, ignore_errors=True)
+        raise IsolationUnavailable(
+            f"bubblewrap is installed but cannot create a sandbox here: {detail}. It needs to create "
+            "namespaces: in a container, give it CAP_SYS_ADMIN (docker run --cap-add SYS_ADMIN --security-opt "
+            "apparmor=unconfined; on ECS, linuxParameters.capabilities.add). Where the platform allows neither "
+            "that nor user namespaces, sessions cannot be isolated there."
+        )
 
     def create(self, session_id: str, options: SandboxOptions) -> LocalSandbox:
         """Create the sandbox, or return the existing one with the new options applied."""

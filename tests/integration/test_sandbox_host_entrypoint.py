@@ -53,3 +53,16 @@ def test_refuses_to_start_without_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SANDBOX_TOKEN"} | {"SANDBOX_ROOT": str(tmp_path), "PORT": str(free_port())}
     result = subprocess.run([sys.executable, "-m", "sandbox_host"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "SANDBOX_TOKEN is not set" in result.stderr
+
+
+def test_refuses_to_start_where_bwrap_cannot_create_namespaces(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    env = {**os.environ, "SANDBOX_TOKEN": "t", "SANDBOX_ROOT": str(tmp_path / "sb"), "PORT": str(free_port()),
+           "PATH": f"{fake}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "sandbox_host"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "The sandbox host cannot start: bubblewrap is installed but cannot create a sandbox here" in result.stderr
+    assert "CAP_SYS_ADMIN" in result.stderr

@@ -44,3 +44,17 @@ def test_unisolated_mode_warns_loudly_and_still_clears_the_environment(
     result = sandbox.exec("/bin/cat a.txt; /usr/bin/env")
     assert result.stdout.startswith("hi") and "sk-secret-unisolated" not in result.stdout
     provider.destroy("u1")
+
+
+def test_a_bwrap_that_cannot_create_namespaces_is_refused_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What bwrap prints in a container without CAP_SYS_ADMIN.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    with pytest.raises(IsolationUnavailable) as caught:
+        LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "sb"), "ENVIRONMENT": "production"}))
+    message = str(caught.value)
+    assert "Creating new namespace failed: Operation not permitted" in message and "CAP_SYS_ADMIN" in message
+    assert list((tmp_path / "sb").iterdir()) == []  # the probe cleaned up after itself
