@@ -178,6 +178,8 @@ class TurnRunner:
                 self.events.prune(request.session_id, keep)
             except Exception:  # noqa: BLE001
                 log.exception("finishing turn %s of session %s failed", request.turn_id, request.session_id)
+            finally:
+                stream.close()
 
     def _turn(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher) -> None:
         stream.emit({"event": "status", "status": "running", "turnId": request.turn_id, "messageId": request.prompt.id})

@@ -1,8 +1,14 @@
 """A turn's outgoing event stream: numbering, delivery, buffering for replay.
 
-Sends happen on the thread that produced the event (the agent loop's), under a lock shared
-with `retarget`, so a reconnecting client gets its missed events and then the live ones in
-order, each exactly once.
+Events are numbered and kept on the thread that produced them (the agent loop's), and sent
+by one pump thread per turn, in order. The agent never waits for a send: on AWS each
+post_to_connection takes milliseconds, and the model keeps streaming meanwhile. Text deltas
+that piled up during a send go out as one `stream` frame carrying the last delta's `seq`, so
+a burst costs a few calls instead of one per delta; `seq` still only grows, and the kept
+events (replayed on resume) are the individual ones.
+
+`retarget` switches the connection under the same lock, so a reconnecting client gets its
+missed events and then the live ones, in order, each once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import Subscriber
 
 log = logging.getLogger(__name__)
+
+#: How long `close` waits for the last frames to go out.
+DRAIN_SECONDS = 30.0
 
 
 class TurnStream:
@@ -34,21 +43,27 @@ class TurnStream:
         self.events: list[dict[str, Any]] = []
         self._flushed = 0
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._outbox: list[dict[str, Any]] = []  # frames for the current target, oldest first
+        self._closing = False
         self._earlier_events = earlier_events
         self._target: str | None = None
         self._served_nonce: str | None = None
-        self.delivered = 0
-        self.undelivered = 0
+        self.frames_sent = 0
+        self._pump_thread = threading.Thread(target=self._pump, name="turn-stream", daemon=True)
+        self._pump_thread.start()
         if subscriber is not None:
             self.retarget(subscriber)
 
     def emit(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Number the event, keep it, and send it to the current subscriber if any."""
+        """Number the event, keep it, and queue it for the current subscriber if any."""
         with self._lock:
             self.seq += 1
             payload = {"event": event["event"], "seq": self.seq, **{k: v for k, v in event.items() if k != "event"}}
             self.events.append(payload)
-            self._deliver(payload)
+            if self._target is not None:
+                self._outbox.append(payload)
+                self._wake.notify()
             return payload
 
     def retarget(self, subscriber: Subscriber | None) -> None:
@@ -56,19 +71,19 @@ class TurnStream:
         with self._lock:
             if subscriber is None:
                 self._target = None
+                self._outbox.clear()
                 return
             if subscriber.nonce == self._served_nonce:
                 return
             self._served_nonce = subscriber.nonce
             self._target = subscriber.connection_id
+            self._outbox.clear()  # frames meant for the connection being replaced
             if subscriber.replay_after is not None:
                 after = subscriber.replay_after
                 if after < self.first_seq - 1 and self._earlier_events is not None:
-                    for payload in self._earlier_events(after):
-                        self._deliver(payload)
-                for payload in self.events:
-                    if payload["seq"] > after:
-                        self._deliver(payload)
+                    self._outbox.extend(self._earlier_events(after))
+                self._outbox.extend(p for p in self.events if p["seq"] > after)
+            self._wake.notify()
 
     @property
     def served_nonce(self) -> str | None:
@@ -81,18 +96,57 @@ class TurnStream:
             self._flushed = len(self.events)
             return chunk
 
-    def _deliver(self, payload: dict[str, Any]) -> None:
-        if self._target is None:
-            self.undelivered += 1
-            return
+    def close(self, timeout: float = DRAIN_SECONDS) -> None:
+        """Send what is queued, then stop the pump (a Lambda must not return before)."""
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        self._pump_thread.join(timeout)
+        if self._pump_thread.is_alive():
+            log.warning("frames still queued after %.0f s; the client can resume to get them", timeout)
+
+    def _pump(self) -> None:
+        while True:
+            with self._lock:
+                while not self._outbox and not self._closing:
+                    self._wake.wait()
+                if not self._outbox:
+                    return
+                batch, self._outbox = self._outbox, []
+                target = self._target
+            if target is None:
+                continue
+            for frame in coalesce(batch):
+                if not self._send(target, frame):
+                    with self._lock:
+                        if self._target == target:
+                            # The client went away (GoneException): the turn goes on; it can resume later.
+                            self._target = None
+                            self._outbox.clear()
+                    break
+
+    def _send(self, target: str, frame: dict[str, Any]) -> bool:
         try:
-            delivered = self.sender.send(self._target, payload)
+            delivered = self.sender.send(target, frame)
         except Exception:  # noqa: BLE001 - a send failure must never break the turn
-            log.exception("sending event %s failed", payload.get("seq"))
-            delivered = False
+            log.exception("sending event %s failed", frame.get("seq"))
+            return False
         if delivered:
-            self.delivered += 1
+            self.frames_sent += 1
+        return delivered
+
+
+def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge runs of text `stream` frames into one frame each, keeping the last `seq`."""
+    merged: list[dict[str, Any]] = []
+    for frame in frames:
+        last = merged[-1] if merged else None
+        if last is not None and _is_text_delta(frame) and _is_text_delta(last):
+            merged[-1] = {**last, "seq": frame["seq"], "content": last["content"] + frame["content"]}
         else:
-            # The client went away (GoneException): keep going; it can resume later.
-            self._target = None
-            self.undelivered += 1
+            merged.append(frame)
+    return merged
+
+
+def _is_text_delta(frame: dict[str, Any]) -> bool:
+    return frame.get("event") == "stream" and frame.get("type") == "text" and set(frame) == {"event", "seq", "type", "content"}

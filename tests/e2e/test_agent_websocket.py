@@ -34,7 +34,7 @@ def test_skill_read_by_a_tool_streams_and_is_saved(world) -> None:  # type: igno
         ws.send(json.dumps({"action": "message", "prompt": "How should I debug?"}))
         frames = receive_until(ws, "result")
     events = [f["event"] for f in frames]
-    assert events.count("stream") >= 9
+    assert events.count("stream") >= 2  # deltas that pile up during a send arrive merged; the text is what counts
     tool_use = next(f for f in frames if f["event"] == "tool_use")
     assert tool_use["name"] == "str_replace_based_edit_tool"
     tool_result = next(f for f in frames if f["event"] == "tool_result")
@@ -210,9 +210,9 @@ def test_resume_after_a_disconnect_replays_what_was_missed(world) -> None:  # ty
     with connect(world.ws_url(setup)) as ws2:
         ws2.send(json.dumps({"action": "resume", "afterSeq": last_seq}))
         rest = receive_until(ws2, "result", timeout=30)
-    numbered = [f for f in rest if f["seq"]]
-    assert numbered[0]["seq"] == last_seq + 1
-    assert [f["seq"] for f in numbered] == list(range(last_seq + 1, numbered[-1]["seq"] + 1))
+    seqs = [f["seq"] for f in rest if f["seq"]]
+    # Each event once, in order; merged deltas carry the last merged seq, so numbers may skip.
+    assert seqs[0] > last_seq and seqs == sorted(set(seqs))
     text = "".join(f["content"] for f in seen + rest if f["event"] == "stream")
     assert text == "abcdefghijklmnopqrstuvwxyz" * 4
     saved = world.http.get("/users/alice/conversations/sess-resume").json()["conversation"]["messages"]
