@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 #: How long `close` waits for the last frames to go out.
 DRAIN_SECONDS = 30.0
+#: A merged delta stays well under API Gateway's 128 KB message limit: 16,000 characters are
+#: at most 64 KB of UTF-8.
+MAX_MERGED_CHARS = 16_000
 
 
 class TurnStream:
@@ -137,11 +140,12 @@ class TurnStream:
 
 
 def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge runs of text `stream` frames into one frame each, keeping the last `seq`."""
+    """Merge runs of text `stream` frames (up to MAX_MERGED_CHARS each), keeping the last `seq`."""
     merged: list[dict[str, Any]] = []
     for frame in frames:
         last = merged[-1] if merged else None
-        if last is not None and _is_text_delta(frame) and _is_text_delta(last):
+        if (last is not None and _is_text_delta(frame) and _is_text_delta(last)
+                and len(last["content"]) + len(frame["content"]) <= MAX_MERGED_CHARS):
             merged[-1] = {**last, "seq": frame["seq"], "content": last["content"] + frame["content"]}
         else:
             merged.append(frame)

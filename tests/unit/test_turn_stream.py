@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from chalicelib.realtime.state import Subscriber
-from chalicelib.realtime.stream import TurnStream, coalesce
+from chalicelib.realtime.stream import MAX_MERGED_CHARS, TurnStream, coalesce
 
 
 class GatedSender:
@@ -96,3 +96,11 @@ def test_events_before_any_subscriber_are_kept_not_sent() -> None:
     stream.emit(delta("unseen"))
     stream.close()
     assert sender.calls == 0 and stream.take_unflushed() == [{"event": "stream", "seq": 1, "type": "text", "content": "unseen"}]
+
+
+def test_a_merged_frame_stays_under_the_message_size_limit() -> None:
+    piece = "x" * 1000
+    frames = [{"event": "stream", "seq": i, "type": "text", "content": piece} for i in range(1, 41)]
+    merged = coalesce(frames)
+    assert all(len(f["content"]) <= MAX_MERGED_CHARS for f in merged) and len(merged) == 3
+    assert "".join(f["content"] for f in merged) == piece * 40 and merged[-1]["seq"] == 40
