@@ -73,6 +73,7 @@ def test_skill_session_chat_interrupt_reload_screenshot(world, page) -> None:  #
     tool.locator("summary").click()
     expect(tool.locator(".tool-result")).to_contain_text("Read the logs first")
     page.screenshot(path=str(SCREENSHOT), full_page=False)
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, tool call open
     # 6. interrupt a long answer
     world.fake.script(Endless(delta="more ", delay=0.01, max_deltas=20000))
     page.fill("#prompt", "Talk for a long time")
@@ -183,3 +184,48 @@ def test_reconnect_resumes_without_losing_or_repeating_text(world, page) -> None
     expect(page.locator("#transcript .result")).to_contain_text("1 turns", timeout=30000)
     streamed = page.locator("#transcript .msg.assistant").all_text_contents()
     assert "".join(streamed) == answer
+
+
+# Every form control's accessible name, and the WCAG contrast of every piece of visible text.
+A11Y_AUDIT = """() => {
+  const visible = (el) => { const r = el.getBoundingClientRect(); const s = getComputedStyle(el);
+    return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
+  const nameOf = (el) => {
+    if (el.getAttribute('aria-label')) return el.getAttribute('aria-label');
+    const by = el.getAttribute('aria-labelledby');
+    if (by) return by.split(' ').map(id => (document.getElementById(id) || {}).textContent || '').join(' ').trim();
+    if (el.labels && el.labels.length) return [...el.labels].map(l => l.textContent).join(' ').trim();
+    if (el.tagName === 'BUTTON') return (el.textContent || el.title || '').trim();
+    return (el.title || '').trim();
+  };
+  const unnamed = [...document.querySelectorAll('input, select, textarea, button')]
+    .filter(el => el.type !== 'hidden' && visible(el) && !nameOf(el)).map(el => el.outerHTML.slice(0, 80));
+  const rgb = (c) => { const m = c.match(/[\\d.]+/g).map(Number); return {r: m[0], g: m[1], b: m[2], a: m.length > 3 ? m[3] : 1}; };
+  const lum = ({r, g, b}) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const background = (el) => { for (let e = el; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.a > 0.5) return c; } return {r: 255, g: 255, b: 255, a: 1}; };
+  const low = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const text = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+    if (!text || !visible(el)) continue;
+    const s = getComputedStyle(el); const fg = lum(rgb(s.color)); const bg = lum(background(el));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    const size = parseFloat(s.fontSize); const large = size >= 24 || (size >= 18.66 && parseInt(s.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) low.push(`${el.tagName}.${el.className} "${text.slice(0, 30)}" ${ratio.toFixed(2)}`);
+  }
+  return {unnamed, low};
+}"""
+
+
+def test_controls_are_labelled_and_text_has_contrast(world, page) -> None:  # type: ignore[no-untyped-def]
+    world.http.post("/users/ada/skills", json={"name": "debugging.md", "content": SKILL})
+    load_user(page, "ada")
+    page.wait_for_selector("text=debugging.md")
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    # The audit itself catches what it should.
+    page.evaluate("""document.body.insertAdjacentHTML('beforeend',
+        '<p style="color:#bbb;background:#fff">faint text</p><input id="unlabelled-probe">')""")
+    audit = page.evaluate(A11Y_AUDIT)
+    assert len(audit["unnamed"]) == 1 and "unlabelled-probe" in audit["unnamed"][0]
+    assert [line for line in audit["low"] if "faint text" in line]
