@@ -20,7 +20,7 @@ from chalicelib.services.skill_bundle import SkillBundle
 from chalicelib.services.skill_format import NAME_PATTERN, SKILL_FILE, describe, validate_skill_md
 from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import ObjectInfo, get_many, iter_all
 
 MAX_SKILL_FILE_BYTES = 1024 * 1024
 MAX_SKILL_FILES = 100
@@ -216,29 +216,39 @@ class SkillsService:
         token = state.get("t") if state else None
         if state is not None and not isinstance(token, str):
             raise BadRequest("Invalid cursor: pass back nextCursor unchanged.", code="invalid_cursor")
-        try:
-            page = self.store.list(prefix, delimiter="/", max_keys=limit, continuation_token=token)
-        except StorageError as exc:
-            if token is None:
-                raise
-            raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            bundle_f = pool.submit(self.bundle.load, user_id)  # alongside the listing, not after it
+            try:
+                page = self.store.list(prefix, delimiter="/", max_keys=limit, continuation_token=token)
+            except StorageError as exc:
+                if token is None:
+                    raise
+                raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
+            bundle = bundle_f.result()
         flat = {o.key[len(prefix):]: o for o in page.objects}
         folders = [p[len(prefix):-1] for p in page.prefixes]
-        main_keys = [prefix + n for n in flat] + [f"{prefix}{n}/{SKILL_FILE}" for n in folders]
+        # A delimited listing gives flat files' ETags, so the bundle can serve those; a folder's
+        # SKILL.md is not listed, so it is read.
+        served = self.bundle.match(user_id, list(flat.values()), bundle).bodies
+        main_keys = [prefix + n for n in flat if prefix + n not in served] + [f"{prefix}{n}/{SKILL_FILE}" for n in folders]
         mains = get_many(self.store, main_keys)
         items = []
         for name in sorted([*flat, *folders]):
             is_folder = name not in flat
-            obj = mains.get(f"{prefix}{name}/{SKILL_FILE}" if is_folder else prefix + name)
-            text = obj.body.decode("utf-8", "replace") if obj else ""
+            info: ObjectInfo | None
+            if not is_folder and prefix + name in served:
+                info, body = flat[name], served[prefix + name]
+            else:
+                obj = mains.get(f"{prefix}{name}/{SKILL_FILE}" if is_folder else prefix + name)
+                info, body = (obj.info, obj.body) if obj else (None, b"")
             items.append(
                 SkillItem(
                     name=name,
                     form="folder" if is_folder else "flat",
                     path=f"{SANDBOX_SKILLS_DIR}/{name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{name}",
-                    size=obj.info.size if obj else 0,
-                    updated=obj.info.last_modified if obj else None,
-                    description=describe(text, is_skill_md=is_folder),
+                    size=info.size if info else 0,
+                    updated=info.last_modified if info else None,
+                    description=describe(body.decode("utf-8", "replace"), is_skill_md=is_folder),
                 )
             )
         return SkillList(

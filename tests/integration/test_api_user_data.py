@@ -172,3 +172,11 @@ def test_storage_outage_is_a_503_with_retry_after_and_changes_nothing(local_api:
         assert response.headers["Retry-After"] == "5"
         assert response.json_body["code"] == "storage_unavailable"
         assert "retry" in response.json_body["error"].lower()
+
+
+def test_skill_list_never_shows_stale_descriptions(api: Api) -> None:
+    api.post("/users/ivy/skills", {"name": "a.md", "content": "# Old title\n\nOld summary."})
+    api.write_raw("users/ivy/skills/a.md", b"# New title\n\nNew summary, written behind the API.")
+    item = api.get("/users/ivy/skills").json_body["items"][0]
+    assert "New" in item["description"] and "Old" not in item["description"]
+    assert item["size"] == len(b"# New title\n\nNew summary, written behind the API.")

@@ -26,7 +26,7 @@ SKILL_MD = "---\nname: pdf-tools\ndescription: PDFs. Use for PDFs.\n---\nbody"
 OPS: dict[str, dict[str, int]] = {
     "POST /users/{u}/skills (flat)": {"PutObject": 2, "GetObject": 1},
     "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 3, "GetObject": 1},
-    "GET /users/{u}/skills (4 skills)": {"ListObjectsV2": 1, "GetObject": 4},
+    "GET /users/{u}/skills (3 flat, 1 folder)": {"ListObjectsV2": 1, "GetObject": 2},  # the bundle, the SKILL.md
     "GET /users/{u}/skills/{flat}": {"GetObject": 1},
     "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 2},
     "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1, "GetObject": 1, "PutObject": 1},
@@ -76,7 +76,7 @@ def test_operation_counts_are_pinned(s3_api: tuple[Api, Counter[str]]) -> None:
         seen["POST /users/{u}/skills (flat)"] = measure(counts, lambda n=name: api.post("/users/u/skills", {"name": n, "content": f"# {n}"}))
     seen["POST /users/{u}/skills (folder, 2 files)"] = measure(
         counts, lambda: api.post("/users/u/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_MD, "x.py": "1"}}))
-    seen["GET /users/{u}/skills (4 skills)"] = measure(counts, lambda: api.get("/users/u/skills"))
+    seen["GET /users/{u}/skills (3 flat, 1 folder)"] = measure(counts, lambda: api.get("/users/u/skills"))
     seen["GET /users/{u}/skills/{flat}"] = measure(counts, lambda: api.get("/users/u/skills/a.md"))
     seen["GET /users/{u}/skills/{folder}"] = measure(counts, lambda: api.get("/users/u/skills/pdf-tools"))
     seen["POST /users/{u}/conversations"] = measure(counts, lambda: api.post("/users/u/conversations", {"conversationId": "c1", "messages": []}))
