@@ -7,13 +7,15 @@ README's configuration table and the code cannot drift apart silently.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from chalicelib.errors import Misconfigured
+
+T = TypeVar("T", int, float)
 
 Environment = Literal["development", "production"]
 StorageBackend = Literal["local", "s3"]
@@ -168,23 +170,21 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
 
 
 def _int(get, name: str, default: int) -> int:  # type: ignore[no-untyped-def]
-    raw = get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise Misconfigured(f"{name}={raw!r} is not a whole number: set it to, say, {default}.") from None
+    return _parsed(get, name, default, int, "a whole number")
 
 
 def _float(get, name: str, default: float) -> float:  # type: ignore[no-untyped-def]
+    return _parsed(get, name, default, float, "a number")
+
+
+def _parsed(get, name: str, default: T, parse: Callable[[str], T], what: str) -> T:  # type: ignore[no-untyped-def]
     raw = get(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise Misconfigured(f"{name}={raw!r} is not a number: set it to, say, {default}.") from None
+        raise Misconfigured(f"{name}={raw!r} is not {what}: set it to, say, {default}.") from None
 
 
 def _flag(value: str | None) -> bool:

@@ -52,7 +52,6 @@ class TurnStream:
         self._earlier_events = earlier_events
         self._target: str | None = None
         self._served_nonce: str | None = None
-        self.frames_sent = 0
         self._pump_thread = threading.Thread(target=self._pump, name="turn-stream", daemon=True)
         self._pump_thread.start()
         if subscriber is not None:
@@ -130,13 +129,10 @@ class TurnStream:
 
     def _send(self, target: str, frame: dict[str, Any]) -> bool:
         try:
-            delivered = self.sender.send(target, frame)
+            return self.sender.send(target, frame)
         except Exception:  # noqa: BLE001 - a send failure must never break the turn
             log.exception("sending event %s failed", frame.get("seq"))
             return False
-        if delivered:
-            self.frames_sent += 1
-        return delivered
 
 
 def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -34,7 +34,6 @@ class LatencyProxy:
         self.requests = 0
         self._count_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
