@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         env = {**os.environ, "DATA_DIR": f"{tmp}/data", "SANDBOX_ROOT": f"{tmp}/sb", "ANTHROPIC_API_KEY": "bench",
                "ANTHROPIC_BASE_URL": fake.url, "AWS_REGION": "us-east-1"}
-        server = subprocess.Popen([sys.executable, "-m", "chalicelib.gateway", "--port", str(port)], cwd=ROOT, env=env,
+        server = subprocess.Popen([sys.executable, "-m", "devserver", "--port", str(port)], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:

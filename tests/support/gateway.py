@@ -20,7 +20,7 @@ def running_gateway() -> Iterator[str]:
     """./scripts/dev's gateway in this process; yields its base URL. LOCAL_GATEWAY_URL stays set
     for the process, as it is under ./scripts/dev (Chalice configures its sender only once)."""
     import app as app_module
-    from chalicelib.gateway.server import LocalGatewayApp, load_config
+    from devserver.server import LocalGatewayApp, load_config
 
     port = free_port()
     os.environ["LOCAL_GATEWAY_URL"] = f"http://127.0.0.1:{port}"

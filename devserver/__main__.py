@@ -1,4 +1,4 @@
-"""python -m chalicelib.gateway: serve the whole product on one local port."""
+"""python -m devserver: serve the whole product on one local port."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chalicelib.gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devserver", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--stage", default="dev", help="the .chalice/config.json stage (default dev)")
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     project = args.project_dir.resolve()
     sys.path.insert(0, str(project))
     _load_dotenv(project / ".env")
-    from chalicelib.gateway.server import LocalGatewayApp, load_config
+    from devserver.server import LocalGatewayApp, load_config
 
     config = load_config(project, args.stage)
     for key, value in config.environment_variables.items():
