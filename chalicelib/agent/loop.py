@@ -9,6 +9,8 @@ said.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import threading
 import time
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Any]
 MID_STREAM_RETRIES = 3
+# What the SDK raises, unwrapped, when the connection breaks while a stream is read. Newer
+# anthropic releases ship on `httpx2`, older ones on `httpx`: catch whichever is installed.
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    importlib.import_module(name).TransportError for name in ("httpx", "httpx2") if importlib.util.find_spec(name)
+)
 
 
 @dataclass
@@ -44,6 +51,14 @@ class TurnResult:
 
 class _Interrupted(Exception):
     pass
+
+
+class ModelStreamCut(Exception):
+    """The model's stream ended without `message_stop` (the connection dropped mid-reply).
+
+    The SDK hands back whatever arrived as if it were the whole message, so a cut reply would
+    be saved as complete, and a cut tool call as `input: {}`. It is retried like an overload.
+    """
 
 
 def run_turn(
@@ -112,6 +127,10 @@ def run_turn(
         result.error_code = code
         result.stop_reason = "error"
         emit({"event": "error", "code": code, "message": message})
+    except ModelStreamCut as exc:
+        result.error_code = "model_stream_cut"
+        result.stop_reason = "error"
+        emit({"event": "error", "code": "model_stream_cut", "message": f"{exc} Retries did not help: send your message again."})
     result.duration_ms = int((time.monotonic() - started) * 1000)
     result.cost_usd = prices.cost(model, result.usage)
     emit({
@@ -124,30 +143,47 @@ def run_turn(
 def _stream_reply(client: anthropic.Anthropic, model: str, system: str, messages: list[dict[str, Any]], max_tokens: int,
                   emit: Emit, should_stop: Callable[[], bool], result: TurnResult, backoff: float) -> Any:
     """One model reply, streamed. Retries a mid-stream overloaded error (which the SDK does
-    not) from scratch, telling the client to discard the partial text first."""
+    not) and a stream cut off before `message_stop` from scratch, telling the client to
+    discard the partial text first."""
     for attempt in range(MID_STREAM_RETRIES + 1):
         streamed: list[str] = []
         try:
-            with client.messages.stream(model=model, max_tokens=max_tokens, system=system or anthropic.NOT_GIVEN,
-                                        messages=_normalised(messages), tools=TOOLS) as stream:
-                with _CloseOnStop(stream, should_stop) as watcher:
-                    try:
-                        for event in stream:
-                            if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                                streamed.append(event.delta.text)
-                                emit({"event": "stream", "type": "text", "content": event.delta.text})
-                            if should_stop():
-                                raise _Interrupted
-                        reply = stream.get_final_message()
-                    except Exception:
-                        if watcher.closed or should_stop():
-                            raise _Interrupted from None
-                        raise
+            try:
+                with client.messages.stream(model=model, max_tokens=max_tokens, system=system or anthropic.NOT_GIVEN,
+                                            messages=_normalised(messages), tools=TOOLS) as stream:
+                    with _CloseOnStop(stream, should_stop) as watcher:
+                        try:
+                            complete = False
+                            for event in stream:
+                                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                                    streamed.append(event.delta.text)
+                                    emit({"event": "stream", "type": "text", "content": event.delta.text})
+                                elif event.type == "message_stop":
+                                    complete = True
+                                if should_stop():
+                                    raise _Interrupted
+                            if not complete:
+                                raise ModelStreamCut("The model's reply was cut off before it ended (no message_stop).")
+                            reply = stream.get_final_message()
+                        except Exception:
+                            if watcher.closed or should_stop():
+                                raise _Interrupted from None
+                            raise
+            except _TRANSPORT_ERRORS as exc:
+                # Raised raw by the SDK while iterating (a reset or a malformed chunk mid-stream).
+                raise ModelStreamCut(f"The connection to the model dropped mid-reply ({type(exc).__name__}).") from exc
             result.usage.add(reply.usage)
             return reply
         except _Interrupted:
             _keep_partial(streamed, messages, emit)
             raise
+        except ModelStreamCut as exc:
+            if attempt == MID_STREAM_RETRIES:
+                raise
+            log.warning("model stream cut off (attempt %d), retrying the reply: %s", attempt + 1, exc)
+            emit({"event": "status", "status": "retrying", "reason": "stream_cut", "discardStreamed": len("".join(streamed)),
+                  "message": "The connection to the model dropped mid-reply; discard the partial text, it is being regenerated."})
+            time.sleep(backoff * (2**attempt))
         except anthropic.APIStatusError as exc:
             if not _mid_stream_overload(exc) or attempt == MID_STREAM_RETRIES:
                 raise

@@ -3,7 +3,8 @@
 It speaks the real wire format (server-sent events with an `event:` line per record:
 message_start, content_block_start / _delta / _stop, message_delta, message_stop, pings), so
 the real `anthropic` SDK is pointed at it with `base_url`. It can also answer HTTP errors with
-`retry-after-ms`, fail mid-stream, stream slowly, or stream until the client goes away.
+`retry-after-ms`, fail mid-stream, drop the connection mid-text or mid-tool-call (no
+message_stop), stream slowly, or stream until the client goes away.
 
     with FakeAnthropic() as fake:
         fake.script(Reply([ToolUse("bash", {"command": "cat /workspace/x"})]), Reply([Text("Done.")]))
@@ -13,6 +14,8 @@ the real `anthropic` SDK is pointed at it with `base_url`. It can also answer HT
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -53,6 +56,11 @@ class Reply:
     cache_creation_input_tokens: int = 0
     delay: float = 0.0  # seconds between events
     error_after: int | None = None  # send `event: error` (overloaded) after this many deltas
+    # Drop the connection after this many deltas (text or tool-input JSON), with no
+    # message_stop: as a proxy or network failure cuts a reply. `drop_reset` closes with a TCP
+    # reset instead of a clean end of stream.
+    drop_after: int | None = None
+    drop_reset: bool = False
 
 
 @dataclass
@@ -87,6 +95,7 @@ class FakeAnthropic:
         self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self.disconnects = 0
+        self.drops = 0  # replies cut off on purpose (Reply.drop_after)
         self.emitted: list[tuple[float, str]] = []  # (monotonic time, text delta) for benchmarks
         self.record_emits = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -142,6 +151,10 @@ class FakeAnthropic:
                         self._endless(body, response)
                     else:
                         self._stream(body, response)
+                except _Dropped as drop:
+                    with fake.lock:
+                        fake.drops += 1
+                    self._drop(drop.reset)
                 except (BrokenPipeError, ConnectionResetError):
                     with fake.lock:
                         fake.disconnects += 1
@@ -157,6 +170,14 @@ class FakeAnthropic:
                 self.send_header("x-should-retry", "true" if error.status in (408, 409, 429) or error.status >= 500 else "false")
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _drop(self, reset: bool) -> None:
+                self.close_connection = True
+                if reset:
+                    # SO_LINGER 0: close() sends RST, so the client sees a reset, not an EOF.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.wfile.flush()
+                self.connection.close()
 
             def _start(self) -> None:
                 self.send_response(200)
@@ -193,6 +214,8 @@ class FakeAnthropic:
                         self._event("content_block_start", {"type": "content_block_start", "index": index,
                                                             "content_block": {"type": "text", "text": ""}}, reply.delay)
                         for piece in _split(block.text, block.chunks):
+                            if reply.drop_after is not None and deltas >= reply.drop_after:
+                                raise _Dropped(reply.drop_reset)
                             if reply.error_after is not None and deltas >= reply.error_after:
                                 return self._event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
                             self._event("content_block_delta", {"type": "content_block_delta", "index": index,
@@ -204,6 +227,9 @@ class FakeAnthropic:
                         self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
                             "type": "tool_use", "id": block.id, "name": block.name, "input": {}}}, reply.delay)
                         for piece in _split(json.dumps(block.input), block.chunks):
+                            if reply.drop_after is not None and deltas >= reply.drop_after:
+                                raise _Dropped(reply.drop_reset)
+                            deltas += 1
                             self._event("content_block_delta", {"type": "content_block_delta", "index": index,
                                                                 "delta": {"type": "input_json_delta", "partial_json": piece}}, reply.delay)
                     self._event("content_block_stop", {"type": "content_block_stop", "index": index})
@@ -225,6 +251,14 @@ class FakeAnthropic:
                 self._event("message_stop", {"type": "message_stop"})
 
         return Handler
+
+
+class _Dropped(Exception):
+    """Raised inside a handler to cut the connection where a scripted reply says."""
+
+    def __init__(self, reset: bool) -> None:
+        super().__init__("dropped")
+        self.reset = reset
 
 
 def _split(text: str, parts: int) -> Iterator[str]:
