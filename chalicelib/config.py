@@ -86,6 +86,9 @@ class Settings(_Frozen):
     # A running turn reads its session state this often, for interrupts and reconnects: the
     # interrupt latency, and one Class B read per tick while a turn runs.
     turn_poll_seconds: float = Field(default=0.5, ge=0.05, le=3600)
+    # A running turn holds a lease in the session state, renewed every third of it (one Class A
+    # write each): how long a dead runner can hold a session before another takes over.
+    turn_lease_seconds: float = Field(default=10.0, ge=1, le=900)
 
     @property
     def is_production(self) -> bool:
@@ -140,6 +143,7 @@ class Settings(_Frozen):
                 else (() if environment == "production" else ("*",)),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
+                turn_lease_seconds=_float(get, "TURN_LEASE_SECONDS", 10.0),
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc

@@ -2,9 +2,14 @@
 
 It runs outside the websocket handlers (its own Lambda in AWS, a worker locally), so a turn
 may last far longer than API Gateway's 29-second limit. One runner owns a session's turn at a
-time (claimed in the session state with If-Match); a second runner finds the turn taken and
-leaves. While it runs, a poller watches the state for interrupts and reconnects and writes a
-heartbeat, so a runner that dies is noticed and replaced by the next message.
+time, under a lease in the session state (claimed and renewed with If-Match). A runner that
+dies (kill -9, a crash, Lambda's time limit) stops renewing; the next runner to look (started
+by a connect, a resume, a message, or Lambda's retry of the dead invocation) waits the lease
+out, repairs the dead turn (an unanswered tool call gets an `is_error` result saying the turn
+was cut off, a prompt that was never saved runs again), tells the client, and moves the queue on.
+
+Storage failures during a turn are retried with backoff; when storage stays down the turn
+ends with an `error` and a conversation whose tool calls are all answered.
 """
 
 from __future__ import annotations
@@ -15,24 +20,64 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.event_log import EventLog
 from chalicelib.realtime.protocol import error_frame
+from chalicelib.realtime.recovery import answer_cut_off_calls
+from chalicelib.realtime.sandbox_guard import RecoveringSandbox
 from chalicelib.realtime.sender import Sender
-from chalicelib.realtime.state import QueuedPrompt, RunningTurn, SessionState, StateStore, Subscriber, utcnow
+from chalicelib.realtime.state import (
+    SEQ_BLOCK,
+    QueuedPrompt,
+    RunningTurn,
+    SessionState,
+    StateStore,
+    Subscriber,
+    utcnow,
+)
 from chalicelib.realtime.stream import TurnStream
 from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
+from chalicelib.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MAX_TURNS_PER_INVOCATION = 50
-HEARTBEAT_EVERY = timedelta(seconds=15)
+#: Pauses between attempts of a storage call that failed (about 7.7 s in all, then the turn ends).
+STORAGE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+class TurnStorageFailed(AppError):
+    """Storage stayed unavailable through every retry of a turn's write."""
+
+    def __init__(self, what: str, exc: Exception) -> None:
+        super().__init__(
+            f"Storage failed while {what} and did not recover after {len(STORAGE_BACKOFF)} retries over "
+            f"{sum(STORAGE_BACKOFF):.0f} s ({exc}). The turn stopped; what was saved before is kept. "
+            "Send your message again once storage is back.",
+            code="storage_unavailable",
+        )
+
+
+def durably(action: Callable[[], T], what: str, backoff: tuple[float, ...] = STORAGE_BACKOFF) -> T:
+    """Run a storage call, retrying an outage with growing pauses (botocore's own retries
+    cover a blip of a fraction of a second; these ride out several seconds)."""
+    for attempt, pause in enumerate((*backoff, None)):
+        try:
+            return action()
+        except StorageUnavailable as exc:
+            if pause is None:
+                raise TurnStorageFailed(what, exc) from exc
+            log.warning("storage failed while %s (attempt %d), retrying in %.1f s: %s", what, attempt + 1, pause, exc)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -49,6 +94,26 @@ class TurnRequest:
     subscriber: Subscriber | None
     last_seq: int
     last_turn_id: str | None
+    seq_ceiling: int = 0
+
+
+@dataclass(frozen=True)
+class _LeaseHeld:
+    """Another runner holds a live lease on the session's turn until `until`."""
+
+    until: datetime
+
+
+@dataclass(frozen=True)
+class _Recovery:
+    """A turn whose runner died, taken over by this runner to be repaired."""
+
+    session_id: str
+    user_id: str
+    conversation_id: str
+    dead: RunningTurn
+    subscriber: Subscriber | None
+    start_seq: int
 
 
 # The agent, as the runner sees it: run one user prompt to completion, emitting events,
@@ -79,21 +144,37 @@ class TurnRunner:
         self.sender = sender
         self.agent_turn = agent_turn
         self.poll_interval = poll_interval
+        self.lease = timedelta(seconds=settings.turn_lease_seconds)
+        self.renew_every = settings.turn_lease_seconds / 3
 
     def run(self, session_id: str, time_left: Callable[[], float] | None = None, reinvoke: Callable[[], None] | None = None) -> int:
         """Run queued turns; return how many ran. Hands over to a fresh invocation (`reinvoke`)
-        when less than five minutes remain, so a queue never outlives a Lambda."""
+        when less than five minutes remain, so a queue never outlives a Lambda.
+
+        When another runner holds the turn, wait once for its lease to run out: if it was
+        renewed meanwhile that runner is alive and will take the queue on; if not, it died."""
         runner_id = uuid.uuid4().hex[:12]
         ran = 0
+        waited = False
         for _ in range(MAX_TURNS_PER_INVOCATION):
             if ran and time_left is not None and time_left() < 300:
                 if reinvoke is not None:
                     reinvoke()
                 return ran
-            request = self._claim(session_id, runner_id)
-            if request is None:
+            claim = self._claim(session_id, runner_id)
+            if isinstance(claim, _LeaseHeld):
+                if waited:
+                    return ran
+                waited = True
+                remaining = (claim.until - utcnow()).total_seconds()
+                time.sleep(min(max(remaining, 0.0) + 0.2, self.lease.total_seconds() + 1))
+                continue
+            if claim is None:
                 return ran
-            self._run_one(request, runner_id)
+            if isinstance(claim, _Recovery):
+                self._recover(claim, runner_id)
+                continue
+            self._run_one(claim, runner_id)
             ran += 1
         if reinvoke is not None:
             reinvoke()
@@ -101,50 +182,128 @@ class TurnRunner:
 
     # -- claiming and finishing -------------------------------------------------------------
 
-    def _claim(self, session_id: str, runner_id: str) -> TurnRequest | None:
-        def claim(state: SessionState) -> TurnRequest | None:
-            if state.turn is not None and not state.turn.is_stale() and state.turn.runner_id != runner_id:
-                return None  # another runner is on it
+    def _claim(self, session_id: str, runner_id: str) -> TurnRequest | _Recovery | _LeaseHeld | None:
+        def claim(state: SessionState) -> TurnRequest | _Recovery | _LeaseHeld | None:
+            now = utcnow()
+            turn = state.turn
+            if turn is not None and turn.runner_id == runner_id and turn.recovering:
+                # Our own takeover, written though its response was lost and the write retried.
+                return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber,
+                                 state.seq_ceiling - SEQ_BLOCK)
+            if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
+                # Our own claim, written though its response was lost and the write retried.
+                return self._request(state, turn, turn.prompt)
+            if turn is not None and turn.runner_id != runner_id:
+                if not turn.is_stale(now):
+                    return _LeaseHeld(turn.lease_until or (turn.heartbeat_at + self.lease))
+                start = state.seq_floor
+                state.seq_ceiling = start + SEQ_BLOCK
+                state.turn = turn.model_copy(update={
+                    "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + self.lease, "recovering": True,
+                })
+                return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber, start)
             if not state.queue:
                 state.turn = None
                 return None
             prompt = state.queue.pop(0)
-            now = utcnow()
             turn_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+            start = state.seq_floor
+            state.seq_ceiling = start + SEQ_BLOCK
             state.turn = RunningTurn(
-                turn_id=turn_id, runner_id=runner_id, prompt_id=prompt.id, started_at=now, heartbeat_at=now
+                turn_id=turn_id, runner_id=runner_id, prompt_id=prompt.id, started_at=now, heartbeat_at=now,
+                lease_until=now + self.lease, prompt=prompt,
             )
-            return TurnRequest(
-                session_id=session_id,
-                user_id=state.user_id,
-                conversation_id=state.conversation_id,
-                turn_id=turn_id,
-                prompt=prompt,
-                model=state.model,
-                max_turns=state.max_turns,
-                subscriber=state.subscriber,
-                last_seq=state.last_seq,
-                last_turn_id=state.last_turn_id,
-            )
+            return self._request(state, state.turn, prompt, start)
 
         try:
-            request, _ = self.states.update(session_id, claim)
+            request, _ = durably(lambda: self.states.update(session_id, claim), "claiming the next turn")
         except AppError as exc:
             log.error("cannot claim a turn for session %s: %s", session_id, exc.message)
             return None
         return request
 
-    def _finish(self, request: TurnRequest, runner_id: str, stream: TurnStream) -> None:
+    @staticmethod
+    def _request(state: SessionState, turn: RunningTurn, prompt: QueuedPrompt, start: int | None = None) -> TurnRequest:
+        first = start if start is not None else state.seq_ceiling - SEQ_BLOCK
+        return TurnRequest(
+            session_id=state.session_id, user_id=state.user_id, conversation_id=state.conversation_id,
+            turn_id=turn.turn_id, prompt=prompt, model=state.model, max_turns=state.max_turns,
+            subscriber=state.subscriber, last_seq=first, last_turn_id=state.last_turn_id,
+            seq_ceiling=state.seq_ceiling,
+        )
+
+    def _finish(self, session_id: str, turn_id: str, runner_id: str, stream: TurnStream,
+                requeue: QueuedPrompt | None = None) -> None:
         def finish(state: SessionState) -> Subscriber | None:
-            if state.turn is not None and state.turn.runner_id == runner_id:
-                state.turn = None
+            ours = state.turn is not None and state.turn.runner_id == runner_id and state.turn.turn_id == turn_id
             state.last_seq = max(state.last_seq, stream.seq)
-            state.last_turn_id = request.turn_id
+            if ours:
+                state.turn = None
+                state.last_turn_id = turn_id
+                # Everything up to stream.seq is accounted for; the next turn numbers on from there.
+                state.seq_ceiling = stream.seq
+                if requeue is not None and all(q.id != requeue.id for q in state.queue):
+                    state.queue.insert(0, requeue)
             return state.subscriber
 
-        subscriber, _ = self.states.update(request.session_id, finish)
+        subscriber, _ = durably(lambda: self.states.update(session_id, finish), "recording the end of the turn")
         # A resume that raced the end of the turn is ours to serve: it saw the turn running.
         stream.retarget(subscriber)
+
+    def _flush_events(self, session_id: str, turn_id: str, stream: TurnStream) -> None:
+        chunk = stream.peek_unflushed()
+        if chunk:
+            durably(lambda: self.events.append(session_id, turn_id, chunk), "saving the turn's events")
+            stream.mark_flushed(len(chunk))
+
+    # -- a dead runner's turn -----------------------------------------------------------------
+
+    def _recover(self, rec: _Recovery, runner_id: str) -> None:
+        """Repair a turn whose runner died: answer its cut-off tool calls, tell the client, and
+        run its prompt again if it was never saved."""
+        dead = rec.dead
+        log.warning("turn %s of session %s lost its runner (lease ran out at %s); repairing it",
+                    dead.turn_id, rec.session_id, dead.lease_until)
+        stream = TurnStream(
+            self.sender, rec.start_seq, None,
+            earlier_events=lambda after: self.events.read(rec.session_id, dead.turn_id, after),
+            ceiling=rec.start_seq + SEQ_BLOCK,
+        )
+        if rec.subscriber is not None:
+            self.sender.configure(rec.subscriber.domain_name, rec.subscriber.stage)
+            stream.retarget(rec.subscriber)
+        requeue: QueuedPrompt | None = None
+        try:
+            loaded = durably(lambda: self.conversations.load(rec.user_id, rec.conversation_id), "reading the conversation")
+            body: dict[str, Any] = dict(loaded[0]) if loaded else {"conversationId": rec.conversation_id}
+            metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+            messages, added = answer_cut_off_calls(list(body.get("messages") or []))
+            if added:
+                body["messages"] = messages
+                durably(lambda: self.conversations.save(rec.user_id, rec.conversation_id, body), "repairing the conversation")
+            for block in added:
+                stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
+            prompt_saved = metadata.get("lastPromptId") == dead.prompt_id
+            if not prompt_saved and dead.prompt is not None:
+                requeue = dead.prompt
+            stream.emit(error_frame(
+                "The server running this turn stopped before it finished (crash, restart or time limit). "
+                + ("Your message had not been read yet: it runs again now." if requeue is not None else
+                   "What was said is kept" + (" and the unfinished tool call was marked as failed" if added else "")
+                   + ": send a message to continue."),
+                "turn_cut_off",
+            ))
+            stream.emit({
+                "event": "result", "turns": 0, "durationMs": int((utcnow() - dead.started_at).total_seconds() * 1000),
+                "usage": {"inputTokens": 0, "outputTokens": 0, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0},
+                "costUsd": None, "model": None, "stopReason": "error", "interrupted": False,
+            })
+            self._flush_events(rec.session_id, dead.turn_id, stream)
+            self._finish(rec.session_id, dead.turn_id, runner_id, stream, requeue)
+        except Exception:  # noqa: BLE001 - the lease runs out again and the next runner retries the repair
+            log.exception("repairing turn %s of session %s failed", dead.turn_id, rec.session_id)
+        finally:
+            stream.close()
 
     # -- one turn ----------------------------------------------------------------------------
 
@@ -156,35 +315,51 @@ class TurnRunner:
             earlier_events=lambda after: self.events.read(request.session_id, request.last_turn_id, after)
             if request.last_turn_id
             else [],
+            ceiling=request.seq_ceiling,
         )
         if request.subscriber is not None:
             self.sender.configure(request.subscriber.domain_name, request.subscriber.stage)
             stream.retarget(request.subscriber)
         watcher = _StateWatcher(self, request, runner_id, stream)
         watcher.start()
+        progress = _Progress()
         try:
-            self._turn(request, stream, watcher)
+            self._turn(request, stream, watcher, progress)
         except Exception as exc:  # noqa: BLE001 - the turn ends with an error event, the runner lives
             log.exception("turn %s of session %s failed", request.turn_id, request.session_id)
             message = exc.message if isinstance(exc, AppError) else f"The turn failed on the server ({type(exc).__name__})."
             code = exc.code if isinstance(exc, AppError) else "turn_failed"
-            stream.emit(error_frame(message, code))
+            try:
+                stream.emit(error_frame(message, code))
+                self._save_cut_off(progress, stream)
+            except Exception:  # noqa: BLE001 - the lease runs out and the next runner repairs the turn
+                log.exception("saving what turn %s had said failed", request.turn_id)
         finally:
             watcher.stop()
             try:
-                self.events.append(request.session_id, request.turn_id, stream.take_unflushed())
-                self._finish(request, runner_id, stream)
-                keep = {request.turn_id}
-                self.events.prune(request.session_id, keep)
+                self._flush_events(request.session_id, request.turn_id, stream)
+                self._finish(request.session_id, request.turn_id, runner_id, stream)
+                self.events.prune(request.session_id, {request.turn_id})
             except Exception:  # noqa: BLE001
                 log.exception("finishing turn %s of session %s failed", request.turn_id, request.session_id)
             finally:
                 stream.close()
 
-    def _turn(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher) -> None:
+    def _save_cut_off(self, progress: _Progress, stream: TurnStream) -> None:
+        """After a failure, save the messages the turn had (its last save may have failed),
+        with every unanswered tool call answered as cut off, so the next turn can go on."""
+        if progress.latest is None or progress.save is None:
+            return
+        messages, added = answer_cut_off_calls(progress.latest)
+        for block in added:
+            stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
+        if added or not progress.saved:
+            progress.save(messages)
+
+    def _turn(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher, progress: _Progress) -> None:
         stream.emit({"event": "status", "status": "running", "turnId": request.turn_id, "messageId": request.prompt.id})
-        sandbox = self._sandbox(request, stream)
-        loaded = self.conversations.load(request.user_id, request.conversation_id)
+        sandbox = RecoveringSandbox(self._sandbox(request, stream), lambda: self._recreate_sandbox(request, stream))
+        loaded = durably(lambda: self.conversations.load(request.user_id, request.conversation_id), "reading the conversation")
         body: dict[str, Any] = dict(loaded[0]) if loaded else {}
         body.setdefault("conversationId", request.conversation_id)
         metadata = dict(body.get("metadata") or {})
@@ -193,12 +368,17 @@ class TurnRunner:
         history = list(body.get("messages") or [])
 
         def save(messages: list[dict[str, Any]]) -> None:
+            progress.latest, progress.saved = list(messages), False
             body["messages"] = messages
             metadata["updatedAt"] = utcnow().isoformat()
+            # Recovery after a crash runs the prompt again only if it was never saved.
+            metadata["lastPromptId"] = request.prompt.id
             body["metadata"] = metadata
-            self.conversations.save(request.user_id, request.conversation_id, body)
-            self.events.append(request.session_id, request.turn_id, stream.take_unflushed())
+            durably(lambda: self.conversations.save(request.user_id, request.conversation_id, body), "saving the conversation")
+            progress.saved = True
+            self._flush_events(request.session_id, request.turn_id, stream)
 
+        progress.save = save
         self.agent_turn(
             session_id=request.session_id,
             user_id=request.user_id,
@@ -219,23 +399,35 @@ class TurnRunner:
         try:
             return self.sessions.sandbox_for(request.session_id)
         except SandboxGone:
-            loaded = self.sessions.reload_skills(request.session_id, request.user_id)
-            stream.emit(
-                {
-                    "event": "status",
-                    "status": "sandbox_recreated",
-                    "message": "The sandbox had gone away (idle timeout or host restart); a new one was "
-                    "prepared and the skills were loaded again. Files from the old sandbox are gone.",
-                    "skillsLoaded": loaded,
-                }
-            )
-            return self.sessions.sandbox_for(request.session_id)
+            return self._recreate_sandbox(request, stream)
         except SandboxError as exc:
             raise AppError(f"The sandbox is unavailable: {exc}. Retry shortly.", code="sandbox_unavailable") from exc
 
+    def _recreate_sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
+        loaded = self.sessions.reload_skills(request.session_id, request.user_id)
+        stream.emit(
+            {
+                "event": "status",
+                "status": "sandbox_recreated",
+                "message": "The sandbox had gone away (idle timeout, host restart or its folder deleted); a new one "
+                "was prepared and the skills were loaded again. Files from the old sandbox are gone.",
+                "skillsLoaded": loaded,
+            }
+        )
+        return self.sessions.sandbox_for(request.session_id)
+
+
+@dataclass
+class _Progress:
+    """What a turn has said so far, for saving it after a failure."""
+
+    latest: list[dict[str, Any]] | None = None
+    saved: bool = True
+    save: Callable[[list[dict[str, Any]]], None] | None = None
+
 
 class _StateWatcher:
-    """Polls the session state during a turn: interrupts, reconnects, heartbeat."""
+    """Polls the session state during a turn (interrupts, reconnects) and renews the lease."""
 
     def __init__(self, runner: TurnRunner, request: TurnRequest, runner_id: str, stream: TurnStream) -> None:
         self.runner = runner
@@ -245,7 +437,7 @@ class _StateWatcher:
         self.interrupted = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{request.session_id}", daemon=True)
-        self._last_beat = time.monotonic()
+        self._last_renewal = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -255,28 +447,43 @@ class _StateWatcher:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.runner.poll_interval):
+        interval = min(self.runner.poll_interval, self.runner.renew_every)
+        while not self._stop.wait(interval):
             try:
                 self._poll()
             except Exception:  # noqa: BLE001 - a failed poll is retried at the next tick
                 log.exception("polling state of session %s failed", self.request.session_id)
 
     def _poll(self) -> None:
-        state = self.runner.states.read(self.request.session_id)
+        if time.monotonic() - self._last_renewal >= self.runner.renew_every:
+            state: SessionState | None = self._renew()
+        else:
+            state = self.runner.states.read(self.request.session_id)
         if state is None:
             return
         turn = state.turn
-        if turn is None or turn.turn_id != self.request.turn_id or turn.interrupt:
+        if turn is None or turn.turn_id != self.request.turn_id or turn.runner_id != self.runner_id or turn.interrupt:
             # Interrupted, or the turn was taken over: stop as soon as the loop can.
             self.interrupted.set()
         if state.subscriber is not None and state.subscriber.nonce != self.stream.served_nonce:
             self.runner.sender.configure(state.subscriber.domain_name, state.subscriber.stage)
             self.stream.retarget(state.subscriber)
-        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY.total_seconds():
-            self._last_beat = time.monotonic()
 
-            def beat(s: SessionState) -> None:
-                if s.turn is not None and s.turn.runner_id == self.runner_id:
-                    s.turn.heartbeat_at = utcnow()
+    def _renew(self) -> SessionState:
+        """Extend the lease and the seq high-water mark in one conditional write."""
+        mark = self.stream.seq + SEQ_BLOCK
 
-            self.runner.states.update(self.request.session_id, beat)
+        def renew(s: SessionState) -> bool:
+            if s.turn is None or s.turn.runner_id != self.runner_id or s.turn.turn_id != self.request.turn_id:
+                return False
+            now = utcnow()
+            s.turn.heartbeat_at = now
+            s.turn.lease_until = now + self.runner.lease
+            s.seq_ceiling = max(s.seq_ceiling, mark)
+            return True
+
+        ours, state = self.runner.states.update(self.request.session_id, renew)
+        if ours:
+            self._last_renewal = time.monotonic()
+            self.stream.raise_ceiling(mark)
+        return state

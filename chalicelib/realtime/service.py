@@ -122,10 +122,21 @@ class RealtimeService:
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
-        self.states.update(session_id, lambda s: None, create=lambda: SessionState(
+        _, state = self.states.update(session_id, lambda s: None, create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
+        if state.turn is not None:
+            # A client reconnecting mid-turn may be back because the server died (kill -9, a
+            # restart): a runner checks the turn's lease, and repairs the turn if it runs out.
+            self._start_runner(session_id)
         return ConnectDecision(200)
+
+    def _start_runner(self, session_id: str) -> None:
+        """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""
+        try:
+            self.dispatcher.dispatch(session_id)
+        except AppError as exc:
+            log.warning("could not start a runner for session %s: %s", session_id, exc.message)
 
     # -- $disconnect ---------------------------------------------------------------------
 
@@ -228,7 +239,13 @@ class RealtimeService:
         self._require_model_key()
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns)
 
+        renew_every = self.settings.turn_lease_seconds / 3
+
         def enqueue(state: SessionState) -> bool:
+            already = any(q.id == queued.id for q in state.queue) or (state.turn is not None and state.turn.prompt_id == queued.id)
+            if already:
+                # Our own write, applied though its response was lost and the write retried.
+                return not state.turn_active
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
                     f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
@@ -236,12 +253,15 @@ class RealtimeService:
             state.started = True
             state.queue.append(queued)
             state.subscriber = self._subscriber(conn)
-            # A runner that stopped heartbeating is dead: the next runner takes its turn over.
+            # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
             return not state.turn_active
 
         needs_runner, state = self.states.update(conn.session_id, enqueue)
         if needs_runner:
             self.dispatcher.dispatch(conn.session_id)
+        elif state.turn is not None and state.turn.renewal_overdue(renew_every):
+            # It missed a renewal: probably dead. A runner waits its lease out and takes over.
+            self._start_runner(conn.session_id)
         position = len(state.queue) - 1 + (1 if state.turn_active and not needs_runner else 0)
         return [frame("status", status="queued", messageId=queued.id, position=position)]
 
@@ -290,11 +310,16 @@ class RealtimeService:
 
     def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
         def subscribe(state: SessionState) -> tuple[bool, str | None, int]:
-            state.subscriber = self._subscriber(conn, replay_after=after_seq if state.turn_active else None)
-            return state.turn_active, state.last_turn_id, state.last_seq
+            # A turn still recorded (even one whose runner died) is replayed by the runner that
+            # holds or takes it over; only a settled session is replayed from here.
+            recorded = state.turn is not None
+            state.subscriber = self._subscriber(conn, replay_after=after_seq if recorded else None)
+            return recorded, state.last_turn_id, state.last_seq
 
-        (running, last_turn_id, last_seq), _ = self.states.update(conn.session_id, subscribe)
+        (running, last_turn_id, last_seq), state = self.states.update(conn.session_id, subscribe)
         if running:
+            if state.turn is not None and not state.turn_active:
+                self._start_runner(conn.session_id)  # the lease ran out: repair it now
             return []  # the runner replays, then continues live, in order
         missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
         return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]

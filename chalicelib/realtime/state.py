@@ -24,7 +24,10 @@ T = TypeVar("T")
 
 STATE_RECORD = "state.json"
 MAX_QUEUE = 20
+# Only for states written before leases existed: a turn without `lease_until` is dead after this.
 STALE_AFTER = timedelta(seconds=90)
+#: How many seq numbers a runner may hand out beyond the mark it last wrote (see SessionState.seq_ceiling).
+SEQ_BLOCK = 10_000
 
 
 def utcnow() -> datetime:
@@ -41,7 +44,7 @@ class QueuedPrompt(ApiModel):
 
 
 class RunningTurn(ApiModel):
-    """The turn a runner is executing now."""
+    """The turn a runner is executing now, held under a lease the runner keeps renewing."""
 
     turn_id: str
     runner_id: str
@@ -49,10 +52,25 @@ class RunningTurn(ApiModel):
     started_at: datetime
     heartbeat_at: datetime
     interrupt: bool = False
+    # Until when the runner is presumed alive; it renews this every third of the lease. A
+    # runner that dies (kill -9, Lambda's time limit, a crash) stops renewing, and whoever
+    # sees the lease expired repairs the turn and moves the queue on.
+    lease_until: datetime | None = None
+    # The message being answered, so a turn cut off before it saved the prompt runs again.
+    prompt: QueuedPrompt | None = None
+    # Set while a runner repairs a dead turn (the repair is idempotent, so it can be redone).
+    recovering: bool = False
 
     def is_stale(self, now: datetime | None = None) -> bool:
-        """A runner that stopped heartbeating (killed at Lambda's time limit, crashed)."""
-        return (now or utcnow()) - self.heartbeat_at > STALE_AFTER
+        """A runner that stopped renewing its lease (killed, crashed, cut off from storage)."""
+        now = now or utcnow()
+        if self.lease_until is None:
+            return now - self.heartbeat_at > STALE_AFTER
+        return now > self.lease_until
+
+    def renewal_overdue(self, renew_every: float, now: datetime | None = None) -> bool:
+        """True when the runner missed a renewal: probably dead, though its lease has not run out."""
+        return ((now or utcnow()) - self.heartbeat_at).total_seconds() > 2 * renew_every
 
 
 class Subscriber(ApiModel):
@@ -83,11 +101,20 @@ class SessionState(ApiModel):
     queue: list[QueuedPrompt] = Field(default_factory=list)
     last_seq: int = 0
     last_turn_id: str | None = None
+    # The session's seq high-water mark: no event was ever numbered above it. A runner raises
+    # it before numbering past it, so a turn taken over after a crash starts above every seq
+    # the dead runner may have sent, and `seq` never goes back within a session.
+    seq_ceiling: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
 
     @property
     def turn_active(self) -> bool:
         return self.turn is not None and not self.turn.is_stale()
+
+    @property
+    def seq_floor(self) -> int:
+        """Where the next runner starts numbering: above anything ever sent."""
+        return max(self.seq_ceiling, self.last_seq)
 
 
 class StateStore:

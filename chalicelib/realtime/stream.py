@@ -25,13 +25,24 @@ log = logging.getLogger(__name__)
 
 #: How long `close` waits for the last frames to go out.
 DRAIN_SECONDS = 30.0
+#: How long `emit` waits for the seq ceiling to be raised before giving the turn up.
+CEILING_WAIT_SECONDS = 30.0
 #: A merged delta stays well under API Gateway's 128 KB message limit: 16,000 characters are
 #: at most 64 KB of UTF-8.
 MAX_MERGED_CHARS = 16_000
 
 
+class SeqCeilingReached(Exception):
+    """The turn numbered every seq it had reserved and could not reserve more (storage or
+    its lease is gone): numbering on could repeat a seq another runner hands out."""
+
+
 class TurnStream:
-    """Numbers events from `last_seq + 1`, sends them to the subscriber, keeps them all."""
+    """Numbers events from `last_seq + 1`, sends them to the subscriber, keeps them all.
+
+    Numbers above `ceiling` (the high-water mark stored in the session state) are not handed
+    out until `raise_ceiling` says a higher mark was stored.
+    """
 
     def __init__(
         self,
@@ -39,10 +50,12 @@ class TurnStream:
         last_seq: int,
         subscriber: Subscriber | None,
         earlier_events: Callable[[int], list[dict[str, Any]]] | None = None,
+        ceiling: int | None = None,
     ) -> None:
         self.sender = sender
         self.first_seq = last_seq + 1
         self.seq = last_seq
+        self.ceiling = ceiling
         self.events: list[dict[str, Any]] = []
         self._flushed = 0
         self._lock = threading.Lock()
@@ -60,8 +73,16 @@ class TurnStream:
     def emit(self, event: dict[str, Any]) -> dict[str, Any]:
         """Number the event, keep it, and queue it for the current subscriber if any."""
         with self._lock:
+            if self.ceiling is not None and self.seq >= self.ceiling:
+                self._wake.wait_for(lambda: self.ceiling is None or self.seq < self.ceiling, CEILING_WAIT_SECONDS)
+                if self.ceiling is not None and self.seq >= self.ceiling:
+                    raise SeqCeilingReached(
+                        f"The turn used every event number up to {self.ceiling} and could not reserve more."
+                    )
             self.seq += 1
-            payload = {"event": event["event"], "seq": self.seq, **{k: v for k, v in event.items() if k != "event"}}
+            # A frame built for a direct reply carries seq 0; a turn's event gets its own number.
+            payload = {"event": event["event"], "seq": self.seq,
+                       **{k: v for k, v in event.items() if k not in ("event", "seq")}}
             self.events.append(payload)
             if self._target is not None:
                 self._outbox.append(payload)
@@ -87,6 +108,13 @@ class TurnStream:
                 self._outbox.extend(p for p in self.events if p["seq"] > after)
             self._wake.notify()
 
+    def raise_ceiling(self, ceiling: int) -> None:
+        """A higher high-water mark was stored: numbers up to it may be handed out."""
+        with self._lock:
+            if self.ceiling is not None and ceiling > self.ceiling:
+                self.ceiling = ceiling
+                self._wake.notify_all()
+
     @property
     def served_nonce(self) -> str | None:
         return self._served_nonce
@@ -97,6 +125,16 @@ class TurnStream:
             chunk = self.events[self._flushed :]
             self._flushed = len(self.events)
             return chunk
+
+    def peek_unflushed(self) -> list[dict[str, Any]]:
+        """Events not yet written to the event log; `mark_flushed` once they are."""
+        with self._lock:
+            return self.events[self._flushed :]
+
+    def mark_flushed(self, count: int) -> None:
+        """The first `count` unflushed events were written (a failed write keeps them for the next)."""
+        with self._lock:
+            self._flushed = min(len(self.events), self._flushed + count)
 
     def close(self, timeout: float = DRAIN_SECONDS) -> None:
         """Send what is queued, then stop the pump (a Lambda must not return before)."""

@@ -310,9 +310,20 @@ class LocalSandbox:
         self._unmount()
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def intact(self) -> bool:
+        """Whether its folders still exist (a cleanup job or a person may delete them)."""
+        return self.workspace.is_dir() and self.state_dir.is_dir()
+
     def _alive(self) -> None:
+        if not self.destroyed and not self.intact():
+            # Deleted underneath: nothing here works any more (the shell's state files are gone),
+            # so it counts as destroyed and the provider makes a new one on the next create.
+            self.destroyed = True
+            shell = self._bash
+            if shell is not None:
+                shell.close()
         if self.destroyed:
-            raise SandboxGone(f"Sandbox {self.session_id} was destroyed: set the session up again.")
+            raise SandboxGone(f"Sandbox {self.session_id} was destroyed or its folder deleted: set the session up again.")
 
 
 class BashSession:
@@ -510,11 +521,13 @@ class LocalSandboxProvider:
         validate_id(session_id, "sessionId")
         with self._lock:
             existing = self._sandboxes.get(session_id)
-            if existing is not None and not existing.destroyed:
+            if existing is not None and not existing.destroyed and existing.intact():
                 if existing.options != options:
                     existing.options = options
                     existing._restart_bash()
                 return existing
+            if existing is not None and not existing.destroyed:
+                existing.destroy()  # its folder was deleted underneath: stop its shell, clear what is left
             sandbox = LocalSandbox(session_id, self.root / session_id, self.settings, options, self.isolated)
             self._sandboxes[session_id] = sandbox
             return sandbox
@@ -522,7 +535,7 @@ class LocalSandboxProvider:
     def get(self, session_id: str) -> LocalSandbox:
         with self._lock:
             sandbox = self._sandboxes.get(session_id)
-        if sandbox is None or sandbox.destroyed:
+        if sandbox is None or sandbox.destroyed or not sandbox.intact():
             raise SandboxGone(f"Session {session_id!r} has no sandbox here: call POST /setup/{session_id} again.")
         return sandbox
 
