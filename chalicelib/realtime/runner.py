@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_TURNS_PER_INVOCATION = 50
-#: Pauses between attempts of a storage call that failed (about 7.7 s in all, then the turn ends).
-STORAGE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
+#: Pauses between attempts of a storage call that failed (6 s in all, plus botocore's own
+#: retries inside each attempt), then the turn ends.
+STORAGE_BACKOFF = (0.5, 1.5, 4.0)
 
 
 class TurnStorageFailed(AppError):
@@ -354,7 +355,9 @@ class TurnRunner:
         for block in added:
             stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
         if added or not progress.saved:
-            progress.save(messages)
+            # One attempt: the error is out already, and if storage is still down the lease runs
+            # out and the next runner (or the next turn) repairs the stored conversation instead.
+            progress.save(messages, retry=False)
 
     def _turn(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher, progress: _Progress) -> None:
         stream.emit({"event": "status", "status": "running", "turnId": request.turn_id, "messageId": request.prompt.id})
@@ -365,16 +368,19 @@ class TurnRunner:
         metadata = dict(body.get("metadata") or {})
         metadata.setdefault("startedAt", utcnow().isoformat())
         metadata.update({"sessionId": request.session_id, "userId": request.user_id})
-        history = list(body.get("messages") or [])
+        # A turn cut off earlier (storage lost for good, a runner killed before its repair ran)
+        # may have left a call unanswered, which the API would refuse on every later turn.
+        history, _ = answer_cut_off_calls(list(body.get("messages") or []))
 
-        def save(messages: list[dict[str, Any]]) -> None:
+        def save(messages: list[dict[str, Any]], retry: bool = True) -> None:
             progress.latest, progress.saved = list(messages), False
             body["messages"] = messages
             metadata["updatedAt"] = utcnow().isoformat()
             # Recovery after a crash runs the prompt again only if it was never saved.
             metadata["lastPromptId"] = request.prompt.id
             body["metadata"] = metadata
-            durably(lambda: self.conversations.save(request.user_id, request.conversation_id, body), "saving the conversation")
+            write = lambda: self.conversations.save(request.user_id, request.conversation_id, body)  # noqa: E731
+            durably(write, "saving the conversation") if retry else write()
             progress.saved = True
             self._flush_events(request.session_id, request.turn_id, stream)
 
@@ -423,7 +429,7 @@ class _Progress:
 
     latest: list[dict[str, Any]] | None = None
     saved: bool = True
-    save: Callable[[list[dict[str, Any]]], None] | None = None
+    save: Callable[..., None] | None = None
 
 
 class _StateWatcher:
