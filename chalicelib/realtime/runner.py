@@ -281,7 +281,7 @@ class TurnRunner:
             messages, added = answer_cut_off_calls(list(body.get("messages") or []))
             if added:
                 body["messages"] = messages
-                durably(lambda: self.conversations.save(rec.user_id, rec.conversation_id, body), "repairing the conversation")
+                durably(lambda: self.conversations.append(rec.user_id, rec.conversation_id, body), "repairing the conversation")
             for block in added:
                 stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
             prompt_saved = metadata.get("lastPromptId") == dead.prompt_id
@@ -379,7 +379,7 @@ class TurnRunner:
             # Recovery after a crash runs the prompt again only if it was never saved.
             metadata["lastPromptId"] = request.prompt.id
             body["metadata"] = metadata
-            write = lambda: self.conversations.save(request.user_id, request.conversation_id, body)  # noqa: E731
+            write = lambda: self.conversations.append(request.user_id, request.conversation_id, body)  # noqa: E731
             durably(write, "saving the conversation") if retry else write()
             progress.saved = True
             self._flush_events(request.session_id, request.turn_id, stream)

@@ -1,7 +1,9 @@
-"""Conversations: stored whole at `users/{userId}/conversations/{conversationId}.json`.
+"""Conversations: at `users/{userId}/conversations/{conversationId}.json`, long ones in parts.
 
 The REST API and the agent write the same format, `{conversationId, messages, metadata}`, so
-a conversation the agent saved can be read over REST and one posted over REST continued.
+a conversation the agent saved can be read over REST and one posted over REST continued. A
+turn appends (`append`): past a mebibyte, earlier messages are sealed into parts (see
+`conversation_parts`), and every read puts the whole body back together.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed
+from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
 from chalicelib.ids import validate_id
+from chalicelib.services.conversation_parts import ConversationParts, PartsMissing
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
 from chalicelib.storage import ObjectNotFound, ObjectStore
@@ -62,6 +65,7 @@ class ConversationsService:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.parts = ConversationParts(store)
 
     def save_body(self, user_id: str, body: Any, if_match: str | None = None, if_none_match: bool = False) -> tuple[ConversationSaved, str]:
         """POST: store the whole body; `conversationId` is required."""
@@ -92,15 +96,33 @@ class ConversationsService:
                 code="conversation_too_large",
             )
         try:
-            return self.store.put(
+            etag = self.store.put(
                 layout.conversation_key(user_id, conversation_id), data, content_type="application/json",
                 if_match=if_match, if_none_match=if_none_match,
             ).etag
+            self.parts.forget(user_id, conversation_id)  # replaced whole: earlier parts no longer count
+            return etag
         except (StoragePreconditionFailed, ObjectNotFound):
             raise PreconditionFailed(
                 f"Conversation {conversation_id!r} "
                 + ("already exists (If-None-Match: *)." if if_none_match else "changed since you read it (If-Match).")
                 + " GET it for the current ETag and retry."
+            ) from None
+
+    def append(self, user_id: str, conversation_id: str, body: dict[str, Any]) -> str:
+        """A turn's save of the whole conversation: only the head and any newly sealed part
+        are written, so it never fails for the conversation's size. Return the head's ETag."""
+        head = self.parts.head_for_append(user_id, conversation_id, body)
+        return self.store.put(layout.conversation_key(user_id, conversation_id), head, content_type="application/json").etag
+
+    def _assembled(self, user_id: str, conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.parts.assemble(user_id, conversation_id, body)
+        except PartsMissing as exc:
+            raise ValidationFailed(
+                f"Conversation {conversation_id!r} is stored incompletely ({exc}): it was changed outside the API. "
+                "DELETE it, or rewrite it with POST.",
+                code="conversation_incomplete",
             ) from None
 
     def load(self, user_id: str, conversation_id: str) -> tuple[dict[str, Any], str] | None:
@@ -115,7 +137,7 @@ class ConversationsService:
             body = None
         if not isinstance(body, dict):
             body = {"conversationId": conversation_id, "messages": [], "metadata": {"unreadable": True}}
-        return body, obj.info.etag
+        return self._assembled(user_id, conversation_id, body), obj.info.etag
 
     def get(self, user_id: str, conversation_id: str) -> tuple[ConversationDetail, str]:
         """GET one conversation; 404 "Conversation not found"."""
@@ -125,6 +147,8 @@ class ConversationsService:
         except ObjectNotFound:
             raise NotFound("Conversation not found", code="conversation_not_found") from None
         body = json.loads(obj.body)
+        if isinstance(body, dict):
+            body = self._assembled(user_id, conversation_id, body)
         return (
             ConversationDetail(
                 user_id=user_id, conversation_id=conversation_id, conversation=body,
@@ -168,4 +192,5 @@ class ConversationsService:
         except ObjectNotFound:
             raise NotFound("Conversation not found", code="conversation_not_found") from None
         self.store.delete(key)
+        self.parts.delete_all(user_id, conversation_id)
         return ConversationDeleted(user_id=user_id, conversation_id=conversation_id, key=key)

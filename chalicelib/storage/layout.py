@@ -56,3 +56,8 @@ def session_prefix(session_id: str) -> str:
 def session_key(session_id: str, name: str = "session.json") -> str:
     """Key of one of a session's records (`session.json`, `turn.json`, ...)."""
     return session_prefix(session_id) + validate_skill_path(name, "session record name")
+
+
+def conversation_parts_prefix(user_id: str, conversation_id: str) -> str:
+    """Where a long conversation's sealed, immutable parts live (outside the listed folder)."""
+    return f"{user_prefix(user_id)}conversation-parts/{validate_id(conversation_id, 'conversationId')}/"
