@@ -8,13 +8,16 @@ returns the whole body in the documented shape, POST still replaces it, DELETE r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.fake_anthropic import Reply, Text
-from tests.support.api import make_api
+from chalicelib.config import Settings
+from chalicelib.container import get_container
+from tests.support.api import ROOT, make_api
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -44,6 +47,11 @@ def test_a_conversation_near_5_mib_keeps_every_new_reply(tmp_path: Path, monkeyp
         sent = fake.requests[-1]["messages"]
         assert sent[0]["content"].startswith("0000") and sent[-1]["content"] == "more 2"
 
+        stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+        store = get_container(Settings.from_env({**os.environ, **stage_env})).store
+        gets: list[str] = []
+        store.client.meta.events.register(  # type: ignore[attr-defined]
+            "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
         got = client.http.get("/users/alice/conversations/big")
         assert got.status_code == 200
         detail = json.loads(got.body)
@@ -60,6 +68,7 @@ def test_a_conversation_near_5_mib_keeps_every_new_reply(tmp_path: Path, monkeyp
         head = api.raw("users/alice/conversations/big.json")
         parts = sorted(k for k in keys if k.startswith("users/alice/conversation-parts/big/"))
         assert len(head) < 2**20 and len(parts) >= 5
+        assert sorted(gets) == sorted(["users/alice/conversations/big.json", *parts])  # GET: the head + one per part
         assert parts == parts_after_first  # later turns appended to the head only
         listed = json.loads(client.http.get("/users/alice/conversations").body)["conversations"]
         assert [c["conversationId"] for c in listed] == ["big"]  # parts are not conversations

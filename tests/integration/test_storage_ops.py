@@ -34,7 +34,7 @@ OPS: dict[str, dict[str, int]] = {
     "POST /users/{u}/conversations": {"PutObject": 1},
     "GET /users/{u}/conversations/{id}": {"GetObject": 1},
     "GET /users/{u}/conversations": {"ListObjectsV2": 1},
-    "DELETE /users/{u}/conversations/{id}": {"HeadObject": 1, "DeleteObject": 1},
+    "DELETE /users/{u}/conversations/{id}": {"HeadObject": 1, "DeleteObject": 1, "ListObjectsV2": 1},
     "GET /users/{u}/settings": {"GetObject": 1},
     "PUT /users/{u}/settings": {"PutObject": 1},
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},

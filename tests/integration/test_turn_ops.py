@@ -2,8 +2,9 @@
 
 The REST endpoints are pinned in test_storage_ops.py; this pins what a chat costs: connect,
 a turn with one model reply, a turn with a tool call, disconnect. The state poller is set to
-tick once an hour here, so it adds nothing; in production it adds one GetObject per
-TURN_POLL_SECONDS while a turn runs. The README's cost figures for turns come from TURN_OPS.
+tick once an hour and the lease to last 15 minutes here, so they add nothing; in production
+they add one GetObject per TURN_POLL_SECONDS and one GetObject + PutObject (the lease renewal)
+per TURN_LEASE_SECONDS / 3 while a turn runs. The README's cost figures for turns come from TURN_OPS.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def kind(key: str) -> str:
 
 def test_storage_operations_of_a_chat_are_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
     monkeypatch.setenv("TURN_POLL_SECONDS", "3600")
+    monkeypatch.setenv("TURN_LEASE_SECONDS", "900")  # lease renewals (one PutObject state each) excluded too
     api = make_api("s3", tmp_path, monkeypatch, moto_endpoint)
     with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
         stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
