@@ -1,0 +1,89 @@
+"""The pieces of turn recovery: answering cut-off tool calls, the seq ceiling, real seqs for errors."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from chalicelib.realtime import stream as stream_module
+from chalicelib.realtime.protocol import error_frame
+from chalicelib.realtime.recovery import CUT_OFF_RESULT, answer_cut_off_calls
+from chalicelib.realtime.state import RunningTurn, utcnow
+from chalicelib.realtime.stream import SeqCeilingReached, TurnStream
+from tests.unit.test_turn_stream import GatedSender
+
+
+def call(tool_id: str) -> dict[str, str]:
+    return {"type": "tool_use", "id": tool_id, "name": "bash", "input": {"command": "x"}}  # type: ignore[dict-item]
+
+
+def result(tool_id: str) -> dict[str, str]:
+    return {"type": "tool_result", "tool_use_id": tool_id, "content": "ok"}
+
+
+def test_an_unanswered_call_gets_an_error_result_right_after_it() -> None:
+    messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [{"type": "text", "text": "on it"}, call("a")]}]
+    repaired, added = answer_cut_off_calls(messages)
+    assert added == [{"type": "tool_result", "tool_use_id": "a", "content": CUT_OFF_RESULT, "is_error": True}]
+    assert repaired == [*messages, {"role": "user", "content": added}]
+    assert answer_cut_off_calls(repaired) == (repaired, [])  # idempotent
+
+
+def test_parallel_calls_half_answered_and_a_prompt_after_them() -> None:
+    messages = [
+        {"role": "assistant", "content": [call("a"), call("b")]},
+        {"role": "user", "content": [result("a")]},
+    ]
+    repaired, added = answer_cut_off_calls(messages)
+    assert [b["tool_use_id"] for b in added] == ["b"]
+    assert [b["tool_use_id"] for b in repaired[1]["content"]] == ["a", "b"]
+    # A prompt saved after the cut-off calls: the results go first, as the API requires.
+    messages = [{"role": "assistant", "content": [call("c")]}, {"role": "user", "content": "next question"}]
+    repaired, _ = answer_cut_off_calls(messages)
+    assert [b["type"] for b in repaired[1]["content"]] == ["tool_result", "text"]
+    assert repaired[1]["content"][1]["text"] == "next question"
+
+
+def test_a_history_without_calls_is_left_alone() -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]
+    assert answer_cut_off_calls(messages) == (messages, [])
+    assert answer_cut_off_calls([]) == ([], [])
+
+
+def test_a_lease_decides_staleness_and_a_missed_renewal_is_noticed() -> None:
+    now = utcnow()
+    turn = RunningTurn(turn_id="t", runner_id="r", prompt_id="p", started_at=now, heartbeat_at=now,
+                       lease_until=now + timedelta(seconds=10))
+    assert not turn.is_stale(now) and turn.is_stale(now + timedelta(seconds=11))
+    assert not turn.renewal_overdue(3.3, now + timedelta(seconds=6)) and turn.renewal_overdue(3.3, now + timedelta(seconds=7))
+
+
+def test_an_error_frame_emitted_in_a_turn_gets_a_real_seq() -> None:
+    stream = TurnStream(GatedSender(), 41, None)
+    assert stream.emit(error_frame("the turn failed", "turn_failed"))["seq"] == 42
+    stream.close()
+
+
+def test_numbers_past_the_ceiling_wait_for_it_to_be_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_module, "CEILING_WAIT_SECONDS", 5.0)
+    stream = TurnStream(GatedSender(), 10, None, ceiling=12)
+    assert [stream.emit({"event": "x"})["seq"] for _ in range(2)] == [11, 12]
+    emitted: list[int] = []
+    blocked = threading.Thread(target=lambda: emitted.append(stream.emit({"event": "x"})["seq"]))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive() and emitted == []  # seq 13 is not reserved yet
+    stream.raise_ceiling(20)
+    blocked.join(5)
+    assert emitted == [13]
+    stream.close()
+
+
+def test_a_ceiling_never_raised_ends_the_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_module, "CEILING_WAIT_SECONDS", 0.2)
+    stream = TurnStream(GatedSender(), 5, None, ceiling=5)
+    with pytest.raises(SeqCeilingReached):
+        stream.emit({"event": "x"})
+    stream.close()
