@@ -275,6 +275,11 @@ class TurnRunner:
             stream.retarget(rec.subscriber)
         requeue: QueuedPrompt | None = None
         try:
+            logged = durably(lambda: self.events.read(rec.session_id, dead.turn_id, 0), "reading the turn's events")
+            if any(e.get("event") == "result" for e in logged):
+                # The turn had ended; only recording that failed (storage was down). Nothing to repair.
+                self._finish(rec.session_id, dead.turn_id, runner_id, stream)
+                return
             loaded = durably(lambda: self.conversations.load(rec.user_id, rec.conversation_id), "reading the conversation")
             body: dict[str, Any] = dict(loaded[0]) if loaded else {"conversationId": rec.conversation_id}
             metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}

@@ -113,3 +113,31 @@ def test_a_lasting_outage_ends_the_turn_with_an_error_and_the_next_message_works
     assert messages[-1]["content"] == [{"type": "text", "text": "Carrying on."}]
     sent_history = fake.requests[-1]["messages"]
     assert sent_history[-1]["content"][0]["type"] == "tool_result"  # the API got a valid history
+
+
+def test_a_turn_that_ended_but_could_not_record_it_is_not_reported_as_cut_off(faulty) -> None:  # type: ignore[no-untyped-def]
+    client, management, fake, dispatcher, proxy, api = faulty
+    token = setup_session(client, "sf3")
+    client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "sf3", "token": token}))
+    fake.script(Reply([Text("First answer.")]), Reply([Text("Second answer.")]))
+    # The message is queued and claimed; recording the end of the turn fails for good.
+    proxy.add(FaultRule("PUT", r"/state\.json", action="status", status=503, skip=2, times=None))
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "one"})))
+    first = management.wait_for("c1", "result", timeout=60)
+    dispatcher.join(120)
+    assert json.loads(api.raw("sessions/sf3/state.json"))["turn"] is not None  # left "running"
+    proxy.clear()
+    started = time.monotonic()
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "two"})))
+    for _ in range(600):  # bounded: 60 s for the second result
+        sent = management.sent["c1"][len(first):]
+        if any(f["event"] == "result" for f in sent):
+            break
+        time.sleep(0.1)
+    dispatcher.join(30)
+    print(f"\nunrecorded end: next message answered {time.monotonic() - started:.1f} s after storage came back")
+    assert [f["event"] for f in sent if f["event"] in ("error", "result")] == ["result"], [f["event"] for f in sent]
+    assert sent[-1]["stopReason"] == "end_turn"
+    assert [m["role"] for m in stored_messages(api, "sf3")] == ["user", "assistant", "user", "assistant"]
+    state = json.loads(api.raw("sessions/sf3/state.json"))
+    assert state["turn"] is None and state["lastSeq"] == sent[-1]["seq"]
