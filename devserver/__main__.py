@@ -7,6 +7,8 @@ import importlib
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     chalice_app = getattr(importlib.import_module(module_name), attribute or "app")
     gateway = LocalGatewayApp(chalice_app, config, static_dir=project / "web", app_module=module_name)
     _banner(base)
+    _resume_turns_once_up(base)
     import uvicorn
 
     logging.getLogger("uvicorn.access").addFilter(_skip_management_calls)
@@ -44,6 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
                 log_level="info", access_log=True)
     return 0
+
+
+def _resume_turns_once_up(base: str) -> None:
+    """A restart (or kill -9) ends every turn this process ran: once the server answers, start
+    runners for the sessions left running, so they recover without waiting for a client."""
+
+    def resume() -> None:
+        import httpx
+
+        for _ in range(600):  # bounded: a minute for the server to come up
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        from chalicelib.web.websocket import resume_interrupted_turns
+
+        try:
+            resumed = resume_interrupted_turns()
+        except Exception:  # noqa: BLE001 - a client's next connect or message recovers them instead
+            logging.getLogger("gateway").exception("could not look for interrupted turns")
+            return
+        if resumed:
+            logging.getLogger("gateway").info("resuming interrupted turns of sessions %s", ", ".join(resumed))
+
+    threading.Thread(target=resume, name="resume-turns", daemon=True).start()
 
 
 def _skip_management_calls(record: logging.LogRecord) -> bool:

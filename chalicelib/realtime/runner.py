@@ -173,10 +173,16 @@ class TurnRunner:
             if claim is None:
                 return ran
             if isinstance(claim, _Recovery):
-                self._recover(claim, runner_id)
+                if not self._recover(claim, runner_id):
+                    return ran  # storage is failing: the lease runs out and the next runner retries
                 continue
-            self._run_one(claim, runner_id)
+            recorded = self._run_one(claim, runner_id)
             ran += 1
+            if not recorded:
+                # Its end could not be recorded, so the state still shows it running: claiming
+                # again would take it for our own lost claim and run it twice. The lease runs
+                # out and the next runner closes it (it finds the logged result).
+                return ran
         if reinvoke is not None:
             reinvoke()
         return ran
@@ -259,9 +265,9 @@ class TurnRunner:
 
     # -- a dead runner's turn -----------------------------------------------------------------
 
-    def _recover(self, rec: _Recovery, runner_id: str) -> None:
+    def _recover(self, rec: _Recovery, runner_id: str) -> bool:
         """Repair a turn whose runner died: answer its cut-off tool calls, tell the client, and
-        run its prompt again if it was never saved."""
+        run its prompt again if it was never saved. False when storage failed on the way."""
         dead = rec.dead
         log.warning("turn %s of session %s lost its runner (lease ran out at %s); repairing it",
                     dead.turn_id, rec.session_id, dead.lease_until)
@@ -276,10 +282,11 @@ class TurnRunner:
         requeue: QueuedPrompt | None = None
         try:
             logged = durably(lambda: self.events.read(rec.session_id, dead.turn_id, 0), "reading the turn's events")
-            if any(e.get("event") == "result" for e in logged):
-                # The turn had ended; only recording that failed (storage was down). Nothing to repair.
+            if any(e.get("event") in ("result", "error") for e in logged):
+                # The turn had ended (a result, or the error that ended it); only recording that
+                # failed (storage was down). Nothing to repair.
                 self._finish(rec.session_id, dead.turn_id, runner_id, stream)
-                return
+                return True
             loaded = durably(lambda: self.conversations.load(rec.user_id, rec.conversation_id), "reading the conversation")
             body: dict[str, Any] = dict(loaded[0]) if loaded else {"conversationId": rec.conversation_id}
             metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
@@ -299,21 +306,20 @@ class TurnRunner:
                    + ": send a message to continue."),
                 "turn_cut_off",
             ))
-            stream.emit({
-                "event": "result", "turns": 0, "durationMs": int((utcnow() - dead.started_at).total_seconds() * 1000),
-                "usage": {"inputTokens": 0, "outputTokens": 0, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0},
-                "costUsd": None, "model": None, "stopReason": "error", "interrupted": False,
-            })
+            stream.emit(_cut_short_result(dead.started_at, turns=0))
             self._flush_events(rec.session_id, dead.turn_id, stream)
             self._finish(rec.session_id, dead.turn_id, runner_id, stream, requeue)
+            return True
         except Exception:  # noqa: BLE001 - the lease runs out again and the next runner retries the repair
             log.exception("repairing turn %s of session %s failed", dead.turn_id, rec.session_id)
+            return False
         finally:
             stream.close()
 
     # -- one turn ----------------------------------------------------------------------------
 
-    def _run_one(self, request: TurnRequest, runner_id: str) -> None:
+    def _run_one(self, request: TurnRequest, runner_id: str) -> bool:
+        """Run one claimed turn; return whether its end was recorded in the session state."""
         stream = TurnStream(
             self.sender,
             request.last_seq,
@@ -329,6 +335,7 @@ class TurnRunner:
         watcher = _StateWatcher(self, request, runner_id, stream)
         watcher.start()
         progress = _Progress()
+        started = utcnow()
         try:
             self._turn(request, stream, watcher, progress)
         except Exception as exc:  # noqa: BLE001 - the turn ends with an error event, the runner lives
@@ -338,18 +345,23 @@ class TurnRunner:
             try:
                 stream.emit(error_frame(message, code))
                 self._save_cut_off(progress, stream)
+                # Clients wait for `result` to end a turn, as after the agent's own errors.
+                stream.emit(_cut_short_result(started, turns=progress.replies()))
             except Exception:  # noqa: BLE001 - the lease runs out and the next runner repairs the turn
                 log.exception("saving what turn %s had said failed", request.turn_id)
         finally:
             watcher.stop()
+            recorded = False
             try:
                 self._flush_events(request.session_id, request.turn_id, stream)
                 self._finish(request.session_id, request.turn_id, runner_id, stream)
+                recorded = True
                 self.events.prune(request.session_id, {request.turn_id})
             except Exception:  # noqa: BLE001
                 log.exception("finishing turn %s of session %s failed", request.turn_id, request.session_id)
             finally:
                 stream.close()
+        return recorded
 
     def _save_cut_off(self, progress: _Progress, stream: TurnStream) -> None:
         """After a failure, save the messages the turn had (its last save may have failed),
@@ -376,6 +388,7 @@ class TurnRunner:
         # A turn cut off earlier (storage lost for good, a runner killed before its repair ran)
         # may have left a call unanswered, which the API would refuse on every later turn.
         history, _ = answer_cut_off_calls(list(body.get("messages") or []))
+        progress.history_length = len(history)
 
         def save(messages: list[dict[str, Any]], retry: bool = True) -> None:
             progress.latest, progress.saved = list(messages), False
@@ -435,6 +448,21 @@ class _Progress:
     latest: list[dict[str, Any]] | None = None
     saved: bool = True
     save: Callable[..., None] | None = None
+    history_length: int = 0
+
+    def replies(self) -> int:
+        """Model replies made in this turn so far."""
+        return sum(1 for m in (self.latest or [])[self.history_length:] if m.get("role") == "assistant")
+
+
+def _cut_short_result(started: datetime, *, turns: int) -> dict[str, Any]:
+    """The `result` of a turn that ended on an error outside the agent loop (or was cut off):
+    usage and cost are not known there."""
+    return {
+        "event": "result", "turns": turns, "durationMs": int((utcnow() - started).total_seconds() * 1000),
+        "usage": {"inputTokens": 0, "outputTokens": 0, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0},
+        "costUsd": None, "model": None, "stopReason": "error", "interrupted": False,
+    }
 
 
 class _StateWatcher:

@@ -138,6 +138,14 @@ class RealtimeService:
         except AppError as exc:
             log.warning("could not start a runner for session %s: %s", session_id, exc.message)
 
+    def resume_interrupted(self) -> list[str]:
+        """Start a runner for every session a dead server left running or queued (the local
+        gateway calls this after a restart; in AWS the next frame or Lambda's retry does it)."""
+        busy = self.states.sessions_with_work()
+        for session_id in busy:
+            self._start_runner(session_id)
+        return busy
+
     # -- $disconnect ---------------------------------------------------------------------
 
     def disconnect(self, event: WsEvent) -> None:

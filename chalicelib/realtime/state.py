@@ -19,6 +19,7 @@ from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
 from chalicelib.storage import layout
+from chalicelib.storage.base import get_many
 
 T = TypeVar("T")
 
@@ -169,6 +170,29 @@ class StateStore:
         raise Conflict(
             f"Session {session_id!r} is changing too fast to update; retry.", code="state_contention"
         )
+
+    def sessions_with_work(self) -> list[str]:
+        """Sessions whose state records a turn or queued messages (one LIST per 1,000 sessions,
+        then their states in parallel): what a restarted local server must pick up."""
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = self.store.list(layout.SESSIONS, delimiter="/", continuation_token=token)
+            ids += [prefix[len(layout.SESSIONS):].rstrip("/") for prefix in page.prefixes]
+            token = page.next_token
+            if token is None:
+                break
+        found = get_many(self.store, [layout.session_key(i, STATE_RECORD) for i in ids])
+        busy = []
+        for session_id in ids:
+            stored = found.get(layout.session_key(session_id, STATE_RECORD))
+            try:
+                state = SessionState.model_validate_json(stored.body) if stored is not None else None
+            except ValidationError:
+                state = None
+            if state is not None and (state.turn is not None or state.queue):
+                busy.append(session_id)
+        return busy
 
     def _read(self, session_id: str) -> tuple[SessionState, str] | None:
         try:

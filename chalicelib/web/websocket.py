@@ -68,3 +68,8 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     dispatcher = LambdaDispatcher(aws_session().client("lambda"), name) if name and name != "turn_runner" else services.dispatcher
     ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id))
     return {"sessionId": session_id, "turns": ran}
+
+
+def resume_interrupted_turns() -> list[str]:
+    """After a restart of the local gateway: start runners for the turns the old process left."""
+    return container().realtime.resume_interrupted()
