@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 from websockets.sync.client import connect
@@ -26,7 +27,14 @@ def test_a_reply_cut_mid_text_is_retried_not_saved(world, reset: bool) -> None: 
                       Reply([Text("A whole answer.")]))
     with connect(world.ws_url(setup)) as ws:
         ws.send(json.dumps({"action": "message", "prompt": "hi"}))
-        frames = receive_until(ws, "result")
+        frames = receive_until(ws, "status")
+        for _ in range(10):  # bounded: queued, running, then retrying
+            if frames[-1].get("status") == "retrying":
+                break
+            frames += receive_until(ws, "status")
+        cut_at = time.monotonic()
+        frames += receive_until(ws, "result")
+    print(f"\nstream cut mid-text ({'reset' if reset else 'eof'}): reply complete {time.monotonic() - cut_at:.2f} s after the retry notice")
     assert world.fake.drops == 1 and len(world.fake.requests) == 2
     retry = next(f for f in frames if f["event"] == "status" and f.get("status") == "retrying")
     assert retry["reason"] == "stream_cut" and retry["discardStreamed"] == len("The first half and then"[:12])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from typing import Any
 
 import pytest
@@ -42,7 +43,11 @@ def test_a_deleted_workspace_is_recreated_between_and_during_turns(world) -> Non
         first = receive_until(ws, "result")
         shutil.rmtree(root)  # between turns
         ws.send(json.dumps({"action": "message", "prompt": "two"}))
-        second = receive_until(ws, "result")
+        second = receive_until(ws, "tool_use")
+        asked = time.monotonic()
+        second += receive_until(ws, "tool_result")
+        print(f"\ndeleted workspace: the tool call ran in a recreated sandbox {time.monotonic() - asked:.2f} s after it was asked")
+        second += receive_until(ws, "result")
         ws.send(json.dumps({"action": "message", "prompt": "three"}))
         third = receive_until(ws, "result")
 
