@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Any]
 MID_STREAM_RETRIES = 3
-# What the SDK raises, unwrapped, when the connection breaks while a stream is read. Newer
-# anthropic releases ship on `httpx2`, older ones on `httpx`: catch whichever is installed.
+# Newer anthropic releases ship on `httpx2`, older ones on `httpx`: whichever is installed.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(
     importlib.import_module(name).TransportError for name in ("httpx", "httpx2") if importlib.util.find_spec(name)
 )
@@ -59,6 +58,11 @@ class ModelStreamCut(Exception):
     The SDK hands back whatever arrived as if it were the whole message, so a cut reply would
     be saved as complete, and a cut tool call as `input: {}`. It is retried like an overload.
     """
+
+
+# A reply cut off: no message_stop, or the connection broke while the stream was read (the SDK
+# raises the transport error unwrapped then).
+_STREAM_CUTS: tuple[type[BaseException], ...] = (ModelStreamCut, *_TRANSPORT_ERRORS)
 
 
 def run_turn(
@@ -148,38 +152,36 @@ def _stream_reply(client: anthropic.Anthropic, model: str, system: str, messages
     for attempt in range(MID_STREAM_RETRIES + 1):
         streamed: list[str] = []
         try:
-            try:
-                with client.messages.stream(model=model, max_tokens=max_tokens, system=system or anthropic.NOT_GIVEN,
-                                            messages=_normalised(messages), tools=TOOLS) as stream:
-                    with _CloseOnStop(stream, should_stop) as watcher:
-                        try:
-                            complete = False
-                            for event in stream:
-                                if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                                    streamed.append(event.delta.text)
-                                    emit({"event": "stream", "type": "text", "content": event.delta.text})
-                                elif event.type == "message_stop":
-                                    complete = True
-                                if should_stop():
-                                    raise _Interrupted
-                            if not complete:
-                                raise ModelStreamCut("The model's reply was cut off before it ended (no message_stop).")
-                            reply = stream.get_final_message()
-                        except Exception:
-                            if watcher.closed or should_stop():
-                                raise _Interrupted from None
-                            raise
-            except _TRANSPORT_ERRORS as exc:
-                # Raised raw by the SDK while iterating (a reset or a malformed chunk mid-stream).
-                raise ModelStreamCut(f"The connection to the model dropped mid-reply ({type(exc).__name__}).") from exc
+            with client.messages.stream(model=model, max_tokens=max_tokens, system=system or anthropic.NOT_GIVEN,
+                                        messages=_normalised(messages), tools=TOOLS) as stream:
+                with _CloseOnStop(stream, should_stop) as watcher:
+                    try:
+                        complete = False
+                        for event in stream:
+                            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                                streamed.append(event.delta.text)
+                                emit({"event": "stream", "type": "text", "content": event.delta.text})
+                            elif event.type == "message_stop":
+                                complete = True
+                            if should_stop():
+                                raise _Interrupted
+                        if not complete:
+                            raise ModelStreamCut("The model's reply was cut off before it ended (no message_stop).")
+                        reply = stream.get_final_message()
+                    except Exception:
+                        if watcher.closed or should_stop():
+                            raise _Interrupted from None
+                        raise
             result.usage.add(reply.usage)
             return reply
         except _Interrupted:
             _keep_partial(streamed, messages, emit)
             raise
-        except ModelStreamCut as exc:
+        except _STREAM_CUTS as exc:
             if attempt == MID_STREAM_RETRIES:
-                raise
+                if isinstance(exc, ModelStreamCut):
+                    raise
+                raise ModelStreamCut(f"The connection to the model dropped mid-reply ({type(exc).__name__}).") from exc
             log.warning("model stream cut off (attempt %d), retrying the reply: %s", attempt + 1, exc)
             emit({"event": "status", "status": "retrying", "reason": "stream_cut", "discardStreamed": len("".join(streamed)),
                   "message": "The connection to the model dropped mid-reply; discard the partial text, it is being regenerated."})
