@@ -289,7 +289,7 @@ class TurnRunner:
                 return True
             loaded = durably(lambda: self.conversations.load(rec.user_id, rec.conversation_id), "reading the conversation")
             body: dict[str, Any] = dict(loaded[0]) if loaded else {"conversationId": rec.conversation_id}
-            metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+            metadata: dict[str, Any] = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
             messages, added = answer_cut_off_calls(list(body.get("messages") or []))
             if added:
                 body["messages"] = messages

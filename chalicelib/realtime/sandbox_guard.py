@@ -13,7 +13,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.sandbox.base import WORKSPACE, BashSession, ExecResult, FileEntry, MountSpec, Sandbox, SandboxGone
+from chalicelib.sandbox.base import (
+    WORKSPACE,
+    BashSession,
+    ExecResult,
+    FileEntry,
+    MountSpec,
+    Sandbox,
+    SandboxGone,
+)
 
 
 class RecoveringSandbox:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.fake_anthropic import Reply, Text
 from chalicelib.config import Settings
 from chalicelib.container import get_container
+from tests.fakes.fake_anthropic import Reply, Text
 from tests.support.api import ROOT, make_api
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 
