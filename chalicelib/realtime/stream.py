@@ -104,7 +104,9 @@ class TurnStream:
             if subscriber.replay_after is not None:
                 after = subscriber.replay_after
                 if after < self.first_seq - 1 and self._earlier_events is not None:
-                    self._outbox.extend(self._earlier_events(after))
+                    # Only what came before this stream: a repair writes its own events into the
+                    # log of the turn it repairs, and those are in `self.events` already.
+                    self._outbox.extend(e for e in self._earlier_events(after) if e["seq"] < self.first_seq)
                 self._outbox.extend(p for p in self.events if p["seq"] > after)
             self._wake.notify()
 

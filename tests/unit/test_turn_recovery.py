@@ -10,7 +10,7 @@ import pytest
 from chalicelib.realtime import stream as stream_module
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.recovery import CUT_OFF_RESULT, answer_cut_off_calls
-from chalicelib.realtime.state import RunningTurn, utcnow
+from chalicelib.realtime.state import RunningTurn, Subscriber, utcnow
 from chalicelib.realtime.stream import SeqCeilingReached, TurnStream
 from tests.unit.test_turn_stream import GatedSender
 
@@ -87,3 +87,13 @@ def test_a_ceiling_never_raised_ends_the_turn(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SeqCeilingReached):
         stream.emit({"event": "x"})
     stream.close()
+
+
+def test_a_resume_during_a_repair_gets_each_event_once() -> None:
+    sender = GatedSender()
+    logged = [{"event": "tool_use", "seq": 57}]
+    stream = TurnStream(sender, 10_003, None, earlier_events=lambda after: [e for e in logged if e["seq"] > after])
+    logged += [stream.emit({"event": "tool_result"}), stream.emit({"event": "result"})]  # flushed to the same log
+    stream.retarget(Subscriber(connection_id="c", domain_name="d", stage="api", replay_after=4))
+    stream.close()
+    assert [p["seq"] for _, p in sender.sent] == [57, 10_004, 10_005]
