@@ -347,7 +347,7 @@ const RENDER = {
     const s = frame.status;
     if (s === "ready") note(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
     else if (s === "queued") setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy");
-    else if (s === "running") setTurn({active: true});
+    else if (s === "running") { setBadge("turn-badge", "Working…", "busy"); setTurn({active: true}); }
     else if (s === "interrupting") setBadge("turn-badge", "Interrupting…", "busy");
     else if (s === "retrying") {
       if (state.current) { state.current.text = state.current.text.slice(0, -frame.discardStreamed || undefined); scheduleRender(state.current); }
@@ -677,6 +677,17 @@ async function startSession(conversationId) {
   connect({action: "start", ...(conversationId ? {conversationId} : {})});
 }
 
+function forgetSession() {
+  closeSocket();
+  state.session = null;
+  endTurn();
+  resetTranscript();
+  $("session-info").textContent = "No session.";
+  $("session-files").hidden = true;
+  $("start-session").textContent = "Start session";
+  setBadge("turn-badge", "");
+}
+
 function closeSocket() {
   if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
 }
@@ -787,6 +798,7 @@ async function loadUser(event) {
     showError(err.message, err.code);
     return;
   }
+  if (state.session && state.session.userId !== state.user) forgetSession();  // that chat was another user's
   state.loadedUser = state.user;
   $("connection-summary").textContent = `Connection · ${state.user}`;
   if (window.matchMedia("(max-width: 760px)").matches) $("connection-box").open = false;

@@ -144,7 +144,10 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     assert "Sent." not in (page.locator("#transcript").text_content() or "")
     expect(page.locator("#turn-badge")).to_have_text("Connected")
     expect(page.locator("#interrupt")).to_be_disabled()
-    shot(page, "conversation")  # ./scripts/update-screenshot copies this one to docs/console.png
+    # ./scripts/update-screenshot copies this one to docs/console.png: the tool call and the answer in view.
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.evaluate("document.querySelector('.side-col').scrollTop = 0; const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight")
+    shot(page, "conversation")
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, tool call open
     page.emulate_media(color_scheme="dark")
     assert page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
@@ -310,6 +313,12 @@ def test_start_disabled_until_loaded_and_an_error_is_shown_once(world, page, mon
     page.fill("#user-id", "someone-else")
     expect(page.locator("#start-session")).to_be_disabled()
     load_user(page, "erin")
+    start_session(page)
+    load_user(page, "frank")  # another user: the session and its transcript were erin's
+    expect(page.locator("#session-info")).to_have_text("No session.")
+    expect(page.locator("#prompt")).to_be_disabled()
+    expect(page.locator("#transcript")).not_to_contain_text("Ready: conversation")
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("frank")
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     page.click("#start-session")
     expect(page.locator("#prompt")).to_be_enabled()
