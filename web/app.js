@@ -159,7 +159,7 @@ function resetTranscript() {
 
 // What to do next, when there is nothing to read yet.
 function renderEmptyChat() {
-  if (transcript().children.length) return;
+  if (transcript().querySelector(".msg, .error-card, details, .empty-chat")) return;
   const box = document.createElement("div");
   box.className = "empty-chat";
   const title = document.createElement("strong");
@@ -345,7 +345,10 @@ function endTurn() { setTurn({pending: false, active: false}); }
 const RENDER = {
   status(frame) {
     const s = frame.status;
-    if (s === "ready") note(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
+    if (s === "ready") {
+      note(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
+      renderEmptyChat();
+    }
     else if (s === "queued") setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy");
     else if (s === "running") { setBadge("turn-badge", "Working…", "busy"); setTurn({active: true}); }
     else if (s === "interrupting") setBadge("turn-badge", "Interrupting…", "busy");
