@@ -170,7 +170,9 @@ function renderEmptyChat() {
   } else if (!state.session) {
     const count = $("skills").querySelectorAll(".skill").length;
     title.textContent = `Ready when you are, ${state.loadedUser}.`;
-    hint.textContent = `Choose Start session: ${plural(count, "skill", "skills")} will be copied into a fresh sandbox for the agent.`;
+    hint.textContent = count
+      ? `Choose Start session: ${plural(count, "skill", "skills")} will be copied into a fresh sandbox for the agent.`
+      : "Choose Start session for a fresh sandbox. No skills yet: add one (or the sample) so the agent knows your ways.";
   } else {
     title.textContent = "Ask anything.";
     hint.textContent = "For example: “What skills do I have?”";

@@ -366,7 +366,7 @@ def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> 
     load_user(page, "newbie")
     expect(page.locator("#skills .empty")).to_contain_text("No skills yet")
     expect(page.locator("#conversations .empty")).to_contain_text("No conversations yet")
-    expect(page.locator("#transcript .empty-chat")).to_contain_text("0 skills will be copied")
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("No skills yet: add one")
     shot(page, "empty")
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
     page.get_by_role("button", name="Add a sample skill").click()
