@@ -419,6 +419,7 @@ async function loadSkills() {
     button.className = "link";
     button.textContent = item.name;
     button.setAttribute("aria-label", `Open skill ${item.name}`);
+    if (item.name === $("skill-name").value.trim()) li.setAttribute("aria-current", "true");
     button.addEventListener("click", () => openSkill(item.name));
     const meta = document.createElement("span");
     meta.className = "meta";
@@ -459,6 +460,7 @@ async function openSkill(name) {
   state.skills[name] = detail;
   $("skill-name").value = name;
   $("skill-content").value = detail.content;
+  for (const li of $("skills").querySelectorAll(".skill")) li.toggleAttribute("aria-current", li.querySelector("button").textContent === name);
   $("skill-error").textContent = "";
   $("skill-status").textContent = "";
   $("skill-content").focus();
@@ -755,6 +757,7 @@ function sendPrompt(event) {
   userBubble(prompt);
   state.current = null;
   $("prompt").value = "";
+  autosize();
   setTurn({pending: true});
 }
 
@@ -768,6 +771,13 @@ function syncButtons() {
   $("clear").disabled = !open || running;
   if (running) { if (!$("turn-badge").classList.contains("busy")) setBadge("turn-badge", "Working…", "busy"); }
   else if (open) setBadge("turn-badge", "Connected", "ok");
+}
+
+// The composer grows with what is typed, up to its CSS max-height.
+function autosize() {
+  const prompt = $("prompt");
+  prompt.style.height = "auto";
+  prompt.style.height = `${prompt.scrollHeight}px`;
 }
 
 function refreshEmptyChat() {
@@ -839,6 +849,7 @@ function init() {
   $("conversations-more").addEventListener("click", () => loadConversations(true).catch((err) => showError(err.message, err.code)));
   $("start-session").addEventListener("click", () => startSession());
   $("chat-form").addEventListener("submit", sendPrompt);
+  $("prompt").addEventListener("input", autosize);
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) sendPrompt(event);
   });
