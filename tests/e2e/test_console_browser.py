@@ -418,16 +418,29 @@ def test_conversations_listed_with_first_prompt_a_page_at_a_time(world, page, lo
     lists = [u for u in requests if re.search(r"/conversations\?", u)]
     details = [u for u in requests if re.search(r"/conversations/conv-", u)]
     assert len(lists) == 1 and len(details) == 10, requests  # the shown page only
+    # After a turn the list is read again: only a conversation that changed is read in full.
+    result = {"event": "result", "seq": 0, "turns": 1, "durationMs": 5, "costUsd": 0, "model": "m", "stopReason": "end_turn",
+              "interrupted": False, "usage": {"inputTokens": 1, "outputTokens": 1, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0}}
+    requests.clear()
+    page.evaluate("f => window.consoleApp.handleFrame(f)", result)
+    page.wait_for_timeout(500)
+    assert [u for u in requests if "/conversations/conv-" in u] == [] and len(requests) == 1, requests
+    world.http.post("/users/hist/conversations", json={"conversationId": "conv-05", "messages": [
+        {"role": "user", "content": "Question number 5, edited"}]})
+    requests.clear()
+    page.evaluate("f => window.consoleApp.handleFrame(f)", result)
+    expect(items.first).to_contain_text("Question number 5, edited")  # now the newest
+    assert [u for u in requests if "/conversations/conv-" in u] == [requests[-1]] and requests[-1].endswith("/conv-05"), requests
     page.click("#conversations-more")
     expect(items).to_have_count(12)
     expect(page.locator("#conversations-more")).to_be_hidden()
     expect(items.last).to_contain_text("Question number 0")
     # Delete asks first, then the list shrinks.
-    items.first.get_by_role("button", name="Delete conversation conv-11").click()
-    expect(page.locator("#confirm")).to_contain_text("Question number 11")
+    items.first.get_by_role("button", name="Delete conversation conv-05").click()
+    expect(page.locator("#confirm")).to_contain_text("Question number 5, edited")
     page.click("#confirm-ok")
-    expect(page.locator("#conversations")).not_to_contain_text("Question number 11")
-    assert world.http.get("/users/hist/conversations/conv-11").status_code == 404
+    expect(page.locator("#conversations")).not_to_contain_text("Question number 5")
+    assert world.http.get("/users/hist/conversations/conv-05").status_code == 404
     log.assert_clean()
 
 
