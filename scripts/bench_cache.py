@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from chalicelib.sandbox.base import SandboxOptions
     from chalicelib.sandbox.factory import build_sandbox_provider
     from chalicelib.services.skill_index import SkillIndex, fingerprint
-    from tests.fakes.caching_anthropic import PromptCache, strip_marks
-    from tests.fakes.caching_anthropic import CachingAnthropic
+    from tests.fakes.caching_anthropic import CachingAnthropic, PromptCache, strip_marks
     from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 
     with tempfile.TemporaryDirectory() as tmp, CachingAnthropic() as fake:
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_turn(
                 client=client, model="claude-sonnet-5-5", system=system, history=history, prompt=f"Task {message + 1}: read out.txt {args.tool_calls} times.",
                 prompt_id=f"p{message}", max_turns=50, max_tokens=1024, sandbox=sandbox, prices=PriceTable.from_json(None),
-                emit=lambda event: None, should_stop=lambda: False, on_messages_changed=lambda m: saved.append(list(m)),
+                emit=lambda event: None, should_stop=lambda: False, on_messages_changed=lambda m, saved=saved: saved.append(list(m)),
             )
             assert result.error_code is None, result
             history = saved[-1]

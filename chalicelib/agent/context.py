@@ -15,7 +15,14 @@ import logging
 from typing import Any
 
 from chalicelib.sandbox.base import Sandbox, SandboxError
-from chalicelib.services.skill_index import MAX_INDEXED, SKILLS_DIR, SkillIndex, entry, fingerprint, is_main_file
+from chalicelib.services.skill_index import (
+    MAX_INDEXED,
+    SKILLS_DIR,
+    SkillIndex,
+    entry,
+    fingerprint,
+    is_main_file,
+)
 
 log = logging.getLogger(__name__)
 

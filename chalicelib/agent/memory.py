@@ -12,8 +12,6 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import Field
-
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_index import SkillIndex
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import Field
 
@@ -35,7 +35,7 @@ class SkillIndex(ApiModel):
 
     entries: list[SkillEntry] = Field(default_factory=list)
     fingerprint: str
-    built_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 def is_main_file(path: str) -> bool:

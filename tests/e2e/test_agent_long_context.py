@@ -60,7 +60,7 @@ def test_compaction_keeps_six_long_messages_answered_within_24k_tokens(caching_w
     for n in range(1, 7):
         prompts.append(f"Question {n}: what do files {n}a and {n}b say?")
         replies += [Reply([Text(f"Reading file {n}a."), ToolUse("bash", {"command": f"head -c 20000 /dev/zero | tr '\\0' '{n}'"})]),
-                    Reply([Text(f"Reading file {n}b."), ToolUse("bash", {"command": f"head -c 20000 /dev/zero | tr '\\0' 'b'"})]),
+                    Reply([Text(f"Reading file {n}b."), ToolUse("bash", {"command": "head -c 20000 /dev/zero | tr '\\0' 'b'"})]),
                     Reply([Text(f"Answer {n}: both files are all {n}s and bs.")])]
     world.fake.script(*replies)
     turns = _chat(world, setup, prompts)
@@ -96,7 +96,7 @@ def test_prompt_too_long_compacts_and_retries_once(caching_world: World) -> None
     replies = []
     for n in range(1, 5):
         replies += [Reply([ToolUse("bash", {"command": f"head -c 20000 /dev/zero | tr '\\0' '{n}'"})]),
-                    Reply([ToolUse("bash", {"command": f"head -c 20000 /dev/zero | tr '\\0' 'b'"})]), Reply([Text(f"Answer {n}.")])]
+                    Reply([ToolUse("bash", {"command": "head -c 20000 /dev/zero | tr '\\0' 'b'"})]), Reply([Text(f"Answer {n}.")])]
     world.fake.script(*replies)
     turns = _chat(world, setup, ["one", "two", "three", "four"])
     assert [t[-1]["stopReason"] for t in turns] == ["end_turn"] * 4
@@ -153,9 +153,8 @@ def test_thinking_blocks_go_back_byte_for_byte_during_a_tool_loop(caching_world:
 
 def test_a_message_with_100_skills_on_a_sandbox_host_reads_no_skill(
         caching_world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from sandbox_host.server import create_app
-
     from chalicelib.config import Settings
+    from sandbox_host.server import create_app
     from tests.support.sandbox_host import serve
 
     calls: Counter[str] = Counter()
