@@ -104,7 +104,7 @@ def run_turn(
     *,
     client: anthropic.Anthropic,
     model: str,
-    system: str,
+    system: str | list[dict[str, Any]],
     history: list[dict[str, Any]],
     prompt: str,
     prompt_id: str,
