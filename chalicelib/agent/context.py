@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from chalicelib.sandbox.base import Sandbox, SandboxError
+from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxFileNotFound
 from chalicelib.services.skill_index import (
     MAX_INDEXED,
     SKILLS_DIR,
@@ -41,6 +41,8 @@ def current_skill_index(sandbox: Sandbox, known: SkillIndex | None) -> tuple[Ski
     """
     try:
         listed = sandbox.list_files(SKILLS_DIR, recursive=True)
+    except SandboxFileNotFound:
+        listed = []  # no skills folder: the user has no skills
     except SandboxError as exc:
         log.warning("listing %s failed (%s); keeping the last skill index", SKILLS_DIR, exc)
         return (known or SkillIndex(fingerprint=fingerprint([]))), False

@@ -59,7 +59,9 @@ def test_compaction_keeps_six_long_messages_answered_within_24k_tokens(caching_w
     prompts, replies = [], []
     for n in range(1, 7):
         prompts.append(f"Question {n}: what do files {n}a and {n}b say?")
-        replies += [Reply([Text(f"Reading file {n}a."), ToolUse("bash", {"command": f"head -c 20000 /dev/zero | tr '\\0' '{n}'"})]),
+        # Thinking blocks too: on Sonnet 5.5 they are bound to their prefix, which compaction changes.
+        replies += [Reply([Thinking(f"Plan {n}."), Text(f"Reading file {n}a."),
+                           ToolUse("bash", {"command": f"head -c 20000 /dev/zero | tr '\\0' '{n}'"})]),
                     Reply([Text(f"Reading file {n}b."), ToolUse("bash", {"command": "head -c 20000 /dev/zero | tr '\\0' 'b'"})]),
                     Reply([Text(f"Answer {n}: both files are all {n}s and bs.")])]
     world.fake.script(*replies)
@@ -73,6 +75,7 @@ def test_compaction_keeps_six_long_messages_answered_within_24k_tokens(caching_w
     assert compacted and all(f["tokensAfter"] < f["tokensBefore"] for f in compacted)
     assert world.fake.summary_requests, "compaction made no summarising call"
     assert world.fake.refused_too_long == 0  # compaction came before the limit, not after it
+    assert world.fake.refused_binding == 0  # no thinking block was replayed after its prefix changed
     # Every request stayed inside the window, and a later one carried the summary.
     later = world.fake.conversation_requests[-1]
     assert SUMMARY_INTRO in _texts(later["messages"][0]["content"]) and "SUMMARY-" in _texts(later["messages"][0]["content"])
@@ -151,6 +154,28 @@ def test_thinking_blocks_go_back_byte_for_byte_during_a_tool_loop(caching_world:
     assert saved[1]["content"][:2] == sent_back[:2]
 
 
+def test_a_changed_system_prompt_drops_earlier_thinking_but_keeps_the_tool_loops(caching_world: World) -> None:
+    world = caching_world
+    setup = world.setup("sess-rethink", "alice")
+    world.fake.script(Reply([Thinking("First plan."), ToolUse("bash", {"command": "echo 1"})]), Reply([Text("One.")]),
+                      Reply([Thinking("Second plan."), ToolUse("bash", {"command": "echo 2"})]), Reply([Text("Two.")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "message", "prompt": "first"}))
+        first = receive_until(ws, "result", timeout=60)
+        # New instructions change the system prompt: message 1's thinking no longer verifies.
+        assert world.http.patch("/users/alice/settings", json={"systemPrompt": "Answer in French."}).status_code == 200
+        ws.send(json.dumps({"action": "message", "prompt": "second"}))
+        second = receive_until(ws, "result", timeout=60)
+    assert first[-1]["stopReason"] == second[-1]["stopReason"] == "end_turn", second
+    assert world.fake.refused_binding == 0
+    last = world.fake.conversation_requests[-1]
+    kinds = [[b.get("type") for b in m["content"]] for m in last["messages"] if m["role"] == "assistant"]
+    assert kinds[0] == ["tool_use"] and kinds[2][0] == "thinking"  # old loop without, current loop with
+    # The saved conversation still has every thinking block.
+    saved = world.http.get("/users/alice/conversations/sess-rethink").json()["conversation"]["messages"]
+    assert saved[1]["content"][0]["thinking"] == "First plan."
+
+
 def test_a_message_with_100_skills_on_a_sandbox_host_reads_no_skill(
         caching_world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from chalicelib.config import Settings
@@ -180,7 +205,8 @@ def test_a_message_with_100_skills_on_a_sandbox_host_reads_no_skill(
         calls.clear()
         turns = _chat(world, setup, ["hello", "again"])
     assert [t[-1]["stopReason"] for t in turns] == ["end_turn", "end_turn"]
-    system = world.fake.conversation_requests[0]["system"][0]["text"]
+    sent = world.fake.conversation_requests[0]["system"]
+    system = sent if isinstance(sent, str) else sent[0]["text"]
     assert system.count("/workspace/.claude/skills/skill-") == 100 and "Does task 99." in system
     assert world.fake.conversation_requests[1]["system"] == world.fake.conversation_requests[0]["system"]
     # Per message: one listing of the skills folder, and no file read at all.

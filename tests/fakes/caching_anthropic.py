@@ -12,6 +12,10 @@ Tokens are estimated as characters of JSON / 4 (per block for billing; for the w
 for the `prompt is too long` limit). Usage reports `input_tokens` (after the last breakpoint or
 uncached), `cache_read_input_tokens` and `cache_creation_input_tokens`, as the API does.
 
+Preserved thinking (platform.claude.com/docs/en/build-with-claude/preserved-thinking): on the
+models that bind thinking, a thinking or redacted_thinking block replayed after anything before
+it changed (system prompt, tools, model, earlier messages) is refused with the API's 400.
+
 It also answers the agent's summarising calls itself (recognised by their system prompt), so a
 test scripts only the conversation's replies.
 """
@@ -28,10 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.agent.compaction import SUMMARY_SYSTEM
-from tests.fakes.fake_anthropic import FakeAnthropic, HttpError, Reply, Response, Text
+from tests.fakes.fake_anthropic import FakeAnthropic, HttpError, RedactedThinking, Reply, Response, Text, Thinking, ToolUse
 
 LOOKBACK = 20
 MAX_BREAKPOINTS = 4
+# Models whose thinking blocks are bound to the conversation prefix that produced them.
+BINDING_MODELS = frozenset({
+    "claude-fable-5-2", "claude-mythos-5-2", "claude-fable-5-1", "claude-mythos-5-1",
+    "claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5",
+})
 
 
 class CacheRequestError(Exception):
@@ -165,6 +174,38 @@ class CachingAnthropic(FakeAnthropic):
         self.conversation_requests: list[dict[str, Any]] = []
         self.summary_requests: list[dict[str, Any]] = []
         self.refused_too_long = 0
+        self.refused_binding = 0
+        self.bound: dict[str, str] = {}  # thinking signature (or redacted data) -> prefix digest
+
+    def _binding_error(self, body: dict[str, Any]) -> str | None:
+        if body.get("model") not in BINDING_MODELS:
+            return None
+        messages = body.get("messages") or []
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            for j, block in enumerate(content):
+                key = block.get("signature") or block.get("data") if block.get("type") in ("thinking", "redacted_thinking") else None
+                if key in self.bound and self.bound[key] != _prefix_digest(body, messages[:i], content[:j]):
+                    return (f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block. The block is bound to a "
+                            "different conversation. Remove the block, or set "
+                            "`thinking.block_binding.prefix_mismatch_behavior` to \"drop_block\".")
+        return None
+
+    def _bind(self, body: dict[str, Any], reply: Reply) -> None:
+        earlier: list[dict[str, Any]] = []
+        for block in reply.blocks:
+            if isinstance(block, Thinking):
+                self.bound[block.signature] = _prefix_digest(body, body.get("messages") or [], earlier)
+                earlier.append({"type": "thinking", "thinking": block.thinking, "signature": block.signature})
+            elif isinstance(block, RedactedThinking):
+                self.bound[block.data] = _prefix_digest(body, body.get("messages") or [], earlier)
+                earlier.append({"type": "redacted_thinking", "data": block.data})
+            elif isinstance(block, ToolUse):
+                earlier.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+            else:
+                earlier.append({"type": "text", "text": block.text})
 
     def _next(self, body: dict[str, Any]) -> Response:
         size = request_tokens(body)
@@ -176,6 +217,11 @@ class CachingAnthropic(FakeAnthropic):
             bill = self.cache.bill(body)
         except CacheRequestError as exc:
             return HttpError(400, "invalid_request_error", str(exc))
+        refusal = self._binding_error(body)
+        if refusal is not None:
+            with self.lock:
+                self.refused_binding += 1
+            return HttpError(400, "invalid_request_error", refusal)
         if body.get("system") == SUMMARY_SYSTEM:
             with self.lock:
                 self.summary_requests.append(body)
@@ -188,6 +234,7 @@ class CachingAnthropic(FakeAnthropic):
         if isinstance(response, Reply):
             with self.lock:
                 self.bills.append(bill)
+                self._bind(body, response)
             response = dataclasses.replace(response, input_tokens=bill.input_tokens, cache_read_input_tokens=bill.cache_read_input_tokens,
                                            cache_creation_input_tokens=bill.cache_creation_input_tokens)
         return response
@@ -198,3 +245,20 @@ def _gist(body: dict[str, Any]) -> str:
     text = body["messages"][-1]["content"]
     users = [line for line in str(text).splitlines() if line.startswith("User: ")]
     return " | ".join(users)[:1500] or "nothing to keep"
+
+
+def _unmarked(blocks: Any) -> Any:
+    """Content as a list of blocks without cache_control (a string is one text block)."""
+    if isinstance(blocks, str):
+        return [{"type": "text", "text": blocks}]
+    return [{k: v for k, v in b.items() if k != "cache_control"} for b in blocks or []]
+
+
+def _prefix_digest(body: dict[str, Any], messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> str:
+    """What a thinking block is bound to: model, tools, system, and everything before it."""
+    prefix = {
+        "model": body.get("model"), "tools": body.get("tools"), "system": _unmarked(body.get("system")),
+        "messages": [{"role": m.get("role"), "content": _unmarked(m.get("content"))} for m in messages],
+        "blocks": _unmarked(blocks),
+    }
+    return hashlib.sha256(json.dumps(prefix, sort_keys=True).encode()).hexdigest()

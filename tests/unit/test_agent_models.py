@@ -13,7 +13,8 @@ from chalicelib.agent.caching import with_breakpoints
 from chalicelib.agent.models import MODELS, spec_for, thinking_param
 from chalicelib.agent.pricing import DEFAULT_PRICES, PriceTable, Usage
 from chalicelib.config import DEFAULT_MODEL
-from tests.fakes.caching_anthropic import PromptCache
+from tests.fakes.caching_anthropic import CachingAnthropic, PromptCache
+from tests.fakes.fake_anthropic import HttpError, Reply, Text, Thinking
 
 SDK_MODELS = typing.get_args(typing.get_args(Model)[0])
 
@@ -106,3 +107,16 @@ def test_the_stand_in_caches_as_documented() -> None:
     changed = _body(30, 25)
     changed["system"][0]["text"] = "t" * 5000
     assert cache.bill(changed).cache_read_input_tokens == 0
+
+
+def test_the_stand_in_refuses_thinking_replayed_under_another_prefix() -> None:
+    with CachingAnthropic() as fake:
+        fake.script(Reply([Thinking("hmm", signature="sig-1"), Text("hi")]), Reply([Text("ok")]), Reply([Text("ok")]))
+        body = {"model": "claude-sonnet-5-5", "system": "S", "messages": [{"role": "user", "content": "q"}]}
+        assert isinstance(fake._next(body), Reply)
+        replay = [{"role": "user", "content": "q"},
+                  {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "sig-1"}, {"type": "text", "text": "hi"}]},
+                  {"role": "user", "content": "more"}]
+        assert isinstance(fake._next({**body, "messages": replay}), Reply)
+        refused = fake._next({**body, "system": "S2", "messages": replay})
+        assert isinstance(refused, HttpError) and "bound to a different conversation" in refused.message
