@@ -22,8 +22,9 @@ StorageBackend = Literal["local", "s3"]
 
 DEFAULT_BUCKET = "claude-agent-user-data"
 DEFAULT_DATA_DIR = "./.data"
-# claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
-DEFAULT_MODEL = "claude-sonnet-4-6"
+# The newest generally available Sonnet in the installed anthropic package's Model literal
+# (2.14.0). claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
+DEFAULT_MODEL = "claude-sonnet-5-5"
 
 
 class _Frozen(BaseModel):
@@ -68,6 +69,8 @@ class AgentSettings(_Frozen):
     max_tokens: int = 8192
     max_retries: int = 2
     price_table_json: str | None = None
+    # Tokens the working context may use before it is compacted; None: the model's own window.
+    context_window_tokens: int | None = Field(default=None, ge=4_000)
 
 
 class Settings(_Frozen):
@@ -133,6 +136,7 @@ class Settings(_Frozen):
                     max_tokens=_int(get, "MAX_TOKENS", 8192),
                     max_retries=_int(get, "ANTHROPIC_MAX_RETRIES", 2),
                     price_table_json=get("PRICE_TABLE"),
+                    context_window_tokens=_int(get, "CONTEXT_WINDOW_TOKENS", 0) or None,
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))

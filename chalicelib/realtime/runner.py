@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from chalicelib.agent.memory import AgentMemory
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.event_log import EventLog
@@ -49,6 +50,7 @@ class TurnRequest:
     subscriber: Subscriber | None
     last_seq: int
     last_turn_id: str | None
+    agent_memory: AgentMemory | None = None
 
 
 # The agent, as the runner sees it: run one user prompt to completion, emitting events,
@@ -125,6 +127,7 @@ class TurnRunner:
                 subscriber=state.subscriber,
                 last_seq=state.last_seq,
                 last_turn_id=state.last_turn_id,
+                agent_memory=state.agent_memory.model_copy(deep=True),
             )
 
         try:
@@ -212,7 +215,18 @@ class TurnRunner:
             should_stop=watcher.interrupted.is_set,
             on_messages_changed=save,
             metadata=metadata,
+            memory=request.agent_memory or AgentMemory(),
+            conversation_id=request.conversation_id,
+            save_memory=lambda memory: self._save_memory(request.session_id, memory),
         )
+
+    def _save_memory(self, session_id: str, memory: AgentMemory) -> None:
+        """Keep the agent's skill index and working context for the session's next message."""
+
+        def keep(state: SessionState) -> None:
+            state.agent_memory = memory.model_copy(deep=True)
+
+        self.states.update(session_id, keep)
 
     def _sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
         """The session's sandbox; if it went away, a fresh one with the skills loaded again."""

@@ -37,6 +37,7 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
+from chalicelib.services.skill_index import SkillIndex
 from chalicelib.security import bearer_token, key_matches
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class RealtimeService:
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
-        self.states.update(session_id, lambda s: None, create=lambda: SessionState(
+        self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
         return ConnectDecision(200)
@@ -298,3 +299,10 @@ class RealtimeService:
             return []  # the runner replays, then continues live, in order
         missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
         return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+
+
+def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:
+    """Give the session the skill index its latest /setup built (unless the state's is newer)."""
+    current = state.agent_memory.skill_index
+    if index is not None and (current is None or current.built_at < index.built_at):
+        state.agent_memory.skill_index = index

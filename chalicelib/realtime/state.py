@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from pydantic import Field, ValidationError
 
+from chalicelib.agent.memory import AgentMemory
 from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
@@ -83,6 +84,8 @@ class SessionState(ApiModel):
     queue: list[QueuedPrompt] = Field(default_factory=list)
     last_seq: int = 0
     last_turn_id: str | None = None
+    # The skill index and the working context (summary + recent messages) of the agent.
+    agent_memory: AgentMemory = Field(default_factory=AgentMemory)
     updated_at: datetime = Field(default_factory=utcnow)
 
     @property

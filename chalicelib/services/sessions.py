@@ -35,6 +35,7 @@ from chalicelib.sandbox.base import (
 )
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
+from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
@@ -55,6 +56,8 @@ class SessionRecord(ApiModel):
     setup_method: SetupMethod
     created_at: datetime
     last_active_at: datetime
+    # Built from the bodies setup read, so a message never reads every skill to list them.
+    skill_index: SkillIndex | None = None
 
 
 class SetupResult(ApiModel):
@@ -121,6 +124,7 @@ class SessionsService:
 
         sandbox = self._create_sandbox(session_id, options)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id)
+        skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
 
         token = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
@@ -132,11 +136,12 @@ class SessionsService:
             setup_method=method,
             created_at=existing[0].created_at if existing else now,
             last_active_at=now,
+            skill_index=build_index(skill_files[0]),
         )
         with ThreadPoolExecutor(max_workers=2) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
             if mounted is None:
-                loaded_f = pool.submit(self._load_skills, sandbox, user_id, listing, bundle)
+                loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
             save_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
@@ -162,7 +167,9 @@ class SessionsService:
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
             sandbox = self._create_sandbox(session_id, options_f.result())
-            return self._load_skills(sandbox, user_id, listing_f.result(), bundle_f.result())
+            listing, bundle = listing_f.result(), bundle_f.result()
+            files = self._skill_files(user_id, listing, bundle)
+            return self._write_skills(sandbox, user_id, listing, bundle, files)
 
     # -- lookups used by the websocket layer ---------------------------------------------
 
@@ -280,19 +287,30 @@ class SessionsService:
             secret_access_key=storage.secret_access_key,
         )
 
-    def _load_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle) -> list[str]:
-        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files).
+    def _skill_files(self, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle, *,
+                     mains_only: bool = False) -> tuple[dict[str, bytes], dict[str, bytes], bool]:
+        """(sandbox path -> body, storage key -> body, bundle stale) of the user's skill files.
 
         Bodies come from the bundle where its ETags match the listing, then from this
         process's cache, and only then from storage, all of those in one parallel batch.
+        `mains_only` (a mounted session) fetches just what the skill index needs.
         """
         prefix = layout.skills_prefix(user_id)
         match = self.bundle.match(user_id, listing, bundle)
-        bodies = {**match.bodies, **self.cache.get_many(self.store, match.missing)}
+        missing = match.missing
+        if mains_only:
+            missing = [i for i in missing if is_main_file(f"{SKILLS_DIR}/{i.key[len(prefix):]}")]
+        bodies = {**match.bodies, **self.cache.get_many(self.store, missing)}
         files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
+        return files, bodies, match.stale
+
+    def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,
+                      skill_files: tuple[dict[str, bytes], dict[str, bytes], bool]) -> list[str]:
+        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
+        files, bodies, stale = skill_files
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The repair (a storage write) overlaps the sandbox writes.
-            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if match.stale else None
+            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if stale else None
             try:
                 # Start from an empty folder so skills deleted since the last setup disappear.
                 sandbox.delete_file(SKILLS_DIR)

@@ -1,6 +1,6 @@
 """Per-user settings at `users/{userId}/settings/preferences.json`.
 
-The agent reads `model`, `maxTurns`, `systemPrompt` and `allowNetwork` from here: these are
+The agent reads `model`, `maxTurns`, `systemPrompt`, `thinking` and `allowNetwork` from here: these are
 the user's (or the app's) choices, not the websocket client's.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StrictInt, ValidationError
 
 from chalicelib.errors import BadRequest, PreconditionFailed
 from chalicelib.services.models import ApiModel
@@ -30,6 +30,8 @@ class UserSettings(ApiModel):
     max_turns: int | None = Field(default=None, ge=1, le=200)
     system_prompt: str | None = Field(default=None, max_length=20_000)
     allow_network: bool = False
+    # Extended thinking: "off", "adaptive", or a budget in tokens; unset: the model's default.
+    thinking: Literal["off", "adaptive"] | Annotated[StrictInt, Field(ge=1024, le=128_000)] | None = None
     preferences: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -42,10 +42,26 @@ class ToolUse:
 
 
 @dataclass
+class Thinking:
+    """A thinking block: `thinking` streamed in `chunks` thinking_delta pieces, then its signature."""
+
+    thinking: str
+    signature: str = field(default_factory=lambda: "sig_" + uuid.uuid4().hex * 2)
+    chunks: int = 3
+
+
+@dataclass
+class RedactedThinking:
+    """A redacted_thinking block (opaque `data`, sent whole in content_block_start)."""
+
+    data: str = field(default_factory=lambda: "redacted_" + uuid.uuid4().hex)
+
+
+@dataclass
 class Reply:
     """One streamed assistant message."""
 
-    blocks: list[Text | ToolUse]
+    blocks: list[Text | ToolUse | Thinking | RedactedThinking]
     stop_reason: str | None = None  # default: tool_use if any ToolUse, else end_turn
     input_tokens: int = 100
     output_tokens: int = 20
@@ -200,6 +216,17 @@ class FakeAnthropic:
                             if fake.record_emits:
                                 fake.emitted.append((time.monotonic(), piece))
                             deltas += 1
+                    elif isinstance(block, Thinking):
+                        self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                            "type": "thinking", "thinking": "", "signature": ""}}, reply.delay)
+                        for piece in _split(block.thinking, block.chunks):
+                            self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                                "delta": {"type": "thinking_delta", "thinking": piece}}, reply.delay)
+                        self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                            "delta": {"type": "signature_delta", "signature": block.signature}})
+                    elif isinstance(block, RedactedThinking):
+                        self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                            "type": "redacted_thinking", "data": block.data}}, reply.delay)
                     else:
                         self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
                             "type": "tool_use", "id": block.id, "name": block.name, "input": {}}}, reply.delay)
