@@ -68,6 +68,8 @@ class AgentSettings(_Frozen):
     max_tokens: int = 8192
     max_retries: int = 2
     price_table_json: str | None = None
+    # Set by `./scripts/dev --offline-model`: ANTHROPIC_BASE_URL is the local stand-in, not Claude.
+    offline_model: bool = False
 
 
 class Settings(_Frozen):
@@ -133,6 +135,7 @@ class Settings(_Frozen):
                     max_tokens=_int(get, "MAX_TOKENS", 8192),
                     max_retries=_int(get, "ANTHROPIC_MAX_RETRIES", 2),
                     price_table_json=get("PRICE_TABLE"),
+                    offline_model=_flag(get("OFFLINE_MODEL")),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
