@@ -103,3 +103,11 @@ def test_a_second_ctrl_c_quits_without_a_traceback(world, tmp_path: Path) -> Non
     stderr = err.read_text()
     assert code == 130 and "[quit]" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+
+
+def test_an_unreachable_model_is_named_by_its_url(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ANTHROPIC_MAX_RETRIES", "0")
+    result = chat(tmp_path, "--url", world.url, "--user", "zed", "hi")
+    assert result.returncode == 1
+    assert "[error model_unreachable] The Messages API at http://127.0.0.1:9 could not be reached: check ANTHROPIC_BASE_URL" in result.stderr

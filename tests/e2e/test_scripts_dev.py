@@ -32,3 +32,15 @@ def test_scripts_dev_serves_rest_and_websocket(tmp_path: Path) -> None:
     output = dev.output
     assert "API_KEY is not set" in output and "Traceback" not in output
     assert '"GET /health HTTP/1.1" 200' in output and "connections/" not in output  # one line per frame would drown the log
+
+
+def test_production_banner_and_health_tell_the_truth(tmp_path: Path) -> None:
+    # Plain S3 (an endpoint, no credentials) and no API_KEY: the product refuses every request.
+    env = {"ENVIRONMENT": "production", "S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+    with running_scripts_dev(tmp_path, extra_env=env) as dev:
+        health = httpx.get(dev.url + "/health").json()
+        refused = httpx.get(dev.url + "/users/alice/skills")
+    assert health["storage"] == "s3" and health["hasR2"] is False
+    assert refused.status_code == 500 and refused.json()["code"] == "api_key_not_configured"
+    assert "every endpoint is open" not in dev.output
+    assert "ENVIRONMENT=production and API_KEY is not set: every request but /health is refused" in dev.output
