@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, attribute = args.app.partition(":")
     chalice_app = getattr(importlib.import_module(module_name), attribute or "app")
     gateway = LocalGatewayApp(chalice_app, config, static_dir=project / "web", app_module=module_name)
+    _start_reaper()
     _banner(base)
     import uvicorn
 
@@ -53,6 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
                 log_level="info", access_log=True)
     return 0
+
+
+def _start_reaper() -> None:
+    """Local sandboxes are destroyed after SANDBOX_IDLE_TIMEOUT, as on the sandbox host."""
+    from chalicelib.config import Settings
+    from chalicelib.container import get_container
+    from devserver.reaper import IdleReaper
+
+    def provider() -> object | None:
+        try:
+            return get_container(Settings.from_env()).sandboxes
+        except Exception:  # noqa: BLE001 - no sandboxes here (bubblewrap missing): nothing to reap; setup says why
+            return None
+
+    IdleReaper(provider, Settings.from_env().sandbox.idle_timeout_seconds).start()
 
 
 def _skip_management_calls(record: logging.LogRecord) -> bool:

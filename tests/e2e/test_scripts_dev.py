@@ -4,6 +4,7 @@ machine with no AWS configuration (the subprocess gets PATH, a fresh HOME and wh
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -44,3 +45,15 @@ def test_production_banner_and_health_tell_the_truth(tmp_path: Path) -> None:
     assert refused.status_code == 500 and refused.json()["code"] == "api_key_not_configured"
     assert "every endpoint is open" not in dev.output
     assert "ENVIRONMENT=production and API_KEY is not set: every request but /health is refused" in dev.output
+
+
+def test_scripts_dev_reaps_idle_sandboxes(tmp_path: Path) -> None:
+    with running_scripts_dev(tmp_path, extra_env={"SANDBOX_IDLE_TIMEOUT": "1"}) as dev:
+        for n in range(3):
+            assert httpx.post(f"{dev.url}/setup/idle-{n}?userId=alice").status_code == 200
+        assert (tmp_path / "sb/idle-0").exists()
+        deadline = time.monotonic() + 30
+        while any((tmp_path / f"sb/idle-{n}").exists() for n in range(3)):
+            assert time.monotonic() < deadline, "idle sandboxes were not reaped"
+            time.sleep(0.2)
+    assert dev.output.count("destroyed after") == 3 and "SANDBOX_IDLE_TIMEOUT=1" in dev.output
