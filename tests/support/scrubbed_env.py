@@ -9,6 +9,7 @@ fresh HOME (no ~/.aws, no pip config) and only what the test itself means to set
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -16,7 +17,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-import signal
 
 import httpx
 
