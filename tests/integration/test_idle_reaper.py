@@ -40,7 +40,10 @@ def test_idle_sessions_are_destroyed_and_used_ones_kept(tmp_path: Path) -> None:
     with pytest.raises(SandboxGone):
         provider.get("idle-1")
     assert not (tmp_path / "sb" / "idle-1").exists()
-    assert not any(_alive(pid) for pid in shell_pids)
+    deadline = time.monotonic() + 15  # killed at once; under load the kernel may take a moment to reap them
+    while any(_alive(pid) for pid in shell_pids):
+        assert time.monotonic() < deadline, [(pid, _cmdline(pid)) for pid in shell_pids if _alive(pid)]
+        time.sleep(0.1)
     busy.destroy()
 
 
