@@ -63,7 +63,7 @@ def decide(body: dict[str, Any]) -> ToolCall | Answer:
     listing, listing_failed = results[0]
     files = [] if listing_failed else skill_files(listing)
     if len(results) == 1 and files:
-        return ToolCall(preface=f"Reading {files[0]}.\n", command=f"cat {files[0]}")
+        return ToolCall(preface=f"{LABEL} Reading {files[0]}.\n", command=f"cat {files[0]}")
     return Answer(text=_summary(prompt, files, results[1] if len(results) > 1 else None, listing_failed))
 
 
@@ -206,8 +206,8 @@ class OfflineModel:
                 else:
                     blocks = [{"type": "text", "text": step.text}]
                 stop = "tool_use" if isinstance(step, ToolCall) else "end_turn"
-                usage = {"input_tokens": max(1, length // 4), "output_tokens": max(1, len(json.dumps(blocks)) // 4),
-                         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+                # Zero tokens: nothing is billed, so the result line's cost is $0, not a Claude price.
+                usage = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
                 try:
                     if body.get("stream"):
                         self._stream(body, blocks, stop, usage)
@@ -247,7 +247,7 @@ class OfflineModel:
                 self.end_headers()
                 self.close_connection = True
                 self._event("message_start", {"type": "message_start", "message": self._message(
-                    body, [], None, {**usage, "output_tokens": 1})})
+                    body, [], None, usage)})
                 self._event("ping", {"type": "ping"})
                 for index, block in enumerate(blocks):
                     if block["type"] == "text":

@@ -31,5 +31,6 @@ def test_offline_model_answers_through_scripts_dev_and_scripts_chat(tmp_path: Pa
     assert "→ /workspace/.claude/skills:" in out and "→ # Debugging Skill" in out  # the tools really ran in the sandbox
     assert "not from Claude" in out and "found 1 file: debugging.md" in out and "\u201c# Debugging Skill\u201d" in out
     assert "[offline stand-in model (./scripts/dev --offline-model): canned replies, not Claude]" in result.stderr
-    assert "3 model replies" in result.stderr
+    assert "3 model replies" in result.stderr and "0 in / 0 out tokens, $0.0000" in result.stderr
+    assert out.count("[offline stand-in, not Claude]") == 3  # every reply says what it is
     assert "OFFLINE STAND-IN" in dev.output and "Traceback" not in dev.output
