@@ -15,11 +15,23 @@ from urllib.parse import urlsplit
 import boto3
 
 LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
+# Under the local gateway the region only names a fake endpoint, and a newcomer's machine has no
+# AWS configuration at all; in Lambda, AWS_REGION is always set and this default is never used.
+LOCAL_REGION = "us-east-1"
 
 
 class GatewayAwareSession(boto3.session.Session):
     """A boto3 Session whose management-API and Lambda clients reach the local gateway when
     LOCAL_GATEWAY_URL is set, and AWS otherwise."""
+
+    @property
+    def region_name(self) -> str | None:  # type: ignore[override]
+        """The configured region; under the local gateway, LOCAL_REGION when none is configured
+        (Chalice's websocket client refuses to send without one)."""
+        configured: str | None = super().region_name
+        if configured is None and os.environ.get("LOCAL_GATEWAY_URL"):
+            return LOCAL_REGION
+        return configured
 
     def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         gateway = os.environ.get("LOCAL_GATEWAY_URL")
@@ -28,7 +40,7 @@ class GatewayAwareSession(boto3.session.Session):
             kwargs["endpoint_url"] = gateway.rstrip("/") + path
             kwargs.setdefault("aws_access_key_id", "local")
             kwargs.setdefault("aws_secret_access_key", "local")
-            kwargs.setdefault("region_name", os.environ.get("AWS_REGION") or "us-east-1")
+            kwargs.setdefault("region_name", self.region_name)
         return super().client(service_name, *args, **kwargs)
 
 

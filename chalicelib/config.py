@@ -71,6 +71,8 @@ class AgentSettings(_Frozen):
     price_table_json: str | None = None
     # Tokens the working context may use before it is compacted; None: the model's own window.
     context_window_tokens: int | None = Field(default=None, ge=4_000)
+    # Set by `./scripts/dev --offline-model`: ANTHROPIC_BASE_URL is the local stand-in, not Claude.
+    offline_model: bool = False
 
 
 class Settings(_Frozen):
@@ -137,6 +139,7 @@ class Settings(_Frozen):
                     max_retries=_int(get, "ANTHROPIC_MAX_RETRIES", 2),
                     price_table_json=get("PRICE_TABLE"),
                     context_window_tokens=_int(get, "CONTEXT_WINDOW_TOKENS", 0) or None,
+                    offline_model=_flag(get("OFFLINE_MODEL")),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))

@@ -324,7 +324,8 @@ def describe_model_error(exc: anthropic.APIError) -> tuple[str, str]:
     if isinstance(exc, anthropic.APIStatusError) and (exc.status_code == 529 or _mid_stream_overload(exc)):
         return "model_overloaded", "The model is overloaded and retries did not help: send your message again shortly."
     if isinstance(exc, anthropic.APIConnectionError):
-        return "model_unreachable", "The Anthropic API could not be reached: retry shortly."
+        where = str(exc.request.url).split("?")[0].removesuffix("/v1/messages")  # ANTHROPIC_BASE_URL, or Anthropic's
+        return "model_unreachable", f"The Messages API at {where} could not be reached: check ANTHROPIC_BASE_URL and the network, then retry."
     return "model_error", f"The model call failed: {exc}"
 
 

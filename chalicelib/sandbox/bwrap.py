@@ -477,6 +477,7 @@ class LocalSandboxProvider:
         self.kind = "bwrap" if self.isolated else "unisolated"
         self.root = settings.sandbox.root.resolve()
         self._sandboxes: dict[str, LocalSandbox] = {}
+        self._last_used: dict[str, float] = {}  # time.monotonic() of the last create/get, for an idle reaper
         self._lock = threading.Lock()
         if self.isolated:
             self._probe()
@@ -509,6 +510,7 @@ class LocalSandboxProvider:
         """Create the sandbox, or return the existing one with the new options applied."""
         validate_id(session_id, "sessionId")
         with self._lock:
+            self._last_used[session_id] = time.monotonic()
             existing = self._sandboxes.get(session_id)
             if existing is not None and not existing.destroyed:
                 if existing.options != options:
@@ -522,6 +524,8 @@ class LocalSandboxProvider:
     def get(self, session_id: str) -> LocalSandbox:
         with self._lock:
             sandbox = self._sandboxes.get(session_id)
+            if sandbox is not None:
+                self._last_used[session_id] = time.monotonic()
         if sandbox is None or sandbox.destroyed:
             raise SandboxGone(f"Session {session_id!r} has no sandbox here: call POST /setup/{session_id} again.")
         return sandbox
@@ -529,6 +533,7 @@ class LocalSandboxProvider:
     def destroy(self, session_id: str) -> bool:
         with self._lock:
             sandbox = self._sandboxes.pop(session_id, None)
+            self._last_used.pop(session_id, None)
         if sandbox is None:
             return False
         sandbox.destroy()
@@ -542,6 +547,11 @@ class LocalSandboxProvider:
     def sessions(self) -> list[str]:
         with self._lock:
             return list(self._sandboxes)
+
+    def last_used(self, session_id: str) -> float | None:
+        """time.monotonic() when the session was last set up or fetched (a turn fetches it), or None."""
+        with self._lock:
+            return self._last_used.get(session_id)
 
 
 def _remove(target: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 from chalicelib import secrets
 from chalicelib.config import Settings
 from chalicelib.container import Container, get_container
-from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUnavailable
+from chalicelib.errors import AppError, Misconfigured, NotFound, PreconditionFailed, ServiceUnavailable
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
@@ -50,6 +51,15 @@ class RequestContext:
         websocket API has its own host), else this server's own /ws (the local gateway)."""
         if self.settings.websocket_url:
             return self.settings.websocket_url.rstrip("/")
+        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            # In AWS the websocket API has its own host: deriving it from this request would hand
+            # the client the REST API's host. A stack packaged without the merge template lacks it.
+            raise Misconfigured(
+                "WEBSOCKET_URL is not set on this deployment, so clients cannot be told where to connect. "
+                "Package with ./scripts/package (its merge template sets WEBSOCKET_URL and TURN_RUNNER_FUNCTION), "
+                "or after `chalice deploy` set WEBSOCKET_URL in .chalice/config.json and deploy again (README: Deploy).",
+                code="websocket_url_not_configured",
+            )
         headers = self.request.headers
         scheme = "wss" if headers.get("x-forwarded-proto", "http") == "https" else "ws"
         return f"{scheme}://{headers.get('host', '127.0.0.1:8000')}/ws"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from scripts.package import PackagingError, check_sam, check_terraform
+from tests.support.scrubbed_env import scrubbed_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE = str(Path(sys.executable).with_name("chalice"))
@@ -20,25 +22,26 @@ UNZIPPED_LIMIT = 250 * 1024 * 1024
 pytestmark = pytest.mark.slow
 
 
-def package(out: Path, *args: str) -> None:
-    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
-    result = subprocess.run([CHALICE, "package", "--stage", "prod", *args, str(out)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+def package(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """./scripts/package as the README runs it: no AWS configuration at all (scrubbed environment)."""
+    result = subprocess.run(["./scripts/package", "--stage", "prod", *args, str(out)], cwd=ROOT,
+                            env=scrubbed_env(out.parent / "home"), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 @pytest.fixture(scope="module")
 def cfn(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  # type: ignore[type-arg]
-    out = tmp_path_factory.mktemp("cfn")
-    package(out, "--merge-template", ".chalice/merge-template-cfn-prod.json")
+    out = tmp_path_factory.mktemp("cfn") / "out"
+    result = package(out)
+    assert "no AWS region configured: packaging with us-east-1" in result.stderr
     return json.loads((out / "sam.json").read_text()), out / "deployment.zip"
 
 
 @pytest.fixture(scope="module")
 def terraform(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  # type: ignore[type-arg]
-    out = tmp_path_factory.mktemp("tf")
-    package(out, "--pkg-format", "terraform")
-    shutil.copy(ROOT / ".chalice/terraform/prod_override.tf.json", out)
+    out = tmp_path_factory.mktemp("tf") / "out"
+    package(out, "--format", "terraform")
     return json.loads((out / "chalice.tf.json").read_text()), out
 
 
@@ -106,3 +109,28 @@ def test_deployment_zip_fits_lambda(cfn) -> None:  # type: ignore[no-untyped-def
     assert "app.py" in names and "chalicelib/container.py" in names
     assert any(n.startswith("anthropic/") for n in names) and any(n.startswith("pydantic_core/") for n in names)
     assert not any(n.startswith(("tests/", "moto/", "sandbox_host/")) for n in names)
+
+
+def test_every_function_is_wired_and_plain_chalice_package_output_is_refused(cfn) -> None:  # type: ignore[no-untyped-def]
+    template, _ = cfn
+    for name in ("APIHandler", "WebsocketConnect", "WebsocketMessage", "WebsocketDisconnect"):
+        env = template["Resources"][name]["Properties"]["Environment"]["Variables"]
+        assert env["TURN_RUNNER_FUNCTION"] == {"Ref": "TurnRunner"} and "${WebsocketAPI}" in env["WEBSOCKET_URL"]["Fn::Sub"]
+    check_sam(template)
+    # What plain `chalice package` (no merge template) gives: a name SAM will not use, no WEBSOCKET_URL.
+    plain = copy.deepcopy(template)
+    for resource in plain["Resources"].values():
+        variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        if "TURN_RUNNER_FUNCTION" in variables:
+            variables["TURN_RUNNER_FUNCTION"] = "claude-agent-backend-prod-turn_runner"
+            variables.pop("WEBSOCKET_URL", None)
+    with pytest.raises(PackagingError, match="TURN_RUNNER_FUNCTION is 'claude-agent-backend-prod-turn_runner'"):
+        check_sam(plain)
+
+
+def test_terraform_wiring_is_checked(terraform) -> None:  # type: ignore[no-untyped-def]
+    template, out = terraform
+    override = json.loads((out / "prod_override.tf.json").read_text())
+    check_terraform(template, override)
+    with pytest.raises(PackagingError, match="does not set WEBSOCKET_URL"):
+        check_terraform(template, {"resource": {}})
