@@ -10,7 +10,8 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed
+from chalicelib import safejson
+from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
 from chalicelib.ids import validate_id
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
@@ -110,7 +111,7 @@ class ConversationsService:
         except ObjectNotFound:
             return None
         try:
-            body = json.loads(obj.body)
+            body = safejson.loads(obj.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -124,7 +125,15 @@ class ConversationsService:
             obj = self.store.get(key)
         except ObjectNotFound:
             raise NotFound("Conversation not found", code="conversation_not_found") from None
-        body = json.loads(obj.body)
+        try:
+            body = safejson.loads(obj.body)
+        except ValueError as exc:
+            # Only a write around the API stores such a body (REST bodies are parsed the same way).
+            raise ValidationFailed(
+                f"Conversation {conversation_id!r} is stored but cannot be served: {exc} "
+                "It was written outside the API; DELETE it, or rewrite it with POST.",
+                code="conversation_unreadable",
+            ) from None
         return (
             ConversationDetail(
                 user_id=user_id, conversation_id=conversation_id, conversation=body,

@@ -6,12 +6,12 @@ the user's (or the app's) choices, not the websocket client's.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from chalicelib import safejson
 from chalicelib.errors import BadRequest, PreconditionFailed
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore
@@ -27,9 +27,10 @@ class UserSettings(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
-    max_turns: int | None = Field(default=None, ge=1, le=200)
+    # Strict: lax pydantic read "yes", 1 and "10" as true or 10, so a typo could open the network.
+    max_turns: StrictInt | None = Field(default=None, ge=1, le=200)
     system_prompt: str | None = Field(default=None, max_length=20_000)
-    allow_network: bool = False
+    allow_network: StrictBool = False
     preferences: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -94,7 +95,7 @@ class UserSettingsService:
         except ObjectNotFound:
             return UserSettings(), None, None
         try:
-            return UserSettings.model_validate(json.loads(obj.body)), obj.info.etag, obj.info.last_modified
+            return UserSettings.model_validate(safejson.loads(obj.body)), obj.info.etag, obj.info.last_modified
         except (ValueError, ValidationError):
             return UserSettings(), obj.info.etag, obj.info.last_modified
 
