@@ -35,6 +35,7 @@ from chalicelib.sandbox.base import (
 )
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
+from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
@@ -92,6 +93,7 @@ class SessionsService:
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
+        self.folders = SkillFolders(store)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -289,7 +291,8 @@ class SessionsService:
         prefix = layout.skills_prefix(user_id)
         match = self.bundle.match(user_id, listing, bundle)
         bodies = {**match.bodies, **self.cache.get_many(self.store, match.missing)}
-        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
+        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
+        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The repair (a storage write) overlaps the sandbox writes.
             repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if match.stale else None
