@@ -16,9 +16,8 @@ from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from chalicelib import safejson
 from chalicelib.errors import BadRequest, Conflict, PreconditionFailed
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectNotFound, ObjectStore
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage import layout
 
 MAX_SETTINGS_BYTES = 256 * 1024
 #: A PATCH without If-Match re-reads and re-merges this many times before giving up (409).

@@ -17,9 +17,9 @@ from pathlib import Path
 import boto3
 import pytest
 
+from chalicelib.services.user_settings import UserSettingsService
 from chalicelib.storage import PreconditionFailed
 from chalicelib.storage.s3 import S3Store, build_s3_client
-from chalicelib.services.user_settings import UserSettingsService
 from tests.support.api import Api, make_api
 from tests.support.fault_proxy import FaultProxy, FaultRule
 from tests.support.s3 import create_bucket, storage_settings
