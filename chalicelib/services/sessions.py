@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from chalicelib.config import Settings
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable
@@ -81,7 +81,7 @@ class _AllowNetwork(BaseModel):
     """The one user setting the sandbox needs; read leniently so setup never fails on it."""
 
     model_config = ConfigDict(extra="ignore")
-    allowNetwork: bool = False
+    allowNetwork: StrictBool = False  # "yes" or 1 written behind the API must not open the network
 
 
 class SessionsService:

@@ -68,3 +68,16 @@ def test_frames_with_deep_json_or_nan_are_frame_errors(frame: str, code: str) ->
     with pytest.raises(FrameError) as raised:
         parse_client_frame(frame)
     assert raised.value.code == code
+
+
+@pytest.mark.parametrize("stored,allowed", [(b'{"allowNetwork": true}', True), (b'{"allowNetwork": "yes"}', False),
+                                            (b'{"allowNetwork": 1}', False), (b'{"allowNetwork": "true"}', False)])
+def test_setup_reads_allow_network_strictly(tmp_path, stored: bytes, allowed: bool) -> None:  # type: ignore[no-untyped-def]
+    from chalicelib.config import Settings
+    from chalicelib.services.sessions import SessionsService
+    from chalicelib.storage.local import LocalDirectoryStore
+
+    store = LocalDirectoryStore(tmp_path)
+    store.put("users/u/settings/preferences.json", stored)
+    service = SessionsService(Settings.from_env({"DATA_DIR": str(tmp_path)}), store, sandboxes=None)  # type: ignore[arg-type]
+    assert service._sandbox_options("u").allow_network is allowed
