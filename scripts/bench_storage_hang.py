@@ -43,6 +43,8 @@ def main() -> int:
             ("POST folder skill, hung after its files", "POST", "/users/u/skills",
              {"name": "pdf-tools", "files": {"SKILL.md": SKILL_MD, "x.py": "1"}}, 4),
             ("GET conversations, hung from the start", "GET", "/users/u/conversations", None, 0),
+            ("POST setup, hung from the start", "POST", "/setup/s-hang?userId=u", None, 0),
+            ("POST setup, hung after its reads", "POST", "/setup/s-hang?userId=u", None, 4),
         ]
         print(f"storage limits: connect {os.environ.get('STORAGE_CONNECT_TIMEOUT', '2.0')} s, "
               f"read {os.environ.get('STORAGE_READ_TIMEOUT', '5.0')} s, attempts {os.environ.get('STORAGE_MAX_ATTEMPTS', '3')}")
