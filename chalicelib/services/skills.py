@@ -173,7 +173,7 @@ class SkillsService:
         # list taken here is still true when the files are deleted.
         lease = self.folders.acquire(user_id, name) if form == "folder" else None
         try:
-            info, _, _ = self._write_files(user_id, name, form, main, files, if_match, if_none_match, lease)
+            info = self._write_files(user_id, name, form, main, files, if_match, if_none_match, lease)
         finally:
             if lease is not None:
                 lease.release()
@@ -193,8 +193,8 @@ class SkillsService:
     def _write_files(
         self, user_id: str, name: str, form: SkillForm, main: str, files: dict[str, bytes],
         if_match: str | None, if_none_match: bool, lease: FolderLease | None,
-    ) -> tuple[ObjectInfo, dict[str, tuple[ObjectInfo, bytes]], list[str]]:
-        """Write the files (a folder: then its manifest, then drop the replaced files)."""
+    ) -> ObjectInfo:
+        """Write the files (a folder: then its manifest, then drop the replaced files); the main file's info."""
         stale: list[str] = []
         if form == "folder":
             folder = layout.skill_key(user_id, name) + "/"
@@ -229,7 +229,7 @@ class SkillsService:
         if stale:
             self.store.delete_many(stale)
         self.bundle.record_writes(user_id, written, removed=stale)
-        return info, written, stale
+        return info
 
     def list(self, user_id: str, limit: int = MAX_LIMIT, cursor: str | None = None) -> SkillList:
         """One page of skills: flat files and folders, in name order, each counted once."""
