@@ -42,6 +42,12 @@ class StorageSettings(_Frozen):
     r2_account_id: str | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+    # Sized so that a hung endpoint costs one storage call at most
+    # max_attempts x read_timeout (+ a fraction of a second of backoff): 15.2 s by default,
+    # inside API Gateway's 29 s (README, "Storage timeouts").
+    connect_timeout: float = Field(default=2.0, gt=0, le=60)
+    read_timeout: float = Field(default=5.0, gt=0, le=300)
+    max_attempts: int = Field(default=3, ge=1, le=10)
 
 
 class SandboxSettings(_Frozen):
@@ -173,6 +179,9 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         r2_account_id=account,
         access_key_id=get("R2_ACCESS_KEY_ID"),
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
+        connect_timeout=_float(get, "STORAGE_CONNECT_TIMEOUT", 2.0),
+        read_timeout=_float(get, "STORAGE_READ_TIMEOUT", 5.0),
+        max_attempts=_int(get, "STORAGE_MAX_ATTEMPTS", 3),
     )
 
 

@@ -170,11 +170,16 @@ class LocalGatewayApp:
         writer = asyncio.create_task(self._writer(conn))
         try:
             while True:
-                text = await ws.receive_text()
+                received = await ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(received.get("code", 1000))
                 conn.last_active_at = datetime.now(timezone.utc)
+                text = received.get("text")
+                event = self._event("$default", "MESSAGE", connection_id, ws, text)
+                if text is None:  # a binary frame: API Gateway passes it on base64-encoded
+                    event.update(body=base64.b64encode(received.get("bytes") or b"").decode(), isBase64Encoded=True)
                 # Each frame is its own Lambda invocation; its return value is not sent (as in AWS).
-                self.background.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
-                                       self._context("websocket_message"))
+                self.background.submit(self._run_logged, message, event, self._context("websocket_message"))
         except WebSocketDisconnect:
             pass
         finally:

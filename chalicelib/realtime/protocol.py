@@ -18,6 +18,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from chalicelib import safejson
+from chalicelib.safejson import UnsafeJSON
+
 MAX_PROMPT_CHARS = 100_000
 MAX_FRAME_BYTES = 128 * 1024  # API Gateway's own limit is 128 KiB per frame.
 
@@ -93,7 +96,9 @@ def parse_client_frame(raw: str | None) -> BaseModel:
     if len(raw.encode()) > MAX_FRAME_BYTES:
         raise FrameError(f"Frame too large: at most {MAX_FRAME_BYTES} bytes.", "frame_too_large")
     try:
-        data = json.loads(raw)
+        data = safejson.loads(raw)
+    except UnsafeJSON as exc:
+        raise FrameError(exc.message, exc.code) from None
     except ValueError as exc:
         raise FrameError(f"Frame is not valid JSON ({exc}).", "invalid_json") from None
     if not isinstance(data, dict):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from chalicelib.config import Settings
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable
@@ -35,6 +35,7 @@ from chalicelib.sandbox.base import (
 )
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
+from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
@@ -83,7 +84,7 @@ class _AllowNetwork(BaseModel):
     """The one user setting the sandbox needs; read leniently so setup never fails on it."""
 
     model_config = ConfigDict(extra="ignore")
-    allowNetwork: bool = False
+    allowNetwork: StrictBool = False  # "yes" or 1 written behind the API must not open the network
 
 
 class SessionsService:
@@ -95,6 +96,7 @@ class SessionsService:
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
+        self.folders = SkillFolders(store)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -301,7 +303,9 @@ class SessionsService:
         if mains_only:
             missing = [i for i in missing if is_main_file(f"{SKILLS_DIR}/{i.key[len(prefix):]}")]
         bodies = {**match.bodies, **self.cache.get_many(self.store, missing)}
-        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
+        # Folders are served as their manifest commits them (a concurrent upload is never half seen).
+        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
+        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
         return files, bodies, match.stale
 
     def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,

@@ -6,19 +6,23 @@ the user's (or the app's) choices, not the websocket client's.
 
 from __future__ import annotations
 
-import json
+import random
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StrictInt, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from chalicelib.errors import BadRequest, PreconditionFailed
+from chalicelib import safejson
+from chalicelib.errors import BadRequest, Conflict, PreconditionFailed
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectNotFound, ObjectStore
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage import layout
 
 MAX_SETTINGS_BYTES = 256 * 1024
+#: A PATCH without If-Match re-reads and re-merges this many times before giving up (409).
+PATCH_ATTEMPTS = 5
+PATCH_BACKOFF_SECONDS = 0.02
 
 
 class UserSettings(ApiModel):
@@ -27,9 +31,10 @@ class UserSettings(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
-    max_turns: int | None = Field(default=None, ge=1, le=200)
+    # Strict: lax pydantic read "yes", 1 and "10" as true or 10, so a typo could open the network.
+    max_turns: StrictInt | None = Field(default=None, ge=1, le=200)
     system_prompt: str | None = Field(default=None, max_length=20_000)
-    allow_network: bool = False
+    allow_network: StrictBool = False
     # Extended thinking: "off", "adaptive", or a budget in tokens; unset: the model's default.
     thinking: Literal["off", "adaptive"] | Annotated[StrictInt, Field(ge=1024, le=128_000)] | None = None
     preferences: dict[str, Any] = Field(default_factory=dict)
@@ -84,11 +89,30 @@ class UserSettingsService:
 
     def patch(self, user_id: str, patch: Any, if_match: str | None) -> tuple[SettingsView, str]:
         """PATCH: merge into what is stored; guarded by the ETag we read, so concurrent
-        PATCHes cannot silently drop each other's changes."""
-        current, etag, _ = self._read(user_id)
-        merged = merge_patch(current.model_dump(by_alias=True, mode="json"), patch)
-        settings = _validate(merged)
-        return self._write(user_id, settings, if_match or etag, if_none_match=etag is None and if_match is None)
+        PATCHes cannot silently drop each other's changes.
+
+        Without If-Match the client asked for no condition, so losing the race to another
+        writer is ours to handle: read, merge and write again (bounded, with jitter), rather
+        than answer 412 for a precondition the client never set.
+        """
+        if not isinstance(patch, dict):
+            raise BadRequest("A settings PATCH must be a JSON object (a JSON merge patch).", code="invalid_body")
+        attempts = 1 if if_match is not None else PATCH_ATTEMPTS
+        for attempt in range(attempts):
+            current, etag, _ = self._read(user_id)
+            merged = merge_patch(current.model_dump(by_alias=True, mode="json"), patch)
+            settings = _validate(merged)
+            try:
+                return self._write(user_id, settings, if_match or etag, if_none_match=etag is None and if_match is None)
+            except PreconditionFailed:
+                if if_match is not None:
+                    raise
+                if attempt + 1 < attempts:
+                    time.sleep(random.uniform(0, PATCH_BACKOFF_SECONDS * 2**attempt))
+        raise Conflict(
+            f"The settings kept changing under this PATCH ({attempts} attempts lost to other writers): retry shortly.",
+            code="concurrent_update",
+        )
 
     def _read(self, user_id: str) -> tuple[UserSettings, str | None, datetime | None]:
         try:
@@ -96,7 +120,7 @@ class UserSettingsService:
         except ObjectNotFound:
             return UserSettings(), None, None
         try:
-            return UserSettings.model_validate(json.loads(obj.body)), obj.info.etag, obj.info.last_modified
+            return UserSettings.model_validate(safejson.loads(obj.body)), obj.info.etag, obj.info.last_modified
         except (ValueError, ValidationError):
             return UserSettings(), obj.info.etag, obj.info.last_modified
 

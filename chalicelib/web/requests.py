@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chalice.app import Request
 from pydantic import BaseModel, ValidationError
 
+from chalicelib import safejson
 from chalicelib.errors import BadRequest, InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+from chalicelib.safejson import UnsafeJSON
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -80,7 +81,9 @@ class ApiRequest:
         if not body.strip():
             raise InvalidJSON("The request body is empty: send a JSON object.", code="empty_body")
         try:
-            return json.loads(body)
+            return safejson.loads(body)
+        except UnsafeJSON as exc:
+            raise InvalidJSON(exc.message, code=exc.code) from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidJSON(f"The body is not valid JSON ({exc}).") from None
 

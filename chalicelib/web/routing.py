@@ -20,19 +20,22 @@ from pydantic import BaseModel
 from chalicelib import secrets
 from chalicelib.config import Settings
 from chalicelib.container import Container, get_container
-from chalicelib.errors import AppError, Misconfigured, NotFound, PreconditionFailed, ServiceUnavailable
+from chalicelib.errors import AppError, MethodNotAllowed, Misconfigured, NotFound, PreconditionFailed, ServiceUnavailable
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
 from chalicelib.web.cors import cors_headers, preflight_headers
-from chalicelib.web.responses import Reply, error_response, json_response
 from chalicelib.web.requests import ApiRequest
+from chalicelib.web.responses import Reply, error_response, json_response
 
 log = logging.getLogger(__name__)
 
 # Every content type reaches our handler, which answers a JSON 415 itself; Chalice's own
 # 415 has a different body shape than the rest of the API.
 ANY_CONTENT_TYPE = ["*/*"]
+# Every method API Gateway and Chalice route but OPTIONS (each path has its own preflight).
+ROUTABLE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+NOT_ALLOWED_SUFFIX = "_method_not_allowed"
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,44 @@ class Api:
             def view(**params: str) -> Response:
                 return self.dispatch(handler, params, public=public)
 
+            self._drop_not_allowed(path)
             self.app.route(path, methods=methods, content_types=ANY_CONTENT_TYPE)(view)
             if path not in self._methods:
                 self._register_preflight(path, handler.__name__)
             self._methods.setdefault(path, []).extend(methods)
+            self._register_not_allowed(path, handler.__name__)
             return handler
 
         return decorator
+
+    def _drop_not_allowed(self, path: str) -> None:
+        """Take back the 405 placeholders of `path` so a real route can claim a method."""
+        entries = self.app.routes.get(path, {})
+        for method in [m for m, entry in entries.items() if entry.view_name.endswith(NOT_ALLOWED_SUFFIX)]:
+            del entries[method]
+
+    def _register_not_allowed(self, path: str, name: str) -> None:
+        """Answer every other method on `path` with our JSON 405 and an Allow header.
+
+        Without a route for the method, Chalice answers `{"Code": "MethodNotAllowedError"}` and
+        API Gateway `{"message": "Missing Authentication Token"}`, neither in the API's error
+        shape; registering the methods makes both gateways hand them to us.
+        """
+        self._drop_not_allowed(path)
+        allowed = sorted({*self._methods[path], "OPTIONS"})
+        missing = [m for m in ROUTABLE_METHODS if m not in allowed]
+
+        def not_allowed(**_: str) -> Response:
+            method = self.app.current_request.method
+            error = MethodNotAllowed(
+                f"{method} is not supported on {path}: use {', '.join(allowed)} (see the API reference in README.md).",
+                headers={"Allow": ", ".join(allowed)},
+            )
+            return self.dispatch(_raise(error), {}, public=True)
+
+        not_allowed.__name__ = f"{name}{NOT_ALLOWED_SUFFIX}"
+        if missing:
+            self.app.route(path, methods=missing, content_types=ANY_CONTENT_TYPE)(not_allowed)
 
     def _register_preflight(self, path: str, name: str) -> None:
         def preflight(**_: str) -> Response:
@@ -127,6 +161,13 @@ class Api:
             return error_response(error)
         except Exception as exc:  # noqa: BLE001 - the edge must answer JSON, whatever happened
             return error_response(map_exception(exc))
+
+
+def _raise(error: AppError) -> Handler:
+    def handler(ctx: RequestContext) -> dict[str, Any]:
+        raise error
+
+    return handler
 
 
 def map_exception(exc: Exception) -> AppError:

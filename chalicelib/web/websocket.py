@@ -21,6 +21,10 @@ from chalicelib.realtime.service import WsEvent
 
 log = logging.getLogger(__name__)
 
+BINARY_FRAME = (
+    'Binary frames are not supported: send each frame as JSON text, such as {"action": "message", "prompt": "Hi"}.'
+)
+
 
 def container() -> Container:
     secrets.ensure_loaded()
@@ -42,7 +46,13 @@ def connect(event: WebsocketEvent) -> Response:
 def message(event: WebsocketEvent, websocket_api: Any) -> None:
     """$default: one client frame."""
     sender = ChaliceSender(websocket_api)
-    ws_event = WsEvent.from_lambda_event(event.to_dict())
+    raw = event.to_dict()
+    ws_event = WsEvent.from_lambda_event(raw)
+    if raw.get("isBase64Encoded"):
+        # API Gateway hands a binary frame over base64-encoded; the protocol is JSON text only.
+        sender.configure(ws_event.domain_name, ws_event.stage)
+        sender.send(ws_event.connection_id, error_frame(BINARY_FRAME, "binary_frame"))
+        return
     try:
         services = container()
     except AppError as exc:

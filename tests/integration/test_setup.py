@@ -71,7 +71,9 @@ BUNDLE = "users/alice/cache/skills-bundle.json"
 
 def test_files_changed_behind_the_api_are_loaded_fresh_and_the_bundle_catches_up(api: Api) -> None:
     upload_skills(api)
-    assert set(json.loads(api.raw(BUNDLE))["files"]) == {"debugging.md", "pdf-tools/SKILL.md", "pdf-tools/scripts/fill.py"}
+    # The folder's manifest rides in the bundle too, so setup reads it without a request.
+    assert set(json.loads(api.raw(BUNDLE))["files"]) == {
+        "debugging.md", "pdf-tools/SKILL.md", "pdf-tools/scripts/fill.py", "pdf-tools/.skill-manifest.json"}
     api.write_raw("users/alice/skills/debugging.md", b"# Changed behind the API")
     api.write_raw("users/alice/skills/extra.md", b"# Extra")
     body = api.post("/setup/s-fresh?userId=alice").json_body
