@@ -10,9 +10,8 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from chalicelib.agent.turn import AgentTurn
 from chalicelib.aws import aws_session
 from chalicelib.config import Settings
 from chalicelib.realtime.connections import ConnectionRegistry
@@ -30,6 +29,11 @@ from chalicelib.services.user_settings import UserSettingsService
 from chalicelib.services.users import UsersService
 from chalicelib.storage import ObjectStore
 from chalicelib.storage.factory import build_store
+
+if TYPE_CHECKING:
+    # The agent pulls in the anthropic SDK (three quarters of a cold import): only the turn
+    # runner needs it, so REST and websocket handler cold starts must not pay for it.
+    from chalicelib.agent.turn import AgentTurn
 
 T = TypeVar("T")
 
@@ -114,6 +118,8 @@ class Container:
 
     @property
     def agent_turn(self) -> AgentTurn:
+        from chalicelib.agent.turn import AgentTurn
+
         return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings))
 
     def turn_runner(self, sender: Sender) -> TurnRunner:
