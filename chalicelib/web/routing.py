@@ -17,7 +17,7 @@ from chalice import Chalice, Response
 from pydantic import BaseModel
 
 from chalicelib import secrets
-from chalicelib.config import Settings
+from chalicelib.config import Settings, current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUnavailable
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
@@ -84,7 +84,7 @@ class Api:
     def _register_preflight(self, path: str, name: str) -> None:
         def preflight(**_: str) -> Response:
             try:
-                settings = Settings.from_env()
+                settings = current_settings()
             except AppError as error:
                 return error_response(error)
             headers = preflight_headers(settings, self.app.current_request.headers, self._methods[path])
@@ -97,7 +97,7 @@ class Api:
         """Run one request through auth, the handler and error mapping, adding CORS headers."""
         response = self._dispatch(handler, params, public=public)
         try:
-            response.headers.update(cors_headers(Settings.from_env(), self.app.current_request.headers))
+            response.headers.update(cors_headers(current_settings(), self.app.current_request.headers))
         except AppError:
             pass
         return response
@@ -105,7 +105,7 @@ class Api:
     def _dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         try:
             secrets.ensure_loaded()
-            settings = Settings.from_env()
+            settings = current_settings()
             request = ApiRequest(self.app.current_request)
             if not public:
                 require_api_key(settings, request.headers)

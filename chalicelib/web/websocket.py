@@ -10,7 +10,7 @@ from chalice import Response
 from chalice.app import WebsocketEvent
 
 from chalicelib import secrets
-from chalicelib.config import Settings
+from chalicelib.config import current_settings
 from chalicelib.aws import aws_session
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def container() -> Container:
     secrets.ensure_loaded()
-    return get_container(Settings.from_env())
+    return get_container(current_settings())
 
 
 def connect(event: WebsocketEvent) -> Response:
