@@ -1,4 +1,8 @@
-"""The websocket edge: API Gateway events in, service calls out, refusals as status codes."""
+"""The websocket edge: API Gateway events in, service calls out, refusals as status codes.
+
+app.py imports this module in every Lambda, so the realtime package is imported inside the
+handlers: the REST Lambda's cold start does not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,6 @@ from chalicelib.config import current_settings
 from chalicelib.aws import aws_session
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
-from chalicelib.realtime.dispatch import LambdaDispatcher
-from chalicelib.realtime.protocol import error_frame
-from chalicelib.realtime.sender import ChaliceSender
-from chalicelib.realtime.service import WsEvent
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ def container() -> Container:
 
 def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
+    from chalicelib.realtime.service import WsEvent
+
     try:
         decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
     except AppError as exc:
@@ -41,6 +43,10 @@ def connect(event: WebsocketEvent) -> Response:
 
 def message(event: WebsocketEvent, websocket_api: Any) -> None:
     """$default: one client frame."""
+    from chalicelib.realtime.protocol import error_frame
+    from chalicelib.realtime.sender import ChaliceSender
+    from chalicelib.realtime.service import WsEvent
+
     sender = ChaliceSender(websocket_api)
     ws_event = WsEvent.from_lambda_event(event.to_dict())
     try:
@@ -53,11 +59,16 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
 
 def disconnect(event: WebsocketEvent) -> None:
     """$disconnect: forget the connection; a running turn goes on."""
+    from chalicelib.realtime.service import WsEvent
+
     container().realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
+    from chalicelib.realtime.dispatch import LambdaDispatcher
+    from chalicelib.realtime.sender import ChaliceSender
+
     session_id = str(payload.get("sessionId", ""))
     services = container()
     runner = services.turn_runner(ChaliceSender(websocket_api))
