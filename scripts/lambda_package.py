@@ -59,6 +59,10 @@ class PackageError(Exception):
     """The package cannot be slimmed safely; the message says why and what to do."""
 
 
+class StalePackage(PackageError):
+    """The zip was slimmed before, for another service list or runtime."""
+
+
 @dataclass(frozen=True)
 class SlimReport:
     """What `slim` did, for the log and the tests."""
@@ -109,7 +113,7 @@ def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimRep
             marker = json.loads(archive.read(SLIM_MARKER))
             if marker.get("services") == list(services) and marker.get("runtime") == RUNTIME:
                 return None
-            raise PackageError(f"{zip_path} was slimmed for other services or another runtime ({marker}): "
+            raise StalePackage(f"{zip_path} was slimmed for other services or another runtime ({marker}): "
                                "delete it (and .chalice/deployments/) and package again.")
         forbidden = sorted({n.split("/")[0] for n in names if n.startswith(FORBIDDEN_PREFIXES)})
         if forbidden:
@@ -172,12 +176,13 @@ def _write_zip(root: Path, zip_path: Path) -> None:
     os.replace(partial, zip_path)
 
 
-def run_chalice(argv: Sequence[str]) -> int:
-    """Chalice's CLI, with every deployment package it builds slimmed before use."""
-    from chalice.cli import main as chalice_main
+def install_packaging_hook() -> None:
+    """Make Chalice slim every deployment package it builds, before deploy or package use it."""
     from chalice.deploy import packager
 
     build = packager.LambdaDeploymentPackager.create_deployment_package
+    if getattr(build, "slims", False):
+        return
 
     def create_deployment_package(self: packager.LambdaDeploymentPackager, project_dir: str,
                                   python_version: str) -> str:
@@ -185,12 +190,31 @@ def run_chalice(argv: Sequence[str]) -> int:
             raise PackageError(f"Chalice targets {python_version} but this interpreter is {RUNTIME}: the pycs "
                                f"would not load. Run ./scripts/chalice with {python_version}.")
         filename: str = build(self, project_dir, python_version)
-        report = slim(Path(filename))
+        try:
+            report = slim(Path(filename))
+        except StalePackage:
+            # Chalice's cache, slimmed for an older PACKAGED_SERVICES: build it afresh.
+            os.remove(filename)
+            filename = build(self, project_dir, python_version)
+            report = slim(Path(filename))
         if report is not None:
             print(report.describe(), file=sys.stderr)
         return filename
 
+    def refuse_layer(self: object, project_dir: str, python_version: str) -> str:
+        raise PackageError("automatic_layer is on in .chalice/config.json: the slim package covers the function "
+                           "zip only. Turn automatic_layer off.")
+
+    create_deployment_package.slims = True  # type: ignore[attr-defined]
     packager.LambdaDeploymentPackager.create_deployment_package = create_deployment_package  # type: ignore[method-assign]
+    packager.LayerDeploymentPackager.create_deployment_package = refuse_layer  # type: ignore[assignment,method-assign]
+
+
+def run_chalice(argv: Sequence[str]) -> int:
+    """Chalice's CLI (`chalice ARGV...`), with every deployment package it builds slimmed."""
+    from chalice.cli import main as chalice_main
+
+    install_packaging_hook()
     sys.argv = ["chalice", *argv]
     try:
         return int(chalice_main() or 0)
