@@ -392,7 +392,7 @@ class BashSession:
             )
             output, code = self._wait(marker, started + timeout)
             timed_out = code is None
-            if timed_out:
+            if code is None:
                 self._kill_command()
                 output, code = self._wait(marker, time.monotonic() + 3)
                 if code is None:

@@ -289,7 +289,7 @@ class SessionsService:
         prefix = layout.skills_prefix(user_id)
         match = self.bundle.match(user_id, listing, bundle)
         bodies = {**match.bodies, **self.cache.get_many(self.store, match.missing)}
-        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
+        files: dict[str, bytes | str] = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The repair (a storage write) overlaps the sandbox writes.
             repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if match.stale else None

@@ -14,9 +14,8 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from chalicelib.errors import BadRequest, PreconditionFailed
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectNotFound, ObjectStore
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage import layout
 
 MAX_SETTINGS_BYTES = 256 * 1024
 

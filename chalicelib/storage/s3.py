@@ -9,7 +9,7 @@ against moto never see the failing path: `build_s3_client` is asserted on direct
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -173,7 +173,7 @@ class S3Store:
         def __enter__(self) -> None:
             return None
 
-        def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
             if exc is None:
                 return False
             if isinstance(exc, ClientError):

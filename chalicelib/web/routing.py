@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalice import Chalice, Response
+from chalice.app import Request
 from pydantic import BaseModel
 
 from chalicelib import secrets
@@ -24,8 +25,8 @@ from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
 from chalicelib.web.cors import cors_headers, preflight_headers
-from chalicelib.web.responses import Reply, error_response, json_response
 from chalicelib.web.requests import ApiRequest
+from chalicelib.web.responses import Reply, error_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,24 @@ class Api:
                 settings = current_settings()
             except AppError as error:
                 return error_response(error)
-            headers = preflight_headers(settings, self.app.current_request.headers, self._methods[path])
-            return Response(body="", status_code=204, headers=headers)
+            headers = preflight_headers(settings, self._request().headers, self._methods[path])
+            return Response(body="", status_code=204, headers={**headers})
 
         preflight.__name__ = f"{name}_preflight"
         self.app.route(path, methods=["OPTIONS"], content_types=ANY_CONTENT_TYPE)(preflight)
+
+    def _request(self) -> Request:
+        """The request being handled (Chalice sets it before calling a view)."""
+        request = self.app.current_request
+        if request is None:
+            raise RuntimeError("No current request: Api views run only inside a Chalice request.")
+        return request
 
     def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         """Run one request through auth, the handler and error mapping, adding CORS headers."""
         response = self._dispatch(handler, params, public=public)
         try:
-            response.headers.update(cors_headers(current_settings(), self.app.current_request.headers))
+            response.headers.update(cors_headers(current_settings(), self._request().headers))
         except AppError:
             pass
         return response
@@ -106,7 +114,7 @@ class Api:
         try:
             secrets.ensure_loaded()
             settings = current_settings()
-            request = ApiRequest(self.app.current_request)
+            request = ApiRequest(self._request())
             if not public:
                 require_api_key(settings, request.headers)
             result = handler(RequestContext(request, get_container(settings)), **params)

@@ -14,8 +14,8 @@ from chalice import Response
 from chalice.app import WebsocketEvent
 
 from chalicelib import secrets
-from chalicelib.config import current_settings
 from chalicelib.aws import aws_session
+from chalicelib.config import current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
 
