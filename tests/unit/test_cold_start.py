@@ -96,3 +96,20 @@ def test_a_misconfiguration_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> No
         current_settings()
     monkeypatch.setenv("MAX_TOKENS", "1024")
     assert current_settings().agent.max_tokens == 1024
+
+
+def test_health_names_a_remote_sandbox_host_without_building_its_client(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+    from chalicelib.container import get_container
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SANDBOX_URL", "http://127.0.0.1:9")  # nothing listens: building must not matter
+    with Client(app.app) as client:
+        assert json.loads(client.http.get("/health").body)["sandbox"] == "remote"
+        # The Container the request used: chalice.test sets the dev stage's variables per request.
+        stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+        container = get_container(Settings.from_env({**os.environ, **stage_env}))
+        assert "store" in container._built  # it is the one that served /health
+        assert "sandboxes" not in container._built  # the httpx client and its TLS context were not made
+        assert container.sandboxes.kind == "remote"  # what building it would have said
