@@ -19,6 +19,23 @@ LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
 # AWS configuration at all; in Lambda, AWS_REGION is always set and this default is never used.
 LOCAL_REGION = "us-east-1"
 
+# The only botocore service models the Lambda package keeps (scripts/lambda_package.py drops the
+# other ~440, two thirds of the zip). Creating a client for a service missing here fails in AWS
+# with UnknownServiceError: add it first. tests/integration/test_packaging.py runs every client the
+# app creates against the pruned package.
+PACKAGED_SERVICES = (
+    "s3",  # storage (R2)
+    "lambda",  # starting the turn runner
+    "apigatewaymanagementapi",  # sending websocket frames
+    "ssm",  # secrets
+    "secretsmanager",  # secrets
+    # botocore's credential chain creates these when a role, SSO or `aws login` profile is configured.
+    "sts",
+    "sso",
+    "sso-oidc",
+    "signin",
+)
+
 
 class GatewayAwareSession(boto3.session.Session):
     """A boto3 Session whose management-API and Lambda clients reach the local gateway when

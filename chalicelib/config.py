@@ -7,7 +7,8 @@ README's configuration table and the code cannot drift apart silently.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -156,6 +157,58 @@ class Settings(_Frozen):
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc
+
+
+class _RecordingEnv(Mapping[str, str]):
+    """A view of an environment that remembers each name looked up and the value it had."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.read: dict[str, str | None] = {}
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        value = self.read.setdefault(name, self._env.get(name))
+        return default if value is None else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+_current_lock = threading.Lock()
+# (names from_env looked up, their values then, the Settings built from them)
+_current: tuple[tuple[str, ...], tuple[str | None, ...], Settings] | None = None
+
+
+def current_settings() -> Settings:
+    """The process's Settings, read from os.environ once and rebuilt only when it changes.
+
+    Every request and websocket event asks for them, and building them is half of /health's
+    time, so they are cached. The cache is keyed on the values of exactly the variables
+    `Settings.from_env` looked up when it built them (recorded, so a new setting can never be
+    left out of the key): secrets loaded into the environment at a cold start, or a test that
+    sets a variable, get fresh Settings (and so a fresh Container) on the next call.
+    Raises Misconfigured like `Settings.from_env`; a failure is not cached.
+    """
+    global _current
+    cached = _current
+    if cached is not None:
+        names, values, settings = cached
+        if tuple(os.environ.get(n) for n in names) == values:
+            return settings
+    with _current_lock:
+        recorder = _RecordingEnv(os.environ)
+        settings = Settings.from_env(recorder)
+        _current = (tuple(recorder.read), tuple(recorder.read.values()), settings)
+        return settings
 
 
 def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore[no-untyped-def]

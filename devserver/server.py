@@ -4,8 +4,8 @@ management and Lambda Invoke APIs the app calls back into."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import importlib
 import json
 import logging
@@ -23,7 +23,13 @@ from typing import Any
 
 from chalice import Chalice
 from chalice.config import Config
-from chalice.local import ForbiddenError, LambdaContext, LocalGateway, LocalGatewayException, NotAuthorizedError
+from chalice.local import (
+    ForbiddenError,
+    LambdaContext,
+    LocalGateway,
+    LocalGatewayException,
+    NotAuthorizedError,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request

@@ -35,10 +35,10 @@ from chalicelib.realtime.protocol import (
 )
 from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
+from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.skill_index import SkillIndex
-from chalicelib.security import bearer_token, key_matches
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class RealtimeService:
             raise Conflict("A turn is running: interrupt it, then clear.", code="turn_in_progress")
         conversation_id = state.conversation_id if state else conn.session_id
         existing = self.conversations.load(conn.user_id, conversation_id)
-        body = dict(existing[0]) if existing else {"conversationId": conversation_id}
+        body: dict[str, Any] = dict(existing[0]) if existing else {"conversationId": conversation_id}
         body["messages"] = []
         self.conversations.save(conn.user_id, conversation_id, body)
         return [frame("cleared", conversationId=conversation_id)]

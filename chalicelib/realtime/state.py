@@ -18,8 +18,7 @@ from pydantic import Field, ValidationError
 from chalicelib.agent.memory import AgentMemory
 from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
-from chalicelib.storage import layout
+from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 
 T = TypeVar("T")
 

@@ -16,9 +16,8 @@ from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, Preconditio
 from chalicelib.ids import validate_id
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
-from chalicelib.storage import ObjectNotFound, ObjectStore
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage import layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 
 MAX_CONVERSATION_BYTES = 5 * 1024 * 1024

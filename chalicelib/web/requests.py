@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,7 +39,7 @@ class ApiRequest:
 
     def query(self, name: str) -> str | None:
         """A query-string parameter, or None."""
-        params = self._request.query_params or {}
+        params: Mapping[str, str] = self._request.query_params or {}
         value = params.get(name)
         return value if value not in (None, "") else None
 

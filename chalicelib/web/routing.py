@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalice import Chalice, Response
+from chalice.app import Request
 from pydantic import BaseModel
 
 from chalicelib import secrets
-from chalicelib.config import Settings
+from chalicelib.config import Settings, current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError, MethodNotAllowed, Misconfigured, NotFound, PreconditionFailed, ServiceUnavailable
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
@@ -128,20 +129,27 @@ class Api:
     def _register_preflight(self, path: str, name: str) -> None:
         def preflight(**_: str) -> Response:
             try:
-                settings = Settings.from_env()
+                settings = current_settings()
             except AppError as error:
                 return error_response(error)
-            headers = preflight_headers(settings, self.app.current_request.headers, self._methods[path])
-            return Response(body="", status_code=204, headers=headers)
+            headers = preflight_headers(settings, self._request().headers, self._methods[path])
+            return Response(body="", status_code=204, headers={**headers})
 
         preflight.__name__ = f"{name}_preflight"
         self.app.route(path, methods=["OPTIONS"], content_types=ANY_CONTENT_TYPE)(preflight)
+
+    def _request(self) -> Request:
+        """The request being handled (Chalice sets it before calling a view)."""
+        request = self.app.current_request
+        if request is None:
+            raise RuntimeError("No current request: Api views run only inside a Chalice request.")
+        return request
 
     def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         """Run one request through auth, the handler and error mapping, adding CORS headers."""
         response = self._dispatch(handler, params, public=public)
         try:
-            response.headers.update(cors_headers(Settings.from_env(), self.app.current_request.headers))
+            response.headers.update(cors_headers(current_settings(), self._request().headers))
         except AppError:
             pass
         return response
@@ -149,8 +157,8 @@ class Api:
     def _dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         try:
             secrets.ensure_loaded()
-            settings = Settings.from_env()
-            request = ApiRequest(self.app.current_request)
+            settings = current_settings()
+            request = ApiRequest(self._request())
             if not public:
                 require_api_key(settings, request.headers)
             result = handler(RequestContext(request, get_container(settings)), **params)

@@ -1,4 +1,8 @@
-"""The websocket edge: API Gateway events in, service calls out, refusals as status codes."""
+"""The websocket edge: API Gateway events in, service calls out, refusals as status codes.
+
+app.py imports this module in every Lambda, so the realtime package is imported inside the
+handlers: the REST Lambda's cold start does not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,10 @@ from chalice import Response
 from chalice.app import WebsocketEvent
 
 from chalicelib import secrets
-from chalicelib.config import Settings
 from chalicelib.aws import aws_session
+from chalicelib.config import current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
-from chalicelib.realtime.dispatch import LambdaDispatcher
-from chalicelib.realtime.protocol import error_frame
-from chalicelib.realtime.sender import ChaliceSender
-from chalicelib.realtime.service import WsEvent
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,13 @@ BINARY_FRAME = (
 
 def container() -> Container:
     secrets.ensure_loaded()
-    return get_container(Settings.from_env())
+    return get_container(current_settings())
 
 
 def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
+    from chalicelib.realtime.service import WsEvent
+
     try:
         decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
     except AppError as exc:
@@ -45,6 +47,10 @@ def connect(event: WebsocketEvent) -> Response:
 
 def message(event: WebsocketEvent, websocket_api: Any) -> None:
     """$default: one client frame."""
+    from chalicelib.realtime.protocol import error_frame
+    from chalicelib.realtime.sender import ChaliceSender
+    from chalicelib.realtime.service import WsEvent
+
     sender = ChaliceSender(websocket_api)
     raw = event.to_dict()
     ws_event = WsEvent.from_lambda_event(raw)
@@ -63,11 +69,16 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
 
 def disconnect(event: WebsocketEvent) -> None:
     """$disconnect: forget the connection; a running turn goes on."""
+    from chalicelib.realtime.service import WsEvent
+
     container().realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
+    from chalicelib.realtime.dispatch import LambdaDispatcher
+    from chalicelib.realtime.sender import ChaliceSender
+
     session_id = str(payload.get("sessionId", ""))
     services = container()
     runner = services.turn_runner(ChaliceSender(websocket_api))
