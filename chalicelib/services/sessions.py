@@ -318,7 +318,8 @@ class SessionsService:
             try:
                 # Start from an empty folder so skills deleted since the last setup disappear.
                 sandbox.delete_file(SKILLS_DIR)
-                sandbox.write_files(files)
+                to_write: dict[str, bytes | str] = dict(files)
+                sandbox.write_files(to_write)
             except SandboxGone:
                 raise
             except SandboxError as exc:

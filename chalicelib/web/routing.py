@@ -21,7 +21,14 @@ from pydantic import BaseModel
 from chalicelib import secrets
 from chalicelib.config import Settings, current_settings
 from chalicelib.container import Container, get_container
-from chalicelib.errors import AppError, MethodNotAllowed, Misconfigured, NotFound, PreconditionFailed, ServiceUnavailable
+from chalicelib.errors import (
+    AppError,
+    MethodNotAllowed,
+    Misconfigured,
+    NotFound,
+    PreconditionFailed,
+    ServiceUnavailable,
+)
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
@@ -115,7 +122,8 @@ class Api:
         missing = [m for m in ROUTABLE_METHODS if m not in allowed]
 
         def not_allowed(**_: str) -> Response:
-            method = self.app.current_request.method
+            request = self.app.current_request
+            method = request.method if request is not None else "This method"
             error = MethodNotAllowed(
                 f"{method} is not supported on {path}: use {', '.join(allowed)} (see the API reference in README.md).",
                 headers={"Allow": ", ".join(allowed)},

@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.agent.compaction import SUMMARY_SYSTEM
-from tests.fakes.fake_anthropic import FakeAnthropic, HttpError, RedactedThinking, Reply, Response, Text, Thinking, ToolUse
+from tests.fakes.fake_anthropic import (
+    FakeAnthropic,
+    HttpError,
+    RedactedThinking,
+    Reply,
+    Response,
+    Text,
+    Thinking,
+    ToolUse,
+)
 
 LOOKBACK = 20
 MAX_BREAKPOINTS = 4
