@@ -27,12 +27,14 @@ from chalicelib.realtime.protocol import (
     GetHistoryFrame,
     InterruptFrame,
     MessageFrame,
+    PermissionFrame,
     ResumeFrame,
     StartFrame,
     error_frame,
     frame,
     parse_client_frame,
 )
+from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.services.conversations import ConversationsService
@@ -183,6 +185,8 @@ class RealtimeService:
             return self._clear(conn)
         if isinstance(parsed, ResumeFrame):
             return self._resume(conn, parsed.after_seq)
+        if isinstance(parsed, PermissionFrame):
+            return [record_decision(self.states, conn.session_id, parsed)]
         raise AssertionError(f"unhandled frame {parsed!r}")
 
     def _subscriber(self, conn: Connection, replay_after: int | None = None) -> Subscriber:
