@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, StrictInt, ValidationError, model_validator, field_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator, field_validator
 
 from chalicelib.errors import BadRequest, PreconditionFailed
 from chalicelib.services.models import ApiModel
@@ -79,8 +79,8 @@ class UserSettings(ApiModel):
     permissions: dict[str, PermissionMode] = Field(default_factory=dict)
     # USD one message may cost (model calls summed); the server's MAX_BUDGET_USD caps it too.
     max_budget_usd: float | None = Field(default=None, gt=0, le=10_000)
-    web_search: bool | WebToolOptions = False
-    web_fetch: bool | WebToolOptions = False
+    web_search: StrictBool | WebToolOptions = False
+    web_fetch: StrictBool | WebToolOptions = False
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=MAX_MCP_SERVERS)
 
     @model_validator(mode="after")
