@@ -375,6 +375,8 @@ function renderHistory(messages) {
       else if (block.type === "thinking") { thinkingDelta(block.thinking || ""); state.thinking = null; }
       else if (block.type === "tool_use") toolUse({id: block.id, name: block.name, input: block.input});
       else if (block.type === "tool_result") toolResult({tool_use_id: block.tool_use_id, content: block.content, is_error: block.is_error});
+      else if (block.type === "server_tool_use" || block.type === "mcp_tool_use") toolUse({id: block.id, name: block.name, input: block.input, server: true, serverName: block.server_name});
+      else if (/_tool_result$/.test(block.type)) toolResult({tool_use_id: block.tool_use_id, content: block.content, is_error: block.is_error});
     }
     state.current = null;
   }

@@ -242,6 +242,18 @@ def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no
         {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "old **answer**"}]}]})
     expect(transcript.locator("strong")).to_have_text("answer")
     expect(transcript.locator(".msg.user")).to_have_text("old question")
+    # Server tools (web, MCP) from a saved conversation are labelled as such, with their results.
+    page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "history", "seq": 0, "messages": [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": [
+            {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {"query": "bisect"}},
+            {"type": "web_search_tool_result", "tool_use_id": "s1", "content": [{"type": "web_search_result", "url": "https://git-scm.com/docs/git-bisect", "title": "git-bisect"}]},
+            {"type": "mcp_tool_use", "id": "m1", "name": "find_ticket", "server_name": "tickets", "input": {"id": 7}},
+            {"type": "mcp_tool_result", "tool_use_id": "m1", "content": [{"type": "text", "text": "Ticket 7"}], "is_error": False}]}]})
+    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search")
+    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket")
+    expect(transcript.locator("details.tool .tool-result").nth(0)).to_contain_text("git-scm.com/docs/git-bisect", use_inner_text=False)
+    expect(transcript.locator("details.tool .tool-result").nth(1)).to_contain_text("Ticket 7", use_inner_text=False)
     page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "cleared", "seq": 0, "conversationId": "c1"})
     expect(transcript).to_contain_text("History cleared.")
     rendered = page.evaluate("Object.keys(window.consoleApp.RENDER).sort()")
