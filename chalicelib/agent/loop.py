@@ -43,7 +43,12 @@ from chalicelib.agent.memory import WorkingContext, working_messages
 from chalicelib.agent.models import spec_for
 from chalicelib.agent.permissions import ToolGate
 from chalicelib.agent.pricing import PriceTable, Usage
-from chalicelib.agent.server_tools import SERVER_RESULT_TYPES, SERVER_USE_TYPES, ServerTools, server_block_events
+from chalicelib.agent.server_tools import (
+    SERVER_RESULT_TYPES,
+    SERVER_USE_TYPES,
+    ServerTools,
+    server_block_events,
+)
 from chalicelib.agent.tools import TOOLS, run_tool
 from chalicelib.sandbox.base import Sandbox
 

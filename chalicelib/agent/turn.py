@@ -11,8 +11,8 @@ from chalicelib.agent.memory import AgentMemory, WorkingContext
 from chalicelib.agent.model_client import build_client
 from chalicelib.agent.models import max_tokens_for, spec_for, thinking_param
 from chalicelib.agent.permissions import AskUser, ToolGate
-from chalicelib.agent.server_tools import server_tools
 from chalicelib.agent.pricing import PriceTable
+from chalicelib.agent.server_tools import server_tools
 from chalicelib.agent.tools import TOOLS
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox

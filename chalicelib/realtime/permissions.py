@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.agent.permissions import PermissionAnswer, PendingPermission
+from chalicelib.agent.permissions import Decision, PendingPermission, PermissionAnswer
 from chalicelib.errors import AppError, Conflict
 from chalicelib.realtime.protocol import PermissionFrame
 from chalicelib.realtime.state import SessionState, StateStore, utcnow
@@ -43,7 +43,7 @@ class PermissionDesk:
         pending = PendingPermission(tool_use_id=tool_use_id, name=name, input=tool_input, turn_id=self.turn_id,
                                     asked_at=utcnow())
 
-        def open_request(state: SessionState) -> str | None:
+        def open_request(state: SessionState) -> Decision | None:
             remembered = state.remembered_permissions.get(name)
             if remembered is None:
                 state.pending_permission = pending

@@ -12,7 +12,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chalicelib.errors import BadRequest, PreconditionFailed
 from chalicelib.services.models import ApiModel
@@ -90,7 +98,7 @@ class UserSettings(ApiModel):
             raise ValueError("mcpServers: each server needs a unique name")
         clash = set(names) & set(SANDBOX_TOOLS + WEB_TOOLS)
         if clash:
-            raise ValueError(f"mcpServers: {sorted(clash)[0]!r} is a built-in tool's name; choose another server name")
+            raise ValueError(f"mcpServers: {min(clash)!r} is a built-in tool's name; choose another server name")
         known = set(SANDBOX_TOOLS + WEB_TOOLS) | set(names)
         for tool, mode in self.permissions.items():
             if tool not in known:

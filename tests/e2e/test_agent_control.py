@@ -259,3 +259,22 @@ def test_denied_server_tools_are_not_declared(world) -> None:  # type: ignore[no
     request = world.fake.requests[0]
     assert request["tools"][2:] == [{"type": "web_search_20260318", "name": "web_search"}]
     assert "mcp_servers" not in request and "anthropic-beta" not in world.fake.headers[0]
+
+
+def test_a_paused_server_tool_turn_is_sent_back_for_the_model_to_go_on(world) -> None:  # type: ignore[no-untyped-def]
+    _settings(world, "pauser", {"webFetch": True})
+    setup = world.setup("sess-pause", "pauser")
+    fetch = ServerToolUse("web_fetch", {"url": "https://docs.example.com/long"})
+    world.fake.script(Reply([Text("Fetching."), fetch], stop_reason="pause_turn"),
+                      Reply([ServerToolResult("web_fetch_tool_result", fetch.id, {"type": "web_fetch_result", "url": "https://docs.example.com/long",
+                                                                                    "content": {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Long page."}}}),
+                             Text("The page says: long page.")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "message", "prompt": "read it"}))
+        frames = receive_until(ws, "result")
+    assert frames[-1]["stopReason"] == "end_turn" and frames[-1]["turns"] == 2
+    second = world.fake.requests[1]
+    # The paused reply goes back as the last message, untouched, with no user turn after it.
+    assert second["messages"][-1]["role"] == "assistant"
+    assert [b["type"] for b in second["messages"][-1]["content"]] == ["text", "server_tool_use"]
+    assert next(f for f in frames if f["event"] == "tool_result")["content"]["type"] == "web_fetch_result"
