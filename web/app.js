@@ -331,7 +331,10 @@ function permissionCard(frame) {
   card.setAttribute("role", "group");
   card.setAttribute("aria-label", `Permission for ${frame.name}`);
   const title = document.createElement("strong");
-  title.append("The agent wants to run ", Object.assign(document.createElement("code"), {textContent: frame.name}));
+  // A server tool (web, MCP) is approved for a whole message, before the model starts.
+  const perMessage = frame.input && frame.input.scope === "this message";
+  title.append(perMessage ? "The agent asks to use " : "The agent wants to run ", Object.assign(document.createElement("code"), {textContent: frame.name}),
+               perMessage ? " for this message" : "");
   const input = Object.assign(document.createElement("pre"), {className: "tool-input", textContent: JSON.stringify(frame.input, null, 2)});
   const remember = Object.assign(document.createElement("input"), {type: "checkbox", className: "remember"});
   const rememberLabel = Object.assign(document.createElement("label"), {className: "check"});

@@ -7,12 +7,14 @@ and `WebFetchTool20260318Param` in `anthropic/types/`, and for the MCP connector
 
 The model calls them inside a model request; their `server_tool_use` / `mcp_tool_use` and
 result blocks come back in the reply and must be sent back unchanged in later requests.
-A server tool cannot wait for an approval (it has run by the time we see it), so its
-permission is `allow` (declared) or `deny` (not declared).
+A server tool cannot wait for an approval mid-call (it has run by the time we see it), so
+`ask` is asked once per message, before the first model call: approved, the tool is declared
+for that message; declined, it is left out. `deny` never declares it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,20 +39,36 @@ class ServerTools:
     betas: list[str] = field(default_factory=list)
 
 
-def server_tools(prefs: UserSettings) -> ServerTools:
-    """The server tools `prefs` turn on, minus those its permissions deny."""
-    denied = {name for name, mode in prefs.permissions.items() if mode == "deny"}
+# Asks the user whether a server tool may be used for this message: (name, what to show) -> yes?
+Approve = Callable[[str, dict[str, Any]], bool]
+
+
+def server_tools(prefs: UserSettings, approve: Approve | None = None) -> ServerTools:
+    """The server tools `prefs` turn on, minus those its permissions deny and, for `ask`, those
+    `approve` does not approve (all of them without `approve`)."""
+    asked: dict[str, bool] = {}
+
+    def allowed(name: str, shown: dict[str, Any]) -> bool:
+        mode = prefs.permissions.get(name, "allow")
+        if mode == "ask" and name not in asked:
+            asked[name] = approve(name, shown) if approve is not None else False
+        return mode == "allow" or (mode == "ask" and asked[name])
+
     tools: list[dict[str, Any]] = []
     for name, kind, setting in (("web_search", WEB_SEARCH_TYPE, prefs.web_search), ("web_fetch", WEB_FETCH_TYPE, prefs.web_fetch)):
-        if setting is False or name in denied:
+        if setting is False:
+            continue
+        domains = setting.allowed_domains if isinstance(setting, WebToolOptions) else None
+        if not allowed(name, {"tool": name, "scope": "this message", "allowedDomains": domains or "any"}):
             continue
         tool: dict[str, Any] = {"type": kind, "name": name}
-        if isinstance(setting, WebToolOptions) and setting.allowed_domains:
-            tool["allowed_domains"] = list(setting.allowed_domains)
+        if domains:
+            tool["allowed_domains"] = list(domains)
         tools.append(tool)
     servers: list[dict[str, Any]] = []
     for server in prefs.mcp_servers:
-        if server.name in denied:
+        shown = {"mcpServer": server.name, "url": server.url, "scope": "this message", "allowedTools": server.allowed_tools or "all"}
+        if not allowed(server.name, shown):
             continue
         definition: dict[str, Any] = {"type": "url", "url": server.url, "name": server.name}
         if server.authorization_token:

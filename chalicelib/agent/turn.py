@@ -47,7 +47,7 @@ class AgentTurn:
         index, index_changed = current_skill_index(sandbox, memory.skill_index)
         memory.skill_index = index
         system = system_blocks(index, prefs.system_prompt)
-        server = server_tools(prefs)
+        server = server_tools(prefs, _approver(ask_permission, prompt_id))
         digest = system_sha256(system, TOOLS + server.tools)
         context, context_changed = _context_for(memory.context, conversation_id, metadata, history, digest, chosen_model)
         memory.context = context
@@ -72,6 +72,13 @@ class AgentTurn:
             gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
             server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd),
         )
+
+
+def _approver(ask_permission: AskUser | None, prompt_id: str) -> Callable[[str, dict[str, Any]], bool] | None:
+    """Asks, once per message, whether a server tool the settings say `ask` for may be used."""
+    if ask_permission is None:
+        return None
+    return lambda name, shown: ask_permission(f"server-{name}-{prompt_id}", name, shown).decision == "allow"
 
 
 def _budget(user: float | None, server: float | None) -> float | None:

@@ -83,7 +83,7 @@ class UserSettings(ApiModel):
     thinking: Literal["off", "adaptive"] | Annotated[StrictInt, Field(ge=1024, le=128_000)] | None = None
     preferences: dict[str, Any] = Field(default_factory=dict)
     # Per tool (bash, str_replace_based_edit_tool, web_search, web_fetch, an MCP server's name):
-    # allow, ask or deny. Unlisted tools are allowed.
+    # allow, ask or deny. Unlisted tools are allowed. Server tools are asked for once per message.
     permissions: dict[str, PermissionMode] = Field(default_factory=dict)
     # USD one message may cost (model calls summed); the server's MAX_BUDGET_USD caps it too.
     max_budget_usd: float | None = Field(default=None, gt=0, le=10_000)
@@ -105,11 +105,6 @@ class UserSettings(ApiModel):
                 raise ValueError(
                     f"permissions: unknown tool {tool!r}; the keys are {', '.join(SANDBOX_TOOLS + WEB_TOOLS)} "
                     "or the name of one of your mcpServers"
-                )
-            if mode == "ask" and tool not in SANDBOX_TOOLS:
-                raise ValueError(
-                    f"permissions.{tool}: 'ask' is only possible for bash and str_replace_based_edit_tool; "
-                    f"{tool} runs on Anthropic's side during the model call and cannot wait for an answer: use allow or deny"
                 )
         return self
 

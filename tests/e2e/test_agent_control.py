@@ -278,3 +278,32 @@ def test_a_paused_server_tool_turn_is_sent_back_for_the_model_to_go_on(world) ->
     assert second["messages"][-1]["role"] == "assistant"
     assert [b["type"] for b in second["messages"][-1]["content"]] == ["text", "server_tool_use"]
     assert next(f for f in frames if f["event"] == "tool_result")["content"]["type"] == "web_fetch_result"
+
+
+def test_server_tools_set_to_ask_are_asked_for_once_per_message(world) -> None:  # type: ignore[no-untyped-def]
+    _settings(world, "srvask", {"webSearch": True, "mcpServers": [{"name": "wiki", "url": "https://wiki.example.com/mcp", "authorizationToken": MCP_TOKEN}],
+                                "permissions": {"web_search": "ask", "wiki": "ask"}})
+    setup = world.setup("sess-srvask", "srvask")
+    world.fake.script(Reply([Text("one")]), Reply([Text("two")]), Reply([Text("three")]))
+    asked: list[dict] = []  # type: ignore[type-arg]
+    with connect(world.ws_url(setup)) as ws:
+        # Message 1: web search declined, the MCP server approved for the rest of the session.
+        ws.send(json.dumps({"action": "message", "prompt": "first"}))
+        asked.append(receive_until(ws, "permission_request")[-1])
+        ws.send(json.dumps({"action": "permission", "toolUseId": asked[-1]["toolUseId"], "decision": "deny"}))
+        asked.append(receive_until(ws, "permission_request")[-1])
+        ws.send(json.dumps({"action": "permission", "toolUseId": asked[-1]["toolUseId"], "decision": "allow", "remember": True}))
+        receive_until(ws, "result")
+        # Message 2: only web search is asked again; approved this time.
+        ws.send(json.dumps({"action": "message", "prompt": "second"}))
+        frames = receive_until(ws, "permission_request")
+        asked.append(frames[-1])
+        ws.send(json.dumps({"action": "permission", "toolUseId": asked[-1]["toolUseId"], "decision": "allow"}))
+        frames += receive_until(ws, "result")
+    assert [(a["name"], a["input"]["scope"]) for a in asked] == [("web_search", "this message"), ("wiki", "this message"), ("web_search", "this message")]
+    assert asked[1]["input"]["url"] == "https://wiki.example.com/mcp" and MCP_TOKEN not in json.dumps(asked)
+    assert sum(1 for f in frames if f["event"] == "permission_request") == 1
+    first, second = world.fake.requests[:2]
+    assert [t.get("name") or t.get("mcp_server_name") for t in first["tools"][2:]] == ["wiki"]
+    assert [t.get("name") or t.get("mcp_server_name") for t in second["tools"][2:]] == ["web_search", "wiki"]
+    assert first["mcp_servers"][0]["authorization_token"] == MCP_TOKEN

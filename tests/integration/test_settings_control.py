@@ -18,7 +18,7 @@ SERVER = {"name": "tickets", "url": "https://mcp.example.com/sse", "authorizatio
     [
         ({"permissions": {"rm": "ask"}}, "permissions: unknown tool 'rm'; the keys are bash, str_replace_based_edit_tool, web_search, web_fetch"),
         ({"permissions": {"bash": "sometimes"}}, "permissions.bash: Input should be 'allow', 'ask' or 'deny'"),
-        ({"permissions": {"web_search": "ask"}}, "'ask' is only possible for bash and str_replace_based_edit_tool"),
+        ({"permissions": {"wiki": "ask"}}, "permissions: unknown tool 'wiki'"),  # no such MCP server
         ({"mcpServers": [{**SERVER, "url": "http://mcp.example.com/sse"}]}, "mcpServers.0.url: Value error, must be an https:// URL"),
         ({"mcpServers": [{**SERVER, "authorizationToken": "x" * 5000}]},
          "mcpServers.0.authorizationToken: Value error, is 5000 characters; an authorization token may have at most 4096"),
