@@ -82,6 +82,9 @@ def show_until(ws: ClientConnection, stop: set[str]) -> bool:
             print(f"\n  ⚙ {frame['name']} {json.dumps(frame['input'])[:200]}", flush=True)
         elif event == "permission_request":
             answer_permission(ws, frame)
+        elif event == "permission_resolved" or (event == "status" and frame.get("status") == "permission_received"):
+            if frame.get("reason") in ("timeout", "interrupted"):
+                print(f"  [{frame['name']}: not run ({frame['reason']})]", file=sys.stderr, flush=True)
         elif event == "tool_result":
             content = frame["content"] if isinstance(frame["content"], str) else json.dumps(frame["content"])
             first = (content or "").strip().splitlines()[:3]
