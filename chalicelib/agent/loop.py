@@ -44,6 +44,7 @@ from chalicelib.agent.models import spec_for
 from chalicelib.agent.permissions import ToolGate
 from chalicelib.agent.pricing import PriceTable, Usage
 from chalicelib.agent.server_tools import (
+    MCP_BETA,
     SERVER_RESULT_TYPES,
     SERVER_USE_TYPES,
     ServerTools,
@@ -113,9 +114,12 @@ class _Request:
         return {"system": self.system, "tools": self.tools, "messages": _normalised(working_messages(stored, self.context))}
 
     def stream(self, **kwargs: Any) -> Any:
-        """The SDK's streaming call; through the beta API (with its header) when MCP servers are on."""
+        """The SDK's streaming call; through the beta API (with its header) when MCP servers are on,
+        or when the history holds MCP blocks (from when they were: the plain API does not know them)."""
         if self.server.mcp_servers:
             return self.client.beta.messages.stream(betas=self.server.betas, mcp_servers=self.server.mcp_servers, **kwargs)
+        if _holds_mcp_blocks(kwargs.get("messages") or []):
+            return self.client.beta.messages.stream(betas=[MCP_BETA], **kwargs)
         return self.client.messages.stream(**kwargs)
 
 
@@ -390,6 +394,11 @@ def _block(block: Any) -> dict[str, Any]:
     if data.get("type") == "redacted_thinking":
         return {"type": "redacted_thinking", "data": data.get("data", "")}
     return data
+
+
+def _holds_mcp_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(b.get("type") in ("mcp_tool_use", "mcp_tool_result") for b in m["content"])
+               for m in messages)
 
 
 def _normalised(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

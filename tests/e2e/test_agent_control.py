@@ -246,6 +246,14 @@ def test_web_and_mcp_tools_are_declared_streamed_stored_and_sent_back(world, cap
     assert MCP_TOKEN not in json.dumps(frames) and MCP_TOKEN not in json.dumps(saved)
     assert MCP_TOKEN not in caplog.text
     assert not any(MCP_TOKEN in p.read_text(errors="ignore") for p in (world.data_dir.parent / "sandboxes").rglob("*") if p.is_file())
+    # With the MCP servers removed from the settings, the history's MCP blocks still go to the beta API.
+    assert world.http.patch("/users/webby/settings", json={"mcpServers": None}).status_code == 200
+    world.fake.script(Reply([Text("No servers now.")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "message", "prompt": "third"}))
+        receive_until(ws, "result")
+    assert "mcp_servers" not in world.fake.requests[2] and "mcp-client-2026-09-15" in world.fake.headers[2]["anthropic-beta"]
+    assert [b["type"] for b in world.fake.requests[2]["messages"][1]["content"]][3:5] == ["mcp_tool_use", "mcp_tool_result"]
 
 
 def test_denied_server_tools_are_not_declared(world) -> None:  # type: ignore[no-untyped-def]
