@@ -80,6 +80,10 @@ class AgentSettings(_Frozen):
     context_window_tokens: int | None = Field(default=None, ge=4_000)
     # Set by `./scripts/dev --offline-model`: ANTHROPIC_BASE_URL is the local stand-in, not Claude.
     offline_model: bool = False
+    # A server-wide ceiling on what one user message may cost (USD); None: only the user's own.
+    max_budget_usd: float | None = Field(default=None, gt=0)
+    # How long a turn waits for the user to approve a tool call (permissions: ask) before denying it.
+    permission_timeout_seconds: float = Field(default=300, gt=0, le=3600)
 
 
 class Settings(_Frozen):
@@ -147,6 +151,8 @@ class Settings(_Frozen):
                     price_table_json=get("PRICE_TABLE"),
                     context_window_tokens=_int(get, "CONTEXT_WINDOW_TOKENS", 0) or None,
                     offline_model=_flag(get("OFFLINE_MODEL")),
+                    max_budget_usd=_float(get, "MAX_BUDGET_USD", 0) or None,
+                    permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))

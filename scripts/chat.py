@@ -168,6 +168,8 @@ def show_until(ws: ClientConnection, stop: set[str], *, interruptible: bool = Fa
             frame = json.loads(raw)
             event = frame.get("event")
             _print(frame)
+            if event == "permission_request":
+                answer_permission(ws, frame)
             if event == "error":
                 failed = True
                 if frame.get("seq", 0) == 0 and event not in stop:
@@ -186,8 +188,12 @@ def _print(frame: dict[str, Any]) -> None:
         print(frame["content"], end="", flush=True)
     elif event == "tool_use":
         print(f"\n  ⚙ {frame['name']} {json.dumps(frame['input'])[:200]}", flush=True)
+    elif event == "permission_resolved":
+        if frame.get("reason") in ("timeout", "interrupted"):
+            print(f"  [{frame['name']}: not run ({frame['reason']})]", file=sys.stderr, flush=True)
     elif event == "tool_result":
-        first = (frame["content"] or "").strip().splitlines()[:3]
+        content = frame["content"] if isinstance(frame["content"], str) else json.dumps(frame["content"])
+        first = (content or "").strip().splitlines()[:3]
         mark = "✗" if frame.get("is_error") else "→"
         print("  " + mark + " " + "\n    ".join(first)[:300], flush=True)
     elif event == "result":
@@ -201,6 +207,30 @@ def _print(frame: dict[str, Any]) -> None:
         print(f"\n[error {frame['code']}] {frame['message']}", file=sys.stderr)
     elif event == "status" and frame.get("status") not in ("queued", "running", "ready"):
         print(f"\n[{frame.get('status')}] {frame.get('message', '')}", file=sys.stderr)
+
+
+PERMISSION_ANSWERS = {"y": ("allow", False), "yes": ("allow", False), "n": ("deny", False), "no": ("deny", False),
+                      "a": ("allow", True), "always": ("allow", True)}
+
+
+def answer_permission(ws: ClientConnection, frame: dict[str, Any]) -> None:
+    """Ask on the terminal whether the agent may make this tool call (the user's settings say
+    `ask` for it); `always` allows this tool for the rest of the session. No answer (end of
+    input) denies."""
+    shown = json.dumps(frame["input"], ensure_ascii=False)
+    print(f"\n  ? {frame['name']} {shown[:500]}", flush=True)
+    answer = None
+    for _ in range(5):
+        try:
+            typed = input("  Allow this? [y]es / [n]o / [a]lways for this session: ").strip().lower()
+        except EOFError:
+            break
+        answer = PERMISSION_ANSWERS.get(typed)
+        if answer is not None:
+            break
+        print("  Answer y, n or always.", flush=True)
+    decision, remember = answer or ("deny", False)
+    ws.send(json.dumps({"action": "permission", "toolUseId": frame["toolUseId"], "decision": decision, "remember": remember}))
 
 
 if __name__ == "__main__":

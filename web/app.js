@@ -22,6 +22,7 @@ const state = {
   current: null,       // {el, text}: the assistant reply receiving stream deltas
   thinking: null,      // {el, text}: the reply's thinking, collapsed
   tools: {},           // tool_use_id -> <details>
+  permissions: {},     // toolUseId -> the Approve / Deny card
   conversations: [],   // the listed page(s): {conversationId, size, updated}
   conversationsCursor: null,
   summaries: new Map(),  // conversationId -> {updated, prompt, count}: fetched once per version
@@ -300,7 +301,8 @@ function toolUse(frame) {
   const summary = document.createElement("summary");
   const name = document.createElement("code");
   name.textContent = frame.name;
-  summary.append("Tool · ", name);
+  // Server tools (web search, web fetch, MCP) ran on Anthropic's side, not in the sandbox.
+  summary.append(frame.server ? (frame.serverName ? `MCP · ${frame.serverName} · ` : "Server tool · ") : "Tool · ", name);
   const input = document.createElement("pre");
   input.className = "tool-input";
   input.textContent = JSON.stringify(frame.input, null, 2);
@@ -320,6 +322,54 @@ function toolResult(frame) {
   follow();
 }
 
+// The agent waits for an answer (the user's settings say "ask" for this tool): show what it
+// wants to run, Approve / Deny, and whether to remember the answer for the rest of the session.
+function permissionCard(frame) {
+  if (state.permissions[frame.toolUseId]) return;  // replayed after a reconnect: already shown
+  const card = document.createElement("div");
+  card.className = "permission";
+  card.setAttribute("role", "group");
+  card.setAttribute("aria-label", `Permission for ${frame.name}`);
+  const title = document.createElement("strong");
+  // A server tool (web, MCP) is approved for a whole message, before the model starts.
+  const perMessage = frame.input && frame.input.scope === "this message";
+  title.append(perMessage ? "The agent asks to use " : "The agent wants to run ", Object.assign(document.createElement("code"), {textContent: frame.name}),
+               perMessage ? " for this message" : "");
+  const input = Object.assign(document.createElement("pre"), {className: "tool-input", textContent: JSON.stringify(frame.input, null, 2)});
+  const remember = Object.assign(document.createElement("input"), {type: "checkbox", className: "remember"});
+  const rememberLabel = Object.assign(document.createElement("label"), {className: "check"});
+  rememberLabel.append(remember, ` Remember for ${frame.name} in this session`);
+  const approve = Object.assign(document.createElement("button"), {type: "button", className: "approve", textContent: "Approve"});
+  const deny = Object.assign(document.createElement("button"), {type: "button", className: "deny secondary", textContent: "Deny"});
+  const outcome = Object.assign(document.createElement("span"), {className: "outcome"});
+  outcome.setAttribute("role", "status");
+  const row = Object.assign(document.createElement("div"), {className: "row"});
+  row.append(approve, deny, outcome);
+  const answer = (decision) => {
+    if (!send({action: "permission", toolUseId: frame.toolUseId, decision, remember: remember.checked})) return;
+    settlePermission(frame.toolUseId, decision === "allow" ? "Approved" : "Denied");
+  };
+  approve.addEventListener("click", () => answer("allow"));
+  deny.addEventListener("click", () => answer("deny"));
+  card.append(title, input, rememberLabel, row);
+  if (frame.timeoutSeconds) card.append(Object.assign(document.createElement("p"), {className: "tip",
+    textContent: `Unanswered, it is denied after ${Math.round(frame.timeoutSeconds)} s.`}));
+  state.permissions[frame.toolUseId] = card;
+  append(card);
+  approve.focus({preventScroll: true});
+}
+
+function settlePermission(toolUseId, text) {
+  const card = state.permissions[toolUseId];
+  if (!card) return;
+  card.querySelectorAll("button, input").forEach((el) => { el.disabled = true; });
+  card.querySelector(".outcome").textContent = text;
+  card.querySelector(".tip")?.remove();  // the timeout no longer applies
+  card.classList.add("settled");
+}
+
+const PERMISSION_OUTCOME = {user: null, remembered: "Remembered answer", timeout: "No answer in time: denied", interrupted: "Interrupted: not run"};
+
 function renderHistory(messages) {
   for (const message of messages) {
     const blocks = typeof message.content === "string" ? [{type: "text", text: message.content}] : message.content || [];
@@ -328,6 +378,8 @@ function renderHistory(messages) {
       else if (block.type === "thinking") { thinkingDelta(block.thinking || ""); state.thinking = null; }
       else if (block.type === "tool_use") toolUse({id: block.id, name: block.name, input: block.input});
       else if (block.type === "tool_result") toolResult({tool_use_id: block.tool_use_id, content: block.content, is_error: block.is_error});
+      else if (block.type === "server_tool_use" || block.type === "mcp_tool_use") toolUse({id: block.id, name: block.name, input: block.input, server: true, serverName: block.server_name});
+      else if (/_tool_result$/.test(block.type)) toolResult({tool_use_id: block.tool_use_id, content: block.content, is_error: block.is_error});
     }
     state.current = null;
   }
@@ -362,6 +414,8 @@ const RENDER = {
     else if (s === "sandbox_recreated") note("The sandbox had expired: a new one was made and the skills reloaded.");
     else if (s === "compacted") note(frame.message || "Earlier messages were summarised to fit the model's context.");
     else if (s === "idle") endTurn();
+    else if (s === "budget_reached") note(frame.message);
+    else if (s === "permission_received") return;  // the card already shows the answer
     else if (s !== "resumed") note(frame.message ? `${s}: ${frame.message}` : `Status: ${s}`);
   },
   stream(frame) {
@@ -378,6 +432,10 @@ const RENDER = {
   },
   tool_use: toolUse,
   tool_result: toolResult,
+  permission_request: permissionCard,
+  permission_resolved(frame) {
+    settlePermission(frame.toolUseId, PERMISSION_OUTCOME[frame.reason] || (frame.decision === "allow" ? "Approved" : "Denied"));
+  },
   result(frame) {
     state.current = null;
     state.thinking = null;
@@ -524,6 +582,12 @@ async function loadSettings() {
   $("set-max-turns").value = settings.maxTurns || "";
   $("set-system").value = settings.systemPrompt || "";
   $("set-network").checked = settings.allowNetwork;
+  $("set-perm-bash").value = settings.permissions?.bash || "allow";
+  $("set-perm-edit").value = settings.permissions?.str_replace_based_edit_tool || "allow";
+  $("set-budget").value = settings.maxBudgetUsd ?? "";
+  $("set-web-search").checked = Boolean(settings.webSearch);
+  $("set-web-fetch").checked = Boolean(settings.webFetch);
+  state.webTools = {webSearch: settings.webSearch, webFetch: settings.webFetch};
   $("settings-status").textContent = "";
 }
 
@@ -538,6 +602,11 @@ async function saveSettings(event) {
       maxTurns: maxTurns ? Number(maxTurns) : null,
       systemPrompt: $("set-system").value || null,
       allowNetwork: $("set-network").checked,
+      permissions: {bash: $("set-perm-bash").value, str_replace_based_edit_tool: $("set-perm-edit").value},
+      maxBudgetUsd: $("set-budget").value ? Number($("set-budget").value) : null,
+      // A domain list set through the API stays while the box stays ticked.
+      webSearch: $("set-web-search").checked ? (state.webTools?.webSearch || true) : false,
+      webFetch: $("set-web-fetch").checked ? (state.webTools?.webFetch || true) : false,
     });
     status.className = "saved";
     status.textContent = "Saved ✓";

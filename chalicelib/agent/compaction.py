@@ -105,6 +105,10 @@ def render_transcript(messages: list[dict[str, Any]]) -> list[str]:
                 text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
                 status = " (error)" if block.get("is_error") else ""
                 lines.append(f"Tool result{status}: {_cut(text)}")
+            elif kind in ("server_tool_use", "mcp_tool_use"):
+                lines.append(f"{role} used {block.get('name')} (run by Anthropic): {_cut(json.dumps(block.get('input'), ensure_ascii=False))}")
+            elif str(kind).endswith("_tool_result"):
+                lines.append(f"{kind}: {_cut(json.dumps(block.get('content'), ensure_ascii=False))}")
         if lines:
             entries.append("\n".join(lines))
     return entries

@@ -41,7 +41,15 @@ from chalicelib.agent.compaction import (
 )
 from chalicelib.agent.memory import WorkingContext, working_messages
 from chalicelib.agent.models import spec_for
+from chalicelib.agent.permissions import ToolGate
 from chalicelib.agent.pricing import PriceTable, Usage
+from chalicelib.agent.server_tools import (
+    MCP_BETA,
+    SERVER_RESULT_TYPES,
+    SERVER_USE_TYPES,
+    ServerTools,
+    server_block_events,
+)
 from chalicelib.agent.tools import TOOLS, run_tool
 from chalicelib.sandbox.base import Sandbox
 
@@ -64,6 +72,7 @@ class TurnResult:
     error_code: str | None = None
     compactions: int = 0
     costs: list[float | None] = field(default_factory=list)
+    budget_message: str | None = None
 
     def add_call(self, usage: object, model: str, prices: PriceTable) -> None:
         """Count one API call's tokens and price them (a call's own size picks a price band)."""
@@ -95,9 +104,23 @@ class _Request:
     context: WorkingContext
     on_context_changed: Callable[[WorkingContext], None]
     estimator: TokenEstimator = field(default_factory=TokenEstimator)
+    server: ServerTools = field(default_factory=ServerTools)
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return TOOLS + self.server.tools
 
     def payload(self, stored: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"system": self.system, "tools": TOOLS, "messages": _normalised(working_messages(stored, self.context))}
+        return {"system": self.system, "tools": self.tools, "messages": _normalised(working_messages(stored, self.context))}
+
+    def stream(self, **kwargs: Any) -> Any:
+        """The SDK's streaming call; through the beta API (with its header) when MCP servers are on,
+        or when the history holds MCP blocks (from when they were: the plain API does not know them)."""
+        if self.server.mcp_servers:
+            return self.client.beta.messages.stream(betas=self.server.betas, mcp_servers=self.server.mcp_servers, **kwargs)
+        if _holds_mcp_blocks(kwargs.get("messages") or []):
+            return self.client.beta.messages.stream(betas=[MCP_BETA], **kwargs)
+        return self.client.messages.stream(**kwargs)
 
 
 def run_turn(
@@ -120,12 +143,17 @@ def run_turn(
     on_context_changed: Callable[[WorkingContext], None] | None = None,
     context_window: int | None = None,
     thinking: dict[str, Any] | None = None,
+    gate: ToolGate | None = None,
+    server: ServerTools | None = None,
+    budget_usd: float | None = None,
 ) -> TurnResult:
     """Answer `prompt`; emit stream/message/tool_use/tool_result/result (or error) events.
 
     `system` is the system prompt (text or blocks); `context` the working context of `history`
     (None: all of it); `context_window` overrides the model's window; `thinking` is the API's
-    thinking parameter (None: the model's default).
+    thinking parameter (None: the model's default). `gate` applies the user's tool permissions;
+    `server` adds Anthropic-run tools (web, MCP); past `budget_usd` the loop stops after the
+    current step.
     """
     started = time.monotonic()
     result = TurnResult()
@@ -135,7 +163,7 @@ def run_turn(
         system=[{"type": "text", "text": system}] if isinstance(system, str) else list(system),
         max_tokens=max_tokens, thinking=thinking, window=context_window or spec.context_window,
         binds_thinking=spec.binds_thinking, context=context or WorkingContext(conversation_id=""),
-        on_context_changed=on_context_changed or (lambda _: None),
+        on_context_changed=on_context_changed or (lambda _: None), server=server or ServerTools(),
     )
     messages = list(history)
     user_message = {"role": "user", "content": prompt}
@@ -146,6 +174,15 @@ def run_turn(
         while True:
             if should_stop():
                 raise _Interrupted
+            spent = result.total_cost()
+            if budget_usd is not None and spent is not None and spent >= budget_usd:
+                result.stop_reason = "budget_reached"
+                result.budget_message = (f"Stopped: this message has cost ${spent:.4f}, which reaches its budget of ${budget_usd:g} "
+                                         "(maxBudgetUsd in the settings, capped by the server's MAX_BUDGET_USD). "
+                                         "Send another message to continue.")
+                emit({"event": "status", "status": "budget_reached", "costUsd": spent, "budgetUsd": budget_usd,
+                      "message": result.budget_message})
+                break
             if result.turns >= max_turns:
                 result.stop_reason = "max_turns"
                 emit({"event": "status", "status": "max_turns_reached", "maxTurns": max_turns,
@@ -157,6 +194,8 @@ def run_turn(
             messages.append({"role": "assistant", "content": content})
             emit({"event": "message", "role": "assistant", "content": content, "uuid": reply.id})
             on_messages_changed(messages)
+            if reply.stop_reason == "pause_turn":
+                continue  # a long server-tool step paused: sending the reply back lets the model go on
             if reply.stop_reason != "tool_use":
                 result.stop_reason = reply.stop_reason or "end_turn"
                 break
@@ -165,8 +204,11 @@ def run_turn(
                 if block.type != "tool_use":
                     continue
                 emit({"event": "tool_use", "id": block.id, "name": block.name, "input": block.input})
-                if should_stop():
-                    outcome = {"type": "tool_result", "tool_use_id": block.id, "content": "Interrupted by the user before this ran.", "is_error": True}
+                refusal = "Interrupted by the user before this ran." if should_stop() else None
+                if refusal is None and gate is not None:
+                    refusal = gate.refusal(block.id, block.name, dict(block.input or {}))
+                if refusal is not None:
+                    outcome = {"type": "tool_result", "tool_use_id": block.id, "content": refusal, "is_error": True}
                 else:
                     outcome = run_tool(sandbox, block.id, block.name, dict(block.input or {})).to_block()
                 emit({"event": "tool_result", "tool_use_id": block.id, "content": outcome["content"], "is_error": outcome.get("is_error", False)})
@@ -185,10 +227,13 @@ def run_turn(
         emit({"event": "error", "code": code, "message": message})
     result.duration_ms = int((time.monotonic() - started) * 1000)
     result.cost_usd = result.total_cost()
-    emit({
+    final = {
         "event": "result", "turns": result.turns, "durationMs": result.duration_ms, "usage": result.usage.to_wire(),
         "costUsd": result.cost_usd, "model": model, "stopReason": result.stop_reason, "interrupted": result.interrupted,
-    })
+    }
+    if result.budget_message:
+        final.update(budgetUsd=budget_usd, message=result.budget_message)
+    emit(final)
     return result
 
 
@@ -255,9 +300,9 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
     for attempt in range(MID_STREAM_RETRIES + 1):
         streamed: list[str] = []
         try:
-            with request.client.messages.stream(
+            with request.stream(
                 model=request.model, max_tokens=request.max_tokens, system=system or anthropic.NOT_GIVEN,
-                messages=marked, tools=TOOLS, thinking=request.thinking or anthropic.NOT_GIVEN,
+                messages=marked, tools=request.tools, thinking=request.thinking or anthropic.NOT_GIVEN,
             ) as stream:
                 with _CloseOnStop(stream, should_stop) as watcher:
                     try:
@@ -267,6 +312,11 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
                                 emit({"event": "stream", "type": "text", "content": event.delta.text})
                             elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
                                 emit({"event": "stream", "type": "thinking", "content": event.delta.thinking})
+                            elif event.type == "content_block_stop":
+                                # Server tools ran on Anthropic's side: show each call and result as it completes.
+                                shown = server_block_events(_block(event.content_block))
+                                if shown is not None:
+                                    emit(shown)
                             if should_stop():
                                 raise _Interrupted
                         reply = stream.get_final_message()
@@ -330,6 +380,9 @@ def describe_model_error(exc: anthropic.APIError) -> tuple[str, str]:
 
 
 def _block(block: Any) -> dict[str, Any]:
+    if hasattr(block, "model_dump") and getattr(block, "type", None) in SERVER_USE_TYPES + SERVER_RESULT_TYPES:
+        # A server tool's blocks go back exactly as the API sent them: the fields it set, nulls included.
+        return dict(block.model_dump(exclude_unset=True))
     data = block.model_dump(exclude_none=True) if hasattr(block, "model_dump") else dict(block)
     # Keep only what the API accepts back in a request.
     if data.get("type") == "text":
@@ -342,6 +395,11 @@ def _block(block: Any) -> dict[str, Any]:
     if data.get("type") == "redacted_thinking":
         return {"type": "redacted_thinking", "data": data.get("data", "")}
     return data
+
+
+def _holds_mcp_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(b.get("type") in ("mcp_tool_use", "mcp_tool_result") for b in m["content"])
+               for m in messages)
 
 
 def _normalised(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ from chalicelib.agent.loop import TurnResult, run_turn
 from chalicelib.agent.memory import AgentMemory, WorkingContext
 from chalicelib.agent.model_client import build_client
 from chalicelib.agent.models import max_tokens_for, spec_for, thinking_param
+from chalicelib.agent.permissions import AskUser, ToolGate
 from chalicelib.agent.pricing import PriceTable
+from chalicelib.agent.server_tools import server_tools
 from chalicelib.agent.tools import TOOLS
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
@@ -31,7 +33,8 @@ class AgentTurn:
     def __call__(self, *, session_id: str, user_id: str, prompt: str, prompt_id: str, history: list[dict[str, Any]],
                  model: str | None, max_turns: int | None, sandbox: Sandbox, emit: Any, should_stop: Any,
                  on_messages_changed: Any, metadata: dict[str, Any], memory: AgentMemory | None = None,
-                 save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "") -> TurnResult:
+                 save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
+                 ask_permission: AskUser | None = None) -> TurnResult:
         if self._client is None:
             self._client = build_client(self.settings.agent)
         memory = memory or AgentMemory()
@@ -44,7 +47,8 @@ class AgentTurn:
         index, index_changed = current_skill_index(sandbox, memory.skill_index)
         memory.skill_index = index
         system = system_blocks(index, prefs.system_prompt)
-        digest = system_sha256(system, TOOLS)
+        server = server_tools(prefs, _approver(ask_permission, prompt_id))
+        digest = system_sha256(system, TOOLS + server.tools)
         context, context_changed = _context_for(memory.context, conversation_id, metadata, history, digest, chosen_model)
         memory.context = context
         if index_changed or context_changed:
@@ -65,7 +69,22 @@ class AgentTurn:
             sandbox=sandbox, prices=self.prices, emit=emit, should_stop=should_stop, on_messages_changed=on_messages_changed,
             context=context, on_context_changed=keep_context, context_window=self.settings.agent.context_window_tokens,
             thinking=thinking,
+            gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
+            server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd),
         )
+
+
+def _approver(ask_permission: AskUser | None, prompt_id: str) -> Callable[[str, dict[str, Any]], bool] | None:
+    """Asks, once per message, whether a server tool the settings say `ask` for may be used."""
+    if ask_permission is None:
+        return None
+    return lambda name, shown: ask_permission(f"server-{name}-{prompt_id}", name, shown).decision == "allow"
+
+
+def _budget(user: float | None, server: float | None) -> float | None:
+    """The stricter of the user's per-message budget and the server's ceiling."""
+    limits = [b for b in (user, server) if b is not None]
+    return min(limits) if limits else None
 
 
 def _context_for(known: WorkingContext | None, conversation_id: str, metadata: dict[str, Any], history: list[dict[str, Any]],

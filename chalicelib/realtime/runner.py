@@ -22,6 +22,7 @@ from chalicelib.agent.memory import AgentMemory
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.permissions import PermissionDesk
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import QueuedPrompt, RunningTurn, SessionState, StateStore, Subscriber, utcnow
@@ -218,6 +219,10 @@ class TurnRunner:
             memory=request.agent_memory or AgentMemory(),
             conversation_id=request.conversation_id,
             save_memory=lambda memory: self._save_memory(request.session_id, memory),
+            ask_permission=PermissionDesk(
+                self.states, request.session_id, request.turn_id, stream.emit, watcher.interrupted.is_set,
+                timeout_seconds=self.settings.agent.permission_timeout_seconds, poll_seconds=self.poll_interval,
+            ).ask,
         )
 
     def _save_memory(self, session_id: str, memory: AgentMemory) -> None:

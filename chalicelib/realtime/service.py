@@ -21,12 +21,14 @@ from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
 from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.protocol import (
     ClearFrame,
     FrameError,
     GetHistoryFrame,
     InterruptFrame,
     MessageFrame,
+    PermissionFrame,
     ResumeFrame,
     StartFrame,
     error_frame,
@@ -183,6 +185,8 @@ class RealtimeService:
             return self._clear(conn)
         if isinstance(parsed, ResumeFrame):
             return self._resume(conn, parsed.after_seq)
+        if isinstance(parsed, PermissionFrame):
+            return [record_decision(self.states, conn.session_id, parsed)]
         raise AssertionError(f"unhandled frame {parsed!r}")
 
     def _subscriber(self, conn: Connection, replay_after: int | None = None) -> Subscriber:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +112,18 @@ def test_an_unreachable_model_is_named_by_its_url(world, tmp_path: Path, monkeyp
     result = chat(tmp_path, "--url", world.url, "--user", "zed", "hi")
     assert result.returncode == 1
     assert "[error model_unreachable] The Messages API at http://127.0.0.1:9 could not be reached: check ANTHROPIC_BASE_URL" in result.stderr
+def test_chat_asks_on_the_terminal_before_a_tool_the_user_wants_to_approve(world) -> None:  # type: ignore[no-untyped-def]
+    assert world.http.put("/users/yan/settings", json={"permissions": {"bash": "ask"}}).status_code == 200
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo first-ran"})]), Reply([ToolUse("bash", {"command": "echo second-ran"})]),
+                      Reply([ToolUse("bash", {"command": "echo third-ran"})]), Reply([Text("All done.")]))
+    # "maybe" is not an answer (asked again), then yes once, then no, then always.
+    result = subprocess.run([sys.executable, "-m", "scripts.chat", "--url", world.url, "--user", "yan", "run three things"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, input="maybe\ny\nn\nalways\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Allow this? [y]es / [n]o / [a]lways for this session:") == 4
+    assert "? bash {\"command\": \"echo first-ran\"}" in result.stdout and "Answer y, n or always." in result.stdout
+    assert "→ first-ran" in result.stdout and "→ third-ran" in result.stdout and "→ second-ran" not in result.stdout
+    assert "The user declined this bash call" in result.stdout
+    assert "All done." in result.stdout
+    declined = world.fake.requests[2]["messages"][-1]["content"][0]
+    assert declined["type"] == "tool_result" and declined["is_error"] is True

@@ -242,10 +242,23 @@ def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no
         {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "old **answer**"}]}]})
     expect(transcript.locator("strong")).to_have_text("answer")
     expect(transcript.locator(".msg.user")).to_have_text("old question")
+    # Server tools (web, MCP) from a saved conversation are labelled as such, with their results.
+    page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "history", "seq": 0, "messages": [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": [
+            {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {"query": "bisect"}},
+            {"type": "web_search_tool_result", "tool_use_id": "s1", "content": [{"type": "web_search_result", "url": "https://git-scm.com/docs/git-bisect", "title": "git-bisect"}]},
+            {"type": "mcp_tool_use", "id": "m1", "name": "find_ticket", "server_name": "tickets", "input": {"id": 7}},
+            {"type": "mcp_tool_result", "tool_use_id": "m1", "content": [{"type": "text", "text": "Ticket 7"}], "is_error": False}]}]})
+    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search")
+    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket")
+    expect(transcript.locator("details.tool .tool-result").nth(0)).to_contain_text("git-scm.com/docs/git-bisect", use_inner_text=False)
+    expect(transcript.locator("details.tool .tool-result").nth(1)).to_contain_text("Ticket 7", use_inner_text=False)
     page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "cleared", "seq": 0, "conversationId": "c1"})
     expect(transcript).to_contain_text("History cleared.")
     rendered = page.evaluate("Object.keys(window.consoleApp.RENDER).sort()")
-    assert rendered == sorted(["status", "stream", "message", "tool_use", "tool_result", "result", "error", "history", "cleared"])
+    assert rendered == sorted(["status", "stream", "message", "tool_use", "tool_result", "result", "error", "history", "cleared",
+                               "permission_request", "permission_resolved"])
 
 
 def test_markdown_is_rendered_and_sanitised(world, page, context, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
@@ -581,3 +594,42 @@ def test_controls_are_labelled_and_text_has_contrast_in_both_themes(world, page)
     audit = page.evaluate(A11Y_AUDIT)
     assert len(audit["unnamed"]) == 1 and "unlabelled-probe" in audit["unnamed"][0]
     assert [line for line in audit["low"] if "faint text" in line]
+
+
+def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "asker")
+    # The settings panel sets "Ask me" for bash and a budget.
+    page.select_option("#set-perm-bash", "ask")
+    page.fill("#set-budget", "2.5")
+    page.click("#settings-form button[type=submit]")
+    expect(page.locator("#settings-status")).to_have_text("Saved ✓")
+    stored = world.http.get("/users/asker/settings").json()["settings"]
+    assert stored["permissions"] == {"bash": "ask", "str_replace_based_edit_tool": "allow"} and stored["maxBudgetUsd"] == 2.5
+    start_session(page)
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo approved-in-browser"})]), Reply([ToolUse("bash", {"command": "echo denied-in-browser"})]),
+                      Reply([ToolUse("bash", {"command": "echo denied-again"})]), Reply([Text("All answered.")]))
+    page.fill("#prompt", "run things")
+    page.click("#send")
+    first = page.locator(".permission").nth(0)
+    expect(first).to_contain_text("The agent wants to run bash")
+    expect(first.locator(".tool-input")).to_contain_text("echo approved-in-browser")
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    first.get_by_role("button", name="Approve").click()
+    expect(first.locator(".outcome")).to_have_text("Approved")
+    expect(first.get_by_role("button", name="Deny")).to_be_disabled()
+    second = page.locator(".permission").nth(1)
+    expect(second.locator(".tool-input")).to_contain_text("echo denied-in-browser")
+    second.locator("input.remember").check()
+    second.get_by_role("button", name="Deny").click()
+    expect(second.locator(".outcome")).to_have_text("Denied")
+    expect(page.locator("#transcript .result")).to_contain_text("4 turns")
+    # The third call was denied by the remembered answer, without a card.
+    expect(page.locator(".permission")).to_have_count(2)
+    results = [world.fake.requests[i]["messages"][-1]["content"][0] for i in (1, 2, 3)]
+    assert results[0]["content"].strip() == "approved-in-browser" and not results[0].get("is_error")
+    assert results[1]["is_error"] and "The user declined this bash call" in results[1]["content"]
+    assert results[2]["is_error"] and "The user declined this bash call" in results[2]["content"]
+    shot(page, "permission")
+    log.assert_clean()

@@ -121,14 +121,18 @@ def test_conversation_id_required(api: Api) -> None:
     assert r.status_code == 400 and r.json_body["error"] == "conversationId is required"
 
 
+CONTROL_DEFAULTS = {"permissions": {}, "maxBudgetUsd": None, "webSearch": False, "webFetch": False, "mcpServers": []}
+
+
 def test_settings_defaults_put_patch(api: Api) -> None:
     first = api.get("/users/fay/settings").json_body
-    assert first["settings"] == {"model": None, "maxTurns": None, "systemPrompt": None, "allowNetwork": False, "thinking": None, "preferences": {}}
+    assert first["settings"] == {"model": None, "maxTurns": None, "systemPrompt": None, "allowNetwork": False, "thinking": None, "preferences": {},
+                                 **CONTROL_DEFAULTS}
     put = api.send("PUT", "/users/fay/settings", {"model": "claude-sonnet-4-6", "maxTurns": 10, "preferences": {"theme": {"dark": True, "size": 1}}})
     assert put.status_code == 200 and put.headers["ETag"]
     patched = api.send("PATCH", "/users/fay/settings", {"systemPrompt": "Be brief.", "preferences": {"theme": {"size": None, "font": "mono"}}}).json_body
     assert patched["settings"] == {"model": "claude-sonnet-4-6", "maxTurns": 10, "systemPrompt": "Be brief.", "allowNetwork": False, "thinking": None,
-                                   "preferences": {"theme": {"dark": True, "font": "mono"}}}
+                                   "preferences": {"theme": {"dark": True, "font": "mono"}}, **CONTROL_DEFAULTS}
     assert json.loads(api.raw("users/fay/settings/preferences.json"))["systemPrompt"] == "Be brief."
     cleared = api.send("PATCH", "/users/fay/settings", {"model": None}).json_body
     assert cleared["settings"]["model"] is None
