@@ -31,6 +31,8 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from devserver.request_scope import make_request_scoped
+
 log = logging.getLogger("gateway")
 
 
@@ -50,7 +52,8 @@ class LocalGatewayApp:
 
     def __init__(self, app: Chalice, config: Config, *, ws_stage: str = "api", static_dir: Path | None = None,
                  app_module: str = "app", workers: int = 8) -> None:
-        self.chalice_app = app
+        # Requests run concurrently here, unlike on Lambda: each must see only its own request.
+        self.chalice_app = make_request_scoped(app)
         self.config = config
         self.ws_stage = ws_stage
         self.static_dir = static_dir.resolve() if static_dir and static_dir.is_dir() else None
