@@ -86,6 +86,8 @@ class Settings(_Frozen):
     # A running turn reads its session state this often, for interrupts and reconnects: the
     # interrupt latency, and one Class B read per tick while a turn runs.
     turn_poll_seconds: float = Field(default=0.5, ge=0.05, le=3600)
+    # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
+    local_turn_workers: int = Field(default=16, ge=1, le=1024)
 
     @property
     def is_production(self) -> bool:
@@ -140,6 +142,7 @@ class Settings(_Frozen):
                 else (() if environment == "production" else ("*",)),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
+                local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc

@@ -31,6 +31,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from chalicelib.config import Settings
 from devserver.request_scope import make_request_scoped
 
 log = logging.getLogger("gateway")
@@ -51,7 +52,7 @@ class LocalGatewayApp:
     """Everything API Gateway and Lambda do for the app, in one process."""
 
     def __init__(self, app: Chalice, config: Config, *, ws_stage: str = "api", static_dir: Path | None = None,
-                 app_module: str = "app", workers: int = 8) -> None:
+                 app_module: str = "app", frame_workers: int = 8, turn_workers: int | None = None) -> None:
         # Requests run concurrently here, unlike on Lambda: each must see only its own request.
         self.chalice_app = make_request_scoped(app)
         self.config = config
@@ -62,7 +63,11 @@ class LocalGatewayApp:
         self.api_id = "local" + secrets.token_hex(3)
         self.connections: dict[str, _Connection] = {}
         self.lock = threading.Lock()
-        self.background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        # Frames and turns on separate pools: a turn holds its worker for minutes, a frame for
+        # milliseconds, so running turns can never starve frames (an interrupt must get through).
+        self.frames = ThreadPoolExecutor(max_workers=frame_workers, thread_name_prefix="ws-frame")
+        self.turns = ThreadPoolExecutor(max_workers=turn_workers or Settings.from_env().local_turn_workers,
+                                        thread_name_prefix="turn-runner")
         routes = [
             WebSocketRoute("/ws", self.websocket),
             Route("/{stage}/@connections/{connection_id:path}", self.management, methods=["POST", "GET", "DELETE"]),
@@ -77,7 +82,8 @@ class LocalGatewayApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
-        self.background.shutdown(wait=False, cancel_futures=True)
+        self.frames.shutdown(wait=False, cancel_futures=True)
+        self.turns.shutdown(wait=False, cancel_futures=True)
 
     # -- REST ------------------------------------------------------------------------------
 
@@ -176,7 +182,7 @@ class LocalGatewayApp:
                 text = await ws.receive_text()
                 conn.last_active_at = datetime.now(timezone.utc)
                 # Each frame is its own Lambda invocation; its return value is not sent (as in AWS).
-                self.background.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
+                self.frames.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
                                        self._context("websocket_message"))
         except WebSocketDisconnect:
             pass
@@ -243,7 +249,7 @@ class LocalGatewayApp:
         payload = json.loads((await request.body()) or b"{}")
         context = self._context(function.name, timeout=900)
         if request.headers.get("x-amz-invocation-type") == "Event":
-            self.background.submit(self._run_logged, handler, payload, context)
+            self.turns.submit(self._run_logged, handler, payload, context)
             return Response(status_code=202)
         result = await run_in_threadpool(handler, payload, context)
         return JSONResponse(result)

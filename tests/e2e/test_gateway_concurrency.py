@@ -7,14 +7,23 @@ stored under another user or an unauthenticated request answered 200.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.fakes.fake_anthropic import Endless
+from tests.support.gateway import receive_until
 
 API_KEY = "stress-key"
 USERS = [f"user{n}" for n in range(8)]
@@ -66,3 +75,39 @@ def _stored_skills(data_dir: Path) -> dict[str, set[str]]:
     users = data_dir / "users"
     return {folder.name: {f.name for f in (folder / "skills").glob("*.md")}
             for folder in users.iterdir() if (folder / "skills").is_dir()} if users.is_dir() else {}
+
+
+RUNNING_TURNS = 10  # more than the 8 workers frames and turns used to share
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_an_interrupt_is_acknowledged_while_many_turns_run(world) -> None:  # type: ignore[no-untyped-def]
+    world.fake.script(*[Endless(delta="word ", delay=0.2, max_deltas=3000) for _ in range(RUNNING_TURNS)])
+    setups = [world.setup(f"sess-many-{n}", f"many{n}") for n in range(RUNNING_TURNS)]
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(connect(world.ws_url(s))) for s in setups]
+        try:
+            for ws in sockets:
+                ws.send(json.dumps({"action": "message", "prompt": "talk for a while"}))
+            for ws in sockets:  # every turn is running: each has streamed
+                receive_until(ws, "stream", timeout=30)
+            target = sockets[-1]
+            sent = time.monotonic()
+            target.send(json.dumps({"action": "interrupt"}))
+            frames = receive_until(target, "result", timeout=15)
+            acknowledged = next(f for f in frames if f["event"] == "status" and f.get("status") == "interrupting")
+            assert acknowledged and frames[-1]["interrupted"]
+            assert time.monotonic() - sent < 15
+        finally:
+            _stop_all(sockets[:-1])
+
+
+def _stop_all(sockets: list[ClientConnection]) -> None:
+    """Interrupt every other turn and wait for its end, so none outlives the test."""
+    for ws in sockets:
+        with suppress(ConnectionClosed):
+            ws.send(json.dumps({"action": "interrupt"}))
+    for ws in sockets:
+        with suppress(ConnectionClosed, AssertionError, TimeoutError):
+            receive_until(ws, "result", timeout=30)
