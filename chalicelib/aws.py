@@ -3,7 +3,9 @@
 Chalice builds the management API endpoint as `https://{apiId}.execute-api.{region}.amazonaws.com/{stage}`
 and the turn runner is started with `lambda.invoke`. Under the local gateway (LOCAL_GATEWAY_URL
 is set) those clients are pointed at the gateway over plain HTTP, keeping the endpoint's path
-(the stage), so exactly the same botocore calls run locally as in AWS.
+(the stage), so exactly the same botocore calls run locally as in AWS. Each such call carries
+the gateway's per-process secret (`trust_local_gateway`), which is how the gateway tells the
+app's own calls from anyone else's on the same port.
 """
 
 from __future__ import annotations
@@ -15,6 +17,25 @@ from urllib.parse import urlsplit
 import boto3
 
 LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
+LOCAL_GATEWAY_SECRET_HEADER = "X-Local-Gateway-Secret"
+
+_local_gateway_secret: str | None = None
+
+
+def trust_local_gateway(secret: str) -> None:
+    """Called by the local gateway at start: this process's calls to it carry `secret`.
+
+    Kept in memory only (not in the environment), so no child process (a sandbox, s3fs)
+    inherits it.
+    """
+    global _local_gateway_secret
+    _local_gateway_secret = secret
+
+
+def _add_gateway_secret(request: Any, **_: Any) -> None:
+    # Read at send time: a client built before the gateway started still proves itself.
+    if _local_gateway_secret is not None:
+        request.headers[LOCAL_GATEWAY_SECRET_HEADER] = _local_gateway_secret
 
 
 class GatewayAwareSession(boto3.session.Session):
@@ -23,13 +44,16 @@ class GatewayAwareSession(boto3.session.Session):
 
     def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         gateway = os.environ.get("LOCAL_GATEWAY_URL")
-        if gateway and service_name in LOCAL_SERVICES:
-            path = urlsplit(kwargs.get("endpoint_url") or "").path
-            kwargs["endpoint_url"] = gateway.rstrip("/") + path
-            kwargs.setdefault("aws_access_key_id", "local")
-            kwargs.setdefault("aws_secret_access_key", "local")
-            kwargs.setdefault("region_name", os.environ.get("AWS_REGION") or "us-east-1")
-        return super().client(service_name, *args, **kwargs)
+        if not (gateway and service_name in LOCAL_SERVICES):
+            return super().client(service_name, *args, **kwargs)
+        path = urlsplit(kwargs.get("endpoint_url") or "").path
+        kwargs["endpoint_url"] = gateway.rstrip("/") + path
+        kwargs.setdefault("aws_access_key_id", "local")
+        kwargs.setdefault("aws_secret_access_key", "local")
+        kwargs.setdefault("region_name", os.environ.get("AWS_REGION") or "us-east-1")
+        client = super().client(service_name, *args, **kwargs)
+        client.meta.events.register("before-sign", _add_gateway_secret)
+        return client
 
 
 def aws_session() -> boto3.session.Session:

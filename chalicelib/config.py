@@ -139,7 +139,7 @@ class Settings(_Frozen):
                 websocket_url=get("WEBSOCKET_URL"),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
                 if get("CORS_ALLOW_ORIGINS") is not None
-                else (() if environment == "production" else ("*",)),
+                else _default_origins(get, environment),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
                 local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
@@ -170,6 +170,21 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         access_key_id=get("R2_ACCESS_KEY_ID"),
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
     )
+
+
+def _default_origins(get, environment: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """Browser origins allowed when CORS_ALLOW_ORIGINS is unset (see chalicelib/web/cors.py)."""
+    if environment == "production":
+        return ()
+    if get("API_KEY") is not None:
+        return ("*",)
+    # Open development: only the console the local gateway serves itself. `localhost` is
+    # listed too (a browser cannot be tricked into resolving it elsewhere); a DNS name that
+    # merely points at 127.0.0.1 is not, as that is how a rebinding page would get in.
+    gateway = (get("LOCAL_GATEWAY_URL") or "").rstrip("/")
+    if not gateway:
+        return ()
+    return (gateway, gateway.replace("://127.0.0.1:", "://localhost:", 1)) if "://127.0.0.1:" in gateway else (gateway,)
 
 
 def _int(get, name: str, default: int) -> int:  # type: ignore[no-untyped-def]

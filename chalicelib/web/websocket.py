@@ -18,6 +18,7 @@ from chalicelib.realtime.dispatch import LambdaDispatcher
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.sender import ChaliceSender
 from chalicelib.realtime.service import WsEvent
+from chalicelib.web.cors import origin_refused
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,15 @@ def container() -> Container:
 def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
     try:
-        decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
+        services = container()
+        ws_event = WsEvent.from_lambda_event(event.to_dict())
+        # Browsers let any page open a websocket anywhere, sending its Origin: the same
+        # allow-list as CORS decides, before any token is looked at.
+        refused = origin_refused(services.settings, ws_event.headers or {})
+        if refused is not None:
+            return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
+                            headers={"Content-Type": "application/json"})
+        decision = services.realtime.connect(ws_event)
     except AppError as exc:
         return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
     if decision.status == 200:
