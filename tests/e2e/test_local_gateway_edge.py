@@ -5,16 +5,24 @@ misread; and every refusal is JSON."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+
+from tests.support.api import ROOT
+from tests.support.sandbox_host import free_port
 
 EVIL = "https://evil.example"
 
@@ -144,3 +152,32 @@ def _rss_bytes() -> int:
     with open("/proc/self/status") as status:
         kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return kb * 1024
+
+
+@pytest.mark.slow
+def test_session_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_GATEWAY_URL", "API_KEY")}
+    env |= {"DATA_DIR": str(tmp_path / "data"), "SANDBOX_ROOT": str(tmp_path / "sb"), "SANDBOX_ALLOW_UNISOLATED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "devserver", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    api = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(api + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        setup = httpx.post(f"{api}/setup/sess-log?userId=alice", timeout=30).json()
+        token = setup["token"]
+        with connect(f"{setup['websocketUrl']}&token={token}") as ws:
+            ws.send(json.dumps({"action": "get_history"}))
+            assert json.loads(ws.recv(timeout=10))["event"] == "history"
+        with pytest.raises(InvalidStatus):  # a refused connection is logged too
+            connect(f"{setup['websocketUrl']}&token={token}x")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert "/ws?sessionId=sess-log&token=[redacted]" in output, output[-2000:]
+    assert token not in output
