@@ -41,6 +41,11 @@ class StorageSettings(_Frozen):
     r2_account_id: str | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+    # With a Cloudflare API token, sandbox mounts get R2 temporary credentials scoped to one
+    # user's skills for one session's lifetime, never the keys above.
+    cloudflare_api_token: SecretStr | None = None
+    cloudflare_api_base_url: str = "https://api.cloudflare.com/client/v4"
+    session_lifetime_seconds: int = Field(default=86_400, ge=60, le=604_800)
 
 
 class SandboxSettings(_Frozen):
@@ -169,6 +174,9 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         r2_account_id=account,
         access_key_id=get("R2_ACCESS_KEY_ID"),
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
+        cloudflare_api_token=get("CLOUDFLARE_API_TOKEN"),
+        cloudflare_api_base_url=get("CLOUDFLARE_API_BASE_URL") or "https://api.cloudflare.com/client/v4",
+        session_lifetime_seconds=_int(get, "SESSION_LIFETIME_SECONDS", 86_400),
     )
 
 
