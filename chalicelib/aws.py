@@ -33,8 +33,10 @@ def trust_local_gateway(secret: str) -> None:
 
 
 def _add_gateway_secret(request: Any, **_: Any) -> None:
-    # Read at send time: a client built before the gateway started still proves itself.
-    if _local_gateway_secret is not None:
+    # Read at send time (a client built before the gateway started still proves itself), and
+    # only toward the local gateway: nothing is added to calls that go to AWS.
+    gateway = os.environ.get("LOCAL_GATEWAY_URL")
+    if _local_gateway_secret is not None and gateway and request.url.startswith(gateway.rstrip("/") + "/"):
         request.headers[LOCAL_GATEWAY_SECRET_HEADER] = _local_gateway_secret
 
 
@@ -44,18 +46,18 @@ class GatewayAwareSession(boto3.session.Session):
 
     def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         gateway = os.environ.get("LOCAL_GATEWAY_URL")
-        if not (gateway and service_name in LOCAL_SERVICES):
-            return super().client(service_name, *args, **kwargs)
-        path = urlsplit(kwargs.get("endpoint_url") or "").path
-        kwargs["endpoint_url"] = gateway.rstrip("/") + path
-        kwargs.setdefault("aws_access_key_id", "local")
-        kwargs.setdefault("aws_secret_access_key", "local")
-        kwargs.setdefault("region_name", os.environ.get("AWS_REGION") or "us-east-1")
-        client = super().client(service_name, *args, **kwargs)
-        client.meta.events.register("before-sign", _add_gateway_secret)
-        return client
+        if gateway and service_name in LOCAL_SERVICES:
+            path = urlsplit(kwargs.get("endpoint_url") or "").path
+            kwargs["endpoint_url"] = gateway.rstrip("/") + path
+            kwargs.setdefault("aws_access_key_id", "local")
+            kwargs.setdefault("aws_secret_access_key", "local")
+            kwargs.setdefault("region_name", os.environ.get("AWS_REGION") or "us-east-1")
+        return super().client(service_name, *args, **kwargs)
 
 
 def aws_session() -> boto3.session.Session:
     """The session for the websocket API and the Lambda client."""
-    return GatewayAwareSession()
+    session = GatewayAwareSession()
+    for service in LOCAL_SERVICES:  # clients copy the session's handlers when they are made
+        session.events.register(f"before-sign.{service}", _add_gateway_secret)
+    return session

@@ -39,13 +39,13 @@ class StorageSettings(_Frozen):
     endpoint_url: str | None = None
     region: str = "auto"
     r2_account_id: str | None = None
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
     # With a Cloudflare API token, sandbox mounts get R2 temporary credentials scoped to one
-    # user's skills for one session's lifetime, never the keys above.
+    # user's skills for one session's lifetime, never the R2 keys below.
     cloudflare_api_token: SecretStr | None = None
     cloudflare_api_base_url: str = "https://api.cloudflare.com/client/v4"
     session_lifetime_seconds: int = Field(default=86_400, ge=60, le=604_800)
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
 
 
 class SandboxSettings(_Frozen):
@@ -88,11 +88,11 @@ class Settings(_Frozen):
     )
     cors_allow_origins: tuple[str, ...] = ()
     turn_runner_function: str | None = None
+    # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
+    local_turn_workers: int = Field(default=16, ge=1, le=1024)
     # A running turn reads its session state this often, for interrupts and reconnects: the
     # interrupt latency, and one Class B read per tick while a turn runs.
     turn_poll_seconds: float = Field(default=0.5, ge=0.05, le=3600)
-    # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
-    local_turn_workers: int = Field(default=16, ge=1, le=1024)
 
     @property
     def is_production(self) -> bool:
@@ -142,12 +142,12 @@ class Settings(_Frozen):
                     price_table_json=get("PRICE_TABLE"),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
+                local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
                 if get("CORS_ALLOW_ORIGINS") is not None
                 else _default_origins(get, environment),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
-                local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc
@@ -172,11 +172,11 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         endpoint_url=endpoint,
         region=get("S3_REGION") or ("auto" if account or not get("AWS_REGION") else get("AWS_REGION")),
         r2_account_id=account,
-        access_key_id=get("R2_ACCESS_KEY_ID"),
-        secret_access_key=get("R2_SECRET_ACCESS_KEY"),
         cloudflare_api_token=get("CLOUDFLARE_API_TOKEN"),
         cloudflare_api_base_url=get("CLOUDFLARE_API_BASE_URL") or "https://api.cloudflare.com/client/v4",
         session_lifetime_seconds=_int(get, "SESSION_LIFETIME_SECONDS", 86_400),
+        access_key_id=get("R2_ACCESS_KEY_ID"),
+        secret_access_key=get("R2_SECRET_ACCESS_KEY"),
     )
 
 

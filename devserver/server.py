@@ -76,7 +76,7 @@ class LocalGatewayApp:
         self.lock = threading.Lock()
         # Frames and turns on separate pools: a turn holds its worker for minutes, a frame for
         # milliseconds, so running turns can never starve frames (an interrupt must get through).
-        self.frames = ThreadPoolExecutor(max_workers=frame_workers, thread_name_prefix="ws-frame")
+        self.background = ThreadPoolExecutor(max_workers=frame_workers, thread_name_prefix="ws-frame")
         self.turns = ThreadPoolExecutor(max_workers=turn_workers or Settings.from_env().local_turn_workers,
                                         thread_name_prefix="turn-runner")
         routes = [
@@ -97,7 +97,7 @@ class LocalGatewayApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
-        self.frames.shutdown(wait=False, cancel_futures=True)
+        self.background.shutdown(wait=False, cancel_futures=True)
         self.turns.shutdown(wait=False, cancel_futures=True)
 
     # -- REST ------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ class LocalGatewayApp:
                 text = await ws.receive_text()
                 conn.last_active_at = datetime.now(timezone.utc)
                 # Each frame is its own Lambda invocation; its return value is not sent (as in AWS).
-                self.frames.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
+                self.background.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
                                        self._context("websocket_message"))
         except WebSocketDisconnect:
             pass

@@ -270,22 +270,6 @@ class SessionsService:
             return "r2_load_fallback", f"Mounting storage failed: {exc}", None
         return "r2_mount", None, sorted(p for p in seen if p.startswith(SKILLS_DIR + "/"))
 
-    def _mount_spec(self, user_id: str) -> MountSpec | None:
-        storage = self.settings.storage
-        if storage.backend == "local":
-            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
-        if storage.access_key_id is None or storage.secret_access_key is None:
-            return None
-        return MountSpec(
-            kind="s3",
-            bucket=storage.bucket,
-            prefix=layout.skills_prefix(user_id),
-            endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
-            region=storage.region,
-            access_key_id=storage.access_key_id,
-            secret_access_key=storage.secret_access_key,
-        )
-
     def _scope_credentials(self, spec: MountSpec, user_id: str) -> MountSpec:
         """With CLOUDFLARE_API_TOKEN, swap the server's R2 keys for temporary ones that reach only
         this user's skills, for one session's lifetime. Never falls back to the server's keys."""
@@ -304,6 +288,22 @@ class SessionsService:
         issued = issuer.issue([layout.skills_prefix(user_id)], storage.session_lifetime_seconds, "object-read-write")
         return spec.model_copy(update={"access_key_id": issued.access_key_id, "secret_access_key": issued.secret_access_key,
                                        "session_token": issued.session_token})
+
+    def _mount_spec(self, user_id: str) -> MountSpec | None:
+        storage = self.settings.storage
+        if storage.backend == "local":
+            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
+        if storage.access_key_id is None or storage.secret_access_key is None:
+            return None
+        return MountSpec(
+            kind="s3",
+            bucket=storage.bucket,
+            prefix=layout.skills_prefix(user_id),
+            endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
+            region=storage.region,
+            access_key_id=storage.access_key_id,
+            secret_access_key=storage.secret_access_key,
+        )
 
     def _load_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle) -> list[str]:
         """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files).

@@ -13,12 +13,12 @@ from chalicelib import secrets
 from chalicelib.config import Settings
 from chalicelib.aws import aws_session
 from chalicelib.container import Container, get_container
+from chalicelib.web.cors import origin_refused
 from chalicelib.errors import AppError
 from chalicelib.realtime.dispatch import LambdaDispatcher
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.sender import ChaliceSender
 from chalicelib.realtime.service import WsEvent
-from chalicelib.web.cors import origin_refused
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,10 @@ def container() -> Container:
 def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
     try:
-        services = container()
-        ws_event = WsEvent.from_lambda_event(event.to_dict())
-        # Browsers let any page open a websocket anywhere, sending its Origin: the same
-        # allow-list as CORS decides, before any token is looked at.
-        refused = origin_refused(services.settings, ws_event.headers or {})
+        refused = _origin_refusal(event)
         if refused is not None:
-            return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
-                            headers={"Content-Type": "application/json"})
-        decision = services.realtime.connect(ws_event)
+            return refused
+        decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
     except AppError as exc:
         return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
     if decision.status == 200:
@@ -77,3 +72,13 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     dispatcher = LambdaDispatcher(aws_session().client("lambda"), name) if name and name != "turn_runner" else services.dispatcher
     ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id))
     return {"sessionId": session_id, "turns": ran}
+
+
+def _origin_refusal(event: WebsocketEvent) -> Response | None:
+    """A 403 for a browser page whose Origin is not allowed (the same allow-list as CORS),
+    decided before any token is looked at: browsers let any page open a websocket anywhere."""
+    refused = origin_refused(container().settings, event.to_dict().get("headers") or {})
+    if refused is None:
+        return None
+    return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
+                    headers={"Content-Type": "application/json"})
