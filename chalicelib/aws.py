@@ -54,10 +54,12 @@ class GatewayAwareSession(boto3.session.Session):
             kwargs.setdefault("region_name", os.environ.get("AWS_REGION") or "us-east-1")
         return super().client(service_name, *args, **kwargs)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for service in LOCAL_SERVICES:  # clients copy the session's handlers when they are made
+            self.events.register(f"before-sign.{service}", _add_gateway_secret)
+
 
 def aws_session() -> boto3.session.Session:
     """The session for the websocket API and the Lambda client."""
-    session = GatewayAwareSession()
-    for service in LOCAL_SERVICES:  # clients copy the session's handlers when they are made
-        session.events.register(f"before-sign.{service}", _add_gateway_secret)
-    return session
+    return GatewayAwareSession()
