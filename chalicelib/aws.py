@@ -17,29 +17,6 @@ from urllib.parse import urlsplit
 import boto3
 
 LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
-LOCAL_GATEWAY_SECRET_HEADER = "X-Local-Gateway-Secret"
-
-_local_gateway_secret: str | None = None
-
-
-def trust_local_gateway(secret: str) -> None:
-    """Called by the local gateway at start: this process's calls to it carry `secret`.
-
-    Kept in memory only (not in the environment), so no child process (a sandbox, s3fs)
-    inherits it.
-    """
-    global _local_gateway_secret
-    _local_gateway_secret = secret
-
-
-def _add_gateway_secret(request: Any, **_: Any) -> None:
-    # Read at send time (a client built before the gateway started still proves itself), and
-    # only toward the local gateway: nothing is added to calls that go to AWS.
-    gateway = os.environ.get("LOCAL_GATEWAY_URL")
-    if _local_gateway_secret is not None and gateway and request.url.startswith(gateway.rstrip("/") + "/"):
-        request.headers[LOCAL_GATEWAY_SECRET_HEADER] = _local_gateway_secret
-
-
 class GatewayAwareSession(boto3.session.Session):
     """A boto3 Session whose management-API and Lambda clients reach the local gateway when
     LOCAL_GATEWAY_URL is set, and AWS otherwise."""
@@ -63,3 +40,26 @@ class GatewayAwareSession(boto3.session.Session):
 def aws_session() -> boto3.session.Session:
     """The session for the websocket API and the Lambda client."""
     return GatewayAwareSession()
+
+
+LOCAL_GATEWAY_SECRET_HEADER = "X-Local-Gateway-Secret"
+
+_local_gateway_secret: str | None = None
+
+
+def trust_local_gateway(secret: str) -> None:
+    """Called by the local gateway at start: this process's calls to it carry `secret`.
+
+    Kept in memory only (not in the environment), so no child process (a sandbox, s3fs)
+    inherits it.
+    """
+    global _local_gateway_secret
+    _local_gateway_secret = secret
+
+
+def _add_gateway_secret(request: Any, **_: Any) -> None:
+    # Read at send time (a client built before the gateway started still proves itself), and
+    # only toward the local gateway: nothing is added to calls that go to AWS.
+    gateway = os.environ.get("LOCAL_GATEWAY_URL")
+    if _local_gateway_secret is not None and gateway and request.url.startswith(gateway.rstrip("/") + "/"):
+        request.headers[LOCAL_GATEWAY_SECRET_HEADER] = _local_gateway_secret

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     project = args.project_dir.resolve()
     sys.path.insert(0, str(project))
     _load_dotenv(project / ".env")
-    from devserver import logs
     from devserver.server import LocalGatewayApp, load_config
+    from devserver.logs import redact_tokens
 
     config = load_config(project, args.stage)
     for key, value in config.environment_variables.items():
@@ -39,13 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     _banner(base)
     import uvicorn
 
-    logs.install()  # tokens redacted, /@connections calls skipped
+    logging.getLogger("uvicorn.access").addFilter(_skip_management_calls)
+    redact_tokens()
     # API Gateway negotiates no permessage-deflate, so neither does its stand-in: clients see
     # the same frames, and the relay spends no CPU compressing every streamed delta.
     # Frames capped at API Gateway's 128 KB message limit.
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
                 ws_max_size=128 * 1024, log_level="info", access_log=True)
     return 0
+
+
+def _skip_management_calls(record: logging.LogRecord) -> bool:
+    """Keep the access log readable: one streamed answer makes thousands of /@connections calls."""
+    message = record.getMessage()
+    return "/@connections/" not in message and "/%40connections/" not in message  # uvicorn logs it quoted
 
 
 def _load_dotenv(path: Path) -> None:

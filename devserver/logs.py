@@ -1,4 +1,4 @@
-"""The local gateway's log filters: readable access logs that never hold a session token."""
+"""The local gateway's log filter: no session token in any log line."""
 
 from __future__ import annotations
 
@@ -27,16 +27,9 @@ class RedactTokens(logging.Filter):
         return True
 
 
-def skip_management_calls(record: logging.LogRecord) -> bool:
-    """Keep the access log readable: one streamed answer makes thousands of /@connections calls."""
-    message = record.getMessage()
-    return "/@connections/" not in message and "/%40connections/" not in message  # uvicorn logs it quoted
-
-
-def install() -> None:
-    """Attach the filters to the loggers uvicorn writes requests to (filters on a logger see
-    only the records logged to it, so each logger that logs a path gets its own)."""
+def redact_tokens() -> None:
+    """Redact tokens on every logger that writes request paths (a filter on a logger sees only
+    the records logged to that logger, so each gets its own)."""
     redaction = RedactTokens()
     for name in ("uvicorn.access", "uvicorn.error", "gateway"):
         logging.getLogger(name).addFilter(redaction)
-    logging.getLogger("uvicorn.access").addFilter(skip_management_calls)
