@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import boto3
 
 LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
+
+
 class GatewayAwareSession(boto3.session.Session):
     """A boto3 Session whose management-API and Lambda clients reach the local gateway when
     LOCAL_GATEWAY_URL is set, and AWS otherwise."""
