@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     project = args.project_dir.resolve()
     sys.path.insert(0, str(project))
     _load_dotenv(project / ".env")
-    from devserver.server import LocalGatewayApp, load_config
     from devserver.logs import redact_tokens
+    from devserver.server import LocalGatewayApp, load_config
 
     config = load_config(project, args.stage)
     for key, value in config.environment_variables.items():

@@ -13,7 +13,6 @@ from chalicelib import secrets
 from chalicelib.config import Settings
 from chalicelib.aws import aws_session
 from chalicelib.container import Container, get_container
-from chalicelib.web.cors import origin_refused
 from chalicelib.errors import AppError
 from chalicelib.realtime.dispatch import LambdaDispatcher
 from chalicelib.realtime.protocol import error_frame
@@ -77,6 +76,8 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
 def _origin_refusal(event: WebsocketEvent) -> Response | None:
     """A 403 for a browser page whose Origin is not allowed (the same allow-list as CORS),
     decided before any token is looked at: browsers let any page open a websocket anywhere."""
+    from chalicelib.web.cors import origin_refused
+
     refused = origin_refused(container().settings, event.to_dict().get("headers") or {})
     if refused is None:
         return None

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from chalicelib.storage.r2_credentials import MAX_TTL_SECONDS, R2TemporaryCredentials, TemporaryCredentialsError
+from chalicelib.storage.r2_credentials import (
+    MAX_TTL_SECONDS,
+    R2TemporaryCredentials,
+    TemporaryCredentialsError,
+)
 from tests.fakes.fake_cloudflare import FakeCloudflare
 from tests.support.sandbox_host import free_port
 
