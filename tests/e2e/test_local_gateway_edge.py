@@ -1,6 +1,6 @@
 """What the local gateway refuses before the app runs: a page on another origin (a drive-by),
-calls to its AWS API routes that are not the app's own, oversized bodies, paths Chalice would
-misread; and every refusal is JSON."""
+calls to its AWS API routes that are not the app's own, oversized bodies and frames, paths
+Chalice would misread; every refusal is JSON, and no token reaches the log."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support.api import ROOT
@@ -174,6 +174,10 @@ def test_session_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
         with connect(f"{setup['websocketUrl']}&token={token}") as ws:
             ws.send(json.dumps({"action": "get_history"}))
             assert json.loads(ws.recv(timeout=10))["event"] == "history"
+            ws.send(json.dumps({"action": "message", "prompt": "x" * 200_000}))  # past API Gateway's 128 KB
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
         with pytest.raises(InvalidStatus):  # a refused connection is logged too
             connect(f"{setup['websocketUrl']}&token={token}x")
     finally:
