@@ -42,6 +42,18 @@ def connect(event: WebsocketEvent) -> Response:
                     headers={"Content-Type": "application/json"})
 
 
+def _origin_refusal(event: WebsocketEvent) -> Response | None:
+    """A 403 for a browser page whose Origin is not allowed (the same allow-list as CORS),
+    decided before any token is looked at: browsers let any page open a websocket anywhere."""
+    from chalicelib.web.cors import origin_refused
+
+    refused = origin_refused(container().settings, event.to_dict().get("headers") or {})
+    if refused is None:
+        return None
+    return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
+                    headers={"Content-Type": "application/json"})
+
+
 def message(event: WebsocketEvent, websocket_api: Any) -> None:
     """$default: one client frame."""
     sender = ChaliceSender(websocket_api)
@@ -71,15 +83,3 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     dispatcher = LambdaDispatcher(aws_session().client("lambda"), name) if name and name != "turn_runner" else services.dispatcher
     ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id))
     return {"sessionId": session_id, "turns": ran}
-
-
-def _origin_refusal(event: WebsocketEvent) -> Response | None:
-    """A 403 for a browser page whose Origin is not allowed (the same allow-list as CORS),
-    decided before any token is looked at: browsers let any page open a websocket anywhere."""
-    from chalicelib.web.cors import origin_refused
-
-    refused = origin_refused(container().settings, event.to_dict().get("headers") or {})
-    if refused is None:
-        return None
-    return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
-                    headers={"Content-Type": "application/json"})
