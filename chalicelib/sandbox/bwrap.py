@@ -231,6 +231,9 @@ class LocalSandbox:
     def mount_bucket(self, spec: MountSpec) -> list[str]:
         """Mount the user's prefix at /workspace/.claude, verify it, return the paths seen."""
         self._alive()
+        # A new setup replaces the mount (with fresh credentials): s3fs refuses a mountpoint that
+        # is still in use, and files must never be reloaded through a stale mount.
+        self._unmount()
         if spec.kind == "bind":
             source = Path(spec.source_dir or "")
             if not spec.source_dir or not source.is_dir():

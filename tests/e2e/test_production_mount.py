@@ -136,6 +136,17 @@ def test_the_agent_cannot_see_or_rewrite_settings_or_conversations(production: P
     assert BUCKET_WIDE_SECRET not in json.dumps(s3fs)
 
 
+def test_a_new_setup_mounts_again_with_fresh_credentials(production: Production) -> None:
+    http = production.world.http
+    assert http.post("/users/alice/skills", json={"name": "debugging.md", "content": "# Debugging\n\nRead the logs."}).status_code == 200
+    assert http.post("/setup/sess-prod?userId=alice").json()["setupMethod"] == "r2_mount"
+    again = http.post("/setup/sess-prod?userId=alice").json()
+    assert again["setupMethod"] == "r2_mount", again  # not stacked on (or reloaded through) the old mount
+    first, second = production.cloudflare.issued
+    assert first.session_token != second.session_token
+    assert _s3fs_environment(production.host_root).get("AWS_SESSION_TOKEN") == second.session_token
+
+
 def test_refused_temporary_credentials_fall_back_to_copies_never_to_the_server_s_keys(
         production: Production, monkeypatch: pytest.MonkeyPatch) -> None:
     http = production.world.http
