@@ -261,6 +261,13 @@ class SessionsService:
         try:
             spec = self._scope_credentials(spec, user_id)
         except TemporaryCredentialsError as exc:
+            previous = self._load_record(sandbox.session_id)
+            if previous is not None and previous[0].setup_method == "r2_mount":
+                # Its sandbox may still hold the old mount: loading files would go through it
+                # (deleting and rewriting the user's skills in storage). The old mount stays as it is.
+                raise ServiceUnavailable(
+                    f"The session's storage mount could not be renewed: {exc} Retry POST /setup later, "
+                    "or set up a new sessionId.", code="mount_credentials_unavailable") from exc
             log.warning("no temporary credentials for user %s, loading files instead: %s", user_id, exc)
             return "r2_load_fallback", f"Temporary credentials for the mount were not issued: {exc}", None
         try:

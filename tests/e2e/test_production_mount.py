@@ -159,6 +159,17 @@ def test_refused_temporary_credentials_fall_back_to_copies_never_to_the_server_s
     assert production.cloudflare.refused == ["Authentication error"] and _s3fs_environment(production.host_root) == {}
 
 
+def test_a_mounted_session_is_never_reloaded_through_its_old_mount(production: Production, monkeypatch: pytest.MonkeyPatch) -> None:
+    http = production.world.http
+    assert http.post("/users/alice/skills", json={"name": "debugging.md", "content": "# Debugging\n\nRead the logs."}).status_code == 200
+    assert http.post("/setup/sess-prod?userId=alice").json()["setupMethod"] == "r2_mount"
+    skills_before = {k: production.raw(k) for k in production.keys() if k.startswith("users/alice/skills/")}
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "a-wrong-token")
+    again = http.post("/setup/sess-prod?userId=alice")
+    assert again.status_code == 503 and again.json()["code"] == "mount_credentials_unavailable", again.text
+    assert {k: production.raw(k) for k in production.keys() if k.startswith("users/alice/skills/")} == skills_before
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
