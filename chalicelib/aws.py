@@ -3,7 +3,9 @@
 Chalice builds the management API endpoint as `https://{apiId}.execute-api.{region}.amazonaws.com/{stage}`
 and the turn runner is started with `lambda.invoke`. Under the local gateway (LOCAL_GATEWAY_URL
 is set) those clients are pointed at the gateway over plain HTTP, keeping the endpoint's path
-(the stage), so exactly the same botocore calls run locally as in AWS.
+(the stage), so exactly the same botocore calls run locally as in AWS. Each such call carries
+the gateway's per-process secret (`trust_local_gateway`), which is how the gateway tells the
+app's own calls from anyone else's on the same port.
 """
 
 from __future__ import annotations
@@ -60,7 +62,35 @@ class GatewayAwareSession(boto3.session.Session):
             kwargs.setdefault("region_name", self.region_name)
         return super().client(service_name, *args, **kwargs)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for service in LOCAL_SERVICES:  # clients copy the session's handlers when they are made
+            self.events.register(f"before-sign.{service}", _add_gateway_secret)
+
 
 def aws_session() -> boto3.session.Session:
     """The session for the websocket API and the Lambda client."""
     return GatewayAwareSession()
+
+
+LOCAL_GATEWAY_SECRET_HEADER = "X-Local-Gateway-Secret"
+
+_local_gateway_secret: str | None = None
+
+
+def trust_local_gateway(secret: str) -> None:
+    """Called by the local gateway at start: this process's calls to it carry `secret`.
+
+    Kept in memory only (not in the environment), so no child process (a sandbox, s3fs)
+    inherits it.
+    """
+    global _local_gateway_secret
+    _local_gateway_secret = secret
+
+
+def _add_gateway_secret(request: Any, **_: Any) -> None:
+    # Read at send time (a client built before the gateway started still proves itself), and
+    # only toward the local gateway: nothing is added to calls that go to AWS.
+    gateway = os.environ.get("LOCAL_GATEWAY_URL")
+    if _local_gateway_secret is not None and gateway and request.url.startswith(gateway.rstrip("/") + "/"):
+        request.headers[LOCAL_GATEWAY_SECRET_HEADER] = _local_gateway_secret

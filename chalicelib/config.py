@@ -41,6 +41,11 @@ class StorageSettings(_Frozen):
     endpoint_url: str | None = None
     region: str = "auto"
     r2_account_id: str | None = None
+    # With a Cloudflare API token, sandbox mounts get R2 temporary credentials scoped to one
+    # user's skills for one session's lifetime, never the R2 keys below.
+    cloudflare_api_token: SecretStr | None = None
+    cloudflare_api_base_url: str = "https://api.cloudflare.com/client/v4"
+    session_lifetime_seconds: int = Field(default=86_400, ge=60, le=604_800)
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     # Sized so that a hung endpoint costs one storage call at most
@@ -99,6 +104,8 @@ class Settings(_Frozen):
     )
     cors_allow_origins: tuple[str, ...] = ()
     turn_runner_function: str | None = None
+    # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
+    local_turn_workers: int = Field(default=16, ge=1, le=1024)
     # A running turn reads its session state this often, for interrupts and reconnects: the
     # interrupt latency, and one Class B read per tick while a turn runs.
     turn_poll_seconds: float = Field(default=0.5, ge=0.05, le=3600)
@@ -155,9 +162,10 @@ class Settings(_Frozen):
                     permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
+                local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
                 if get("CORS_ALLOW_ORIGINS") is not None
-                else (() if environment == "production" else ("*",)),
+                else _default_origins(get, environment),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
             )
@@ -236,12 +244,30 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         endpoint_url=endpoint,
         region=get("S3_REGION") or ("auto" if account or not get("AWS_REGION") else get("AWS_REGION")),
         r2_account_id=account,
+        cloudflare_api_token=get("CLOUDFLARE_API_TOKEN"),
+        cloudflare_api_base_url=get("CLOUDFLARE_API_BASE_URL") or "https://api.cloudflare.com/client/v4",
+        session_lifetime_seconds=_int(get, "SESSION_LIFETIME_SECONDS", 86_400),
         access_key_id=get("R2_ACCESS_KEY_ID"),
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
         connect_timeout=_float(get, "STORAGE_CONNECT_TIMEOUT", 2.0),
         read_timeout=_float(get, "STORAGE_READ_TIMEOUT", 5.0),
         max_attempts=_int(get, "STORAGE_MAX_ATTEMPTS", 3),
     )
+
+
+def _default_origins(get, environment: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """Browser origins allowed when CORS_ALLOW_ORIGINS is unset (see chalicelib/web/cors.py)."""
+    if environment == "production":
+        return ()
+    if get("API_KEY") is not None:
+        return ("*",)
+    # Open development: only the console the local gateway serves itself. `localhost` is
+    # listed too (a browser cannot be tricked into resolving it elsewhere); a DNS name that
+    # merely points at 127.0.0.1 is not, as that is how a rebinding page would get in.
+    gateway = (get("LOCAL_GATEWAY_URL") or "").rstrip("/")
+    if not gateway:
+        return ()
+    return (gateway, gateway.replace("://127.0.0.1:", "://localhost:", 1)) if "://127.0.0.1:" in gateway else (gateway,)
 
 
 def _int(get, name: str, default: int) -> int:  # type: ignore[no-untyped-def]

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     project = args.project_dir.resolve()
     sys.path.insert(0, str(project))
     _load_dotenv(project / ".env")
+    from devserver.logs import redact_tokens
     from devserver.server import LocalGatewayApp, load_config
 
     config = load_config(project, args.stage)
@@ -49,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     logging.getLogger("uvicorn.access").addFilter(_skip_management_calls)
+    redact_tokens()
     # API Gateway negotiates no permessage-deflate, so neither does its stand-in: clients see
     # the same frames, and the relay spends no CPU compressing every streamed delta.
+    # Frames capped at API Gateway's 128 KB message limit.
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
-                log_level="info", access_log=True)
+                ws_max_size=128 * 1024, log_level="info", access_log=True)
     return 0
 
 

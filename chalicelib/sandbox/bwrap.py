@@ -231,6 +231,9 @@ class LocalSandbox:
     def mount_bucket(self, spec: MountSpec) -> list[str]:
         """Mount the user's prefix at /workspace/.claude, verify it, return the paths seen."""
         self._alive()
+        # A new setup replaces the mount (with fresh credentials): s3fs refuses a mountpoint that
+        # is still in use, and files must never be reloaded through a stale mount.
+        self._unmount()
         if spec.kind == "bind":
             source = Path(spec.source_dir or "")
             if not spec.source_dir or not source.is_dir():
@@ -275,9 +278,18 @@ class LocalSandbox:
             options.append(f"url={spec.endpoint_url}")
         if spec.region and spec.region != "us-east-1":
             options.append(f"endpoint={spec.region}")
+        s3fs_env = {"PATH": os.environ.get("PATH", SANDBOX_PATH)}
+        if spec.session_token is not None:
+            # s3fs takes a session token from its environment (or an AWS credentials file), never
+            # from a passwd file: temporary credentials go to it that way, and nowhere on disk.
+            passwd.unlink()
+            options = [o for o in options if not o.startswith("passwd_file=")] + ["use_session_token"]
+            s3fs_env |= {"AWS_ACCESS_KEY_ID": spec.access_key_id.get_secret_value(),
+                         "AWS_SECRET_ACCESS_KEY": spec.secret_access_key.get_secret_value(),
+                         "AWS_SESSION_TOKEN": spec.session_token.get_secret_value()}
         target = f"{spec.bucket}:/{spec.prefix.strip('/')}"
         proc = subprocess.run(["s3fs", target, str(mountpoint), "-o", ",".join(options)],
-                              capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", SANDBOX_PATH)})
+                              capture_output=True, text=True, timeout=30, env=s3fs_env)
         if proc.returncode != 0:
             raise MountError(f"s3fs failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:300]}")
         deadline = time.monotonic() + 10

@@ -40,6 +40,7 @@ from chalicelib.services.skill_index import SkillIndex, build_index, is_main_fil
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
+from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryCredentialsError
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ class SessionsService:
             raise ServiceUnavailable(f"The sandbox could not be created: {exc}", code="sandbox_failed") from exc
 
     def _try_mount(self, sandbox: Sandbox, user_id: str) -> tuple[SetupMethod, str | None, list[str] | None]:
-        """Production mounts the user's prefix; development (and any failure) loads files."""
+        """Production mounts the user's skills; development (and any failure) loads files."""
         if not self.settings.is_production:
             return "r2_load_dev", None, None
         spec = self._mount_spec(user_id)
@@ -267,22 +268,53 @@ class SessionsService:
         if not self.sandboxes.supports_mount(spec):
             return "r2_load_fallback", "The sandbox host cannot mount storage (no /dev/fuse or s3fs there).", None
         try:
+            spec = self._scope_credentials(spec, user_id)
+        except TemporaryCredentialsError as exc:
+            previous = self._load_record(sandbox.session_id)
+            if previous is not None and previous[0].setup_method == "r2_mount":
+                # Its sandbox may still hold the old mount: loading files would go through it
+                # (deleting and rewriting the user's skills in storage). The old mount stays as it is.
+                raise ServiceUnavailable(
+                    f"The session's storage mount could not be renewed: {exc} Retry POST /setup later, "
+                    "or set up a new sessionId.", code="mount_credentials_unavailable") from exc
+            log.warning("no temporary credentials for user %s, loading files instead: %s", user_id, exc)
+            return "r2_load_fallback", f"Temporary credentials for the mount were not issued: {exc}", None
+        try:
             seen = sandbox.mount_bucket(spec)
         except MountError as exc:
             log.warning("mount failed for user %s, loading files instead: %s", user_id, exc)
             return "r2_load_fallback", f"Mounting storage failed: {exc}", None
         return "r2_mount", None, sorted(p for p in seen if p.startswith(SKILLS_DIR + "/"))
 
+    def _scope_credentials(self, spec: MountSpec, user_id: str) -> MountSpec:
+        """With CLOUDFLARE_API_TOKEN, swap the server's R2 keys for temporary ones that reach only
+        this user's skills, for one session's lifetime. Never falls back to the server's keys."""
+        storage = self.settings.storage
+        if spec.kind != "s3" or storage.cloudflare_api_token is None:
+            return spec
+        if not storage.r2_account_id or storage.access_key_id is None:
+            raise TemporaryCredentialsError(
+                "CLOUDFLARE_API_TOKEN is set, but R2_ACCOUNT_ID and R2_ACCESS_KEY_ID (the parent token's Access Key ID) "
+                "are needed too: set them."
+            )
+        issuer = R2TemporaryCredentials(
+            api_token=storage.cloudflare_api_token, account_id=storage.r2_account_id, bucket=storage.bucket,
+            parent_access_key_id=storage.access_key_id.get_secret_value(), base_url=storage.cloudflare_api_base_url,
+        )
+        issued = issuer.issue([layout.skills_prefix(user_id)], storage.session_lifetime_seconds, "object-read-write")
+        return spec.model_copy(update={"access_key_id": issued.access_key_id, "secret_access_key": issued.secret_access_key,
+                                       "session_token": issued.session_token})
+
     def _mount_spec(self, user_id: str) -> MountSpec | None:
         storage = self.settings.storage
         if storage.backend == "local":
-            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.user_prefix(user_id)).resolve()))
+            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
         if storage.access_key_id is None or storage.secret_access_key is None:
             return None
         return MountSpec(
             kind="s3",
             bucket=storage.bucket,
-            prefix=layout.user_prefix(user_id),
+            prefix=layout.skills_prefix(user_id),
             endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
             region=storage.region,
             access_key_id=storage.access_key_id,

@@ -36,12 +36,27 @@ def connect(event: WebsocketEvent) -> Response:
     from chalicelib.realtime.service import WsEvent
 
     try:
+        refused = _origin_refusal(event)
+        if refused is not None:
+            return refused
         decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
     except AppError as exc:
         return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
     if decision.status == 200:
         return Response(body="", status_code=200)
     return Response(body=json.dumps({"error": decision.error, "code": decision.code}), status_code=decision.status,
+                    headers={"Content-Type": "application/json"})
+
+
+def _origin_refusal(event: WebsocketEvent) -> Response | None:
+    """A 403 for a browser page whose Origin is not allowed (the same allow-list as CORS),
+    decided before any token is looked at: browsers let any page open a websocket anywhere."""
+    from chalicelib.web.cors import origin_refused
+
+    refused = origin_refused(container().settings, event.to_dict().get("headers") or {})
+    if refused is None:
+        return None
+    return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
                     headers={"Content-Type": "application/json"})
 
 
