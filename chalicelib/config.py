@@ -7,7 +7,8 @@ README's configuration table and the code cannot drift apart silently.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -22,8 +23,9 @@ StorageBackend = Literal["local", "s3"]
 
 DEFAULT_BUCKET = "claude-agent-user-data"
 DEFAULT_DATA_DIR = "./.data"
-# claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
-DEFAULT_MODEL = "claude-sonnet-4-6"
+# The newest generally available Sonnet in the installed anthropic package's Model literal
+# (2.14.0). claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
+DEFAULT_MODEL = "claude-sonnet-5-5"
 
 
 class _Frozen(BaseModel):
@@ -39,8 +41,19 @@ class StorageSettings(_Frozen):
     endpoint_url: str | None = None
     region: str = "auto"
     r2_account_id: str | None = None
+    # With a Cloudflare API token, sandbox mounts get R2 temporary credentials scoped to one
+    # user's skills for one session's lifetime, never the R2 keys below.
+    cloudflare_api_token: SecretStr | None = None
+    cloudflare_api_base_url: str = "https://api.cloudflare.com/client/v4"
+    session_lifetime_seconds: int = Field(default=86_400, ge=60, le=604_800)
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+    # Sized so that a hung endpoint costs one storage call at most
+    # max_attempts x read_timeout (+ a fraction of a second of backoff): 15.2 s by default,
+    # inside API Gateway's 29 s (README, "Storage timeouts").
+    connect_timeout: float = Field(default=2.0, gt=0, le=60)
+    read_timeout: float = Field(default=5.0, gt=0, le=300)
+    max_attempts: int = Field(default=3, ge=1, le=10)
 
 
 class SandboxSettings(_Frozen):
@@ -68,6 +81,14 @@ class AgentSettings(_Frozen):
     max_tokens: int = 8192
     max_retries: int = 2
     price_table_json: str | None = None
+    # Tokens the working context may use before it is compacted; None: the model's own window.
+    context_window_tokens: int | None = Field(default=None, ge=4_000)
+    # Set by `./scripts/dev --offline-model`: ANTHROPIC_BASE_URL is the local stand-in, not Claude.
+    offline_model: bool = False
+    # A server-wide ceiling on what one user message may cost (USD); None: only the user's own.
+    max_budget_usd: float | None = Field(default=None, gt=0)
+    # How long a turn waits for the user to approve a tool call (permissions: ask) before denying it.
+    permission_timeout_seconds: float = Field(default=300, gt=0, le=3600)
 
 
 class Settings(_Frozen):
@@ -83,6 +104,8 @@ class Settings(_Frozen):
     )
     cors_allow_origins: tuple[str, ...] = ()
     turn_runner_function: str | None = None
+    # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
+    local_turn_workers: int = Field(default=16, ge=1, le=1024)
     # A running turn reads its session state this often, for interrupts and reconnects: the
     # interrupt latency, and one Class B read per tick while a turn runs.
     turn_poll_seconds: float = Field(default=0.5, ge=0.05, le=3600)
@@ -136,17 +159,74 @@ class Settings(_Frozen):
                     max_tokens=_int(get, "MAX_TOKENS", 8192),
                     max_retries=_int(get, "ANTHROPIC_MAX_RETRIES", 2),
                     price_table_json=get("PRICE_TABLE"),
+                    context_window_tokens=_int(get, "CONTEXT_WINDOW_TOKENS", 0) or None,
+                    offline_model=_flag(get("OFFLINE_MODEL")),
+                    max_budget_usd=_float(get, "MAX_BUDGET_USD", 0) or None,
+                    permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
+                local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
                 if get("CORS_ALLOW_ORIGINS") is not None
-                else (() if environment == "production" else ("*",)),
+                else _default_origins(get, environment),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
                 turn_lease_seconds=_float(get, "TURN_LEASE_SECONDS", 10.0),
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc
+
+
+class _RecordingEnv(Mapping[str, str]):
+    """A view of an environment that remembers each name looked up and the value it had."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.read: dict[str, str | None] = {}
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        value = self.read.setdefault(name, self._env.get(name))
+        return default if value is None else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+_current_lock = threading.Lock()
+# (names from_env looked up, their values then, the Settings built from them)
+_current: tuple[tuple[str, ...], tuple[str | None, ...], Settings] | None = None
+
+
+def current_settings() -> Settings:
+    """The process's Settings, read from os.environ once and rebuilt only when it changes.
+
+    Every request and websocket event asks for them, and building them is half of /health's
+    time, so they are cached. The cache is keyed on the values of exactly the variables
+    `Settings.from_env` looked up when it built them (recorded, so a new setting can never be
+    left out of the key): secrets loaded into the environment at a cold start, or a test that
+    sets a variable, get fresh Settings (and so a fresh Container) on the next call.
+    Raises Misconfigured like `Settings.from_env`; a failure is not cached.
+    """
+    global _current
+    cached = _current
+    if cached is not None:
+        names, values, settings = cached
+        if tuple(os.environ.get(n) for n in names) == values:
+            return settings
+    with _current_lock:
+        recorder = _RecordingEnv(os.environ)
+        settings = Settings.from_env(recorder)
+        _current = (tuple(recorder.read), tuple(recorder.read.values()), settings)
+        return settings
 
 
 def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore[no-untyped-def]
@@ -168,9 +248,30 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         endpoint_url=endpoint,
         region=get("S3_REGION") or ("auto" if account or not get("AWS_REGION") else get("AWS_REGION")),
         r2_account_id=account,
+        cloudflare_api_token=get("CLOUDFLARE_API_TOKEN"),
+        cloudflare_api_base_url=get("CLOUDFLARE_API_BASE_URL") or "https://api.cloudflare.com/client/v4",
+        session_lifetime_seconds=_int(get, "SESSION_LIFETIME_SECONDS", 86_400),
         access_key_id=get("R2_ACCESS_KEY_ID"),
         secret_access_key=get("R2_SECRET_ACCESS_KEY"),
+        connect_timeout=_float(get, "STORAGE_CONNECT_TIMEOUT", 2.0),
+        read_timeout=_float(get, "STORAGE_READ_TIMEOUT", 5.0),
+        max_attempts=_int(get, "STORAGE_MAX_ATTEMPTS", 3),
     )
+
+
+def _default_origins(get, environment: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """Browser origins allowed when CORS_ALLOW_ORIGINS is unset (see chalicelib/web/cors.py)."""
+    if environment == "production":
+        return ()
+    if get("API_KEY") is not None:
+        return ("*",)
+    # Open development: only the console the local gateway serves itself. `localhost` is
+    # listed too (a browser cannot be tricked into resolving it elsewhere); a DNS name that
+    # merely points at 127.0.0.1 is not, as that is how a rebinding page would get in.
+    gateway = (get("LOCAL_GATEWAY_URL") or "").rstrip("/")
+    if not gateway:
+        return ()
+    return (gateway, gateway.replace("://127.0.0.1:", "://localhost:", 1)) if "://127.0.0.1:" in gateway else (gateway,)
 
 
 def _int(get, name: str, default: int) -> int:  # type: ignore[no-untyped-def]

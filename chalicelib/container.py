@@ -10,18 +10,10 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from chalicelib.agent.turn import AgentTurn
 from chalicelib.aws import aws_session
 from chalicelib.config import Settings
-from chalicelib.realtime.connections import ConnectionRegistry
-from chalicelib.realtime.dispatch import LambdaDispatcher, TurnDispatcher
-from chalicelib.realtime.event_log import EventLog
-from chalicelib.realtime.runner import TurnRunner
-from chalicelib.realtime.sender import Sender
-from chalicelib.realtime.service import RealtimeService
-from chalicelib.realtime.state import StateStore
 from chalicelib.sandbox.base import SandboxProvider
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
@@ -30,6 +22,16 @@ from chalicelib.services.user_settings import UserSettingsService
 from chalicelib.services.users import UsersService
 from chalicelib.storage import ObjectStore
 from chalicelib.storage.factory import build_store
+
+if TYPE_CHECKING:
+    # The agent pulls in the anthropic SDK (three quarters of a cold import): only the turn
+    # runner needs it, so REST and websocket handler cold starts must not pay for it. The
+    # realtime package is imported where it is built too: the REST Lambda never uses it.
+    from chalicelib.agent.turn import AgentTurn
+    from chalicelib.realtime.dispatch import TurnDispatcher
+    from chalicelib.realtime.runner import TurnRunner
+    from chalicelib.realtime.sender import Sender
+    from chalicelib.realtime.service import RealtimeService
 
 T = TypeVar("T")
 
@@ -68,6 +70,10 @@ class Container:
     @property
     def sandbox_kind(self) -> str:
         """What runs sessions here, for /health; never raises."""
+        if self.settings.sandbox.url and "sandboxes" not in self._built:
+            # Building the remote client (importing httpx, a TLS context) was a third of the REST
+            # Lambda's first requests: /health names it without building it.
+            return "remote"  # RemoteSandboxProvider.kind, which build_sandbox_provider picks for a URL
         try:
             return self.sandboxes.kind
         except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
@@ -99,6 +105,8 @@ class Container:
 
     @property
     def dispatcher(self) -> TurnDispatcher:
+        from chalicelib.realtime.dispatch import LambdaDispatcher
+
         def build() -> TurnDispatcher:
             function = self.settings.turn_runner_function or "turn_runner"
             return LambdaDispatcher(aws_session().client("lambda"), function)
@@ -107,6 +115,11 @@ class Container:
 
     @property
     def realtime(self) -> RealtimeService:
+        from chalicelib.realtime.connections import ConnectionRegistry
+        from chalicelib.realtime.event_log import EventLog
+        from chalicelib.realtime.service import RealtimeService
+        from chalicelib.realtime.state import StateStore
+
         return self._once("realtime", lambda: RealtimeService(
             self.settings, self.sessions, self.conversations, StateStore(self.store), EventLog(self.store),
             ConnectionRegistry(self.store), self.dispatcher,
@@ -114,10 +127,16 @@ class Container:
 
     @property
     def agent_turn(self) -> AgentTurn:
+        from chalicelib.agent.turn import AgentTurn
+
         return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings))
 
     def turn_runner(self, sender: Sender) -> TurnRunner:
         """A runner sending through `sender` (the app's websocket API)."""
+        from chalicelib.realtime.event_log import EventLog
+        from chalicelib.realtime.runner import TurnRunner
+        from chalicelib.realtime.state import StateStore
+
         return TurnRunner(self.settings, StateStore(self.store), EventLog(self.store), self.sessions,
                           self.conversations, sender, self.agent_turn, poll_interval=self.settings.turn_poll_seconds)
 

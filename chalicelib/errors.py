@@ -51,6 +51,13 @@ class NotFound(AppError):
     code = "not_found"
 
 
+class MethodNotAllowed(AppError):
+    """The path exists but not with this method; `Allow` (in headers) lists the ones it has."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
 class Conflict(AppError):
     status = 409
     code = "conflict"

@@ -11,9 +11,11 @@ import unicodedata
 
 from chalicelib.errors import BadRequest
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \A...\Z, not ^...$: `$` also matches before a trailing newline, which let "alice\n" through.
+# Callers that still use `.match` get the whole-string check from the anchors.
+ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # One path segment of a skill file: printable, no separators, not a dot-segment.
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._ -]{0,127}$")
+_SEGMENT = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._ -]{0,127}\Z")
 MAX_SKILL_PATH_DEPTH = 8
 
 
@@ -21,7 +23,7 @@ def validate_id(value: str | None, kind: str) -> str:
     """Return `value` if it is a valid id of `kind` (userId, sessionId, ...), else raise BadRequest."""
     if value is None or value == "":
         raise BadRequest(f"{kind} is required.", code=f"missing_{_snake(kind)}")
-    if value in (".", "..") or not ID_PATTERN.match(value):
+    if value in (".", "..") or not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise BadRequest(
             f"Invalid {kind} {value!r}: use 1-128 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit.",
@@ -51,7 +53,7 @@ def validate_skill_path(path: str, what: str = "skill file path") -> str:
             f"Invalid {what} {path!r}: at most {MAX_SKILL_PATH_DEPTH} levels deep.", code="invalid_skill_path"
         )
     for segment in segments:
-        if segment in ("", ".", "..") or not _SEGMENT.match(segment) or segment.endswith((" ", ".")):
+        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment) or segment.endswith((" ", ".")):
             raise BadRequest(
                 f"Invalid {what} {path!r}: each part must be 1-128 letters, digits, spaces, '.', '_' "
                 "or '-', must not be '.' or '..', and must not end in a space or dot.",

@@ -26,7 +26,7 @@ from chalicelib.errors import Misconfigured
 log = logging.getLogger(__name__)
 
 REQUIRED = ("API_KEY", "ANTHROPIC_API_KEY", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
-OPTIONAL = ("SANDBOX_TOKEN",)
+OPTIONAL = ("SANDBOX_TOKEN", "CLOUDFLARE_API_TOKEN")
 RETRY_FAILED_AFTER = 60.0
 
 _lock = threading.Lock()

@@ -19,11 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", default="dev", help="the .chalice/config.json stage (default dev)")
     parser.add_argument("--app", default="app:app", help="module:attribute of the Chalice app")
     parser.add_argument("--project-dir", default=".", type=Path)
+    parser.add_argument("--offline-model", action="store_true",
+                        help="answer with a local stand-in for the Messages API (not Claude; no key needed) "
+                             "that lists and reads the user's skills with the bash tool")
     args = parser.parse_args(argv)
 
     project = args.project_dir.resolve()
     sys.path.insert(0, str(project))
     _load_dotenv(project / ".env")
+    from devserver.logs import redact_tokens
     from devserver.server import LocalGatewayApp, load_config
 
     config = load_config(project, args.stage)
@@ -32,20 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     os.environ["LOCAL_GATEWAY_URL"] = base
     os.environ.setdefault("TURN_RUNNER_FUNCTION", "turn_runner")
+    if args.offline_model:
+        from devserver.offline_model import OfflineModel
+
+        # The flag wins over a key in the shell or .env: the user asked for the stand-in.
+        stand_in = OfflineModel().start()
+        os.environ.update({"ANTHROPIC_BASE_URL": stand_in.url, "ANTHROPIC_API_KEY": "offline-stand-in", "OFFLINE_MODEL": "1"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     module_name, _, attribute = args.app.partition(":")
     chalice_app = getattr(importlib.import_module(module_name), attribute or "app")
     gateway = LocalGatewayApp(chalice_app, config, static_dir=project / "web", app_module=module_name)
+    _start_reaper()
     _banner(base)
     _resume_turns_once_up(base)
     import uvicorn
 
     logging.getLogger("uvicorn.access").addFilter(_skip_management_calls)
+    redact_tokens()
     # API Gateway negotiates no permessage-deflate, so neither does its stand-in: clients see
     # the same frames, and the relay spends no CPU compressing every streamed delta.
+    # Frames capped at API Gateway's 128 KB message limit.
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
-                log_level="info", access_log=True)
+                ws_max_size=128 * 1024, log_level="info", access_log=True)
     return 0
 
 
@@ -75,6 +88,21 @@ def _resume_turns_once_up(base: str) -> None:
     threading.Thread(target=resume, name="resume-turns", daemon=True).start()
 
 
+def _start_reaper() -> None:
+    """Local sandboxes are destroyed after SANDBOX_IDLE_TIMEOUT, as on the sandbox host."""
+    from chalicelib.config import Settings
+    from chalicelib.container import get_container
+    from devserver.reaper import IdleReaper
+
+    def provider() -> object | None:
+        try:
+            return get_container(Settings.from_env()).sandboxes
+        except Exception:  # noqa: BLE001 - no sandboxes here (bubblewrap missing): nothing to reap; setup says why
+            return None
+
+    IdleReaper(provider, Settings.from_env().sandbox.idle_timeout_seconds).start()
+
+
 def _skip_management_calls(record: logging.LogRecord) -> bool:
     """Keep the access log readable: one streamed answer makes thousands of /@connections calls."""
     message = record.getMessage()
@@ -96,14 +124,25 @@ def _banner(base: str) -> None:
     storage = settings.storage
     where = f"embedded directory {storage.data_dir.resolve()}" if storage.backend == "local" else (
         f"bucket {storage.bucket} at {storage.endpoint_url or 'AWS S3'}")
+    if settings.agent.offline_model:
+        model = (f"OFFLINE STAND-IN at {settings.agent.anthropic_base_url}, not Claude: canned replies that list and "
+                 "read the user's skills (restart without --offline-model to use ANTHROPIC_API_KEY)")
+    elif settings.agent.anthropic_api_key:
+        model = f"Claude at {settings.agent.anthropic_base_url or 'https://api.anthropic.com'} (ANTHROPIC_API_KEY set)"
+    else:
+        model = "NOT SET: the agent will answer with an error until ANTHROPIC_API_KEY is set (or try --offline-model)"
     lines = [
         f"Claude agent backend ({settings.environment}) on {base}",
         f"  REST       {base}/health",
         f"  WebSocket  {base.replace('http', 'ws', 1)}/ws",
+        f"  console    {base}/",
         f"  storage    {where}",
-        f"  model key  {'set' if settings.agent.anthropic_api_key else 'NOT SET: the agent will answer with an error until ANTHROPIC_API_KEY is set'}",
+        f"  model      {model}",
     ]
-    if settings.api_key is None:
+    if settings.api_key is None and settings.is_production:
+        lines.append("  !!! ENVIRONMENT=production and API_KEY is not set: every request but /health is refused "
+                     "(500 api_key_not_configured). Set API_KEY. !!!")
+    elif settings.api_key is None:
         lines.append("  !!! API_KEY is not set: every endpoint is open (development only). Set API_KEY to require it. !!!")
     print("\n".join(lines), flush=True)
 

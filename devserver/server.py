@@ -4,8 +4,8 @@ management and Lambda Invoke APIs the app calls back into."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import importlib
 import json
 import logging
@@ -23,15 +23,33 @@ from typing import Any
 
 from chalice import Chalice
 from chalice.config import Config
-from chalice.local import ForbiddenError, LambdaContext, LocalGateway, LocalGatewayException, NotAuthorizedError
+from chalice.local import (
+    ForbiddenError,
+    LambdaContext,
+    LocalGateway,
+    LocalGatewayException,
+    NotAuthorizedError,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from chalicelib.aws import trust_local_gateway
+from chalicelib.config import Settings
+from chalicelib.errors import AppError
+from chalicelib.web.cors import origin_refused
+from devserver import edge
+from devserver.request_scope import make_request_scoped
+
 log = logging.getLogger("gateway")
+
+REST_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE", "CONNECT"]
+# Generated at start, held in memory: the app's own management and Invoke calls carry it.
+PROCESS_SECRET = secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -49,17 +67,24 @@ class LocalGatewayApp:
     """Everything API Gateway and Lambda do for the app, in one process."""
 
     def __init__(self, app: Chalice, config: Config, *, ws_stage: str = "api", static_dir: Path | None = None,
-                 app_module: str = "app", workers: int = 8) -> None:
-        self.chalice_app = app
+                 app_module: str = "app", frame_workers: int = 8, turn_workers: int | None = None) -> None:
+        # Requests run concurrently here, unlike on Lambda: each must see only its own request.
+        self.chalice_app = make_request_scoped(app)
         self.config = config
         self.ws_stage = ws_stage
         self.static_dir = static_dir.resolve() if static_dir and static_dir.is_dir() else None
         self.app_module = app_module
         self.rest = LocalGateway(app, config)
+        self.secret = PROCESS_SECRET
+        trust_local_gateway(self.secret)
         self.api_id = "local" + secrets.token_hex(3)
         self.connections: dict[str, _Connection] = {}
         self.lock = threading.Lock()
-        self.background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        # Frames and turns on separate pools: a turn holds its worker for minutes, a frame for
+        # milliseconds, so running turns can never starve frames (an interrupt must get through).
+        self.background = ThreadPoolExecutor(max_workers=frame_workers, thread_name_prefix="ws-frame")
+        self.turns = ThreadPoolExecutor(max_workers=turn_workers or Settings.from_env().local_turn_workers,
+                                        thread_name_prefix="turn-runner")
         routes = [
             WebSocketRoute("/ws", self.websocket),
             Route("/{stage}/@connections/{connection_id:path}", self.management, methods=["POST", "GET", "DELETE"]),
@@ -68,18 +93,52 @@ class LocalGatewayApp:
         if self.static_dir is not None:
             routes += [Route("/", self.index, methods=["GET"]), Route("/console/{path:path}", self.static, methods=["GET"])]
 
-        routes.append(Route("/{path:path}", self.rest_request, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]))
-        self.asgi = Starlette(routes=routes, lifespan=self._lifespan)
+        # Every method goes to Chalice, which answers an unknown route or method as API Gateway does.
+        routes.append(Route("/{path:path}", self.rest_request, methods=REST_METHODS))
+        self.asgi = Starlette(routes=routes, lifespan=self._lifespan,
+                              exception_handlers={HTTPException: self._http_error, edge.Refused: self._refused})
+        # Starlette's path pattern stops at a newline (`%0A`): such paths go to Chalice too.
+        self.asgi.router.default = self._unrouted
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         self.background.shutdown(wait=False, cancel_futures=True)
+        self.turns.shutdown(wait=False, cancel_futures=True)
 
     # -- REST ------------------------------------------------------------------------------
 
+    async def _unrouted(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            try:
+                response = await self.rest_request(Request(scope, receive))
+            except edge.Refused as refused:
+                response = refused.response
+            await response(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await WebSocket(scope, receive, send).send_denial_response(
+                edge.error(404, "The websocket is at /ws.", "route_not_found"))
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return edge.error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path} (see README.md).",
+                          "method_not_allowed" if exc.status_code == 405 else "route_not_found")
+
+    async def _refused(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, edge.Refused)
+        return exc.response
+
     async def rest_request(self, request: Request) -> Response:
-        body = await request.body()
+        edge.check_path(request.scope.get("raw_path", b"").decode("latin-1") or request.url.path)
+        try:
+            refused = origin_refused(Settings.from_env(), request.headers)
+        except AppError as exc:
+            return edge.error(exc.status, exc.message, exc.code)
+        if refused is not None:
+            # A browser on another origin: refused before anything runs, preflight included
+            # (a "simple" cross-origin POST needs no preflight and would otherwise run).
+            return edge.error(403, refused, "origin_not_allowed")
+        body = await edge.read_capped(request, edge.REST_MAX_BYTES)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raw_path = request.scope.get("raw_path")
         if raw_path:
@@ -98,6 +157,10 @@ class LocalGatewayApp:
             return JSONResponse({"error": "Not authorized.", "code": "unauthorized"}, status_code=401)
         except LocalGatewayException as exc:
             return JSONResponse({"error": str(exc) or "Gateway error.", "code": "gateway_error"}, status_code=502)
+        if result["statusCode"] == 405:
+            # Chalice's own answer for a known path and an unknown method has another shape.
+            return edge.error(405, f"{request.method} is not supported on {request.url.path}: see the API reference in README.md.",
+                              "method_not_allowed")
         response_headers = dict(result.get("headers") or {})
         payload = result.get("body") or b""
         if result.get("isBase64Encoded"):
@@ -170,11 +233,16 @@ class LocalGatewayApp:
         writer = asyncio.create_task(self._writer(conn))
         try:
             while True:
-                text = await ws.receive_text()
+                received = await ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(received.get("code", 1000))
                 conn.last_active_at = datetime.now(timezone.utc)
+                text = received.get("text")
+                event = self._event("$default", "MESSAGE", connection_id, ws, text)
+                if text is None:  # a binary frame: API Gateway passes it on base64-encoded
+                    event.update(body=base64.b64encode(received.get("bytes") or b"").decode(), isBase64Encoded=True)
                 # Each frame is its own Lambda invocation; its return value is not sent (as in AWS).
-                self.background.submit(self._run_logged, message, self._event("$default", "MESSAGE", connection_id, ws, text),
-                                       self._context("websocket_message"))
+                self.background.submit(self._run_logged, message, event, self._context("websocket_message"))
         except WebSocketDisconnect:
             pass
         finally:
@@ -209,6 +277,7 @@ class LocalGatewayApp:
     # -- management API ------------------------------------------------------------------------
 
     async def management(self, request: Request) -> Response:
+        edge.check_gateway_secret(request, self.secret)
         connection_id = request.path_params["connection_id"]
         with self.lock:
             conn = self.connections.get(connection_id)
@@ -216,7 +285,7 @@ class LocalGatewayApp:
             return Response(content=b'{"message":null}', status_code=410, media_type="application/json",
                             headers={"x-amzn-ErrorType": "GoneException"})
         if request.method == "POST":
-            data = await request.body()
+            data = await edge.read_capped(request, edge.MANAGEMENT_MAX_BYTES, aws_type="PayloadTooLargeException")
             await conn.outbox.put(data.decode("utf-8", "replace"))
             return Response(status_code=200)
         if request.method == "DELETE":
@@ -230,6 +299,7 @@ class LocalGatewayApp:
     # -- Lambda Invoke API -----------------------------------------------------------------------
 
     async def invoke(self, request: Request) -> Response:
+        edge.check_gateway_secret(request, self.secret)
         name = request.path_params["name"].rsplit(":", 1)[-1]
         function = next((f for f in self.chalice_app.pure_lambda_functions
                          if f.name == name or name.endswith(f"-{f.name}")), None)
@@ -237,10 +307,10 @@ class LocalGatewayApp:
             return JSONResponse({"Type": "User", "message": f"Function not found: {name}"}, status_code=404,
                                 headers={"x-amzn-ErrorType": "ResourceNotFoundException"})
         handler = getattr(importlib.import_module(self.app_module), function.handler_string.rsplit(".", 1)[1])
-        payload = json.loads((await request.body()) or b"{}")
+        payload = json.loads((await edge.read_capped(request, edge.INVOKE_MAX_BYTES, aws_type="RequestTooLargeException")) or b"{}")
         context = self._context(function.name, timeout=900)
         if request.headers.get("x-amz-invocation-type") == "Event":
-            self.background.submit(self._run_logged, handler, payload, context)
+            self.turns.submit(self._run_logged, handler, payload, context)
             return Response(status_code=202)
         result = await run_in_threadpool(handler, payload, context)
         return JSONResponse(result)

@@ -1,15 +1,30 @@
-"""The system prompt: an index of the user's skills, then the user's own instructions.
+"""The system prompt: the base instructions, the index of the user's skills, the user's own
+instructions.
 
 Progressive disclosure: only each skill's name, description and path go in; Claude reads a
-skill's body with its tools when the task calls for it.
+skill's body with its tools when the task calls for it. The prompt must be byte-identical from
+one message of a session to the next (the prompt cache matches prefixes exactly), so it is
+built only from the stored skill index and the user's settings: nothing time-dependent.
 """
 
 from __future__ import annotations
 
-from chalicelib.sandbox.base import Sandbox, SandboxError
-from chalicelib.services.skill_format import SKILL_FILE, describe
+import hashlib
+import json
+import logging
+from typing import Any
 
-SKILLS_DIR = "/workspace/.claude/skills"
+from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxFileNotFound
+from chalicelib.services.skill_index import (
+    MAX_INDEXED,
+    SKILLS_DIR,
+    SkillIndex,
+    entry,
+    fingerprint,
+    is_main_file,
+)
+
+log = logging.getLogger(__name__)
 
 BASE_PROMPT = """You are a helpful agent working in a sandboxed Linux workspace at /workspace.
 You can run shell commands with the bash tool and read or edit files with the text editor tool.
@@ -17,38 +32,50 @@ The user's skills are instructions for specific tasks, stored under {skills_dir}
 matches a skill's description, read that skill's file first and follow it."""
 
 
-def skill_index(sandbox: Sandbox) -> list[tuple[str, str, str]]:
-    """(name, description, path) of each skill in the sandbox: SKILL.md folders and flat .md files."""
+def current_skill_index(sandbox: Sandbox, known: SkillIndex | None) -> tuple[SkillIndex, bool]:
+    """The skill index for this message, and whether it changed.
+
+    One listing of the skills folder (one sandbox call) tells whether the main files are the
+    ones `known` was built from; only then is `known` reused as is. Otherwise only the main
+    files that are new or changed size are read (a new session without an index reads all).
+    """
     try:
-        entries = sandbox.list_files(SKILLS_DIR, recursive=True)
-    except SandboxError:
-        return []
-    mains = sorted(
-        e.path for e in entries
-        if not e.is_dir and (e.path.count("/") == SKILLS_DIR.count("/") + 1 and e.path.endswith(".md")
-                             or e.path.count("/") == SKILLS_DIR.count("/") + 2 and e.path.endswith("/" + SKILL_FILE))
-    )
-    index = []
-    for path in mains[:200]:
+        listed = sandbox.list_files(SKILLS_DIR, recursive=True)
+    except SandboxFileNotFound:
+        listed = []  # no skills folder: the user has no skills
+    except SandboxError as exc:
+        log.warning("listing %s failed (%s); keeping the last skill index", SKILLS_DIR, exc)
+        return (known or SkillIndex(fingerprint=fingerprint([]))), False
+    mains = sorted((e.path, e.size) for e in listed if not e.is_dir and is_main_file(e.path))
+    seen = fingerprint(mains)
+    if known is not None and known.fingerprint == seen:
+        return known, False
+    reusable = {(e.path, e.size): e for e in (known.entries if known else [])}
+    entries = []
+    for path, size in mains[:MAX_INDEXED]:
+        if (path, size) in reusable:
+            entries.append(reusable[(path, size)])
+            continue
         try:
-            text = sandbox.read_file(path)[:64 * 1024].decode("utf-8", "replace")
+            entries.append(entry(path, sandbox.read_file(path)))
         except SandboxError:
             continue
-        is_folder = path.endswith("/" + SKILL_FILE)
-        name = path.split("/")[-2] if is_folder else path.split("/")[-1]
-        index.append((name, describe(text, is_skill_md=is_folder), path))
-    return index
+    return SkillIndex(entries=entries, fingerprint=seen), True
 
 
-def system_prompt(sandbox: Sandbox, user_prompt: str | None) -> str:
-    """The whole system prompt for a turn."""
+def system_blocks(index: SkillIndex, user_prompt: str | None) -> list[dict[str, Any]]:
+    """The system prompt as content blocks (the caller marks the cache breakpoint)."""
     parts = [BASE_PROMPT.format(skills_dir=SKILLS_DIR)]
-    skills = skill_index(sandbox)
-    if skills:
-        lines = [f"- {name}: {description or '(no description)'} (read {path})" for name, description, path in skills]
+    if index.entries:
+        lines = [f"- {e.name}: {e.description or '(no description)'} (read {e.path})" for e in index.entries]
         parts.append("<available_skills>\n" + "\n".join(lines) + "\n</available_skills>")
     else:
         parts.append("The user has no skills yet.")
     if user_prompt:
         parts.append("The user's instructions:\n" + user_prompt)
-    return "\n\n".join(parts)
+    return [{"type": "text", "text": "\n\n".join(parts)}]
+
+
+def system_sha256(system: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    """A digest of everything before the messages: when it changes, old thinking signatures break."""
+    return hashlib.sha256(json.dumps([system, tools], sort_keys=True).encode()).hexdigest()

@@ -5,6 +5,11 @@ the sandbox, send the results back, and repeat until the model stops, `max_turns
 have been made, or the user interrupts. Every complete message is handed to
 `on_messages_changed` at once, so a crash, a disconnect or an interrupt loses nothing that was
 said.
+
+Each request carries prompt-cache breakpoints (`caching`), is sent from the working context
+(`memory`: summary + recent messages) and is compacted first when it would pass 80% of the
+context window, or after the API answered "prompt is too long" (`compaction`). Thinking and
+redacted_thinking blocks are kept exactly as received: their signatures are checked on replay.
 """
 
 from __future__ import annotations
@@ -21,7 +26,32 @@ from typing import Any
 
 import anthropic
 
+from chalicelib.agent.caching import with_breakpoints
+from chalicelib.agent.compaction import (
+    CHUNK_SHARE,
+    COMPACT_AT,
+    KEEP_SHARE,
+    SUMMARY_MAX_TOKENS,
+    SUMMARY_SYSTEM,
+    TokenEstimator,
+    choose_cut,
+    chunks,
+    compacted_context,
+    prompt_too_long,
+    render_transcript,
+    summary_request,
+)
+from chalicelib.agent.memory import WorkingContext, working_messages
+from chalicelib.agent.models import spec_for
+from chalicelib.agent.permissions import ToolGate
 from chalicelib.agent.pricing import PriceTable, Usage
+from chalicelib.agent.server_tools import (
+    MCP_BETA,
+    SERVER_RESULT_TYPES,
+    SERVER_USE_TYPES,
+    ServerTools,
+    server_block_events,
+)
 from chalicelib.agent.tools import TOOLS, run_tool
 from chalicelib.sandbox.base import Sandbox
 
@@ -46,6 +76,20 @@ class TurnResult:
     stop_reason: str = "end_turn"
     interrupted: bool = False
     error_code: str | None = None
+    compactions: int = 0
+    costs: list[float | None] = field(default_factory=list)
+    budget_message: str | None = None
+
+    def add_call(self, usage: object, model: str, prices: PriceTable) -> None:
+        """Count one API call's tokens and price them (a call's own size picks a price band)."""
+        call = Usage.of(usage)
+        self.usage.add(call)
+        self.costs.append(prices.cost(model, call))
+
+    def total_cost(self) -> float | None:
+        if any(c is None for c in self.costs):
+            return None
+        return round(sum(c for c in self.costs if c is not None), 6)
 
 
 class _Interrupted(Exception):
@@ -65,11 +109,44 @@ class ModelStreamCut(Exception):
 _STREAM_CUTS: tuple[type[BaseException], ...] = (ModelStreamCut, *_TRANSPORT_ERRORS)
 
 
+@dataclass
+class _Request:
+    """What every call of a turn shares, and the working context it is sent from."""
+
+    client: Any
+    model: str
+    system: list[dict[str, Any]]
+    max_tokens: int
+    thinking: dict[str, Any] | None
+    window: int
+    binds_thinking: bool
+    context: WorkingContext
+    on_context_changed: Callable[[WorkingContext], None]
+    estimator: TokenEstimator = field(default_factory=TokenEstimator)
+    server: ServerTools = field(default_factory=ServerTools)
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return TOOLS + self.server.tools
+
+    def payload(self, stored: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"system": self.system, "tools": self.tools, "messages": _normalised(working_messages(stored, self.context))}
+
+    def stream(self, **kwargs: Any) -> Any:
+        """The SDK's streaming call; through the beta API (with its header) when MCP servers are on,
+        or when the history holds MCP blocks (from when they were: the plain API does not know them)."""
+        if self.server.mcp_servers:
+            return self.client.beta.messages.stream(betas=self.server.betas, mcp_servers=self.server.mcp_servers, **kwargs)
+        if _holds_mcp_blocks(kwargs.get("messages") or []):
+            return self.client.beta.messages.stream(betas=[MCP_BETA], **kwargs)
+        return self.client.messages.stream(**kwargs)
+
+
 def run_turn(
     *,
     client: anthropic.Anthropic,
     model: str,
-    system: str,
+    system: str | list[dict[str, Any]],
     history: list[dict[str, Any]],
     prompt: str,
     prompt_id: str,
@@ -81,10 +158,32 @@ def run_turn(
     should_stop: Callable[[], bool],
     on_messages_changed: Callable[[list[dict[str, Any]]], None],
     retry_backoff: float = 0.5,
+    context: WorkingContext | None = None,
+    on_context_changed: Callable[[WorkingContext], None] | None = None,
+    context_window: int | None = None,
+    thinking: dict[str, Any] | None = None,
+    gate: ToolGate | None = None,
+    server: ServerTools | None = None,
+    budget_usd: float | None = None,
 ) -> TurnResult:
-    """Answer `prompt`; emit stream/message/tool_use/tool_result/result (or error) events."""
+    """Answer `prompt`; emit stream/message/tool_use/tool_result/result (or error) events.
+
+    `system` is the system prompt (text or blocks); `context` the working context of `history`
+    (None: all of it); `context_window` overrides the model's window; `thinking` is the API's
+    thinking parameter (None: the model's default). `gate` applies the user's tool permissions;
+    `server` adds Anthropic-run tools (web, MCP); past `budget_usd` the loop stops after the
+    current step.
+    """
     started = time.monotonic()
     result = TurnResult()
+    spec = spec_for(model)
+    request = _Request(
+        client=client, model=model,
+        system=[{"type": "text", "text": system}] if isinstance(system, str) else list(system),
+        max_tokens=max_tokens, thinking=thinking, window=context_window or spec.context_window,
+        binds_thinking=spec.binds_thinking, context=context or WorkingContext(conversation_id=""),
+        on_context_changed=on_context_changed or (lambda _: None), server=server or ServerTools(),
+    )
     messages = list(history)
     user_message = {"role": "user", "content": prompt}
     messages.append(user_message)
@@ -94,17 +193,28 @@ def run_turn(
         while True:
             if should_stop():
                 raise _Interrupted
+            spent = result.total_cost()
+            if budget_usd is not None and spent is not None and spent >= budget_usd:
+                result.stop_reason = "budget_reached"
+                result.budget_message = (f"Stopped: this message has cost ${spent:.4f}, which reaches its budget of ${budget_usd:g} "
+                                         "(maxBudgetUsd in the settings, capped by the server's MAX_BUDGET_USD). "
+                                         "Send another message to continue.")
+                emit({"event": "status", "status": "budget_reached", "costUsd": spent, "budgetUsd": budget_usd,
+                      "message": result.budget_message})
+                break
             if result.turns >= max_turns:
                 result.stop_reason = "max_turns"
                 emit({"event": "status", "status": "max_turns_reached", "maxTurns": max_turns,
                       "message": f"Stopped after {max_turns} model replies (maxTurns). Send another message to continue."})
                 break
             result.turns += 1
-            reply = _stream_reply(client, model, system, messages, max_tokens, emit, should_stop, result, retry_backoff)
+            reply = _call(request, messages, emit, should_stop, result, prices, retry_backoff)
             content = [_block(b) for b in reply.content]
             messages.append({"role": "assistant", "content": content})
             emit({"event": "message", "role": "assistant", "content": content, "uuid": reply.id})
             on_messages_changed(messages)
+            if reply.stop_reason == "pause_turn":
+                continue  # a long server-tool step paused: sending the reply back lets the model go on
             if reply.stop_reason != "tool_use":
                 result.stop_reason = reply.stop_reason or "end_turn"
                 break
@@ -113,8 +223,11 @@ def run_turn(
                 if block.type != "tool_use":
                     continue
                 emit({"event": "tool_use", "id": block.id, "name": block.name, "input": block.input})
-                if should_stop():
-                    outcome = {"type": "tool_result", "tool_use_id": block.id, "content": "Interrupted by the user before this ran.", "is_error": True}
+                refusal = "Interrupted by the user before this ran." if should_stop() else None
+                if refusal is None and gate is not None:
+                    refusal = gate.refusal(block.id, block.name, dict(block.input or {}))
+                if refusal is not None:
+                    outcome = {"type": "tool_result", "tool_use_id": block.id, "content": refusal, "is_error": True}
                 else:
                     outcome = run_tool(sandbox, block.id, block.name, dict(block.input or {})).to_block()
                 emit({"event": "tool_result", "tool_use_id": block.id, "content": outcome["content"], "is_error": outcome.get("is_error", False)})
@@ -136,24 +249,85 @@ def run_turn(
         result.stop_reason = "error"
         emit({"event": "error", "code": "model_stream_cut", "message": f"{exc} Retries did not help: send your message again."})
     result.duration_ms = int((time.monotonic() - started) * 1000)
-    result.cost_usd = prices.cost(model, result.usage)
-    emit({
+    result.cost_usd = result.total_cost()
+    final = {
         "event": "result", "turns": result.turns, "durationMs": result.duration_ms, "usage": result.usage.to_wire(),
         "costUsd": result.cost_usd, "model": model, "stopReason": result.stop_reason, "interrupted": result.interrupted,
-    })
+    }
+    if result.budget_message:
+        final.update(budgetUsd=budget_usd, message=result.budget_message)
+    emit(final)
     return result
 
 
-def _stream_reply(client: anthropic.Anthropic, model: str, system: str, messages: list[dict[str, Any]], max_tokens: int,
-                  emit: Emit, should_stop: Callable[[], bool], result: TurnResult, backoff: float) -> Any:
+def _call(request: _Request, messages: list[dict[str, Any]], emit: Emit, should_stop: Callable[[], bool],
+          result: TurnResult, prices: PriceTable, backoff: float) -> Any:
+    """One model reply from the working context: compacted first when the request would pass
+    COMPACT_AT of the window; compacted and retried once when the API says it is too long."""
+    payload = request.payload(messages)
+    tokens = request.estimator.tokens(payload)
+    if tokens > COMPACT_AT * request.window:
+        if _compact(request, messages, request.window, tokens, emit, result, prices):
+            payload = request.payload(messages)
+    try:
+        return _stream_reply(request, payload, messages, emit, should_stop, result, prices, backoff)
+    except anthropic.BadRequestError as exc:
+        too_long = prompt_too_long(str(exc.message))
+        if too_long is None:
+            raise
+        # The endpoint's real limit may be below ours: compact to what it said (or 3/4 of what we sent).
+        limit = min(request.window, too_long[1] or int(request.estimator.tokens(payload) * 0.75))
+        log.warning("the model said the prompt is too long (%s); compacting to %d tokens and retrying", too_long, limit)
+        if not _compact(request, messages, limit, request.estimator.tokens(payload), emit, result, prices):
+            raise
+        return _stream_reply(request, request.payload(messages), messages, emit, should_stop, result, prices, backoff)
+
+
+def _compact(request: _Request, messages: list[dict[str, Any]], window: int, tokens_before: int, emit: Emit,
+             result: TurnResult, prices: PriceTable) -> bool:
+    """Summarise the older part of the working context; False when there is nothing to fold."""
+    context = request.context
+    keep = max(1_000, int(window * KEEP_SHARE) - request.estimator.tokens(request.system))
+    cut = choose_cut(messages, context, keep, request.estimator)
+    if cut is None:
+        return False
+    limit = max(4_000, int(window * CHUNK_SHARE * request.estimator.chars_per_token))
+    summary = context.summary
+    for piece in chunks(render_transcript(messages[context.kept_from:cut]), limit):
+        with request.client.messages.stream(model=request.model, max_tokens=SUMMARY_MAX_TOKENS, system=SUMMARY_SYSTEM,
+                                            messages=summary_request(summary, piece)) as stream:
+            reply = stream.get_final_message()
+        result.add_call(reply.usage, request.model, prices)
+        text = "".join(b.text for b in reply.content if b.type == "text").strip()
+        if not text:
+            log.warning("the summarising call returned no text; not compacting")
+            return False
+        summary = text
+    assert summary is not None
+    request.context = compacted_context(context, messages, cut, summary, binds_thinking=request.binds_thinking)
+    result.compactions += 1
+    tokens_after = request.estimator.tokens(request.payload(messages))
+    emit({"event": "status", "status": "compacted", "tokensBefore": tokens_before, "tokensAfter": tokens_after,
+          "summarizedMessages": cut - context.kept_from,
+          "message": "Older messages were summarised to stay within the context window; the saved conversation keeps them all."})
+    request.on_context_changed(request.context)
+    return True
+
+
+def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dict[str, Any]], emit: Emit,
+                  should_stop: Callable[[], bool], result: TurnResult, prices: PriceTable, backoff: float) -> Any:
     """One model reply, streamed. Retries a mid-stream overloaded error (which the SDK does
     not) and a stream cut off before `message_stop` from scratch, telling the client to
     discard the partial text first."""
+    system, marked = with_breakpoints(payload["system"], payload["messages"])
+    request_chars = request.estimator.chars(payload)
     for attempt in range(MID_STREAM_RETRIES + 1):
         streamed: list[str] = []
         try:
-            with client.messages.stream(model=model, max_tokens=max_tokens, system=system or anthropic.NOT_GIVEN,
-                                        messages=_normalised(messages), tools=TOOLS) as stream:
+            with request.stream(
+                model=request.model, max_tokens=request.max_tokens, system=system or anthropic.NOT_GIVEN,
+                messages=marked, tools=request.tools, thinking=request.thinking or anthropic.NOT_GIVEN,
+            ) as stream:
                 with _CloseOnStop(stream, should_stop) as watcher:
                     try:
                         complete = False
@@ -161,6 +335,13 @@ def _stream_reply(client: anthropic.Anthropic, model: str, system: str, messages
                             if event.type == "content_block_delta" and event.delta.type == "text_delta":
                                 streamed.append(event.delta.text)
                                 emit({"event": "stream", "type": "text", "content": event.delta.text})
+                            elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                                emit({"event": "stream", "type": "thinking", "content": event.delta.thinking})
+                            elif event.type == "content_block_stop":
+                                # Server tools ran on Anthropic's side: show each call and result as it completes.
+                                shown = server_block_events(_block(event.content_block))
+                                if shown is not None:
+                                    emit(shown)
                             elif event.type == "message_stop":
                                 complete = True
                             if should_stop():
@@ -172,7 +353,8 @@ def _stream_reply(client: anthropic.Anthropic, model: str, system: str, messages
                         if watcher.closed or should_stop():
                             raise _Interrupted from None
                         raise
-            result.usage.add(reply.usage)
+            result.add_call(reply.usage, request.model, prices)
+            request.estimator.calibrate(request_chars, Usage.of(reply.usage).prompt_tokens)
             return reply
         except _Interrupted:
             _keep_partial(streamed, messages, emit)
@@ -230,18 +412,32 @@ def describe_model_error(exc: anthropic.APIError) -> tuple[str, str]:
     if isinstance(exc, anthropic.APIStatusError) and (exc.status_code == 529 or _mid_stream_overload(exc)):
         return "model_overloaded", "The model is overloaded and retries did not help: send your message again shortly."
     if isinstance(exc, anthropic.APIConnectionError):
-        return "model_unreachable", "The Anthropic API could not be reached: retry shortly."
+        where = str(exc.request.url).split("?")[0].removesuffix("/v1/messages")  # ANTHROPIC_BASE_URL, or Anthropic's
+        return "model_unreachable", f"The Messages API at {where} could not be reached: check ANTHROPIC_BASE_URL and the network, then retry."
     return "model_error", f"The model call failed: {exc}"
 
 
 def _block(block: Any) -> dict[str, Any]:
+    if hasattr(block, "model_dump") and getattr(block, "type", None) in SERVER_USE_TYPES + SERVER_RESULT_TYPES:
+        # A server tool's blocks go back exactly as the API sent them: the fields it set, nulls included.
+        return dict(block.model_dump(exclude_unset=True))
     data = block.model_dump(exclude_none=True) if hasattr(block, "model_dump") else dict(block)
     # Keep only what the API accepts back in a request.
     if data.get("type") == "text":
         return {"type": "text", "text": data.get("text", "")}
     if data.get("type") == "tool_use":
         return {"type": "tool_use", "id": data["id"], "name": data["name"], "input": data.get("input") or {}}
+    # Sent back exactly as received: the API verifies the signature (or the opaque data).
+    if data.get("type") == "thinking":
+        return {"type": "thinking", "thinking": data.get("thinking", ""), "signature": data.get("signature", "")}
+    if data.get("type") == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": data.get("data", "")}
     return data
+
+
+def _holds_mcp_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(b.get("type") in ("mcp_tool_use", "mcp_tool_result") for b in m["content"])
+               for m in messages)
 
 
 def _normalised(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from chalicelib.agent.context import system_prompt
+from chalicelib.agent.context import current_skill_index, system_blocks, system_sha256
 from chalicelib.agent.loop import TurnResult, run_turn
+from chalicelib.agent.memory import AgentMemory, WorkingContext
 from chalicelib.agent.model_client import build_client
+from chalicelib.agent.models import max_tokens_for, spec_for, thinking_param
+from chalicelib.agent.permissions import AskUser, ToolGate
 from chalicelib.agent.pricing import PriceTable
+from chalicelib.agent.server_tools import server_tools
+from chalicelib.agent.tools import TOOLS
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
 from chalicelib.services.user_settings import UserSettingsService
@@ -26,16 +32,75 @@ class AgentTurn:
 
     def __call__(self, *, session_id: str, user_id: str, prompt: str, prompt_id: str, history: list[dict[str, Any]],
                  model: str | None, max_turns: int | None, sandbox: Sandbox, emit: Any, should_stop: Any,
-                 on_messages_changed: Any, metadata: dict[str, Any]) -> TurnResult:
+                 on_messages_changed: Any, metadata: dict[str, Any], memory: AgentMemory | None = None,
+                 save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
+                 ask_permission: AskUser | None = None) -> TurnResult:
         if self._client is None:
             self._client = build_client(self.settings.agent)
+        memory = memory or AgentMemory()
+        save = save_memory or (lambda _: None)
         prefs = self.user_settings.get(user_id)
         # The model: what `start` asked for, then the user's settings, then the server default.
         chosen_model = model or prefs.model or self.settings.agent.default_model
         turns = min(max_turns or prefs.max_turns or self.settings.agent.default_max_turns, MAX_TURNS_CAP)
+
+        index, index_changed = current_skill_index(sandbox, memory.skill_index)
+        memory.skill_index = index
+        system = system_blocks(index, prefs.system_prompt)
+        server = server_tools(prefs, _approver(ask_permission, prompt_id))
+        digest = system_sha256(system, TOOLS + server.tools)
+        context, context_changed = _context_for(memory.context, conversation_id, metadata, history, digest, chosen_model)
+        memory.context = context
+        if index_changed or context_changed:
+            save(memory)
+        # Kept with the conversation (saved anyway): the next message sees what this one was sent with.
         metadata["model"] = chosen_model
+        metadata["systemSha256"] = digest
+
+        def keep_context(updated: WorkingContext) -> None:
+            memory.context = updated
+            save(memory)
+
+        thinking = thinking_param(prefs.thinking, spec_for(chosen_model))
         return run_turn(
-            client=self._client, model=chosen_model, system=system_prompt(sandbox, prefs.system_prompt), history=history,
-            prompt=prompt, prompt_id=prompt_id, max_turns=turns, max_tokens=self.settings.agent.max_tokens,
+            client=self._client, model=chosen_model, system=system, history=history,
+            prompt=prompt, prompt_id=prompt_id, max_turns=turns,
+            max_tokens=max_tokens_for(thinking, self.settings.agent.max_tokens),
             sandbox=sandbox, prices=self.prices, emit=emit, should_stop=should_stop, on_messages_changed=on_messages_changed,
+            context=context, on_context_changed=keep_context, context_window=self.settings.agent.context_window_tokens,
+            thinking=thinking,
+            gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
+            server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd),
         )
+
+
+def _approver(ask_permission: AskUser | None, prompt_id: str) -> Callable[[str, dict[str, Any]], bool] | None:
+    """Asks, once per message, whether a server tool the settings say `ask` for may be used."""
+    if ask_permission is None:
+        return None
+    return lambda name, shown: ask_permission(f"server-{name}-{prompt_id}", name, shown).decision == "allow"
+
+
+def _budget(user: float | None, server: float | None) -> float | None:
+    """The stricter of the user's per-message budget and the server's ceiling."""
+    limits = [b for b in (user, server) if b is not None]
+    return min(limits) if limits else None
+
+
+def _context_for(known: WorkingContext | None, conversation_id: str, metadata: dict[str, Any], history: list[dict[str, Any]],
+                 digest: str, model: str) -> tuple[WorkingContext, bool]:
+    """The working context for this message, and whether it differs from what was stored.
+
+    A thinking block's signature covers the model and everything before it, so when the system
+    prompt (skills, settings) or the model changed since the last message, or nobody knows what
+    the history was sent with, earlier thinking blocks are left out from here on.
+    """
+    context = known if known is not None and known.valid_for(conversation_id, history) else None
+    changed = context is None and known is not None
+    if context is None:
+        context = WorkingContext(conversation_id=conversation_id)
+    same_prefix = metadata.get("systemSha256") == digest and metadata.get("model") == model
+    if history and not same_prefix and context.thinking_from < len(history):
+        context = context.model_copy(update={"thinking_from": len(history)})
+        changed = True
+    return context, changed

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chalicelib.storage import ObjectStore
+from chalicelib.storage import ObjectStore, layout
 from chalicelib.storage.base import get_many, iter_all
-from chalicelib.storage import layout
 
 
 class EventLog:

@@ -1,9 +1,10 @@
 """WebSocket frames, mirroring the original's socket.io events as JSON.
 
 Client → server frames carry an `action` (API Gateway's route selection key):
-    start, message, interrupt, get_history, clear, resume
+    start, message, interrupt, get_history, clear, resume, permission
 Server → client frames carry an `event` and a `seq`:
-    status, stream, message, tool_use, tool_result, result, error, history, cleared
+    status, stream, message, tool_use, tool_result, result, error, history, cleared,
+    permission_request, permission_resolved
 
 `seq` numbers the events of turns (1, 2, 3, ... across the whole session) so a client that
 reconnects can `resume` after the last one it saw. Direct replies to an action (history,
@@ -17,6 +18,9 @@ import json
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from chalicelib import safejson
+from chalicelib.safejson import UnsafeJSON
 
 MAX_PROMPT_CHARS = 100_000
 MAX_FRAME_BYTES = 128 * 1024  # API Gateway's own limit is 128 KiB per frame.
@@ -69,12 +73,21 @@ class ResumeFrame(_Frame):
     after_seq: int = Field(alias="afterSeq", ge=0)
 
 
+class PermissionFrame(_Frame):
+    """The user's answer to a `permission_request`; `remember` applies it for the rest of the session."""
+
+    action: Literal["permission"]
+    tool_use_id: str = Field(alias="toolUseId", min_length=1, max_length=200)
+    decision: Literal["allow", "deny"]
+    remember: bool = False
+
+
 ClientFrame = Annotated[
-    Union[StartFrame, MessageFrame, InterruptFrame, GetHistoryFrame, ClearFrame, ResumeFrame],
+    Union[StartFrame, MessageFrame, InterruptFrame, GetHistoryFrame, ClearFrame, ResumeFrame, PermissionFrame],
     Field(discriminator="action"),
 ]
 _client_frame: TypeAdapter[Any] = TypeAdapter(ClientFrame)
-ACTIONS = ("start", "message", "interrupt", "get_history", "clear", "resume")
+ACTIONS = ("start", "message", "interrupt", "get_history", "clear", "resume", "permission")
 
 
 class FrameError(Exception):
@@ -93,7 +106,9 @@ def parse_client_frame(raw: str | None) -> BaseModel:
     if len(raw.encode()) > MAX_FRAME_BYTES:
         raise FrameError(f"Frame too large: at most {MAX_FRAME_BYTES} bytes.", "frame_too_large")
     try:
-        data = json.loads(raw)
+        data = safejson.loads(raw)
+    except UnsafeJSON as exc:
+        raise FrameError(exc.message, exc.code) from None
     except ValueError as exc:
         raise FrameError(f"Frame is not valid JSON ({exc}).", "invalid_json") from None
     if not isinstance(data, dict):

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from chalicelib.agent.memory import AgentMemory
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.permissions import PermissionDesk
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.recovery import answer_cut_off_calls
 from chalicelib.realtime.sandbox_guard import RecoveringSandbox
@@ -96,6 +98,7 @@ class TurnRequest:
     last_seq: int
     last_turn_id: str | None
     seq_ceiling: int = 0
+    agent_memory: AgentMemory | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ class TurnRunner:
             session_id=state.session_id, user_id=state.user_id, conversation_id=state.conversation_id,
             turn_id=turn.turn_id, prompt=prompt, model=state.model, max_turns=state.max_turns,
             subscriber=state.subscriber, last_seq=first, last_turn_id=state.last_turn_id,
-            seq_ceiling=state.seq_ceiling,
+            seq_ceiling=state.seq_ceiling, agent_memory=state.agent_memory.model_copy(deep=True),
         )
 
     def _finish(self, session_id: str, turn_id: str, runner_id: str, stream: TurnStream,
@@ -416,7 +419,22 @@ class TurnRunner:
             should_stop=watcher.interrupted.is_set,
             on_messages_changed=save,
             metadata=metadata,
+            memory=request.agent_memory or AgentMemory(),
+            conversation_id=request.conversation_id,
+            save_memory=lambda memory: self._save_memory(request.session_id, memory),
+            ask_permission=PermissionDesk(
+                self.states, request.session_id, request.turn_id, stream.emit, watcher.interrupted.is_set,
+                timeout_seconds=self.settings.agent.permission_timeout_seconds, poll_seconds=self.poll_interval,
+            ).ask,
         )
+
+    def _save_memory(self, session_id: str, memory: AgentMemory) -> None:
+        """Keep the agent's skill index and working context for the session's next message."""
+
+        def keep(state: SessionState) -> None:
+            state.agent_memory = memory.model_copy(deep=True)
+
+        self.states.update(session_id, keep)
 
     def _sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
         """The session's sandbox; if it went away, a fresh one with the skills loaded again."""

@@ -21,12 +21,14 @@ from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
 from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.protocol import (
     ClearFrame,
     FrameError,
     GetHistoryFrame,
     InterruptFrame,
     MessageFrame,
+    PermissionFrame,
     ResumeFrame,
     StartFrame,
     error_frame,
@@ -35,9 +37,10 @@ from chalicelib.realtime.protocol import (
 )
 from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
+from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
-from chalicelib.security import bearer_token, key_matches
+from chalicelib.services.skill_index import SkillIndex
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ class RealtimeService:
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
-        _, state = self.states.update(session_id, lambda s: None, create=lambda: SessionState(
+        _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
         if state.turn is not None:
@@ -201,6 +204,8 @@ class RealtimeService:
             return self._clear(conn)
         if isinstance(parsed, ResumeFrame):
             return self._resume(conn, parsed.after_seq)
+        if isinstance(parsed, PermissionFrame):
+            return [record_decision(self.states, conn.session_id, parsed)]
         raise AssertionError(f"unhandled frame {parsed!r}")
 
     def _subscriber(self, conn: Connection, replay_after: int | None = None) -> Subscriber:
@@ -311,7 +316,7 @@ class RealtimeService:
             raise Conflict("A turn is running: interrupt it, then clear.", code="turn_in_progress")
         conversation_id = state.conversation_id if state else conn.session_id
         existing = self.conversations.load(conn.user_id, conversation_id)
-        body = dict(existing[0]) if existing else {"conversationId": conversation_id}
+        body: dict[str, Any] = dict(existing[0]) if existing else {"conversationId": conversation_id}
         body["messages"] = []
         self.conversations.save(conn.user_id, conversation_id, body)
         return [frame("cleared", conversationId=conversation_id)]
@@ -331,3 +336,10 @@ class RealtimeService:
             return []  # the runner replays, then continues live, in order
         missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
         return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+
+
+def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:
+    """Give the session the skill index its latest /setup built (unless the state's is newer)."""
+    current = state.agent_memory.skill_index
+    if index is not None and (current is None or current.built_at < index.built_at):
+        state.agent_memory.skill_index = index

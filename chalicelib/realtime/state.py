@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from pydantic import Field, ValidationError
 
+from chalicelib.agent.memory import AgentMemory
+from chalicelib.agent.permissions import Decision, PendingPermission
 from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
@@ -105,6 +107,11 @@ class SessionState(ApiModel):
     # it before numbering past it, so a turn taken over after a crash starts above every seq
     # the dead runner may have sent, and `seq` never goes back within a session.
     seq_ceiling: int = 0
+    # The skill index and the working context (summary + recent messages) of the agent.
+    agent_memory: AgentMemory = Field(default_factory=AgentMemory)
+    # A tool call waiting for the user's approval, and the answers they asked to remember.
+    pending_permission: PendingPermission | None = None
+    remembered_permissions: dict[str, Decision] = Field(default_factory=dict)
     updated_at: datetime = Field(default_factory=utcnow)
 
     @property

@@ -83,6 +83,8 @@ class MountSpec(BaseModel):
     region: str | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+    # Set with temporary credentials (R2's temp-access-credentials): sent with every request.
+    session_token: SecretStr | None = None
 
 
 class SandboxOptions(BaseModel):

@@ -231,6 +231,9 @@ class LocalSandbox:
     def mount_bucket(self, spec: MountSpec) -> list[str]:
         """Mount the user's prefix at /workspace/.claude, verify it, return the paths seen."""
         self._alive()
+        # A new setup replaces the mount (with fresh credentials): s3fs refuses a mountpoint that
+        # is still in use, and files must never be reloaded through a stale mount.
+        self._unmount()
         if spec.kind == "bind":
             source = Path(spec.source_dir or "")
             if not spec.source_dir or not source.is_dir():
@@ -267,14 +270,26 @@ class LocalSandbox:
         with os.fdopen(fd, "w") as handle:
             handle.write(f"{spec.access_key_id.get_secret_value()}:{spec.secret_access_key.get_secret_value()}\n")
         options = [f"passwd_file={passwd}", "use_path_request_style", "retries=2", "connect_timeout=5",
-                   "readwrite_timeout=20", "stat_cache_expire=1", "allow_other", "mp_umask=022"]
+                   "readwrite_timeout=20", "stat_cache_expire=1", "allow_other", "mp_umask=022",
+                   # s3fs HEADs every file it lists, 20 at a time by default: 100 skills were 5
+                   # sequential round trips on setup's critical path, now 1.
+                   "multireq_max=200"]
         if spec.endpoint_url:
             options.append(f"url={spec.endpoint_url}")
         if spec.region and spec.region != "us-east-1":
             options.append(f"endpoint={spec.region}")
+        s3fs_env = {"PATH": os.environ.get("PATH", SANDBOX_PATH)}
+        if spec.session_token is not None:
+            # s3fs takes a session token from its environment (or an AWS credentials file), never
+            # from a passwd file: temporary credentials go to it that way, and nowhere on disk.
+            passwd.unlink()
+            options = [o for o in options if not o.startswith("passwd_file=")] + ["use_session_token"]
+            s3fs_env |= {"AWS_ACCESS_KEY_ID": spec.access_key_id.get_secret_value(),
+                         "AWS_SECRET_ACCESS_KEY": spec.secret_access_key.get_secret_value(),
+                         "AWS_SESSION_TOKEN": spec.session_token.get_secret_value()}
         target = f"{spec.bucket}:/{spec.prefix.strip('/')}"
         proc = subprocess.run(["s3fs", target, str(mountpoint), "-o", ",".join(options)],
-                              capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", SANDBOX_PATH)})
+                              capture_output=True, text=True, timeout=30, env=s3fs_env)
         if proc.returncode != 0:
             raise MountError(f"s3fs failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:300]}")
         deadline = time.monotonic() + 10
@@ -403,7 +418,7 @@ class BashSession:
             )
             output, code = self._wait(marker, started + timeout)
             timed_out = code is None
-            if timed_out:
+            if code is None:
                 self._kill_command()
                 output, code = self._wait(marker, time.monotonic() + 3)
                 if code is None:
@@ -488,6 +503,7 @@ class LocalSandboxProvider:
         self.kind = "bwrap" if self.isolated else "unisolated"
         self.root = settings.sandbox.root.resolve()
         self._sandboxes: dict[str, LocalSandbox] = {}
+        self._last_used: dict[str, float] = {}  # time.monotonic() of the last create/get, for an idle reaper
         self._lock = threading.Lock()
         if self.isolated:
             self._probe()
@@ -520,6 +536,7 @@ class LocalSandboxProvider:
         """Create the sandbox, or return the existing one with the new options applied."""
         validate_id(session_id, "sessionId")
         with self._lock:
+            self._last_used[session_id] = time.monotonic()
             existing = self._sandboxes.get(session_id)
             if existing is not None and not existing.destroyed and existing.intact():
                 if existing.options != options:
@@ -535,6 +552,8 @@ class LocalSandboxProvider:
     def get(self, session_id: str) -> LocalSandbox:
         with self._lock:
             sandbox = self._sandboxes.get(session_id)
+            if sandbox is not None:
+                self._last_used[session_id] = time.monotonic()
         if sandbox is None or sandbox.destroyed or not sandbox.intact():
             raise SandboxGone(f"Session {session_id!r} has no sandbox here: call POST /setup/{session_id} again.")
         return sandbox
@@ -542,6 +561,7 @@ class LocalSandboxProvider:
     def destroy(self, session_id: str) -> bool:
         with self._lock:
             sandbox = self._sandboxes.pop(session_id, None)
+            self._last_used.pop(session_id, None)
         if sandbox is None:
             return False
         sandbox.destroy()
@@ -555,6 +575,11 @@ class LocalSandboxProvider:
     def sessions(self) -> list[str]:
         with self._lock:
             return list(self._sandboxes)
+
+    def last_used(self, session_id: str) -> float | None:
+        """time.monotonic() when the session was last set up or fetched (a turn fetches it), or None."""
+        with self._lock:
+            return self._last_used.get(session_id)
 
 
 def _remove(target: Path) -> None:

@@ -107,7 +107,7 @@ class RemoteSandbox:
 
     def mount_bucket(self, spec: MountSpec) -> list[str]:
         payload = spec.model_dump(mode="json")
-        for secret in ("access_key_id", "secret_access_key"):
+        for secret in ("access_key_id", "secret_access_key", "session_token"):
             value = getattr(spec, secret)
             payload[secret] = value.get_secret_value() if value is not None else None
         return list(self.client.call("POST", self.base + "/mount", json={"spec": payload})["seen"])

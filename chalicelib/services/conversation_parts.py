@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import safejson
 from chalicelib.storage import ObjectStore, layout
 from chalicelib.storage.base import get_many, iter_all
 
@@ -76,7 +77,14 @@ class ConversationParts:
             stored = found.get(str(key))
             if stored is None:
                 raise PartsMissing(f"part {key} of conversation {conversation_id!r} is missing")
-            sealed.extend(json.loads(stored.body))
+            try:
+                # A part is stored data like the head, so it is parsed as guardedly.
+                messages = safejson.loads(stored.body)
+            except ValueError as exc:
+                raise PartsMissing(f"part {key} of conversation {conversation_id!r} is unreadable: {exc}") from None
+            if not isinstance(messages, list):
+                raise PartsMissing(f"part {key} of conversation {conversation_id!r} is not a list of messages")
+            sealed.extend(messages)
         self._remember(user_id, conversation_id, _Known([str(k) for k in parts], sealed))
         whole = {k: v for k, v in body.items() if k != PARTS_FIELD}
         whole["messages"] = sealed + list(body.get("messages") or [])

@@ -9,9 +9,11 @@ turn appends (`append`): past a mebibyte, earlier messages are sealed into parts
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from chalicelib import safejson
 from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
 from chalicelib.ids import validate_id
 from chalicelib.services.conversation_parts import ConversationParts, PartsMissing
@@ -19,7 +21,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.base import ObjectInfo, iter_all
 
 MAX_CONVERSATION_BYTES = 5 * 1024 * 1024
 
@@ -131,7 +133,7 @@ class ConversationsService:
         except ObjectNotFound:
             return None
         try:
-            body = json.loads(obj.body)
+            body = safejson.loads(obj.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -145,7 +147,15 @@ class ConversationsService:
             obj = self.store.get(key)
         except ObjectNotFound:
             raise NotFound("Conversation not found", code="conversation_not_found") from None
-        body = json.loads(obj.body)
+        try:
+            body = safejson.loads(obj.body)
+        except ValueError as exc:
+            # Only a write around the API stores such a body (REST bodies are parsed the same way).
+            raise ValidationFailed(
+                f"Conversation {conversation_id!r} is stored but cannot be served: {exc} "
+                "It was written outside the API; DELETE it, or rewrite it with POST.",
+                code="conversation_unreadable",
+            ) from None
         if isinstance(body, dict):
             body = self._assembled(user_id, conversation_id, body)
         return (
@@ -157,22 +167,35 @@ class ConversationsService:
         )
 
     def list(self, user_id: str, limit: int = 100, cursor: str | None = None) -> ConversationList:
-        """Newest first. One LIST per 1,000 conversations: S3 lists by key, not by date."""
+        """Newest first, and paging never skips a conversation that existed when it began.
+
+        One LIST per 1,000 conversations: S3 lists by key, not by date, so every page lists
+        them all and sorts. Sorting by date alone let a conversation saved during the paging
+        jump ahead of the cursor and be skipped. So the first page fixes a snapshot time T (the
+        newest date then) and the order is: phase 1, conversations dated <= T, newest first;
+        then phase 2, those dated after T (saved since), by key. A conversation saved while
+        a client pages leaves phase 1 and is met in phase 2, so it comes at the end (perhaps a
+        second time), never not at all.
+        """
         prefix = layout.conversations_prefix(user_id)
-        after = decode_cursor(cursor)
-        items = sorted(
-            (o for o in iter_all(self.store, prefix) if o.key.endswith(".json")),
-            key=lambda o: (o.last_modified, o.key),
-            reverse=True,
-        )
-        if after is not None:
-            try:
-                mark = (datetime.fromisoformat(after["m"]), after["k"])
-            except (KeyError, TypeError, ValueError):
-                raise BadRequest("Invalid cursor: pass back nextCursor unchanged.", code="invalid_cursor") from None
-            items = [o for o in items if (o.last_modified, o.key) < mark]
-        page = items[:limit]
-        more = len(items) > limit
+        objects = [o for o in iter_all(self.store, prefix) if o.key.endswith(".json")]
+        snap = _Snapshot.parse(decode_cursor(cursor)) if cursor is not None else _Snapshot.first(objects, prefix)
+        if snap is None:
+            return ConversationList(user_id=user_id, conversations=[], count=0, next_cursor=None)
+        phase1 = sorted((o for o in objects if o.last_modified <= snap.time), key=lambda o: (o.last_modified, o.key), reverse=True)
+        phase2 = sorted((o for o in objects if snap.saved_since(o, prefix)), key=lambda o: o.key)
+        if snap.phase == 1 and snap.mark is not None:
+            phase1 = [o for o in phase1 if (o.last_modified, o.key) < snap.mark]
+        if snap.phase == 2:
+            phase1 = []
+            phase2 = [o for o in phase2 if snap.mark_key is None or o.key > snap.mark_key]
+        sequence = phase1 + phase2
+        page = sequence[:limit]
+        next_cursor = None
+        if len(sequence) > limit:
+            last = page[-1]
+            in_phase1 = len(page) <= len(phase1)
+            next_cursor = encode_cursor(snap.after(last, phase=1 if in_phase1 else 2))
         return ConversationList(
             user_id=user_id,
             conversations=[
@@ -180,7 +203,7 @@ class ConversationsService:
                 for o in page
             ],
             count=len(page),
-            next_cursor=encode_cursor({"m": page[-1].last_modified.isoformat(), "k": page[-1].key}) if more else None,
+            next_cursor=next_cursor,
         )
 
     def delete(self, user_id: str, conversation_id: str) -> ConversationDeleted:
@@ -193,3 +216,59 @@ class ConversationsService:
         self.store.delete(key)
         self.parts.delete_all(user_id, conversation_id)
         return ConversationDeleted(user_id=user_id, conversation_id=conversation_id, key=key)
+
+
+#: The ids of conversations dated exactly T ride in the cursor (so they are not repeated in
+#: phase 2) up to this many; past it they may come twice.
+MAX_SNAPSHOT_IDS = 100
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a conversations cursor carries: the snapshot time, the phase and the last item."""
+
+    time: datetime
+    newest: frozenset[str] | None  # ids dated exactly `time` at the first page (None: too many)
+    phase: int = 1
+    mark: tuple[datetime, str] | None = None  # phase 1: (date, key) of the last item served
+    mark_key: str | None = None  # phase 2: key of the last item served
+
+    @classmethod
+    def first(cls, objects: list[ObjectInfo], prefix: str) -> _Snapshot | None:
+        if not objects:
+            return None
+        newest_time = max(o.last_modified for o in objects)
+        ids = [o.key[len(prefix):-len(".json")] for o in objects if o.last_modified == newest_time]
+        return cls(time=newest_time, newest=frozenset(ids) if len(ids) <= MAX_SNAPSHOT_IDS else None)
+
+    @classmethod
+    def parse(cls, state: dict[str, Any] | None) -> _Snapshot:
+        try:
+            assert state is not None
+            newest = state["n"]
+            phase = state["p"]
+            if phase not in (1, 2) or not (newest is None or (isinstance(newest, list) and all(isinstance(i, str) for i in newest))):
+                raise ValueError(phase)
+            return cls(
+                time=datetime.fromisoformat(state["t"]),
+                newest=None if newest is None else frozenset(newest),
+                phase=phase,
+                mark=(datetime.fromisoformat(state["m"]), str(state["k"])) if phase == 1 else None,
+                mark_key=str(state["k"]) if phase == 2 else None,
+            )
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise BadRequest("Invalid cursor: pass back nextCursor unchanged, or omit it to start over.", code="invalid_cursor") from None
+
+    def saved_since(self, info: ObjectInfo, prefix: str) -> bool:
+        """True for phase 2: saved after the snapshot (a same-tick save is dated exactly T)."""
+        if info.last_modified > self.time:
+            return True
+        return info.last_modified == self.time and (self.newest is None or info.key[len(prefix):-len(".json")] not in self.newest)
+
+    def after(self, last: ObjectInfo, phase: int) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "t": self.time.isoformat(), "n": None if self.newest is None else sorted(self.newest), "p": phase, "k": last.key,
+        }
+        if phase == 1:
+            state["m"] = last.last_modified.isoformat()
+        return state

@@ -23,6 +23,7 @@ class Health(ApiModel):
     has_sandbox: bool
     sandbox: str
     has_r2: bool
+    offline_model: bool
     timestamp: str
 
 
@@ -38,6 +39,16 @@ def check_health(settings: Settings, storage_backend: str, sandbox_kind: str) ->
         has_anthropic_key=settings.agent.anthropic_api_key is not None,
         has_sandbox=sandbox_kind != "none",
         sandbox=sandbox_kind,
-        has_r2=uses_s3,
+        has_r2=uses_s3 and _is_r2(settings),
+        offline_model=settings.agent.offline_model,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
+
+
+def _is_r2(settings: Settings) -> bool:
+    """Storage is Cloudflare R2 with its API token: an R2 endpoint and both keys. Plain S3, or R2
+    without credentials, is not R2 "configured" (the original's hasR2 meant a working binding)."""
+    storage = settings.storage
+    endpoint = storage.endpoint_url or ""
+    r2_endpoint = storage.r2_account_id is not None or ".r2.cloudflarestorage.com" in endpoint
+    return r2_endpoint and storage.access_key_id is not None and storage.secret_access_key is not None

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+from chalicelib import safejson
 from chalicelib.errors import BadRequest
 
 MAX_LIMIT = 1000
@@ -21,7 +22,7 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
     if cursor is None:
         return None
     try:
-        state = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        state = safejson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, UnicodeDecodeError):
         state = None
     if not isinstance(state, dict):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from chalicelib.config import Settings
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable
@@ -35,9 +35,12 @@ from chalicelib.sandbox.base import (
 )
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
+from chalicelib.services.skill_folders import SkillFolders
+from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
+from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryCredentialsError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class SessionRecord(ApiModel):
     setup_method: SetupMethod
     created_at: datetime
     last_active_at: datetime
+    # Built from the bodies setup read, so a message never reads every skill to list them.
+    skill_index: SkillIndex | None = None
 
 
 class SetupResult(ApiModel):
@@ -80,7 +85,7 @@ class _AllowNetwork(BaseModel):
     """The one user setting the sandbox needs; read leniently so setup never fails on it."""
 
     model_config = ConfigDict(extra="ignore")
-    allowNetwork: bool = False
+    allowNetwork: StrictBool = False  # "yes" or 1 written behind the API must not open the network
 
 
 class SessionsService:
@@ -92,6 +97,7 @@ class SessionsService:
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
+        self.folders = SkillFolders(store)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -121,6 +127,7 @@ class SessionsService:
 
         sandbox = self._create_sandbox(session_id, options)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id)
+        skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
 
         token = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
@@ -132,11 +139,12 @@ class SessionsService:
             setup_method=method,
             created_at=existing[0].created_at if existing else now,
             last_active_at=now,
+            skill_index=build_index(skill_files[0]),
         )
         with ThreadPoolExecutor(max_workers=2) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
             if mounted is None:
-                loaded_f = pool.submit(self._load_skills, sandbox, user_id, listing, bundle)
+                loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
             save_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
@@ -162,7 +170,9 @@ class SessionsService:
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
             sandbox = self._create_sandbox(session_id, options_f.result())
-            return self._load_skills(sandbox, user_id, listing_f.result(), bundle_f.result())
+            listing, bundle = listing_f.result(), bundle_f.result()
+            files = self._skill_files(user_id, listing, bundle)
+            return self._write_skills(sandbox, user_id, listing, bundle, files)
 
     # -- lookups used by the websocket layer ---------------------------------------------
 
@@ -249,7 +259,7 @@ class SessionsService:
             raise ServiceUnavailable(f"The sandbox could not be created: {exc}", code="sandbox_failed") from exc
 
     def _try_mount(self, sandbox: Sandbox, user_id: str) -> tuple[SetupMethod, str | None, list[str] | None]:
-        """Production mounts the user's prefix; development (and any failure) loads files."""
+        """Production mounts the user's skills; development (and any failure) loads files."""
         if not self.settings.is_production:
             return "r2_load_dev", None, None
         spec = self._mount_spec(user_id)
@@ -258,45 +268,90 @@ class SessionsService:
         if not self.sandboxes.supports_mount(spec):
             return "r2_load_fallback", "The sandbox host cannot mount storage (no /dev/fuse or s3fs there).", None
         try:
+            spec = self._scope_credentials(spec, user_id)
+        except TemporaryCredentialsError as exc:
+            previous = self._load_record(sandbox.session_id)
+            if previous is not None and previous[0].setup_method == "r2_mount":
+                # Its sandbox may still hold the old mount: loading files would go through it
+                # (deleting and rewriting the user's skills in storage). The old mount stays as it is.
+                raise ServiceUnavailable(
+                    f"The session's storage mount could not be renewed: {exc} Retry POST /setup later, "
+                    "or set up a new sessionId.", code="mount_credentials_unavailable") from exc
+            log.warning("no temporary credentials for user %s, loading files instead: %s", user_id, exc)
+            return "r2_load_fallback", f"Temporary credentials for the mount were not issued: {exc}", None
+        try:
             seen = sandbox.mount_bucket(spec)
         except MountError as exc:
             log.warning("mount failed for user %s, loading files instead: %s", user_id, exc)
             return "r2_load_fallback", f"Mounting storage failed: {exc}", None
         return "r2_mount", None, sorted(p for p in seen if p.startswith(SKILLS_DIR + "/"))
 
+    def _scope_credentials(self, spec: MountSpec, user_id: str) -> MountSpec:
+        """With CLOUDFLARE_API_TOKEN, swap the server's R2 keys for temporary ones that reach only
+        this user's skills, for one session's lifetime. Never falls back to the server's keys."""
+        storage = self.settings.storage
+        if spec.kind != "s3" or storage.cloudflare_api_token is None:
+            return spec
+        if not storage.r2_account_id or storage.access_key_id is None:
+            raise TemporaryCredentialsError(
+                "CLOUDFLARE_API_TOKEN is set, but R2_ACCOUNT_ID and R2_ACCESS_KEY_ID (the parent token's Access Key ID) "
+                "are needed too: set them."
+            )
+        issuer = R2TemporaryCredentials(
+            api_token=storage.cloudflare_api_token, account_id=storage.r2_account_id, bucket=storage.bucket,
+            parent_access_key_id=storage.access_key_id.get_secret_value(), base_url=storage.cloudflare_api_base_url,
+        )
+        issued = issuer.issue([layout.skills_prefix(user_id)], storage.session_lifetime_seconds, "object-read-write")
+        return spec.model_copy(update={"access_key_id": issued.access_key_id, "secret_access_key": issued.secret_access_key,
+                                       "session_token": issued.session_token})
+
     def _mount_spec(self, user_id: str) -> MountSpec | None:
         storage = self.settings.storage
         if storage.backend == "local":
-            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.user_prefix(user_id)).resolve()))
+            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
         if storage.access_key_id is None or storage.secret_access_key is None:
             return None
         return MountSpec(
             kind="s3",
             bucket=storage.bucket,
-            prefix=layout.user_prefix(user_id),
+            prefix=layout.skills_prefix(user_id),
             endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
             region=storage.region,
             access_key_id=storage.access_key_id,
             secret_access_key=storage.secret_access_key,
         )
 
-    def _load_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle) -> list[str]:
-        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files).
+    def _skill_files(self, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle, *,
+                     mains_only: bool = False) -> tuple[dict[str, bytes], dict[str, bytes], bool]:
+        """(sandbox path -> body, storage key -> body, bundle stale) of the user's skill files.
 
         Bodies come from the bundle where its ETags match the listing, then from this
         process's cache, and only then from storage, all of those in one parallel batch.
+        `mains_only` (a mounted session) fetches just what the skill index needs.
         """
         prefix = layout.skills_prefix(user_id)
         match = self.bundle.match(user_id, listing, bundle)
-        bodies = {**match.bodies, **self.cache.get_many(self.store, match.missing)}
-        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies.items()}
+        missing = match.missing
+        if mains_only:
+            missing = [i for i in missing if is_main_file(f"{SKILLS_DIR}/{i.key[len(prefix):]}")]
+        bodies = {**match.bodies, **self.cache.get_many(self.store, missing)}
+        # Folders are served as their manifest commits them (a concurrent upload is never half seen).
+        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
+        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
+        return files, bodies, match.stale
+
+    def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,
+                      skill_files: tuple[dict[str, bytes], dict[str, bytes], bool]) -> list[str]:
+        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
+        files, bodies, stale = skill_files
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The repair (a storage write) overlaps the sandbox writes.
-            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if match.stale else None
+            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if stale else None
             try:
                 # Start from an empty folder so skills deleted since the last setup disappear.
                 sandbox.delete_file(SKILLS_DIR)
-                sandbox.write_files(files)
+                to_write: dict[str, bytes | str] = dict(files)
+                sandbox.write_files(to_write)
             except SandboxGone:
                 raise
             except SandboxError as exc:

@@ -16,7 +16,8 @@ import yaml
 from chalicelib.errors import ValidationFailed
 
 SKILL_FILE = "SKILL.md"
-NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+# \Z, not $: "evil\n" must not pass as "evil".
+NAME_PATTERN = re.compile(r"\A[a-z0-9]+(-[a-z0-9]+)*\Z")
 RESERVED_WORDS = ("anthropic", "claude")
 MAX_NAME = 64
 MAX_DESCRIPTION = 1024

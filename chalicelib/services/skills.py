@@ -17,6 +17,7 @@ from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from chalicelib.services.skill_bundle import SkillBundle
+from chalicelib.services.skill_folders import FolderLease, SkillFolders
 from chalicelib.services.skill_format import NAME_PATTERN, SKILL_FILE, describe, validate_skill_md
 from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
@@ -121,6 +122,7 @@ class SkillsService:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.bundle = SkillBundle(store)
+        self.folders = SkillFolders(store)
 
     def upload(self, user_id: str, upload: SkillUpload, if_match: str | None = None, if_none_match: bool = False) -> tuple[SkillUploaded, str]:
         """Store a skill, replacing it entirely; return the response and the main file's ETag."""
@@ -167,10 +169,36 @@ class SkillsService:
                     ) from None
                 raise
 
+        # A folder is written by one request at a time (see skill_folders), so the stale-file
+        # list taken here is still true when the files are deleted.
+        lease = self.folders.acquire(user_id, name) if form == "folder" else None
+        try:
+            info = self._write_files(user_id, name, form, main, files, if_match, if_none_match, lease)
+        finally:
+            if lease is not None:
+                lease.release()
+        key = layout.skill_key(user_id, main if form == "flat" else name)
+        return (
+            SkillUploaded(
+                user_id=user_id,
+                skill_name=name,
+                key=key,
+                message=f"Skill {name} uploaded for user {user_id}",
+                form=form,
+                files=[layout.skill_key(user_id, p) for p in files],
+            ),
+            info.etag,
+        )
+
+    def _write_files(
+        self, user_id: str, name: str, form: SkillForm, main: str, files: dict[str, bytes],
+        if_match: str | None, if_none_match: bool, lease: FolderLease | None,
+    ) -> ObjectInfo:
+        """Write the files (a folder: then its manifest, then drop the replaced files); the main file's info."""
         stale: list[str] = []
         if form == "folder":
             folder = layout.skill_key(user_id, name) + "/"
-            wanted = {layout.skill_key(user_id, p) for p in files}
+            wanted = {layout.skill_key(user_id, p) for p in files} | {layout.skill_manifest_key(user_id, name)}
             stale = [o.key for o in iter_all(self.store, folder) if o.key not in wanted]
         try:
             info = self.store.put(
@@ -193,21 +221,15 @@ class SkillsService:
             with ThreadPoolExecutor(max_workers=min(16, len(extras))) as pool:
                 infos = pool.map(lambda p: self.store.put(layout.skill_key(user_id, p), files[p], content_type=_content_type(p)), extras)
                 written.update({layout.skill_key(user_id, p): (i, files[p]) for p, i in zip(extras, infos)})
+        if lease is not None:
+            folder_len = len(layout.skill_key(user_id, name)) + 1
+            manifest = self.folders.manifest_body(lease.upload_id, {k[folder_len:]: i.etag for k, (i, _) in written.items()})
+            manifest_key = layout.skill_manifest_key(user_id, name)
+            written[manifest_key] = (self.store.put(manifest_key, manifest, content_type="application/json"), manifest)
         if stale:
             self.store.delete_many(stale)
         self.bundle.record_writes(user_id, written, removed=stale)
-        key = layout.skill_key(user_id, main if form == "flat" else name)
-        return (
-            SkillUploaded(
-                user_id=user_id,
-                skill_name=name,
-                key=key,
-                message=f"Skill {name} uploaded for user {user_id}",
-                form=form,
-                files=[layout.skill_key(user_id, p) for p in files],
-            ),
-            info.etag,
-        )
+        return info
 
     def list(self, user_id: str, limit: int = MAX_LIMIT, cursor: str | None = None) -> SkillList:
         """One page of skills: flat files and folders, in name order, each counted once."""
@@ -281,19 +303,25 @@ class SkillsService:
         main_key = folder + SKILL_FILE
         if main_key not in keys:
             raise NotFound("Skill not found", code="skill_not_found")
-        objects = get_many(self.store, keys)
-        main = objects[main_key]
-        if main is None:
+        objects = {k: o for k, o in get_many(self.store, keys).items() if o is not None}
+        # The folder as its last upload committed it: never half of a concurrent upload.
+        infos, bodies = self.folders.committed(
+            user_id, name, [o.info for o in objects.values()], {k: o.body for k, o in objects.items()}
+        )
+        main_info = next((i for i in infos if i.key == main_key), None)
+        if main_info is None or main_key not in bodies:
             raise NotFound("Skill not found", code="skill_not_found")
-        text = main.body.decode("utf-8", "replace")
+        main_object = objects.get(main_key)
+        text = bodies[main_key].decode("utf-8", "replace")
         return (
             SkillDetail(
-                user_id=user_id, skill_name=name, content=text, metadata={"contentType": main.content_type},
-                uploaded=main.info.last_modified, size=main.info.size, form="folder",
+                user_id=user_id, skill_name=name, content=text,
+                metadata={"contentType": main_object.content_type if main_object else "text/markdown; charset=utf-8"},
+                uploaded=main_info.last_modified, size=main_info.size, form="folder",
                 description=describe(text, is_skill_md=True),
-                files={k[len(folder):]: o.body.decode("utf-8", "replace") for k, o in objects.items() if o and k != main_key},
+                files={k[len(folder):]: b.decode("utf-8", "replace") for k, b in sorted(bodies.items()) if k != main_key},
             ),
-            main.info.etag,
+            main_info.etag,
         )
 
     def delete(self, user_id: str, name: str) -> SkillDeleted:
@@ -309,11 +337,15 @@ class SkillsService:
             self.bundle.record_writes(user_id, {}, removed=[key])
         else:
             key = layout.skill_key(user_id, name)
-            keys = [o.key for o in iter_all(self.store, key + "/")]
-            if not keys:
-                raise NotFound("Skill not found", code="skill_not_found")
-            self.store.delete_many(keys)
-            self.bundle.record_writes(user_id, {}, removed=keys)
+            lease = self.folders.acquire(user_id, name)  # not under an upload's feet
+            try:
+                keys = [o.key for o in iter_all(self.store, key + "/")]
+                if not keys:
+                    raise NotFound("Skill not found", code="skill_not_found")
+                self.store.delete_many(keys)
+                self.bundle.record_writes(user_id, {}, removed=keys)
+            finally:
+                lease.release()
         return SkillDeleted(user_id=user_id, skill_name=name, key=key)
 
 

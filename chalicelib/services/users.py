@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectStore
-from chalicelib.storage import layout
+from chalicelib.storage import ObjectStore, layout
 from chalicelib.storage.base import iter_all
 
 

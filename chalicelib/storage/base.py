@@ -7,6 +7,7 @@ token, and writes can be conditional (If-Match / If-None-Match: *).
 
 from __future__ import annotations
 
+import builtins
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -124,7 +125,7 @@ class ObjectStore(Protocol):
         """List keys under `prefix` in lexicographic (UTF-8 byte) order, one page at a time."""
         ...
 
-    def delete_many(self, keys: list[str]) -> int:
+    def delete_many(self, keys: builtins.list[str]) -> int:  # `list` here is the method above
         """Delete the keys (batched where the backend can); return how many were deleted."""
         ...
 

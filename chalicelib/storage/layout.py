@@ -2,6 +2,8 @@
 
     users/{userId}/skills/{name}.md                   flat skill (the original's form)
     users/{userId}/skills/{name}/SKILL.md (+ files)   Agent Skills folder
+    users/{userId}/skills/{name}/.skill-manifest.json the folder's files as its last upload wrote them
+    users/{userId}/cache/skill-uploads/{name}.json    a folder upload's writer lease
     users/{userId}/conversations/{conversationId}.json
     users/{userId}/settings/preferences.json
     users/{userId}/cache/skills-bundle.json           copies of the small skill files (derived)
@@ -17,6 +19,8 @@ from chalicelib.ids import validate_id, validate_skill_path
 
 USERS = "users/"
 SESSIONS = "sessions/"
+# A skill file's path may not start with a dot, so no upload can overwrite the manifest.
+SKILL_MANIFEST = ".skill-manifest.json"
 
 
 def user_prefix(user_id: str) -> str:
@@ -30,6 +34,16 @@ def skills_prefix(user_id: str) -> str:
 def skill_key(user_id: str, relative_path: str) -> str:
     """Key of a file under the user's skills folder (`debugging.md`, `pdf/SKILL.md`)."""
     return skills_prefix(user_id) + validate_skill_path(relative_path)
+
+
+def skill_manifest_key(user_id: str, folder: str) -> str:
+    """The manifest of a folder skill (see services/skill_folders.py)."""
+    return skills_prefix(user_id) + validate_skill_path(folder, "skill folder name") + "/" + SKILL_MANIFEST
+
+
+def skill_lease_key(user_id: str, folder: str) -> str:
+    """The writer lease of a folder skill: outside `skills/`, so never listed or mounted."""
+    return f"{user_prefix(user_id)}cache/skill-uploads/{validate_skill_path(folder, 'skill folder name')}.json"
 
 
 def skills_bundle_key(user_id: str) -> str:

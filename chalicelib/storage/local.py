@@ -10,6 +10,7 @@ single-part uploads, cached in an extended attribute so listing does not re-read
 from __future__ import annotations
 
 import base64
+import builtins
 import errno
 import fcntl
 import hashlib
@@ -18,8 +19,8 @@ import mimetypes
 import os
 import stat as stat_module
 import uuid
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -162,7 +163,7 @@ class LocalDirectoryStore:
                 return
         self._prune(path.parent)
 
-    def delete_many(self, keys: list[str]) -> int:
+    def delete_many(self, keys: builtins.list[str]) -> int:  # `list` here is the method above
         """Delete each key; return how many existed."""
         deleted = 0
         for key in keys:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chalice.app import Request
 from pydantic import BaseModel, ValidationError
 
+from chalicelib import safejson
 from chalicelib.errors import BadRequest, InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+from chalicelib.safejson import UnsafeJSON
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -36,7 +38,7 @@ class ApiRequest:
 
     def query(self, name: str) -> str | None:
         """A query-string parameter, or None."""
-        params = self._request.query_params or {}
+        params: Mapping[str, str] = self._request.query_params or {}
         value = params.get(name)
         return value if value not in (None, "") else None
 
@@ -80,7 +82,9 @@ class ApiRequest:
         if not body.strip():
             raise InvalidJSON("The request body is empty: send a JSON object.", code="empty_body")
         try:
-            return json.loads(body)
+            return safejson.loads(body)
+        except UnsafeJSON as exc:
+            raise InvalidJSON(exc.message, code=exc.code) from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidJSON(f"The body is not valid JSON ({exc}).") from None
 

@@ -8,30 +8,42 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from chalice import Chalice, Response
+from chalice.app import Request
 from pydantic import BaseModel
 
 from chalicelib import secrets
-from chalicelib.config import Settings
+from chalicelib.config import Settings, current_settings
 from chalicelib.container import Container, get_container
-from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUnavailable
+from chalicelib.errors import (
+    AppError,
+    MethodNotAllowed,
+    Misconfigured,
+    NotFound,
+    PreconditionFailed,
+    ServiceUnavailable,
+)
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
 from chalicelib.web.cors import cors_headers, preflight_headers
-from chalicelib.web.responses import Reply, error_response, json_response
 from chalicelib.web.requests import ApiRequest
+from chalicelib.web.responses import Reply, error_response, json_response
 
 log = logging.getLogger(__name__)
 
 # Every content type reaches our handler, which answers a JSON 415 itself; Chalice's own
 # 415 has a different body shape than the rest of the API.
 ANY_CONTENT_TYPE = ["*/*"]
+# Every method API Gateway and Chalice route but OPTIONS (each path has its own preflight).
+ROUTABLE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+NOT_ALLOWED_SUFFIX = "_method_not_allowed"
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,15 @@ class RequestContext:
         websocket API has its own host), else this server's own /ws (the local gateway)."""
         if self.settings.websocket_url:
             return self.settings.websocket_url.rstrip("/")
+        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            # In AWS the websocket API has its own host: deriving it from this request would hand
+            # the client the REST API's host. A stack packaged without the merge template lacks it.
+            raise Misconfigured(
+                "WEBSOCKET_URL is not set on this deployment, so clients cannot be told where to connect. "
+                "Package with ./scripts/package (its merge template sets WEBSOCKET_URL and TURN_RUNNER_FUNCTION), "
+                "or after `chalice deploy` set WEBSOCKET_URL in .chalice/config.json and deploy again (README: Deploy).",
+                code="websocket_url_not_configured",
+            )
         headers = self.request.headers
         scheme = "wss" if headers.get("x-forwarded-proto", "http") == "https" else "ws"
         return f"{scheme}://{headers.get('host', '127.0.0.1:8000')}/ws"
@@ -73,31 +94,70 @@ class Api:
             def view(**params: str) -> Response:
                 return self.dispatch(handler, params, public=public)
 
+            self._drop_not_allowed(path)
             self.app.route(path, methods=methods, content_types=ANY_CONTENT_TYPE)(view)
             if path not in self._methods:
                 self._register_preflight(path, handler.__name__)
             self._methods.setdefault(path, []).extend(methods)
+            self._register_not_allowed(path, handler.__name__)
             return handler
 
         return decorator
 
+    def _drop_not_allowed(self, path: str) -> None:
+        """Take back the 405 placeholders of `path` so a real route can claim a method."""
+        entries = self.app.routes.get(path, {})
+        for method in [m for m, entry in entries.items() if entry.view_name.endswith(NOT_ALLOWED_SUFFIX)]:
+            del entries[method]
+
+    def _register_not_allowed(self, path: str, name: str) -> None:
+        """Answer every other method on `path` with our JSON 405 and an Allow header.
+
+        Without a route for the method, Chalice answers `{"Code": "MethodNotAllowedError"}` and
+        API Gateway `{"message": "Missing Authentication Token"}`, neither in the API's error
+        shape; registering the methods makes both gateways hand them to us.
+        """
+        self._drop_not_allowed(path)
+        allowed = sorted({*self._methods[path], "OPTIONS"})
+        missing = [m for m in ROUTABLE_METHODS if m not in allowed]
+
+        def not_allowed(**_: str) -> Response:
+            request = self.app.current_request
+            method = request.method if request is not None else "This method"
+            error = MethodNotAllowed(
+                f"{method} is not supported on {path}: use {', '.join(allowed)} (see the API reference in README.md).",
+                headers={"Allow": ", ".join(allowed)},
+            )
+            return self.dispatch(_raise(error), {}, public=True)
+
+        not_allowed.__name__ = f"{name}{NOT_ALLOWED_SUFFIX}"
+        if missing:
+            self.app.route(path, methods=missing, content_types=ANY_CONTENT_TYPE)(not_allowed)
+
     def _register_preflight(self, path: str, name: str) -> None:
         def preflight(**_: str) -> Response:
             try:
-                settings = Settings.from_env()
+                settings = current_settings()
             except AppError as error:
                 return error_response(error)
-            headers = preflight_headers(settings, self.app.current_request.headers, self._methods[path])
-            return Response(body="", status_code=204, headers=headers)
+            headers = preflight_headers(settings, self._request().headers, self._methods[path])
+            return Response(body="", status_code=204, headers={**headers})
 
         preflight.__name__ = f"{name}_preflight"
         self.app.route(path, methods=["OPTIONS"], content_types=ANY_CONTENT_TYPE)(preflight)
+
+    def _request(self) -> Request:
+        """The request being handled (Chalice sets it before calling a view)."""
+        request = self.app.current_request
+        if request is None:
+            raise RuntimeError("No current request: Api views run only inside a Chalice request.")
+        return request
 
     def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         """Run one request through auth, the handler and error mapping, adding CORS headers."""
         response = self._dispatch(handler, params, public=public)
         try:
-            response.headers.update(cors_headers(Settings.from_env(), self.app.current_request.headers))
+            response.headers.update(cors_headers(current_settings(), self._request().headers))
         except AppError:
             pass
         return response
@@ -105,8 +165,8 @@ class Api:
     def _dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
         try:
             secrets.ensure_loaded()
-            settings = Settings.from_env()
-            request = ApiRequest(self.app.current_request)
+            settings = current_settings()
+            request = ApiRequest(self._request())
             if not public:
                 require_api_key(settings, request.headers)
             result = handler(RequestContext(request, get_container(settings)), **params)
@@ -117,6 +177,13 @@ class Api:
             return error_response(error)
         except Exception as exc:  # noqa: BLE001 - the edge must answer JSON, whatever happened
             return error_response(map_exception(exc))
+
+
+def _raise(error: AppError) -> Handler:
+    def handler(ctx: RequestContext) -> dict[str, Any]:
+        raise error
+
+    return handler
 
 
 def map_exception(exc: Exception) -> AppError:

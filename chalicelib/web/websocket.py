@@ -1,4 +1,8 @@
-"""The websocket edge: API Gateway events in, service calls out, refusals as status codes."""
+"""The websocket edge: API Gateway events in, service calls out, refusals as status codes.
+
+app.py imports this module in every Lambda, so the realtime package is imported inside the
+handlers: the REST Lambda's cold start does not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +14,31 @@ from chalice import Response
 from chalice.app import WebsocketEvent
 
 from chalicelib import secrets
-from chalicelib.config import Settings
 from chalicelib.aws import aws_session
+from chalicelib.config import current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
-from chalicelib.realtime.dispatch import LambdaDispatcher
-from chalicelib.realtime.protocol import error_frame
-from chalicelib.realtime.sender import ChaliceSender
-from chalicelib.realtime.service import WsEvent
 
 log = logging.getLogger(__name__)
+
+BINARY_FRAME = (
+    'Binary frames are not supported: send each frame as JSON text, such as {"action": "message", "prompt": "Hi"}.'
+)
 
 
 def container() -> Container:
     secrets.ensure_loaded()
-    return get_container(Settings.from_env())
+    return get_container(current_settings())
 
 
 def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
+    from chalicelib.realtime.service import WsEvent
+
     try:
+        refused = _origin_refusal(event)
+        if refused is not None:
+            return refused
         decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
     except AppError as exc:
         return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
@@ -39,10 +48,32 @@ def connect(event: WebsocketEvent) -> Response:
                     headers={"Content-Type": "application/json"})
 
 
+def _origin_refusal(event: WebsocketEvent) -> Response | None:
+    """A 403 for a browser page whose Origin is not allowed (the same allow-list as CORS),
+    decided before any token is looked at: browsers let any page open a websocket anywhere."""
+    from chalicelib.web.cors import origin_refused
+
+    refused = origin_refused(container().settings, event.to_dict().get("headers") or {})
+    if refused is None:
+        return None
+    return Response(body=json.dumps({"error": refused, "code": "origin_not_allowed"}), status_code=403,
+                    headers={"Content-Type": "application/json"})
+
+
 def message(event: WebsocketEvent, websocket_api: Any) -> None:
     """$default: one client frame."""
+    from chalicelib.realtime.protocol import error_frame
+    from chalicelib.realtime.sender import ChaliceSender
+    from chalicelib.realtime.service import WsEvent
+
     sender = ChaliceSender(websocket_api)
-    ws_event = WsEvent.from_lambda_event(event.to_dict())
+    raw = event.to_dict()
+    ws_event = WsEvent.from_lambda_event(raw)
+    if raw.get("isBase64Encoded"):
+        # API Gateway hands a binary frame over base64-encoded; the protocol is JSON text only.
+        sender.configure(ws_event.domain_name, ws_event.stage)
+        sender.send(ws_event.connection_id, error_frame(BINARY_FRAME, "binary_frame"))
+        return
     try:
         services = container()
     except AppError as exc:
@@ -53,11 +84,16 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
 
 def disconnect(event: WebsocketEvent) -> None:
     """$disconnect: forget the connection; a running turn goes on."""
+    from chalicelib.realtime.service import WsEvent
+
     container().realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
+    from chalicelib.realtime.dispatch import LambdaDispatcher
+    from chalicelib.realtime.sender import ChaliceSender
+
     session_id = str(payload.get("sessionId", ""))
     services = container()
     runner = services.turn_runner(ChaliceSender(websocket_api))

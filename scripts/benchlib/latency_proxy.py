@@ -32,6 +32,9 @@ class LatencyProxy:
         self.upstream_port = parts.port or 80
         self.delay = delay
         self.requests = 0
+        # (arrived, answered, client, request line): monotonic seconds, comparable across
+        # processes on Linux; client is the User-Agent's product ("Boto3", "s3fs").
+        self.log: list[tuple[float, float, str, str]] = []
         self._count_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -40,6 +43,12 @@ class LatencyProxy:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def take_log(self) -> list[tuple[float, float, str, str]]:
+        """The requests served since the last call, and forget them."""
+        with self._count_lock:
+            taken, self.log = self.log, []
+        return taken
 
     def __enter__(self) -> str:
         self._thread.start()
@@ -62,6 +71,7 @@ class LatencyProxy:
                 return
 
             def _forward(self) -> None:
+                arrived = time.monotonic()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 time.sleep(proxy.delay)
@@ -81,6 +91,9 @@ class LatencyProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 upstream.close()
+                with proxy._count_lock:
+                    proxy.log.append((arrived, time.monotonic(), self.headers.get("User-Agent", "").split("/")[0],
+                                      f"{self.command} {self.path}"))
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward  # noqa: N815
 

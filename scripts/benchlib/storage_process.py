@@ -7,6 +7,7 @@ would time moto's request parsing instead of our round trips.
     with remote_storage(delay=0.02) as storage:
         storage.url        # proxied endpoint: every request pays `delay`
         storage.upstream   # moto server itself, for seeding data without the delay
+        storage.take_log() # the proxied requests since the last call: (arrived, answered, client, request)
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ class RemoteStorage:
 
     url: str
     upstream: str
+    child: subprocess.Popen[str] | None = None
+
+    def take_log(self) -> list[tuple[float, float, str, str]]:
+        """The requests the proxy served since the last call (and forget them)."""
+        assert self.child is not None and self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write("log\n")
+        self.child.stdin.flush()
+        return [tuple(entry) for entry in json.loads(self.child.stdout.readline())]  # type: ignore[misc]
 
 
 @contextmanager
@@ -43,7 +52,7 @@ def remote_storage(delay: float) -> Iterator[RemoteStorage]:
         if not line:
             raise RuntimeError("the storage child process exited before it printed its address; run it alone to see why")
         ready = json.loads(line)
-        yield RemoteStorage(url=ready["url"], upstream=ready["upstream"])
+        yield RemoteStorage(url=ready["url"], upstream=ready["upstream"], child=child)
     finally:
         child.stdin.close()  # the child's signal to stop
         try:
@@ -66,9 +75,12 @@ def _serve(delay: float) -> None:
     host, port = server.get_host_and_port()
     upstream = f"http://{host}:{port}"
     try:
-        with LatencyProxy(upstream, delay=delay) as url:
+        proxy = LatencyProxy(upstream, delay=delay)
+        with proxy as url:
             print(json.dumps({"url": url, "upstream": upstream}), flush=True)
-            sys.stdin.read()  # returns when the parent closes our stdin or dies
+            for line in sys.stdin:  # ends when the parent closes our stdin or dies
+                if line.strip() == "log":
+                    print(json.dumps(proxy.take_log()), flush=True)
     finally:
         server.stop()
 

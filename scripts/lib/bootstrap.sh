@@ -1,8 +1,18 @@
 # Shared by ./scripts/dev and ./scripts/test: make a fresh machine ready, quietly and only once.
 # Sourced, not run. Expects to be in the repository root.
 
+# requirement_files FILE: FILE and every file it includes with -r, recursively (paths as pip reads them).
+requirement_files() {
+    local file="$1" include
+    echo "$file"
+    sed -n 's/^-r[[:space:]]*//p' "$file" | while read -r include; do
+        requirement_files "$(dirname "$file")/$include"
+    done
+}
+
 # ensure_venv REQUIREMENTS_FILE: create .venv if missing; pip install when the file (or a file it
-# includes with -r) changed since the last install, tracked by a hash stamp inside .venv.
+# includes with -r) changed since the last install, tracked by a hash stamp inside .venv. Only
+# those files count: editing the test requirements does not make ./scripts/dev reinstall.
 ensure_venv() {
     local req="$1"
     local python="${PYTHON:-}"
@@ -15,7 +25,7 @@ ensure_venv() {
     fi
     local stamp=".venv/.installed-$(basename "$req")"
     local digest
-    digest=$(cat requirements*.txt sandbox_host/requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
+    digest=$(requirement_files "$req" | sort -u | xargs cat | sha256sum | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
         echo "==> installing $req into .venv" >&2
         .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"

@@ -1,25 +1,63 @@
-"""The web console in a real Chromium (Debian's), against the local gateway and the fake model."""
+"""The web console in a real Chromium (Debian's), against the local gateway and the fake model.
+
+Screenshots go to test-artifacts/ (git-ignored); docs/console.png is only rewritten by
+./scripts/update-screenshot, which copies test-artifacts/console-conversation.png.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from tests.fakes.fake_anthropic import Endless, Reply, Text, ToolUse
 from tests.support.api import ROOT
+from tests.support.sandbox_host import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
-SCREENSHOT = ROOT / "docs" / "console.png"
+ARTIFACTS = ROOT / "test-artifacts"
 SKILL = "# Debugging Skill\n\nRead the logs first, then bisect the change."
+MARKDOWN_REPLY = (
+    "## Your debugging plan\n\nYour skill says: read the logs first, then bisect.\n\n"
+    "1. Read the **logs**\n2. Bisect the change\n\n"
+    "| Step | Tool |\n|---|---|\n| logs | `journalctl` |\n| bisect | `git bisect` |\n\n"
+    "```bash\ngit bisect start\n```\n"
+)
+HOSTILE_REPLY = (
+    "# Title\n\n<script>window.__pwned = 'script'</script>\n\n"
+    "<img src=\"x\" onerror=\"window.__pwned = 'img'\">\n\n"
+    "<a href=\"javascript:window.__pwned = 'link'\" id=\"evil-link\">click me</a>\n\n"
+    "<p onclick=\"window.__pwned = 'click'\" id=\"evil-p\">text</p>\n\nSafe end."
+)
+
+
+@dataclass
+class BrowserLog:
+    """What the page reported: console errors and HTTP answers >= 400 (a 404 is a missing file)."""
+
+    console_errors: list[str] = field(default_factory=list)
+    bad_responses: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        assert self.console_errors == [], self.console_errors
+        assert self.bad_responses == [], self.bad_responses
 
 
 @pytest.fixture
-def page(world) -> Iterator:  # type: ignore[no-untyped-def]
+def log() -> BrowserLog:
+    return BrowserLog()
+
+
+@pytest.fixture
+def context(world) -> Iterator:  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -27,53 +65,96 @@ def page(world) -> Iterator:  # type: ignore[no-untyped-def]
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(20000)
-        page.goto(world.url + "/")
-        yield page
+        yield context
         context.close()
         browser.close()
 
 
+@pytest.fixture
+def page(world, context, log: BrowserLog) -> Iterator:  # type: ignore[no-untyped-def]
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: log.console_errors.append(f"uncaught: {e}"))
+    page.on("response", lambda r: log.bad_responses.append(f"{r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
+    page.goto(world.url + "/")
+    yield page
+
+
 def load_user(page, user: str) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
     page.fill("#user-id", user)
     page.click("#connection button[type=submit]")
+    expect(page.locator("#start-session")).to_be_enabled()
 
 
-def test_skill_session_chat_interrupt_reload_screenshot(world, page) -> None:  # type: ignore[no-untyped-def]
+def start_session(page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.click("#start-session")
+    expect(page.locator("#transcript")).to_contain_text("Ready")
+    expect(page.locator("#prompt")).to_be_enabled()
+
+
+def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=False)
+    assert (ARTIFACTS / f"console-{name}.png").stat().st_size > 5_000
+
+
+def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     load_user(page, "webuser")
-    # 1-2. create a skill and see it listed
+    # 1-2. create a skill and see it listed, with a confirmation
     page.fill("#skill-name", "debugging.md")
     page.fill("#skill-content", SKILL)
     page.click("#skill-form button[type=submit]")
     expect(page.locator("#skills")).to_contain_text("debugging.md")
-    # A SKILL.md breaking the rules shows the API's error next to the editor.
-    page.fill("#skill-name", "pdf-tools")
-    page.fill("#skill-content", "---\nname: PDF\ndescription: x\n---\n")
-    page.click("#skill-form button[type=submit]")
-    expect(page.locator("#skill-error")).to_contain_text("invalid_frontmatter")
+    expect(page.locator("#skill-status")).to_contain_text("Saved debugging.md")
+    page.fill("#set-system", "Answer briefly.")
+    page.click("#settings-form button[type=submit]")
+    expect(page.locator("#settings-status")).to_have_text("Saved ✓")
     # 3. start a session
-    page.click("#start-session")
+    start_session(page)
     expect(page.locator("#session-info")).to_contain_text("r2_load_dev")
+    expect(page.locator("#session-info")).to_contain_text("1 skill file")
     expect(page.locator("#skills-loaded")).to_contain_text("/workspace/.claude/skills/debugging.md")
-    expect(page.locator("#transcript")).to_contain_text("Ready")
-    # 4-5. a prompt; the answer streams and a tool call reads the skill
+    # 4-5. a prompt; the answer streams as rendered markdown and a tool call reads the skill
     world.fake.script(
         Reply([Text("Let me read your skill."), ToolUse("str_replace_based_edit_tool", {"command": "view", "path": "/workspace/.claude/skills/debugging.md"})]),
-        Reply([Text("Your skill says: read the logs first, then bisect.", chunks=10)], delay=0.02),
+        Reply([Text(MARKDOWN_REPLY, chunks=12)], delay=0.02),
     )
     page.fill("#prompt", "How do I debug?")
     page.click("#send")
+    expect(page.locator("#interrupt")).to_be_enabled()
     expect(page.locator("#transcript .result")).to_contain_text("2 turns")
-    expect(page.locator("#transcript")).to_contain_text("Your skill says: read the logs first, then bisect.")
+    reply = page.locator("#transcript .msg.assistant").last
+    expect(reply.locator("h2")).to_have_text("Your debugging plan")
+    expect(reply.locator("ol li")).to_have_count(2)
+    expect(reply.locator("table td")).to_have_count(4)
+    expect(reply.locator("pre code")).to_have_text("git bisect start")
+    expect(reply.get_by_role("button", name="Copy code")).to_be_visible()
     tool = page.locator("details.tool").first
     expect(tool.locator("summary")).to_contain_text("str_replace_based_edit_tool")
     tool.locator("summary").click()
     expect(tool.locator(".tool-result")).to_contain_text("Read the logs first")
-    page.screenshot(path=str(SCREENSHOT), full_page=False)
+    # No "Sent." lines: statuses are a badge, and it is idle again.
+    assert "Sent." not in (page.locator("#transcript").text_content() or "")
+    expect(page.locator("#turn-badge")).to_have_text("Connected")
+    expect(page.locator("#interrupt")).to_be_disabled()
+    # ./scripts/update-screenshot copies this one to docs/console.png: the tool call and the answer in view.
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.evaluate("document.querySelector('.side-col').scrollTop = 0; const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight")
+    shot(page, "conversation")
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, tool call open
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(246, 246, 244)"
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    shot(page, "conversation-dark")
+    page.emulate_media(color_scheme="light")
     # 6. interrupt a long answer
     world.fake.script(Endless(delta="more ", delay=0.01, max_deltas=20000))
     page.fill("#prompt", "Talk for a long time")
@@ -82,22 +163,27 @@ def test_skill_session_chat_interrupt_reload_screenshot(world, page) -> None:  #
     expect(page.locator("#transcript")).to_contain_text("more more more")
     page.click("#interrupt")
     expect(page.locator("#transcript .result").last).to_contain_text("interrupted")
-    # 7. reload and reopen the conversation read-only
+    expect(page.locator("#interrupt")).to_be_disabled()
+    expect(page.locator("#clear")).to_be_enabled()
+    # 7. reload: the conversation is listed by its first prompt; reopen it read-only
     page.reload()
     conversation = page.get_by_role("button", name="Open conversation", exact=False).first
+    expect(conversation).to_contain_text("How do I debug?")
+    expect(conversation).to_contain_text("messages")
     conversation.click()
     expect(page.locator("#transcript")).to_contain_text("read-only")
-    expect(page.locator("#transcript")).to_contain_text("Your skill says: read the logs first, then bisect.")
-    assert SCREENSHOT.stat().st_size > 10_000
+    expect(page.locator("#transcript h2")).to_have_text("Your debugging plan")
+    log.assert_clean()  # no console error (the user field's pattern included), no 404 (favicon included)
 
 
-def test_keyboard_only_chat(world, page) -> None:  # type: ignore[no-untyped-def]
+def test_keyboard_only_chat(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     world.fake.script(Reply([Text("Hello from the keyboard test.")]))
     page.focus("#user-id")
     page.keyboard.type("keys")
     page.keyboard.press("Enter")  # submits the connection form
+    expect(page.locator("#start-session")).to_be_enabled()
     page.focus("#start-session")
     page.keyboard.press("Enter")
     expect(page.locator("#prompt")).to_be_enabled()
@@ -109,81 +195,357 @@ def test_keyboard_only_chat(world, page) -> None:  # type: ignore[no-untyped-def
     assert page.evaluate("document.activeElement.id") == "prompt"
     page.keyboard.type("hi")
     page.keyboard.press("Enter")
-    expect(page.locator("#transcript .result")).to_contain_text("1 turns")
+    expect(page.locator("#transcript .result")).to_contain_text("1 turn ·")
     expect(page.locator("#transcript")).to_contain_text("Hello from the keyboard test.")
+    log.assert_clean()
 
 
 def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
     frames = [
-        {"event": "status", "seq": 0, "status": "ready", "conversationId": "c1", "continued": False, "messageCount": 0},
+        {"event": "status", "seq": 0, "status": "ready", "conversationId": "c1", "continued": True, "messageCount": 1},
+        {"event": "status", "seq": 0, "status": "queued", "messageId": "m1", "position": 0},
         {"event": "status", "seq": 1, "status": "running", "turnId": "t1"},
         {"event": "message", "seq": 2, "role": "user", "content": "hi", "uuid": "u1"},
-        {"event": "stream", "seq": 3, "type": "text", "content": "Streamed "},
-        {"event": "stream", "seq": 4, "type": "text", "content": "text."},
-        {"event": "message", "seq": 5, "role": "assistant", "content": [{"type": "text", "text": "Streamed text."}], "uuid": "a1"},
-        {"event": "tool_use", "seq": 6, "id": "tu1", "name": "bash", "input": {"command": "ls"}},
-        {"event": "tool_result", "seq": 7, "tool_use_id": "tu1", "content": "file.txt", "is_error": False},
-        {"event": "status", "seq": 8, "status": "max_turns_reached", "message": "Stopped after 1 model replies"},
-        {"event": "result", "seq": 9, "turns": 1, "durationMs": 12, "usage": {"inputTokens": 5, "outputTokens": 6,
+        {"event": "stream", "seq": 3, "type": "thinking", "content": "Pondering the "},
+        {"event": "stream", "seq": 4, "type": "thinking", "content": "question."},
+        {"event": "stream", "seq": 5, "type": "text", "content": "Streamed "},
+        {"event": "stream", "seq": 6, "type": "text", "content": "text."},
+        {"event": "message", "seq": 7, "role": "assistant", "content": [{"type": "text", "text": "Streamed text."}], "uuid": "a1"},
+        {"event": "tool_use", "seq": 8, "id": "tu1", "name": "bash", "input": {"command": "ls"}},
+        {"event": "tool_result", "seq": 9, "tool_use_id": "tu1", "content": "file.txt", "is_error": False},
+        {"event": "status", "seq": 10, "status": "compacted", "message": "Earlier messages were summarised."},
+        {"event": "status", "seq": 11, "status": "max_turns_reached", "maxTurns": 1, "message": "Stopped after 1 model replies"},
+        {"event": "result", "seq": 12, "turns": 1, "durationMs": 12, "usage": {"inputTokens": 5, "outputTokens": 6,
          "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0}, "costUsd": 0.0001, "model": "m", "stopReason": "max_turns", "interrupted": False},
-        {"event": "stream", "seq": 9, "type": "text", "content": "DUPLICATE"},
+        {"event": "stream", "seq": 12, "type": "text", "content": "DUPLICATE"},
         {"event": "error", "seq": 0, "code": "invalid_frame", "message": "Bad frame."},
     ]
     for frame in frames:
         page.evaluate("f => window.consoleApp.handleFrame(f)", frame)
-    text = page.locator("#transcript").text_content() or ""
-    for needle in ("Ready: conversation c1", "Streamed text.", "bash", "file.txt", "max_turns_reached", "1 turns",
-                   "$0.0001", "Error (invalid_frame): Bad frame."):
-        assert needle in text, needle
-    assert "DUPLICATE" not in text  # replayed seq numbers are dropped
+    transcript = page.locator("#transcript")
+    for needle in ("Ready: conversation c1 (1 earlier message)", "Streamed text.", "bash", "file.txt",
+                   "Stopped after 1 model reply (maxTurns)", "Earlier messages were summarised.", "1 turn ·",
+                   "$0.0001", "Error: invalid_frame", "Bad frame."):
+        expect(transcript).to_contain_text(needle)
+    assert "model replies" not in (transcript.text_content() or "")
+    assert "Sent." not in (transcript.text_content() or "")
+    thinking = page.locator("details.thinking")
+    expect(thinking).to_have_count(1)
+    expect(thinking).not_to_have_attribute("open", "")  # collapsed
+    expect(thinking.locator("summary")).to_have_text("Thinking")
+    assert thinking.locator(".thought").text_content() == "Pondering the question."
+    assert "DUPLICATE" not in (transcript.text_content() or "")  # replayed seq numbers are dropped
     page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "history", "seq": 0, "messages": [
-        {"role": "user", "content": "old question"}, {"role": "assistant", "content": [{"type": "text", "text": "old answer"}]}]})
-    assert "old answer" in page.locator("#transcript").inner_text()
+        {"role": "user", "content": "old question"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "old **answer**"}]}]})
+    expect(transcript.locator("strong")).to_have_text("answer")
+    expect(transcript.locator(".msg.user")).to_have_text("old question")
+    # Server tools (web, MCP) from a saved conversation are labelled as such, with their results.
+    page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "history", "seq": 0, "messages": [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": [
+            {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {"query": "bisect"}},
+            {"type": "web_search_tool_result", "tool_use_id": "s1", "content": [{"type": "web_search_result", "url": "https://git-scm.com/docs/git-bisect", "title": "git-bisect"}]},
+            {"type": "mcp_tool_use", "id": "m1", "name": "find_ticket", "server_name": "tickets", "input": {"id": 7}},
+            {"type": "mcp_tool_result", "tool_use_id": "m1", "content": [{"type": "text", "text": "Ticket 7"}], "is_error": False}]}]})
+    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search")
+    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket")
+    expect(transcript.locator("details.tool .tool-result").nth(0)).to_contain_text("git-scm.com/docs/git-bisect", use_inner_text=False)
+    expect(transcript.locator("details.tool .tool-result").nth(1)).to_contain_text("Ticket 7", use_inner_text=False)
     page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "cleared", "seq": 0, "conversationId": "c1"})
-    assert "History cleared." in page.locator("#transcript").inner_text()
+    expect(transcript).to_contain_text("History cleared.")
     rendered = page.evaluate("Object.keys(window.consoleApp.RENDER).sort()")
-    assert rendered == sorted(["status", "stream", "message", "tool_use", "tool_result", "result", "error", "history", "cleared"])
+    assert rendered == sorted(["status", "stream", "message", "tool_use", "tool_result", "result", "error", "history", "cleared",
+                               "permission_request", "permission_resolved"])
 
 
-def test_errors_are_visible(world, page, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_markdown_is_rendered_and_sanitised(world, page, context, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
-    monkeypatch.setenv("API_KEY", "secret")
-    load_user(page, "alice")
-    expect(page.locator("#banner")).to_contain_text("Enter the API key")
-    page.fill("#api-key", "secret")
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    load_user(page, "md")
+    start_session(page)
+    world.fake.script(Reply([Text(HOSTILE_REPLY + "\n\n```\ncopy me\n```\n", chunks=6)]))
+    page.fill("#prompt", "show me")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .result")).to_be_visible()
+    reply = page.locator("#transcript .msg.assistant").last
+    expect(reply.locator("h1")).to_have_text("Title")
+    expect(reply).to_contain_text("Safe end.")
+    assert reply.locator("script, img, [onerror], [onclick]").count() == 0
+    assert reply.locator("#evil-link").get_attribute("href") is None  # javascript: URLs are dropped
+    page.locator("#evil-p").click()
+    page.locator("#evil-link").click()
+    assert page.evaluate("window.__pwned") is None
+    reply.get_by_role("button", name="Copy code").click()
+    expect(reply.get_by_role("button", name="Copy code")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "copy me\n"
+    log.assert_clean()  # and the <img src="x"> was never requested
+
+
+def test_transcript_follows_streaming_text(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1000, "height": 600})
+    load_user(page, "scroller")
+    start_session(page)
+    lines = "".join(f"Line {i:02d} of a long answer.\n\n" for i in range(60))
+    world.fake.script(Reply([Text(lines, chunks=60)], delay=0.03))
+    page.fill("#prompt", "write a lot")
+    page.keyboard.press("Enter")
+    at_bottom = "() => { const t = document.getElementById('transcript'); return t.scrollHeight - t.scrollTop - t.clientHeight < 2; }"
+    expect(page.locator("#transcript .msg.assistant")).to_contain_text("Line 20")
+    assert page.evaluate("document.getElementById('transcript').scrollHeight > document.getElementById('transcript').clientHeight")
+    assert page.evaluate(at_bottom)  # mid-stream, the newest text is in view
+    expect(page.locator("#transcript .result")).to_be_visible()
+    assert page.evaluate(at_bottom)
+    # A reader who scrolled up is left where they are; a button offers the way back.
+    page.evaluate("document.getElementById('transcript').scrollTop = 0")
+    page.wait_for_function("() => document.getElementById('jump-latest').hidden === true")
+    for seq in range(1000, 1030):
+        page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "stream", "seq": seq, "type": "text", "content": f"more {seq}\n\n"})
+    expect(page.locator("#jump-latest")).to_be_visible()
+    assert page.evaluate("document.getElementById('transcript').scrollTop") == 0
+    page.click("#jump-latest")
+    page.wait_for_function(at_bottom)
+    log.assert_clean()
+
+
+def test_start_disabled_until_loaded_and_an_error_is_shown_once(world, page, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect(page.locator("#start-session")).to_be_disabled()
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("choose Load user")
+    page.fill("#user-id", "erin")
+    expect(page.locator("#start-session")).to_be_disabled()  # typed, not loaded
     page.click("#connection button[type=submit]")
-    expect(page.locator("#banner")).to_be_hidden()
-    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    expect(page.locator("#start-session")).to_be_enabled()
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("Start session")
+    page.fill("#user-id", "someone-else")
+    expect(page.locator("#start-session")).to_be_disabled()
+    load_user(page, "erin")
+    start_session(page)
+    load_user(page, "frank")  # another user: the session and its transcript were erin's
+    expect(page.locator("#session-info")).to_have_text("No session.")
+    expect(page.locator("#prompt")).to_be_disabled()
+    expect(page.locator("#transcript")).not_to_contain_text("Ready: conversation")
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("frank")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     page.click("#start-session")
-    expect(page.locator("#banner")).to_contain_text("ANTHROPIC_API_KEY")
+    expect(page.locator("#prompt")).to_be_enabled()
+    page.fill("#prompt", "hello?")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .msg.user")).to_have_text("hello?")
+    expect(page.locator(".error-card")).to_have_count(1)
+    expect(page.locator(".error-card")).to_contain_text("ANTHROPIC_API_KEY")
+    page.wait_for_timeout(300)  # any second copy would have arrived by now
+    body = page.locator("body").inner_text()
+    assert body.count("anthropic_api_key_missing") == 1, body
+    expect(page.locator("#banner")).to_be_hidden()
+    # The failed turn left nothing half-set: Interrupt off, Clear and Send on.
+    expect(page.locator("#interrupt")).to_be_disabled()
+    expect(page.locator("#clear")).to_be_enabled()
+    expect(page.locator("#send")).to_be_enabled()
+    shot(page, "error")
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
 
 
-def test_phone_width_layout(world, page) -> None:  # type: ignore[no-untyped-def]
+def test_websocket_failures_name_their_cause(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "wsfail")
+    start_session(page)
+    # A refused upgrade (403: a stale token) while the server is up.
+    page.evaluate("window.consoleApp.state.session.token = 'stale'; window.consoleApp.connect({action: 'start'})")
+    expect(page.locator("#banner")).to_contain_text("refused the WebSocket (code 1006)")
+    expect(page.locator("#banner")).to_contain_text("token")
+    expect(page.locator("#turn-badge")).to_have_text("Disconnected")
+    expect(page.locator("#send")).to_be_disabled()
+    expect(page.locator("#interrupt")).to_be_disabled()
+    # Nothing listening at all: /health does not answer either.
+    dead = free_port()
+    page.evaluate("""port => { const s = window.consoleApp.state; s.api = `http://127.0.0.1:${port}`;
+        s.session.websocketUrl = `ws://127.0.0.1:${port}/ws?sessionId=x`; window.consoleApp.connect({action: 'start'}); }""", dead)
+    expect(page.locator("#banner")).to_contain_text("The server is not running or not reachable")
+    expect(page.locator("#banner")).to_contain_text("code 1006")
+    expect(page.locator("#server-badge")).to_have_text("server unreachable")
+
+
+def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "newbie")
+    expect(page.locator("#skills .empty")).to_contain_text("No skills yet")
+    expect(page.locator("#conversations .empty")).to_contain_text("No conversations yet")
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("No skills yet: add one")
+    shot(page, "empty")
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    page.get_by_role("button", name="Add a sample skill").click()
+    expect(page.locator("#skills")).to_contain_text("debugging.md")
+    expect(page.locator("#skill-status")).to_contain_text("Sample skill added")
+    expect(page.locator("#skill-content")).to_have_value(re.compile("Bisect"))
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("1 skill will be copied")
+    assert world.http.get("/users/newbie/skills").json()["count"] == 1
+    log.assert_clean()
+
+
+def test_delete_asks_for_confirmation(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    world.http.post("/users/del/skills", json={"name": "keep.md", "content": "# Keep"})
+    load_user(page, "del")
+    page.get_by_role("button", name="Open skill keep.md").click()
+    expect(page.locator("#skill-name")).to_have_value("keep.md")
+    page.click("#skill-delete")
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm")).to_contain_text("keep.md")
+    page.click("#confirm-cancel")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert world.http.get("/users/del/skills/keep.md").status_code == 200
+    page.click("#skill-delete")
+    page.click("#confirm-ok")
+    expect(page.locator("#skills .empty")).to_be_visible()
+    assert world.http.get("/users/del/skills/keep.md").status_code == 404
+    log.assert_clean()
+
+
+def test_conversations_listed_with_first_prompt_a_page_at_a_time(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    for i in range(12):
+        world.http.post("/users/hist/conversations", json={"conversationId": f"conv-{i:02d}", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": f"Question number {i}"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "An answer."}]}]})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/conversations" in r.url else None)
+    load_user(page, "hist")
+    items = page.locator("#conversations .conv")
+    expect(items).to_have_count(10)
+    expect(items.first).to_contain_text("Question number 11")  # newest first
+    expect(items.first).to_contain_text("2 messages")
+    expect(items.first).to_contain_text(re.compile(r"\d+ bytes"))
+    year = str(__import__("datetime").date.today().year)
+    expect(items.first).to_contain_text(year)
+    lists = [u for u in requests if re.search(r"/conversations\?", u)]
+    details = [u for u in requests if re.search(r"/conversations/conv-", u)]
+    assert len(lists) == 1 and len(details) == 10, requests  # the shown page only
+    # After a turn the list is read again: only a conversation that changed is read in full.
+    result = {"event": "result", "seq": 0, "turns": 1, "durationMs": 5, "costUsd": 0, "model": "m", "stopReason": "end_turn",
+              "interrupted": False, "usage": {"inputTokens": 1, "outputTokens": 1, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0}}
+    requests.clear()
+    page.evaluate("f => window.consoleApp.handleFrame(f)", result)
+    page.wait_for_timeout(500)
+    assert [u for u in requests if "/conversations/conv-" in u] == [] and len(requests) == 1, requests
+    world.http.post("/users/hist/conversations", json={"conversationId": "conv-05", "messages": [
+        {"role": "user", "content": "Question number 5, edited"}]})
+    requests.clear()
+    page.evaluate("f => window.consoleApp.handleFrame(f)", result)
+    expect(items.first).to_contain_text("Question number 5, edited")  # now the newest
+    assert [u for u in requests if "/conversations/conv-" in u] == [requests[-1]] and requests[-1].endswith("/conv-05"), requests
+    page.click("#conversations-more")
+    expect(items).to_have_count(12)
+    expect(page.locator("#conversations-more")).to_be_hidden()
+    expect(items.last).to_contain_text("Question number 0")
+    # Delete asks first, then the list shrinks.
+    items.first.get_by_role("button", name="Delete conversation conv-05").click()
+    expect(page.locator("#confirm")).to_contain_text("Question number 5, edited")
+    page.click("#confirm-ok")
+    expect(page.locator("#conversations")).not_to_contain_text("Question number 5")
+    assert world.http.get("/users/hist/conversations/conv-05").status_code == 404
+    log.assert_clean()
+
+
+def test_phone_width_chat_first(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
+    load_user(page, "phone")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    for control in ("#user-id", "#skill-name", "#prompt", "#start-session"):
+    expect(page.get_by_role("tab", name="Chat")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#chat-panel")).to_be_visible()
+    expect(page.locator("#skills-panel")).to_be_hidden()
+    expect(page.locator("#connection")).to_be_hidden()  # folded away once the user is loaded
+    for control in ("#prompt", "#start-session"):
         box = page.locator(control).bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 391
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 391 and box["y"] < 844, control
+    start_session(page)
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("Ask anything.")
+    shot(page, "phone")
+    page.get_by_role("tab", name="Skills").click()
+    expect(page.locator("#skills-panel")).to_be_visible()
+    expect(page.locator("#chat-panel")).to_be_hidden()
+    box = page.locator("#skill-name").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 391
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("tab", name="Settings")).to_be_focused()
+    expect(page.locator("#settings-panel")).to_be_visible()
+    page.get_by_text("Connection · phone").click()
+    expect(page.locator("#user-id")).to_be_visible()
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    log.assert_clean()
+
+
+def test_api_key_stays_in_the_tab_unless_remembered(world, page) -> None:  # type: ignore[no-untyped-def]
+    page.fill("#api-key", "k-123")
+    load_user(page, "keys")
+    stored = "() => [sessionStorage.getItem('console.key'), localStorage.getItem('console.key')]"
+    assert page.evaluate(stored) == ["k-123", None]
+    page.check("#remember-key")
+    assert page.evaluate(stored) == [None, "k-123"]
+    page.reload()
+    assert page.input_value("#api-key") == "k-123"
+    page.uncheck("#remember-key")
+    assert page.evaluate(stored) == ["k-123", None]
+
+
+def test_user_field_validates_in_the_browser(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    pattern = page.get_attribute("#user-id", "pattern")
+    assert page.evaluate("p => { new RegExp(`^(?:${p})$`, 'v'); return true; }", pattern)  # valid under the v flag
+    page.fill("#user-id", "not a valid id!")
+    assert page.evaluate("document.getElementById('user-id').validity.patternMismatch")
+    page.click("#connection button[type=submit]")
+    assert page.evaluate("window.consoleApp.state.loadedUser") is None
+    page.fill("#user-id", "ok-user_1.x")
+    assert not page.evaluate("document.getElementById('user-id').validity.patternMismatch")
+    log.assert_clean()
+
+
+def test_offline_model_badge(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect(page.locator("#server-badge")).to_contain_text("development")
+    expect(page.locator("#offline-badge")).to_be_hidden()  # the field absent: Claude
+    # ./scripts/dev --offline-model adds "offlineModel": true to /health; answer the same here.
+    health = world.http.get("/health").json()
+
+    def offline(route: Any) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps({**health, "offlineModel": True}))
+
+    page.route("**/health", offline)
+    page.reload()
+    expect(page.locator("#offline-badge")).to_have_text("Offline stand-in - not Claude")
+    expect(page.locator("#offline-badge")).to_be_visible()
+    log.assert_clean()
 
 
 def test_reconnect_resumes_without_losing_or_repeating_text(world, page) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     load_user(page, "flaky")
-    page.click("#start-session")
-    expect(page.locator("#transcript")).to_contain_text("Ready")
+    start_session(page)
     answer = "".join(f"part{i:02d} " for i in range(40))
     world.fake.script(Reply([Text(answer, chunks=40)], delay=0.05))
     page.fill("#prompt", "stream slowly")
     page.keyboard.press("Enter")
     expect(page.locator("#transcript .msg.assistant")).to_contain_text("part03")
     page.evaluate("window.consoleApp.state.ws.close()")  # the network drops mid-answer
-    expect(page.locator("#transcript")).to_contain_text("reconnecting")
-    expect(page.locator("#transcript .result")).to_contain_text("1 turns", timeout=30000)
+    expect(page.locator("#turn-badge")).to_contain_text("Reconnecting")
+    expect(page.locator("#transcript .result")).to_contain_text("1 turn ·", timeout=30000)
     streamed = page.locator("#transcript .msg.assistant").all_text_contents()
-    assert "".join(streamed) == answer
+    assert "".join(streamed).strip() == answer.strip()
 
 
 # Every form control's accessible name, and the WCAG contrast of every piece of visible text.
@@ -218,14 +580,56 @@ A11Y_AUDIT = """() => {
 }"""
 
 
-def test_controls_are_labelled_and_text_has_contrast(world, page) -> None:  # type: ignore[no-untyped-def]
+def test_controls_are_labelled_and_text_has_contrast_in_both_themes(world, page) -> None:  # type: ignore[no-untyped-def]
     world.http.post("/users/ada/skills", json={"name": "debugging.md", "content": SKILL})
     load_user(page, "ada")
     page.wait_for_selector("text=debugging.md")
-    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, scheme
     # The audit itself catches what it should.
+    page.emulate_media(color_scheme="light")
     page.evaluate("""document.body.insertAdjacentHTML('beforeend',
         '<p style="color:#bbb;background:#fff">faint text</p><input id="unlabelled-probe">')""")
     audit = page.evaluate(A11Y_AUDIT)
     assert len(audit["unnamed"]) == 1 and "unlabelled-probe" in audit["unnamed"][0]
     assert [line for line in audit["low"] if "faint text" in line]
+
+
+def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "asker")
+    # The settings panel sets "Ask me" for bash and a budget.
+    page.select_option("#set-perm-bash", "ask")
+    page.fill("#set-budget", "2.5")
+    page.click("#settings-form button[type=submit]")
+    expect(page.locator("#settings-status")).to_have_text("Saved ✓")
+    stored = world.http.get("/users/asker/settings").json()["settings"]
+    assert stored["permissions"] == {"bash": "ask", "str_replace_based_edit_tool": "allow"} and stored["maxBudgetUsd"] == 2.5
+    start_session(page)
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo approved-in-browser"})]), Reply([ToolUse("bash", {"command": "echo denied-in-browser"})]),
+                      Reply([ToolUse("bash", {"command": "echo denied-again"})]), Reply([Text("All answered.")]))
+    page.fill("#prompt", "run things")
+    page.click("#send")
+    first = page.locator(".permission").nth(0)
+    expect(first).to_contain_text("The agent wants to run bash")
+    expect(first.locator(".tool-input")).to_contain_text("echo approved-in-browser")
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    first.get_by_role("button", name="Approve").click()
+    expect(first.locator(".outcome")).to_have_text("Approved")
+    expect(first.get_by_role("button", name="Deny")).to_be_disabled()
+    second = page.locator(".permission").nth(1)
+    expect(second.locator(".tool-input")).to_contain_text("echo denied-in-browser")
+    second.locator("input.remember").check()
+    second.get_by_role("button", name="Deny").click()
+    expect(second.locator(".outcome")).to_have_text("Denied")
+    expect(page.locator("#transcript .result")).to_contain_text("4 turns")
+    # The third call was denied by the remembered answer, without a card.
+    expect(page.locator(".permission")).to_have_count(2)
+    results = [world.fake.requests[i]["messages"][-1]["content"][0] for i in (1, 2, 3)]
+    assert results[0]["content"].strip() == "approved-in-browser" and not results[0].get("is_error")
+    assert results[1]["is_error"] and "The user declined this bash call" in results[1]["content"]
+    assert results[2]["is_error"] and "The user declined this bash call" in results[2]["content"]
+    shot(page, "permission")
+    log.assert_clean()

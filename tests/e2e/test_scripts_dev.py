@@ -1,11 +1,9 @@
-"""The README's first command: ./scripts/dev serves the product on its embedded defaults."""
+"""The README's first command: ./scripts/dev serves the product on its embedded defaults, on a
+machine with no AWS configuration (the subprocess gets PATH, a fresh HOME and what we set)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,38 +11,49 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.sandbox_host import free_port
+from tests.support.scrubbed_env import running_scripts_dev
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def test_scripts_dev_serves_rest_and_websocket(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_GATEWAY_URL", "DATA_DIR")}
-    env |= {"DATA_DIR": str(tmp_path / "data"), "SANDBOX_ROOT": str(tmp_path / "sb")}
-    proc = subprocess.Popen(["./scripts/dev", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    api = f"http://127.0.0.1:{port}"
-    try:
-        health = None
-        for _ in range(600):  # a fresh machine installs first: allow up to a minute
-            try:
-                health = httpx.get(api + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        assert health is not None and health.json()["storage"] == "local"
+    with running_scripts_dev(tmp_path) as dev:
+        api = dev.url
+        health = httpx.get(api + "/health", timeout=5).json()
+        assert health["storage"] == "local" and health["hasR2"] is False
         assert httpx.post(f"{api}/users/alice/skills", json={"name": "debugging.md", "content": "..."}).status_code == 200
         setup = httpx.post(f"{api}/setup/session-1?userId=alice").json()
-        assert setup["setupMethod"] == "r2_load_dev" and setup["websocketUrl"] == f"ws://127.0.0.1:{port}/ws?sessionId=session-1"
+        assert setup["setupMethod"] == "r2_load_dev" and setup["websocketUrl"] == f"{api.replace('http', 'ws')}/ws?sessionId=session-1"
         assert (tmp_path / "data/users/alice/skills/debugging.md").exists()
+        # No AWS region anywhere in this environment: the websocket must still open and send.
         with connect(f"{setup['websocketUrl']}&token={setup['token']}") as ws:  # the client offers permessage-deflate
             assert ws.response.headers.get("Sec-WebSocket-Extensions") is None  # API Gateway accepts none
             ws.send('{"action": "get_history"}')
             assert json.loads(ws.recv(timeout=10))["event"] == "history"  # sent through /@connections
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    assert "API_KEY is not set" in output
+    output = dev.output
+    assert "API_KEY is not set" in output and "Traceback" not in output
     assert '"GET /health HTTP/1.1" 200' in output and "connections/" not in output  # one line per frame would drown the log
+
+
+def test_production_banner_and_health_tell_the_truth(tmp_path: Path) -> None:
+    # Plain S3 (an endpoint, no credentials) and no API_KEY: the product refuses every request.
+    env = {"ENVIRONMENT": "production", "S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+    with running_scripts_dev(tmp_path, extra_env=env) as dev:
+        health = httpx.get(dev.url + "/health").json()
+        refused = httpx.get(dev.url + "/users/alice/skills")
+    assert health["storage"] == "s3" and health["hasR2"] is False
+    assert refused.status_code == 500 and refused.json()["code"] == "api_key_not_configured"
+    assert "every endpoint is open" not in dev.output
+    assert "ENVIRONMENT=production and API_KEY is not set: every request but /health is refused" in dev.output
+
+
+def test_scripts_dev_reaps_idle_sandboxes(tmp_path: Path) -> None:
+    with running_scripts_dev(tmp_path, extra_env={"SANDBOX_IDLE_TIMEOUT": "1"}) as dev:
+        for n in range(3):
+            assert httpx.post(f"{dev.url}/setup/idle-{n}?userId=alice").status_code == 200
+        assert (tmp_path / "sb/idle-0").exists()
+        deadline = time.monotonic() + 30
+        while any((tmp_path / f"sb/idle-{n}").exists() for n in range(3)):
+            assert time.monotonic() < deadline, "idle sandboxes were not reaped"
+            time.sleep(0.2)
+    assert dev.output.count("destroyed after") == 3 and "SANDBOX_IDLE_TIMEOUT=1" in dev.output

@@ -45,10 +45,49 @@ class ToolUse:
 
 
 @dataclass
+class Thinking:
+    """A thinking block: `thinking` streamed in `chunks` thinking_delta pieces, then its signature."""
+
+    thinking: str
+    signature: str = field(default_factory=lambda: "sig_" + uuid.uuid4().hex * 2)
+    chunks: int = 3
+
+
+@dataclass
+class RedactedThinking:
+    """A redacted_thinking block (opaque `data`, sent whole in content_block_start)."""
+
+    data: str = field(default_factory=lambda: "redacted_" + uuid.uuid4().hex)
+
+
+@dataclass
+class ServerToolUse:
+    """A tool call the API runs itself: `server_tool_use` (web_search, web_fetch) or, with
+    `server_name`, an MCP connector `mcp_tool_use`; its input streamed as partial JSON."""
+
+    name: str
+    input: dict[str, Any]
+    server_name: str | None = None
+    id: str = field(default_factory=lambda: "srvtoolu_" + uuid.uuid4().hex[:20])
+    chunks: int = 2
+
+
+@dataclass
+class ServerToolResult:
+    """A server tool's result block (`web_search_tool_result`, `web_fetch_tool_result`,
+    `mcp_tool_result`), sent whole in content_block_start as the API does."""
+
+    type: str
+    tool_use_id: str
+    content: Any
+    is_error: bool | None = None
+
+
+@dataclass
 class Reply:
     """One streamed assistant message."""
 
-    blocks: list[Text | ToolUse]
+    blocks: list[Text | ToolUse | Thinking | RedactedThinking | ServerToolUse | ServerToolResult]
     stop_reason: str | None = None  # default: tool_use if any ToolUse, else end_turn
     input_tokens: int = 100
     output_tokens: int = 20
@@ -141,7 +180,7 @@ class FakeAnthropic:
                 with fake.lock:
                     fake.requests.append(body)
                     fake.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if self.path.rstrip("/") != "/v1/messages":
+                if self.path.split("?")[0].rstrip("/") != "/v1/messages":  # the beta API adds ?beta=true
                     return self._error(HttpError(404, "not_found_error", f"no route {self.path}"))
                 response = fake._next(body)
                 if isinstance(response, HttpError):
@@ -223,6 +262,30 @@ class FakeAnthropic:
                             if fake.record_emits:
                                 fake.emitted.append((time.monotonic(), piece))
                             deltas += 1
+                    elif isinstance(block, Thinking):
+                        self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                            "type": "thinking", "thinking": "", "signature": ""}}, reply.delay)
+                        for piece in _split(block.thinking, block.chunks):
+                            self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                                "delta": {"type": "thinking_delta", "thinking": piece}}, reply.delay)
+                        self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                            "delta": {"type": "signature_delta", "signature": block.signature}})
+                    elif isinstance(block, ServerToolUse):
+                        start = {"type": "server_tool_use", "id": block.id, "name": block.name, "input": {}}
+                        if block.server_name is not None:
+                            start = {"type": "mcp_tool_use", "id": block.id, "name": block.name, "server_name": block.server_name, "input": {}}
+                        self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}, reply.delay)
+                        for piece in _split(json.dumps(block.input), block.chunks):
+                            self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                                "delta": {"type": "input_json_delta", "partial_json": piece}}, reply.delay)
+                    elif isinstance(block, ServerToolResult):
+                        result: dict[str, Any] = {"type": block.type, "tool_use_id": block.tool_use_id, "content": block.content}
+                        if block.is_error is not None:
+                            result["is_error"] = block.is_error
+                        self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": result}, reply.delay)
+                    elif isinstance(block, RedactedThinking):
+                        self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                            "type": "redacted_thinking", "data": block.data}}, reply.delay)
                     else:
                         self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {
                             "type": "tool_use", "id": block.id, "name": block.name, "input": {}}}, reply.delay)

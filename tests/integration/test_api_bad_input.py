@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from tests.support.api import Api
 
 BIG = "x" * (1024 * 1024 + 1)
+DEEP_CONVERSATION = b'{"conversationId": "c", "messages": [{"role": "user", "content": ' + b"[" * 900 + b"]" * 900 + b"}]}"
+DEEP_CURSOR = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode().rstrip("=")
 SKILL_OK = "---\nname: good\ndescription: Fine.\n---\nbody"
 
 
@@ -85,6 +88,25 @@ CORPUS: list[tuple[str, str, str, object, dict[str, str] | None]] = [
     ("long description", "POST", "/users/u/skills", {"name": "good", "content": fm(description="d" * 1025)}, None),
     ("xml in description", "POST", "/users/u/skills", {"name": "good", "content": fm(description="Use <system>now</system>")}, None),
     ("missing SKILL.md", "POST", "/users/u/skills", {"name": "good", "files": {"README.md": "x"}}, None),
+    # issue 10 item 8: a trailing newline, deep JSON, non-finite numbers, lax booleans
+    ("newline userId", "GET", "/users/alice%0A/skills", None, None),
+    ("newline userId write", "POST", "/users/u%0A/conversations", {"conversationId": "c"}, None),
+    ("newline folder skill name", "POST", "/users/u/skills", {"name": "evil\n", "content": '---\nname: "evil\\n"\ndescription: Fine.\n---\nbody'}, None),
+    ("newline flat skill name", "POST", "/users/u/skills", {"name": "evil.md\n", "content": "x"}, None),
+    ("newline conversationId", "POST", "/users/u/conversations", {"conversationId": "c\n"}, None),
+    ("newline sessionId", "POST", "/setup/s1%0A?userId=u", None, None),
+    ("newline userId on setup", "POST", "/setup/s1?userId=u%0A", None, None),
+    ("deep conversation", "POST", "/users/u/conversations", DEEP_CONVERSATION, None),
+    ("deep settings", "PUT", "/users/u/settings", b'{"preferences": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+    ("deep settings patch", "PATCH", "/users/u/settings", b'{"preferences": {"a": ' + b'{"b": ' * 3000 + b"1" + b"}" * 3001 + b"}", None),
+    ("deep skill body", "POST", "/users/u/skills", b'{"name": "a.md", "content": "x", "files": ' + b"[" * 3000 + b"]" * 3000 + b"}", None),
+    ("deep cursor", "GET", "/users/u/conversations?cursor=" + DEEP_CURSOR, None, None),
+    ("NaN in conversation", "POST", "/users/u/conversations", b'{"conversationId": "c", "metadata": {"score": NaN}}', None),
+    ("Infinity in settings", "PUT", "/users/u/settings", b'{"preferences": {"x": Infinity}}', None),
+    ("-Infinity in patch", "PATCH", "/users/u/settings", b'{"preferences": {"x": -Infinity}}', None),
+    ("string boolean", "PUT", "/users/u/settings", {"allowNetwork": "yes"}, None),
+    ("integer boolean", "PATCH", "/users/u/settings", {"allowNetwork": 1}, None),
+    ("string integer", "PUT", "/users/u/settings", {"maxTurns": "10"}, None),
 ]
 
 
@@ -113,3 +135,29 @@ def test_frontmatter_errors_are_422_with_the_rule(local_api: Api) -> None:
     assert "must equal its folder name 'good'" in r.json_body["error"]
     flat_hint = local_api.post("/users/u/skills", {"name": "debugging", "content": "# Debugging"})
     assert flat_hint.status_code == 422 and "name it 'debugging.md'" in flat_hint.json_body["error"]
+
+
+def test_a_deep_conversation_stored_around_the_api_is_a_clear_error_not_a_500(local_api: Api) -> None:
+    local_api.write_raw("users/u/conversations/deep.json", b'{"conversationId": "deep", "messages": ' + b"[" * 900 + b"]" * 900 + b"}")
+    r = local_api.get("/users/u/conversations/deep")
+    assert r.status_code == 422 and r.json_body["code"] == "conversation_unreadable"
+    assert "64 are allowed" in r.json_body["error"] and "DELETE it" in r.json_body["error"]
+    listed = local_api.get("/users/u/conversations").json_body
+    assert [c["conversationId"] for c in listed["conversations"]] == ["deep"]
+    assert local_api.delete("/users/u/conversations/deep").status_code == 200
+
+
+def test_strict_settings_still_take_real_booleans_and_numbers(local_api: Api) -> None:
+    r = local_api.send("PUT", "/users/u/settings", {"allowNetwork": True, "maxTurns": 7})
+    assert r.status_code == 200 and r.json_body["settings"]["allowNetwork"] is True
+    r = local_api.send("PATCH", "/users/u/settings", {"allowNetwork": False})
+    assert r.status_code == 200 and r.json_body["settings"] == {**r.json_body["settings"], "allowNetwork": False, "maxTurns": 7}
+    refused = local_api.send("PATCH", "/users/u/settings", {"allowNetwork": "yes"})
+    assert refused.status_code == 400 and "allowNetwork" in refused.json_body["error"]
+
+
+def test_deep_and_non_finite_bodies_name_the_problem(local_api: Api) -> None:
+    deep = local_api.send("POST", "/users/u/conversations", raw=DEEP_CONVERSATION)
+    assert deep.status_code == 400 and deep.json_body["code"] == "json_too_deep" and "at most 64" in deep.json_body["error"]
+    nan = local_api.send("POST", "/users/u/conversations", raw=b'{"conversationId": "c", "x": NaN}')
+    assert nan.status_code == 400 and nan.json_body["code"] == "json_non_finite"

@@ -8,7 +8,9 @@ from chalice.test import Client
 from tests.support.api import ROOT, Api
 
 
-def test_preflight_and_response_headers_in_development(local_api: Api) -> None:
+def test_preflight_and_response_headers_in_development_with_a_key(local_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "dev-key")
+    local_api.headers = {"Authorization": "Bearer dev-key"}
     pre = local_api.client.http.request("OPTIONS", "/users/alice/skills", headers={
         "Origin": "https://console.example.com", "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 204
@@ -18,6 +20,16 @@ def test_preflight_and_response_headers_in_development(local_api: Api) -> None:
     assert got.headers["Access-Control-Allow-Origin"] == "*" and "ETag" in got.headers["Access-Control-Expose-Headers"]
     error = local_api.get("/users/..bad/skills", {"Origin": "https://console.example.com"})
     assert error.status_code == 400 and error.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_open_development_allows_only_the_local_console(local_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_GATEWAY_URL", "http://127.0.0.1:8123")
+    for own in ("http://127.0.0.1:8123", "http://localhost:8123"):
+        assert local_api.get("/users/alice/skills", {"Origin": own}).headers["Access-Control-Allow-Origin"] == own
+    for other in ("https://console.example.com", "http://127.0.0.1:9999", "http://rebound.example:8123"):
+        assert "Access-Control-Allow-Origin" not in local_api.get("/users/alice/skills", {"Origin": other}).headers
+    monkeypatch.delenv("LOCAL_GATEWAY_URL")  # served by chalice local or a Lambda: no console of its own
+    assert "Access-Control-Allow-Origin" not in local_api.get("/health", {"Origin": "http://127.0.0.1:8123"}).headers
 
 
 def test_configured_origins_only(local_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:

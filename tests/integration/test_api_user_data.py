@@ -49,7 +49,10 @@ def test_folder_skill_roundtrip_and_replacement(api: Api) -> None:
     assert detail["files"] == {"scripts/merge.py": "print('merge')", "reference.md": "# Ref"}
     # Re-uploading replaces the folder: files no longer present are gone.
     assert api.post("/users/bob/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_MD}}).status_code == 200
-    assert [k for k in api.keys() if k.startswith("users/bob/skills/")] == ["users/bob/skills/pdf-tools/SKILL.md"]
+    # (The manifest, written last, names the files the folder holds; the writer's lease is gone.)
+    assert [k for k in api.keys() if k.startswith("users/bob/skills/")] == [
+        "users/bob/skills/pdf-tools/.skill-manifest.json", "users/bob/skills/pdf-tools/SKILL.md"]
+    assert not [k for k in api.keys() if "/skill-uploads/" in k]
 
 
 def test_content_without_md_is_an_agent_skill(api: Api) -> None:
@@ -118,14 +121,18 @@ def test_conversation_id_required(api: Api) -> None:
     assert r.status_code == 400 and r.json_body["error"] == "conversationId is required"
 
 
+CONTROL_DEFAULTS = {"permissions": {}, "maxBudgetUsd": None, "webSearch": False, "webFetch": False, "mcpServers": []}
+
+
 def test_settings_defaults_put_patch(api: Api) -> None:
     first = api.get("/users/fay/settings").json_body
-    assert first["settings"] == {"model": None, "maxTurns": None, "systemPrompt": None, "allowNetwork": False, "preferences": {}}
+    assert first["settings"] == {"model": None, "maxTurns": None, "systemPrompt": None, "allowNetwork": False, "thinking": None, "preferences": {},
+                                 **CONTROL_DEFAULTS}
     put = api.send("PUT", "/users/fay/settings", {"model": "claude-sonnet-4-6", "maxTurns": 10, "preferences": {"theme": {"dark": True, "size": 1}}})
     assert put.status_code == 200 and put.headers["ETag"]
     patched = api.send("PATCH", "/users/fay/settings", {"systemPrompt": "Be brief.", "preferences": {"theme": {"size": None, "font": "mono"}}}).json_body
-    assert patched["settings"] == {"model": "claude-sonnet-4-6", "maxTurns": 10, "systemPrompt": "Be brief.", "allowNetwork": False,
-                                   "preferences": {"theme": {"dark": True, "font": "mono"}}}
+    assert patched["settings"] == {"model": "claude-sonnet-4-6", "maxTurns": 10, "systemPrompt": "Be brief.", "allowNetwork": False, "thinking": None,
+                                   "preferences": {"theme": {"dark": True, "font": "mono"}}, **CONTROL_DEFAULTS}
     assert json.loads(api.raw("users/fay/settings/preferences.json"))["systemPrompt"] == "Be brief."
     cleared = api.send("PATCH", "/users/fay/settings", {"model": None}).json_body
     assert cleared["settings"]["model"] is None
@@ -158,8 +165,8 @@ def test_erase_user_removes_everything_and_counts(api: Api) -> None:
     api.send("PUT", "/users/hal/settings", {"maxTurns": 2})
     api.post("/users/other/skills", {"name": "keep.md", "content": "k"})
     r = api.delete("/users/hal")
-    # 2 skill files, a conversation, settings, and the skills bundle
-    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 5}
+    # 2 skill files, the folder's manifest, a conversation, settings, and the skills bundle
+    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 6}
     assert list(api.keys()) == ["users/other/cache/skills-bundle.json", "users/other/skills/keep.md"]
 
 

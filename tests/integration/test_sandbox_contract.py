@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.sandbox.base import MountError, MountSpec, Sandbox, SandboxFileNotFound, SandboxGone, SandboxOptions, SandboxPathError, SandboxProvider
+from chalicelib.sandbox.base import (
+    MountError,
+    MountSpec,
+    Sandbox,
+    SandboxFileNotFound,
+    SandboxGone,
+    SandboxOptions,
+    SandboxPathError,
+    SandboxProvider,
+)
 from chalicelib.sandbox.bwrap import LocalSandboxProvider
 from tests.support.sandbox_host import running_sandbox_host
 

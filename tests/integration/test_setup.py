@@ -71,7 +71,9 @@ BUNDLE = "users/alice/cache/skills-bundle.json"
 
 def test_files_changed_behind_the_api_are_loaded_fresh_and_the_bundle_catches_up(api: Api) -> None:
     upload_skills(api)
-    assert set(json.loads(api.raw(BUNDLE))["files"]) == {"debugging.md", "pdf-tools/SKILL.md", "pdf-tools/scripts/fill.py"}
+    # The folder's manifest rides in the bundle too, so setup reads it without a request.
+    assert set(json.loads(api.raw(BUNDLE))["files"]) == {
+        "debugging.md", "pdf-tools/SKILL.md", "pdf-tools/scripts/fill.py", "pdf-tools/.skill-manifest.json"}
     api.write_raw("users/alice/skills/debugging.md", b"# Changed behind the API")
     api.write_raw("users/alice/skills/extra.md", b"# Extra")
     body = api.post("/setup/s-fresh?userId=alice").json_body
@@ -133,8 +135,15 @@ FUSE = os.path.exists("/dev/fuse") and shutil.which("s3fs") is not None and os.g
 def test_production_mounts_the_users_prefix(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     upload_skills(api)
     api = production(api, monkeypatch)
+    ops: list[str] = []
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["prod"]["environment_variables"]
+    client = get_container(Settings.from_env({**os.environ, **stage_env})).store.client  # type: ignore[attr-defined]
+    client.meta.events.register("before-call.s3", lambda model, **_: ops.append(model.name))
     body = api.post("/setup/prod-1?userId=alice").json_body
     assert body["setupMethod"] == "r2_mount", body
+    # Record, settings, the skills listing and bundle (they feed the session's skill index; the
+    # mount itself serves the files), all in parallel, then the record.
+    assert sorted(ops) == ["GetObject", "GetObject", "GetObject", "ListObjectsV2", "PutObject"], ops
     assert "/workspace/.claude/skills/debugging.md" in body["skillsLoaded"]
     sandbox = sandbox_of("prod-1", "prod")
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout.startswith("# Debugging Skill")

@@ -25,12 +25,14 @@ SKILL_MD = "---\nname: pdf-tools\ndescription: PDFs. Use for PDFs.\n---\nbody"
 # setup reads 3 objects (session record, settings, bundle) whatever the number of skills.
 OPS: dict[str, dict[str, int]] = {
     "POST /users/{u}/skills (flat)": {"PutObject": 2, "GetObject": 1},
-    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 3, "GetObject": 1},
+    # A folder upload also takes the folder's writer lease (PUT, then a free DELETE) and
+    # writes its manifest last (skill_folders.py: concurrent uploads never merge).
+    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 5, "GetObject": 1, "DeleteObject": 1},
     "GET /users/{u}/skills (3 flat, 1 folder)": {"ListObjectsV2": 1, "GetObject": 2},  # the bundle, the SKILL.md
     "GET /users/{u}/skills/{flat}": {"GetObject": 1},
-    "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 2},
+    "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 3},  # the 2 files and the manifest
     "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1, "GetObject": 1, "PutObject": 1},
-    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1, "GetObject": 1, "PutObject": 1},
+    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1, "GetObject": 1, "PutObject": 2, "DeleteObject": 1},
     "POST /users/{u}/conversations": {"PutObject": 1},
     "GET /users/{u}/conversations/{id}": {"GetObject": 1},
     "GET /users/{u}/conversations": {"ListObjectsV2": 1},

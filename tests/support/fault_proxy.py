@@ -174,7 +174,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: object) -> None:
             return
 
         def _body(self) -> bytes:
@@ -201,6 +201,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def _handle(self) -> None:
+            try:
+                self._proxy_one()
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up first (its own timeout after a hang): nothing to answer.
+                self.close_connection = True
+
+        def _proxy_one(self) -> None:
             body = self._body()
             rule = proxy._decide(self.command, self.path)
             if rule is not None and rule.action == "drop_before":

@@ -50,3 +50,16 @@ def test_a_head_naming_another_users_objects_is_refused(tmp_path: Path) -> None:
         ConversationsService(store).get("u", "c")
     assert caught.value.code == "conversation_incomplete"
     assert [o.key for o in iter_all(store, "users/u/")] == ["users/u/conversations/c.json"]
+
+
+@pytest.mark.parametrize("part", [b"[" * 5000 + b"]" * 5000, b'[{"role": "user", "content": NaN}]', b'{"role": "user"}'])
+def test_a_tampered_part_is_refused_like_a_tampered_head(tmp_path: Path, part: bytes) -> None:
+    # Parts (turn) are stored documents like the head (read with safejson since rest): a part
+    # nested past the interpreter's limit, with NaN, or not a list answers 422, not a 500.
+    store = LocalDirectoryStore(tmp_path)
+    store.put("users/u/conversation-parts/c/0.json", part)
+    store.put("users/u/conversations/c.json", json.dumps(
+        {"conversationId": "c", "messages": [], "$parts": ["users/u/conversation-parts/c/0.json"]}).encode())
+    with pytest.raises(ValidationFailed) as caught:
+        ConversationsService(store).get("u", "c")
+    assert caught.value.code == "conversation_incomplete"

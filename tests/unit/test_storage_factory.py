@@ -72,3 +72,15 @@ def test_bad_settings_name_the_variable(env: dict[str, str], needle: str) -> Non
     with pytest.raises(Misconfigured) as caught:
         Settings.from_env(env)
     assert needle in caught.value.message
+
+
+def test_storage_timeouts_and_attempts_come_from_settings() -> None:
+    config = build_s3_client(Settings.from_env({"S3_ENDPOINT_URL": "http://127.0.0.1:9000"}).storage).meta.config
+    # The README's worst case for a hung endpoint is computed from these defaults.
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (2.0, 5.0, 3)
+    tuned = Settings.from_env({"S3_ENDPOINT_URL": "http://127.0.0.1:9000", "STORAGE_CONNECT_TIMEOUT": "0.5",
+                               "STORAGE_READ_TIMEOUT": "1.5", "STORAGE_MAX_ATTEMPTS": "2"})
+    config = build_s3_client(tuned.storage).meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (0.5, 1.5, 2)
+    with pytest.raises(Misconfigured, match="STORAGE_READ_TIMEOUT"):
+        Settings.from_env({"STORAGE_READ_TIMEOUT": "soon"})

@@ -1,0 +1,228 @@
+"""Folder skills written whole: one writer at a time, and a manifest that readers trust.
+
+A folder skill is several objects, and storage has no multi-object transaction. Ten uploads of
+one folder at once used to interleave: each listed the "stale" files before any wrote, and the
+folder ended with files from all ten. So:
+
+- Writers take a lease, `users/{u}/cache/skill-uploads/{name}.json` (created with
+  If-None-Match: *, taken over once expired), for the upload or the delete of that folder. A
+  second writer waits a few seconds for it, then answers 409 `skill_upload_in_progress` having
+  written nothing. The folder always ends as exactly one upload left it.
+- The upload writes the files, then the manifest `{name}/.skill-manifest.json` (its name can
+  never be a user's file: skill paths may not start with a dot) listing each file with its
+  ETag, then deletes the files it replaced, then drops the lease.
+- Readers (GET of the skill, setup) take a folder's files from its manifest. A listed file
+  whose ETag differs, a missing one, or a file newer than the manifest that it does not list,
+  while a lease is held, means an upload is half-way: the reader waits for it (bounded) and
+  reads again, so it sees the old folder or the new one, never a mix. Without a lease the
+  difference was made behind the API (a tool, or the agent through the mount) and is served:
+  the current content of listed files, plus files newer than the manifest.
+
+A folder without a manifest (written behind the API) is every file under it, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from pydantic import BaseModel, ValidationError
+
+from chalicelib.errors import Conflict
+from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
+from chalicelib.storage.base import ObjectInfo, get_many, iter_all
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = layout.SKILL_MANIFEST
+#: Longer than any REST call (API Gateway gives up at 29 s), so a live writer never loses it.
+LEASE_SECONDS = 30
+#: How long a writer waits for another writer's lease, and a reader for a half-way upload.
+WAIT_SECONDS = 5.0
+_POLL_SECONDS = 0.1
+
+
+class Manifest(BaseModel):
+    """`{name}/.skill-manifest.json`: the folder's files (paths inside it) and their ETags."""
+
+    version: int = 1
+    upload_id: str
+    files: dict[str, str]
+
+
+class _Lease(BaseModel):
+    upload_id: str
+    expires_at: datetime
+
+
+@dataclass
+class FolderLease:
+    """A held writer lease; `release()` when done (it also expires on its own)."""
+
+    store: ObjectStore
+    key: str
+    upload_id: str
+
+    def release(self) -> None:
+        try:
+            self.store.delete(self.key)
+        except Exception as exc:  # noqa: BLE001 - the lease expires by itself; the write is done
+            log.warning("could not release skill upload lease %s (it expires in %d s): %s", self.key, LEASE_SECONDS, exc)
+
+
+class SkillFolders:
+    """Leases for writers and the committed view for readers, for one store."""
+
+    def __init__(self, store: ObjectStore, *, wait_seconds: float = WAIT_SECONDS) -> None:
+        self.store = store
+        self.wait_seconds = wait_seconds
+
+    # -- writers -------------------------------------------------------------------------
+
+    def acquire(self, user_id: str, name: str) -> FolderLease:
+        """Take the folder's writer lease, waiting up to `wait_seconds` for another writer."""
+        key = layout.skill_lease_key(user_id, name)
+        upload_id = uuid.uuid4().hex
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            body = _Lease(upload_id=upload_id, expires_at=_now() + timedelta(seconds=LEASE_SECONDS)).model_dump_json().encode()
+            try:
+                self.store.put(key, body, content_type="application/json", if_none_match=True)
+                return FolderLease(self.store, key, upload_id)
+            except PreconditionFailed:
+                pass
+            held = self._read_lease(key)
+            if held is not None and held[0].expires_at <= _now():
+                try:  # its writer died: take it over (If-Match: only one taker wins)
+                    self.store.put(key, body, content_type="application/json", if_match=held[1])
+                    return FolderLease(self.store, key, upload_id)
+                except (PreconditionFailed, ObjectNotFound):
+                    pass
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    f"Skill {name!r} is being written by another request right now: retry in a few seconds "
+                    "(uploads of one folder take turns, so neither is merged into the other).",
+                    code="skill_upload_in_progress",
+                )
+            time.sleep(random.uniform(_POLL_SECONDS / 2, _POLL_SECONDS))
+
+    def manifest_body(self, upload_id: str, etags: dict[str, str]) -> bytes:
+        """The manifest for files (path inside the folder -> ETag) just written."""
+        return Manifest(upload_id=upload_id, files=dict(sorted(etags.items()))).model_dump_json().encode()
+
+    # -- readers -------------------------------------------------------------------------
+
+    def committed(
+        self, user_id: str, name: str, listing: list[ObjectInfo], bodies: dict[str, bytes]
+    ) -> tuple[list[ObjectInfo], dict[str, bytes]]:
+        """The folder's files as its last upload committed them (see the module docstring).
+
+        `listing` holds the folder's objects (the manifest included) and `bodies` at least the
+        manifest's body when there is one. Returns the files (manifest excluded) and their
+        bodies; when an upload is half-way it waits and reads the folder again.
+        """
+        folder = layout.skill_key(user_id, name) + "/"
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            view = _resolve(folder, listing, bodies)
+            if view.consistent:
+                return view.files, {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
+            if not self._lease_live(user_id, name) or time.monotonic() >= deadline:
+                # Made behind the API (or a writer died): serve what is there.
+                return view.files, {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
+            time.sleep(random.uniform(_POLL_SECONDS / 2, _POLL_SECONDS))
+            listing = iter_all(self.store, folder)
+            fetched = get_many(self.store, [i.key for i in listing])
+            bodies = {k: o.body for k, o in fetched.items() if o is not None}
+            listing = [o.info for o in fetched.values() if o is not None]
+
+    def committed_skill_files(self, user_id: str, listing: list[ObjectInfo], bodies: dict[str, bytes]) -> dict[str, bytes]:
+        """`bodies` (keyed like `listing`, every skill of the user) restricted to what each
+        folder's manifest commits; flat skills pass through; manifests are left out."""
+        prefix = layout.skills_prefix(user_id)
+        folders: dict[str, list[ObjectInfo]] = {}
+        kept: dict[str, bytes] = {}
+        for info in listing:
+            name = folder_of(info.key, prefix)
+            if name is None:
+                if info.key in bodies:
+                    kept[info.key] = bodies[info.key]
+            else:
+                folders.setdefault(name, []).append(info)
+        for name, infos in folders.items():
+            _, folder_bodies = self.committed(user_id, name, infos, {i.key: bodies[i.key] for i in infos if i.key in bodies})
+            kept.update(folder_bodies)
+        return kept
+
+    def _lease_live(self, user_id: str, name: str) -> bool:
+        held = self._read_lease(layout.skill_lease_key(user_id, name))
+        return held is not None and held[0].expires_at > _now()
+
+    def _read_lease(self, key: str) -> tuple[_Lease, str] | None:
+        try:
+            stored = self.store.get(key)
+        except ObjectNotFound:
+            return None
+        try:
+            return _Lease.model_validate_json(stored.body), stored.info.etag
+        except ValidationError:
+            # Unreadable: treat it as expired so a writer can take it over.
+            return _Lease(upload_id="", expires_at=datetime.min.replace(tzinfo=timezone.utc)), stored.info.etag
+
+
+@dataclass(frozen=True)
+class _View:
+    files: list[ObjectInfo]
+    consistent: bool
+
+
+def _resolve(folder: str, listing: list[ObjectInfo], bodies: dict[str, bytes]) -> _View:
+    manifest_key = folder + MANIFEST_NAME
+    by_key = {i.key: i for i in listing}
+    manifest_info = by_key.pop(manifest_key, None)
+    if manifest_info is None:
+        return _View(sorted(by_key.values(), key=lambda i: i.key), consistent=True)
+    manifest = _parse_manifest(bodies.get(manifest_key))
+    if manifest is None:
+        return _View(sorted(by_key.values(), key=lambda i: i.key), consistent=True)
+    files: list[ObjectInfo] = []
+    consistent = True
+    for path, etag in manifest.files.items():
+        info = by_key.get(folder + path)
+        if info is None:
+            consistent = False  # deleted or not yet written
+            continue
+        if info.etag != etag:
+            consistent = False
+        files.append(info)
+    listed = {folder + p for p in manifest.files}
+    for info in by_key.values():
+        if info.key not in listed and info.last_modified > manifest_info.last_modified:
+            consistent = False  # newer than the manifest: an upload half-way, or a write behind the API
+            files.append(info)
+    return _View(sorted(files, key=lambda i: i.key), consistent)
+
+
+def _parse_manifest(body: bytes | None) -> Manifest | None:
+    if body is None:
+        return None
+    try:
+        return Manifest.model_validate_json(body)
+    except ValidationError:
+        log.warning("unreadable skill manifest; serving every file of the folder")
+        return None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def folder_of(key: str, skills_prefix: str) -> str | None:
+    """The folder name of a key under `skills_prefix`, or None for a flat skill."""
+    rest = key[len(skills_prefix):]
+    return rest.split("/", 1)[0] if "/" in rest else None
+

@@ -1,0 +1,71 @@
+"""Idle sandboxes under ./scripts/dev are destroyed, as the sandbox host does for deployments.
+
+Without it every session of a long local run keeps its workspace and its bash shell for as long
+as the gateway lives. A session is idle when it was neither set up nor used by a turn for
+SANDBOX_IDLE_TIMEOUT seconds; its next turn finds it gone and gets a fresh one (the turn runner
+recreates a vanished sandbox), or the client calls /setup again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("gateway.reaper")
+
+
+class IdleTracked(Protocol):
+    """What the reaper needs of a sandbox provider (the local bubblewrap provider has it)."""
+
+    def sessions(self) -> list[str]: ...
+
+    def last_used(self, session_id: str) -> float | None: ...
+
+    def destroy(self, session_id: str) -> bool: ...
+
+
+class IdleReaper:
+    """Destroys the provider's sessions idle for longer than `idle_seconds`, every `interval` seconds."""
+
+    def __init__(self, provider: Callable[[], object], idle_seconds: float, interval: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._provider = provider
+        self.idle_seconds = idle_seconds
+        # Often enough that a session outlives its timeout by at most a quarter of it (a minute at most).
+        self.interval = interval if interval is not None else min(60.0, max(0.5, idle_seconds / 4))
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sandbox-reaper", daemon=True)
+
+    def reap_once(self) -> list[str]:
+        """Destroy every idle session now; return their ids."""
+        provider = self._provider()
+        if not all(hasattr(provider, name) for name in ("sessions", "last_used", "destroy")):
+            return []  # a remote sandbox host reaps its own sessions
+        tracked: IdleTracked = provider  # type: ignore[assignment]
+        now = self._clock()
+        reaped = []
+        for session_id in tracked.sessions():
+            used = tracked.last_used(session_id)
+            if used is not None and now - used > self.idle_seconds and tracked.destroy(session_id):
+                log.info("sandbox of session %s destroyed after %.0f s idle (SANDBOX_IDLE_TIMEOUT=%g)",
+                         session_id, now - used, self.idle_seconds)
+                reaped.append(session_id)
+        return reaped
+
+    def start(self) -> IdleReaper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.reap_once()
+            except Exception:  # noqa: BLE001 - a failed pass is retried at the next tick; the gateway lives on
+                log.exception("reaping idle sandboxes failed")

@@ -1,0 +1,59 @@
+"""Local sandboxes are destroyed when idle (SANDBOX_IDLE_TIMEOUT), shell and workspace included."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxGone, SandboxOptions
+from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from devserver.reaper import IdleReaper
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_idle_sessions_are_destroyed_and_used_ones_kept(tmp_path: Path) -> None:
+    provider = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "sb"), "DATA_DIR": str(tmp_path)}))
+    reaper = IdleReaper(lambda: provider, idle_seconds=0.5)
+    idle = provider.create("idle-1", SandboxOptions())
+    busy = provider.create("busy-1", SandboxOptions())
+    assert idle.bash().run("echo $$").exit_code == 0
+    shell_pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and str(tmp_path / "sb" / "idle-1") in _cmdline(int(p))]
+    assert shell_pids, "the idle session's shell should be running"
+    time.sleep(0.7)
+    provider.get("busy-1")  # a turn fetched it just now
+    assert reaper.reap_once() == ["idle-1"]
+    assert provider.sessions() == ["busy-1"]
+    with pytest.raises(SandboxGone):
+        provider.get("idle-1")
+    assert not (tmp_path / "sb" / "idle-1").exists()
+    deadline = time.monotonic() + 15  # killed at once; under load the kernel may take a moment to reap them
+    while any(_alive(pid) for pid in shell_pids):
+        assert time.monotonic() < deadline, [(pid, _cmdline(pid)) for pid in shell_pids if _alive(pid)]
+        time.sleep(0.1)
+    busy.destroy()
+
+
+def test_a_remote_provider_is_left_to_its_host() -> None:
+    assert IdleReaper(lambda: object(), idle_seconds=1).reap_once() == []
+    assert IdleReaper(lambda: None, idle_seconds=1).reap_once() == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,153 @@
+"""Folder skill uploads are whole from the reader's side (issue 11 item 7): concurrent uploads of
+one folder never merge, and readers (GET, setup's load) never see half of one."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from chalicelib.errors import AppError
+from chalicelib.services.skill_folders import SkillFolders
+from chalicelib.services.skills import SkillsService, SkillUpload
+from chalicelib.storage.base import iter_all
+from chalicelib.storage.s3 import S3Store, build_s3_client
+from tests.support.fault_proxy import FaultProxy, FaultRule
+from tests.support.s3 import create_bucket, storage_settings
+
+WRITERS = 10
+
+
+def version(i: int) -> SkillUpload:
+    """Upload i: SKILL.md and common.txt stamped with i, plus a file only version i has."""
+    skill = f"---\nname: multi\ndescription: Version {i}. Use when testing.\n---\nversion {i}\n"
+    return SkillUpload(name="multi", files={"SKILL.md": skill, "common.txt": f"v{i}", f"only-{i}.txt": f"v{i}"})
+
+
+def assert_whole(files: dict[str, str], content: str) -> int:
+    """The files are exactly one version's; returns which."""
+    stamp = content.rsplit("version ", 1)[1].strip()
+    assert files == {"common.txt": f"v{stamp}", f"only-{stamp}.txt": f"v{stamp}"}, (stamp, files)
+    return int(stamp)
+
+
+@pytest.fixture
+def store(moto_endpoint: str) -> Iterator[S3Store]:
+    settings = storage_settings(moto_endpoint, f"folders-{uuid.uuid4().hex[:10]}")
+    create_bucket(settings)
+    yield S3Store(build_s3_client(settings, boto3.session.Session()), settings.bucket)
+
+
+def run_concurrently(target, count: int) -> list[object]:  # type: ignore[no-untyped-def]
+    results: list[object] = [None] * count
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            results[i] = target(i)
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertions
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_ten_concurrent_uploads_of_one_folder_leave_exactly_one_of_them(store: S3Store) -> None:
+    service = SkillsService(store)
+    results = run_concurrently(lambda i: service.upload("una", version(i)), WRITERS)
+    failures = [r for r in results if isinstance(r, Exception)]
+    # Each either wrote whole or answered 409 having written nothing.
+    assert all(isinstance(f, AppError) and f.code == "skill_upload_in_progress" for f in failures), failures
+    assert len(failures) < WRITERS
+    detail, _ = service.get("una", "multi")
+    winner = assert_whole(detail.files, detail.content)
+    stored = sorted(o.key.rsplit("/", 1)[1] for o in iter_all(store, "users/una/skills/multi/"))
+    assert stored == sorted([".skill-manifest.json", "SKILL.md", "common.txt", f"only-{winner}.txt"])
+    assert not list(iter_all(store, "users/una/cache/skill-uploads/"))  # every lease released
+
+
+def test_readers_see_the_old_folder_or_the_new_one_never_a_mix(store: S3Store) -> None:
+    service = SkillsService(store)
+    service.upload("vic", version(0))
+    stop = threading.Event()
+    seen: list[int] = []
+    torn: list[object] = []
+
+    def reader() -> None:
+        for _ in range(400):
+            if stop.is_set():
+                return
+            detail, _ = service.get("vic", "multi")
+            try:
+                seen.append(assert_whole(detail.files, detail.content))
+            except AssertionError as exc:
+                torn.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for r in readers:
+        r.start()
+    try:
+        for i in range(1, 9):
+            service.upload("vic", version(i))
+    finally:
+        stop.set()
+        for r in readers:
+            r.join(timeout=60)
+    assert torn == [], torn[:2]
+    assert len(set(seen)) > 1  # the readers did read while the versions changed
+
+
+def test_setup_load_honours_the_manifest(store: S3Store) -> None:
+    service = SkillsService(store)
+    service.upload("wes", version(1))
+    # A writer that died after its manifest and before deleting what it replaced: the leftover
+    # is older than the manifest and not in it.
+    manifest_key = "users/wes/skills/multi/.skill-manifest.json"
+    store.put("users/wes/skills/multi/leftover.txt", b"old")
+    time.sleep(1.1)  # S3 dates objects to the second
+    store.put(manifest_key, store.get(manifest_key).body)
+    time.sleep(1.1)
+    # A file the agent (or a tool) wrote behind the API afterwards: newer than the manifest.
+    store.put("users/wes/skills/multi/notes.txt", b"mine")
+    listing = iter_all(store, "users/wes/skills/")
+    bodies = {o.key: store.get(o.key).body for o in listing}
+    loaded = SkillFolders(store).committed_skill_files("wes", listing, bodies)
+    assert sorted(k.rsplit("/", 1)[1] for k in loaded) == ["SKILL.md", "common.txt", "notes.txt", "only-1.txt"]
+
+
+def test_a_lost_lease_response_and_a_dead_writers_lease(store: S3Store, moto_endpoint: str) -> None:
+    with FaultProxy(moto_endpoint) as proxy:
+        proxied = S3Store(build_s3_client(storage_settings(proxy.url, store.bucket), boto3.session.Session()), store.bucket)
+        service = SkillsService(proxied)
+        # The lease's create-only PUT is applied but its answer lost: the upload still goes on.
+        proxy.add(FaultRule("PUT", r"/cache/skill-uploads/multi\.json$", action="drop_after"))
+        service.upload("xia", version(1))
+        assert proxy.fired("drop_after") == 1
+    # A writer that died holding the lease: its lease expires and the next upload takes over.
+    store.put("users/xia/cache/skill-uploads/multi.json",
+              json.dumps({"upload_id": "dead", "expires_at": "2020-01-01T00:00:00+00:00"}).encode())
+    SkillsService(store).upload("xia", version(2))
+    detail, _ = SkillsService(store).get("xia", "multi")
+    assert assert_whole(detail.files, detail.content) == 2
+
+
+def test_a_live_lease_makes_a_second_writer_wait_then_409(store: S3Store) -> None:
+    service = SkillsService(store)
+    service.folders.wait_seconds = 0.5
+    held = service.folders.acquire("yan", "multi")
+    with pytest.raises(AppError) as raised:
+        service.upload("yan", version(1))
+    assert raised.value.status == 409 and raised.value.code == "skill_upload_in_progress"
+    assert not list(iter_all(store, "users/yan/skills/"))  # the loser wrote nothing
+    held.release()
+    service.upload("yan", version(1))

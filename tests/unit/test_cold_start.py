@@ -1,0 +1,115 @@
+"""What a cold start pays: `import app` must not load the anthropic SDK, and Settings are read
+once per process, yet rebuilt whenever the environment they came from changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from chalice.test import Client
+
+from chalicelib import config
+from chalicelib.config import Settings, current_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A fresh interpreter: this test process has long since imported anthropic for other tests.
+PROBE = """
+import json, sys
+import app
+from chalice.test import Client
+loaded_at_import = sorted({m.split('.')[0] for m in sys.modules} & {'anthropic', 'httpx', 'jiter', 'distro'})
+with Client(app.app) as client:
+    statuses = [client.http.get('/health').status_code, client.http.get('/users/u/skills').status_code]
+    ws = client.lambda_.invoke('ws_connect', {'requestContext': {'routeKey': '$connect', 'connectionId': 'c1',
+        'domainName': 'd', 'stage': 'api', 'apiId': 'abc', 'eventType': 'CONNECT'},
+        'queryStringParameters': {'sessionId': 'nope'}, 'headers': {}})
+print(json.dumps({'atImport': loaded_at_import, 'statuses': statuses, 'connect': ws.payload.get('statusCode'),
+                  'afterRequests': 'anthropic' in sys.modules}))
+"""
+
+
+def test_import_app_and_the_first_requests_do_not_load_anthropic(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC", "STORAGE", "R2_", "S3_"))}
+    env.update({"DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)})
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["atImport"] == [], f"import app loaded {seen['atImport']}: only the turn runner may need them"
+    assert seen["statuses"] == [200, 200]
+    assert seen["connect"] == 404  # a websocket $connect cold start (unknown session) ran too
+    assert seen["afterRequests"] is False
+
+
+def test_settings_are_read_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    calls: list[int] = []
+    real = Settings.from_env.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Settings], environ: object = None) -> Settings:
+        calls.append(1)
+        return real(cls, environ)
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(counting))
+    with Client(app.app) as client:
+        for _ in range(3):
+            assert client.http.get("/health").status_code == 200
+            assert client.http.get("/users/u/skills", headers={"Origin": "https://x.example"}).status_code == 200
+    assert len(calls) <= 1, f"Settings.from_env ran {len(calls)} times for 6 requests"
+    assert current_settings() is current_settings()
+
+
+def test_a_changed_environment_gets_fresh_settings_and_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "one"))
+    with Client(app.app) as client:
+        assert client.http.post("/users/u/skills", headers={"Content-Type": "application/json"},
+                                body=json.dumps({"name": "a.md", "content": "# A"})).status_code == 200
+        first = current_settings()
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "two"))
+        assert json.loads(client.http.get("/users/u/skills").body)["count"] == 0  # the new directory's store
+        assert current_settings() is not first and current_settings().storage.data_dir == tmp_path / "two"
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "one"))
+        assert json.loads(client.http.get("/users/u/skills").body)["count"] == 1
+        # AWS_REGION is read only when no R2 account is set: once read, it is part of the key.
+        monkeypatch.delenv("R2_ACCOUNT_ID", raising=False)
+        monkeypatch.setenv("STORAGE_BACKEND", "s3")
+        monkeypatch.setenv("AWS_REGION", "eu-west-1")
+        assert current_settings().storage.region == "eu-west-1"
+        monkeypatch.setenv("AWS_REGION", "eu-central-1")
+        assert current_settings().storage.region == "eu-central-1"
+        monkeypatch.setenv("R2_BUCKET", "another-bucket")
+        assert json.loads(client.http.get("/health").body)["bucket"] == "another-bucket"
+
+
+def test_a_misconfiguration_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_TOKENS", "many")
+    with pytest.raises(config.Misconfigured):
+        current_settings()
+    monkeypatch.setenv("MAX_TOKENS", "1024")
+    assert current_settings().agent.max_tokens == 1024
+
+
+def test_health_names_a_remote_sandbox_host_without_building_its_client(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+    from chalicelib.container import get_container
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SANDBOX_URL", "http://127.0.0.1:9")  # nothing listens: building must not matter
+    with Client(app.app) as client:
+        assert json.loads(client.http.get("/health").body)["sandbox"] == "remote"
+        # The Container the request used: chalice.test sets the dev stage's variables per request.
+        stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+        container = get_container(Settings.from_env({**os.environ, **stage_env}))
+        assert "store" in container._built  # it is the one that served /health
+        assert "sandboxes" not in container._built  # the httpx client and its TLS context were not made
+        assert container.sandboxes.kind == "remote"  # what building it would have said
