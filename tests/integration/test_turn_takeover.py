@@ -91,8 +91,13 @@ def test_a_message_during_a_dead_lease_waits_it_out_then_runs(tmp_path: Path, mo
     assert took >= 1.5  # it waited for the lease
     errors = [f for f in frames if f["event"] == "error"]
     assert [e["code"] for e in errors] == ["turn_cut_off"] and "runs again" in errors[0]["message"]
-    prompts = [r["messages"][-1]["content"] for r in fake.requests]
+    prompts = [text_of(r["messages"][-1]["content"]) for r in fake.requests]
     assert prompts == ["run the job", "second"]  # the unsaved prompt ran again, first
     saved = json.loads((tmp_path / "data/users/alice/conversations/dead2.json").read_text())["messages"]
     assert [m["content"] if m["role"] == "user" else m["content"][0]["text"] for m in saved] == [
         "run the job", "Ran the job.", "second", "And the second one."]
+
+
+def text_of(content: str | list[dict[str, object]]) -> str:
+    """A message's text, whether sent as a string or as blocks (prompt caching marks the latest)."""
+    return content if isinstance(content, str) else "".join(str(b.get("text", "")) for b in content)
