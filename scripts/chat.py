@@ -189,7 +189,7 @@ def _print(frame: dict[str, Any]) -> None:
     elif event == "tool_use":
         print(f"\n  ⚙ {frame['name']} {json.dumps(frame['input'])[:200]}", flush=True)
     elif event == "permission_resolved":
-        if frame.get("reason") in ("timeout", "interrupted"):
+        if frame.get("reason") in ("timeout", "interrupted", "turn_cut_off"):
             print(f"  [{frame['name']}: not run ({frame['reason']})]", file=sys.stderr, flush=True)
     elif event == "tool_result":
         content = frame["content"] if isinstance(frame["content"], str) else json.dumps(frame["content"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from chalicelib.agent.permissions import Decision, PendingPermission, PermissionAnswer
 from chalicelib.errors import AppError, Conflict
+from chalicelib.realtime.durable import durably
 from chalicelib.realtime.protocol import PermissionFrame
 from chalicelib.realtime.state import SessionState, StateStore, utcnow
 
@@ -49,7 +50,8 @@ class PermissionDesk:
                 state.pending_permission = pending
             return remembered
 
-        remembered, _ = self.states.update(self.session_id, open_request)
+        # Retried through a storage blip like the turn's other writes: failing here ends the turn.
+        remembered, _ = durably(lambda: self.states.update(self.session_id, open_request), "opening a permission request")
         if remembered is not None:
             return PermissionAnswer(decision=remembered, reason="remembered")
         event = self.emit({"event": "permission_request", "toolUseId": tool_use_id, "name": name, "input": tool_input,
@@ -86,14 +88,14 @@ class PermissionDesk:
             if state.pending_permission is not None and state.pending_permission.tool_use_id == tool_use_id:
                 state.pending_permission.seq = seq
 
-        self.states.update(self.session_id, note)
+        durably(lambda: self.states.update(self.session_id, note), "recording a permission request's seq")
 
     def _close(self, tool_use_id: str) -> None:
         def close(state: SessionState) -> None:
             if state.pending_permission is not None and state.pending_permission.tool_use_id == tool_use_id:
                 state.pending_permission = None
 
-        self.states.update(self.session_id, close)
+        durably(lambda: self.states.update(self.session_id, close), "closing a permission request")
 
 
 def record_decision(states: StateStore, session_id: str, answer: PermissionFrame) -> dict[str, Any]:

@@ -21,11 +21,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from chalicelib.agent.memory import AgentMemory
+from chalicelib.agent.permissions import PendingPermission
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
+from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
 from chalicelib.realtime.permissions import PermissionDesk
 from chalicelib.realtime.protocol import error_frame
@@ -45,42 +47,10 @@ from chalicelib.realtime.stream import TurnStream
 from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
-from chalicelib.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 MAX_TURNS_PER_INVOCATION = 50
-#: Pauses between attempts of a storage call that failed (6 s in all, plus botocore's own
-#: retries inside each attempt), then the turn ends.
-STORAGE_BACKOFF = (0.5, 1.5, 4.0)
-
-
-class TurnStorageFailed(AppError):
-    """Storage stayed unavailable through every retry of a turn's write."""
-
-    def __init__(self, what: str, exc: Exception) -> None:
-        super().__init__(
-            f"Storage failed while {what} and did not recover after {len(STORAGE_BACKOFF)} retries over "
-            f"{sum(STORAGE_BACKOFF):.0f} s ({exc}). The turn stopped; what was saved before is kept. "
-            "Send your message again once storage is back.",
-            code="storage_unavailable",
-        )
-
-
-def durably(action: Callable[[], T], what: str, backoff: tuple[float, ...] = STORAGE_BACKOFF) -> T:
-    """Run a storage call, retrying an outage with growing pauses (botocore's own retries
-    cover a blip of a fraction of a second; these ride out several seconds)."""
-    for attempt, pause in enumerate((*backoff, None)):
-        try:
-            return action()
-        except StorageUnavailable as exc:
-            if pause is None:
-                raise TurnStorageFailed(what, exc) from exc
-            log.warning("storage failed while %s (attempt %d), retrying in %.1f s: %s", what, attempt + 1, pause, exc)
-            time.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -118,6 +88,8 @@ class _Recovery:
     dead: RunningTurn
     subscriber: Subscriber | None
     start_seq: int
+    # The permission request the dead runner was waiting on, if any.
+    pending: PendingPermission | None = None
 
 
 # The agent, as the runner sees it: run one user prompt to completion, emitting events,
@@ -199,7 +171,7 @@ class TurnRunner:
             if turn is not None and turn.runner_id == runner_id and turn.recovering:
                 # Our own takeover, written though its response was lost and the write retried.
                 return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber,
-                                 state.seq_ceiling - SEQ_BLOCK)
+                                 state.seq_ceiling - SEQ_BLOCK, _pending_of(state, turn.turn_id))
             if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
                 # Our own claim, written though its response was lost and the write retried.
                 return self._request(state, turn, turn.prompt)
@@ -211,7 +183,8 @@ class TurnRunner:
                 state.turn = turn.model_copy(update={
                     "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + self.lease, "recovering": True,
                 })
-                return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber, start)
+                return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber, start,
+                                 _pending_of(state, turn.turn_id))
             if not state.queue:
                 state.turn = None
                 return None
@@ -252,6 +225,10 @@ class TurnRunner:
                 state.last_turn_id = turn_id
                 # Everything up to stream.seq is accounted for; the next turn numbers on from there.
                 state.seq_ceiling = stream.seq
+                if state.pending_permission is not None and state.pending_permission.turn_id == turn_id:
+                    # Its runner died waiting (or could not close it): nobody waits for an answer now,
+                    # so a `permission` frame for it is refused instead of acknowledged.
+                    state.pending_permission = None
                 if requeue is not None and all(q.id != requeue.id for q in state.queue):
                     state.queue.insert(0, requeue)
             return state.subscriber
@@ -297,6 +274,9 @@ class TurnRunner:
             if added:
                 body["messages"] = messages
                 durably(lambda: self.conversations.append(rec.user_id, rec.conversation_id, body), "repairing the conversation")
+            if rec.pending is not None:
+                stream.emit({"event": "permission_resolved", "toolUseId": rec.pending.tool_use_id, "name": rec.pending.name,
+                             "decision": "deny", "reason": "turn_cut_off"})
             for block in added:
                 stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
             prompt_saved = metadata.get("lastPromptId") == dead.prompt_id
@@ -421,20 +401,24 @@ class TurnRunner:
             metadata=metadata,
             memory=request.agent_memory or AgentMemory(),
             conversation_id=request.conversation_id,
-            save_memory=lambda memory: self._save_memory(request.session_id, memory),
+            save_memory=lambda memory: self._save_memory(request, watcher.runner_id, memory),
             ask_permission=PermissionDesk(
                 self.states, request.session_id, request.turn_id, stream.emit, watcher.interrupted.is_set,
                 timeout_seconds=self.settings.agent.permission_timeout_seconds, poll_seconds=self.poll_interval,
             ).ask,
         )
 
-    def _save_memory(self, session_id: str, memory: AgentMemory) -> None:
+    def _save_memory(self, request: TurnRequest, runner_id: str, memory: AgentMemory) -> None:
         """Keep the agent's skill index and working context for the session's next message."""
 
         def keep(state: SessionState) -> None:
-            state.agent_memory = memory.model_copy(deep=True)
+            turn = state.turn
+            # A runner whose turn was taken over (it stalled past its lease) must not put back
+            # a working context that describes the conversation as it left it.
+            if turn is not None and turn.runner_id == runner_id and turn.turn_id == request.turn_id:
+                state.agent_memory = memory.model_copy(deep=True)
 
-        self.states.update(session_id, keep)
+        durably(lambda: self.states.update(request.session_id, keep), "saving the agent's working context")
 
     def _sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
         """The session's sandbox; if it went away, a fresh one with the skills loaded again."""
@@ -471,6 +455,11 @@ class _Progress:
     def replies(self) -> int:
         """Model replies made in this turn so far."""
         return sum(1 for m in (self.latest or [])[self.history_length:] if m.get("role") == "assistant")
+
+
+def _pending_of(state: SessionState, turn_id: str) -> PendingPermission | None:
+    pending = state.pending_permission
+    return pending if pending is not None and pending.turn_id == turn_id else None
 
 
 def _cut_short_result(started: datetime, *, turns: int) -> dict[str, Any]:

@@ -51,7 +51,8 @@ class FaultRule:
 
     `method`: an HTTP method or "*". `path`: a regex searched in the request target (path and
     query string, URL-encoded as sent). `times`: how many matching requests it fires on (None:
-    all of them). `skip`: matching requests to let through before it starts firing.
+    all of them). `skip`: matching requests to let through before it starts firing. `body`: a
+    regex the request body must also contain (a write of one kind of change to one object).
     """
 
     method: str
@@ -62,13 +63,15 @@ class FaultRule:
     times: int | None = 1
     skip: int = 0
     fired: int = 0
+    body: str | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._pattern = re.compile(self.path)
 
-    def matches(self, method: str, target: str) -> bool:
-        return (self.method == "*" or self.method.upper() == method.upper()) and bool(self._pattern.search(target))
+    def matches(self, method: str, target: str, body: bytes = b"") -> bool:
+        return ((self.method == "*" or self.method.upper() == method.upper()) and bool(self._pattern.search(target))
+                and (self.body is None or re.search(self.body, body.decode("latin-1")) is not None))
 
 
 @dataclass(frozen=True)
@@ -143,11 +146,11 @@ class FaultProxy:
         with self._lock:
             return sum(1 for s in self._seen if s.outcome != "forward" and (action is None or s.outcome == action))
 
-    def _decide(self, method: str, target: str) -> FaultRule | None:
+    def _decide(self, method: str, target: str, body: bytes = b"") -> FaultRule | None:
         with self._lock:
             chosen = None
             for rule in self._rules:
-                if not rule.matches(method, target):
+                if not rule.matches(method, target, body):
                     continue
                 if rule.skip > 0:
                     rule.skip -= 1
@@ -209,7 +212,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _proxy_one(self) -> None:
             body = self._body()
-            rule = proxy._decide(self.command, self.path)
+            rule = proxy._decide(self.command, self.path, body)
             if rule is not None and rule.action == "drop_before":
                 self._drop()
                 return
