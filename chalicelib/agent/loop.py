@@ -267,7 +267,7 @@ def _call(request: _Request, messages: list[dict[str, Any]], emit: Emit, should_
     payload = request.payload(messages)
     tokens = request.estimator.tokens(payload)
     if tokens > COMPACT_AT * request.window:
-        if _compact(request, messages, request.window, tokens, emit, result, prices):
+        if _compact(request, messages, request.window, tokens, emit, result, prices, backoff):
             payload = request.payload(messages)
     try:
         return _stream_reply(request, payload, messages, emit, should_stop, result, prices, backoff)
@@ -278,13 +278,13 @@ def _call(request: _Request, messages: list[dict[str, Any]], emit: Emit, should_
         # The endpoint's real limit may be below ours: compact to what it said (or 3/4 of what we sent).
         limit = min(request.window, too_long[1] or int(request.estimator.tokens(payload) * 0.75))
         log.warning("the model said the prompt is too long (%s); compacting to %d tokens and retrying", too_long, limit)
-        if not _compact(request, messages, limit, request.estimator.tokens(payload), emit, result, prices):
+        if not _compact(request, messages, limit, request.estimator.tokens(payload), emit, result, prices, backoff):
             raise
         return _stream_reply(request, request.payload(messages), messages, emit, should_stop, result, prices, backoff)
 
 
 def _compact(request: _Request, messages: list[dict[str, Any]], window: int, tokens_before: int, emit: Emit,
-             result: TurnResult, prices: PriceTable) -> bool:
+             result: TurnResult, prices: PriceTable, backoff: float) -> bool:
     """Summarise the older part of the working context; False when there is nothing to fold."""
     context = request.context
     keep = max(1_000, int(window * KEEP_SHARE) - request.estimator.tokens(request.system))
@@ -294,9 +294,7 @@ def _compact(request: _Request, messages: list[dict[str, Any]], window: int, tok
     limit = max(4_000, int(window * CHUNK_SHARE * request.estimator.chars_per_token))
     summary = context.summary
     for piece in chunks(render_transcript(messages[context.kept_from:cut]), limit):
-        with request.client.messages.stream(model=request.model, max_tokens=SUMMARY_MAX_TOKENS, system=SUMMARY_SYSTEM,
-                                            messages=summary_request(summary, piece)) as stream:
-            reply = stream.get_final_message()
+        reply = _summary_reply(request, summary_request(summary, piece), backoff)
         result.add_call(reply.usage, request.model, prices)
         text = "".join(b.text for b in reply.content if b.type == "text").strip()
         if not text:
@@ -312,6 +310,26 @@ def _compact(request: _Request, messages: list[dict[str, Any]], window: int, tok
           "message": "Older messages were summarised to stay within the context window; the saved conversation keeps them all."})
     request.on_context_changed(request.context)
     return True
+
+
+def _summary_reply(request: _Request, messages: list[dict[str, Any]], backoff: float) -> Any:
+    """One summarising call, whole: a summary cut off mid-stream would be kept as the working
+    context (the SDK returns the partial message as if complete), so it is asked for again."""
+    for attempt in range(MID_STREAM_RETRIES + 1):
+        try:
+            with request.client.messages.stream(model=request.model, max_tokens=SUMMARY_MAX_TOKENS, system=SUMMARY_SYSTEM,
+                                                messages=messages) as stream:
+                if not any(event.type == "message_stop" for event in stream):
+                    raise ModelStreamCut("The summary of earlier messages was cut off before it ended (no message_stop).")
+                return stream.get_final_message()
+        except _STREAM_CUTS as exc:
+            if attempt == MID_STREAM_RETRIES:
+                if isinstance(exc, ModelStreamCut):
+                    raise
+                raise ModelStreamCut(f"The connection to the model dropped mid-summary ({type(exc).__name__}).") from exc
+            log.warning("summarising call cut off (attempt %d), asking again: %s", attempt + 1, exc)
+            time.sleep(backoff * (2**attempt))
+    raise AssertionError("unreachable")
 
 
 def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dict[str, Any]], emit: Emit,
