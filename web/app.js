@@ -408,6 +408,13 @@ const RENDER = {
     else if (s === "interrupting") setBadge("turn-badge", "Interrupting…", "busy");
     else if (s === "retrying") {
       if (state.current) { state.current.text = state.current.text.slice(0, -frame.discardStreamed || undefined); scheduleRender(state.current); }
+      if (state.thinking && frame.discardThinking) {  // the regenerated reply thinks again
+        state.thinking.text = state.thinking.text.slice(0, -frame.discardThinking);
+        state.thinking.el.textContent = state.thinking.text;
+        if (!state.thinking.text) { state.thinking.el.closest("details").remove(); state.thinking = null; }
+        // Its new thinking comes before its text again, so an emptied text bubble goes too.
+        if (state.current && !state.current.text) { state.current.el.remove(); state.current = null; }
+      }
       setBadge("turn-badge", "Model busy · retrying", "busy");
     }
     else if (s === "max_turns_reached") note(frame.maxTurns ? `Stopped after ${plural(frame.maxTurns, "model reply", "model replies")} (maxTurns). Send another message to continue.` : frame.message);

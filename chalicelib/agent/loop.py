@@ -341,6 +341,7 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
     request_chars = request.estimator.chars(payload)
     for attempt in range(MID_STREAM_RETRIES + 1):
         streamed: list[str] = []
+        thought: list[str] = []  # thinking shown to the client, dropped with the text on a retry
         try:
             with request.stream(
                 model=request.model, max_tokens=request.max_tokens, system=system or anthropic.NOT_GIVEN,
@@ -354,6 +355,7 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
                                 streamed.append(event.delta.text)
                                 emit({"event": "stream", "type": "text", "content": event.delta.text})
                             elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                                thought.append(event.delta.thinking)
                                 emit({"event": "stream", "type": "thinking", "content": event.delta.thinking})
                             elif event.type == "content_block_stop":
                                 # Server tools ran on Anthropic's side: show each call and result as it completes.
@@ -384,6 +386,7 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
                 raise ModelStreamCut(f"The connection to the model dropped mid-reply ({type(exc).__name__}).") from exc
             log.warning("model stream cut off (attempt %d), retrying the reply: %s", attempt + 1, exc)
             emit({"event": "status", "status": "retrying", "reason": "stream_cut", "discardStreamed": len("".join(streamed)),
+                  "discardThinking": len("".join(thought)),
                   "message": "The connection to the model dropped mid-reply; discard the partial text, it is being regenerated."})
             time.sleep(backoff * (2**attempt))
         except anthropic.APIStatusError as exc:
@@ -391,6 +394,7 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
                 raise
             log.warning("mid-stream overload (attempt %d), retrying the reply", attempt + 1)
             emit({"event": "status", "status": "retrying", "reason": "overloaded", "discardStreamed": len("".join(streamed)),
+                  "discardThinking": len("".join(thought)),
                   "message": "The model was overloaded mid-reply; discard the partial text, it is being regenerated."})
             time.sleep(backoff * (2**attempt))
     raise AssertionError("unreachable")

@@ -261,6 +261,31 @@ def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no
                                "permission_request", "permission_resolved"])
 
 
+def test_a_retried_reply_drops_its_streamed_thinking_and_text(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    frames = [
+        {"event": "status", "seq": 1, "status": "running", "turnId": "t1"},
+        {"event": "stream", "seq": 2, "type": "thinking", "content": "Lost plan."},
+        {"event": "stream", "seq": 3, "type": "text", "content": "Half"},
+        {"event": "status", "seq": 4, "status": "retrying", "reason": "stream_cut", "discardStreamed": 4, "discardThinking": 10,
+         "message": "The connection to the model dropped mid-reply."},
+        {"event": "stream", "seq": 5, "type": "thinking", "content": "Kept plan."},
+        {"event": "stream", "seq": 6, "type": "text", "content": "Whole answer."},
+    ]
+    for frame in frames:
+        page.evaluate("f => window.consoleApp.handleFrame(f)", frame)
+    transcript = page.locator("#transcript")
+    thinking = transcript.locator("details.thinking")
+    expect(thinking).to_have_count(1)
+    assert thinking.locator(".thought").text_content() == "Kept plan."
+    expect(transcript.locator(".msg.assistant")).to_have_count(1)
+    expect(transcript.locator(".msg.assistant")).to_have_text("Whole answer.")
+    # The thinking still comes before the text it led to.
+    assert page.evaluate("[...document.querySelectorAll('#transcript details.thinking, #transcript .msg.assistant')]"
+                         ".map(e => e.className)") == ["thinking", "msg assistant"]
+
+
 def test_markdown_is_rendered_and_sanitised(world, page, context, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from tests.fakes.fake_anthropic import Reply, Text, ToolUse
+from tests.fakes.fake_anthropic import Reply, Text, Thinking, ToolUse
 from tests.support.gateway import receive_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -79,3 +79,21 @@ def test_a_stream_cut_on_every_attempt_ends_with_an_error_and_nothing_partial_sa
     saved = world.http.get("/users/alice/conversations/sess-cut-all").json()["conversation"]["messages"]
     assert all(b.get("type") != "tool_use" for m in saved if isinstance(m["content"], list) for b in m["content"])
     assert saved[-1]["content"][0]["text"] == "Back."
+
+
+def test_a_cut_reply_tells_the_client_to_drop_its_thinking_too(world) -> None:  # type: ignore[no-untyped-def]
+    # Thinking (issue 13) is streamed before the text; a reply cut after it is regenerated with
+    # new thinking, so the client must drop the old thinking as well as the old text.
+    setup = world.setup("sess-cut-thinking", "alice")
+    world.fake.script(Reply([Thinking("First plan, lost.", chunks=3), Text("Half of the", chunks=6)], drop_after=2),
+                      Reply([Thinking("Second plan."), Text("A whole answer.")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "message", "prompt": "think"}))
+        frames = receive_until(ws, "result")
+    assert world.fake.drops == 1
+    retry = next(f for f in frames if f.get("status") == "retrying")
+    assert retry["reason"] == "stream_cut" and retry["discardThinking"] == len("First plan, lost.")
+    thinking = "".join(f["content"] for f in frames if f["event"] == "stream" and f["type"] == "thinking")
+    assert thinking == "First plan, lost." + "Second plan."  # what the client drops, then what it keeps
+    saved = world.http.get("/users/alice/conversations/sess-cut-thinking").json()["conversation"]["messages"]
+    assert [b.get("thinking") for b in saved[-1]["content"] if b["type"] == "thinking"] == ["Second plan."]
