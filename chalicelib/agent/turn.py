@@ -34,12 +34,14 @@ class AgentTurn:
                  model: str | None, max_turns: int | None, sandbox: Sandbox, emit: Any, should_stop: Any,
                  on_messages_changed: Any, metadata: dict[str, Any], memory: AgentMemory | None = None,
                  save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
-                 ask_permission: AskUser | None = None) -> TurnResult:
+                 ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None) -> TurnResult:
         if self._client is None:
             self._client = build_client(self.settings.agent)
         memory = memory or AgentMemory()
         save = save_memory or (lambda _: None)
-        prefs = self.user_settings.get(user_id)
+        # `durable(action, what)` retries a storage outage as the caller's other writes do.
+        prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
+                 else self.user_settings.get(user_id))
         # The model: what `start` asked for, then the user's settings, then the server default.
         chosen_model = model or prefs.model or self.settings.agent.default_model
         turns = min(max_turns or prefs.max_turns or self.settings.agent.default_max_turns, MAX_TURNS_CAP)

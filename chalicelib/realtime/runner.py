@@ -406,6 +406,7 @@ class TurnRunner:
                 self.states, request.session_id, request.turn_id, stream.emit, watcher.interrupted.is_set,
                 timeout_seconds=self.settings.agent.permission_timeout_seconds, poll_seconds=self.poll_interval,
             ).ask,
+            durable=durably,
         )
 
     def _save_memory(self, request: TurnRequest, runner_id: str, memory: AgentMemory) -> None:

@@ -4,7 +4,8 @@ handlers as Lambda invocations, the runner in its own thread, storage shared.
 - a permission wait longer than the lease keeps its turn (the lease is renewed while it waits);
 - a runner killed while waiting for an answer leaves no request behind that a `permission`
   frame could still "answer", and the client is told the request ended;
-- a storage outage when the request is opened is ridden out like the turn's other writes.
+- a storage outage when the request is opened, or when the turn reads the user's settings
+  (permissions, budget), is ridden out like the turn's other storage calls.
 """
 
 from __future__ import annotations
@@ -118,4 +119,20 @@ def test_a_storage_outage_while_opening_a_permission_request_is_ridden_out(fault
     assert proxy.fired("status") == 5
     assert not [f for f in frames if f["event"] == "error"], frames
     assert next(f for f in frames if f["event"] == "tool_result")["content"].strip() == "approved-and-ran"
+    assert frames[-1]["stopReason"] == "end_turn"
+
+
+def test_a_storage_outage_while_reading_the_settings_at_turn_start_is_ridden_out(faulty) -> None:  # type: ignore[no-untyped-def]
+    # The turn reads the user's settings (permissions, budget, server tools) before its first
+    # model call: the same outage the runner's writes ride out must not end the turn there.
+    client, management, fake, dispatcher, proxy, api = faulty
+    token = setup_session(client, "ps2")
+    client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "ps2", "token": token}))
+    fake.script(Reply([Text("Settings read after the outage.")]))
+    proxy.add(FaultRule("GET", r"/users/alice/settings/", action="status", status=503, times=5))
+    send(client, {"action": "message", "prompt": "go"})
+    frames = management.wait_for("c1", "result", timeout=60)
+    dispatcher.join(30)
+    assert proxy.fired("status") == 5
+    assert not [f for f in frames if f["event"] == "error"], frames
     assert frames[-1]["stopReason"] == "end_turn"
