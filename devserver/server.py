@@ -159,8 +159,12 @@ class LocalGatewayApp:
             return JSONResponse({"error": str(exc) or "Gateway error.", "code": "gateway_error"}, status_code=502)
         if result["statusCode"] == 405:
             # Chalice's own answer for a known path and an unknown method has another shape.
-            return edge.error(405, f"{request.method} is not supported on {request.url.path}: see the API reference in README.md.",
-                              "method_not_allowed")
+            refused = edge.error(405, f"{request.method} is not supported on {request.url.path}: see the API reference in README.md.",
+                                 "method_not_allowed")
+            allow = {k.lower(): v for k, v in (result.get("headers") or {}).items()}.get("allow")
+            if allow:
+                refused.headers["Allow"] = allow  # the app's list of the path's methods, as chalice.test.Client gives it
+            return refused
         response_headers = dict(result.get("headers") or {})
         payload = result.get("body") or b""
         if result.get("isBase64Encoded"):

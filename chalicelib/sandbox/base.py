@@ -85,6 +85,9 @@ class MountSpec(BaseModel):
     secret_access_key: SecretStr | None = None
     # Set with temporary credentials (R2's temp-access-credentials): sent with every request.
     session_token: SecretStr | None = None
+    # Where the sandbox sees it: the user's whole prefix at .claude, or only their skills
+    # prefix (`users/{userId}/skills/`) at .claude/skills, where the agent looks for skills.
+    at: Literal["/workspace/.claude", "/workspace/.claude/skills"] = "/workspace/.claude"
 
 
 class SandboxOptions(BaseModel):
@@ -143,7 +146,8 @@ class Sandbox(Protocol):
         ...
 
     def mount_bucket(self, spec: MountSpec) -> list[str]:
-        """Mount the user's prefix at /workspace/.claude, verify it, return the listing seen.
+        """Mount the user's prefix at `spec.at` (/workspace/.claude by default), verify it, return
+        the listing seen.
 
         Raise MountError when the mount fails or shows nothing.
         """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import resource
 import shutil
 import subprocess
@@ -63,6 +64,7 @@ class LocalSandbox:
         self.options = options
         self.isolated = isolated
         self.claude_source: Path | None = None
+        self.mount_dir = CLAUDE_DIR  # where claude_source is seen
         self._s3fs_mountpoint: Path | None = None
         self._bash: BashSession | None = None
         self._lock = threading.Lock()
@@ -74,7 +76,7 @@ class LocalSandbox:
 
     def _host(self, path: str) -> Path:
         self._alive()
-        return paths.host_path(self.workspace, path, self.claude_source)
+        return paths.host_path(self.workspace, path, self.claude_source, self.mount_dir)
 
     def write_file(self, path: str, content: bytes | str) -> None:
         """Create or replace a file; parents are created."""
@@ -138,16 +140,18 @@ class LocalSandbox:
                 entries.append(FileEntry(path=self._sandbox_path(full), size=size, is_dir=False))
             if not recursive:
                 break
-            # A bind/s3fs source seen at .claude is walked separately from the workspace.
-            if here == self.workspace and self.claude_source is not None:
-                dirnames[:] = [d for d in dirnames if d != ".claude"]
-        if target == self.workspace and self.claude_source is not None and recursive:
-            entries.append(FileEntry(path=CLAUDE_DIR, size=0, is_dir=True))
-            entries += self.list_files(CLAUDE_DIR)
-        return sorted(entries, key=lambda e: e.path)
+            # A bind/s3fs source is walked separately from the workspace, at its mount folder.
+            if self.claude_source is not None and self._sandbox_path(here) == posixpath.dirname(self.mount_dir):
+                dirnames[:] = [d for d in dirnames if d != posixpath.basename(self.mount_dir)]
+        mount_parent = posixpath.dirname(self.mount_dir)
+        if self.claude_source is not None and recursive and (
+                self._sandbox_path(target) == mount_parent or mount_parent.startswith(self._sandbox_path(target) + "/")):
+            entries.append(FileEntry(path=self.mount_dir, size=0, is_dir=True))
+            entries += self.list_files(self.mount_dir)
+        return sorted({e.path: e for e in entries}.values(), key=lambda e: e.path)
 
     def _sandbox_path(self, host: Path) -> str:
-        return paths.sandbox_path(self.workspace, host, self.claude_source)
+        return paths.sandbox_path(self.workspace, host, self.claude_source, self.mount_dir)
 
     def delete_file(self, path: str) -> None:
         target = self._host(path)
@@ -181,7 +185,7 @@ class LocalSandbox:
         cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/run",
                 "--bind", str(self.workspace), WORKSPACE, "--bind", str(self.state_dir), STATE_DIR]
         if self.claude_source is not None:
-            cmd += ["--bind", str(self.claude_source), CLAUDE_DIR]
+            cmd += ["--bind", str(self.claude_source), self.mount_dir]
         if not allow_network:
             cmd.append("--unshare-net")
         # bwrap builds the root on a tmpfs; make it read-only so only the binds above are writable.
@@ -241,6 +245,7 @@ class LocalSandbox:
             self.claude_source = source.resolve()
         else:
             self.claude_source = self._mount_s3(spec)
+        self.mount_dir = spec.at
         self._restart_bash()
         seen = self._verify_mount()
         return seen
@@ -302,6 +307,7 @@ class LocalSandbox:
 
     def _unmount(self) -> None:
         self.claude_source = None
+        self.mount_dir = CLAUDE_DIR
         if self._s3fs_mountpoint is not None:
             subprocess.run(["umount", "-l", str(self._s3fs_mountpoint)], capture_output=True, timeout=30)
             self._s3fs_mountpoint = None

@@ -25,14 +25,14 @@ def relative(path: str) -> str:
     return posixpath.relpath(normal, WORKSPACE)
 
 
-def host_path(workspace: Path, path: str, claude_source: Path | None = None) -> Path:
+def host_path(workspace: Path, path: str, claude_source: Path | None = None, mount_dir: str = CLAUDE_DIR) -> Path:
     """The host file behind a sandbox path, checked to stay inside its folder.
 
-    `claude_source`: the folder seen at /workspace/.claude (a bind or s3fs mount), if any.
+    `claude_source`: the folder seen at `mount_dir` (a bind or s3fs mount), if any.
     """
     rel = relative(path)
     base = workspace
-    claude_rel = relative(CLAUDE_DIR)
+    claude_rel = relative(mount_dir)
     if claude_source is not None and (rel == claude_rel or rel.startswith(claude_rel + "/")):
         base = claude_source
         rel = posixpath.relpath(rel, claude_rel)
@@ -48,12 +48,12 @@ def host_path(workspace: Path, path: str, claude_source: Path | None = None) -> 
     return target
 
 
-def sandbox_path(workspace: Path, host: Path, claude_source: Path | None = None) -> str:
-    """The sandbox path of a host file under the workspace (or the .claude source)."""
+def sandbox_path(workspace: Path, host: Path, claude_source: Path | None = None, mount_dir: str = CLAUDE_DIR) -> str:
+    """The sandbox path of a host file under the workspace (or the mounted source)."""
     if claude_source is not None:
         try:
             rel = host.relative_to(claude_source)
-            return CLAUDE_DIR if str(rel) == "." else f"{CLAUDE_DIR}/{rel.as_posix()}"
+            return mount_dir if str(rel) == "." else f"{mount_dir}/{rel.as_posix()}"
         except ValueError:
             pass
     rel = host.relative_to(workspace)
