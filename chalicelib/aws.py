@@ -70,10 +70,6 @@ class GatewayAwareSession(boto3.session.Session):
 
 def aws_session() -> boto3.session.Session:
     """The session for the websocket API and the Lambda client."""
-    if os.environ.get("LOCAL_GATEWAY_URL") and not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
-        # Chalice needs a region to build the management endpoint, even when the local gateway
-        # serves it; without one every websocket connect under ./scripts/dev failed with a 500.
-        return GatewayAwareSession(region_name="us-east-1")
     return GatewayAwareSession()
 
 
