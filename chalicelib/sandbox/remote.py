@@ -22,6 +22,7 @@ from chalicelib.sandbox.base import (
     SandboxError,
     SandboxFileNotFound,
     SandboxGone,
+    SandboxIsADirectory,
     SandboxOptions,
     SandboxPathError,
     SandboxUnavailable,
@@ -31,6 +32,7 @@ _ERRORS: dict[str, type[SandboxError]] = {
     "sandbox_gone": SandboxGone,
     "file_not_found": SandboxFileNotFound,
     "invalid_path": SandboxPathError,
+    "is_a_directory": SandboxIsADirectory,
     "mount_failed": MountError,
 }
 
@@ -123,6 +125,17 @@ class RemoteSandboxProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.client = _Client(settings)
+        self._limits: dict[str, str] | None = None
+
+    def limits(self) -> dict[str, str]:
+        """The sandbox host's limits (its /health), asked once; unknown while it cannot be reached."""
+        if self._limits is None:
+            try:
+                answer = self.client.http.get("/health", timeout=3.0).json()
+                self._limits = {str(k): str(v) for k, v in dict(answer.get("limits") or {}).items()}
+            except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+                return {"status": "unknown: the sandbox host did not answer"}
+        return self._limits
 
     def create(self, session_id: str, options: SandboxOptions) -> RemoteSandbox:
         validate_id(session_id, "sessionId")

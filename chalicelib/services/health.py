@@ -24,9 +24,12 @@ class Health(ApiModel):
     sandbox: str
     has_r2: bool
     timestamp: str
+    #: Each whole-sandbox limit (uid, pids, memory, disk, tmp, cpu) and what enforces it here.
+    sandbox_limits: dict[str, str] | None = None
 
 
-def check_health(settings: Settings, storage_backend: str, sandbox_kind: str) -> Health:
+def check_health(settings: Settings, storage_backend: str, sandbox_kind: str,
+                 sandbox_limits: dict[str, str] | None = None) -> Health:
     """Describe the running configuration; makes no storage round trip (it is called often)."""
     uses_s3 = storage_backend == "s3"
     return Health(
@@ -39,5 +42,6 @@ def check_health(settings: Settings, storage_backend: str, sandbox_kind: str) ->
         has_sandbox=sandbox_kind != "none",
         sandbox=sandbox_kind,
         has_r2=uses_s3,
+        sandbox_limits=sandbox_limits,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
