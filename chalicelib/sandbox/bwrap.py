@@ -32,6 +32,7 @@ import subprocess
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -476,6 +477,9 @@ class LocalSandboxProvider:
             os.chmod(data_dir, 0o700)
         self._sandboxes: dict[str, LocalSandbox] = {}
         self._lock = threading.Lock()
+        # Workspaces are mounts and uids are host-wide records: give them back when the process
+        # ends without destroying its sessions (a stopped ./scripts/dev, a finished test run).
+        weakref.finalize(self, _destroy_all, self._sandboxes)
         privileged = self.isolated and os.geteuid() == 0
         self.stage = _make_stage() if privileged else None
         self.uids = UidAllocator() if self.stage is not None else None
@@ -584,6 +588,15 @@ class LocalSandboxProvider:
             "tmp": f"tmpfs size={sandbox.tmp_mb}m",
             "cpu": f"RLIMIT_CPU {sandbox.cpu_seconds} s per process",
         }
+
+
+def _destroy_all(sandboxes: dict[str, LocalSandbox]) -> None:
+    for sandbox in list(sandboxes.values()):
+        try:
+            sandbox.destroy()
+        except Exception:  # noqa: BLE001 - the others must still be cleaned up
+            log.exception("could not destroy sandbox %s", sandbox.session_id)
+    sandboxes.clear()
 
 
 def _join(base: str, rel: str) -> str:
