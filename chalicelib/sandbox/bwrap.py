@@ -226,8 +226,10 @@ class LocalSandbox:
             if (Path("/etc") / name).exists():
                 cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
         tmp_bytes = self.settings.sandbox.tmp_mb * 1024 * 1024
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-                "--bind", workspace_source, WORKSPACE]
+        # /dev is a tmpfs bwrap fills with the few safe devices: read-only once made, with a
+        # size-limited /dev/shm, so /workspace, /tmp and /dev/shm are the only writable places.
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+                "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--bind", workspace_source, WORKSPACE]
         if self.claude_source is not None:
             skills_source = str(stage / "skills") if stage is not None else str(self.claude_source)
             cmd += ["--bind", skills_source, MOUNT_DIR]
@@ -249,7 +251,9 @@ class LocalSandbox:
         sandbox = self.settings.sandbox
         cpu = sandbox.cpu_seconds
         memory = sandbox.memory_mb * 1024 * 1024
-        file_size = sandbox.disk_mb * 1024 * 1024
+        # Without its own tmpfs, a per-file cap is all that bounds the workspace; with one, the
+        # tmpfs answers ENOSPC (a clear error) and SIGXFSZ would only muddle it.
+        file_size = resource.RLIM_INFINITY if self.disk_limited else sandbox.disk_mb * 1024 * 1024
         uid, cgroup, stage = self.uid, self.cgroup, self.provider.stage
         workspace, skills = str(self.workspace), (str(self.claude_source) if self.claude_source else None)
         nproc = sandbox.pids
@@ -316,14 +320,15 @@ class LocalSandbox:
         assert isinstance(before, Counters)
         notes: list[str] = []
         clean_up = False
-        if after.pids_max > before.pids_max or (self.cgroup is None and _NO_FORK in output):
+        # RLIMIT_NPROC (same number) may refuse the fork before the cgroup counts it.
+        if after.pids_max > before.pids_max or _NO_FORK in output:
             notes.append(f"[the sandbox reached its limit of {sandbox.pids} processes (SANDBOX_PIDS): "
                          "its processes were stopped; the shell and its cwd are kept]")
             clean_up = True
         if after.oom_kills > before.oom_kills:
             notes.append(f"[the sandbox reached its memory limit of {sandbox.memory_mb} MB (SANDBOX_MEMORY_MB): "
                          "the kernel killed a process; use less memory]")
-        if _FULL_DISK in output:
+        if _FULL_DISK in output or b"File size limit exceeded" in output:
             notes.append(f"[a disk limit was reached: /workspace holds {sandbox.disk_mb} MB (SANDBOX_DISK_MB), "
                          f"/tmp {sandbox.tmp_mb} MB (SANDBOX_TMP_MB); delete files to go on]")
         return "\n".join(notes), clean_up
