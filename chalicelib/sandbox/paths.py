@@ -77,6 +77,8 @@ def translate(exc: OSError, path: str) -> SandboxError:
         return SandboxIsADirectory(f"{path} is a folder, not a file.")
     if code in (errno.ENOSPC, errno.EDQUOT):
         return SandboxError(f"The workspace is full (writing {path}): delete files you no longer need, then retry.")
+    if code == errno.ENXIO:
+        return SandboxPathError(f"{path} is not a regular file (a FIFO or socket): the editor reads and writes files only.")
     if code == errno.EAGAIN:
         return SandboxPathError(f"{path} changed while it was being opened: try again.")
     return SandboxPathError(f"Cannot use {path}: {exc.strerror or exc}.")
@@ -141,6 +143,11 @@ class DirTree:
             for name in parts:
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except NotADirectoryError:
+                    # O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR: name the real reason.
+                    if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise OSError(errno.ELOOP, "a symbolic link on the way", name) from None
+                    raise
                 except FileNotFoundError:
                     if not create:
                         raise
@@ -175,7 +182,7 @@ class DirTree:
             if stat.S_ISDIR(info.st_mode):
                 raise OSError(errno.EISDIR, "Is a directory")
             if not stat.S_ISREG(info.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
+                raise OSError(errno.ENXIO, "not a regular file")
             if info.st_size > limit:
                 raise OSError(errno.EFBIG, f"the file has {info.st_size} bytes, more than the {limit} the editor reads; use bash (head, sed -n)")
             chunks: list[bytes] = []
@@ -196,7 +203,7 @@ class DirTree:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
+                raise OSError(errno.ENXIO, "not a regular file")
             os.ftruncate(fd, 0)
             self._own(fd)
             view = memoryview(data)
