@@ -4,6 +4,8 @@ Most tests drive the public path: REST setup, a real websocket through the local
 fake Messages API scripted to ask for bash and editor calls, and tools run in real bwrap
 sandboxes; the host side is then inspected directly. The swap race and a vanished workspace
 are driven through the sandbox API as well, because they need thousands of host operations.
+(Here, beside the other end-to-end tests, so that they share the one local gateway a process
+can have: Chalice configures its sender once.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from chalicelib.agent.tools import run_tool
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import SandboxError, SandboxGone, SandboxOptions
 from chalicelib.sandbox.bwrap import LocalSandboxProvider
-from tests.e2e.conftest import World, gateway_url, world  # noqa: F401 - fixtures of the public path
+from tests.e2e.conftest import World
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 from tests.support.gateway import receive_until
 from tests.support.sandbox_host import running_sandbox_host
