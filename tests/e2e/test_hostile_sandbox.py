@@ -303,3 +303,27 @@ def test_the_sandbox_host_isolates_the_same_way(tmp_path: Path) -> None:
         assert limits["disk"].startswith("tmpfs size=8m")
         remote.destroy("remote-1")
 
+
+
+@needs_root
+def test_without_cgroups_rlimit_nproc_on_the_sessions_uid_contains_a_fork_bomb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from chalicelib.sandbox import bwrap
+
+    monkeypatch.setattr(bwrap, "Cgroups", lambda: SimpleNamespace(version=None))  # a host without writable cgroups
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    p = LocalSandboxProvider(Settings.from_env({"DATA_DIR": str(data), "SANDBOX_PIDS": "40"}))
+    try:
+        assert p.limits()["pids"] == "RLIMIT_NPROC 40 on the session's uid"
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700 and stat.S_IMODE(os.stat(data / "sandboxes").st_mode) == 0o700
+        bash = p.create("nproc", SandboxOptions()).bash()
+        bombed = bash.run(":(){ :|:& };: ; sleep 2; echo bombed", timeout=60)
+        assert "limit of 40 processes" in bombed.stdout, bombed
+        assert bash.run("ls / > /dev/null && echo alive").stdout.startswith("alive")
+    finally:
+        for sid in p.sessions():
+            p.destroy(sid)
