@@ -108,7 +108,7 @@ class SandboxHost:
         while not self._stop.wait(interval):
             try:
                 self.reap_idle()
-            except Exception:  # noqa: BLE001 - the reaper must keep running
+            except Exception:
                 log.exception("reaping failed")
 
     def stop(self) -> None:

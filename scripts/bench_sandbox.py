@@ -56,8 +56,8 @@ def disk_choices(folder: Path, size_mb: int) -> None:
         start = time.perf_counter()
         with open(image, "wb") as handle:
             handle.truncate(size_mb << 20)
-        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], capture_output=True, text=True)
-        mounted = subprocess.run(["mount", "-o", "loop,nosuid,nodev", str(image), str(ext4)], capture_output=True, text=True)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], capture_output=True, text=True, check=False)
+        mounted = subprocess.run(["mount", "-o", "loop,nosuid,nodev", str(image), str(ext4)], capture_output=True, text=True, check=False)
         if made.returncode or mounted.returncode:
             print(f"ext4 image: cannot be made or mounted here ({(made.stderr or mounted.stderr).strip()[:120]})")
             ext4_ok = False
@@ -72,7 +72,7 @@ def disk_choices(folder: Path, size_mb: int) -> None:
                            capture_output=True, check=True)
             print(f"{name + ': write 256 MB (dd, fsync)':<58} {(time.perf_counter() - start) * 1000:8.2f} ms")
             full = subprocess.run(["dd", "if=/dev/zero", f"of={target}/g", "bs=1M", f"count={size_mb * 2}"],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, check=False)
             print(f"{name + ': writing past its size':<58} {'No space left on device' in full.stderr}")
     finally:
         linux.umount_lazy(str(tmpfs))

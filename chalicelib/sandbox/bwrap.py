@@ -51,7 +51,6 @@ from chalicelib.sandbox.base import (
     SandboxGone,
     SandboxIsADirectory,
     SandboxOptions,
-    SandboxPathError,
 )
 from chalicelib.sandbox.cgroups import Cgroups, Counters, SessionCgroup
 from chalicelib.sandbox.process import run_capped
@@ -391,7 +390,7 @@ class LocalSandbox:
             options.append(f"endpoint={spec.region}")
         target = f"{spec.bucket}:/{spec.prefix.strip('/')}"
         proc = subprocess.run(["s3fs", target, str(mountpoint), "-o", ",".join(options)],
-                              capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", SANDBOX_PATH)})
+                              capture_output=True, text=True, timeout=30, check=False, env={"PATH": os.environ.get("PATH", SANDBOX_PATH)})
         if proc.returncode != 0:
             raise MountError(f"s3fs failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:300]}")
         deadline = time.monotonic() + 10
@@ -405,7 +404,7 @@ class LocalSandbox:
     def _unmount(self) -> None:
         self._set_claude_source(None, None)
         if self._s3fs_mountpoint is not None:
-            subprocess.run(["umount", "-l", str(self._s3fs_mountpoint)], capture_output=True, timeout=30)
+            subprocess.run(["umount", "-l", str(self._s3fs_mountpoint)], capture_output=True, timeout=30, check=False)
             self._s3fs_mountpoint = None
         (self.root / "s3fs.passwd").unlink(missing_ok=True)
 
@@ -510,7 +509,8 @@ class LocalSandboxProvider:
             raise IsolationUnavailable(f"The sandbox's folders, uid or limits cannot be set up here: {exc}.") from None
         try:
             launch = probe.launch(["/bin/true"])
-            done = subprocess.run(launch.argv, capture_output=True, text=True, timeout=30, env={}, preexec_fn=launch.preexec)
+            done = subprocess.run(launch.argv, capture_output=True, text=True, timeout=30, env={}, check=False,
+                                  preexec_fn=launch.preexec)
             if done.returncode == 0:
                 return
             detail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
@@ -599,7 +599,7 @@ def _destroy_all(sandboxes: dict[str, LocalSandbox]) -> None:
     for sandbox in list(sandboxes.values()):
         try:
             sandbox.destroy()
-        except Exception:  # noqa: BLE001 - the others must still be cleaned up
+        except Exception:
             log.exception("could not destroy sandbox %s", sandbox.session_id)
     sandboxes.clear()
 
@@ -627,7 +627,7 @@ def _make_stage() -> Path | None:
 
 def _bwrap_help(bwrap: str) -> str:
     try:
-        return subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 

@@ -74,7 +74,8 @@ class BashSession:
             self._dropped = 0
         self._proc = subprocess.Popen(
             launch.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=launch.env, cwd=launch.cwd, start_new_session=True, preexec_fn=launch.preexec,
+            env=launch.env, cwd=launch.cwd, start_new_session=True,
+            preexec_fn=launch.preexec,  # noqa: PLW1509 - cgroup, rlimits, mount namespace, uid: only a child can
         )
         threading.Thread(target=self._read, args=(self._proc,), daemon=True).start()
         if self._state:
@@ -156,8 +157,11 @@ class BashSession:
             note, clean_up = self.host.after_command(before, output)
             if note:
                 notes.append(note)
-            if clean_up and self._alive():
-                self._kill_command()
+            if clean_up and self._alive() and not self._kill_command():
+                # Still respawning (a fork bomb at its limit): replace the shell, which takes the
+                # whole pid namespace with it; cwd and variables come back.
+                self.close()
+                self._start()
             truncated = len(output) > max_output or self._dropped > 0
             text = output[:max_output].decode("utf-8", "replace")
             if notes:
@@ -188,11 +192,12 @@ class BashSession:
                     return bytes(self._buffer), None, None
                 self._cond.wait(min(remaining, 0.5))
 
-    def _kill_command(self) -> None:
+    def _kill_command(self) -> bool:
         """Kill every process of the sandbox but the shell: the command, its children, and
-        whatever it left running in the background (orphans go to the sandbox's init)."""
+        whatever it left running in the background (orphans go to the sandbox's init).
+        Return whether none is left."""
         if self._proc is None:
-            return
+            return True
         for _ in range(20):
             if _comm(self._proc.pid) == "bash":  # unisolated: the shell is our child itself
                 victims = descendants(self._proc.pid)
@@ -200,17 +205,18 @@ class BashSession:
                 tree = descendants(self._proc.pid)
                 shell = next((pid for pid in tree if _comm(pid) == "bash"), None)
                 if shell is None:
-                    return
+                    return True
                 init = _ppid(shell)
                 victims = [pid for pid in descendants(init) if pid != shell] if init in tree else descendants(shell)
             if not victims:
-                return
+                return True
             for pid in reversed(victims):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
             time.sleep(0.02)
+        return False
 
     def restart(self) -> None:
         """A fresh shell: cwd back to /workspace, exported variables forgotten."""

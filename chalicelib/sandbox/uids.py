@@ -14,8 +14,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from chalicelib.sandbox.base import SandboxError

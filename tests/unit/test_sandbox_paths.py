@@ -42,7 +42,7 @@ def test_reads_follow_no_link_and_open_no_fifo(tree: paths.DirTree, tmp_path: Pa
     assert op(lambda: tree.read(["sub", "a.txt"]), "sub/a.txt") == b"a"
     for parts in (["dirlink", "secret.txt"], ["filelink"]):
         with pytest.raises(SandboxPathError, match="symbolic link"):
-            op(lambda: tree.read(parts), "/".join(parts))
+            op(lambda parts=parts: tree.read(parts), "/".join(parts))
     with pytest.raises(SandboxPathError, match="regular file"):
         op(lambda: tree.read(["fifo"]), "fifo")  # would block forever if opened for reading without O_NONBLOCK
     with pytest.raises(SandboxIsADirectory):
