@@ -57,6 +57,8 @@ def agent(world: World, session: str, calls: list[dict[str, Any] | str], *, user
     world.fake.script(*replies)
     setup = world.setup(session, user)
     with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start", "maxTurns": len(calls) + 5}))
+        receive_until(ws, "status")
         ws.send(json.dumps({"action": "message", "prompt": "go"}))
         frames = receive_until(ws, "result", timeout=timeout)
     results = [f for f in frames if f["event"] == "tool_result"]
@@ -148,6 +150,24 @@ def test_swapping_a_folder_and_a_symlink_never_reaches_another_session(provider:
     written = [p.name for p in victim.workspace.iterdir()]
     assert written == ["secret.txt"], written  # nothing was ever written into the victim's workspace
     assert outcomes.get("read", 0) > 0 and outcomes.get("write", 0) > 0, outcomes  # the race was really run
+
+
+def test_the_swap_race_through_the_editor_tool_never_reaches_another_user(world: World) -> None:
+    victim = agent(world, "h-victim", ["echo victim-secret-7310 > /workspace/secret.txt && echo ok"], user="victim")
+    assert "ok" in victim[0]["content"]
+    victim_workspace = sandbox_root(world, "h-victim") / "workspace"
+    calls: list[dict[str, Any] | str] = [
+        f"mkdir -p /workspace/race/d && echo decoy > /workspace/race/d/secret.txt && ln -s {victim_workspace} /workspace/race/l"
+        f" && (python3 -c '{RENAME_SWAPPER}' $(( $(date +%s) + 20 )) > /dev/null 2>&1 &) ; sleep 0.3; echo started",
+    ]
+    for i in range(25):
+        calls.append({"command": "view", "path": "/workspace/race/d/secret.txt"})
+        calls.append({"command": "create", "path": f"/workspace/race/d/planted-{i}.txt", "file_text": "attacker"})
+    results = agent(world, "h-race", calls, timeout=120)
+    assert "started" in results[0]["content"]
+    assert not any("victim-secret-7310" in r["content"] for r in results)
+    assert sorted(p.name for p in victim_workspace.iterdir()) == ["secret.txt"]
+    assert any(not r["is_error"] for r in results[1:]), results[1:]  # the race ran against working calls
 
 
 # -- item 6: `view` of a folder -------------------------------------------------------------
