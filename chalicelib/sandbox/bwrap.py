@@ -491,8 +491,30 @@ class LocalSandboxProvider:
         if self.cgroups is not None and self.cgroups.version is None:
             self.cgroups = None
         self.can_disable_userns = self.isolated and "--disable-userns" in _bwrap_help(self.bwrap)
+        if self.uids is not None:
+            self._sweep()
         if self.isolated:
             self._probe()
+
+    def _sweep(self) -> None:
+        """Give back what a run that crashed (or was killed) left: tmpfs workspaces under
+        SANDBOX_ROOT and session cgroups whose uid no live process holds any more."""
+        assert self.uids is not None
+        uids = self.uids
+
+        def in_use(name: str) -> bool:
+            suffix = name.rsplit("-", 1)[-1]
+            return suffix.isdigit() and uids.is_held(int(suffix))
+
+        if self.cgroups is not None:
+            self.cgroups.sweep(in_use)
+        for session in self.root.iterdir():
+            workspace = session / "workspace"
+            try:
+                if not session.name.startswith(".") and os.path.ismount(workspace) and not uids.is_held(os.stat(workspace).st_uid):
+                    _clear_leftover(session)
+            except OSError as exc:
+                log.warning("could not clear the leftover sandbox %s: %s", session, exc)
 
     def _probe(self) -> None:
         """Fail now, not at the first command, when bwrap is installed but cannot work here.

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -203,6 +204,18 @@ class Cgroups:
             parents.append(parent)
         self.version, self._pids_parent, self._memory_parent = "v1", parents[0], parents[1]
         return True
+
+    def sweep(self, in_use: Callable[[str], bool]) -> int:
+        """Remove the session cgroups a crashed run left (those `in_use(name)` rejects); return how many."""
+        if self.version is None or self._pids_parent is None or self._memory_parent is None:
+            return 0
+        removed = 0
+        for parent in {self._pids_parent, self._memory_parent}:
+            for folder in parent.iterdir():
+                if folder.is_dir() and not in_use(folder.name):
+                    SessionCgroup(self.version, folder, folder).remove()
+                    removed += 1
+        return removed
 
     def create(self, name: str, *, pids: int, memory_bytes: int) -> SessionCgroup | None:
         """A fresh cgroup for one session with its limits, or None without cgroups."""

@@ -96,6 +96,11 @@ class UidAllocator:
             if holder.get("pid") == self._me["pid"] and holder.get("start") == self._me["start"]:
                 record.unlink(missing_ok=True)
 
+    def is_held(self, uid: int) -> bool:
+        """Whether a live process holds `uid` (what a crashed run left behind is not held)."""
+        record = self.folder / str(uid)
+        return record.exists() and not self._stale(record)
+
     def holder(self, uid: int) -> dict[str, object] | None:
         """The record of `uid`, or None when it is free."""
         try:

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -350,3 +351,31 @@ def test_without_cgroups_rlimit_nproc_on_the_sessions_uid_contains_a_fork_bomb(
     finally:
         for sid in p.sessions():
             p.destroy(sid)
+
+
+CRASHING_SERVER = """
+import os, sys
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxOptions
+from chalicelib.sandbox.bwrap import LocalSandboxProvider
+sandbox = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": sys.argv[1]})).create("crashed", SandboxOptions())
+sandbox.exec("echo x > /workspace/left-behind")
+print(sandbox.uid, sandbox.cgroup.pids_dir if sandbox.cgroup else "", flush=True)
+os._exit(0)  # no clean-up: as if the server was killed
+"""
+
+
+@needs_root
+def test_what_a_killed_server_left_is_given_back_at_the_next_start(tmp_path: Path) -> None:
+    from tests.support.api import ROOT
+
+    root = tmp_path / "sandboxes"
+    out = subprocess.run([sys.executable, "-c", CRASHING_SERVER, str(root)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    workspace = root / "crashed" / "workspace"
+    assert os.path.ismount(workspace)
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(root)}))
+    assert not os.path.ismount(workspace) and not (root / "crashed").exists()
+    if len(out) > 1:
+        assert not Path(out[1]).exists()  # its cgroup
+    assert p.uids is not None and not p.uids.is_held(int(out[0]))
