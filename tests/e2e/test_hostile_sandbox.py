@@ -158,8 +158,8 @@ def test_the_swap_race_through_the_editor_tool_never_reaches_another_user(world:
     assert "ok" in victim[0]["content"]
     victim_workspace = sandbox_root(world, "h-victim") / "workspace"
     calls: list[dict[str, Any] | str] = [
-        f"mkdir -p /workspace/race/d && echo decoy > /workspace/race/d/secret.txt && ln -s {victim_workspace} /workspace/race/l"
-        f" && (python3 -c '{RENAME_SWAPPER}' $(( $(date +%s) + 20 )) > /dev/null 2>&1 &) ; sleep 0.3; echo started",
+        (f"mkdir -p /workspace/race/d && echo decoy > /workspace/race/d/secret.txt && ln -s {victim_workspace} /workspace/race/l"
+         f" && (python3 -c '{RENAME_SWAPPER}' $(( $(date +%s) + 20 )) > /dev/null 2>&1 &) ; sleep 0.3; echo started"),
     ]
     for i in range(25):
         calls.append({"command": "view", "path": "/workspace/race/d/secret.txt"})
