@@ -105,6 +105,9 @@ class LocalSandbox:
         sandbox = self.settings.sandbox
         self.root.mkdir(mode=0o700)
         os.chmod(self.root, 0o700)
+        # Mounts are taken down through this fd: the folder may have been renamed meanwhile (a
+        # test run's temporary folder is), and a path would then miss them.
+        self._root_fd: int | None = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.workspace.mkdir(mode=0o700)
         if self.provider.uids is not None:
             self.uid = self.provider.uids.allocate(self.session_id)
@@ -404,7 +407,10 @@ class LocalSandbox:
     def _unmount(self) -> None:
         self._set_claude_source(None, None)
         if self._s3fs_mountpoint is not None:
-            subprocess.run(["umount", "-l", str(self._s3fs_mountpoint)], capture_output=True, timeout=30, check=False)
+            try:
+                linux.umount_lazy(self._here(self._s3fs_mountpoint.name))
+            except OSError as exc:
+                log.warning("could not unmount %s: %s", self._s3fs_mountpoint, exc)
             self._s3fs_mountpoint = None
         (self.root / "s3fs.passwd").unlink(missing_ok=True)
 
@@ -434,13 +440,21 @@ class LocalSandbox:
         self._unmount()
         if self.disk_limited:
             try:
-                linux.umount_lazy(str(self.workspace))
+                linux.umount_lazy(self._here("workspace"))
             except OSError as exc:
                 log.warning("could not unmount %s: %s", self.workspace, exc)
         shutil.rmtree(self.root, ignore_errors=True)
+        if getattr(self, "_root_fd", None) is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
         if self.uid is not None and self.provider.uids is not None:
             self.provider.uids.release(self.uid)
             self.uid = None
+
+    def _here(self, name: str) -> str:
+        """A path to `name` in the session folder that holds even if the folder was renamed."""
+        fd = getattr(self, "_root_fd", None)
+        return f"/proc/self/fd/{fd}/{name}" if fd is not None else str(self.root / name)
 
     def _alive(self) -> None:
         if self.destroyed:

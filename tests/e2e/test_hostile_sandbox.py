@@ -379,3 +379,13 @@ def test_what_a_killed_server_left_is_given_back_at_the_next_start(tmp_path: Pat
     if len(out) > 1:
         assert not Path(out[1]).exists()  # its cgroup
     assert p.uids is not None and not p.uids.is_held(int(out[0]))
+
+
+@needs_root
+def test_destroy_takes_the_workspace_mount_down_even_after_its_folder_was_renamed(tmp_path: Path) -> None:
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "a" / "sandboxes")}))
+    sandbox = p.create("renamed", SandboxOptions())
+    assert sandbox.disk_limited
+    os.rename(tmp_path / "a", tmp_path / "b")  # as pytest moves an old temporary folder before deleting it
+    p.destroy("renamed")
+    assert "/b/sandboxes/renamed/workspace" not in Path("/proc/self/mountinfo").read_text()
