@@ -55,7 +55,7 @@ from chalicelib.sandbox.base import (
 from chalicelib.sandbox.cgroups import Cgroups, Counters, SessionCgroup
 from chalicelib.sandbox.process import run_capped
 from chalicelib.sandbox.shell import BashSession, Launch
-from chalicelib.sandbox.uids import UidAllocator
+from chalicelib.sandbox.uids import DEFAULT_UID_DIR, UidAllocator
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +500,7 @@ class LocalSandboxProvider:
         weakref.finalize(self, _destroy_all, self._sandboxes)
         privileged = self.isolated and os.geteuid() == 0
         self.stage = _make_stage() if privileged else None
-        self.uids = UidAllocator() if self.stage is not None else None
+        self.uids = _uid_allocator(self.root) if self.stage is not None else None
         self.cgroups = Cgroups() if self.stage is not None else None
         if self.cgroups is not None and self.cgroups.version is None:
             self.cgroups = None
@@ -557,8 +557,10 @@ class LocalSandboxProvider:
         raise IsolationUnavailable(
             f"bubblewrap is installed but cannot create a sandbox here: {detail}. It needs to create "
             "namespaces: in a container, give it CAP_SYS_ADMIN (docker run --cap-add SYS_ADMIN --security-opt "
-            "apparmor=unconfined; on ECS, linuxParameters.capabilities.add). Where the platform allows neither "
-            "that nor user namespaces, sessions cannot be isolated there."
+            "apparmor=unconfined; on ECS, linuxParameters.capabilities.add). Run as root, each session's bwrap "
+            "starts as its own unprivileged uid with --unshare-user, so unprivileged user namespaces must be "
+            "allowed too (user.max_user_namespaces > 0; kernel.unprivileged_userns_clone=1 where that exists; no "
+            "AppArmor userns restriction). Where the platform allows neither, sessions cannot be isolated there."
         )
 
     def create(self, session_id: str, options: SandboxOptions) -> LocalSandbox:
@@ -642,6 +644,17 @@ def _destroy_all(sandboxes: dict[str, LocalSandbox]) -> None:
 
 def _join(base: str, rel: str) -> str:
     return base if rel in ("", ".") else f"{base}/{rel}"
+
+
+def _uid_allocator(root: Path) -> UidAllocator:
+    """The host-wide uid record; under SANDBOX_ROOT where /var/lib cannot be written (a read-only
+    image), which is safe only as long as one server uses the machine's sandbox uids."""
+    try:
+        return UidAllocator()
+    except OSError as exc:
+        log.warning("cannot keep sandbox uids in %s (%s): using %s, which only this SANDBOX_ROOT's servers share",
+                    DEFAULT_UID_DIR, exc.strerror or exc, root / ".uids")
+        return UidAllocator(root / ".uids")
 
 
 def _make_stage() -> Path | None:
