@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.sandbox.base import MountError, MountSpec, Sandbox, SandboxFileNotFound, SandboxGone, SandboxOptions, SandboxPathError, SandboxProvider
+from chalicelib.sandbox.base import MountError, MountSpec, Sandbox, SandboxFileNotFound, SandboxGone, SandboxIsADirectory, SandboxOptions, SandboxPathError, SandboxProvider
 from chalicelib.sandbox.bwrap import LocalSandboxProvider
 from tests.support.sandbox_host import running_sandbox_host
 
@@ -43,6 +43,8 @@ def test_files_roundtrip(sandbox: Sandbox) -> None:
     assert sandbox.read_file("y/z.txt") == b"zz"
     paths = {e.path for e in sandbox.list_files() if not e.is_dir}
     assert paths == {"/workspace/a/b.txt", "/workspace/x.md", "/workspace/y/z.txt"}
+    with pytest.raises(SandboxIsADirectory):  # the editor's `view` lists a folder on this
+        sandbox.read_file("/workspace/a")
     sandbox.delete_file("/workspace/a")
     with pytest.raises(SandboxFileNotFound):
         sandbox.read_file("/workspace/a/b.txt")
