@@ -79,6 +79,14 @@ class Container:
         except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
             return "unavailable"
 
+    @property
+    def sandbox_limits(self) -> dict[str, str] | None:
+        """Which whole-sandbox limits are enforced and how, for /health; never raises."""
+        try:
+            return self.sandboxes.limits()
+        except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
+            return None
+
     # -- services ------------------------------------------------------------------------
 
     @property
