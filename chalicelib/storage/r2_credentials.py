@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 DEFAULT_API_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -87,6 +86,9 @@ class R2TemporaryCredentials:
         """
         body = _Request(bucket=self.bucket, parentAccessKeyId=self.parent_access_key_id, permission=permission,
                         ttlSeconds=min(max(ttl_seconds, 1), MAX_TTL_SECONDS), prefixes=prefixes)
+        # Imported here: every REST cold start imports this module, and only a mounting setup needs httpx.
+        import httpx
+
         try:
             response = httpx.post(self.url, json=body.model_dump(), timeout=self.timeout_seconds,
                                   headers={"Authorization": f"Bearer {self.api_token.get_secret_value()}"})
