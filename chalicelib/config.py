@@ -69,6 +69,10 @@ class SandboxSettings(_Frozen):
     command_timeout_seconds: int = 120
     cpu_seconds: int = 300
     memory_mb: int = 2048
+    # Whole-sandbox bounds (cgroups where available; see chalicelib/sandbox/cgroups.py).
+    pids: int = Field(default=512, ge=8)
+    disk_mb: int = Field(default=1024, ge=1)
+    tmp_mb: int = Field(default=256, ge=1)
 
 
 class AgentSettings(_Frozen):
@@ -150,6 +154,9 @@ class Settings(_Frozen):
                     command_timeout_seconds=_int(get, "SANDBOX_COMMAND_TIMEOUT", 120),
                     cpu_seconds=_int(get, "SANDBOX_CPU_SECONDS", 300),
                     memory_mb=_int(get, "SANDBOX_MEMORY_MB", 2048),
+                    pids=_int(get, "SANDBOX_PIDS", 512),
+                    disk_mb=_int(get, "SANDBOX_DISK_MB", 1024),
+                    tmp_mb=_int(get, "SANDBOX_TMP_MB", 256),
                 ),
                 agent=AgentSettings(
                     anthropic_api_key=get("ANTHROPIC_API_KEY"),

@@ -79,6 +79,18 @@ class Container:
         except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
             return "unavailable"
 
+    @property
+    def sandbox_limits(self) -> dict[str, str] | None:
+        """Which whole-sandbox limits are enforced and how, for /health; never raises.
+
+        A remote host's limits are on its own /health: the API does not build a client to ask."""
+        if self.settings.sandbox.url and "sandboxes" not in self._built:
+            return None
+        try:
+            return self.sandboxes.limits()
+        except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
+            return None
+
     # -- services ------------------------------------------------------------------------
 
     @property

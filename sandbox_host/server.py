@@ -34,6 +34,7 @@ from chalicelib.sandbox.base import (
     SandboxError,
     SandboxFileNotFound,
     SandboxGone,
+    SandboxIsADirectory,
     SandboxOptions,
     SandboxPathError,
 )
@@ -107,7 +108,7 @@ class SandboxHost:
         while not self._stop.wait(interval):
             try:
                 self.reap_idle()
-            except Exception:  # noqa: BLE001 - the reaper must keep running
+            except Exception:
                 log.exception("reaping failed")
 
     def stop(self) -> None:
@@ -143,6 +144,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     return _error(404, str(exc), "sandbox_gone")
                 except SandboxFileNotFound as exc:
                     return _error(404, str(exc), "file_not_found")
+                except SandboxIsADirectory as exc:
+                    return _error(400, str(exc), "is_a_directory")
                 except SandboxPathError as exc:
                     return _error(400, str(exc), "invalid_path")
                 except MountError as exc:
@@ -211,7 +214,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
         return {"supported": host.provider.supports_mount(MountBody.model_validate_json(raw).spec)}
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "healthy", "kind": host.provider.kind, "sessions": len(host.provider.sessions())})
+        return JSONResponse({"status": "healthy", "kind": host.provider.kind, "sessions": len(host.provider.sessions()),
+                             "limits": host.provider.limits()})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -13,7 +13,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxFileNotFound, SandboxGone, SandboxPathError
+from chalicelib.sandbox.base import (
+    Sandbox,
+    SandboxError,
+    SandboxFileNotFound,
+    SandboxGone,
+    SandboxIsADirectory,
+    SandboxPathError,
+)
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "bash_20250124", "name": "bash"},
@@ -60,6 +67,10 @@ def run_tool(sandbox: Sandbox, tool_use_id: str, name: str, tool_input: dict[str
         return ToolResult(tool_use_id=tool_use_id, content=str(exc), is_error=True)
     except SandboxError as exc:
         return ToolResult(tool_use_id=tool_use_id, content=f"The sandbox failed: {exc}", is_error=True)
+    except OSError as exc:
+        # The sandbox maps the OSErrors it expects; one it did not must still not end the turn.
+        return ToolResult(tool_use_id=tool_use_id, content=f"The tool failed on {tool_input.get('path', 'the sandbox')}: "
+                          f"{exc.strerror or exc}.", is_error=True)
     return ToolResult(tool_use_id=tool_use_id, content=_cap(content))
 
 
@@ -131,9 +142,7 @@ def _text(sandbox: Sandbox, path: str) -> str:
 def _view(sandbox: Sandbox, path: str, view_range: Any) -> str:
     try:
         text = _text(sandbox, path)
-    except SandboxPathError as exc:
-        if "folder" not in str(exc):
-            raise
+    except SandboxIsADirectory:
         entries = sandbox.list_files(path, recursive=True)
         shown = [e.path + ("/" if e.is_dir else "") for e in entries if "/." not in e.path[len(path):]][:500]
         return f"Files under {path}:\n" + "\n".join(shown)

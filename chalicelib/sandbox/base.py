@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 WORKSPACE = "/workspace"
 CLAUDE_DIR = "/workspace/.claude"
+#: Where a user's storage is mounted: their skills only (settings, conversations and the
+#: bundle are never visible to the sandbox).
+MOUNT_DIR = "/workspace/.claude/skills"
 
 
 class SandboxError(Exception):
@@ -21,6 +24,10 @@ class SandboxError(Exception):
 
 class SandboxPathError(SandboxError):
     """A path is outside /workspace or otherwise unusable."""
+
+
+class SandboxIsADirectory(SandboxPathError):
+    """A file operation was given a folder."""
 
 
 class SandboxFileNotFound(SandboxError):
@@ -66,11 +73,11 @@ class FileEntry:
 
 
 class MountSpec(BaseModel):
-    """What to mount at /workspace/.claude: exactly one user's storage prefix.
+    """What to mount at /workspace/.claude/skills (MOUNT_DIR): exactly one user's skills.
 
-    `bind`: a host directory (the embedded store's `DATA_DIR/users/{userId}`).
-    `s3`: `bucket` + `prefix` (`users/{userId}/`) through s3fs-FUSE; the credentials stay
-    on the host side and never enter the sandbox.
+    `bind`: a host directory (the embedded store's `DATA_DIR/users/{userId}/skills`).
+    `s3`: `bucket` + `prefix` (`users/{userId}/skills/`) through s3fs-FUSE; the credentials
+    stay on the host side and never enter the sandbox.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -85,9 +92,6 @@ class MountSpec(BaseModel):
     secret_access_key: SecretStr | None = None
     # Set with temporary credentials (R2's temp-access-credentials): sent with every request.
     session_token: SecretStr | None = None
-    # Where the sandbox sees it: the user's whole prefix at .claude, or only their skills
-    # prefix (`users/{userId}/skills/`) at .claude/skills, where the agent looks for skills.
-    at: Literal["/workspace/.claude", "/workspace/.claude/skills"] = "/workspace/.claude"
 
 
 class SandboxOptions(BaseModel):
@@ -146,8 +150,7 @@ class Sandbox(Protocol):
         ...
 
     def mount_bucket(self, spec: MountSpec) -> list[str]:
-        """Mount the user's prefix at `spec.at` (/workspace/.claude by default), verify it, return
-        the listing seen.
+        """Mount the user's skills at /workspace/.claude/skills, verify it, return the listing seen.
 
         Raise MountError when the mount fails or shows nothing.
         """
@@ -178,4 +181,8 @@ class SandboxProvider(Protocol):
 
     def supports_mount(self, spec: MountSpec) -> bool:
         """Whether `mount_bucket(spec)` can work here (FUSE and s3fs present, for s3)."""
+        ...
+
+    def limits(self) -> dict[str, str]:
+        """Each limit of a whole sandbox and the mechanism enforcing it here ("none" when not), for /health."""
         ...

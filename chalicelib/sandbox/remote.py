@@ -7,6 +7,7 @@ The API's Lambdas cannot keep sessions alive, so they drive sandboxes on a host 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from chalicelib.sandbox.base import (
     SandboxError,
     SandboxFileNotFound,
     SandboxGone,
+    SandboxIsADirectory,
     SandboxOptions,
     SandboxPathError,
     SandboxUnavailable,
@@ -31,6 +33,7 @@ _ERRORS: dict[str, type[SandboxError]] = {
     "sandbox_gone": SandboxGone,
     "file_not_found": SandboxFileNotFound,
     "invalid_path": SandboxPathError,
+    "is_a_directory": SandboxIsADirectory,
     "mount_failed": MountError,
 }
 
@@ -123,6 +126,25 @@ class RemoteSandboxProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.client = _Client(settings)
+        self._limits: dict[str, str] | None = None
+        self._limits_failed_at = -1e9
+
+    def limits(self) -> dict[str, str]:
+        """The sandbox host's limits (its /health), asked once; unknown while it cannot be reached.
+
+        /health is called often: after a failure the host is asked again a minute later at the
+        earliest, so an unreachable host does not slow every /health down.
+        """
+        if self._limits is None:
+            if time.monotonic() - self._limits_failed_at < 60:
+                return {"status": "unknown: the sandbox host did not answer"}
+            try:
+                answer = self.client.http.get("/health", timeout=2.0).json()
+                self._limits = {str(k): str(v) for k, v in dict(answer.get("limits") or {}).items()}
+            except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+                self._limits_failed_at = time.monotonic()
+                return {"status": "unknown: the sandbox host did not answer"}
+        return self._limits
 
     def create(self, session_id: str, options: SandboxOptions) -> RemoteSandbox:
         validate_id(session_id, "sessionId")

@@ -25,9 +25,12 @@ class Health(ApiModel):
     has_r2: bool
     offline_model: bool
     timestamp: str
+    #: Each whole-sandbox limit (uid, pids, memory, disk, tmp, cpu) and what enforces it here.
+    sandbox_limits: dict[str, str] | None = None
 
 
-def check_health(settings: Settings, storage_backend: str, sandbox_kind: str) -> Health:
+def check_health(settings: Settings, storage_backend: str, sandbox_kind: str,
+                 sandbox_limits: dict[str, str] | None = None) -> Health:
     """Describe the running configuration; makes no storage round trip (it is called often)."""
     uses_s3 = storage_backend == "s3"
     return Health(
@@ -41,6 +44,7 @@ def check_health(settings: Settings, storage_backend: str, sandbox_kind: str) ->
         sandbox=sandbox_kind,
         has_r2=uses_s3 and _is_r2(settings),
         offline_model=settings.agent.offline_model,
+        sandbox_limits=sandbox_limits,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
 

@@ -308,14 +308,13 @@ class SessionsService:
     def _mount_spec(self, user_id: str) -> MountSpec | None:
         storage = self.settings.storage
         if storage.backend == "local":
-            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()), at=SKILLS_DIR)
+            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
         if storage.access_key_id is None or storage.secret_access_key is None:
             return None
         return MountSpec(
             kind="s3",
             bucket=storage.bucket,
             prefix=layout.skills_prefix(user_id),
-            at=SKILLS_DIR,
             endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
             region=storage.region,
             access_key_id=storage.access_key_id,

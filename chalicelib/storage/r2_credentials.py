@@ -86,7 +86,7 @@ class R2TemporaryCredentials:
         """
         body = _Request(bucket=self.bucket, parentAccessKeyId=self.parent_access_key_id, permission=permission,
                         ttlSeconds=min(max(ttl_seconds, 1), MAX_TTL_SECONDS), prefixes=prefixes)
-        # Imported here: only a mounted sandbox's setup calls Cloudflare, and `import app` stays cold-start light.
+        # Imported here: every REST cold start imports this module, and only a mounting setup needs httpx.
         import httpx
 
         try:

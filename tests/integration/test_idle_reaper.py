@@ -12,6 +12,7 @@ import pytest
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import SandboxGone, SandboxOptions
 from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from chalicelib.sandbox.process import descendants
 from devserver.reaper import IdleReaper
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -31,7 +32,9 @@ def test_idle_sessions_are_destroyed_and_used_ones_kept(tmp_path: Path) -> None:
     idle = provider.create("idle-1", SandboxOptions())
     busy = provider.create("busy-1", SandboxOptions())
     assert idle.bash().run("echo $$").exit_code == 0
-    shell_pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and str(tmp_path / "sb" / "idle-1") in _cmdline(int(p))]
+    launcher = idle.bash()._proc  # the bwrap launcher of the session's shell; the shell runs below it
+    assert launcher is not None
+    shell_pids = [launcher.pid, *descendants(launcher.pid)]
     assert shell_pids, "the idle session's shell should be running"
     time.sleep(0.7)
     provider.get("busy-1")  # a turn fetched it just now

@@ -15,6 +15,7 @@ from chalicelib.sandbox.base import (
     Sandbox,
     SandboxFileNotFound,
     SandboxGone,
+    SandboxIsADirectory,
     SandboxOptions,
     SandboxPathError,
     SandboxProvider,
@@ -52,6 +53,8 @@ def test_files_roundtrip(sandbox: Sandbox) -> None:
     assert sandbox.read_file("y/z.txt") == b"zz"
     paths = {e.path for e in sandbox.list_files() if not e.is_dir}
     assert paths == {"/workspace/a/b.txt", "/workspace/x.md", "/workspace/y/z.txt"}
+    with pytest.raises(SandboxIsADirectory):  # the editor's `view` lists a folder on this
+        sandbox.read_file("/workspace/a")
     sandbox.delete_file("/workspace/a")
     with pytest.raises(SandboxFileNotFound):
         sandbox.read_file("/workspace/a/b.txt")
@@ -128,8 +131,12 @@ def test_bind_mount_shows_only_this_users_files(provider: SandboxProvider, tmp_p
     (data / "bob" / "skills").mkdir(parents=True)
     (data / "bob" / "skills" / "bob-only.md").write_text("# bob")
     sandbox = provider.create("mount-1", SandboxOptions())
-    seen = sandbox.mount_bucket(MountSpec(kind="bind", source_dir=str(data / "alice")))
+    # The mount holds the user's skills only (users/{u}/skills/), at /workspace/.claude/skills.
+    (data / "alice" / "settings").mkdir()
+    (data / "alice" / "settings" / "preferences.json").write_text('{"allowNetwork": false}')
+    seen = sandbox.mount_bucket(MountSpec(kind="bind", source_dir=str(data / "alice" / "skills")))
     assert seen == ["/workspace/.claude/skills/debugging.md"]
+    assert "preferences" not in sandbox.exec("find /workspace 2>&1").stdout
     assert sandbox.read_file("/workspace/.claude/skills/debugging.md") == b"# alice skill"
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout == "# alice skill"
     assert "bob" not in sandbox.exec("find / -name 'bob-only.md' 2>/dev/null; ls /workspace/.claude").stdout

@@ -35,6 +35,7 @@ def bucket(moto_endpoint: str) -> Iterator[tuple[str, str]]:
     client.put_object(Bucket=name, Key="users/alice/skills/debugging.md", Body=b"# Alice debugging")
     client.put_object(Bucket=name, Key="users/alice/skills/pdf-tools/SKILL.md", Body=b"---\nname: pdf-tools\ndescription: d\n---\n")
     client.put_object(Bucket=name, Key="users/bob/skills/bob-secret.md", Body=b"# Bob only")
+    client.put_object(Bucket=name, Key="users/alice/settings/preferences.json", Body=b'{"allowNetwork": false}')
     yield name, moto_endpoint
 
 
@@ -46,7 +47,7 @@ def provider(tmp_path: Path) -> Iterator[LocalSandboxProvider]:
         p.destroy(sid)
 
 
-def spec(bucket: str, endpoint: str, prefix: str = "users/alice/", secret: str = "testing-secret-9931") -> MountSpec:
+def spec(bucket: str, endpoint: str, prefix: str = "users/alice/skills/", secret: str = "testing-secret-9931") -> MountSpec:
     return MountSpec(kind="s3", bucket=bucket, prefix=prefix, endpoint_url=endpoint, region="us-east-1",
                      access_key_id="testing", secret_access_key=secret)  # type: ignore[arg-type]
 
@@ -61,6 +62,11 @@ def test_mounts_only_the_users_prefix(provider: LocalSandboxProvider, bucket: tu
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout == "# Alice debugging"
     everything = sandbox.exec("find / -name '*.md' -not -path '/proc/*' -not -path '/usr/*' 2>/dev/null").stdout
     assert "bob-secret" not in everything
+    # Skills only: the user's settings (allowNetwork) are not in the sandbox to be rewritten.
+    assert "preferences.json" not in sandbox.exec("find /workspace 2>&1").stdout
+    # The agent (its own uid) can write its skills back.
+    wrote = sandbox.exec("echo '# new' > /workspace/.claude/skills/new.md && cat /workspace/.claude/skills/new.md")
+    assert wrote.stdout == "# new\n", wrote
     # The credentials stay outside: not in the environment, not under /workspace.
     leak = sandbox.exec("env; grep -rs testing-secret-9931 /workspace /tmp /run /etc 2>/dev/null").stdout
     assert "testing-secret-9931" not in leak

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,10 +48,14 @@ def test_unisolated_mode_warns_loudly_and_still_clears_the_environment(
     provider.destroy("u1")
 
 
-def test_a_bwrap_that_cannot_create_namespaces_is_refused_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # What bwrap prints in a container without CAP_SYS_ADMIN.
-    fake = tmp_path / "bin"
-    fake.mkdir()
+def test_a_bwrap_that_cannot_create_namespaces_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    # What bwrap prints in a container without CAP_SYS_ADMIN. Outside pytest's 0700 folder: bwrap
+    # is started as the session's uid, which must be able to run it.
+    fake = Path(tempfile.mkdtemp(prefix="fake-bwrap-"))
+    fake.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(fake, ignore_errors=True))
     (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n")
     (fake / "bwrap").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")

@@ -1,0 +1,391 @@
+"""A hostile agent against the sandbox (issue 10, items 1, 2, 4, 5, 6).
+
+Most tests drive the public path: REST setup, a real websocket through the local gateway, the
+fake Messages API scripted to ask for bash and editor calls, and tools run in real bwrap
+sandboxes; the host side is then inspected directly. The swap race and a vanished workspace
+are driven through the sandbox API as well, because they need thousands of host operations.
+(Here, beside the other end-to-end tests, so that they share the one local gateway a process
+can have: Chalice configures its sender once.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+from chalicelib.agent.tools import run_tool
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxError, SandboxGone, SandboxOptions
+from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from tests.e2e.conftest import World
+from tests.fakes.fake_anthropic import Reply, Text, ToolUse
+from tests.support.gateway import receive_until
+from tests.support.sandbox_host import running_sandbox_host
+
+ROOTED = os.geteuid() == 0
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed"),
+]
+needs_root = pytest.mark.skipif(not ROOTED, reason="per-session uids, tmpfs workspaces and cgroups need root")
+
+
+def agent(world: World, session: str, calls: list[dict[str, Any] | str], *, user: str = "mallory",
+          timeout: float = 90.0) -> list[dict[str, Any]]:
+    """Run one turn whose model asks for `calls` in order (a str is a bash command); return the
+    tool_result frames. The turn must end with a `result` event: the agent never kills it."""
+    replies = []
+    for call in calls:
+        if isinstance(call, str):
+            replies.append(Reply([ToolUse("bash", {"command": call})]))
+        elif "command" in call and call.get("command") in ("view", "create", "str_replace", "insert"):
+            replies.append(Reply([ToolUse("str_replace_based_edit_tool", call)]))
+        else:
+            replies.append(Reply([ToolUse("bash", call)]))
+    replies.append(Reply([Text("done")]))
+    world.fake.script(*replies)
+    setup = world.setup(session, user)
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start", "maxTurns": len(calls) + 5}))
+        receive_until(ws, "status")
+        ws.send(json.dumps({"action": "message", "prompt": "go"}))
+        frames = receive_until(ws, "result", timeout=timeout)
+    results = [f for f in frames if f["event"] == "tool_result"]
+    assert len(results) == len(calls), [f["event"] for f in frames]
+    return results
+
+
+def sandbox_root(world: World, session: str) -> Path:
+    return world.data_dir.parent / "sandboxes" / session
+
+
+# -- item 1: nothing the sandbox writes is opened by the host through a path ----------------
+
+
+def test_a_symlinked_command_file_cannot_write_on_the_host(world: World) -> None:
+    target = world.data_dir.parent / "planted.pth"
+    results = agent(world, "h-cmd", [
+        f"ln -sf {target} /run/sandbox/cmd.sh; ln -sf {target} /run/sandbox/boot.sh; echo planted",
+        "echo the-next-command-text",
+        {"restart": True},
+        "echo after-restart",
+        # Every place outside /workspace and /tmp must be read-only (or absent).
+        ("for d in / /run /run/sandbox /etc /usr /usr/local /var /var/tmp /home /root /opt /srv /mnt /dev /dev/pts /sys /proc/sys; "
+         "do touch \"$d/.probe\" 2>/dev/null && echo \"WRITABLE $d\"; done; "
+         "touch /workspace/.probe /tmp/.probe /dev/shm/.probe && echo inside-ok"),
+    ])
+    assert not target.exists() and not target.is_symlink()
+    assert "the-next-command-text" in results[1]["content"]
+    assert "after-restart" in results[3]["content"]
+    assert "WRITABLE" not in results[4]["content"] and "inside-ok" in results[4]["content"], results[4]
+    # Nothing but the workspace is kept for the session on the host.
+    assert sorted(p.name for p in sandbox_root(world, "h-cmd").iterdir()) == ["workspace"]
+
+
+# -- item 2: the swap race against the host's file operations --------------------------------
+
+RENAME_SWAPPER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}[os.uname().machine]
+os.chdir("/workspace/race")
+end = float(sys.argv[1])
+import time
+n = 0
+while time.time() < end:
+    # renameat2(AT_FDCWD, "d", AT_FDCWD, "l", RENAME_EXCHANGE): the folder and the link trade places.
+    libc.syscall(SYS_RENAMEAT2, -100, b"d", -100, b"l", 2)
+    n += 1
+print("swaps", n)
+"""
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalSandboxProvider]:
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "sandboxes")}))
+    yield p
+    for sid in p.sessions():
+        p.destroy(sid)
+
+
+def test_swapping_a_folder_and_a_symlink_never_reaches_another_session(provider: LocalSandboxProvider) -> None:
+    victim = provider.create("victim", SandboxOptions())
+    victim.write_file("/workspace/secret.txt", "victim-secret-5521")
+    attacker = provider.create("attacker", SandboxOptions())
+    attacker.write_file("/workspace/race/d/secret.txt", "decoy")
+    # The link points at the victim's workspace as the host sees it.
+    attacker.exec(f"ln -s {victim.workspace} /workspace/race/l")
+    swapper = threading.Thread(target=lambda: attacker.exec(
+        f"python3 -c '{RENAME_SWAPPER}' {time.time() + 8}", timeout=20), daemon=True)
+    swapper.start()
+    time.sleep(0.5)
+    outcomes: dict[str, int] = {}
+    for i in range(400):
+        for path in ("/workspace/race/d/secret.txt", "/workspace/race/l/secret.txt"):
+            try:
+                content = attacker.read_file(path)
+                assert b"victim-secret-5521" not in content
+                outcomes["read"] = outcomes.get("read", 0) + 1
+            except SandboxError as exc:  # never a bare OSError: the tool call would kill the turn
+                outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
+            try:
+                attacker.write_file(path.replace("secret.txt", f"new-{i}.txt"), "attacker")
+                outcomes["write"] = outcomes.get("write", 0) + 1
+            except SandboxError as exc:
+                outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
+        view = run_tool(attacker, "t", "str_replace_based_edit_tool", {"command": "view", "path": "/workspace/race/d/secret.txt"})
+        assert "victim-secret-5521" not in view.content
+    swapper.join(timeout=30)
+    written = [p.name for p in victim.workspace.iterdir()]
+    assert written == ["secret.txt"], written  # nothing was ever written into the victim's workspace
+    assert outcomes.get("read", 0) > 0 and outcomes.get("write", 0) > 0, outcomes  # the race was really run
+
+
+def test_the_swap_race_through_the_editor_tool_never_reaches_another_user(world: World) -> None:
+    victim = agent(world, "h-victim", ["echo victim-secret-7310 > /workspace/secret.txt && echo ok"], user="victim")
+    assert "ok" in victim[0]["content"]
+    victim_workspace = sandbox_root(world, "h-victim") / "workspace"
+    calls: list[dict[str, Any] | str] = [
+        (f"mkdir -p /workspace/race/d && echo decoy > /workspace/race/d/secret.txt && ln -s {victim_workspace} /workspace/race/l"
+         f" && (python3 -c '{RENAME_SWAPPER}' $(( $(date +%s) + 20 )) > /dev/null 2>&1 &) ; sleep 0.3; echo started"),
+    ]
+    for i in range(25):
+        calls.append({"command": "view", "path": "/workspace/race/d/secret.txt"})
+        calls.append({"command": "create", "path": f"/workspace/race/d/planted-{i}.txt", "file_text": "attacker"})
+    results = agent(world, "h-race", calls, timeout=120)
+    assert "started" in results[0]["content"]
+    assert not any("victim-secret-7310" in r["content"] for r in results)
+    assert sorted(p.name for p in victim_workspace.iterdir()) == ["secret.txt"]
+    assert any(not r["is_error"] for r in results[1:]), results[1:]  # the race ran against working calls
+
+
+# -- item 6: `view` of a folder -------------------------------------------------------------
+
+
+def test_viewing_a_folder_lists_it_and_the_turn_goes_on(world: World) -> None:
+    results = agent(world, "h-view", [
+        "mkdir -p /workspace/sub/deeper && echo x > /workspace/sub/a.txt && ln -s / /workspace/sub/rootlink && mkfifo /workspace/sub/fifo",
+        {"command": "view", "path": "/workspace/sub"},
+        {"command": "view", "path": "/workspace"},
+        {"command": "view", "path": "/workspace/sub/rootlink/etc/passwd"},
+        {"command": "view", "path": "/workspace/sub/fifo"},
+        {"command": "create", "path": "/workspace/sub/rootlink/tmp/evil", "file_text": "x"},
+        "echo still-here",
+    ])
+    assert not results[1]["is_error"] and "/workspace/sub/a.txt" in results[1]["content"], results[1]
+    assert not results[2]["is_error"] and "/workspace/sub/" in results[2]["content"]
+    assert results[3]["is_error"] and "symbolic link" in results[3]["content"]
+    assert results[4]["is_error"] and "regular file" in results[4]["content"], results[4]
+    assert results[5]["is_error"] and "symbolic link" in results[5]["content"]
+    assert "still-here" in results[6]["content"]
+
+
+def test_viewing_folders_leaks_no_file_descriptor(provider: LocalSandboxProvider) -> None:
+    sandbox = provider.create("fds", SandboxOptions())
+    sandbox.write_file("/workspace/sub/a.txt", "x")
+    run_tool(sandbox, "t", "str_replace_based_edit_tool", {"command": "view", "path": "/workspace/sub"})
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(200):
+        result = run_tool(sandbox, "t", "str_replace_based_edit_tool", {"command": "view", "path": "/workspace/sub"})
+        assert not result.is_error
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_a_vanished_workspace_is_sandbox_gone(provider: LocalSandboxProvider) -> None:
+    sandbox = provider.create("vanish", SandboxOptions())
+    sandbox.write_file("/workspace/a", "x")
+    sandbox.bash().run("true")
+    if getattr(sandbox, "disk_limited", False):
+        from chalicelib.sandbox import linux
+
+        linux.umount_lazy(str(sandbox.workspace))
+    shutil.rmtree(sandbox.root)
+    for operation in (lambda: sandbox.read_file("/workspace/a"), lambda: sandbox.write_file("/workspace/b", "y"),
+                      lambda: sandbox.list_files(), lambda: sandbox.bash().run("true"), lambda: provider.get("vanish")):
+        with pytest.raises(SandboxGone):
+            operation()
+    # Setting the session up again gives a fresh, working sandbox.
+    again = provider.create("vanish", SandboxOptions())
+    assert again.exec("echo back").stdout == "back\n"
+
+
+# -- item 5: unprivileged --------------------------------------------------------------------
+
+
+@needs_root
+def test_files_belong_to_the_sessions_uid_and_setuid_gives_nothing(world: World) -> None:
+    results = agent(world, "h-uid", [
+        "id -u; cp /bin/bash /workspace/rootbash && chmod 4755 /workspace/rootbash && ls -ln /workspace/rootbash",
+        # No nested user namespace (it would hand the agent a fresh set of capabilities).
+        "unshare --user --map-root-user id -u 2>&1 || echo no-nested-userns",
+        {"command": "create", "path": "/workspace/notes/by-editor.txt", "file_text": "hello"},
+    ])
+    uid = int(results[0]["content"].split()[0])
+    assert uid >= 1000, results[0]
+    root = sandbox_root(world, "h-uid")
+    workspace = root / "workspace"
+    copied = os.stat(workspace / "rootbash")
+    assert copied.st_uid == uid and copied.st_uid != 0 and copied.st_mode & stat.S_ISUID
+    for made_by_the_server in (workspace / "notes", workspace / "notes" / "by-editor.txt"):
+        assert os.stat(made_by_the_server).st_uid == uid, made_by_the_server
+    assert "no-nested-userns" in results[1]["content"], results[1]
+    # The workspace is mounted nosuid,nodev on the host: the kernel ignores the bit for everyone.
+    assert os.statvfs(workspace).f_flag & os.ST_NOSUID and os.statvfs(workspace).f_flag & os.ST_NODEV
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(root.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(workspace).st_mode) == 0o700
+
+
+# -- item 4: bounded as a whole --------------------------------------------------------------
+
+
+@needs_root
+def test_a_fork_bomb_is_contained_and_the_session_goes_on(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_PIDS", "48")
+    results = agent(world, "h-fork", [
+        ":(){ :|:& };: ; sleep 3; echo bombed",
+        "ls /workspace > /dev/null && echo alive-after-fork-bomb",
+    ])
+    assert "limit of 48 processes" in results[0]["content"], results[0]
+    assert "alive-after-fork-bomb" in results[1]["content"], results[1]
+    assert subprocess.run(["true"], timeout=10, check=False).returncode == 0  # the host can still fork
+
+
+@needs_root
+def test_a_memory_bomb_is_contained_and_the_session_goes_on(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_MEMORY_MB", "192")
+    hog = "python3 -c \"import time; x = bytearray(90 << 20); x[::4096] = b'x' * len(x[::4096]); time.sleep(4)\""
+    results = agent(world, "h-mem", [
+        f"for i in 1 2 3 4; do {hog} & done; wait; echo waited",
+        "echo alive-after-memory-bomb",
+    ])
+    assert "memory limit of 192 MB" in results[0]["content"], results[0]
+    assert "alive-after-memory-bomb" in results[1]["content"]
+
+
+@needs_root
+def test_filling_the_workspace_and_tmp_is_contained(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_DISK_MB", "16")
+    monkeypatch.setenv("SANDBOX_TMP_MB", "8")
+    results = agent(world, "h-disk", [
+        "head -c 64M /dev/zero > /workspace/big; ls -l /workspace/big | awk '{print $5}'",
+        {"command": "create", "path": "/workspace/more.txt", "file_text": "x" * 100_000},
+        "rm /workspace/big && echo workspace-freed && echo ok > /workspace/small && cat /workspace/small",
+        "head -c 32M /dev/zero > /tmp/big; ls -l /tmp/big | awk '{print $5}'",
+        "rm /tmp/big && echo tmp-freed",
+    ])
+    assert "No space left on device" in results[0]["content"] and "SANDBOX_DISK_MB" in results[0]["content"]
+    assert results[1]["is_error"] and "full" in results[1]["content"], results[1]
+    assert "workspace-freed" in results[2]["content"] and "ok" in results[2]["content"]
+    assert "No space left on device" in results[3]["content"] and "SANDBOX_TMP_MB" in results[3]["content"]
+    assert "tmp-freed" in results[4]["content"]
+    workspace = sandbox_root(world, "h-disk") / "workspace"
+    size = os.statvfs(workspace)
+    assert size.f_blocks * size.f_frsize <= 16 << 20
+
+
+def test_health_says_which_limits_are_enforced(world: World) -> None:
+    limits = world.http.get("/health").json()["sandboxLimits"]
+    assert set(limits) >= {"uid", "pids", "memory", "disk", "tmp", "cpu"}
+    if ROOTED and Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
+        assert limits["pids"].startswith("cgroup") and limits["disk"].startswith("tmpfs")
+
+
+# -- the sandbox host gets the same isolation ------------------------------------------------
+
+
+@needs_root
+def test_the_sandbox_host_isolates_the_same_way(tmp_path: Path) -> None:
+    from chalicelib.sandbox.remote import RemoteSandboxProvider
+
+    target = tmp_path / "planted-on-host"
+    root = tmp_path / "host-sandboxes"
+    with running_sandbox_host(root, SANDBOX_DISK_MB="8") as (url, token):
+        remote = RemoteSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        sandbox = remote.create("remote-1", SandboxOptions())
+        bash = sandbox.bash()
+        bash.run(f"ln -sf {target} /run/sandbox/cmd.sh 2>&1; touch /workspace/mine")
+        bash.run("echo next")
+        assert not target.exists()
+        assert os.stat(root / "remote-1" / "workspace" / "mine").st_uid != 0
+        full = bash.run("head -c 32M /dev/zero > /workspace/big")
+        assert "No space left on device" in full.stdout and "SANDBOX_DISK_MB" in full.stdout
+        assert bash.run("rm /workspace/big; echo ok").stdout.startswith("ok")
+        limits = remote.limits()
+        assert limits["disk"].startswith("tmpfs size=8m")
+        remote.destroy("remote-1")
+
+
+
+@needs_root
+def test_without_cgroups_rlimit_nproc_on_the_sessions_uid_contains_a_fork_bomb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from chalicelib.sandbox import bwrap
+
+    monkeypatch.setattr(bwrap, "Cgroups", lambda: SimpleNamespace(version=None))  # a host without writable cgroups
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    p = LocalSandboxProvider(Settings.from_env({"DATA_DIR": str(data), "SANDBOX_PIDS": "40"}))
+    try:
+        assert p.limits()["pids"] == "RLIMIT_NPROC 40 on the session's uid"
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700 and stat.S_IMODE(os.stat(data / "sandboxes").st_mode) == 0o700
+        bash = p.create("nproc", SandboxOptions()).bash()
+        bombed = bash.run(":(){ :|:& };: ; sleep 2; echo bombed", timeout=60)
+        assert "limit of 40 processes" in bombed.stdout, bombed
+        assert bash.run("ls / > /dev/null && echo alive").stdout.startswith("alive")
+    finally:
+        for sid in p.sessions():
+            p.destroy(sid)
+
+
+CRASHING_SERVER = """
+import os, sys
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxOptions
+from chalicelib.sandbox.bwrap import LocalSandboxProvider
+sandbox = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": sys.argv[1]})).create("crashed", SandboxOptions())
+sandbox.exec("echo x > /workspace/left-behind")
+print(sandbox.uid, sandbox.cgroup.pids_dir if sandbox.cgroup else "", flush=True)
+os._exit(0)  # no clean-up: as if the server was killed
+"""
+
+
+@needs_root
+def test_what_a_killed_server_left_is_given_back_at_the_next_start(tmp_path: Path) -> None:
+    from tests.support.api import ROOT
+
+    root = tmp_path / "sandboxes"
+    out = subprocess.run([sys.executable, "-c", CRASHING_SERVER, str(root)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    workspace = root / "crashed" / "workspace"
+    assert os.path.ismount(workspace)
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(root)}))
+    assert not os.path.ismount(workspace) and not (root / "crashed").exists()
+    if len(out) > 1:
+        assert not Path(out[1]).exists()  # its cgroup
+    assert p.uids is not None and not p.uids.is_held(int(out[0]))
+
+
+@needs_root
+def test_destroy_takes_the_workspace_mount_down_even_after_its_folder_was_renamed(tmp_path: Path) -> None:
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "a" / "sandboxes")}))
+    sandbox = p.create("renamed", SandboxOptions())
+    assert sandbox.disk_limited
+    os.rename(tmp_path / "a", tmp_path / "b")  # as pytest moves an old temporary folder before deleting it
+    p.destroy("renamed")
+    assert "/b/sandboxes/renamed/workspace" not in Path("/proc/self/mountinfo").read_text()
