@@ -57,6 +57,28 @@ class SandboxSettings(_Frozen):
     command_timeout_seconds: int = 120
     cpu_seconds: int = 300
     memory_mb: int = 2048
+    # Sandbox host only: take no new sessions (its sessions move at their next turn).
+    drain: bool = False
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """SANDBOX_URL as a list: one URL, or a comma-separated fleet of sandbox hosts."""
+        return _split(self.url)
+
+
+class WorkspaceSettings(_Frozen):
+    """Durable workspaces: snapshot and upload caps."""
+
+    snapshot_mb: int = Field(default=256, ge=1, le=5 * 1024)
+    upload_mb: int = Field(default=25, ge=1, le=1024)
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self.snapshot_mb * 1024 * 1024
+
+    @property
+    def upload_bytes(self) -> int:
+        return self.upload_mb * 1024 * 1024
 
 
 class AgentSettings(_Frozen):
@@ -81,6 +103,7 @@ class Settings(_Frozen):
     storage: StorageSettings
     sandbox: SandboxSettings = SandboxSettings()
     agent: AgentSettings = AgentSettings()
+    workspace: WorkspaceSettings = WorkspaceSettings()
     websocket_url: str | None = Field(
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
@@ -127,6 +150,11 @@ class Settings(_Frozen):
                     command_timeout_seconds=_int(get, "SANDBOX_COMMAND_TIMEOUT", 120),
                     cpu_seconds=_int(get, "SANDBOX_CPU_SECONDS", 300),
                     memory_mb=_int(get, "SANDBOX_MEMORY_MB", 2048),
+                    drain=_flag(get("SANDBOX_DRAIN")),
+                ),
+                workspace=WorkspaceSettings(
+                    snapshot_mb=_int(get, "WORKSPACE_SNAPSHOT_MB", 256),
+                    upload_mb=_int(get, "WORKSPACE_UPLOAD_MB", 25),
                 ),
                 agent=AgentSettings(
                     anthropic_api_key=get("ANTHROPIC_API_KEY"),

@@ -51,6 +51,11 @@ class NotFound(AppError):
     code = "not_found"
 
 
+class NotAcceptable(AppError):
+    status = 406
+    code = "not_acceptable"
+
+
 class Conflict(AppError):
     status = 409
     code = "conflict"

@@ -29,6 +29,7 @@ from chalicelib.realtime.stream import TurnStream
 from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class TurnRunner:
         agent_turn: AgentTurn,
         *,
         poll_interval: float = 0.5,
+        snapshots: WorkspaceSnapshots | None = None,
     ) -> None:
         self.settings = settings
         self.states = states
@@ -81,6 +83,10 @@ class TurnRunner:
         self.sender = sender
         self.agent_turn = agent_turn
         self.poll_interval = poll_interval
+        self.snapshots = snapshots
+        # Sessions whose workspace save was put off because another message was queued behind.
+        self._unsaved: dict[str, str] = {}
+        self._unsaved_lock = threading.Lock()
 
     def run(self, session_id: str, time_left: Callable[[], float] | None = None, reinvoke: Callable[[], None] | None = None) -> int:
         """Run queued turns; return how many ran. Hands over to a fresh invocation (`reinvoke`)
@@ -94,6 +100,7 @@ class TurnRunner:
                 return ran
             request = self._claim(session_id, runner_id)
             if request is None:
+                self._save_put_off(session_id)
                 return ran
             self._run_one(request, runner_id)
             ran += 1
@@ -173,6 +180,7 @@ class TurnRunner:
             code = exc.code if isinstance(exc, AppError) else "turn_failed"
             stream.emit(error_frame(message, code))
         finally:
+            self._save_workspace(request, stream, watcher)
             watcher.stop()
             try:
                 self.events.append(request.session_id, request.turn_id, stream.take_unflushed())
@@ -220,6 +228,39 @@ class TurnRunner:
             save_memory=lambda memory: self._save_memory(request.session_id, memory),
         )
 
+    def _save_workspace(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher) -> None:
+        """Snapshot the workspace after the turn, unless another message waits (a burst saves once, at its end)."""
+        if self.snapshots is None:
+            return
+        if watcher.queued_behind > 0:
+            with self._unsaved_lock:
+                self._unsaved[request.session_id] = request.user_id
+            return
+        with self._unsaved_lock:
+            self._unsaved.pop(request.session_id, None)
+        try:
+            self.snapshots.save(request.session_id, request.user_id, self.sessions.sandbox_for(request.session_id))
+        except SandboxGone:
+            pass  # the turn never got a sandbox; the last snapshot stands
+        except AppError as exc:
+            stream.emit(error_frame(exc.message, exc.code))
+        except SandboxError as exc:
+            stream.emit(error_frame(f"The workspace could not be saved: {exc}. It is saved again after the next turn.",
+                                    "workspace_snapshot_failed"))
+        except Exception:  # noqa: BLE001 - the turn is over; its result stands
+            log.exception("saving the workspace of session %s failed", request.session_id)
+
+    def _save_put_off(self, session_id: str) -> None:
+        """The queue emptied without the last turn saving (its followers were interrupted): save now."""
+        with self._unsaved_lock:
+            user_id = self._unsaved.pop(session_id, None)
+        if user_id is None or self.snapshots is None:
+            return
+        try:
+            self.snapshots.save(session_id, user_id, self.sessions.sandbox_for(session_id))
+        except Exception:  # noqa: BLE001 - the next turn saves again
+            log.exception("saving the workspace of session %s failed", session_id)
+
     def _save_memory(self, session_id: str, memory: AgentMemory) -> None:
         """Keep the agent's skill index and working context for the session's next message."""
 
@@ -238,8 +279,8 @@ class TurnRunner:
                 {
                     "event": "status",
                     "status": "sandbox_recreated",
-                    "message": "The sandbox had gone away (idle timeout or host restart); a new one was "
-                    "prepared and the skills were loaded again. Files from the old sandbox are gone.",
+                    "message": "The sandbox had gone away (idle timeout, host restart or a move to another host); "
+                    "a new one was prepared, its files were restored from the last snapshot and the skills were loaded again.",
                     "skillsLoaded": loaded,
                 }
             )
@@ -260,6 +301,8 @@ class _StateWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{request.session_id}", daemon=True)
         self._last_beat = time.monotonic()
+        # Messages queued behind this turn, as of the last poll (so its workspace save can wait).
+        self.queued_behind = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -279,6 +322,7 @@ class _StateWatcher:
         state = self.runner.states.read(self.request.session_id)
         if state is None:
             return
+        self.queued_behind = len(state.queue)
         turn = state.turn
         if turn is None or turn.turn_id != self.request.turn_id or turn.interrupt:
             # Interrupted, or the turn was taken over: stop as soon as the loop can.

@@ -23,6 +23,7 @@ from pathlib import Path
 from chalicelib.config import Settings
 from chalicelib.ids import validate_id
 from chalicelib.sandbox import paths
+from chalicelib.sandbox.archive import WorkspaceArchiveMixin
 from chalicelib.sandbox.base import (
     CLAUDE_DIR,
     WORKSPACE,
@@ -51,7 +52,7 @@ _MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 STATE_DIR = "/run/sandbox"  # per-session state of the bash tool, bound read-write
 
 
-class LocalSandbox:
+class LocalSandbox(WorkspaceArchiveMixin):
     """One session's workspace on this machine."""
 
     def __init__(self, session_id: str, root: Path, settings: Settings, options: SandboxOptions, isolated: bool) -> None:

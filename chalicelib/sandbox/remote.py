@@ -13,6 +13,7 @@ import httpx
 
 from chalicelib.config import Settings
 from chalicelib.ids import validate_id
+from chalicelib.sandbox.remote_archive import RemoteArchiveMixin
 from chalicelib.sandbox.base import (
     WORKSPACE,
     ExecResult,
@@ -74,7 +75,7 @@ class RemoteBashSession:
         self.client.call("POST", self.base + "/restart")
 
 
-class RemoteSandbox:
+class RemoteSandbox(RemoteArchiveMixin):
     """A session's sandbox on the sandbox host."""
 
     def __init__(self, client: _Client, session_id: str) -> None:
