@@ -294,5 +294,6 @@ def main() -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    # How often the idle reaper looks; SANDBOX_IDLE_TIMEOUT says how idle is too idle.
+    app = create_app(reaper_interval=float(os.environ.get("SANDBOX_REAP_INTERVAL", "30")))
     uvicorn.run(app, host=os.environ.get("SANDBOX_HOST_BIND", "0.0.0.0"), port=int(os.environ.get("PORT", "8080")))
