@@ -111,3 +111,45 @@ def test_a_session_outlives_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
+    """Three messages sent together: each turn changes a file, the archive is written once, after the last."""
+    import gzip
+    import io
+    import os
+    import tarfile
+    from collections import Counter
+
+    from chalicelib.config import Settings
+    from chalicelib.container import get_container
+    from tests.support.api import ROOT
+
+    api = make_api("s3", tmp_path, monkeypatch, moto_endpoint)
+    monkeypatch.setenv("TURN_POLL_SECONDS", "0.05")  # the running turn sees the queue behind it
+    with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+        stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+        store = get_container(Settings.from_env({**os.environ, **stage_env})).store
+        puts: Counter[str] = Counter()
+
+        def count(params: dict[str, Any], model: Any, **_: Any) -> None:
+            if model.name == "PutObject" and params["Key"].endswith("workspace/snapshot.tar.gz"):
+                puts["snapshot"] += 1
+
+        store.client.meta.events.register("before-parameter-build.s3", count)  # type: ignore[attr-defined]
+        setup = client.http.post("/setup/burst?userId=alice")
+        assert setup.status_code == 200, setup.body
+        client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "burst", "token": json.loads(setup.body)["token"]}))
+        fake.script(*[reply for n in range(3) for reply in (
+            Reply([ToolUse("bash", {"command": f"echo {n} >> burst.txt"})], delay=0.05 if n else 0.4), Reply([Text("done")]))])
+        for _ in range(3):
+            client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "go"})))
+        deadline = time.monotonic() + 60
+        while sum(f["event"] == "result" for f in management.sent.get("c1", [])) < 3:
+            assert time.monotonic() < deadline, "three results did not arrive"
+            time.sleep(0.05)
+        dispatcher.join(60)
+        assert puts["snapshot"] == 1
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(api.raw("sessions/burst/workspace/snapshot.tar.gz")))) as tar:
+            member = tar.extractfile("burst.txt")
+            assert member is not None and member.read() == b"0\n1\n2\n"
