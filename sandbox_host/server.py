@@ -242,7 +242,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
         return DrainAndArchive.max_bytes(request.query_params.get("maxBytes"))
 
     def export_archive(request: Request, sandbox: LocalSandbox, raw: bytes) -> Response:
-        return Response(sandbox.export_workspace(max_bytes(request)), media_type="application/gzip")
+        data = sandbox.export_workspace(max_bytes(request), request.query_params.get("unlessMd5") or None)
+        return Response(status_code=204) if data is None else Response(data, media_type="application/gzip")
 
     def import_archive(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
         return {"files": sandbox.import_workspace(raw, max_bytes(request))}

@@ -7,7 +7,7 @@ median of `--runs` runs for each step:
 
 - export: the sandbox makes the .tar.gz (fd-safe walk, gzip level 6)
 - save: export + HeadObject + PutObject (what a turn pays when files changed)
-- unchanged save: export + HeadObject (what a turn pays when nothing changed)
+- unchanged save: HeadObject + a walk of the workspace (what a turn pays when nothing changed)
 - restore: GetObject + import into a fresh sandbox (what a recreated sandbox pays)
 
     .venv/bin/python -m scripts.bench_snapshot [--runs 3] [--files 1000] [--mb 50] [--delay 0.02]
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               f"median of {args.runs} runs")
         print(f"  export (sandbox makes the .tar.gz)        {export_ms:8.0f} ms")
         print(f"  save after a change (export+HEAD+PUT)     {save_ms:8.0f} ms")
-        print(f"  save, nothing changed (export+HEAD)       {unchanged_ms:8.0f} ms   -> {outcome}")
+        print(f"  save, nothing changed (HEAD+walk)        {unchanged_ms:8.0f} ms   -> {outcome}")
         print(f"  restore into a new sandbox (GET+import)   {restore_ms:8.0f} ms   ({restored[-1]} files)")
         for sid in provider.sessions():
             provider.destroy(sid)

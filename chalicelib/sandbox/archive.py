@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import io
 import os
 import posixpath
@@ -120,6 +121,19 @@ class _Exactly(io.RawIOBase):
         data += b"\0" * (n - len(data))
         self.left -= n
         return data
+
+
+def signature(workspace: Path) -> str:
+    """A digest of every entry's path, type, mode, size and modification time: equal signatures
+    mean the workspace did not change, found by a walk (no file is read, nothing compressed)."""
+    digest = hashlib.sha256()
+    root = _open_dir(str(workspace), None)
+    try:
+        for rel, info, _, _ in _walk(root, ""):
+            digest.update(f"{rel}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\n".encode())
+    finally:
+        os.close(root)
+    return digest.hexdigest()
 
 
 def pack(workspace: Path, max_bytes: int) -> bytes:
@@ -295,7 +309,14 @@ def archive_manifest(data: bytes, max_bytes: int) -> list[WorkspaceEntry]:
         kind: EntryKind | None = "dir" if member.isdir() else "file" if member.isreg() else "symlink" if member.issym() else None
         if kind is not None:
             entries.append(WorkspaceEntry(member.name, kind, member.size if kind == "file" else 0, float(member.mtime)))
-    return entries
+    # Folders are archived without times (they change with every file made in them); show the newest inside.
+    newest: dict[str, float] = {}
+    for entry in entries:
+        parts = entry.path.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            newest[folder] = max(newest.get(folder, 0.0), entry.modified)
+    return [WorkspaceEntry(e.path, e.kind, e.size, newest.get(e.path, e.modified)) if e.kind == "dir" else e for e in entries]
 
 
 def archive_read(data: bytes, path: str, max_bytes: int) -> bytes:
@@ -370,15 +391,27 @@ class WorkspaceArchiveMixin:
     workspace: Path
     _alive: Callable[[], None]
 
-    def export_workspace(self, max_bytes: int) -> bytes:
-        """The workspace (without .claude/skills) as a .tar.gz; SnapshotTooLarge past `max_bytes`."""
+    def export_workspace(self, max_bytes: int, unless_md5: str | None = None) -> bytes | None:
+        """The workspace (without .claude/skills) as a .tar.gz; SnapshotTooLarge past `max_bytes`.
+
+        None when `unless_md5` is the MD5 of the archive this sandbox last made or applied and
+        no entry changed since: a walk instead of reading and compressing every file.
+        """
         self._alive()
-        return pack(self.workspace, max_bytes)
+        before = signature(self.workspace)
+        known = getattr(self, "_archive_seen", None)
+        if unless_md5 is not None and known == (before, unless_md5):
+            return None
+        data = pack(self.workspace, max_bytes)
+        self._archive_seen = (before, hashlib.md5(data).hexdigest())
+        return data
 
     def import_workspace(self, archive: bytes, max_bytes: int) -> int:
         """Replace the workspace (skills untouched) by the archive's entries; return the file count."""
         self._alive()
-        return unpack(self.workspace, archive, max_bytes)
+        files = unpack(self.workspace, archive, max_bytes)
+        self._archive_seen = (signature(self.workspace), hashlib.md5(archive).hexdigest())
+        return files
 
     def workspace_entries(self) -> list[WorkspaceEntry]:
         """Every entry under /workspace but the skills, with sizes and modification times."""

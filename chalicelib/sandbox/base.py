@@ -165,9 +165,10 @@ class Sandbox(Protocol):
         """Stop every process and delete the workspace."""
         ...
 
-    def export_workspace(self, max_bytes: int) -> bytes:
+    def export_workspace(self, max_bytes: int, unless_md5: str | None = None) -> bytes | None:
         """/workspace without .claude/skills as a deterministic .tar.gz (links archived, never
-        followed); raise SnapshotTooLarge past `max_bytes`."""
+        followed); raise SnapshotTooLarge past `max_bytes`. None when `unless_md5` is the MD5 of
+        the archive the sandbox last made or applied and nothing changed since."""
         ...
 
     def import_workspace(self, archive: bytes, max_bytes: int) -> int:

@@ -53,9 +53,11 @@ class RemoteArchiveMixin:
         except httpx.HTTPError as exc:
             raise SandboxUnavailable(f"The sandbox host {http.base_url} cannot be reached ({type(exc).__name__}).") from exc
 
-    def export_workspace(self, max_bytes: int) -> bytes:
-        """The workspace (without .claude/skills) as a .tar.gz, made on the host."""
-        return self._send("GET", "/archive", params={"maxBytes": str(max_bytes)}).content
+    def export_workspace(self, max_bytes: int, unless_md5: str | None = None) -> bytes | None:
+        """The workspace (without .claude/skills) as a .tar.gz, made on the host; None (204) when unchanged."""
+        params = {"maxBytes": str(max_bytes), **({"unlessMd5": unless_md5} if unless_md5 else {})}
+        response = self._send("GET", "/archive", params=params)
+        return None if response.status_code == 204 else response.content
 
     def import_workspace(self, archive: bytes, max_bytes: int) -> int:
         """Replace the workspace (skills untouched) by the archive; return the file count."""

@@ -11,7 +11,9 @@ archive or the whole new one, never a part; the embedded store writes a temp fil
 so the switch a pointer would give is already there, and a pointer would double the Class A
 cost of every save. Whether the workspace changed is decided by comparing the archive's MD5
 with the stored object's ETag (a single-part PutObject's ETag is its MD5 on S3, R2 and the
-embedded store): an unchanged workspace costs one HeadObject (Class B) and no write.
+embedded store): an unchanged workspace costs one HeadObject (Class B) and no write. The
+sandbox remembers the MD5 of the archive it last made or applied and the state of its files
+then, so when both still hold it answers "unchanged" after a walk, without compressing.
 
 The archive is made and applied by the sandbox (its host), never by following a link the agent
 planted (see `chalicelib.sandbox.archive`).
@@ -77,15 +79,17 @@ class WorkspaceSnapshots:
 
         Raises AppError `workspace_snapshot_too_large` (413) when the archive passes the cap.
         """
-        try:
-            data = sandbox.export_workspace(self.max_bytes)
-        except SnapshotTooLarge as exc:
-            raise PayloadTooLarge(str(exc), code="workspace_snapshot_too_large") from None
         key = snapshot_key(session_id)
         try:
             stored: ObjectInfo | None = self.store.head(key)
         except ObjectNotFound:
             stored = None
+        try:
+            data = sandbox.export_workspace(self.max_bytes, stored.etag.strip('"') if stored is not None else None)
+        except SnapshotTooLarge as exc:
+            raise PayloadTooLarge(str(exc), code="workspace_snapshot_too_large") from None
+        if data is None:
+            return SaveResult("unchanged", stored.size if stored is not None else 0)
         if stored is None and self._is_empty(data):
             return SaveResult("empty", len(data))
         if stored is not None and stored.etag.strip('"') == hashlib.md5(data).hexdigest():
