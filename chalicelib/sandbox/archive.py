@@ -24,9 +24,15 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import IO, Literal
 
-from chalicelib.sandbox.base import WORKSPACE, SandboxFileNotFound, SandboxPathError, SnapshotTooLarge, WorkspaceEntry
+from chalicelib.sandbox.base import (
+    WORKSPACE,
+    SandboxFileNotFound,
+    SandboxPathError,
+    SnapshotTooLarge,
+    WorkspaceEntry,
+)
 
 # The skills have their own home (the user's storage prefix) and are loaded by setup.
 EXCLUDED = (".claude/skills",)
@@ -194,7 +200,7 @@ def _too_large(max_bytes: int, why: str) -> SnapshotTooLarge:
 # -- applying an archive ---------------------------------------------------------------------
 
 
-def _members(data: bytes, max_bytes: int) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]:
+def _members(data: bytes, max_bytes: int) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
     if len(data) > max_bytes:
         raise _too_large(max_bytes, f"the archive is {len(data)} bytes")
     try:

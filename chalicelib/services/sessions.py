@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from chalicelib.config import Settings
 from chalicelib.errors import AppError, Conflict, NotFound, ServiceUnavailable
 from chalicelib.ids import validate_id
+from chalicelib.sandbox.archive import has_content
 from chalicelib.sandbox.base import (
     CLAUDE_DIR,
     MountError,
@@ -37,7 +38,6 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_key
-from chalicelib.sandbox.archive import has_content
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
@@ -179,8 +179,7 @@ class SessionsService:
             bundle_f = pool.submit(self.bundle.load, user_id)
             sandbox = self._create_sandbox(session_id, options_f.result())
             self._note_host(session_id, sandbox)
-            if self.snapshots is not None:
-                self.snapshots.restore(session_id, sandbox)
+            self._restore(session_id, sandbox)
             listing, bundle = listing_f.result(), bundle_f.result()
             files = self._skill_files(user_id, listing, bundle)
             return self._write_skills(sandbox, user_id, listing, bundle, files)
@@ -265,9 +264,23 @@ class SessionsService:
         try:
             if has_content(sandbox.workspace_entries()):
                 return  # the sandbox lived on: its files are newer than any snapshot
+        except SandboxError as exc:
+            raise ServiceUnavailable(f"The sandbox could not list its workspace: {exc}", code="sandbox_failed") from exc
+        self._restore(session_id, sandbox)
+
+    def _restore(self, session_id: str, sandbox: Sandbox) -> None:
+        """Put the latest snapshot into a new sandbox. A failure stops here rather than letting the
+        agent start from an empty workspace, whose first save would replace the good snapshot."""
+        if self.snapshots is None:
+            return
+        try:
             self.snapshots.restore(session_id, sandbox)
         except SandboxError as exc:
-            raise ServiceUnavailable(f"Restoring the workspace failed: {exc}", code="sandbox_failed") from exc
+            raise ServiceUnavailable(
+                f"Restoring the workspace from its snapshot failed: {exc}. Retry; the snapshot is kept, and "
+                f"GET /sessions/{session_id}/files lists what it holds.",
+                code="workspace_restore_failed",
+            ) from exc
 
     def _note_host(self, session_id: str, sandbox: Sandbox) -> None:
         """Record a new host after a move, so every process routes the session there."""

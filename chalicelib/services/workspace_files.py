@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Literal, TypeVar
 
 from chalicelib.config import Settings
@@ -86,7 +86,7 @@ class WorkspaceFilesService:
 
     def list(self, session_id: str) -> FileListing:
         """Every file, folder and link of the workspace but the skills, sorted by path."""
-        record, sandbox = self._locate(session_id)
+        _, sandbox = self._locate(session_id)
         if sandbox is not None:
             entries = self._through(lambda: sandbox.workspace_entries())
             source: Source = "sandbox"

@@ -24,8 +24,8 @@ from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
 from chalicelib.web.cors import cors_headers, preflight_headers
-from chalicelib.web.responses import RawReply, Reply, error_response, file_response, json_response
 from chalicelib.web.requests import ApiRequest
+from chalicelib.web.responses import RawReply, Reply, error_response, file_response, json_response
 
 log = logging.getLogger(__name__)
 
