@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         archive_size = len(source.export_workspace(cap))
 
         def forget() -> None:
-            store.delete(snapshot_key("bench-src"))
+            store.delete(snapshot_key("bench-src", "bench-user"))
 
         save_ms = median_ms(args.runs, lambda: snapshots.save("bench-src", "bench-user", source), before=forget)
         unchanged_ms = median_ms(args.runs, lambda: snapshots.save("bench-src", "bench-user", source))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             current[:] = [provider.create(f"bench-dst-{next(targets)}", SandboxOptions())]
 
         restored: list[int | None] = []
-        restore_ms = median_ms(args.runs, lambda: restored.append(snapshots.restore("bench-src", current[0])), before=fresh)  # type: ignore[arg-type]
+        restore_ms = median_ms(args.runs, lambda: restored.append(snapshots.restore("bench-src", "bench-user", current[0])), before=fresh)  # type: ignore[arg-type]
         assert restored and all(n == args.files for n in restored), restored
 
         print(f"workspace: {args.files} files, {raw / 2**20:.1f} MiB; archive {archive_size / 2**20:.1f} MiB "

@@ -37,7 +37,7 @@ from chalicelib.sandbox.base import (
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
-from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_key
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
@@ -130,7 +130,7 @@ class SessionsService:
 
         sandbox = self._create_sandbox(session_id, options)
         if existing is not None:
-            self._restore_if_new(session_id, sandbox)
+            self._restore_if_new(session_id, user_id, sandbox)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id)
         skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
 
@@ -179,7 +179,7 @@ class SessionsService:
             bundle_f = pool.submit(self.bundle.load, user_id)
             sandbox = self._create_sandbox(session_id, options_f.result())
             self._note_host(session_id, sandbox)
-            self._restore(session_id, sandbox)
+            self._restore(session_id, user_id, sandbox)
             listing, bundle = listing_f.result(), bundle_f.result()
             files = self._skill_files(user_id, listing, bundle)
             return self._write_skills(sandbox, user_id, listing, bundle, files)
@@ -231,8 +231,8 @@ class SessionsService:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
         # The workspace snapshot stays (the files API reads it) until the bucket's session
         # expiry or DELETE /users/{userId} removes it.
-        keep = snapshot_key(session_id)
-        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id)) if o.key != keep]
+        keep = snapshot_prefix(session_id)
+        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id)) if not o.key.startswith(keep)]
         if not had_sandbox and not keys:
             raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if keys:
@@ -257,7 +257,7 @@ class SessionsService:
             # The user asked for the session to end: it ends, and the last snapshot stands.
             log.warning("workspace of session %s not saved before destroy: %s", session_id, exc)
 
-    def _restore_if_new(self, session_id: str, sandbox: Sandbox) -> None:
+    def _restore_if_new(self, session_id: str, user_id: str, sandbox: Sandbox) -> None:
         """A setup that had to make the sandbox again gets the workspace back from its snapshot."""
         if self.snapshots is None:
             return
@@ -266,15 +266,15 @@ class SessionsService:
                 return  # the sandbox lived on: its files are newer than any snapshot
         except SandboxError as exc:
             raise ServiceUnavailable(f"The sandbox could not list its workspace: {exc}", code="sandbox_failed") from exc
-        self._restore(session_id, sandbox)
+        self._restore(session_id, user_id, sandbox)
 
-    def _restore(self, session_id: str, sandbox: Sandbox) -> None:
+    def _restore(self, session_id: str, user_id: str, sandbox: Sandbox) -> None:
         """Put the latest snapshot into a new sandbox. A failure stops here rather than letting the
         agent start from an empty workspace, whose first save would replace the good snapshot."""
         if self.snapshots is None:
             return
         try:
-            self.snapshots.restore(session_id, sandbox)
+            self.snapshots.restore(session_id, user_id, sandbox)
         except SandboxError as exc:
             raise ServiceUnavailable(
                 f"Restoring the workspace from its snapshot failed: {exc}. Retry; the snapshot is kept, and "

@@ -30,7 +30,7 @@ from chalicelib.sandbox.base import (
     WorkspaceEntry,
 )
 from chalicelib.services.models import ApiModel
-from chalicelib.services.sessions import SessionRecord, SessionsService
+from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 
 Source = Literal["sandbox", "snapshot"]
@@ -86,12 +86,12 @@ class WorkspaceFilesService:
 
     def list(self, session_id: str) -> FileListing:
         """Every file, folder and link of the workspace but the skills, sorted by path."""
-        _, sandbox = self._locate(session_id)
+        owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             entries = self._through(lambda: sandbox.workspace_entries())
             source: Source = "sandbox"
         else:
-            data = self._snapshot(session_id)
+            data = self.snapshots.load(session_id, owner)
             entries = self.snapshots.entries(data) if data is not None else []
             source = "snapshot"
         files = [_file(e) for e in sorted(entries, key=lambda e: e.path)]
@@ -100,11 +100,11 @@ class WorkspaceFilesService:
     def read(self, session_id: str, path: str | None) -> FileContent:
         """One file's bytes; 404 when absent, 400 for a folder, a link or a path outside /workspace."""
         rel = self._path(path, writing=False)
-        _, sandbox = self._locate(session_id)
+        owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             data = self._through(lambda: sandbox.read_file(f"{WORKSPACE}/{rel}"))
         else:
-            stored = self._snapshot(session_id)
+            stored = self.snapshots.load(session_id, owner)
             if stored is None:
                 raise NotFound(f"No file at {WORKSPACE}/{rel}: the session's workspace is empty.", code="file_not_found")
             data = self._through(lambda: self.snapshots.read(stored, rel))
@@ -121,59 +121,55 @@ class WorkspaceFilesService:
                 f"{self.settings.workspace.upload_mb} MiB. Split it, or raise WORKSPACE_UPLOAD_MB.",
                 code="upload_too_large",
             )
-        record, sandbox = self._locate(session_id)
+        owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             self._through(lambda: self._refuse_links(sandbox, rel))
             self._through(lambda: sandbox.write_file(f"{WORKSPACE}/{rel}", body))
-            self._save(session_id, record, sandbox)
+            self.snapshots.save(session_id, owner, sandbox)
             return FileWritten(session_id=session_id, path=f"{WORKSPACE}/{rel}", size=len(body), source="sandbox")
-        self._through(lambda: self.snapshots.edit(session_id, record.user_id if record else None, rel, body))
+        self._through(lambda: self.snapshots.edit(session_id, owner, rel, body))
         return FileWritten(session_id=session_id, path=f"{WORKSPACE}/{rel}", size=len(body), source="snapshot")
 
     def delete(self, session_id: str, path: str | None) -> FileDeleted:
         """Delete a file, a link or a folder (with its content); 404 when absent."""
         rel = self._path(path, writing=True)
-        record, sandbox = self._locate(session_id)
+        owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             entries = self._through(lambda: sandbox.workspace_entries())
             if not any(e.path == rel for e in entries):
                 raise NotFound(f"No file at {WORKSPACE}/{rel}.", code="file_not_found")
             self._through(lambda: sandbox.delete_file(f"{WORKSPACE}/{rel}"))
-            self._save(session_id, record, sandbox)
+            self.snapshots.save(session_id, owner, sandbox)
             return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="sandbox")
-        changed = self._through(lambda: self.snapshots.edit(session_id, None, rel, None))
+        changed = self._through(lambda: self.snapshots.edit(session_id, owner, rel, None))
         if not changed:
             raise NotFound(f"No file at {WORKSPACE}/{rel}.", code="file_not_found")
         return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="snapshot")
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _locate(self, session_id: str) -> tuple[SessionRecord | None, Sandbox | None]:
-        """The session's record and live sandbox (None when gone); 404 for a session that never existed."""
+    def _locate(self, session_id: str) -> tuple[str, Sandbox | None]:
+        """The session's owner and live sandbox (None when gone); 404 for a session without either
+        a record or a snapshot (never set up, expired, or its user erased)."""
         validate_id(session_id, "sessionId")
         record = self.sessions.find_record(session_id)
         if record is None:
-            if not self.snapshots.exists(session_id):
+            owner = self.snapshots.last_owner(session_id)
+            if owner is None:
                 raise NotFound(
                     f"Session {session_id!r} has no workspace: it was never set up, or it expired. "
                     f"Call POST /setup/{session_id}?userId=... first.",
                     code="session_not_found",
                 )
-            return None, None
+            return owner, None
         try:
-            return record, self.sessions.sandbox_for(session_id)
+            return record.user_id, self.sessions.sandbox_for(session_id)
         except SandboxGone:
-            return record, None
+            return record.user_id, None
         except SandboxUnavailable as exc:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}. Retry shortly.",
                                      code="sandbox_unavailable") from exc
 
-    def _snapshot(self, session_id: str) -> bytes | None:
-        return self.snapshots.load(session_id)
-
-    def _save(self, session_id: str, record: SessionRecord | None, sandbox: Sandbox) -> None:
-        if record is not None:
-            self.snapshots.save(session_id, record.user_id, sandbox)
 
     @staticmethod
     def _path(path: str | None, *, writing: bool) -> str:

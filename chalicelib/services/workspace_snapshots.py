@@ -3,8 +3,12 @@ compressed archive, and restored whenever its sandbox has to be made again.
 
 Layout:
 
-    sessions/{sessionId}/workspace/snapshot.tar.gz   the latest archive (one object per session)
+    sessions/{sessionId}/workspace/{userId}.tar.gz   the latest archive (one object per session and owner)
     workspace-owners/{userId}/{sessionId}            empty marker, so erasing a user finds them
+
+The owner is in the key because a destroyed session's id can be set up again by another user:
+the new owner's sandbox must never be restored from, and its erasure never remove, the old
+owner's files.
 
 Why one object and no pointer: a PutObject is atomic on S3 and R2 (a reader sees the whole old
 archive or the whole new one, never a part; the embedded store writes a temp file and renames),
@@ -37,15 +41,19 @@ from chalicelib.storage.base import ObjectInfo, iter_all
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_NAME = "workspace/snapshot.tar.gz"
 OWNERS = "workspace-owners/"
 
 SaveOutcome = Literal["written", "unchanged", "empty"]
 
 
-def snapshot_key(session_id: str) -> str:
-    """Where a session's workspace archive lives."""
-    return layout.session_key(session_id, SNAPSHOT_NAME)
+def snapshot_key(session_id: str, user_id: str) -> str:
+    """Where the workspace archive of `user_id`'s session lives."""
+    return layout.session_key(session_id, f"workspace/{validate_id(user_id, 'userId')}.tar.gz")
+
+
+def snapshot_prefix(session_id: str) -> str:
+    """The folder of a session's workspace archives (one per owner the session id ever had)."""
+    return layout.session_key(session_id, "workspace") + "/"
 
 
 def owner_marker_key(user_id: str, session_id: str) -> str:
@@ -79,7 +87,7 @@ class WorkspaceSnapshots:
 
         Raises AppError `workspace_snapshot_too_large` (413) when the archive passes the cap.
         """
-        key = snapshot_key(session_id)
+        key = snapshot_key(session_id, user_id)
         try:
             stored: ObjectInfo | None = self.store.head(key)
         except ObjectNotFound:
@@ -100,27 +108,27 @@ class WorkspaceSnapshots:
             self.store.put(owner_marker_key(user_id, session_id), b"", content_type="text/plain")
         return SaveResult("written", len(data))
 
-    def restore(self, session_id: str, sandbox: Sandbox) -> int | None:
+    def restore(self, session_id: str, user_id: str, sandbox: Sandbox) -> int | None:
         """Put the latest archive back into a (new) sandbox; return the file count, None without one."""
-        data = self.load(session_id)
+        data = self.load(session_id, user_id)
         if data is None:
             return None
         return sandbox.import_workspace(data, self.max_bytes)
 
-    def load(self, session_id: str) -> bytes | None:
+    def load(self, session_id: str, user_id: str) -> bytes | None:
         """The stored archive's bytes, or None when the session has none."""
         try:
-            return self.store.get(snapshot_key(session_id)).body
+            return self.store.get(snapshot_key(session_id, user_id)).body
         except ObjectNotFound:
             return None
 
-    def exists(self, session_id: str) -> bool:
-        """Whether the session has a stored archive (one HeadObject)."""
-        try:
-            self.store.head(snapshot_key(session_id))
-            return True
-        except ObjectNotFound:
-            return False
+    def last_owner(self, session_id: str) -> str | None:
+        """Whose archive a session without a record has (the newest, if the id had several owners)."""
+        found = iter_all(self.store, snapshot_prefix(session_id))
+        if not found:
+            return None
+        newest = max(found, key=lambda o: o.last_modified)
+        return newest.key.rsplit("/", 1)[1].removesuffix(".tar.gz")
 
     # -- the archive without a sandbox (the files API after the sandbox is gone) -------------
 
@@ -130,17 +138,17 @@ class WorkspaceSnapshots:
     def read(self, data: bytes, path: str) -> bytes:
         return archive.archive_read(data, path, self.max_bytes)
 
-    def edit(self, session_id: str, user_id: str | None, path: str, content: bytes | None) -> bool:
+    def edit(self, session_id: str, user_id: str, path: str, content: bytes | None) -> bool:
         """Write (or delete, content None) one file inside the stored archive; return whether it changed."""
-        current = self.load(session_id)
+        current = self.load(session_id, user_id)
         try:
             data, changed = archive.archive_edit(current, path, content, self.max_bytes,
                                                  datetime.now(timezone.utc).timestamp())
         except SnapshotTooLarge as exc:
             raise PayloadTooLarge(str(exc), code="workspace_snapshot_too_large") from None
         if changed:
-            self.store.put(snapshot_key(session_id), data, content_type="application/gzip")
-            if current is None and user_id is not None:
+            self.store.put(snapshot_key(session_id, user_id), data, content_type="application/gzip")
+            if current is None:
                 self.store.put(owner_marker_key(user_id, session_id), b"", content_type="text/plain")
         return changed
 
@@ -149,7 +157,7 @@ class WorkspaceSnapshots:
     def delete_for_user(self, user_id: str) -> int:
         """Delete every workspace archive of the user's sessions, and their markers; return how many objects went."""
         markers = [o.key for o in iter_all(self.store, f"{OWNERS}{validate_id(user_id, 'userId')}/")]
-        keys = [snapshot_key(m.rsplit("/", 1)[1]) for m in markers]
+        keys = [snapshot_key(m.rsplit("/", 1)[1], user_id) for m in markers]
         return self.store.delete_many(keys + markers) if markers else 0
 
     def _is_empty(self, data: bytes) -> bool:

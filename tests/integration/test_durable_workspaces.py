@@ -71,7 +71,7 @@ def test_a_session_outlives_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
             wrote = turn(client, management, fake, dispatcher, "mkdir -p out && echo durable-42 > out/result.txt && echo ok")
             assert "ok" in tool_output(wrote) and "sandbox_recreated" not in statuses(wrote)
-            assert "sessions/dur/workspace/snapshot.tar.gz" in api.keys()
+            assert "sessions/dur/workspace/alice.tar.gz" in api.keys()
 
             # 1. The first host dies; the second comes up. The session moves, files and skills intact.
             first.kill()
@@ -133,7 +133,7 @@ def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: 
         puts: Counter[str] = Counter()
 
         def count(params: dict[str, Any], model: Any, **_: Any) -> None:
-            if model.name == "PutObject" and params["Key"].endswith("workspace/snapshot.tar.gz"):
+            if model.name == "PutObject" and params["Key"].endswith("workspace/alice.tar.gz"):
                 puts["snapshot"] += 1
 
         store.client.meta.events.register("before-parameter-build.s3", count)  # type: ignore[attr-defined]
@@ -150,6 +150,6 @@ def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: 
             time.sleep(0.05)
         dispatcher.join(60)
         assert puts["snapshot"] == 1
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(api.raw("sessions/burst/workspace/snapshot.tar.gz")))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(api.raw("sessions/burst/workspace/alice.tar.gz")))) as tar:
             member = tar.extractfile("burst.txt")
             assert member is not None and member.read() == b"0\n1\n2\n"

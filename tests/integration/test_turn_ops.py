@@ -73,7 +73,7 @@ def kind(key: str) -> str:
         return "connection"
     if parts[0] == "workspace-owners":
         return "workspace marker"
-    if parts[0] == "sessions" and parts[-2:] == ["workspace", "snapshot.tar.gz"]:
+    if parts[0] == "sessions" and len(parts) > 2 and parts[-2] == "workspace":
         return "workspace"
     if parts[0] == "sessions":
         return {"session.json": "session", "state.json": "state"}.get(parts[-1], "event log")

@@ -143,3 +143,39 @@ def test_upload_and_snapshot_caps(files_api: Api, monkeypatch: pytest.MonkeyPatc
     over = put(api, "f3", "small.txt", b"small")
     assert over.status_code == 413 and body(over)["code"] == "workspace_snapshot_too_large"
     assert "WORKSPACE_SNAPSHOT_MB=1" in body(over)["error"]
+
+
+def container_sandboxes() -> Any:
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+    return get_container(Settings.from_env({**os.environ, **stage_env})).sandboxes
+
+
+def test_setup_after_the_sandbox_vanished_restores_it(files_api: Api) -> None:
+    api = files_api
+    assert api.post("/setup/f5?userId=alice").status_code == 200
+    assert put(api, "f5", "keep/me.txt", b"kept").status_code == 200
+    assert container_sandboxes().destroy("f5")  # as the idle reaper or a host restart would
+    assert body(api.get("/sessions/f5/files"))["source"] == "snapshot"
+    assert api.post("/setup/f5?userId=alice").status_code == 200
+    assert sandbox("f5").exec("cat /workspace/keep/me.txt").stdout == "kept"
+    assert body(api.get("/sessions/f5/files"))["source"] == "sandbox"
+
+
+def test_a_reused_session_id_never_gets_the_previous_owners_files(files_api: Api) -> None:
+    api = files_api
+    assert api.post("/setup/f4?userId=alice").status_code == 200
+    assert put(api, "f4", "secret.txt", b"alice's secret").status_code == 200
+    assert api.delete("/sandbox/f4").status_code == 200
+    assert get(api, "f4", "secret.txt").body == b"alice's secret"  # alice's snapshot, after destroy
+
+    assert api.post("/setup/f4?userId=bob").status_code == 200  # the id is free again
+    assert "secret.txt" not in {f["path"].rsplit("/", 1)[-1] for f in body(api.get("/sessions/f4/files"))["files"]}
+    assert put(api, "f4", "bob.txt", b"bob's").status_code == 200
+    assert container_sandboxes().destroy("f4")  # bob's sandbox vanishes; setup restores bob's files only
+    assert api.post("/setup/f4?userId=bob").status_code == 200
+    assert sandbox("f4").exec("ls /workspace").stdout.split() == ["bob.txt"]
+
+    assert api.delete("/users/bob").status_code == 200
+    assert any(k.endswith("workspace/alice.tar.gz") for k in api.keys())  # bob's erasure left alice's files
+    assert api.delete("/users/alice").status_code == 200
+    assert not [k for k in api.keys() if "/workspace/" in k or k.startswith("workspace-owners/")]
