@@ -170,6 +170,9 @@ def test_a_reused_session_id_never_gets_the_previous_owners_files(files_api: Api
 
     assert api.post("/setup/f4?userId=bob").status_code == 200  # the id is free again
     assert "secret.txt" not in {f["path"].rsplit("/", 1)[-1] for f in body(api.get("/sessions/f4/files"))["files"]}
+    assert container_sandboxes().destroy("f4")  # bob's new sandbox vanishes before he saved anything
+    assert api.post("/setup/f4?userId=bob").status_code == 200
+    assert "secret" not in sandbox("f4").exec("ls -A /workspace; cat /workspace/secret.txt").stdout
     assert put(api, "f4", "bob.txt", b"bob's").status_code == 200
     assert container_sandboxes().destroy("f4")  # bob's sandbox vanishes; setup restores bob's files only
     assert api.post("/setup/f4?userId=bob").status_code == 200
