@@ -54,3 +54,36 @@ def test_placement_routing_and_drain(tmp_path: Path) -> None:
             fleet.create("s3", SandboxOptions())
         message = str(refused.value)
         assert down in message and "no answer" in message and f"{busy}: draining" in message
+
+
+def test_archive_routes_refuse_hostile_archives_and_say_unchanged(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from chalicelib.sandbox.base import SandboxPathError
+
+    with running_sandbox_host(tmp_path / "h") as (url, token):
+        fleet = FleetSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        box = fleet.create("arch", SandboxOptions())
+        assert box.exec("mkdir -p d && echo x > d/f && ln -s /etc d/etc").exit_code == 0
+        data = box.export_workspace(2**20)
+        assert data is not None
+        md5 = __import__("hashlib").md5(data).hexdigest()
+        assert box.export_workspace(2**20, md5) is None  # nothing changed: 204, nothing compressed
+        assert box.exec("echo y > d/f2").exit_code == 0
+        assert box.export_workspace(2**20, md5) is not None
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            link = tarfile.TarInfo("esc")
+            link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path)
+            tar.addfile(link)
+            planted = tarfile.TarInfo("esc/planted")
+            planted.size = 1
+            tar.addfile(planted, io.BytesIO(b"x"))
+        with pytest.raises(SandboxPathError):
+            box.import_workspace(out.getvalue(), 2**20)
+        assert not (tmp_path / "planted").exists()
+        assert box.import_workspace(data, 2**20) == 1
+        assert box.exec("cat d/f; readlink d/etc; ls d").stdout == "x\n/etc\netc\nf\n"
+        raw = httpx.get(f"{url}/sessions/arch/archive", params={"maxBytes": "10"}, headers={"Authorization": f"Bearer {token}"})
+        assert raw.status_code == 413 and raw.json()["code"] == "snapshot_too_large"
