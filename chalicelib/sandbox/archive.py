@@ -272,7 +272,11 @@ def unpack(workspace: Path, data: bytes, max_bytes: int) -> int:
 
     Entries that would leave the folder (absolute, `..`, through a link) are refused.
     """
+    _check_members(data, max_bytes)  # refuse a bad archive before anything is removed
     root = _open_dir(str(workspace), None)
+    # Entries belong to whoever owns the workspace (the sandbox's user, when it is not root).
+    owner = os.fstat(root)
+    chown = os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0)
     files = 0
     try:
         _clear(root)
@@ -282,6 +286,8 @@ def unpack(workspace: Path, data: bytes, max_bytes: int) -> int:
                 continue
             parent, name = _parent_fd(root, rel)
             try:
+                if chown:
+                    _chown_created(root, rel)
                 if member.isdir():
                     try:
                         os.mkdir(name, 0o755, dir_fd=parent)
@@ -298,11 +304,44 @@ def unpack(workspace: Path, data: bytes, max_bytes: int) -> int:
                         os.fchmod(handle.fileno(), member.mode & 0o777)
                         os.utime(handle.fileno(), (member.mtime, member.mtime))
                     files += 1
+                if chown and (member.isdir() or member.issym() or member.isreg()):
+                    os.chown(name, owner.st_uid, owner.st_gid, dir_fd=parent, follow_symlinks=False)
             finally:
                 os.close(parent)
     finally:
         os.close(root)
     return files
+
+
+def _check_members(data: bytes, max_bytes: int) -> None:
+    """Every entry's path stays inside, appears once, and passes through no link of the archive."""
+    seen: set[str] = set()
+    links: set[str] = set()
+    for member, _ in _members(data, max_bytes):
+        rel = clean_relative(member.name)
+        parts = rel.split("/")
+        through = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in links), None)
+        if through is not None:
+            raise SandboxPathError(f"{rel!r} cannot be written: {through} is a symbolic link in the archive.")
+        if rel in seen:
+            raise SandboxPathError(f"{rel!r} appears twice in the archive.")
+        seen.add(rel)
+        if member.issym():
+            links.add(rel)
+
+
+def _chown_created(root: int, rel: str) -> None:
+    """Give the folders `_parent_fd` may have just made to the workspace's owner."""
+    owner = os.fstat(root)
+    fd = os.dup(root)
+    try:
+        for part in rel.split("/")[:-1]:
+            child = _open_dir(part, fd)
+            os.fchown(child, owner.st_uid, owner.st_gid)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
 
 
 # -- reading and editing an archive without a sandbox ----------------------------------------

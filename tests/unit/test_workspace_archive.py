@@ -131,3 +131,25 @@ def test_the_cap_is_enforced_with_a_clear_message(tmp_path: Path) -> None:
 def test_paths_outside_the_workspace_are_refused(path: str) -> None:
     with pytest.raises(SandboxPathError):
         archive.clean_relative(path)
+
+
+def test_a_bad_archive_leaves_the_workspace_as_it_was(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "mine.txt").write_text("still here")
+    bad = hostile(("ok.txt", "file", "fine"), ("twice", "file", "1"), ("twice", "file", "2"))
+    with pytest.raises(SandboxPathError, match="twice"):
+        archive.unpack(target, bad, CAP)
+    assert (target / "mine.txt").read_text() == "still here" and not (target / "ok.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
+def test_restored_entries_belong_to_the_workspace_owner(tmp_path: Path) -> None:
+    source = workspace(tmp_path)
+    data = archive.pack(source, CAP)
+    target = tmp_path / "target"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    archive.unpack(target, data, CAP)
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in target.rglob("*")}
+    assert owners == {(65534, 65534)}
