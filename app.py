@@ -12,7 +12,8 @@ from chalicelib.services.health import check_health
 from chalicelib.services.skills import MAX_UPLOAD_BYTES, SkillUpload
 from chalicelib.services.user_settings import MAX_SETTINGS_BYTES
 from chalicelib.web import websocket
-from chalicelib.web.responses import RawReply, Reply, etag_header
+from chalicelib.web.downloads import file_response
+from chalicelib.web.responses import Reply, etag_header
 from chalicelib.web.routing import Api, RequestContext
 
 app = Chalice(app_name="claude-agent-backend")
@@ -143,7 +144,7 @@ def list_workspace_files(ctx: RequestContext, sessionId: str):
 @api.route("/sessions/{sessionId}/files/content", methods=["GET"])
 def download_workspace_file(ctx: RequestContext, sessionId: str):
     found = ctx.services.workspace_files.read(sessionId, ctx.request.query("path"))
-    return RawReply(found.data, found.content_type, found.path.rsplit("/", 1)[-1])
+    return file_response(ctx.request, found.data, found.content_type, found.path.rsplit("/", 1)[-1], app.api.binary_types)
 
 
 @api.route("/sessions/{sessionId}/files/content", methods=["PUT"])

@@ -51,11 +51,6 @@ class NotFound(AppError):
     code = "not_found"
 
 
-class NotAcceptable(AppError):
-    status = 406
-    code = "not_acceptable"
-
-
 class Conflict(AppError):
     status = 409
     code = "conflict"
@@ -97,3 +92,10 @@ class Misconfigured(AppError):
 
     status = 500
     code = "misconfigured"
+
+
+class NotAcceptable(AppError):
+    """The answer cannot be sent in a form the client's Accept header allows."""
+
+    status = 406
+    code = "not_acceptable"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 from chalicelib.services.models import ApiModel
-from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 from chalicelib.storage import ObjectStore
 from chalicelib.storage import layout
 from chalicelib.storage.base import iter_all
+
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots  # noqa: I001 - apart, for merging
 
 
 class UserErased(ApiModel):

@@ -23,43 +23,6 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class RawReply:
-    """A handler's answer that is a file, not JSON: its bytes, content type and download name."""
-
-    data: bytes
-    content_type: str
-    filename: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def file_response(reply: RawReply, binary_types: list[str]) -> Response:
-    """The file as Chalice must carry it: text that is UTF-8 as a string with its own type,
-    anything else as bytes of a type API Gateway treats as binary (else octet-stream)."""
-    headers = {"Content-Disposition": f"attachment; filename=\"{_header_safe(reply.filename)}\"", **reply.headers}
-    media = reply.content_type.split(";", 1)[0].strip().lower()
-    if media not in binary_types and _is_text(media):
-        try:
-            text = reply.data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            return Response(body=text, status_code=200, headers={**headers, "Content-Type": f"{media}; charset=utf-8"})
-    media = media if media in binary_types else "application/octet-stream"
-    return Response(body=reply.data, status_code=200, headers={**headers, "Content-Type": media})
-
-
-def _is_text(media: str) -> bool:
-    return media.startswith("text/") or media in {
-        "application/json", "application/xml", "application/javascript", "application/x-sh", "application/x-yaml",
-        "application/yaml", "application/toml", "image/svg+xml", "application/x-python-code",
-    }
-
-
-def _header_safe(name: str) -> str:
-    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
-
-
 def to_json(body: BaseModel | dict[str, Any]) -> str:
     """Serialise with the API's field names (camelCase aliases)."""
     if isinstance(body, BaseModel):

@@ -19,13 +19,13 @@ from pydantic import BaseModel
 from chalicelib import secrets
 from chalicelib.config import Settings
 from chalicelib.container import Container, get_container
-from chalicelib.errors import AppError, NotAcceptable, NotFound, PreconditionFailed, ServiceUnavailable
+from chalicelib.errors import AppError, NotFound, PreconditionFailed, ServiceUnavailable
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.web.auth import require_api_key
 from chalicelib.web.cors import cors_headers, preflight_headers
+from chalicelib.web.responses import Reply, error_response, json_response
 from chalicelib.web.requests import ApiRequest
-from chalicelib.web.responses import RawReply, Reply, error_response, file_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RequestContext:
         return f"{scheme}://{headers.get('host', '127.0.0.1:8000')}/ws"
 
 
-Handler = Callable[..., BaseModel | Reply | RawReply | dict[str, Any]]
+Handler = Callable[..., BaseModel | Reply | dict[str, Any]]
 
 
 class Api:
@@ -112,30 +112,13 @@ class Api:
             result = handler(RequestContext(request, get_container(settings)), **params)
             if isinstance(result, Reply):
                 return json_response(result.body, result.status, result.headers)
-            if isinstance(result, RawReply):
-                return self._file(result, request)
+            if isinstance(result, Response):
+                return result  # a file download (chalicelib.web.downloads), already shaped for Chalice
             return json_response(result)
         except AppError as error:
             return error_response(error)
         except Exception as exc:  # noqa: BLE001 - the edge must answer JSON, whatever happened
             return error_response(map_exception(exc))
-
-
-    def _file(self, reply: RawReply, request: ApiRequest) -> Response:
-        response = file_response(reply, self.app.api.binary_types)
-        media = str(response.headers["Content-Type"])
-        accept = request.headers.get("accept", "")
-        # Chalice (like API Gateway) only returns binary bodies to clients that accept them.
-        if isinstance(response.body, bytes) and not _accepts(accept, media):
-            raise NotAcceptable(
-                f"The file is binary ({media}): send 'Accept: {media}' or 'Accept: */*' to download it.",
-            )
-        return response
-
-
-def _accepts(accept: str, media: str) -> bool:
-    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
-    return bool(kinds & {"*/*", media, media.split("/", 1)[0] + "/*"})
 
 
 def map_exception(exc: Exception) -> AppError:
