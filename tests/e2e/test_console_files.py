@@ -15,7 +15,7 @@ from tests.e2e.test_console_browser import (  # noqa: F401 - pytest fixtures
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 
 
-def test_files_panel_tree_upload_by_drop_download_delete(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+def test_files_panel_tree_upload_by_drop_download_delete(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from playwright.sync_api import expect
 
     load_user(page, "files")
