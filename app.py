@@ -12,11 +12,14 @@ from chalicelib.services.health import check_health
 from chalicelib.services.skills import MAX_UPLOAD_BYTES, SkillUpload
 from chalicelib.services.user_settings import MAX_SETTINGS_BYTES
 from chalicelib.web import websocket
+from chalicelib.web.downloads import file_response
 from chalicelib.web.responses import Reply, etag_header
 from chalicelib.web.routing import Api, RequestContext
 
 app = Chalice(app_name="claude-agent-backend")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
+# Workspace downloads of these types travel as binary through API Gateway.
+app.api.binary_types.extend(["application/gzip", "application/pdf"])
 api = Api(app)
 
 
@@ -129,6 +132,31 @@ def setup_session(ctx: RequestContext, sessionId: str):
 @api.route("/sandbox/{sessionId}", methods=["DELETE"])
 def destroy_sandbox(ctx: RequestContext, sessionId: str):
     return ctx.services.sessions.destroy(sessionId)
+
+
+# -- Workspace files ---------------------------------------------------------------------
+
+
+@api.route("/sessions/{sessionId}/files", methods=["GET"])
+def list_workspace_files(ctx: RequestContext, sessionId: str):
+    return ctx.services.workspace_files.list(sessionId)
+
+
+@api.route("/sessions/{sessionId}/files/content", methods=["GET"])
+def download_workspace_file(ctx: RequestContext, sessionId: str):
+    found = ctx.services.workspace_files.read(sessionId, ctx.request.query("path"))
+    return file_response(ctx.request, found.data, found.content_type, found.path.rsplit("/", 1)[-1], app.api.binary_types)
+
+
+@api.route("/sessions/{sessionId}/files/content", methods=["PUT"])
+def upload_workspace_file(ctx: RequestContext, sessionId: str):
+    body = ctx.request.raw_bytes(max_bytes=ctx.settings.workspace.upload_bytes, what="The file", setting="WORKSPACE_UPLOAD_MB")
+    return ctx.services.workspace_files.write(sessionId, ctx.request.query("path"), body)
+
+
+@api.route("/sessions/{sessionId}/files/content", methods=["DELETE"])
+def delete_workspace_file(ctx: RequestContext, sessionId: str):
+    return ctx.services.workspace_files.delete(sessionId, ctx.request.query("path"))
 
 
 # -- The agent over WebSocket ------------------------------------------------------------

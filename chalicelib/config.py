@@ -73,6 +73,28 @@ class SandboxSettings(_Frozen):
     pids: int = Field(default=512, ge=8)
     disk_mb: int = Field(default=1024, ge=1)
     tmp_mb: int = Field(default=256, ge=1)
+    # Sandbox host only: take no new sessions (its sessions move at their next turn).
+    drain: bool = False
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """SANDBOX_URL as a list: one URL, or a comma-separated fleet of sandbox hosts."""
+        return _split(self.url)
+
+
+class WorkspaceSettings(_Frozen):
+    """Durable workspaces: snapshot and upload caps."""
+
+    snapshot_mb: int = Field(default=256, ge=1, le=5 * 1024)
+    upload_mb: int = Field(default=25, ge=1, le=1024)
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self.snapshot_mb * 1024 * 1024
+
+    @property
+    def upload_bytes(self) -> int:
+        return self.upload_mb * 1024 * 1024
 
 
 class AgentSettings(_Frozen):
@@ -103,6 +125,7 @@ class Settings(_Frozen):
     storage: StorageSettings
     sandbox: SandboxSettings = SandboxSettings()
     agent: AgentSettings = AgentSettings()
+    workspace: WorkspaceSettings = WorkspaceSettings()
     websocket_url: str | None = Field(
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
@@ -157,6 +180,11 @@ class Settings(_Frozen):
                     pids=_int(get, "SANDBOX_PIDS", 512),
                     disk_mb=_int(get, "SANDBOX_DISK_MB", 1024),
                     tmp_mb=_int(get, "SANDBOX_TMP_MB", 256),
+                    drain=_flag(get("SANDBOX_DRAIN")),
+                ),
+                workspace=WorkspaceSettings(
+                    snapshot_mb=_int(get, "WORKSPACE_SNAPSHOT_MB", 256),
+                    upload_mb=_int(get, "WORKSPACE_UPLOAD_MB", 25),
                 ),
                 agent=AgentSettings(
                     anthropic_api_key=get("ANTHROPIC_API_KEY"),

@@ -20,6 +20,8 @@ from chalicelib.services.sessions import SessionsService
 from chalicelib.services.skills import SkillsService
 from chalicelib.services.user_settings import UserSettingsService
 from chalicelib.services.users import UsersService
+from chalicelib.services.workspace_files import WorkspaceFilesService
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 from chalicelib.storage import ObjectStore
 from chalicelib.storage.factory import build_store
 
@@ -65,7 +67,8 @@ class Container:
     def sandboxes(self) -> SandboxProvider:
         from chalicelib.sandbox.factory import build_sandbox_provider
 
-        return self._once("sandboxes", lambda: build_sandbox_provider(self.settings))
+        # Resolved lazily: the fleet asks the session record where a session was placed.
+        return self._once("sandboxes", lambda: build_sandbox_provider(self.settings, lambda sid: self.sessions.host_of(sid)))
 
     @property
     def sandbox_kind(self) -> str:
@@ -107,11 +110,20 @@ class Container:
 
     @property
     def users(self) -> UsersService:
-        return self._once("users", lambda: UsersService(self.store))
+        return self._once("users", lambda: UsersService(self.store, self.workspace_snapshots))
 
     @property
     def sessions(self) -> SessionsService:
-        return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes))
+        return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes,
+                                                              snapshots=self.workspace_snapshots))
+
+    @property
+    def workspace_snapshots(self) -> WorkspaceSnapshots:
+        return self._once("workspace_snapshots", lambda: WorkspaceSnapshots(self.settings, self.store))
+
+    @property
+    def workspace_files(self) -> WorkspaceFilesService:
+        return self._once("workspace_files", lambda: WorkspaceFilesService(self.settings, self.sessions, self.workspace_snapshots))
 
     # -- the agent over websocket ----------------------------------------------------------
 
@@ -150,7 +162,8 @@ class Container:
         from chalicelib.realtime.state import StateStore
 
         return TurnRunner(self.settings, StateStore(self.store), EventLog(self.store), self.sessions,
-                          self.conversations, sender, self.agent_turn, poll_interval=self.settings.turn_poll_seconds)
+                          self.conversations, sender, self.agent_turn, poll_interval=self.settings.turn_poll_seconds,
+                          snapshots=self.workspace_snapshots)
 
 
 @functools.lru_cache(maxsize=8)

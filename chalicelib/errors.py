@@ -99,3 +99,10 @@ class Misconfigured(AppError):
 
     status = 500
     code = "misconfigured"
+
+
+class NotAcceptable(AppError):
+    """The answer cannot be sent in a form the client's Accept header allows."""
+
+    status = 406
+    code = "not_acceptable"

@@ -100,7 +100,10 @@ def _start_reaper() -> None:
         except Exception:  # noqa: BLE001 - no sandboxes here (bubblewrap missing): nothing to reap; setup says why
             return None
 
-    IdleReaper(provider, Settings.from_env().sandbox.idle_timeout_seconds).start()
+    def save(session_id: str) -> None:
+        get_container(Settings.from_env()).sessions.save_workspace(session_id)
+
+    IdleReaper(provider, Settings.from_env().sandbox.idle_timeout_seconds, before_destroy=save).start()
 
 
 def _skip_management_calls(record: logging.LogRecord) -> bool:

@@ -3,7 +3,11 @@
 Without it every session of a long local run keeps its workspace and its bash shell for as long
 as the gateway lives. A session is idle when it was neither set up nor used by a turn for
 SANDBOX_IDLE_TIMEOUT seconds; its next turn finds it gone and gets a fresh one (the turn runner
-recreates a vanished sandbox), or the client calls /setup again.
+recreates a vanished sandbox and restores its workspace snapshot), or the client calls /setup again.
+
+Unlike the sandbox host, the gateway holds storage credentials, so its reaper saves the workspace
+before destroying it (`before_destroy`): what a background process wrote after the last turn's
+save is kept too. While storage is down the sandbox is kept, and the next pass tries again.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ class IdleReaper:
     """Destroys the provider's sessions idle for longer than `idle_seconds`, every `interval` seconds."""
 
     def __init__(self, provider: Callable[[], object], idle_seconds: float, interval: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 before_destroy: Callable[[str], object] | None = None) -> None:
         self._provider = provider
+        self._before_destroy = before_destroy
         self.idle_seconds = idle_seconds
         # Often enough that a session outlives its timeout by at most a quarter of it (a minute at most).
         self.interval = interval if interval is not None else min(60.0, max(0.5, idle_seconds / 4))
@@ -50,7 +56,15 @@ class IdleReaper:
         reaped = []
         for session_id in tracked.sessions():
             used = tracked.last_used(session_id)
-            if used is not None and now - used > self.idle_seconds and tracked.destroy(session_id):
+            if used is None or now - used <= self.idle_seconds:
+                continue
+            if self._before_destroy is not None:
+                try:
+                    self._before_destroy(session_id)
+                except Exception:  # noqa: BLE001 - its files would be lost: keep it until the next pass
+                    log.exception("saving the workspace of idle session %s failed; it is kept for now", session_id)
+                    continue
+            if tracked.destroy(session_id):
                 log.info("sandbox of session %s destroyed after %.0f s idle (SANDBOX_IDLE_TIMEOUT=%g)",
                          session_id, now - used, self.idle_seconds)
                 reaped.append(session_id)

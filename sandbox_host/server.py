@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chalicelib.config import Settings
-from chalicelib.errors import AppError
+from chalicelib.errors import AppError, BadRequest
 from chalicelib.sandbox.base import (
     IsolationUnavailable,
     MountError,
@@ -37,6 +37,7 @@ from chalicelib.sandbox.base import (
     SandboxIsADirectory,
     SandboxOptions,
     SandboxPathError,
+    SnapshotTooLarge,
 )
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
 from chalicelib.security import bearer_token
@@ -66,6 +67,24 @@ class MountBody(_Body):
     spec: MountSpec
 
 
+class DrainAndArchive:
+    """Request shapes of the drain and archive routes."""
+
+    class DrainBody(_Body):
+        draining: bool = True
+
+    @staticmethod
+    def max_bytes(raw: str | None) -> int:
+        # The API sends its WORKSPACE_SNAPSHOT_MB; the host never holds more than 5 GiB for it.
+        try:
+            value = int(raw or "")
+        except ValueError:
+            raise BadRequest("Query parameter maxBytes must be a whole number of bytes.", code="invalid_request") from None
+        if not 1 <= value <= 5 * 2**30:
+            raise BadRequest("Query parameter maxBytes must be between 1 and 5 GiB.", code="invalid_request")
+        return value
+
+
 def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
@@ -84,6 +103,8 @@ class SandboxHost:
             # A host that cannot isolate must not start: every session on it would fail.
             raise SystemExit(f"The sandbox host cannot start: {exc}") from None
         self.last_used: dict[str, float] = {}
+        # A draining host takes no new sessions; the API moves its sessions at their next turn.
+        self.draining = settings.sandbox.drain
         self.lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -135,7 +156,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     sandbox = host.provider.get(sid) if needs_session and sid else None
                     if sid:
                         host.touch(sid)
-                    return JSONResponse(handler(request, sandbox, raw))
+                    result = handler(request, sandbox, raw)
+                    return result if isinstance(result, Response) else JSONResponse(result)
                 except AppError as exc:
                     return _error(exc.status, exc.message, exc.code)
                 except ValidationError as exc:
@@ -150,6 +172,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     return _error(400, str(exc), "invalid_path")
                 except MountError as exc:
                     return _error(422, str(exc), "mount_failed")
+                except SnapshotTooLarge as exc:
+                    return _error(413, str(exc), "snapshot_too_large")
                 except IsolationUnavailable as exc:
                     return _error(503, str(exc), "isolation_unavailable")
                 except SandboxError as exc:
@@ -167,7 +191,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
         return {"sessionId": sid}
 
     def exists(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
-        return {"sessionId": sandbox.session_id}
+        return {"sessionId": sandbox.session_id, "draining": host.draining}
 
     def destroy(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
         sid = request.path_params["session_id"]
@@ -215,7 +239,25 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "healthy", "kind": host.provider.kind, "sessions": len(host.provider.sessions()),
-                             "limits": host.provider.limits()})
+                             "limits": host.provider.limits(), "draining": host.draining})
+
+    def max_bytes(request: Request) -> int:
+        return DrainAndArchive.max_bytes(request.query_params.get("maxBytes"))
+
+    def export_archive(request: Request, sandbox: LocalSandbox, raw: bytes) -> Response:
+        data = sandbox.export_workspace(max_bytes(request), request.query_params.get("unlessMd5") or None)
+        return Response(status_code=204) if data is None else Response(data, media_type="application/gzip")
+
+    def import_archive(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        return {"files": sandbox.import_workspace(raw, max_bytes(request))}
+
+    def entries(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        return {"entries": [asdict(e) for e in sandbox.workspace_entries()]}
+
+    def drain(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
+        host.draining = DrainAndArchive.DrainBody.model_validate_json(raw or b"{}").draining
+        log.warning("draining: %s", host.draining)
+        return {"draining": host.draining, "sessions": len(host.provider.sessions())}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -240,6 +282,10 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
             Route(s + "/bash", endpoint(run_bash), methods=["POST"]),
             Route(s + "/bash/restart", endpoint(restart_bash), methods=["POST"]),
             Route(s + "/mount", endpoint(mount), methods=["POST"]),
+            Route(s + "/archive", endpoint(export_archive), methods=["GET"]),
+            Route(s + "/archive", endpoint(import_archive), methods=["PUT"]),
+            Route(s + "/entries", endpoint(entries), methods=["GET"]),
+            Route("/admin/drain", endpoint(drain, needs_session=False), methods=["POST"]),
         ],
         lifespan=lifespan,
     )
@@ -252,5 +298,6 @@ def main() -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    # How often the idle reaper looks; SANDBOX_IDLE_TIMEOUT says how idle is too idle.
+    app = create_app(reaper_interval=float(os.environ.get("SANDBOX_REAP_INTERVAL", "30")))
     uvicorn.run(app, host=os.environ.get("SANDBOX_HOST_BIND", "0.0.0.0"), port=int(os.environ.get("PORT", "8080")))

@@ -418,7 +418,7 @@ const RENDER = {
       setBadge("turn-badge", "Model busy · retrying", "busy");
     }
     else if (s === "max_turns_reached") note(frame.maxTurns ? `Stopped after ${plural(frame.maxTurns, "model reply", "model replies")} (maxTurns). Send another message to continue.` : frame.message);
-    else if (s === "sandbox_recreated") note("The sandbox had expired: a new one was made and the skills reloaded.");
+    else if (s === "sandbox_recreated") note("The sandbox had gone away: a new one was made, its files restored from the last snapshot and the skills reloaded.");
     else if (s === "compacted") note(frame.message || "Earlier messages were summarised to fit the model's context.");
     else if (s === "idle") endTurn();
     else if (s === "budget_reached") note(frame.message);
@@ -452,6 +452,7 @@ const RENDER = {
          frame.interrupted ? "result interrupted" : "result");
     endTurn();
     loadConversations().catch(() => {});
+    loadFiles().catch(() => {});
   },
   error(frame) {
     errorCard(frame.code, frame.message);
@@ -732,6 +733,144 @@ async function openConversation(id) {
   }
 }
 
+// -- workspace files: a tree, download, upload by drag and drop --------------------------------------
+
+const filesPath = () => `/sessions/${encodeURIComponent(state.session.sessionId)}/files`;
+
+function fileSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// The files API carries raw bytes, not JSON; its errors are JSON like every other route's.
+async function rawRequest(method, path, {body, headers = {}} = {}) {
+  const all = {...headers};
+  if (state.key) all.Authorization = `Bearer ${state.key}`;
+  let response;
+  try {
+    response = await fetch(base() + path, {method, headers: all, body});
+  } catch (err) {
+    const error = new Error(`Cannot reach ${state.api} (${err.message}).`);
+    error.code = "unreachable";
+    throw error;
+  }
+  if (!response.ok) {
+    const data = await response.json().catch(() => ({}));
+    const error = new Error(data.error || `HTTP ${response.status}`);
+    error.code = data.code;
+    throw error;
+  }
+  return response;
+}
+
+async function loadFiles() {
+  if (!state.session) { renderFiles(null); return; }
+  renderFiles(await api("GET", filesPath()));
+}
+
+function renderFiles(listing) {
+  const ready = Boolean(state.session && listing);
+  $("files-refresh").disabled = !state.session;
+  $("files-drop").setAttribute("aria-disabled", String(!state.session));
+  if (!ready) {
+    $("files-tree").replaceChildren();
+    $("files-info").textContent = "Start a session to see its files.";
+    return;
+  }
+  const count = listing.files.filter((f) => f.type === "file").length;
+  $("files-info").textContent = `${plural(count, "file", "files")} in /workspace` +
+    (listing.source === "snapshot" ? " (from the last snapshot: the sandbox is not running)" : "");
+  // Each folder gets its own list; entries come sorted by path, so a folder precedes its content.
+  const lists = new Map([["/workspace", $("files-tree")]]);
+  $("files-tree").replaceChildren();
+  for (const entry of listing.files) {
+    const parent = entry.path.slice(0, entry.path.lastIndexOf("/"));
+    const name = entry.path.slice(parent.length + 1);
+    const li = document.createElement("li");
+    if (entry.type === "dir") {
+      const details = document.createElement("details");
+      details.open = !name.startsWith(".");
+      const inner = document.createElement("ul");
+      details.append(Object.assign(document.createElement("summary"), {textContent: `${name}/`}), inner);
+      li.append(details);
+      lists.set(entry.path, inner);
+    } else {
+      li.className = "file";
+      if (entry.type === "file") {
+        const open = Object.assign(document.createElement("button"), {type: "button", className: "file-name", textContent: name});
+        open.setAttribute("aria-label", `Download ${entry.path}`);
+        open.addEventListener("click", () => downloadFile(entry.path).catch((err) => showError(err.message, err.code)));
+        li.append(open, Object.assign(document.createElement("span"), {className: "meta", textContent: fileSize(entry.size)}));
+      } else {
+        li.append(Object.assign(document.createElement("span"), {textContent: `${name} (link)`}));
+      }
+      const remove = Object.assign(document.createElement("button"), {type: "button", className: "ghost", textContent: "✕"});
+      remove.setAttribute("aria-label", `Delete ${entry.path}`);
+      remove.addEventListener("click", () => deleteFile(entry.path));
+      li.append(remove);
+    }
+    (lists.get(parent) || $("files-tree")).append(li);
+  }
+  if (!listing.files.length) {
+    $("files-tree").append(Object.assign(document.createElement("li"), {className: "small", textContent: "Empty: drop files below, or ask the agent to make some."}));
+  }
+}
+
+async function downloadFile(path) {
+  const response = await rawRequest("GET", `${filesPath()}/content?path=${encodeURIComponent(path)}`, {headers: {Accept: "*/*"}});
+  const url = URL.createObjectURL(await response.blob());
+  const link = Object.assign(document.createElement("a"), {href: url, download: path.split("/").pop()});
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 30000);
+}
+
+async function uploadFiles(files) {
+  if (!state.session || !files.length) return;
+  clearError();
+  let done = 0;
+  try {
+    for (const file of files) {
+      await rawRequest("PUT", `${filesPath()}/content?path=${encodeURIComponent(file.webkitRelativePath || file.name)}`,
+                       {body: file, headers: {"Content-Type": "application/octet-stream"}});
+      done += 1;
+    }
+  } catch (err) {
+    showError(err.message, err.code);
+  }
+  if (done) $("files-status").textContent = `Uploaded ${plural(done, "file", "files")}.`;
+  await loadFiles().catch((err) => showError(err.message, err.code));
+}
+
+async function deleteFile(path) {
+  if (!await confirmAction(`Delete ${path} from the workspace?`)) return;
+  try {
+    await rawRequest("DELETE", `${filesPath()}/content?path=${encodeURIComponent(path)}`);
+    $("files-status").textContent = `Deleted ${path.split("/").pop()}.`;
+    await loadFiles();
+  } catch (err) {
+    showError(err.message, err.code);
+  }
+}
+
+function wireFiles() {
+  const drop = $("files-drop");
+  const choose = () => { if (state.session) $("files-input").click(); };
+  drop.addEventListener("click", choose);
+  drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); choose(); } });
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); if (state.session) drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    uploadFiles([...event.dataTransfer.files]);
+  });
+  $("files-input").addEventListener("change", (event) => { uploadFiles([...event.target.files]); event.target.value = ""; });
+  $("files-refresh").addEventListener("click", () => loadFiles().catch((err) => showError(err.message, err.code)));
+}
+
 // -- session and websocket ---------------------------------------------------------------------------
 
 async function startSession(conversationId) {
@@ -758,6 +897,7 @@ async function startSession(conversationId) {
   state.lastSeq = 0;
   state.reconnects = 0;
   connect({action: "start", ...(conversationId ? {conversationId} : {})});
+  loadFiles().catch((err) => showError(err.message, err.code));
 }
 
 function forgetSession() {
@@ -769,6 +909,7 @@ function forgetSession() {
   $("session-files").hidden = true;
   $("start-session").textContent = "Start session";
   setBadge("turn-badge", "");
+  renderFiles(null);
 }
 
 function closeSocket() {
@@ -903,6 +1044,7 @@ function init() {
   $("remember-key").checked = KEY_REMEMBERED;
   $("user-id").value = state.user;
   $("connection").addEventListener("submit", loadUser);
+  wireFiles();
   $("user-id").addEventListener("input", () => {
     // Another user's name: their data must be loaded before a session can start for them.
     if ($("user-id").value.trim() !== state.loadedUser) { $("start-session").disabled = true; }

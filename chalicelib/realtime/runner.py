@@ -47,6 +47,7 @@ from chalicelib.realtime.stream import TurnStream
 from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class TurnRunner:
         agent_turn: AgentTurn,
         *,
         poll_interval: float = 0.5,
+        snapshots: WorkspaceSnapshots | None = None,
     ) -> None:
         self.settings = settings
         self.states = states
@@ -122,6 +124,11 @@ class TurnRunner:
         self.poll_interval = poll_interval
         self.lease = timedelta(seconds=settings.turn_lease_seconds)
         self.renew_every = settings.turn_lease_seconds / 3
+        self.snapshots = snapshots
+        # Sessions whose workspace save was put off because another message was queued behind
+        # (or whose turn was repaired after its runner died before saving).
+        self._unsaved: dict[str, str] = {}
+        self._unsaved_lock = threading.Lock()
 
     def run(self, session_id: str, time_left: Callable[[], float] | None = None, reinvoke: Callable[[], None] | None = None) -> int:
         """Run queued turns; return how many ran. Hands over to a fresh invocation (`reinvoke`)
@@ -146,6 +153,7 @@ class TurnRunner:
                 time.sleep(min(max(remaining, 0.0) + 0.2, self.lease.total_seconds() + 1))
                 continue
             if claim is None:
+                self._save_put_off(session_id)
                 return ran
             if isinstance(claim, _Recovery):
                 if not self._recover(claim, runner_id):
@@ -292,6 +300,9 @@ class TurnRunner:
             stream.emit(_cut_short_result(dead.started_at, turns=0))
             self._flush_events(rec.session_id, dead.turn_id, stream)
             self._finish(rec.session_id, dead.turn_id, runner_id, stream, requeue)
+            # The dead runner never saved the files its turn made: save them once the queue is empty.
+            with self._unsaved_lock:
+                self._unsaved[rec.session_id] = rec.user_id
             return True
         except Exception:  # noqa: BLE001 - the lease runs out again and the next runner retries the repair
             log.exception("repairing turn %s of session %s failed", dead.turn_id, rec.session_id)
@@ -333,6 +344,7 @@ class TurnRunner:
             except Exception:  # noqa: BLE001 - the lease runs out and the next runner repairs the turn
                 log.exception("saving what turn %s had said failed", request.turn_id)
         finally:
+            self._save_workspace(request, stream, watcher)
             watcher.stop()
             recorded = False
             try:
@@ -409,6 +421,54 @@ class TurnRunner:
             durable=durably,
         )
 
+    def _save_workspace(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher) -> None:
+        """Snapshot the workspace after the turn, unless another message waits (a burst saves once,
+        at its end). Runs while the watcher still renews the lease, so no other runner works in
+        the sandbox meanwhile; a runner whose turn was taken over leaves the save to the new owner."""
+        if self.snapshots is None:
+            return
+        if watcher.lost.is_set():
+            return
+        if watcher.queued_behind > 0:
+            with self._unsaved_lock:
+                self._unsaved[request.session_id] = request.user_id
+            return
+        with self._unsaved_lock:
+            self._unsaved.pop(request.session_id, None)
+        try:
+            self._save_snapshot(request.session_id, request.user_id)
+        except SandboxGone:
+            pass  # the turn never got a sandbox; the last snapshot stands
+        except AppError as exc:
+            stream.emit(error_frame(exc.message, exc.code))
+        except SandboxError as exc:
+            stream.emit(error_frame(f"The workspace could not be saved: {exc}. It is saved again after the next turn.",
+                                    "workspace_snapshot_failed"))
+        except Exception:  # noqa: BLE001 - the turn is over; its result stands
+            log.exception("saving the workspace of session %s failed", request.session_id)
+
+    def _save_put_off(self, session_id: str) -> None:
+        """The queue emptied without the last turn saving (its followers were interrupted, or a
+        dead runner's turn was repaired): save now."""
+        with self._unsaved_lock:
+            user_id = self._unsaved.pop(session_id, None)
+        if user_id is None or self.snapshots is None:
+            return
+        try:
+            self._save_snapshot(session_id, user_id)
+        except SandboxGone:
+            pass  # nothing live to save; the last snapshot stands
+        except Exception:  # noqa: BLE001 - the next turn saves again
+            log.exception("saving the workspace of session %s failed", session_id)
+
+    def _save_snapshot(self, session_id: str, user_id: str) -> None:
+        """One save, its storage calls retried through an outage like the turn's other writes."""
+        snapshots = self.snapshots
+        if snapshots is None:
+            return
+        sandbox = self.sessions.sandbox_for(session_id)
+        durably(lambda: snapshots.save(session_id, user_id, sandbox), "saving the workspace snapshot")
+
     def _save_memory(self, request: TurnRequest, runner_id: str, memory: AgentMemory) -> None:
         """Keep the agent's skill index and working context for the session's next message."""
 
@@ -436,8 +496,9 @@ class TurnRunner:
             {
                 "event": "status",
                 "status": "sandbox_recreated",
-                "message": "The sandbox had gone away (idle timeout, host restart or its folder deleted); a new one "
-                "was prepared and the skills were loaded again. Files from the old sandbox are gone.",
+                "message": "The sandbox had gone away (idle timeout, host restart, its folder deleted or a move to "
+                "another host); a new one was prepared, its files were restored from the last snapshot and the "
+                "skills were loaded again.",
                 "skillsLoaded": loaded,
             }
         )
@@ -485,6 +546,10 @@ class _StateWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{request.session_id}", daemon=True)
         self._last_renewal = time.monotonic()
+        # Messages queued behind this turn, as of the last poll (so its workspace save can wait).
+        self.queued_behind = 0
+        # Set when another runner took the turn over (this one stalled past its lease).
+        self.lost = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -508,8 +573,11 @@ class _StateWatcher:
             state = self.runner.states.read(self.request.session_id)
         if state is None:
             return
+        self.queued_behind = len(state.queue)
         turn = state.turn
-        if turn is None or turn.turn_id != self.request.turn_id or turn.runner_id != self.runner_id or turn.interrupt:
+        if turn is None or turn.turn_id != self.request.turn_id or turn.runner_id != self.runner_id:
+            self.lost.set()
+        if self.lost.is_set() or turn is None or turn.interrupt:
             # Interrupted, or the turn was taken over: stop as soon as the loop can.
             self.interrupted.set()
         if state.subscriber is not None and state.subscriber.nonce != self.stream.served_nonce:

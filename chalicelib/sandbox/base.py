@@ -42,6 +42,10 @@ class SandboxUnavailable(SandboxError):
     """The sandbox host cannot be reached or refused us."""
 
 
+class SnapshotTooLarge(SandboxError):
+    """The workspace's archive would pass WORKSPACE_SNAPSHOT_MB."""
+
+
 class IsolationUnavailable(SandboxError):
     """Real isolation (bubblewrap) is missing and unisolated mode was not allowed."""
 
@@ -61,6 +65,16 @@ class ExecResult:
     stderr_truncated: bool = False
     timed_out: bool = False
     duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class WorkspaceEntry:
+    """One entry of a workspace, relative to /workspace (`notes/a.txt`)."""
+
+    path: str
+    kind: Literal["file", "dir", "symlink"]
+    size: int
+    modified: float
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,20 @@ class Sandbox(Protocol):
 
     def destroy(self) -> None:
         """Stop every process and delete the workspace."""
+        ...
+
+    def export_workspace(self, max_bytes: int, unless_md5: str | None = None) -> bytes | None:
+        """/workspace without .claude/skills as a deterministic .tar.gz (links archived, never
+        followed); raise SnapshotTooLarge past `max_bytes`. None when `unless_md5` is the MD5 of
+        the archive the sandbox last made or applied and nothing changed since."""
+        ...
+
+    def import_workspace(self, archive: bytes, max_bytes: int) -> int:
+        """Make /workspace (skills untouched) hold exactly the archive's entries; return the file count."""
+        ...
+
+    def workspace_entries(self) -> list[WorkspaceEntry]:
+        """Every entry under /workspace but the skills: path (relative), kind, size, modified."""
         ...
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from chalicelib.config import Settings
 from chalicelib.ids import validate_id
 from chalicelib.sandbox import linux, paths
+from chalicelib.sandbox.archive import WorkspaceArchiveMixin
 from chalicelib.sandbox.base import (
     MOUNT_DIR,
     WORKSPACE,
@@ -75,7 +76,7 @@ _FULL_DISK = b"No space left on device"
 _NO_FORK = b"Resource temporarily unavailable"
 
 
-class LocalSandbox:
+class LocalSandbox(WorkspaceArchiveMixin):
     """One session's workspace on this machine."""
 
     def __init__(self, session_id: str, root: Path, provider: LocalSandboxProvider, options: SandboxOptions) -> None:

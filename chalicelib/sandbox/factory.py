@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import SandboxProvider
 
 
-def build_sandbox_provider(settings: Settings) -> SandboxProvider:
-    """A remote sandbox host when SANDBOX_URL is set, else local bubblewrap sandboxes."""
+def build_sandbox_provider(settings: Settings, resolve_host: Callable[[str], str | None] | None = None) -> SandboxProvider:
+    """Sandbox hosts when SANDBOX_URL is set (one, or a comma-separated fleet), else local bubblewrap
+    sandboxes. `resolve_host` says which host a session was placed on (from its record)."""
     if settings.sandbox.url:
-        from chalicelib.sandbox.remote import RemoteSandboxProvider
+        from chalicelib.sandbox.fleet import FleetSandboxProvider
 
-        return RemoteSandboxProvider(settings)
+        return FleetSandboxProvider(settings, resolve_host)
     from chalicelib.sandbox.bwrap import LocalSandboxProvider
 
     return LocalSandboxProvider(settings)

@@ -28,6 +28,7 @@ from chalicelib.sandbox.base import (
     SandboxPathError,
     SandboxUnavailable,
 )
+from chalicelib.sandbox.remote_archive import RemoteArchiveMixin
 
 _ERRORS: dict[str, type[SandboxError]] = {
     "sandbox_gone": SandboxGone,
@@ -77,7 +78,7 @@ class RemoteBashSession:
         self.client.call("POST", self.base + "/restart")
 
 
-class RemoteSandbox:
+class RemoteSandbox(RemoteArchiveMixin):
     """A session's sandbox on the sandbox host."""
 
     def __init__(self, client: _Client, session_id: str) -> None:

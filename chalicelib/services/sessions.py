@@ -20,8 +20,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from chalicelib.config import Settings
-from chalicelib.errors import Conflict, NotFound, ServiceUnavailable
+from chalicelib.errors import AppError, Conflict, NotFound, ServiceUnavailable
 from chalicelib.ids import validate_id
+from chalicelib.sandbox.archive import has_content
 from chalicelib.sandbox.base import (
     CLAUDE_DIR,
     MountError,
@@ -37,6 +38,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
@@ -60,6 +62,8 @@ class SessionRecord(ApiModel):
     last_active_at: datetime
     # Built from the bodies setup read, so a message never reads every skill to list them.
     skill_index: SkillIndex | None = None
+    # The sandbox host the session was placed on (a fleet of hosts); None for local sandboxes.
+    sandbox_host: str | None = None
 
 
 class SetupResult(ApiModel):
@@ -91,8 +95,10 @@ class _AllowNetwork(BaseModel):
 class SessionsService:
     """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
 
-    def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None,
+                 snapshots: WorkspaceSnapshots | None = None) -> None:
         self.settings = settings
+        self.snapshots = snapshots
         self.store = store
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
@@ -126,6 +132,8 @@ class SessionsService:
             )
 
         sandbox = self._create_sandbox(session_id, options)
+        if existing is not None:
+            self._restore_if_new(session_id, user_id, sandbox)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id)
         skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
 
@@ -140,6 +148,7 @@ class SessionsService:
             created_at=existing[0].created_at if existing else now,
             last_active_at=now,
             skill_index=build_index(skill_files[0]),
+            sandbox_host=_host(sandbox),
         )
         with ThreadPoolExecutor(max_workers=2) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
@@ -163,13 +172,17 @@ class SessionsService:
     def reload_skills(self, session_id: str, user_id: str) -> list[str]:
         """Recreate a sandbox that went away (reaped, host restarted) and load the skills again.
 
-        This is the per-request fallback path: it never mounts, so it works on any host.
+        This is the per-request fallback path: it never mounts, so it works on any host. The
+        workspace comes back from its latest snapshot before the skills are loaded, and a
+        session that moved to another host of the fleet has its record updated.
         """
         with ThreadPoolExecutor(max_workers=3) as pool:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
             sandbox = self._create_sandbox(session_id, options_f.result())
+            self._note_host(session_id, sandbox)
+            self._restore(session_id, user_id, sandbox)
             listing, bundle = listing_f.result(), bundle_f.result()
             files = self._skill_files(user_id, listing, bundle)
             return self._write_skills(sandbox, user_id, listing, bundle, files)
@@ -198,16 +211,31 @@ class SessionsService:
         """The live sandbox of a session; raise SandboxGone when it is not there."""
         return self.sandboxes.get(session_id)
 
+    def find_record(self, session_id: str) -> SessionRecord | None:
+        """The session's record, or None (never set up, or destroyed)."""
+        validate_id(session_id, "sessionId")
+        found = self._load_record(session_id)
+        return found[0] if found is not None else None
+
+    def host_of(self, session_id: str) -> str | None:
+        """The sandbox host the session's record names (the fleet routes by it)."""
+        record = self.find_record(session_id)
+        return record.sandbox_host if record is not None else None
+
     # -- destroy -------------------------------------------------------------------------
 
     def destroy(self, session_id: str) -> Destroyed:
         """Destroy the sandbox and delete the session's records; 404 if there was neither."""
         validate_id(session_id, "sessionId")
+        self._save_before_destroy(session_id)
         try:
             had_sandbox = self.sandboxes.destroy(session_id)
         except SandboxUnavailable as exc:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
-        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id))]
+        # The workspace snapshot stays (the files API reads it) until the bucket's session
+        # expiry or DELETE /users/{userId} removes it.
+        keep = snapshot_prefix(session_id)
+        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id)) if not o.key.startswith(keep)]
         if not had_sandbox and not keys:
             raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if keys:
@@ -215,6 +243,74 @@ class SessionsService:
         return Destroyed(session_id=session_id)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _save_before_destroy(self, session_id: str) -> None:
+        self.save_workspace(session_id)
+
+    def save_workspace(self, session_id: str) -> bool:
+        """Save the live sandbox's workspace now (before it is destroyed or reaped); False when
+        nothing was saved (no sandbox, no record, or the sandbox or the cap refused). A storage
+        outage raises StorageUnavailable, so a reaper can keep the sandbox until it passes."""
+        if self.snapshots is None:
+            return False
+        record = self.find_record(session_id)
+        try:
+            sandbox = self.sandboxes.get(session_id)
+        except SandboxError:
+            return False  # nothing live to save; the last snapshot stands
+        if record is None:
+            return False
+        try:
+            self.snapshots.save(session_id, record.user_id, sandbox)
+        except (AppError, SandboxError) as exc:
+            # The session ends anyway (asked for, or idle), and the last snapshot stands.
+            log.warning("workspace of session %s not saved before destroy: %s", session_id, exc)
+            return False
+        return True
+
+    def _restore_if_new(self, session_id: str, user_id: str, sandbox: Sandbox) -> None:
+        """A setup that had to make the sandbox again gets the workspace back from its snapshot."""
+        if self.snapshots is None:
+            return
+        try:
+            if has_content(sandbox.workspace_entries()):
+                return  # the sandbox lived on: its files are newer than any snapshot
+        except SandboxError as exc:
+            raise ServiceUnavailable(f"The sandbox could not list its workspace: {exc}", code="sandbox_failed") from exc
+        self._restore(session_id, user_id, sandbox)
+
+    def _restore(self, session_id: str, user_id: str, sandbox: Sandbox) -> None:
+        """Put the latest snapshot into a new sandbox. A failure stops here rather than letting the
+        agent start from an empty workspace, whose first save would replace the good snapshot."""
+        if self.snapshots is None:
+            return
+        try:
+            self.snapshots.restore(session_id, user_id, sandbox)
+        except SandboxError as exc:
+            # A half-restored workspace must not live on: the next save would store it over the
+            # good snapshot. Without a sandbox, the next attempt makes a new one and restores again.
+            try:
+                self.sandboxes.destroy(session_id)
+            except SandboxError as gone:
+                log.warning("sandbox of session %s not destroyed after a failed restore: %s", session_id, gone)
+            raise ServiceUnavailable(
+                f"Restoring the workspace from its snapshot failed: {exc}. Retry; the snapshot is kept, and "
+                f"GET /sessions/{session_id}/files lists what it holds.",
+                code="workspace_restore_failed",
+            ) from exc
+
+    def _note_host(self, session_id: str, sandbox: Sandbox) -> None:
+        """Record a new host after a move, so every process routes the session there."""
+        host = _host(sandbox)
+        found = self._load_record(session_id) if host is not None else None
+        if found is None or found[0].sandbox_host == host:
+            return
+        record = found[0].model_copy(update={"sandbox_host": host})
+        try:
+            self.store.put(layout.session_key(session_id), record.model_dump_json(by_alias=True).encode(),
+                           content_type="application/json", if_match=found[1])
+        except PreconditionFailed:
+            log.warning("session %s record changed while noting its new host %s", session_id, host)
 
     def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
         try:
@@ -360,6 +456,11 @@ class SessionsService:
                 if repair is not None:
                     repair.result()
         return sorted(files)
+
+
+def _host(sandbox: Sandbox) -> str | None:
+    host = getattr(sandbox, "host", None)
+    return host if isinstance(host, str) else None
 
 
 def _sha256(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from chalicelib.services.models import ApiModel
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots  # noqa: I001 - apart, for merging
 from chalicelib.storage import ObjectStore, layout
 from chalicelib.storage.base import iter_all
 
@@ -16,11 +17,15 @@ class UserErased(ApiModel):
 
 
 class UsersService:
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, snapshots: WorkspaceSnapshots | None = None) -> None:
         self.store = store
+        self.snapshots = snapshots
 
     def erase(self, user_id: str) -> UserErased:
-        """Delete every object of the user (batched deletes) and say how many went."""
+        """Delete every object of the user (batched deletes), and their sessions' workspace
+        snapshots, and say how many went."""
         keys = [o.key for o in iter_all(self.store, layout.user_prefix(user_id))]
         deleted = self.store.delete_many(keys) if keys else 0
+        if self.snapshots is not None:
+            deleted += self.snapshots.delete_for_user(user_id)
         return UserErased(user_id=user_id, objects_deleted=deleted)

@@ -88,6 +88,15 @@ class ApiRequest:
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidJSON(f"The body is not valid JSON ({exc}).") from None
 
+    def raw_bytes(self, *, max_bytes: int, what: str = "The body", setting: str | None = None) -> bytes:
+        """The body as bytes (any content type); 413 past `max_bytes` (naming the `setting` that sets it)."""
+        raw = self._request.raw_body or b""
+        body = raw.encode() if isinstance(raw, str) else raw
+        if len(body) > max_bytes:
+            fix = f" ({setting}): send less, or raise {setting}." if setting else "."
+            raise PayloadTooLarge(f"{what} is {len(body)} bytes; the limit is {max_bytes} bytes{fix}", code="upload_too_large")
+        return body
+
     def body(self, model: type[ModelT], *, max_bytes: int = DEFAULT_MAX_BODY) -> ModelT:
         """The JSON body validated into `model`; a 400 lists every field that is wrong."""
         data = self.raw_json(max_bytes=max_bytes)

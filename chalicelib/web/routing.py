@@ -172,6 +172,8 @@ class Api:
             result = handler(RequestContext(request, get_container(settings)), **params)
             if isinstance(result, Reply):
                 return json_response(result.body, result.status, result.headers)
+            if isinstance(result, Response):
+                return result  # a file download (chalicelib.web.downloads), already shaped for Chalice
             return json_response(result)
         except AppError as error:
             return error_response(error)

@@ -34,18 +34,32 @@ TURN_OPS: dict[str, dict[str, int]] = {
     "message → turn with one model reply": {
         "GetObject connection": 1, "GetObject state": 4, "PutObject state": 4, "GetObject conversation": 1,
         "GetObject settings": 1, "PutObject conversation": 2, "PutObject event log": 3, "ListObjectsV2 event log": 1,
+        "HeadObject workspace": 1,
     },
     # + the tool result and the second reply, each saved with its events; the previous turn's log pruned
     "message → turn with a tool call (two model replies)": {
         "GetObject connection": 1, "GetObject state": 4, "PutObject state": 4, "GetObject conversation": 1,
         "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1,
+        "DeleteObjects event log": 1, "HeadObject workspace": 1,
     },
     # each further tool call: its result and the next reply, each saved with its events
     "message → turn with two tool calls (three model replies)": {
         "GetObject connection": 1, "GetObject state": 4, "PutObject state": 4, "GetObject conversation": 1,
         "GetObject settings": 1, "PutObject conversation": 6, "PutObject event log": 7, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1,
+        "DeleteObjects event log": 1, "HeadObject workspace": 1,
+    },
+    # The workspace snapshot after a turn (tests above: nothing changed, so only its HEAD): the
+    # first time files changed, the archive and the owner marker DELETE /users/{u} finds it by;
+    # afterwards the archive alone. Class A per turn for the workspace: at most one after the first.
+    "message → turn whose tool writes a file (first snapshot)": {
+        "GetObject connection": 1, "GetObject state": 4, "PutObject state": 4, "GetObject conversation": 1,
+        "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
+        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1, "PutObject workspace marker": 1,
+    },
+    "message → turn whose tool changes a file": {
+        "GetObject connection": 1, "GetObject state": 4, "PutObject state": 4, "GetObject conversation": 1,
+        "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
+        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1,
     },
     "$disconnect": {"GetObject connection": 1, "DeleteObject connection": 1, "GetObject state": 1, "PutObject state": 1},
 }
@@ -58,6 +72,10 @@ def kind(key: str) -> str:
     parts = key.split("/")
     if parts[0] == "connections":
         return "connection"
+    if parts[0] == "workspace-owners":
+        return "workspace marker"
+    if parts[0] == "sessions" and len(parts) > 2 and parts[-2] == "workspace":
+        return "workspace"
     if parts[0] == "sessions":
         return {"session.json": "session", "state.json": "state"}.get(parts[-1], "event log")
     section = parts[2] if len(parts) > 2 else key
@@ -103,6 +121,10 @@ def test_storage_operations_of_a_chat_are_pinned(tmp_path: Path, monkeypatch: py
             Reply([ToolUse("bash", {"command": "echo hi"})]), Reply([Text("done")])))
         measure("message → turn with two tool calls (three model replies)", lambda: turn(
             Reply([ToolUse("bash", {"command": "echo one"})]), Reply([ToolUse("bash", {"command": "echo two"})]), Reply([Text("done")])))
+        measure("message → turn whose tool writes a file (first snapshot)", lambda: turn(
+            Reply([ToolUse("bash", {"command": "echo one > notes.txt"})]), Reply([Text("done")])))
+        measure("message → turn whose tool changes a file", lambda: turn(
+            Reply([ToolUse("bash", {"command": "echo two > notes.txt"})]), Reply([Text("done")])))
         measure("$disconnect", lambda: client.lambda_.invoke("ws_disconnect", ws_event("$disconnect", "c1")))
 
     print("\nS3 operations of a chat (poller excluded):")

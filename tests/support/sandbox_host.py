@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -51,3 +56,51 @@ def running_sandbox_host(root: Path, **env: str) -> Iterator[tuple[str, str]]:
     with serve(create_app(settings)) as url:
         assert httpx.get(url + "/health").status_code == 200
         yield url, token
+
+
+class HostProcess:
+    """`python -m sandbox_host` as its own process (so a test can SIGKILL it, as a host dies)."""
+
+    def __init__(self, port: int, root: Path, token: str, **env: str) -> None:
+        self.port, self.root, self.token, self.env = port, root, token, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HostProcess:
+        env = {**os.environ, "SANDBOX_TOKEN": self.token, "PORT": str(self.port), "SANDBOX_HOST_BIND": "127.0.0.1",
+               "SANDBOX_ROOT": str(self.root), **self.env}
+        root = Path(__file__).resolve().parents[2]
+        self.proc = subprocess.Popen([sys.executable, "-m", "sandbox_host"], cwd=root, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sandbox host exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("sandbox host did not answer /health within 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as when a machine dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=10, **kwargs)

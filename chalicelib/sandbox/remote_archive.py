@@ -1,0 +1,75 @@
+"""Workspace archives and entries of a sandbox on a sandbox host (raw bytes, not base64 JSON).
+
+Kept apart from `remote` so the archive routes can grow without touching the file protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from chalicelib.sandbox.base import (
+    SandboxError,
+    SandboxFileNotFound,
+    SandboxGone,
+    SandboxPathError,
+    SandboxUnavailable,
+    SnapshotTooLarge,
+    WorkspaceEntry,
+)
+
+_ERRORS: dict[str, type[SandboxError]] = {
+    "sandbox_gone": SandboxGone,
+    "file_not_found": SandboxFileNotFound,
+    "invalid_path": SandboxPathError,
+    "snapshot_too_large": SnapshotTooLarge,
+}
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code < 400:
+        return response
+    try:
+        body = response.json()
+        message, code = str(body.get("error", "")), str(body.get("code", ""))
+    except ValueError:
+        message, code = response.text[:200], ""
+    if response.status_code == 401:
+        raise SandboxUnavailable(f"The sandbox host refused SANDBOX_TOKEN: {message}")
+    raise _ERRORS.get(code, SandboxUnavailable if response.status_code >= 500 else SandboxError)(message)
+
+
+class RemoteArchiveMixin:
+    """Export, import and entries for RemoteSandbox (needs `self.client.http` and `self.base`)."""
+
+    client: Any
+    base: str
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        http: httpx.Client = self.client.http
+        try:
+            return _checked(http.request(method, self.base + path, **kwargs))
+        except httpx.HTTPError as exc:
+            raise SandboxUnavailable(f"The sandbox host {http.base_url} cannot be reached ({type(exc).__name__}).") from exc
+
+    def export_workspace(self, max_bytes: int, unless_md5: str | None = None) -> bytes | None:
+        """The workspace (without .claude/skills) as a .tar.gz, made on the host; None (204) when unchanged."""
+        params = {"maxBytes": str(max_bytes), **({"unlessMd5": unless_md5} if unless_md5 else {})}
+        response = self._send("GET", "/archive", params=params)
+        return None if response.status_code == 204 else response.content
+
+    def import_workspace(self, archive: bytes, max_bytes: int) -> int:
+        """Replace the workspace (skills untouched) by the archive; return the file count."""
+        response = self._send("PUT", "/archive", params={"maxBytes": str(max_bytes)}, content=archive,
+                              headers={"Content-Type": "application/gzip"})
+        return int(response.json()["files"])
+
+    def workspace_entries(self) -> list[WorkspaceEntry]:
+        """Every entry under /workspace but the skills."""
+        return [WorkspaceEntry(**e) for e in self._send("GET", "/entries").json()["entries"]]
+
+    @property
+    def host(self) -> str:
+        """The base URL of the sandbox host this sandbox lives on."""
+        return str(self.client.http.base_url).rstrip("/")

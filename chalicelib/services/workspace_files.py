@@ -1,0 +1,219 @@
+"""Workspace files over REST: list, download, upload and delete files of a session's /workspace.
+
+While the sandbox runs, every call goes through it (confined as the agent's editor is: `..`,
+absolute paths outside /workspace and links the agent planted are refused), and a change is
+snapshotted at once, so the file survives the sandbox. When the sandbox is gone (reaped, its
+host lost, or destroyed), the same calls read and edit the latest snapshot in the bucket.
+The skills (`/workspace/.claude/skills`) are not workspace files: the skills API manages them.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Literal, TypeVar
+
+from chalicelib.config import Settings
+from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from chalicelib.ids import validate_id
+from chalicelib.sandbox import archive
+from chalicelib.sandbox.base import (
+    WORKSPACE,
+    Sandbox,
+    SandboxError,
+    SandboxFileNotFound,
+    SandboxGone,
+    SandboxPathError,
+    SandboxUnavailable,
+    WorkspaceEntry,
+)
+from chalicelib.services.models import ApiModel
+from chalicelib.services.sessions import SessionsService
+from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
+
+Source = Literal["sandbox", "snapshot"]
+T = TypeVar("T")
+
+
+class WorkspaceFile(ApiModel):
+    path: str
+    size: int
+    modified: datetime
+    type: Literal["file", "dir", "symlink"]
+
+
+class FileListing(ApiModel):
+    session_id: str
+    source: Source
+    files: list[WorkspaceFile]
+    count: int
+
+
+class FileWritten(ApiModel):
+    status: Literal["written"] = "written"
+    session_id: str
+    path: str
+    size: int
+    source: Source
+
+
+class FileDeleted(ApiModel):
+    status: Literal["deleted"] = "deleted"
+    session_id: str
+    path: str
+    source: Source
+
+
+class FileContent(ApiModel):
+    """A downloaded file: its bytes and the content type its name suggests."""
+
+    path: str
+    data: bytes
+    content_type: str
+
+
+class WorkspaceFilesService:
+    """The files API, through the live sandbox or the stored snapshot."""
+
+    def __init__(self, settings: Settings, sessions: SessionsService, snapshots: WorkspaceSnapshots) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.snapshots = snapshots
+
+    # -- the four calls --------------------------------------------------------------------
+
+    def list(self, session_id: str) -> FileListing:
+        """Every file, folder and link of the workspace but the skills, sorted by path."""
+        owner, sandbox = self._locate(session_id)
+        if sandbox is not None:
+            entries = self._through(lambda: sandbox.workspace_entries())
+            source: Source = "sandbox"
+        else:
+            data = self.snapshots.load(session_id, owner)
+            entries = self.snapshots.entries(data) if data is not None else []
+            source = "snapshot"
+        files = [_file(e) for e in sorted(entries, key=lambda e: e.path)]
+        return FileListing(session_id=session_id, source=source, files=files, count=len(files))
+
+    def read(self, session_id: str, path: str | None) -> FileContent:
+        """One file's bytes; 404 when absent, 400 for a folder, a link or a path outside /workspace."""
+        rel = self._path(path, writing=False)
+        owner, sandbox = self._locate(session_id)
+        if sandbox is not None:
+            data = self._through(lambda: sandbox.read_file(f"{WORKSPACE}/{rel}"))
+        else:
+            stored = self.snapshots.load(session_id, owner)
+            if stored is None:
+                raise NotFound(f"No file at {WORKSPACE}/{rel}: the session's workspace is empty.", code="file_not_found")
+            data = self._through(lambda: self.snapshots.read(stored, rel))
+        guessed = mimetypes.guess_type(posixpath.basename(rel))[0] or "application/octet-stream"
+        return FileContent(path=f"{WORKSPACE}/{rel}", data=data, content_type=guessed)
+
+    def write(self, session_id: str, path: str | None, body: bytes) -> FileWritten:
+        """Create or replace a file with `body` (parents are created)."""
+        rel = self._path(path, writing=True)
+        limit = self.settings.workspace.upload_bytes
+        if len(body) > limit:
+            raise PayloadTooLarge(
+                f"The file is {len(body)} bytes; uploads are capped at WORKSPACE_UPLOAD_MB="
+                f"{self.settings.workspace.upload_mb} MiB. Split it, or raise WORKSPACE_UPLOAD_MB.",
+                code="upload_too_large",
+            )
+        owner, sandbox = self._locate(session_id)
+        if sandbox is not None:
+            self._through(lambda: self._refuse_links(sandbox, rel))
+            self._through(lambda: sandbox.write_file(f"{WORKSPACE}/{rel}", body))
+            self.snapshots.save(session_id, owner, sandbox)
+            return FileWritten(session_id=session_id, path=f"{WORKSPACE}/{rel}", size=len(body), source="sandbox")
+        self._through(lambda: self.snapshots.edit(session_id, owner, rel, body))
+        return FileWritten(session_id=session_id, path=f"{WORKSPACE}/{rel}", size=len(body), source="snapshot")
+
+    def delete(self, session_id: str, path: str | None) -> FileDeleted:
+        """Delete a file, a link or a folder (with its content); 404 when absent."""
+        rel = self._path(path, writing=True)
+        owner, sandbox = self._locate(session_id)
+        if sandbox is not None:
+            entries = self._through(lambda: sandbox.workspace_entries())
+            if not any(e.path == rel for e in entries):
+                raise NotFound(f"No file at {WORKSPACE}/{rel}.", code="file_not_found")
+            self._through(lambda: sandbox.delete_file(f"{WORKSPACE}/{rel}"))
+            self.snapshots.save(session_id, owner, sandbox)
+            return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="sandbox")
+        changed = self._through(lambda: self.snapshots.edit(session_id, owner, rel, None))
+        if not changed:
+            raise NotFound(f"No file at {WORKSPACE}/{rel}.", code="file_not_found")
+        return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="snapshot")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _locate(self, session_id: str) -> tuple[str, Sandbox | None]:
+        """The session's owner and live sandbox (None when gone); 404 for a session without either
+        a record or a snapshot (never set up, expired, or its user erased)."""
+        validate_id(session_id, "sessionId")
+        record = self.sessions.find_record(session_id)
+        if record is None:
+            owner = self.snapshots.last_owner(session_id)
+            if owner is None:
+                raise NotFound(
+                    f"Session {session_id!r} has no workspace: it was never set up, or it expired. "
+                    f"Call POST /setup/{session_id}?userId=... first.",
+                    code="session_not_found",
+                )
+            return owner, None
+        try:
+            return record.user_id, self.sessions.sandbox_for(session_id)
+        except SandboxGone:
+            return record.user_id, None
+        except SandboxUnavailable as exc:
+            raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}. Retry shortly.",
+                                     code="sandbox_unavailable") from exc
+
+
+    @staticmethod
+    def _path(path: str | None, *, writing: bool) -> str:
+        if not path:
+            raise BadRequest("Query parameter path is required: the file's path under /workspace "
+                             "(e.g. path=notes/todo.md or path=/workspace/notes/todo.md).", code="path_required")
+        try:
+            rel = archive.clean_relative(path)
+        except SandboxPathError as exc:
+            raise BadRequest(str(exc), code="invalid_path") from None
+        if archive.excluded(rel):
+            raise BadRequest(f"{WORKSPACE}/{rel} belongs to the skills: manage them with /users/{{userId}}/skills.",
+                             code="invalid_path")
+        return rel
+
+    @staticmethod
+    def _refuse_links(sandbox: Sandbox, rel: str) -> None:
+        """Writing through a link the agent planted is refused, whatever the link points at."""
+        links = {e.path for e in sandbox.workspace_entries() if e.kind == "symlink"}
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            if "/".join(parts[:i]) in links:
+                raise SandboxPathError(f"{WORKSPACE}/{'/'.join(parts[:i])} is a symbolic link; it is not written through.")
+
+    @staticmethod
+    def _through(call: Callable[[], T]) -> T:
+        """Run a sandbox or archive call, mapping its errors to the API's."""
+        try:
+            return call()
+        except SandboxFileNotFound as exc:
+            raise NotFound(str(exc), code="file_not_found") from None
+        except SandboxPathError as exc:
+            raise BadRequest(str(exc), code="invalid_path") from None
+        except SandboxUnavailable as exc:
+            raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}. Retry shortly.",
+                                     code="sandbox_unavailable") from exc
+        except SandboxError as exc:
+            raise ServiceUnavailable(f"The sandbox failed: {exc}.", code="sandbox_failed") from exc
+        except OSError as exc:
+            # A link planted at the last component makes O_NOFOLLOW fail: say so.
+            raise BadRequest(f"The path cannot be used ({exc.strerror}); links are not followed.",
+                             code="invalid_path") from None
+
+
+def _file(entry: WorkspaceEntry) -> WorkspaceFile:
+    return WorkspaceFile(path=f"{WORKSPACE}/{entry.path}", size=entry.size, type=entry.kind,
+                         modified=datetime.fromtimestamp(entry.modified, timezone.utc))

@@ -1,0 +1,126 @@
+"""Benchmark: workspace snapshot and restore for 1,000 files / 50 MB.
+
+The workspace is made of 1,000 files of 50 KiB (half random bytes, which do not compress, half
+source-like text, which does), in a real bubblewrap sandbox. Storage is moto server behind a
+proxy adding `--delay` per request, in a child process (as R2 is another machine). Prints the
+median of `--runs` runs for each step:
+
+- export: the sandbox makes the .tar.gz (fd-safe walk, gzip level 6)
+- save: export + HeadObject + PutObject (what a turn pays when files changed)
+- unchanged save: HeadObject + a walk of the workspace (what a turn pays when nothing changed)
+- restore: GetObject + import into a fresh sandbox (what a recreated sandbox pays)
+
+    .venv/bin/python -m scripts.bench_snapshot [--runs 3] [--files 1000] [--mb 50] [--delay 0.02]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fill(sandbox_workspace: Path, files: int, total_mb: int) -> int:
+    """Write `files` files adding up to `total_mb` MiB; return the bytes written."""
+    size = total_mb * 2**20 // files
+    rng = random.Random(7)
+    written = 0
+    for i in range(files):
+        folder = sandbox_workspace / f"pkg{i // 100:02d}"
+        folder.mkdir(exist_ok=True)
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            line = f"def function_{i}(value):\n    return value * {i}  # a line of code\n".encode()
+            data = (line * (size // len(line) + 1))[:size]
+        (folder / f"file{i:04d}.{'bin' if i % 2 else 'py'}").write_bytes(data)
+        written += size
+    return written
+
+
+def median_ms(runs: int, step: Callable[[], object], before: Callable[[], object] | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--delay", type=float, default=0.02, help="seconds added to every storage request")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from chalicelib.config import Settings
+    from chalicelib.sandbox.base import SandboxOptions
+    from chalicelib.sandbox.bwrap import LocalSandboxProvider
+    from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_key
+    from chalicelib.storage.factory import build_store
+    from scripts.benchlib.storage_process import remote_storage
+    from tests.support.s3 import create_bucket, storage_settings
+
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as tmp, remote_storage(args.delay) as storage:
+        create_bucket(storage_settings(storage.upstream, bucket))
+        settings = Settings.from_env({
+            "S3_ENDPOINT_URL": storage.url, "R2_BUCKET": bucket, "R2_ACCESS_KEY_ID": "testing",
+            "R2_SECRET_ACCESS_KEY": "testing", "S3_REGION": "auto", "SANDBOX_ROOT": str(Path(tmp) / "sandboxes"),
+        })
+        store = build_store(settings)
+        snapshots = WorkspaceSnapshots(settings, store)
+        provider = LocalSandboxProvider(settings)
+        source = provider.create("bench-src", SandboxOptions())
+        raw = fill(source.workspace, args.files, args.mb)
+        cap = settings.workspace.snapshot_bytes
+
+        export_ms = median_ms(args.runs, lambda: source.export_workspace(cap))
+        archive_size = len(source.export_workspace(cap))
+
+        def forget() -> None:
+            store.delete(snapshot_key("bench-src", "bench-user"))
+
+        save_ms = median_ms(args.runs, lambda: snapshots.save("bench-src", "bench-user", source), before=forget)
+        unchanged_ms = median_ms(args.runs, lambda: snapshots.save("bench-src", "bench-user", source))
+        outcome = snapshots.save("bench-src", "bench-user", source).outcome
+
+        targets = iter(range(args.runs))
+        current: list[object] = []
+
+        def fresh() -> None:
+            current[:] = [provider.create(f"bench-dst-{next(targets)}", SandboxOptions())]
+
+        restored: list[int | None] = []
+        restore_ms = median_ms(args.runs, lambda: restored.append(snapshots.restore("bench-src", "bench-user", current[0])), before=fresh)  # type: ignore[arg-type]
+        assert restored and all(n == args.files for n in restored), restored
+
+        print(f"workspace: {args.files} files, {raw / 2**20:.1f} MiB; archive {archive_size / 2**20:.1f} MiB "
+              f"(gzip level 6; half the files are random bytes); storage {args.delay * 1000:.0f} ms away; "
+              f"median of {args.runs} runs")
+        print(f"  export (sandbox makes the .tar.gz)        {export_ms:8.0f} ms")
+        print(f"  save after a change (export+HEAD+PUT)     {save_ms:8.0f} ms")
+        print(f"  save, nothing changed (HEAD+walk)        {unchanged_ms:8.0f} ms   -> {outcome}")
+        print(f"  restore into a new sandbox (GET+import)   {restore_ms:8.0f} ms   ({restored[-1]} files)")
+        for sid in provider.sessions():
+            provider.destroy(sid)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("AWS_REGION", "us-east-1")
+    sys.exit(main())

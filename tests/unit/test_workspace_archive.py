@@ -1,0 +1,155 @@
+"""Workspace archives: deterministic, skills left out, links archived but never followed, and
+hostile archives unable to write outside the folder they are applied to."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from chalicelib.sandbox import archive
+from chalicelib.sandbox.base import SandboxFileNotFound, SandboxPathError, SnapshotTooLarge
+
+CAP = 10 * 2**20
+
+
+def workspace(root: Path) -> Path:
+    ws = root / "ws"
+    (ws / ".claude/skills/pdf").mkdir(parents=True)
+    (ws / ".claude/skills/pdf/SKILL.md").write_text("skill")
+    (ws / ".claude/notes.md").write_text("agent notes")
+    (ws / "src").mkdir()
+    (ws / "src/main.py").write_text("print('hi')\n")
+    (ws / "run.sh").write_text("#!/bin/sh\n")
+    (ws / "run.sh").chmod(0o755)
+    os.symlink("/etc/passwd", ws / "passwd-link")
+    os.mkfifo(ws / "pipe")  # not content: skipped, and never blocks the packer
+    return ws
+
+
+def hostile(*members: tuple[str, str, bytes | str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, str(payload)
+                tar.addfile(info)
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, str(payload)
+                tar.addfile(info)
+            else:
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_round_trip_is_exact_and_deterministic(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    data = archive.pack(ws, CAP)
+    assert archive.pack(ws, CAP) == data  # same files, same bytes: an unchanged workspace writes nothing
+    names = {e.path: e.kind for e in archive.archive_manifest(data, CAP)}
+    assert names == {".claude": "dir", ".claude/notes.md": "file", "passwd-link": "symlink", "run.sh": "file",
+                     "src": "dir", "src/main.py": "file"}
+    target = tmp_path / "target"
+    (target / ".claude/skills").mkdir(parents=True)
+    (target / ".claude/skills/kept.md").write_text("loaded by setup")
+    (target / "stale.txt").write_text("from before")
+    assert archive.unpack(target, data, CAP) == 3
+    assert not (target / "stale.txt").exists()
+    assert (target / ".claude/skills/kept.md").read_text() == "loaded by setup"
+    assert (target / "src/main.py").read_text() == "print('hi')\n"
+    assert os.readlink(target / "passwd-link") == "/etc/passwd"
+    assert (target / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert archive.pack(target, CAP) == data  # restored then saved: no new write
+
+
+def test_links_are_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host secret")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.symlink(outside, ws / "dir-link")
+    os.symlink(outside / "secret", ws / "file-link")
+    data = archive.pack(ws, CAP)
+    assert b"host secret" not in data and b"host secret" not in __import__("gzip").decompress(data)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert {m.name: m.type for m in tar} == {"dir-link": tarfile.SYMTYPE, "file-link": tarfile.SYMTYPE}
+    with pytest.raises(SandboxPathError, match="symbolic link"):
+        archive.archive_read(data, "file-link", CAP)
+    with pytest.raises(SandboxPathError, match="symbolic link"):
+        archive.archive_edit(data, "dir-link/planted", b"x", CAP, 0)
+    with pytest.raises(SandboxFileNotFound):
+        archive.archive_read(data, "dir-link/secret", CAP)
+
+
+@pytest.mark.parametrize("members", [
+    [("../escape", "file", "x")],
+    [("/abs/escape", "file", "x")],
+    [("link", "sym", "OUTSIDE"), ("link/escape", "file", "x")],
+    [("a/../../escape", "file", "x")],
+])
+def test_hostile_archives_cannot_write_outside(tmp_path: Path, members: list[tuple[str, str, str]]) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    data = hostile(*[(n, k, str(outside) if p == "OUTSIDE" else p) for n, k, p in members])
+    with pytest.raises(SandboxPathError):
+        archive.unpack(target, data, CAP)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escape").exists()
+
+
+def test_hard_links_and_devices_are_not_created(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    archive.unpack(target, hostile(("hard", "hard", "/etc/passwd"), ("ok.txt", "file", "fine")), CAP)
+    assert sorted(p.name for p in target.iterdir()) == ["ok.txt"]
+
+
+def test_the_cap_is_enforced_with_a_clear_message(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "random.bin").write_bytes(os.urandom(2 * 2**20))
+    with pytest.raises(SnapshotTooLarge, match="WORKSPACE_SNAPSHOT_MB=1 MiB"):
+        archive.pack(ws, 2**20)
+    # Highly compressible content is bounded by its raw size too.
+    (ws / "random.bin").unlink()
+    with open(ws / "zeros.bin", "wb") as handle:
+        handle.truncate(5 * 2**20)
+    with pytest.raises(SnapshotTooLarge, match="add up to more than"):
+        archive.pack(ws, 2**20)
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "../x", "/workspace", "/workspace/../etc", "a\x00b"])
+def test_paths_outside_the_workspace_are_refused(path: str) -> None:
+    with pytest.raises(SandboxPathError):
+        archive.clean_relative(path)
+
+
+def test_a_bad_archive_leaves_the_workspace_as_it_was(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "mine.txt").write_text("still here")
+    bad = hostile(("ok.txt", "file", "fine"), ("twice", "file", "1"), ("twice", "file", "2"))
+    with pytest.raises(SandboxPathError, match="twice"):
+        archive.unpack(target, bad, CAP)
+    assert (target / "mine.txt").read_text() == "still here" and not (target / "ok.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
+def test_restored_entries_belong_to_the_workspace_owner(tmp_path: Path) -> None:
+    source = workspace(tmp_path)
+    data = archive.pack(source, CAP)
+    target = tmp_path / "target"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    archive.unpack(target, data, CAP)
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in target.rglob("*")}
+    assert owners == {(65534, 65534)}
