@@ -83,7 +83,7 @@ def test_a_session_outlives_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
             # 2. The host restarts and lost its disk.
             second.kill()
-            shutil.rmtree(second.root)
+            second.lose_disk()
             second.start()
             restarted = turn(client, management, fake, dispatcher, READ_BACK)
             assert "sandbox_recreated" in statuses(restarted)
@@ -111,6 +111,8 @@ def test_a_session_outlives_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         first.stop()
         second.stop()
+        first.release_mounts()
+        second.release_mounts()
 
 
 def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:

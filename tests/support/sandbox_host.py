@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,6 +93,22 @@ class HostProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=20)
         self.proc = None
+
+    def release_mounts(self) -> None:
+        """Detach the workspace tmpfs mounts a SIGKILLed host left under its root (a dead
+        machine's memory): its disk can then be deleted, and the test leaves no mount behind."""
+        from chalicelib.sandbox import linux
+
+        root = str(self.root.resolve())
+        with open("/proc/self/mounts") as table:
+            targets = [line.split()[1] for line in table if line.split()[1].startswith(root + "/")]
+        for target in sorted(targets, key=len, reverse=True):
+            linux.umount_lazy(target)
+
+    def lose_disk(self) -> None:
+        """The host's disk is gone (a new machine): every session folder deleted."""
+        self.release_mounts()
+        shutil.rmtree(self.root)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,0 +1,136 @@
+"""Durable workspaces on the isolated sandbox (the merge of issue 15 with issue 10 and 11):
+restored files belong to the session's uid and stay usable inside the sandbox, a snapshot larger
+than the session's tmpfs (SANDBOX_DISK_MB) is refused before anything is removed, the save after
+a turn rides out a storage outage like the turn's other writes, and the local idle reaper saves
+a workspace before destroying it (and keeps it while storage is down).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxError, SandboxOptions
+from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from devserver.reaper import IdleReaper
+from tests.fakes.fake_anthropic import Reply, Text, ToolUse
+from tests.support.api import make_api
+from tests.support.fault_proxy import FaultProxy, FaultRule
+from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
+
+CAP = 64 * 2**20
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalSandboxProvider]:
+    p = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "sb"), "DATA_DIR": str(tmp_path),
+                                                "SANDBOX_DISK_MB": "4"}))
+    yield p
+    for sid in p.sessions():
+        p.destroy(sid)
+
+
+def test_restored_files_belong_to_the_session_uid_and_stay_usable(provider: LocalSandboxProvider) -> None:
+    first = provider.create("own-1", SandboxOptions())
+    made = first.exec("mkdir -p src/deep && echo one > src/deep/a.txt && chmod 640 src/deep/a.txt && ln -s src/deep/a.txt link")
+    assert made.exit_code == 0, made.stdout
+    data = first.export_workspace(CAP)
+    assert data is not None
+    provider.destroy("own-1")
+
+    again = provider.create("own-1", SandboxOptions())
+    assert again.import_workspace(data, CAP) == 1
+    if again.uid is not None:
+        owners = set()
+        for folder, dirs, files in os.walk(again.workspace):
+            for name in dirs + files:
+                info = os.lstat(os.path.join(folder, name))
+                owners.add((info.st_uid, info.st_gid))
+        assert owners == {(again.uid, again.uid)}
+    # The sandbox's own user can change, add and delete what was restored.
+    used = again.exec("echo two >> src/deep/a.txt && touch src/deep/new && rm link && cat src/deep/a.txt && stat -c %a src/deep/a.txt")
+    assert used.exit_code == 0, used.stdout
+    assert used.stdout.split() == ["one", "two", "640"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs per session needs root")
+def test_a_snapshot_larger_than_the_disk_is_refused_before_anything_is_removed(provider: LocalSandboxProvider) -> None:
+    sandbox = provider.create("full-1", SandboxOptions())
+    assert sandbox.disk_limited
+    sandbox.write_file("/workspace/keep.txt", "still here")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        blob = os.urandom(6 * 2**20)  # random: the archive is as large as the file, past a 4 MB disk
+        info = tarfile.TarInfo("big.bin")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(SandboxError, match="SANDBOX_DISK_MB"):
+        sandbox.import_workspace(out.getvalue(), CAP)
+    assert sandbox.read_file("/workspace/keep.txt") == b"still here"
+    assert sandbox.exec("ls").stdout.split() == ["keep.txt"]
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterator[tuple[Any, ...]]:
+    with FaultProxy(moto_endpoint) as proxy:
+        api = make_api("s3", tmp_path, monkeypatch, proxy.url)
+        with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+            yield client, management, fake, dispatcher, proxy, api
+
+
+def archived(api: Any, key: str) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(api.raw(key)))) as tar:
+        return {m.name: (tar.extractfile(m) or io.BytesIO()).read() for m in tar if m.isreg()}
+
+
+def test_the_snapshot_after_a_turn_rides_out_a_storage_outage(faulty) -> None:  # type: ignore[no-untyped-def]
+    client, management, fake, dispatcher, proxy, api = faulty
+    token = setup_session(client, "snapout")
+    client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "snapout", "token": token}))
+    fake.script(Reply([ToolUse("bash", {"command": "echo kept > /workspace/made.txt"})]), Reply([Text("done")]))
+    # More failures in a row than botocore's own 4 attempts ride out: the runner's backoff must.
+    proxy.add(FaultRule("PUT", r"/workspace/alice\.tar\.gz", action="status", status=503, times=5))
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "go"})))
+    frames = management.wait_for("c1", "result", timeout=90)
+    dispatcher.join(60)
+    assert proxy.fired("status") == 5
+    assert frames[-1]["stopReason"] == "end_turn"
+    assert not [f for f in management.sent.get("c1", []) if f["event"] == "error"]
+    assert archived(api, "sessions/snapout/workspace/alice.tar.gz")["made.txt"] == b"kept\n"
+
+
+def test_the_local_reaper_saves_an_idle_workspace_and_keeps_it_while_storage_is_down(faulty) -> None:  # type: ignore[no-untyped-def]
+    from chalicelib.container import get_container
+    from tests.support.api import ROOT
+
+    client, management, fake, dispatcher, proxy, api = faulty
+    setup_session(client, "idle")
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+    container = get_container(Settings.from_env({**os.environ, **stage_env}))
+    # A background process the agent left running wrote after the last turn's save.
+    container.sandboxes.get("idle").write_file("/workspace/late.txt", "written after the turn")
+    reaper = IdleReaper(lambda: container.sandboxes, idle_seconds=0.2, before_destroy=container.sessions.save_workspace)
+    time.sleep(0.4)
+
+    proxy.add(FaultRule("PUT", r"/workspace/alice\.tar\.gz", action="status", status=503, times=None))
+    assert reaper.reap_once() == []  # storage is down: the files would be lost, so the sandbox stays
+    assert "idle" in container.sandboxes.sessions()
+
+    proxy.clear()
+    time.sleep(0.4)
+    assert reaper.reap_once() == ["idle"]
+    assert "idle" not in container.sandboxes.sessions()
+    assert archived(api, "sessions/idle/workspace/alice.tar.gz")["late.txt"] == b"written after the turn"
