@@ -9,7 +9,9 @@ a broken sandbox by itself.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -22,6 +24,17 @@ from tests.support.gateway import receive_until
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
 SKILL = "# Notes\n\nThe password hint is 'blue'."
+
+
+def _delete(root: Any) -> None:
+    """Delete a sandbox's folder as a cleanup job would: its workspace is a tmpfs mount (the disk
+    limit), so detach that first, then remove everything."""
+    workspace = root / "workspace"
+    if os.path.ismount(workspace):
+        subprocess.run(["umount", "-l", str(workspace)], check=True, timeout=30)
+    shutil.rmtree(root)
+
+
 READ_SKILL = {"command": "cat /workspace/.claude/skills/notes.md && touch /workspace/made-here && ls /workspace"}
 
 
@@ -32,7 +45,7 @@ def test_a_deleted_workspace_is_recreated_between_and_during_turns(world) -> Non
     assert root.is_dir()
 
     def delete_then_call(_: dict[str, Any]) -> Reply:
-        shutil.rmtree(root)  # while the turn runs, between two tool calls
+        _delete(root)  # while the turn runs, between two tool calls
         return Reply([ToolUse("bash", READ_SKILL)])
 
     world.fake.script(Reply([ToolUse("bash", {"command": "echo first > /workspace/first"})]), Reply([Text("ok")]),
@@ -41,7 +54,7 @@ def test_a_deleted_workspace_is_recreated_between_and_during_turns(world) -> Non
     with connect(world.ws_url(setup)) as ws:
         ws.send(json.dumps({"action": "message", "prompt": "one"}))
         first = receive_until(ws, "result")
-        shutil.rmtree(root)  # between turns
+        _delete(root)  # between turns
         ws.send(json.dumps({"action": "message", "prompt": "two"}))
         second = receive_until(ws, "tool_use")
         asked = time.monotonic()
@@ -67,7 +80,7 @@ def test_a_new_setup_repairs_a_deleted_workspace(world) -> None:  # type: ignore
     assert world.http.post("/users/alice/skills", json={"name": "notes.md", "content": SKILL}).status_code == 200
     world.setup("sess-resetup", "alice")
     root = world.data_dir.parent / "sandboxes" / "sess-resetup"
-    shutil.rmtree(root)
+    _delete(root)
     setup = world.setup("sess-resetup", "alice")
     assert setup["skillsLoaded"] == ["/workspace/.claude/skills/notes.md"]
     assert (root / "workspace/.claude/skills/notes.md").read_text() == SKILL
