@@ -2,8 +2,8 @@
 
 The sandbox's folder is removed by hand (as a cleanup job or a person would), between turns
 and in the middle of a turn. The next tool call finds it gone, a new sandbox is made with the
-skills loaded again (`status: sandbox_recreated`), and the call runs; a new `/setup` repairs
-a broken sandbox by itself.
+skills loaded again and the files restored from the last workspace snapshot (issue 15;
+`status: sandbox_recreated`), and the call runs; a new `/setup` repairs a broken sandbox by itself.
 """
 
 from __future__ import annotations
@@ -35,6 +35,16 @@ def _delete(root: Any) -> None:
     shutil.rmtree(root)
 
 
+def _settled(world: Any, session: str) -> None:
+    """Wait until the runner has finished the turn: its workspace snapshot is saved after the
+    `result` frame, before the turn is marked finished in the session state."""
+    state = world.data_dir / "sessions" / session / "state.json"
+    deadline = time.monotonic() + 30
+    while not state.exists() or json.loads(state.read_text()).get("turn") is not None:
+        assert time.monotonic() < deadline, "the turn was not marked finished"
+        time.sleep(0.05)
+
+
 READ_SKILL = {"command": "cat /workspace/.claude/skills/notes.md && touch /workspace/made-here && ls /workspace"}
 
 
@@ -54,6 +64,7 @@ def test_a_deleted_workspace_is_recreated_between_and_during_turns(world) -> Non
     with connect(world.ws_url(setup)) as ws:
         ws.send(json.dumps({"action": "message", "prompt": "one"}))
         first = receive_until(ws, "result")
+        _settled(world, "sess-gone")
         _delete(root)  # between turns
         ws.send(json.dumps({"action": "message", "prompt": "two"}))
         second = receive_until(ws, "tool_use")
@@ -71,7 +82,7 @@ def test_a_deleted_workspace_is_recreated_between_and_during_turns(world) -> Non
         assert recreated[0]["skillsLoaded"] == ["/workspace/.claude/skills/notes.md"]
         result = [f for f in frames if f["event"] == "tool_result"][-1]
         assert not result["is_error"] and "The password hint is 'blue'." in result["content"]
-        assert "first" not in result["content"].split()  # a new, empty workspace
+        assert "first\nmade-here\n" in result["content"]  # a new workspace, its files restored from the snapshot
         assert frames[-1]["stopReason"] == "end_turn"
     assert root.is_dir()
 
