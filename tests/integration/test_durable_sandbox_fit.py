@@ -134,3 +134,29 @@ def test_the_local_reaper_saves_an_idle_workspace_and_keeps_it_while_storage_is_
     assert reaper.reap_once() == ["idle"]
     assert "idle" not in container.sandboxes.sessions()
     assert archived(api, "sessions/idle/workspace/alice.tar.gz")["late.txt"] == b"written after the turn"
+
+
+def test_a_repaired_turn_saves_the_files_its_dead_runner_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner killed mid-turn never saved the workspace; the runner that repairs the turn saves it
+    once the queue is empty (and a runner whose turn was taken over never saves over it)."""
+    from chalicelib.container import get_container
+    from tests.integration.test_turn_takeover import stage_dead_runner
+    from tests.support.api import ROOT
+
+    with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+        token = setup_session(client, "dead3")
+        stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+        container = get_container(Settings.from_env({**os.environ, **stage_env}))
+        container.sandboxes.get("dead3").write_file("/workspace/job/output.txt", "made by the dead turn")
+        stage_dead_runner(tmp_path / "data", "dead3", lease_left=-1)
+        client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "dead3", "token": token}))
+        client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "resume", "afterSeq": 4})))
+        deadline = time.monotonic() + 30
+        while not any(f["event"] == "result" for f in management.sent.get("c1", [])):
+            assert time.monotonic() < deadline, management.sent.get("c1")
+            time.sleep(0.05)
+        dispatcher.join(30)
+    snapshot = tmp_path / "data/sessions/dead3/workspace/alice.tar.gz"
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(snapshot.read_bytes()))) as tar:
+        member = tar.extractfile("job/output.txt")
+        assert member is not None and member.read() == b"made by the dead turn"
