@@ -138,7 +138,7 @@ def test_the_local_reaper_saves_an_idle_workspace_and_keeps_it_while_storage_is_
 
 def test_a_repaired_turn_saves_the_files_its_dead_runner_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A runner killed mid-turn never saved the workspace; the runner that repairs the turn saves it
-    once the queue is empty (and a runner whose turn was taken over never saves over it)."""
+    once the queue is empty."""
     from chalicelib.container import get_container
     from tests.integration.test_turn_takeover import stage_dead_runner
     from tests.support.api import ROOT
