@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     # API Gateway negotiates no permessage-deflate, so neither does its stand-in: clients see
     # the same frames, and the relay spends no CPU compressing every streamed delta.
     # Frames capped at API Gateway's 128 KB message limit.
+    # uvicorn stops gracefully on SIGTERM and then raises it again with the handler it found. The
+    # default handler would end the process on the spot, skipping exit handlers: sandboxes'
+    # tmpfs workspaces and uid records would outlive it. Make SIGTERM an ordinary exit, as Ctrl-C is.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
                 ws_max_size=128 * 1024, log_level="info", access_log=True)
     return 0
@@ -104,6 +109,10 @@ def _start_reaper() -> None:
         get_container(Settings.from_env()).sessions.save_workspace(session_id)
 
     IdleReaper(provider, Settings.from_env().sandbox.idle_timeout_seconds, before_destroy=save).start()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 def _skip_management_calls(record: logging.LogRecord) -> bool:

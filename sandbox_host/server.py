@@ -13,6 +13,8 @@ import contextlib
 import hmac
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -300,4 +302,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # How often the idle reaper looks; SANDBOX_IDLE_TIMEOUT says how idle is too idle.
     app = create_app(reaper_interval=float(os.environ.get("SANDBOX_REAP_INTERVAL", "30")))
+    # `docker stop` sends SIGTERM; uvicorn stops gracefully, then raises it again with the handler
+    # it found. The default one would end the process on the spot, skipping exit handlers, and
+    # every session's tmpfs workspace and uid record would outlive it: make it an ordinary exit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     uvicorn.run(app, host=os.environ.get("SANDBOX_HOST_BIND", "0.0.0.0"), port=int(os.environ.get("PORT", "8080")))

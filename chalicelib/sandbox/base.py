@@ -106,6 +106,10 @@ class MountSpec(BaseModel):
     secret_access_key: SecretStr | None = None
     # Set with temporary credentials (R2's temp-access-credentials): sent with every request.
     session_token: SecretStr | None = None
+    # What storage lists under the prefix (paths relative to it). The mount is verified by
+    # reading one of them through the sandbox, not by walking it all: s3fs HEADs every file a
+    # walk meets, which made setup grow with the number of skills. Empty: walk the mount.
+    expect: tuple[str, ...] = ()
 
 
 class SandboxOptions(BaseModel):

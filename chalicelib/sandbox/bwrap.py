@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import shlex
 import shutil
 import stat
 import subprocess
@@ -352,7 +353,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
         else:
             self._set_claude_source(self._mount_s3(spec), owner=None)
         self._restart_bash()
-        seen = self._verify_mount()
+        seen = self._verify_mount(spec.expect)
         return seen
 
     def _set_claude_source(self, source: Path | None, owner: tuple[int, int] | None) -> None:
@@ -363,8 +364,20 @@ class LocalSandbox(WorkspaceArchiveMixin):
         if source is not None:
             self._claude_tree = paths.DirTree.open(str(source), owner)
 
-    def _verify_mount(self) -> list[str]:
-        # Read the listing back *through the sandbox*, as the agent will see it.
+    def _verify_mount(self, expect: tuple[str, ...] = ()) -> list[str]:
+        """The mount's files as the agent will see them, read back *through the sandbox*.
+
+        With `expect` (what storage lists), one listed file must be readable there; the rest is
+        taken from the listing, so setup costs the same at any skill count. Without it, the
+        mount is walked and must show something.
+        """
+        if expect:
+            probe = f"{MOUNT_DIR}/{expect[0]}"
+            result = self.exec(f"test -f {shlex.quote(probe)} && test -r {shlex.quote(probe)} && echo visible", timeout=30)
+            if result.exit_code != 0 or "visible" not in result.stdout:
+                self._unmount()
+                raise MountError(f"The mount at {MOUNT_DIR} does not show {probe}, which storage lists; it is not used.")
+            return sorted(f"{MOUNT_DIR}/{rel}" for rel in expect)
         result = self.exec(f"find {MOUNT_DIR} -mindepth 1 -maxdepth 4 -type f 2>&1 | head -n 2000", timeout=30)
         seen = [line for line in result.stdout.splitlines() if line.startswith(MOUNT_DIR + "/")]
         if result.exit_code != 0 or not seen:

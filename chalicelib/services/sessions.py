@@ -134,7 +134,7 @@ class SessionsService:
         sandbox = self._create_sandbox(session_id, options)
         if existing is not None:
             self._restore_if_new(session_id, user_id, sandbox)
-        method, fallback_reason, mounted = self._try_mount(sandbox, user_id)
+        method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
         skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
 
         token = secrets.token_urlsafe(32)
@@ -154,6 +154,10 @@ class SessionsService:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
             if mounted is None:
                 loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
+            elif skill_files[2]:
+                # The mount serves the files, but the bundle is behind (files written straight to the
+                # bucket): bring it up to date, so the next setup in any container reads one object.
+                pool.submit(self.bundle.repair, user_id, listing, skill_files[1], bundle)
             save_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
@@ -354,8 +358,12 @@ class SessionsService:
         except SandboxError as exc:
             raise ServiceUnavailable(f"The sandbox could not be created: {exc}", code="sandbox_failed") from exc
 
-    def _try_mount(self, sandbox: Sandbox, user_id: str) -> tuple[SetupMethod, str | None, list[str] | None]:
-        """Production mounts the user's skills; development (and any failure) loads files."""
+    def _try_mount(self, sandbox: Sandbox, user_id: str,
+                   listing: list[ObjectInfo]) -> tuple[SetupMethod, str | None, list[str] | None]:
+        """Production mounts the user's skills; development (and any failure) loads files.
+
+        `listing` (the skills prefix, read anyway for the skill index) tells the mount what it
+        must show, so verifying it costs one file's lookup, not one per file."""
         if not self.settings.is_production:
             return "r2_load_dev", None, None
         spec = self._mount_spec(user_id)
@@ -375,6 +383,9 @@ class SessionsService:
                     "or set up a new sessionId.", code="mount_credentials_unavailable") from exc
             log.warning("no temporary credentials for user %s, loading files instead: %s", user_id, exc)
             return "r2_load_fallback", f"Temporary credentials for the mount were not issued: {exc}", None
+        prefix = layout.skills_prefix(user_id)
+        listed = tuple(i.key[len(prefix):] for i in listing if not i.key.endswith(("/", "/" + layout.SKILL_MANIFEST)))
+        spec = spec.model_copy(update={"expect": listed})
         try:
             seen = sandbox.mount_bucket(spec)
         except MountError as exc:
@@ -434,7 +445,10 @@ class SessionsService:
         # Folders are served as their manifest commits them (a concurrent upload is never half seen).
         bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
         files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
-        return files, bodies, match.stale
+        # A mounted session fetched only the main files: the bundle can be rewritten from these
+        # bodies only if nothing else was missing (else it would lose the other files' entries).
+        complete = len(missing) == len(match.missing)
+        return files, bodies, match.stale and complete
 
     def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,
                       skill_files: tuple[dict[str, bytes], dict[str, bytes], bool]) -> list[str]:

@@ -4,6 +4,7 @@ machine with no AWS configuration (the subprocess gets PATH, a fresh HOME and wh
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -57,3 +58,17 @@ def test_scripts_dev_reaps_idle_sandboxes(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "idle sandboxes were not reaped"
             time.sleep(0.2)
     assert dev.output.count("destroyed after") == 3 and "SANDBOX_IDLE_TIMEOUT=1" in dev.output
+
+
+def test_stopping_scripts_dev_gives_its_sandboxes_back(tmp_path: Path) -> None:
+    """SIGTERM (what `kill`, systemd and the tests send) ends ./scripts/dev like Ctrl-C: the
+    sandboxes' tmpfs workspaces are unmounted and their folders removed."""
+    with running_scripts_dev(tmp_path) as dev:
+        for session in ("stop-1", "stop-2"):
+            assert httpx.post(f"{dev.url}/setup/{session}?userId=alice", timeout=30).status_code == 200
+        mounted = [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path / "sb") in line]
+        assert len(mounted) == 2, mounted  # one workspace each, while it runs
+    assert dev.proc.returncode == 128 + signal.SIGTERM, dev.output
+    left = [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path / "sb") in line]
+    assert left == [], left
+    assert not (tmp_path / "sb" / "stop-1").exists() and not (tmp_path / "sb" / "stop-2").exists()

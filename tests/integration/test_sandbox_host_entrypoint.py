@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,9 @@ def test_python_m_sandbox_host_serves(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    # Stopped by SIGTERM (`docker stop`), it gives its sessions back: no workspace stays mounted.
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path) in line] == []
 
 
 def test_refuses_to_start_without_token(tmp_path: Path) -> None:

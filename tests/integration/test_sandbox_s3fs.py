@@ -8,11 +8,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import MountError, MountSpec, SandboxOptions
 from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from chalicelib.storage.s3 import build_s3_client
+from tests.support.fault_proxy import FaultProxy
 from tests.support.s3 import create_bucket, storage_settings
 
 FUSE_REASON = None
@@ -87,3 +90,34 @@ def test_an_empty_prefix_raises(provider: LocalSandboxProvider, bucket: tuple[st
     name, endpoint = bucket
     with pytest.raises(MountError):
         provider.create("s3-3", SandboxOptions()).mount_bucket(spec(name, endpoint, prefix="users/nobody/"))
+
+
+def test_verifying_a_mount_costs_the_same_at_any_skill_count(provider: LocalSandboxProvider, bucket: tuple[str, str]) -> None:
+    """With what storage lists (`expect`), the mount is checked by one listed file, not walked:
+    s3fs HEADs every file a walk meets, which made production setups grow with the skills."""
+    name, endpoint = bucket
+    client = build_s3_client(storage_settings(endpoint, name), boto3.session.Session())
+    for i in range(100):
+        client.put_object(Bucket=name, Key=f"users/many/skills/skill-{i:03d}.md", Body=b"# skill")
+    client.put_object(Bucket=name, Key="users/one/skills/skill-000.md", Body=b"# skill")
+    requests: dict[int, int] = {}
+    with FaultProxy(endpoint) as proxy:
+        for count, user in ((1, "one"), (100, "many")):
+            listed = tuple(f"skill-{i:03d}.md" for i in range(count))
+            sandbox = provider.create(f"s3-count-{count}", SandboxOptions())
+            before = len(proxy.seen())
+            seen = sandbox.mount_bucket(spec(name, proxy.url, prefix=f"users/{user}/skills/").model_copy(update={"expect": listed}))
+            requests[count] = len(proxy.seen()) - before
+            assert seen == [f"/workspace/.claude/skills/{rel}" for rel in listed]
+            # The files are there for the agent all the same.
+            assert sandbox.exec("ls /workspace/.claude/skills | wc -l").stdout.strip() == str(count)
+    print(f"\ns3fs requests to verify the mount: {requests[1]} with 1 skill, {requests[100]} with 100")
+    assert requests[100] == requests[1], requests
+
+
+def test_a_mount_that_does_not_show_a_listed_file_is_not_used(provider: LocalSandboxProvider, bucket: tuple[str, str]) -> None:
+    name, endpoint = bucket
+    sandbox = provider.create("s3-missing", SandboxOptions())
+    with pytest.raises(MountError, match="does not show"):
+        sandbox.mount_bucket(spec(name, endpoint).model_copy(update={"expect": ("not-in-storage.md",)}))
+    assert sandbox.claude_source is None
