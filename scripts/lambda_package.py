@@ -49,6 +49,10 @@ RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SLIM_MARKER = ".slim-package.json"
 # Never shipped: the local gateway, tests, and what only the developer's machine runs.
 FORBIDDEN_PREFIXES = ("devserver/", "tests/", "sandbox_host/", "scripts/", "web/", ".venv/")
+# Sandboxes run on a sandbox host (SANDBOX_URL), never in a Lambda: the local bubblewrap
+# provider and what only it uses stay out (chalicelib.sandbox.factory says so if one is asked for).
+HOST_ONLY = ("chalicelib/sandbox/bwrap.py", "chalicelib/sandbox/shell.py", "chalicelib/sandbox/cgroups.py",
+             "chalicelib/sandbox/uids.py", "chalicelib/sandbox/process.py")
 # Shipped with their sources (and unchecked-hash pycs beside them): our own code.
 SOURCE_PREFIXES = ("app.py", "chalicelib/", "chalice/")
 DROPPED = re.compile(r"^(yaml/_yaml\.[^/]*\.so|[^/]+\.data/.*|[^/]+\.dist-info/RECORD)$")
@@ -92,7 +96,7 @@ def _kept_model_versions(names: Iterable[str], services: Sequence[str]) -> dict[
 
 
 def _keep(name: str, newest: dict[tuple[str, str], str]) -> bool:
-    if name.endswith((".pyc", ".pyo")) or "/__pycache__/" in f"/{name}" or DROPPED.match(name):
+    if name.endswith((".pyc", ".pyo")) or "/__pycache__/" in f"/{name}" or DROPPED.match(name) or name in HOST_ONLY:
         return False
     match = MODEL_DIR.match(name)
     if match:

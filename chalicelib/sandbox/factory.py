@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chalicelib.config import Settings
-from chalicelib.sandbox.base import SandboxProvider
+from chalicelib.sandbox.base import IsolationUnavailable, SandboxProvider
 
 
 def build_sandbox_provider(settings: Settings, resolve_host: Callable[[str], str | None] | None = None) -> SandboxProvider:
@@ -15,6 +15,12 @@ def build_sandbox_provider(settings: Settings, resolve_host: Callable[[str], str
         from chalicelib.sandbox.fleet import FleetSandboxProvider
 
         return FleetSandboxProvider(settings, resolve_host)
-    from chalicelib.sandbox.bwrap import LocalSandboxProvider
-
+    try:
+        from chalicelib.sandbox.bwrap import LocalSandboxProvider
+    except ImportError as exc:
+        # The Lambda package leaves the local provider out: sessions there run on a sandbox host.
+        raise IsolationUnavailable(
+            "This deployment has no local sandboxes (a Lambda cannot keep them): set SANDBOX_URL to the "
+            "sandbox host's https URL (see Deploy in README.md)."
+        ) from exc
     return LocalSandboxProvider(settings)

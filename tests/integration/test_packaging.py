@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from chalicelib.aws import PACKAGED_SERVICES
-from scripts.lambda_package import SLIM_MARKER
+from scripts.lambda_package import HOST_ONLY, SLIM_MARKER
 from scripts.package import PackagingError, check_sam, check_terraform
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
 from tests.support.scrubbed_env import scrubbed_env
@@ -152,6 +152,21 @@ def test_the_package_holds_no_local_only_code(cfn) -> None:  # type: ignore[no-u
     with zipfile.ZipFile(zip_path) as archive:
         tops = {n.split("/")[0] for n in archive.namelist()}
     assert not tops & {"devserver", "tests", "moto", "sandbox_host", "scripts", "web", ".venv", "playwright"}, tops
+    # The local bubblewrap provider runs on sandbox hosts only; a Lambda is told to use one.
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+    assert not names & set(HOST_ONLY), names & set(HOST_ONLY)
+    task = zip_path.parent / "host-only-probe"
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(task)
+    probe = ("from chalicelib.config import Settings\n"
+             "from chalicelib.sandbox.factory import build_sandbox_provider\n"
+             "from chalicelib.sandbox.base import IsolationUnavailable\n"
+             "try:\n    build_sandbox_provider(Settings.from_env({}))\n"
+             "except IsolationUnavailable as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-S", "-I", "-c", f"import sys; sys.path.insert(0, {str(task)!r}); " + probe.replace("\n", "\n")],
+                            capture_output=True, text=True, timeout=60)
+    assert "set SANDBOX_URL" in result.stdout, result.stdout + result.stderr
 
 
 def _pyc_flags(data: bytes) -> int:
