@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.fakes.fake_anthropic import Endless, FakeAnthropic
     from tests.support.gateway import receive_until
+    from tests.support.health import wait_for_health
     from tests.support.sandbox_host import free_port
 
     with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake:
@@ -45,12 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_for_health(url, server, timeout=30)
 
             before = _rss_mib(server.pid)
             status = _stream_body(port, args.body_mb * 1024 * 1024)

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    from tests.support.health import wait_for_health
     from tests.support.sandbox_host import free_port
 
     token = secrets.token_urlsafe(16)
@@ -87,12 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         host = subprocess.Popen([sys.executable, "-m", "sandbox_host"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_for_health(url, host, timeout=30)
             time.sleep(1)
             empty = measure(host.pid)
             with httpx.Client(base_url=url, headers=auth, timeout=120) as http:

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
     from tests.support.gateway import receive_until
+    from tests.support.health import wait_for_health
     from tests.support.sandbox_host import free_port
 
     with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake:
@@ -50,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(200):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_for_health(url, server, timeout=20)
             setup = httpx.post(f"{url}/setup/bench?userId=bench", timeout=60).json()
             # Unique, equal-width pieces (one per delta), so a merged frame can be split back into them.
             text = "".join(f"{i:05d} " for i in range(args.deltas))

@@ -120,10 +120,10 @@ def production(runs: int, delay: float) -> int:
     import shutil
     import subprocess
 
-    import httpx
 
     sys.path.insert(0, str(ROOT))
     from scripts.benchlib.storage_process import remote_storage
+    from tests.support.health import wait_for_health
     from tests.support.s3 import create_bucket, storage_settings
     from tests.support.sandbox_host import free_port
 
@@ -140,16 +140,7 @@ def production(runs: int, delay: float) -> int:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or host.poll() is not None:
-                    raise RuntimeError("the sandbox host did not start: run `python -m sandbox_host` to see why")
-                time.sleep(0.1)
+            wait_for_health(url, host, timeout=30)
             os.environ.update({
                 "ENVIRONMENT": "production", "API_KEY": "bench", "SANDBOX_URL": url, "SANDBOX_TOKEN": token,
                 "S3_ENDPOINT_URL": storage.url, "R2_BUCKET": bucket, "R2_ACCESS_KEY_ID": "testing",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.health import wait_for_health
 from tests.support.sandbox_host import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,12 +24,7 @@ def test_original_example_flow_under_chalice_local(tmp_path: Path) -> None:
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     api = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(api + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_for_health(api, proc, timeout=30)
         up = httpx.post(f"{api}/users/alice/skills", json={"name": "debugging.md", "content": "..."})
         assert up.status_code == 200 and up.json()["key"] == "users/alice/skills/debugging.md"
         assert httpx.get(f"{api}/users/alice/skills").json()["skills"] == ["debugging.md"]

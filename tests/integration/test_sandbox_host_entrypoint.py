@@ -8,12 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.health import wait_for_health
 from tests.support.sandbox_host import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +35,7 @@ def test_python_m_sandbox_host_serves(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "sandbox_host"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_for_health(url, proc, timeout=30)
         auth = {"Authorization": "Bearer entry-token"}
         assert httpx.post(url + "/sessions/e1", json={}, headers=auth).status_code == 200
         result = httpx.post(url + "/sessions/e1/exec", json={"command": "echo alive; pwd"}, headers=auth).json()

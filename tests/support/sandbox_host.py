@@ -20,6 +20,7 @@ import httpx
 import uvicorn
 
 from chalicelib.config import Settings
+from tests.support.health import wait_for_health
 
 
 def free_port() -> int:
@@ -76,16 +77,8 @@ class HostProcess:
         root = Path(__file__).resolve().parents[2]
         self.proc = subprocess.Popen([sys.executable, "-m", "sandbox_host"], cwd=root, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sandbox host exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("sandbox host did not answer /health within 30 s")
+        wait_for_health(self.url, self.proc, timeout=30)
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as when a machine dies."""
