@@ -18,25 +18,12 @@ from chalicelib.sandbox.base import (
     WORKSPACE,
     ExecResult,
     FileEntry,
-    MountError,
     MountSpec,
-    SandboxError,
-    SandboxFileNotFound,
     SandboxGone,
-    SandboxIsADirectory,
     SandboxOptions,
-    SandboxPathError,
-    SandboxUnavailable,
 )
 from chalicelib.sandbox.remote_archive import RemoteArchiveMixin
-
-_ERRORS: dict[str, type[SandboxError]] = {
-    "sandbox_gone": SandboxGone,
-    "file_not_found": SandboxFileNotFound,
-    "invalid_path": SandboxPathError,
-    "is_a_directory": SandboxIsADirectory,
-    "mount_failed": MountError,
-}
+from chalicelib.sandbox.remote_http import host_request
 
 
 class _Client:
@@ -50,20 +37,7 @@ class _Client:
         )
 
     def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> dict[str, Any]:
-        try:
-            response = self.http.request(method, path, json=json, params=params)
-        except httpx.HTTPError as exc:
-            raise SandboxUnavailable(f"The sandbox host {self.http.base_url} cannot be reached ({type(exc).__name__}).") from exc
-        if response.status_code < 400:
-            return response.json()  # type: ignore[no-any-return]
-        try:
-            body = response.json()
-            message, code = body.get("error", ""), body.get("code", "")
-        except ValueError:
-            message, code = response.text[:200], ""
-        if response.status_code == 401:
-            raise SandboxUnavailable(f"The sandbox host refused SANDBOX_TOKEN: {message}")
-        raise _ERRORS.get(code, SandboxUnavailable if response.status_code >= 500 else SandboxError)(message)
+        return host_request(self.http, method, path, json=json, params=params).json()  # type: ignore[no-any-return]
 
 
 class RemoteBashSession:

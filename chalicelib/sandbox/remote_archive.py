@@ -9,35 +9,8 @@ from typing import Any
 
 import httpx
 
-from chalicelib.sandbox.base import (
-    SandboxError,
-    SandboxFileNotFound,
-    SandboxGone,
-    SandboxPathError,
-    SandboxUnavailable,
-    SnapshotTooLarge,
-    WorkspaceEntry,
-)
-
-_ERRORS: dict[str, type[SandboxError]] = {
-    "sandbox_gone": SandboxGone,
-    "file_not_found": SandboxFileNotFound,
-    "invalid_path": SandboxPathError,
-    "snapshot_too_large": SnapshotTooLarge,
-}
-
-
-def _checked(response: httpx.Response) -> httpx.Response:
-    if response.status_code < 400:
-        return response
-    try:
-        body = response.json()
-        message, code = str(body.get("error", "")), str(body.get("code", ""))
-    except ValueError:
-        message, code = response.text[:200], ""
-    if response.status_code == 401:
-        raise SandboxUnavailable(f"The sandbox host refused SANDBOX_TOKEN: {message}")
-    raise _ERRORS.get(code, SandboxUnavailable if response.status_code >= 500 else SandboxError)(message)
+from chalicelib.sandbox.base import WorkspaceEntry
+from chalicelib.sandbox.remote_http import host_request
 
 
 class RemoteArchiveMixin:
@@ -47,11 +20,7 @@ class RemoteArchiveMixin:
     base: str
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        http: httpx.Client = self.client.http
-        try:
-            return _checked(http.request(method, self.base + path, **kwargs))
-        except httpx.HTTPError as exc:
-            raise SandboxUnavailable(f"The sandbox host {http.base_url} cannot be reached ({type(exc).__name__}).") from exc
+        return host_request(self.client.http, method, self.base + path, **kwargs)
 
     def export_workspace(self, max_bytes: int, unless_md5: str | None = None) -> bytes | None:
         """The workspace (without .claude/skills) as a .tar.gz, made on the host; None (204) when unchanged."""
