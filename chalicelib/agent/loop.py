@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import anthropic
 
@@ -107,6 +107,14 @@ class ModelStreamCut(Exception):
 # A reply cut off: no message_stop, or the connection broke while the stream was read (the SDK
 # raises the transport error unwrapped then).
 _STREAM_CUTS: tuple[type[BaseException], ...] = (ModelStreamCut, *_TRANSPORT_ERRORS)
+
+
+def _raise_as_stream_cut(exc: BaseException, where: str) -> NoReturn:
+    """Raise a cut the retries did not cure as ModelStreamCut: as it is, or, for a transport
+    error, wrapped with what was being streamed (`where`: "mid-reply", "mid-summary")."""
+    if isinstance(exc, ModelStreamCut):
+        raise exc
+    raise ModelStreamCut(f"The connection to the model dropped {where} ({type(exc).__name__}).") from exc
 
 
 @dataclass
@@ -324,9 +332,7 @@ def _summary_reply(request: _Request, messages: list[dict[str, Any]], backoff: f
                 return stream.get_final_message()
         except _STREAM_CUTS as exc:
             if attempt == MID_STREAM_RETRIES:
-                if isinstance(exc, ModelStreamCut):
-                    raise
-                raise ModelStreamCut(f"The connection to the model dropped mid-summary ({type(exc).__name__}).") from exc
+                _raise_as_stream_cut(exc, "mid-summary")
             log.warning("summarising call cut off (attempt %d), asking again: %s", attempt + 1, exc)
             time.sleep(backoff * (2**attempt))
     raise AssertionError("unreachable")
@@ -381,9 +387,7 @@ def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dic
             raise
         except _STREAM_CUTS as exc:
             if attempt == MID_STREAM_RETRIES:
-                if isinstance(exc, ModelStreamCut):
-                    raise
-                raise ModelStreamCut(f"The connection to the model dropped mid-reply ({type(exc).__name__}).") from exc
+                _raise_as_stream_cut(exc, "mid-reply")
             log.warning("model stream cut off (attempt %d), retrying the reply: %s", attempt + 1, exc)
             emit({"event": "status", "status": "retrying", "reason": "stream_cut", "discardStreamed": len("".join(streamed)),
                   "discardThinking": len("".join(thought)),
