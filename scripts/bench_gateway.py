@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,51 +31,39 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from websockets.sync.client import connect
 
+    from scripts.benchlib.gateway_process import running_gateway
     from tests.fakes.fake_anthropic import Endless, FakeAnthropic
     from tests.support.gateway import receive_until
-    from tests.support.health import wait_for_health
-    from tests.support.sandbox_host import free_port
 
-    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake:
-        port = free_port()
-        env = {**os.environ, "DATA_DIR": f"{tmp}/data", "SANDBOX_ROOT": f"{tmp}/sb", "ANTHROPIC_API_KEY": "bench",
-               "ANTHROPIC_BASE_URL": fake.url, "AWS_REGION": "us-east-1"}
-        server = subprocess.Popen([sys.executable, "-m", "devserver", "--port", str(port)], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_health(url, server, timeout=30)
+    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake, running_gateway(tmp, fake.url) as gateway:
+        url = gateway.url
+        before = _rss_mib(gateway.proc.pid)
+        status = _stream_body(gateway.port, args.body_mb * 1024 * 1024)
+        print(f"refused upload of {args.body_mb} MB: answered {status!r}; server memory "
+              f"{before:.0f} MiB -> {_rss_mib(gateway.proc.pid):.0f} MiB")
 
-            before = _rss_mib(server.pid)
-            status = _stream_body(port, args.body_mb * 1024 * 1024)
-            print(f"refused upload of {args.body_mb} MB: answered {status!r}; server memory "
-                  f"{before:.0f} MiB -> {_rss_mib(server.pid):.0f} MiB")
-
-            fake.script(*[Endless(delta="word ", delay=0.2, max_deltas=3000) for _ in range(args.turns)])
-            setups = [httpx.post(f"{url}/setup/bench-{n}?userId=bench{n}", timeout=60).json() for n in range(args.turns)]
-            with ExitStack() as stack:
-                sockets = [stack.enter_context(connect(f"{s['websocketUrl']}&token={s['token']}")) for s in setups]
-                for ws in sockets:
-                    ws.send(json.dumps({"action": "message", "prompt": "talk"}))
-                for ws in sockets:
-                    receive_until(ws, "stream", timeout=60)
-                target = sockets[-1]
-                sent = time.monotonic()
-                target.send(json.dumps({"action": "interrupt"}))
-                acknowledged = None
-                for frame in receive_until(target, "result", timeout=60):
-                    if frame["event"] == "status" and frame.get("status") == "interrupting" and acknowledged is None:
-                        acknowledged = time.monotonic() - sent
-                ended = time.monotonic() - sent
-                print(f"{args.turns} turns streaming: interrupt acknowledged after {1000 * (acknowledged or -1):.0f} ms, "
-                      f"turn ended after {1000 * ended:.0f} ms")
-                for ws in sockets[:-1]:
-                    ws.send(json.dumps({"action": "interrupt"}))
-                for ws in sockets[:-1]:
-                    receive_until(ws, "result", timeout=60)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        fake.script(*[Endless(delta="word ", delay=0.2, max_deltas=3000) for _ in range(args.turns)])
+        setups = [httpx.post(f"{url}/setup/bench-{n}?userId=bench{n}", timeout=60).json() for n in range(args.turns)]
+        with ExitStack() as stack:
+            sockets = [stack.enter_context(connect(f"{s['websocketUrl']}&token={s['token']}")) for s in setups]
+            for ws in sockets:
+                ws.send(json.dumps({"action": "message", "prompt": "talk"}))
+            for ws in sockets:
+                receive_until(ws, "stream", timeout=60)
+            target = sockets[-1]
+            sent = time.monotonic()
+            target.send(json.dumps({"action": "interrupt"}))
+            acknowledged = None
+            for frame in receive_until(target, "result", timeout=60):
+                if frame["event"] == "status" and frame.get("status") == "interrupting" and acknowledged is None:
+                    acknowledged = time.monotonic() - sent
+            ended = time.monotonic() - sent
+            print(f"{args.turns} turns streaming: interrupt acknowledged after {1000 * (acknowledged or -1):.0f} ms, "
+                  f"turn ended after {1000 * ended:.0f} ms")
+            for ws in sockets[:-1]:
+                ws.send(json.dumps({"action": "interrupt"}))
+            for ws in sockets[:-1]:
+                receive_until(ws, "result", timeout=60)
     return 0
 
 

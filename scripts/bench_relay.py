@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,45 +35,34 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from websockets.sync.client import connect
 
+    from scripts.benchlib.gateway_process import running_gateway
     from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
     from tests.support.gateway import receive_until
-    from tests.support.health import wait_for_health
-    from tests.support.sandbox_host import free_port
 
-    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake:
-        # The gateway runs as ./scripts/dev does, in its own process; CLOCK_MONOTONIC is shared.
-        port = free_port()
-        env = {**os.environ, "DATA_DIR": f"{tmp}/data", "SANDBOX_ROOT": f"{tmp}/sb", "ANTHROPIC_API_KEY": "bench",
-               "ANTHROPIC_BASE_URL": fake.url, "AWS_REGION": "us-east-1"}
-        server = subprocess.Popen([sys.executable, "-m", "devserver", "--port", str(port)], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_health(url, server, timeout=20)
-            setup = httpx.post(f"{url}/setup/bench?userId=bench", timeout=60).json()
-            # Unique, equal-width pieces (one per delta), so a merged frame can be split back into them.
-            text = "".join(f"{i:05d} " for i in range(args.deltas))
-            fake.script(Reply([Text("warm up")]), Reply([Text(text, chunks=args.deltas)], delay=args.interval))
-            with connect(f"{setup['websocketUrl']}&token={setup['token']}", max_size=2**24) as ws:
-                ws.send(json.dumps({"action": "message", "prompt": "warm up"}))
-                receive_until(ws, "result")
-                fake.emitted.clear()
-                fake.record_emits = True
-                ws.send(json.dumps({"action": "message", "prompt": "go"}))
-                received: dict[str, float] = {}  # piece → when the frame carrying it arrived
-                frames = 0
-                for _ in range(args.deltas * 3):
-                    frame = json.loads(ws.recv(timeout=60))
-                    if frame["event"] == "stream":
-                        arrived = time.monotonic()
-                        frames += 1
-                        for piece in frame["content"].split(" ")[:-1]:
-                            received[piece + " "] = arrived
-                    if frame["event"] == "result":
-                        break
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
+    # The gateway runs as ./scripts/dev does, in its own process; CLOCK_MONOTONIC is shared.
+    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic() as fake, running_gateway(tmp, fake.url) as gateway:
+        url = gateway.url
+        setup = httpx.post(f"{url}/setup/bench?userId=bench", timeout=60).json()
+        # Unique, equal-width pieces (one per delta), so a merged frame can be split back into them.
+        text = "".join(f"{i:05d} " for i in range(args.deltas))
+        fake.script(Reply([Text("warm up")]), Reply([Text(text, chunks=args.deltas)], delay=args.interval))
+        with connect(f"{setup['websocketUrl']}&token={setup['token']}", max_size=2**24) as ws:
+            ws.send(json.dumps({"action": "message", "prompt": "warm up"}))
+            receive_until(ws, "result")
+            fake.emitted.clear()
+            fake.record_emits = True
+            ws.send(json.dumps({"action": "message", "prompt": "go"}))
+            received: dict[str, float] = {}  # piece → when the frame carrying it arrived
+            frames = 0
+            for _ in range(args.deltas * 3):
+                frame = json.loads(ws.recv(timeout=60))
+                if frame["event"] == "stream":
+                    arrived = time.monotonic()
+                    frames += 1
+                    for piece in frame["content"].split(" ")[:-1]:
+                        received[piece + " "] = arrived
+                if frame["event"] == "result":
+                    break
     assert len(fake.emitted) == len(received) == args.deltas, (len(fake.emitted), len(received))
     latencies = sorted((received[piece] - emitted) * 1000 for emitted, piece in fake.emitted)
     p99 = latencies[int(len(latencies) * 0.99) - 1]
