@@ -28,7 +28,7 @@ api = Api(app)
 
 @api.route("/health", methods=["GET"], public=True)
 def health(ctx: RequestContext):
-    return check_health(ctx.settings, ctx.settings.storage.backend, ctx.services.sandbox_kind,
+    return check_health(ctx.settings, ctx.services.sandbox_kind,
                         sandbox_limits=ctx.services.sandbox_limits)
 
 

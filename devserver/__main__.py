@@ -95,20 +95,20 @@ def _resume_turns_once_up(base: str) -> None:
 
 def _start_reaper() -> None:
     """Local sandboxes are destroyed after SANDBOX_IDLE_TIMEOUT, as on the sandbox host."""
-    from chalicelib.config import Settings
+    from chalicelib.config import current_settings
     from chalicelib.container import get_container
     from devserver.reaper import IdleReaper
 
     def provider() -> object | None:
         try:
-            return get_container(Settings.from_env()).sandboxes
+            return get_container(current_settings()).sandboxes
         except Exception:  # noqa: BLE001 - no sandboxes here (bubblewrap missing): nothing to reap; setup says why
             return None
 
     def save(session_id: str) -> None:
-        get_container(Settings.from_env()).sessions.save_workspace(session_id)
+        get_container(current_settings()).sessions.save_workspace(session_id)
 
-    IdleReaper(provider, Settings.from_env().sandbox.idle_timeout_seconds, before_destroy=save).start()
+    IdleReaper(provider, current_settings().sandbox.idle_timeout_seconds, before_destroy=save).start()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -39,7 +39,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chalicelib.aws import trust_local_gateway
-from chalicelib.config import Settings
+from chalicelib.config import Settings, current_settings
 from chalicelib.errors import AppError
 from chalicelib.web.cors import origin_refused
 from devserver import edge
@@ -131,7 +131,7 @@ class LocalGatewayApp:
     async def rest_request(self, request: Request) -> Response:
         edge.check_path(request.scope.get("raw_path", b"").decode("latin-1") or request.url.path)
         try:
-            refused = origin_refused(Settings.from_env(), request.headers)
+            refused = origin_refused(current_settings(), request.headers)
         except AppError as exc:
             return edge.error(exc.status, exc.message, exc.code)
         if refused is not None:
@@ -139,24 +139,22 @@ class LocalGatewayApp:
             # (a "simple" cross-origin POST needs no preflight and would otherwise run).
             return edge.error(403, refused, "origin_not_allowed")
         body = await edge.read_capped(request, edge.REST_MAX_BYTES)
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raw_path = request.scope.get("raw_path")
-        if raw_path:
-            # Keep percent-encoding as the client sent it, like `chalice local` does.
-            path = raw_path.decode("latin-1") + (f"?{request.url.query}" if request.url.query else "")
+        # Keep percent-encoding as the client sent it, like `chalice local` does.
+        path = (raw_path.decode("latin-1") if raw_path else request.url.path) + (
+            f"?{request.url.query}" if request.url.query else "")
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
         try:
             result = await run_in_threadpool(self.rest.handle_request, request.method, path, headers, body or None)
         except ForbiddenError as exc:
             if b"Missing Authentication Token" in (exc.body or b"") or b"Authorization header requires" in (exc.body or b""):
-                return JSONResponse(
-                    {"error": f"No route matches {request.method} {request.url.path}: see the API reference in README.md.",
-                     "code": "route_not_found"}, status_code=404)
-            return JSONResponse({"error": "Forbidden.", "code": "forbidden"}, status_code=403)
+                return edge.error(404, f"No route matches {request.method} {request.url.path}: see the API reference in README.md.",
+                                  "route_not_found")
+            return edge.error(403, "Forbidden.", "forbidden")
         except NotAuthorizedError:
-            return JSONResponse({"error": "Not authorized.", "code": "unauthorized"}, status_code=401)
+            return edge.error(401, "Not authorized.", "unauthorized")
         except LocalGatewayException as exc:
-            return JSONResponse({"error": str(exc) or "Gateway error.", "code": "gateway_error"}, status_code=502)
+            return edge.error(502, str(exc) or "Gateway error.", "gateway_error")
         if result["statusCode"] == 405:
             # Chalice's own answer for a known path and an unknown method has another shape.
             refused = edge.error(405, f"{request.method} is not supported on {request.url.path}: see the API reference in README.md.",

@@ -29,27 +29,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from chalicelib.sandbox.process import descendants  # noqa: E402 - after the path is set
+
 BUSY = "python3 -c \"import time; data = [str(i) * 8 for i in range(300000)]; time.sleep(4)\""
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
 
 
 def pss_kib(pid: int) -> int:
@@ -65,7 +48,7 @@ def pss_kib(pid: int) -> int:
 
 def measure(pid: int) -> tuple[int, float]:
     """(processes, MiB of PSS) of the host's process tree."""
-    pids = tree(pid)
+    pids = [pid, *descendants(pid)]
     return len(pids), sum(pss_kib(p) for p in pids) / 1024
 
 

@@ -47,7 +47,11 @@ class TokenEstimator:
         return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
 
     def tokens(self, payload: Any) -> int:
-        return int(self.chars(payload) / self.chars_per_token) + 1
+        return self.tokens_of_chars(self.chars(payload))
+
+    def tokens_of_chars(self, chars: int) -> int:
+        """Tokens of a request whose JSON is `chars` long (its size measured once, used twice)."""
+        return int(chars / self.chars_per_token) + 1
 
     def calibrate(self, request_chars: int, prompt_tokens: int) -> None:
         """Learn the ratio from a request whose real size the API reported."""
@@ -78,8 +82,13 @@ def choose_cut(stored: list[dict[str, Any]], context: WorkingContext, keep_token
     candidates = [i for i in range(context.kept_from + 1, len(stored)) if is_cut_point(stored, i)]
     if not candidates:
         return None
+    # The JSON of stored[i:] is "[" + its messages joined by "," + "]": sizes summed from the end,
+    # each message serialised once (not the whole tail once per candidate).
+    tail_chars = [0] * (len(stored) + 1)
+    for i in range(len(stored) - 1, -1, -1):
+        tail_chars[i] = tail_chars[i + 1] + estimator.chars(stored[i]) + 1
     for index in candidates:
-        if estimator.tokens(stored[index:]) <= keep_tokens:
+        if estimator.tokens_of_chars(tail_chars[index] + 1) <= keep_tokens:
             return index
     return candidates[-1]
 

@@ -273,22 +273,27 @@ def _call(request: _Request, messages: list[dict[str, Any]], emit: Emit, should_
     """One model reply from the working context: compacted first when the request would pass
     COMPACT_AT of the window; compacted and retried once when the API says it is too long."""
     payload = request.payload(messages)
-    tokens = request.estimator.tokens(payload)
-    if tokens > COMPACT_AT * request.window:
-        if _compact(request, messages, request.window, tokens, emit, result, prices, backoff):
+    chars = request.estimator.chars(payload)  # the whole request serialised once per call
+    if request.estimator.tokens_of_chars(chars) > COMPACT_AT * request.window:
+        if _compact(request, messages, request.window, request.estimator.tokens_of_chars(chars), emit, result, prices,
+                    backoff):
             payload = request.payload(messages)
+            chars = request.estimator.chars(payload)
     try:
-        return _stream_reply(request, payload, messages, emit, should_stop, result, prices, backoff)
+        return _stream_reply(request, payload, chars, messages, emit, should_stop, result, prices, backoff)
     except anthropic.BadRequestError as exc:
         too_long = prompt_too_long(str(exc.message))
         if too_long is None:
             raise
+        sent = request.estimator.tokens_of_chars(chars)
         # The endpoint's real limit may be below ours: compact to what it said (or 3/4 of what we sent).
-        limit = min(request.window, too_long[1] or int(request.estimator.tokens(payload) * 0.75))
+        limit = min(request.window, too_long[1] or int(sent * 0.75))
         log.warning("the model said the prompt is too long (%s); compacting to %d tokens and retrying", too_long, limit)
-        if not _compact(request, messages, limit, request.estimator.tokens(payload), emit, result, prices, backoff):
+        if not _compact(request, messages, limit, sent, emit, result, prices, backoff):
             raise
-        return _stream_reply(request, request.payload(messages), messages, emit, should_stop, result, prices, backoff)
+        payload = request.payload(messages)
+        return _stream_reply(request, payload, request.estimator.chars(payload), messages, emit, should_stop, result,
+                             prices, backoff)
 
 
 def _compact(request: _Request, messages: list[dict[str, Any]], window: int, tokens_before: int, emit: Emit,
@@ -338,13 +343,13 @@ def _summary_reply(request: _Request, messages: list[dict[str, Any]], backoff: f
     raise AssertionError("unreachable")
 
 
-def _stream_reply(request: _Request, payload: dict[str, Any], messages: list[dict[str, Any]], emit: Emit,
-                  should_stop: Callable[[], bool], result: TurnResult, prices: PriceTable, backoff: float) -> Any:
+def _stream_reply(request: _Request, payload: dict[str, Any], request_chars: int, messages: list[dict[str, Any]],
+                  emit: Emit, should_stop: Callable[[], bool], result: TurnResult, prices: PriceTable,
+                  backoff: float) -> Any:
     """One model reply, streamed. Retries a mid-stream overloaded error (which the SDK does
     not) and a stream cut off before `message_stop` from scratch, telling the client to
     discard the partial text first."""
     system, marked = with_breakpoints(payload["system"], payload["messages"])
-    request_chars = request.estimator.chars(payload)
     for attempt in range(MID_STREAM_RETRIES + 1):
         streamed: list[str] = []
         thought: list[str] = []  # thinking shown to the client, dropped with the text on a retry

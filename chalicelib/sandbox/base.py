@@ -15,7 +15,7 @@ WORKSPACE = "/workspace"
 CLAUDE_DIR = "/workspace/.claude"
 #: Where a user's storage is mounted: their skills only (settings, conversations and the
 #: bundle are never visible to the sandbox).
-MOUNT_DIR = "/workspace/.claude/skills"
+MOUNT_DIR = f"{CLAUDE_DIR}/skills"
 
 
 class SandboxError(Exception):

@@ -349,20 +349,20 @@ class LocalSandbox(WorkspaceArchiveMixin):
             source = Path(spec.source_dir or "")
             if not spec.source_dir or not source.is_dir():
                 raise MountError(f"Cannot bind {spec.source_dir!r}: no such folder.")
-            self._set_claude_source(source.resolve(), owner=None)
+            self._set_claude_source(source.resolve())
         else:
-            self._set_claude_source(self._mount_s3(spec), owner=None)
+            self._set_claude_source(self._mount_s3(spec))
         self._restart_bash()
         seen = self._verify_mount(spec.expect)
         return seen
 
-    def _set_claude_source(self, source: Path | None, owner: tuple[int, int] | None) -> None:
+    def _set_claude_source(self, source: Path | None) -> None:
         if self._claude_tree is not None:
             self._claude_tree.close()
             self._claude_tree = None
         self.claude_source = source
         if source is not None:
-            self._claude_tree = paths.DirTree.open(str(source), owner)
+            self._claude_tree = paths.DirTree.open(str(source))
 
     def _verify_mount(self, expect: tuple[str, ...] = ()) -> list[str]:
         """The mount's files as the agent will see them, read back *through the sandbox*.
@@ -434,7 +434,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
         return mountpoint
 
     def _unmount(self) -> None:
-        self._set_claude_source(None, None)
+        self._set_claude_source(None)
         if self._s3fs_mountpoint is not None:
             try:
                 linux.umount_lazy(self._here(self._s3fs_mountpoint.name))
@@ -627,9 +627,9 @@ class LocalSandboxProvider:
             sandbox = self._sandboxes.get(session_id)
             if sandbox is not None:
                 self._last_used[session_id] = time.monotonic()
-        if sandbox is None or sandbox.destroyed or not sandbox.intact():
+        if sandbox is None or sandbox.destroyed:
             raise SandboxGone(f"Session {session_id!r} has no sandbox here: call POST /setup/{session_id} again.")
-        sandbox._alive()
+        sandbox._alive()  # its workspace deleted or replaced underneath: SandboxGone
         return sandbox
 
     def destroy(self, session_id: str) -> bool:

@@ -128,7 +128,7 @@ class DirTree:
 
     def _open_dir(self, parts: list[str], create: bool) -> int:
         if not parts:
-            return os.dup(self.root_fd)
+            return self._reopen_root()
         try:
             fd = linux.openat2_beneath(self.root_fd, "/".join(parts), os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -138,7 +138,7 @@ class DirTree:
         if fd is not None:
             return fd
         # Fallback and creation: one component at a time, never following a link.
-        fd = os.dup(self.root_fd)
+        fd = self._reopen_root()
         try:
             for name in parts:
                 try:
@@ -163,6 +163,11 @@ class DirTree:
         except BaseException:
             os.close(fd)
             raise
+
+    def _reopen_root(self) -> int:
+        """A new open of the root folder: a dup would share its read position with every other
+        walk of the tree (request threads, snapshot exports) and scan it from wherever they left it."""
+        return os.open(".", _DIR_FLAGS, dir_fd=self.root_fd)
 
     def _own(self, fd: int) -> None:
         if self.owner is not None:

@@ -29,9 +29,10 @@ class Health(ApiModel):
     sandbox_limits: dict[str, str] | None = None
 
 
-def check_health(settings: Settings, storage_backend: str, sandbox_kind: str,
-                 sandbox_limits: dict[str, str] | None = None) -> Health:
-    """Describe the running configuration; makes no storage round trip (it is called often)."""
+def check_health(settings: Settings, sandbox_kind: str, sandbox_limits: dict[str, str] | None = None) -> Health:
+    """Describe the running configuration; builds no client and makes no round trip (load
+    balancers call it often, cold containers included)."""
+    storage_backend = settings.storage.backend
     uses_s3 = storage_backend == "s3"
     return Health(
         environment=settings.environment,

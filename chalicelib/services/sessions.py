@@ -24,7 +24,7 @@ from chalicelib.errors import AppError, Conflict, NotFound, ServiceUnavailable
 from chalicelib.ids import validate_id
 from chalicelib.sandbox.archive import has_content
 from chalicelib.sandbox.base import (
-    CLAUDE_DIR,
+    MOUNT_DIR,
     MountError,
     MountSpec,
     Sandbox,
@@ -47,7 +47,7 @@ from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryC
 log = logging.getLogger(__name__)
 
 SetupMethod = Literal["r2_load_dev", "r2_mount", "r2_load_fallback"]
-SKILLS_DIR = f"{CLAUDE_DIR}/skills"
+SKILLS_DIR = MOUNT_DIR  # where the agent finds the skills, mounted or copied
 
 
 class SessionRecord(ApiModel):

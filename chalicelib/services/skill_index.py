@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
+from chalicelib.sandbox.base import MOUNT_DIR as SKILLS_DIR
 from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_format import SKILL_FILE, describe
 
-SKILLS_DIR = "/workspace/.claude/skills"
 MAX_INDEXED = 200
 MAX_READ = 64 * 1024
 

@@ -123,7 +123,6 @@ class WorkspaceFilesService:
             )
         owner, sandbox = self._locate(session_id)
         if sandbox is not None:
-            self._through(lambda: self._refuse_links(sandbox, rel))
             self._through(lambda: sandbox.write_file(f"{WORKSPACE}/{rel}", body))
             self.snapshots.save(session_id, owner, sandbox)
             return FileWritten(session_id=session_id, path=f"{WORKSPACE}/{rel}", size=len(body), source="sandbox")
@@ -184,15 +183,6 @@ class WorkspaceFilesService:
             raise BadRequest(f"{WORKSPACE}/{rel} belongs to the skills: manage them with /users/{{userId}}/skills.",
                              code="invalid_path")
         return rel
-
-    @staticmethod
-    def _refuse_links(sandbox: Sandbox, rel: str) -> None:
-        """Writing through a link the agent planted is refused, whatever the link points at."""
-        links = {e.path for e in sandbox.workspace_entries() if e.kind == "symlink"}
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            if "/".join(parts[:i]) in links:
-                raise SandboxPathError(f"{WORKSPACE}/{'/'.join(parts[:i])} is a symbolic link; it is not written through.")
 
     @staticmethod
     def _through(call: Callable[[], T]) -> T:

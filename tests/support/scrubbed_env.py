@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.sandbox_host import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,12 +28,6 @@ def scrubbed_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str
     """PATH, a fresh HOME under `home`, and `extra`: nothing else from the test process."""
     home.mkdir(parents=True, exist_ok=True)
     return {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(home), **(extra or {})}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

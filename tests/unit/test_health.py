@@ -19,10 +19,10 @@ from chalicelib.services.health import check_health
 ])
 def test_has_r2_only_for_r2_with_credentials(env: dict[str, str], has_r2: bool) -> None:
     settings = Settings.from_env(env)
-    health = check_health(settings, settings.storage.backend, "bwrap")
+    health = check_health(settings, "bwrap")
     assert health.has_r2 is has_r2 and health.offline_model is False
 
 
 def test_offline_model_is_reported_in_camel_case() -> None:
-    health = check_health(Settings.from_env({"OFFLINE_MODEL": "1"}), "local", "bwrap")
+    health = check_health(Settings.from_env({"OFFLINE_MODEL": "1"}), "bwrap")
     assert health.model_dump(by_alias=True)["offlineModel"] is True
