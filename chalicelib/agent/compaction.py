@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.agent.memory import WorkingContext, message_sha256
-from chalicelib.agent.pricing import Usage
 
 COMPACT_AT = 0.8
 # After compaction the kept messages may use this share of the window (the summary and the
@@ -148,15 +146,6 @@ def chunks(entries: list[str], limit: int) -> list[str]:
 def _cut_to(text: str, limit: int) -> str:
     keep = max(0, limit - 60)
     return text[: keep * 3 // 4] + "\n[... left out ...]\n" + text[-(keep // 4) :]
-
-
-@dataclass
-class Compaction:
-    """The outcome of one compaction."""
-
-    context: WorkingContext
-    summarized_messages: int
-    usage: list[Usage] = field(default_factory=list)
 
 
 def summary_request(previous: str | None, transcript: str) -> list[dict[str, Any]]:

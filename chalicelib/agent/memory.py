@@ -33,8 +33,6 @@ class WorkingContext(ApiModel):
     # Thinking blocks of stored messages before this index are left out: their signatures bind
     # them to a prefix (system prompt, model, earlier messages) that has since changed.
     thinking_from: int = 0
-    system_sha256: str | None = None
-    model: str | None = None
     compactions: int = 0
 
     def valid_for(self, conversation_id: str, stored: list[dict[str, Any]]) -> bool:

@@ -35,7 +35,6 @@ class PendingPermission(ApiModel):
     name: str
     input: dict[str, Any] = Field(default_factory=dict)
     turn_id: str
-    seq: int = 0
     asked_at: datetime
     decision: Decision | None = None
     remember: bool = False

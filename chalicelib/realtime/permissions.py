@@ -54,9 +54,8 @@ class PermissionDesk:
         remembered, _ = durably(lambda: self.states.update(self.session_id, open_request), "opening a permission request")
         if remembered is not None:
             return PermissionAnswer(decision=remembered, reason="remembered")
-        event = self.emit({"event": "permission_request", "toolUseId": tool_use_id, "name": name, "input": tool_input,
-                           "timeoutSeconds": self.timeout_seconds})
-        self._note_seq(tool_use_id, int(event.get("seq", 0)))
+        self.emit({"event": "permission_request", "toolUseId": tool_use_id, "name": name, "input": tool_input,
+                   "timeoutSeconds": self.timeout_seconds})
         answer = self._wait(tool_use_id)
         self._close(tool_use_id)
         self.emit({"event": "permission_resolved", "toolUseId": tool_use_id, "name": name, "decision": answer.decision,
@@ -82,13 +81,6 @@ class PermissionDesk:
             if left <= 0:
                 return PermissionAnswer(decision="deny", reason="timeout")
             time.sleep(min(self.poll_seconds, left))
-
-    def _note_seq(self, tool_use_id: str, seq: int) -> None:
-        def note(state: SessionState) -> None:
-            if state.pending_permission is not None and state.pending_permission.tool_use_id == tool_use_id:
-                state.pending_permission.seq = seq
-
-        durably(lambda: self.states.update(self.session_id, note), "recording a permission request's seq")
 
     def _close(self, tool_use_id: str) -> None:
         def close(state: SessionState) -> None:

@@ -32,7 +32,6 @@ class RecoveringSandbox:
         self._recreate = recreate
         self._lock = threading.Lock()
         self.session_id = sandbox.session_id
-        self.recreated = 0
 
     def _retrying(self, call: Callable[[Sandbox], Any]) -> Any:
         current = self._sandbox
@@ -42,7 +41,6 @@ class RecoveringSandbox:
             with self._lock:
                 if self._sandbox is current:  # a parallel call may have recreated it already
                     self._sandbox = self._recreate()
-                    self.recreated += 1
                 replacement = self._sandbox
         return call(replacement)
 

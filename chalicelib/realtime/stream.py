@@ -121,13 +121,6 @@ class TurnStream:
     def served_nonce(self) -> str | None:
         return self._served_nonce
 
-    def take_unflushed(self) -> list[dict[str, Any]]:
-        """Events not yet written to the event log (for the next chunk)."""
-        with self._lock:
-            chunk = self.events[self._flushed :]
-            self._flushed = len(self.events)
-            return chunk
-
     def peek_unflushed(self) -> list[dict[str, Any]]:
         """Events not yet written to the event log; `mark_flushed` once they are."""
         with self._lock:

@@ -86,7 +86,7 @@ def test_a_runner_killed_while_waiting_for_permission_leaves_no_request_to_answe
         path = tmp_path / "data/sessions/pk1/state.json"
         state = SessionState.model_validate_json(path.read_bytes())
         state.pending_permission = PendingPermission(tool_use_id="toolu_dead", name="bash", input={"command": "sleep 99"},
-                                                     turn_id="t-dead", seq=58, asked_at=utcnow())
+                                                     turn_id="t-dead", asked_at=utcnow())
         path.write_bytes(state.model_dump_json(by_alias=True).encode())
         client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "pk1", "token": token}))
         send(client, {"action": "resume", "afterSeq": 58})

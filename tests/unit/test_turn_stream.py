@@ -95,7 +95,7 @@ def test_events_before_any_subscriber_are_kept_not_sent() -> None:
     stream = TurnStream(sender, last_seq=0, subscriber=None)
     stream.emit(delta("unseen"))
     stream.close()
-    assert sender.calls == 0 and stream.take_unflushed() == [{"event": "stream", "seq": 1, "type": "text", "content": "unseen"}]
+    assert sender.calls == 0 and stream.peek_unflushed() == [{"event": "stream", "seq": 1, "type": "text", "content": "unseen"}]
 
 
 def test_a_merged_frame_stays_under_the_message_size_limit() -> None:
