@@ -35,11 +35,9 @@ class PackagingError(Exception):
 
 
 def chalice_command() -> list[str]:
-    """`./scripts/chalice` (Chalice with a slimmed deployment.zip) when present, else Chalice's CLI."""
-    wrapper = ROOT / "scripts" / "chalice"
-    if wrapper.is_file() and os.access(wrapper, os.X_OK):
-        return [str(wrapper)]
-    return [str(Path(sys.executable).with_name("chalice"))]
+    """Chalice with a slimmed deployment.zip: what `./scripts/chalice` runs, in this interpreter
+    (./scripts/package has set up the venv already; plain Chalice would ship the full package)."""
+    return [sys.executable, "-m", "scripts.lambda_package"]
 
 
 def packaging_env(environ: dict[str, str]) -> tuple[dict[str, str], str | None]:
