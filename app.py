@@ -4,13 +4,16 @@ Read this file as the table of contents: REST routes for user data, then session
 WebSocket handlers and the turn runner.
 """
 
+from chalicelib import cold_start
+
+cold_start.begin()  # inside Lambda, before the imports below: see chalicelib/cold_start.py
+
 from chalice import Chalice
 
 from chalicelib.aws import aws_session
-from chalicelib.services.conversations import MAX_CONVERSATION_BYTES
 from chalicelib.services.health import check_health
-from chalicelib.services.skills import MAX_UPLOAD_BYTES, SkillUpload
-from chalicelib.services.user_settings import MAX_SETTINGS_BYTES
+from chalicelib.services.limits import MAX_CONVERSATION_BYTES, MAX_SETTINGS_BYTES, MAX_SKILL_UPLOAD_BYTES
+from chalicelib.services.skills import SkillUpload
 from chalicelib.web import websocket
 from chalicelib.web.downloads import file_response
 from chalicelib.web.responses import Reply, etag_header
@@ -38,7 +41,7 @@ def health(ctx: RequestContext):
 @api.route("/users/{userId}/skills", methods=["POST"])
 def upload_skill(ctx: RequestContext, userId: str):
     cond = ctx.request.conditions()
-    body = ctx.request.body(SkillUpload, max_bytes=MAX_UPLOAD_BYTES)
+    body = ctx.request.body(SkillUpload, max_bytes=MAX_SKILL_UPLOAD_BYTES)
     result, etag = ctx.services.skills.upload(userId, body, cond.if_match, cond.if_none_match)
     return Reply(result, headers=etag_header(etag))
 
@@ -182,3 +185,6 @@ def ws_disconnect(event):
 @app.lambda_function(name="turn_runner")
 def turn_runner(event, context):
     return websocket.run_turns(event, context, app.websocket_api)
+
+
+cold_start.finish()  # inside Lambda: the storage client, built at init (see chalicelib/cold_start.py)

@@ -1,4 +1,9 @@
-"""The boto3 session the app sends and invokes with.
+"""AWS clients for the app, built on botocore alone.
+
+boto3's Session is a thin layer over botocore's; what it adds (resources, s3transfer's managed
+transfers) this app never uses, and importing it (s3transfer, multiprocessing, concurrent.futures)
+cost every cold start about 25 ms of CPU. `AwsSession` is the part of a boto3 Session the app and
+Chalice's websocket API call: `client(...)` with the same arguments and `region_name`.
 
 Chalice builds the management API endpoint as `https://{apiId}.execute-api.{region}.amazonaws.com/{stage}`
 and the turn runner is started with `lambda.invoke`. Under the local gateway (LOCAL_GATEWAY_URL
@@ -11,10 +16,11 @@ app's own calls from anyone else's on the same port.
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import boto3
+from botocore.session import Session as BotocoreSession
 
 LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
 # Under the local gateway the region only names a fake endpoint, and a newcomer's machine has no
@@ -39,20 +45,62 @@ PACKAGED_SERVICES = (
 )
 
 
-class GatewayAwareSession(boto3.session.Session):
-    """A boto3 Session whose management-API and Lambda clients reach the local gateway when
-    LOCAL_GATEWAY_URL is set, and AWS otherwise."""
+class ClientSource(Protocol):
+    """What builds AWS clients: an AwsSession, or a boto3 Session in tests and scripts."""
+
+    def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _shared_loader(session: BotocoreSession) -> Any:
+    """botocore's data loader, one per process.
+
+    A loader caches the JSON it parsed (service models, endpoint rules, partitions); every new
+    botocore session would otherwise parse S3's again, about 20 ms of CPU per client. The files
+    it reads are fixed by the installed botocore, so sharing them cannot leak configuration.
+    """
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+        return _loader
+
+
+class AwsSession:
+    """The part of a boto3 Session this app uses, on botocore: `client()` and `region_name`.
+
+    Credentials and region come from the environment when the session is first used, as with
+    boto3. Management-API and Lambda clients reach the local gateway when LOCAL_GATEWAY_URL is set,
+    and AWS otherwise. Safe to share between threads (client creation is serialised: a botocore
+    session's lazily built parts are not thread-safe).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: BotocoreSession | None = None
+
+    def _botocore(self) -> BotocoreSession:
+        with self._lock:
+            if self._session is None:
+                session = BotocoreSession()
+                session.register_component("data_loader", _shared_loader(session))
+                self._session = session
+            return self._session
 
     @property
-    def region_name(self) -> str | None:  # type: ignore[override]
+    def region_name(self) -> str | None:
         """The configured region; under the local gateway, LOCAL_REGION when none is configured
         (Chalice's websocket client refuses to send without one)."""
-        configured: str | None = super().region_name
+        configured: str | None = self._botocore().get_config_variable("region")
         if configured is None and os.environ.get("LOCAL_GATEWAY_URL"):
             return LOCAL_REGION
         return configured
 
-    def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        """A botocore client, with boto3's `Session.client` arguments."""
         gateway = os.environ.get("LOCAL_GATEWAY_URL")
         if gateway and service_name in LOCAL_SERVICES:
             path = urlsplit(kwargs.get("endpoint_url") or "").path
@@ -60,17 +108,18 @@ class GatewayAwareSession(boto3.session.Session):
             kwargs.setdefault("aws_access_key_id", "local")
             kwargs.setdefault("aws_secret_access_key", "local")
             kwargs.setdefault("region_name", self.region_name)
-        return super().client(service_name, *args, **kwargs)
+        session = self._botocore()
+        with self._lock:
+            client = session.create_client(service_name, *args, **kwargs)
+        if service_name in LOCAL_SERVICES:
+            client.meta.events.register(f"before-sign.{service_name}", _add_gateway_secret)
+        return client
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for service in LOCAL_SERVICES:  # clients copy the session's handlers when they are made
-            self.events.register(f"before-sign.{service}", _add_gateway_secret)
 
-
-def aws_session() -> boto3.session.Session:
-    """The session for the websocket API and the Lambda client."""
-    return GatewayAwareSession()
+def aws_session() -> AwsSession:
+    """A session for the websocket API, the Lambda client and storage (credentials and region
+    read from the environment at its first use)."""
+    return AwsSession()
 
 
 LOCAL_GATEWAY_SECRET_HEADER = "X-Local-Gateway-Secret"

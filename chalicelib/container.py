@@ -14,26 +14,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.aws import aws_session
 from chalicelib.config import Settings
-from chalicelib.sandbox.base import SandboxProvider
-from chalicelib.services.conversations import ConversationsService
-from chalicelib.services.sessions import SessionsService
-from chalicelib.services.skills import SkillsService
-from chalicelib.services.user_settings import UserSettingsService
-from chalicelib.services.users import UsersService
-from chalicelib.services.workspace_files import WorkspaceFilesService
-from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 from chalicelib.storage import ObjectStore
 from chalicelib.storage.factory import build_store
 
 if TYPE_CHECKING:
-    # The agent pulls in the anthropic SDK (three quarters of a cold import): only the turn
-    # runner needs it, so REST and websocket handler cold starts must not pay for it. The
-    # realtime package is imported where it is built too: the REST Lambda never uses it.
+    # Each part is imported where it is built, so a cold start pays only for what its first
+    # request uses. The agent pulls in the anthropic SDK (three quarters of the old cold import)
+    # and only the turn runner needs it; the REST Lambda never uses the realtime package; and
+    # a skills request need not build the sessions' and workspace files' models.
     from chalicelib.agent.turn import AgentTurn
     from chalicelib.realtime.dispatch import TurnDispatcher
     from chalicelib.realtime.runner import TurnRunner
     from chalicelib.realtime.sender import Sender
     from chalicelib.realtime.service import RealtimeService
+    from chalicelib.sandbox.base import SandboxProvider
+    from chalicelib.services.conversations import ConversationsService
+    from chalicelib.services.sessions import SessionsService
+    from chalicelib.services.skills import SkillsService
+    from chalicelib.services.user_settings import UserSettingsService
+    from chalicelib.services.users import UsersService
+    from chalicelib.services.workspace_files import WorkspaceFilesService
+    from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 
 T = TypeVar("T")
 
@@ -98,31 +99,45 @@ class Container:
 
     @property
     def skills(self) -> SkillsService:
+        from chalicelib.services.skills import SkillsService
+
         return self._once("skills", lambda: SkillsService(self.store))
 
     @property
     def conversations(self) -> ConversationsService:
+        from chalicelib.services.conversations import ConversationsService
+
         return self._once("conversations", lambda: ConversationsService(self.store))
 
     @property
     def user_settings(self) -> UserSettingsService:
+        from chalicelib.services.user_settings import UserSettingsService
+
         return self._once("user_settings", lambda: UserSettingsService(self.store))
 
     @property
     def users(self) -> UsersService:
+        from chalicelib.services.users import UsersService
+
         return self._once("users", lambda: UsersService(self.store, self.workspace_snapshots))
 
     @property
     def sessions(self) -> SessionsService:
+        from chalicelib.services.sessions import SessionsService
+
         return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes,
                                                               snapshots=self.workspace_snapshots))
 
     @property
     def workspace_snapshots(self) -> WorkspaceSnapshots:
+        from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
+
         return self._once("workspace_snapshots", lambda: WorkspaceSnapshots(self.settings, self.store))
 
     @property
     def workspace_files(self) -> WorkspaceFilesService:
+        from chalicelib.services.workspace_files import WorkspaceFilesService
+
         return self._once("workspace_files", lambda: WorkspaceFilesService(self.settings, self.sessions, self.workspace_snapshots))
 
     # -- the agent over websocket ----------------------------------------------------------

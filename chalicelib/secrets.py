@@ -18,9 +18,9 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib.aws import ClientSource, aws_session
 from chalicelib.errors import Misconfigured
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _loaded_source: str | None = None
 _failure: tuple[float, Misconfigured] | None = None
 
 
-def ensure_loaded(environ: MutableMapping[str, str] | None = None, session: boto3.session.Session | None = None) -> None:
+def ensure_loaded(environ: MutableMapping[str, str] | None = None, session: ClientSource | None = None) -> None:
     """Load the secrets named by SECRETS_SOURCE into `environ`, once; raise Misconfigured.
 
     A failure is remembered for a minute (so a missing parameter does not cost an SSM call
@@ -53,7 +53,7 @@ def ensure_loaded(environ: MutableMapping[str, str] | None = None, session: boto
         if _failure is not None and time.monotonic() - _failure[0] < RETRY_FAILED_AFTER:
             raise _failure[1]
         try:
-            values = fetch(source, session or boto3.session.Session())
+            values = fetch(source, session or aws_session())
         except Misconfigured as exc:
             _failure = (time.monotonic(), exc)
             raise
@@ -64,7 +64,7 @@ def ensure_loaded(environ: MutableMapping[str, str] | None = None, session: boto
         log.info("loaded %d secrets from %s", len(values), source)
 
 
-def fetch(source: str, session: boto3.session.Session) -> dict[str, str]:
+def fetch(source: str, session: ClientSource) -> dict[str, str]:
     """Every secret under `source` ('ssm:/path' or 'secretsmanager:name')."""
     kind, _, location = source.partition(":")
     if kind == "ssm" and location.startswith("/"):

@@ -73,7 +73,7 @@ def check_path(raw_path: str) -> None:
 def check_gateway_secret(request: Request, secret: str) -> None:
     """Refuse a call to the management or Invoke API that is not the app's own.
 
-    The app's boto3 clients add this process's secret to each call (chalicelib/aws.py); anyone
+    The app's AWS clients add this process's secret to each call (chalicelib/aws.py); anyone
     else reaching the port (a web page, another local process, a sandbox with network) cannot.
     """
     offered = request.headers.get(LOCAL_GATEWAY_SECRET_HEADER, "")

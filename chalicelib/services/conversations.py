@@ -17,13 +17,12 @@ from chalicelib import safejson
 from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
 from chalicelib.ids import validate_id
 from chalicelib.services.conversation_parts import ConversationParts, PartsMissing
+from chalicelib.services.limits import MAX_CONVERSATION_BYTES
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, iter_all
-
-MAX_CONVERSATION_BYTES = 5 * 1024 * 1024
 
 
 class ConversationSaved(ApiModel):

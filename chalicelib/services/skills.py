@@ -25,7 +25,6 @@ from chalicelib.storage.base import ObjectInfo, get_many, iter_all
 
 MAX_SKILL_FILE_BYTES = 1024 * 1024
 MAX_SKILL_FILES = 100
-MAX_UPLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 SANDBOX_SKILLS_DIR = "/workspace/.claude/skills"
 _MISSING = "Skill name and content are required"
 

@@ -25,11 +25,11 @@ from pydantic import (
 
 from chalicelib import safejson
 from chalicelib.errors import BadRequest, Conflict, PreconditionFailed
+from chalicelib.services.limits import MAX_SETTINGS_BYTES
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 
-MAX_SETTINGS_BYTES = 256 * 1024
 #: A PATCH without If-Match re-reads and re-merges this many times before giving up (409).
 PATCH_ATTEMPTS = 5
 PATCH_BACKOFF_SECONDS = 0.02

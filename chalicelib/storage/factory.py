@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import boto3
-
+from chalicelib.aws import ClientSource
 from chalicelib.config import Settings
 from chalicelib.errors import Misconfigured
 from chalicelib.storage.base import ObjectStore
@@ -11,7 +10,7 @@ from chalicelib.storage.local import LocalDirectoryStore
 from chalicelib.storage.s3 import S3Store, build_s3_client
 
 
-def build_store(settings: Settings, session: boto3.session.Session | None = None) -> ObjectStore:
+def build_store(settings: Settings, session: ClientSource | None = None) -> ObjectStore:
     """The configured ObjectStore. Production refuses the embedded directory: Lambda's disk
     is discarded with every container, so data written there would be lost."""
     storage = settings.storage

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -25,6 +24,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from chalicelib.aws import ClientSource, aws_session
 from chalicelib.config import StorageSettings
 from chalicelib.storage.base import (
     ListPage,
@@ -65,9 +65,9 @@ def client_config(
     )
 
 
-def build_s3_client(settings: StorageSettings, session: boto3.session.Session | None = None) -> Any:
+def build_s3_client(settings: StorageSettings, session: ClientSource | None = None) -> Any:
     """An S3 client for R2 (R2_ACCOUNT_ID), any endpoint (S3_ENDPOINT_URL) or AWS itself."""
-    session = session or boto3.session.Session()
+    session = session or aws_session()
     config = client_config(
         connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout, max_attempts=settings.max_attempts
     )

@@ -1,13 +1,14 @@
 """One Lambda cold start, inside an unzipped deployment package: run as its own interpreter.
 
-    python -S -I scripts/benchlib/lambda_child.py PACKAGE_DIR app|baseline
+    python -S -I scripts/benchlib/lambda_child.py PACKAGE_DIR app|baseline|seed
 
 `-S -I`: no site-packages, no PYTHONPATH, so only the package (and the standard library) can be
 imported, as in /var/task. It imports the handler module, then serves GET /health and
 GET /users/u/skills as API Gateway proxy events, and prints one JSON line of timings. `app` is
 this product; `baseline` is the bare minimum any Chalice app on S3 pays, as issue 16 measured it:
 `import chalice, boto3`, a Chalice app and an S3 client (created at import), then the same two
-routes, the second listing the same prefix.
+routes, the second listing the same prefix. `seed` uploads the user's one skill through the app's
+own POST route, as a user of the product would have (so the skill bundle exists), and times nothing.
 
 It imports nothing from this repository (the package is all there is), so the packaging test
 loads `rest_event` and `invoke` from this file too.
@@ -72,9 +73,19 @@ def _baseline() -> Any:
     return app
 
 
+SEED_SKILL = {"name": "debugging.md", "content": "# Debugging\n\nRead the logs."}
+
+
 def main(package: str, which: str) -> None:
     sys.path.insert(0, package)
     os.chdir(package)
+    if which == "seed":
+        import app as seeding
+
+        invoke(seeding.app, rest_event("POST", "/users/{userId}/skills", "/users/u/skills", {"userId": "u"},
+                                       body=json.dumps(SEED_SKILL),
+                                       headers={"Authorization": "Bearer bench", "Content-Type": "application/json"}))
+        return
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if which == "app":
         import app as module

@@ -70,11 +70,10 @@ def rest() -> None:
 
 
 def secrets_manager() -> None:
-    import boto3
-
     from chalicelib import secrets
+    from chalicelib.aws import aws_session
 
-    assert secrets.fetch("secretsmanager:probe", boto3.session.Session())["API_KEY"] == "key-from-secretsmanager"
+    assert secrets.fetch("secretsmanager:probe", aws_session())["API_KEY"] == "key-from-secretsmanager"
 
 
 def turn_runner_dispatch() -> None:
@@ -92,11 +91,11 @@ def websocket_send() -> None:
 
 
 def credential_chain() -> None:
-    import boto3
+    from chalicelib.aws import aws_session
 
-    boto3.session.Session().client("sts").get_caller_identity()
+    aws_session().client("sts").get_caller_identity()
     for service in ("sso", "sso-oidc", "signin"):
-        boto3.session.Session().client(service, region_name="us-east-1")
+        aws_session().client(service, region_name="us-east-1")
 
 
 def model_client() -> None:
