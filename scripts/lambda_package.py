@@ -2,7 +2,9 @@
 
 What it does to the zip:
 - keeps only the botocore (and boto3) service models listed in chalicelib.aws.PACKAGED_SERVICES,
-  latest API version only: the other ~440 services are two thirds of the zipped package;
+  latest API version only: the other ~440 services are two thirds of the zipped package; and
+  rewrites botocore's data so a client parses a tenth of the JSON (scripts/botocore_data.py:
+  endpoints of the kept services only, models without documentation, uncompressed);
 - compiles every module for the Lambda runtime: Lambda's /var/task is read-only, so without
   pycs every cold start compiles everything it imports again (1.9x the import CPU). Our code
   (app.py, chalicelib/, Chalice's runtime) keeps its source, with `__pycache__/*.cpython-311.pyc`
@@ -42,11 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.aws import PACKAGED_SERVICES
+from scripts.botocore_data import slim_botocore_data
 
 # The runtime in .chalice/config.json's stages follows the interpreter that runs Chalice
 # (Chalice picks python3.X from it), so the pycs are compiled by that same interpreter.
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SLIM_MARKER = ".slim-package.json"
+# Raised whenever `slim` changes what it does, so a zip Chalice cached is slimmed again.
+SLIM_VERSION = 2
 # Never shipped: the local gateway, tests, and what only the developer's machine runs.
 FORBIDDEN_PREFIXES = ("devserver/", "tests/", "sandbox_host/", "scripts/", "web/", ".venv/")
 # Sandboxes run on a sandbox host (SANDBOX_URL), never in a Lambda: the local bubblewrap
@@ -115,9 +120,10 @@ def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimRep
         names = archive.namelist()
         if SLIM_MARKER in names:
             marker = json.loads(archive.read(SLIM_MARKER))
-            if marker.get("services") == list(services) and marker.get("runtime") == RUNTIME:
+            if marker == _marker(services):
                 return None
-            raise StalePackage(f"{zip_path} was slimmed for other services or another runtime ({marker}): "
+            raise StalePackage(f"{zip_path} was slimmed for other services, another runtime or by an older "
+                               f"version of this script ({marker}): "
                                "delete it (and .chalice/deployments/) and package again.")
         forbidden = sorted({n.split("/")[0] for n in names if n.startswith(FORBIDDEN_PREFIXES)})
         if forbidden:
@@ -134,13 +140,18 @@ def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimRep
             for info in archive.infolist():
                 if not info.is_dir() and _keep(info.filename, newest):
                     archive.extract(info, root)
+            slim_botocore_data(root / "botocore" / "data")
             pycs = _compile(root)
-            (root / SLIM_MARKER).write_text(json.dumps({"services": list(services), "runtime": RUNTIME}))
+            (root / SLIM_MARKER).write_text(json.dumps(_marker(services)))
             _write_zip(root, zip_path)
     with zipfile.ZipFile(zip_path) as archive:
         infos = archive.infolist()
     return SlimReport(before, zip_path.stat().st_size, sum(i.file_size for i in infos), len(infos),
                       len(dropped_models), pycs)
+
+
+def _marker(services: Sequence[str]) -> dict[str, object]:
+    return {"services": list(services), "runtime": RUNTIME, "version": SLIM_VERSION}
 
 
 def _compile(root: Path) -> int:
