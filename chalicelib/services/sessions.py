@@ -13,7 +13,10 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 
 SetupMethod = Literal["r2_load_dev", "r2_mount", "r2_load_fallback"]
 SKILLS_DIR = MOUNT_DIR  # where the agent finds the skills, mounted or copied
+# (session id, its record or None for no record) that the current call has just read: the
+# fleet's host lookup (host_of) answers from it instead of reading the record again, a storage
+# round trip on setup's critical path.
+_record_in_hand: ContextVar[tuple[str, SessionRecord | None] | None] = ContextVar("record_in_hand", default=None)
 
 
 class SessionRecord(ApiModel):
@@ -131,7 +138,8 @@ class SessionsService:
                 code="session_owned_by_another_user",
             )
 
-        sandbox = self._create_sandbox(session_id, options)
+        with _holding(session_id, existing[0] if existing is not None else None):
+            sandbox = self._create_sandbox(session_id, options)
         if existing is not None:
             self._restore_if_new(session_id, user_id, sandbox)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
@@ -223,7 +231,8 @@ class SessionsService:
 
     def host_of(self, session_id: str) -> str | None:
         """The sandbox host the session's record names (the fleet routes by it)."""
-        record = self.find_record(session_id)
+        held = _record_in_hand.get()
+        record = held[1] if held is not None and held[0] == session_id else self.find_record(session_id)
         return record.sandbox_host if record is not None else None
 
     # -- destroy -------------------------------------------------------------------------
@@ -475,6 +484,16 @@ class SessionsService:
 def _host(sandbox: Sandbox) -> str | None:
     host = getattr(sandbox, "host", None)
     return host if isinstance(host, str) else None
+
+
+@contextmanager
+def _holding(session_id: str, record: SessionRecord | None) -> Iterator[None]:
+    """While the caller holds the session's record it has just read (None: it has none)."""
+    token = _record_in_hand.set((session_id, record))
+    try:
+        yield
+    finally:
+        _record_in_hand.reset(token)
 
 
 def _sha256(value: str) -> str:

@@ -33,7 +33,7 @@ class LatencyProxy:
         self.delay = delay
         self.requests = 0
         # (arrived, answered, client, request line): monotonic seconds, comparable across
-        # processes on Linux; client is the User-Agent's product ("Boto3", "s3fs").
+        # processes on Linux; client is the User-Agent's product ("Botocore", "s3fs").
         self.log: list[tuple[float, float, str, str]] = []
         self._count_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())

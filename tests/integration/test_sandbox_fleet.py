@@ -87,3 +87,38 @@ def test_archive_routes_refuse_hostile_archives_and_say_unchanged(tmp_path: Path
         assert box.exec("cat d/f; readlink d/etc; ls d").stdout == "x\n/etc\netc\nf\n"
         raw = httpx.get(f"{url}/sessions/arch/archive", params={"maxBytes": "10"}, headers={"Authorization": f"Bearer {token}"})
         assert raw.status_code == 413 and raw.json()["code"] == "snapshot_too_large"
+
+
+def test_setup_reads_the_session_record_once(tmp_path: Path) -> None:
+    """The fleet routes by the session record, which setup has just read: it asks no second time
+    (that read was one storage round trip more on setup's critical path)."""
+    from collections import Counter
+
+    from chalicelib.services.sessions import SessionsService
+    from chalicelib.storage import layout
+    from chalicelib.storage.base import StoredObject
+    from chalicelib.storage.local import LocalDirectoryStore
+
+    reads: Counter[str] = Counter()
+
+    class CountingStore(LocalDirectoryStore):
+        def get(self, key: str) -> StoredObject:
+            reads[key] += 1
+            return super().get(key)
+
+    with running_sandbox_host(tmp_path / "h") as (url, token):
+        settings = Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token, "DATA_DIR": str(tmp_path / "data")})
+        store = CountingStore(tmp_path / "data")
+        store.put("users/u/skills/a.md", b"# A\n\nDo a.")
+        hosts = []
+        for _ in range(2):  # a new session, then its refresh by another process (nothing in memory)
+            service = SessionsService(settings, store, FleetSandboxProvider(
+                settings, resolve_host=lambda sid: service.host_of(sid)))  # noqa: B023 - as the container wires it
+            before = reads[layout.session_key("s1")]
+            assert service.setup("s1", "u", "ws://127.0.0.1/ws").skills_loaded == ["/workspace/.claude/skills/a.md"]
+            assert reads[layout.session_key("s1")] - before == 1
+            hosts.append(service.get_record("s1").sandbox_host)
+        assert hosts == [url, url]
+        # Outside setup the fleet still reads the record (another process may have moved it).
+        before = reads[layout.session_key("s1")]
+        assert service.host_of("s1") == url and reads[layout.session_key("s1")] == before + 1
