@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The User-Agent products of the API's storage requests (its clients are botocore's; boto3's
-# before), told apart from s3fs's.
-API_AGENTS = ("Botocore", "Boto3")
+# The User-Agent product of the API's storage requests (its clients are botocore's), told apart
+# from s3fs's.
+API_AGENT = "Botocore"
 
 
 def critical_path(requests: list[tuple[float, float, str, str]]) -> int:
@@ -182,8 +182,8 @@ def production(runs: int, delay: float) -> int:
                         times.append(elapsed)
                         logs.append(requests)
                     medians[count] = statistics.median(times)
-                    api = statistics.median(sum(1 for r in log if r[2] in API_AGENTS) for log in logs)
-                    mount = statistics.median(sum(1 for r in log if r[2] not in API_AGENTS) for log in logs)
+                    api = statistics.median(sum(1 for r in log if r[2] == API_AGENT) for log in logs)
+                    mount = statistics.median(sum(1 for r in log if r[2] != API_AGENT) for log in logs)
                     chain = statistics.median(critical_path(log) for log in logs)
                     if os.environ.get("BENCH_TRACE"):
                         t0 = min(r[0] for r in logs[-1])

@@ -62,10 +62,9 @@ def _write_compact(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
 
 
-def slim_botocore_data(data_dir: Path) -> tuple[int, int]:
+def slim_botocore_data(data_dir: Path) -> None:
     """Rewrite botocore's data folder `data_dir` in place (its models already pruned to the
-    packaged services); (bytes before, bytes after)."""
-    before = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
+    packaged services)."""
     prefixes: set[str] = set()
     for model_file in sorted(data_dir.glob("*/*/*.json*")):
         kind = model_file.name.removesuffix(".gz").removesuffix(".json")  # service-2.sdk-extras is its own kind
@@ -80,5 +79,3 @@ def slim_botocore_data(data_dir: Path) -> tuple[int, int]:
         _write_compact(target, strip_documentation(data))
     endpoints = data_dir / "endpoints.json"
     _write_compact(endpoints, prune_endpoints(_read(endpoints), prefixes))
-    after = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
-    return before, after

@@ -62,13 +62,9 @@ import app
 from chalicelib.config import current_settings
 from chalicelib.container import get_container
 built = get_container(current_settings())._built.get('store')
-response = app.app({'resource': '/users/{userId}/skills', 'path': '/users/u/skills', 'httpMethod': 'GET',
-                    'headers': {'Authorization': 'Bearer init-key'}, 'multiValueHeaders': None,
-                    'queryStringParameters': None, 'multiValueQueryStringParameters': None,
-                    'pathParameters': {'userId': 'u'}, 'stageVariables': None, 'body': None, 'isBase64Encoded': False,
-                    'requestContext': {'resourcePath': '/users/{userId}/skills', 'httpMethod': 'GET',
-                                       'path': '/api/users/u/skills', 'stage': 'api', 'requestId': 'r',
-                                       'identity': {'sourceIp': '127.0.0.1'}}}, None)
+from scripts.benchlib.lambda_child import rest_event  # API Gateway's event, as the benchmark sends it
+response = app.app(rest_event('GET', '/users/{userId}/skills', '/users/u/skills', {'userId': 'u'},
+                              headers={'Authorization': 'Bearer init-key'}), None)
 print(json.dumps({'store': type(built).__name__ if built else None, 'gcEnabled': gc.isenabled(),
                   'frozen': gc.get_freeze_count(), 'boto3': 'boto3' in sys.modules,
                   'status': response['statusCode'], 'body': json.loads(response['body'])}))
