@@ -10,6 +10,7 @@ cold_start.begin()  # inside Lambda, before the imports below: see chalicelib/co
 
 from chalice import Chalice
 
+from chalicelib import chalice_local
 from chalicelib.aws import aws_session
 from chalicelib.services.health import check_health
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES, MAX_SETTINGS_BYTES, MAX_SKILL_UPLOAD_BYTES
@@ -24,6 +25,7 @@ app.experimental_feature_flags.update(["WEBSOCKETS"])
 # Workspace downloads of these types travel as binary through API Gateway.
 app.api.binary_types.extend(["application/gzip", "application/pdf"])
 api = Api(app)
+chalice_local.prepare()  # under `chalice local` only: its autoreloader and SIGTERM (see the module)
 
 
 # -- Health ------------------------------------------------------------------------------

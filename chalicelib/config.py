@@ -23,8 +23,12 @@ StorageBackend = Literal["local", "s3"]
 
 DEFAULT_BUCKET = "claude-agent-user-data"
 DEFAULT_DATA_DIR = "./.data"
+# Under `chalice local` the default store lives outside the project: Chalice's autoreloader
+# restarts the server on any file written under the project directory, the store's included.
+CHALICE_LOCAL_DATA_DIR = "claude-agent-backend/chalice-local"
 # The newest generally available Sonnet in the installed anthropic package's Model literal
-# (2.14.0). claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
+# (2.17.0, the lock). claude-sonnet-4-5-20250929 (the original's default) reached end of life on
+# 2026-11-30, and 2.17 no longer lists it.
 DEFAULT_MODEL = "claude-sonnet-5-5"
 
 
@@ -129,6 +133,8 @@ class Settings(_Frozen):
     websocket_url: str | None = Field(
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
+    # `chalice local`: REST only, so /setup hands out no websocket URL (see under_chalice_local).
+    chalice_local: bool = False
     cors_allow_origins: tuple[str, ...] = ()
     turn_runner_function: str | None = None
     # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
@@ -171,7 +177,7 @@ class Settings(_Frozen):
                     url=get("SANDBOX_URL"),
                     token=get("SANDBOX_TOKEN"),
                     mount_endpoint_url=get("SANDBOX_MOUNT_ENDPOINT_URL"),
-                    root=Path(get("SANDBOX_ROOT") or Path(get("DATA_DIR") or DEFAULT_DATA_DIR) / "sandboxes"),
+                    root=Path(get("SANDBOX_ROOT") or _data_dir(get) / "sandboxes"),
                     allow_unisolated=_flag(get("SANDBOX_ALLOW_UNISOLATED")),
                     idle_timeout_seconds=_int(get, "SANDBOX_IDLE_TIMEOUT", 600),
                     command_timeout_seconds=_int(get, "SANDBOX_COMMAND_TIMEOUT", 120),
@@ -200,6 +206,7 @@ class Settings(_Frozen):
                     permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
+                chalice_local=under_chalice_local(get),
                 local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
                 if get("CORS_ALLOW_ORIGINS") is not None
@@ -278,7 +285,7 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
     )
     return StorageSettings(
         backend=backend,
-        data_dir=Path(get("DATA_DIR") or DEFAULT_DATA_DIR),
+        data_dir=_data_dir(get),
         bucket=get("R2_BUCKET") or DEFAULT_BUCKET,
         endpoint_url=endpoint,
         region=get("S3_REGION") or ("auto" if account or not get("AWS_REGION") else get("AWS_REGION")),
@@ -292,6 +299,23 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         read_timeout=_float(get, "STORAGE_READ_TIMEOUT", 5.0),
         max_attempts=_int(get, "STORAGE_MAX_ATTEMPTS", 3),
     )
+
+
+def under_chalice_local(get) -> bool:  # type: ignore[no-untyped-def]
+    """True in Chalice's own development server, `chalice local`, which serves REST only: the
+    Chalice CLI marks its runs with AWS_CHALICE_CLI_MODE, and neither the local gateway
+    (LOCAL_GATEWAY_URL) nor a Lambda (AWS_LAMBDA_FUNCTION_NAME) is one."""
+    return bool(get("AWS_CHALICE_CLI_MODE")) and not get("LOCAL_GATEWAY_URL") and not get("AWS_LAMBDA_FUNCTION_NAME")
+
+
+def _data_dir(get) -> Path:  # type: ignore[no-untyped-def]
+    """DATA_DIR, else ./.data; under `chalice local`, else $XDG_DATA_HOME (~/.local/share)/CHALICE_LOCAL_DATA_DIR."""
+    if get("DATA_DIR"):
+        return Path(get("DATA_DIR"))
+    if under_chalice_local(get):
+        home = Path(get("HOME")) if get("HOME") else Path.home()
+        return Path(get("XDG_DATA_HOME") or home / ".local/share") / CHALICE_LOCAL_DATA_DIR
+    return Path(DEFAULT_DATA_DIR)
 
 
 def _default_origins(get, environment: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]

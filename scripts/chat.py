@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 import httpx
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -88,6 +88,10 @@ def _chat(args: argparse.Namespace) -> int:
         print(f"error: setup failed ({setup.status_code}): {setup.text}", file=sys.stderr)
         return 1
     info = setup.json()
+    if not info.get("websocketUrl"):
+        # `chalice local` serves REST only: its setup says so instead of handing out a URL.
+        print(f"error: {args.url} has no agent WebSocket. {info.get('message', '')}", file=sys.stderr)
+        return 1
     print(f"[session {session}: {info['setupMethod']}, {len(info['skillsLoaded'])} skill files]", file=sys.stderr)
     status = 0
     try:
@@ -113,6 +117,10 @@ def _chat(args: argparse.Namespace) -> int:
                     status = INTERRUPTED
     except ConnectionClosed as exc:
         print(f"\nerror: the server closed the connection ({exc}).", file=sys.stderr)
+        return 1
+    except (InvalidHandshake, OSError) as exc:
+        print(f"error: cannot open the agent WebSocket at {info['websocketUrl']} ({exc}). "
+              "It is served by ./scripts/dev, or by the deployment's WebSocket API.", file=sys.stderr)
         return 1
     return status
 

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import anthropic
 
@@ -59,10 +59,14 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Any]
 MID_STREAM_RETRIES = 3
-# Newer anthropic releases ship on `httpx2`, older ones on `httpx`: whichever is installed.
+# A connection that breaks while a stream is read. anthropic up to 2.16 raised the transport
+# error unwrapped (httpx's, or httpx2's from 2.14 on); 2.17 wraps it in APIConnectionError
+# (`iter_response_bytes`). Both forms are a cut reply, not an unreachable API: the request had
+# been answered, so the reply is asked for again.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(
     importlib.import_module(name).TransportError for name in ("httpx", "httpx2") if importlib.util.find_spec(name)
 )
+_CONNECTION_BREAKS: tuple[type[BaseException], ...] = (anthropic.APIConnectionError, *_TRANSPORT_ERRORS)
 
 
 @dataclass
@@ -104,17 +108,10 @@ class ModelStreamCut(Exception):
     """
 
 
-# A reply cut off: no message_stop, or the connection broke while the stream was read (the SDK
-# raises the transport error unwrapped then).
-_STREAM_CUTS: tuple[type[BaseException], ...] = (ModelStreamCut, *_TRANSPORT_ERRORS)
-
-
-def _raise_as_stream_cut(exc: BaseException, where: str) -> NoReturn:
-    """Raise a cut the retries did not cure as ModelStreamCut: as it is, or, for a transport
-    error, wrapped with what was being streamed (`where`: "mid-reply", "mid-summary")."""
-    if isinstance(exc, ModelStreamCut):
-        raise exc
-    raise ModelStreamCut(f"The connection to the model dropped {where} ({type(exc).__name__}).") from exc
+def _connection_dropped(exc: BaseException, where: str) -> ModelStreamCut:
+    """The cut a connection break (one of _CONNECTION_BREAKS) raised while an open stream was
+    read stands for (`where`: "mid-reply", "mid-summary")."""
+    return ModelStreamCut(f"The connection to the model dropped {where} ({type(exc).__name__}).")
 
 
 @dataclass
@@ -332,12 +329,15 @@ def _summary_reply(request: _Request, messages: list[dict[str, Any]], backoff: f
         try:
             with request.client.messages.stream(model=request.model, max_tokens=SUMMARY_MAX_TOKENS, system=SUMMARY_SYSTEM,
                                                 messages=messages) as stream:
-                if not any(event.type == "message_stop" for event in stream):
-                    raise ModelStreamCut("The summary of earlier messages was cut off before it ended (no message_stop).")
-                return stream.get_final_message()
-        except _STREAM_CUTS as exc:
+                try:
+                    if not any(event.type == "message_stop" for event in stream):
+                        raise ModelStreamCut("The summary of earlier messages was cut off before it ended (no message_stop).")
+                    return stream.get_final_message()
+                except _CONNECTION_BREAKS as exc:
+                    raise _connection_dropped(exc, "mid-summary") from exc
+        except ModelStreamCut as exc:
             if attempt == MID_STREAM_RETRIES:
-                _raise_as_stream_cut(exc, "mid-summary")
+                raise
             log.warning("summarising call cut off (attempt %d), asking again: %s", attempt + 1, exc)
             time.sleep(backoff * (2**attempt))
     raise AssertionError("unreachable")
@@ -380,9 +380,11 @@ def _stream_reply(request: _Request, payload: dict[str, Any], request_chars: int
                         if not complete:
                             raise ModelStreamCut("The model's reply was cut off before it ended (no message_stop).")
                         reply = stream.get_final_message()
-                    except Exception:
+                    except Exception as exc:
                         if watcher.closed or should_stop():
                             raise _Interrupted from None
+                        if isinstance(exc, _CONNECTION_BREAKS):
+                            raise _connection_dropped(exc, "mid-reply") from exc
                         raise
             result.add_call(reply.usage, request.model, prices)
             request.estimator.calibrate(request_chars, Usage.of(reply.usage).prompt_tokens)
@@ -390,9 +392,9 @@ def _stream_reply(request: _Request, payload: dict[str, Any], request_chars: int
         except _Interrupted:
             _keep_partial(streamed, messages, emit)
             raise
-        except _STREAM_CUTS as exc:
+        except ModelStreamCut as exc:
             if attempt == MID_STREAM_RETRIES:
-                _raise_as_stream_cut(exc, "mid-reply")
+                raise
             log.warning("model stream cut off (attempt %d), retrying the reply: %s", attempt + 1, exc)
             emit({"event": "status", "status": "retrying", "reason": "stream_cut", "discardStreamed": len("".join(streamed)),
                   "discardThinking": len("".join(thought)),

@@ -106,6 +106,10 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-5": _OPUS_4_5_TO_5,
     "claude-sonnet-4-5": _SONNET_4,
 }
+# Ids the locked SDK no longer lists (anthropic 2.17 dropped Sonnet 4.5, retired 2026-11-30),
+# kept in the tables so a stored conversation or a setting that still names one is priced and
+# sized: the API answers for a retired id with an error the turn reports, never a wrong bill.
+RETIRED_MODELS = frozenset({"claude-sonnet-4-5"})
 _DATED = re.compile(r"-\d{8}$")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from chalicelib.config import Settings
 from chalicelib.ids import validate_id
-from chalicelib.sandbox import linux, paths
+from chalicelib.sandbox import leftovers, linux, paths
 from chalicelib.sandbox.archive import WorkspaceArchiveMixin
 from chalicelib.sandbox.base import (
     MOUNT_DIR,
@@ -547,24 +547,11 @@ class LocalSandboxProvider:
             self._probe()
 
     def _sweep(self) -> None:
-        """Give back what a run that crashed (or was killed) left: tmpfs workspaces under
-        SANDBOX_ROOT and session cgroups whose uid no live process holds any more."""
+        """Give back what a run that crashed (or was killed) left, and have what this run leaves
+        given back when it ends (chalicelib.sandbox.leftovers)."""
         assert self.uids is not None
-        uids = self.uids
-
-        def in_use(name: str) -> bool:
-            suffix = name.rsplit("-", 1)[-1]
-            return suffix.isdigit() and uids.is_held(int(suffix))
-
-        if self.cgroups is not None:
-            self.cgroups.sweep(in_use)
-        for session in self.root.iterdir():
-            workspace = session / "workspace"
-            try:
-                if not session.name.startswith(".") and os.path.ismount(workspace) and not uids.is_held(os.stat(workspace).st_uid):
-                    _clear_leftover(session)
-            except OSError as exc:
-                log.warning("could not clear the leftover sandbox %s: %s", session, exc)
+        sweep_leftovers(self.root, self.uids, self.cgroups)
+        leftovers.watch_root(self.root, self.uids.folder)
 
     def _probe(self) -> None:
         """Fail now, not at the first command, when bwrap is installed but cannot work here.
@@ -725,6 +712,25 @@ def _bwrap_help(bwrap: str) -> str:
         return subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def sweep_leftovers(root: Path, uids: UidAllocator, cgroups: Cgroups | None) -> None:
+    """Give back what a run that crashed (or was killed) left: tmpfs workspaces under `root` and
+    session cgroups whose uid no live process holds any more."""
+
+    def in_use(name: str) -> bool:
+        suffix = name.rsplit("-", 1)[-1]
+        return suffix.isdigit() and uids.is_held(int(suffix))
+
+    if cgroups is not None:
+        cgroups.sweep(in_use)
+    for session in root.iterdir():
+        workspace = session / "workspace"
+        try:
+            if not session.name.startswith(".") and os.path.ismount(workspace) and not uids.is_held(os.stat(workspace).st_uid):
+                _clear_leftover(session)
+        except OSError as exc:
+            log.warning("could not clear the leftover sandbox %s: %s", session, exc)
 
 
 def _clear_leftover(root: Path) -> None:

@@ -31,11 +31,17 @@ class UidsExhausted(SandboxError):
 
 
 def _start_time(pid: int) -> str | None:
+    """When `pid` started (in clock ticks since boot), or None when no live process has it. A
+    zombie counts as gone: it holds nothing, and the watcher of leftovers sees a killed server
+    in that state first (chalicelib.sandbox.leftovers)."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] == "Z":
+        return None
+    return fields[19]
 
 
 class UidAllocator:

@@ -73,6 +73,11 @@ class SessionRecord(ApiModel):
     sandbox_host: str | None = None
 
 
+CHALICE_LOCAL_SETUP = ("Sandbox prepared, but this server is `chalice local`, which serves the REST API only and no "
+                       "WebSocket (websocketUrl is null). To talk to the agent, run ./scripts/dev: REST and the "
+                       "WebSocket on one port, with the same settings.")
+
+
 class SetupResult(ApiModel):
     """The original's setup body, plus the websocket URL, its token and any fallback reason."""
 
@@ -82,7 +87,8 @@ class SetupResult(ApiModel):
     setup_method: SetupMethod
     skills_loaded: list[str]
     message: str
-    websocket_url: str
+    # None where this server cannot serve the agent websocket (`chalice local`): the message says where to go.
+    websocket_url: str | None
     token: str
     fallback_reason: str | None = None
 
@@ -114,7 +120,7 @@ class SessionsService:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def setup(self, session_id: str, user_id: str | None, websocket_base: str) -> SetupResult:
+    def setup(self, session_id: str, user_id: str | None, websocket_base: str | None) -> SetupResult:
         """Prepare (or refresh) the session's sandbox with the user's skills.
 
         Idempotent: a second call reuses the sandbox, reloads the skills and issues a new token.
@@ -169,13 +175,13 @@ class SessionsService:
             save_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
-        ws = f"{websocket_base}?sessionId={session_id}"
+        ws = f"{websocket_base}?sessionId={session_id}" if websocket_base else None
         return SetupResult(
             session_id=session_id,
             user_id=user_id,
             setup_method=method,
             skills_loaded=loaded,
-            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>",
+            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>" if ws else CHALICE_LOCAL_SETUP,
             websocket_url=ws,
             token=token,
             fallback_reason=fallback_reason,

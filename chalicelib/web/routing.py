@@ -57,11 +57,14 @@ class RequestContext:
     def settings(self) -> Settings:
         return self.services.settings
 
-    def websocket_base(self) -> str:
+    def websocket_base(self) -> str | None:
         """Where clients open the agent websocket: WEBSOCKET_URL when deployed (API Gateway's
-        websocket API has its own host), else this server's own /ws (the local gateway)."""
+        websocket API has its own host), else this server's own /ws (the local gateway); None
+        under `chalice local`, which cannot serve websockets (aws/chalice#1674)."""
         if self.settings.websocket_url:
             return self.settings.websocket_url.rstrip("/")
+        if self.settings.chalice_local:
+            return None
         if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
             # In AWS the websocket API has its own host: deriving it from this request would hand
             # the client the REST API's host. A stack packaged without the merge template lacks it.

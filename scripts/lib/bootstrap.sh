@@ -1,20 +1,13 @@
 # Shared by ./scripts/dev and ./scripts/test: make a fresh machine ready, quietly and only once.
 # Sourced, not run. Expects to be in the repository root.
 
-# requirement_files FILE: FILE and every file it includes with -r, recursively (paths as pip reads them).
-requirement_files() {
-    local file="$1" include
-    echo "$file"
-    sed -n 's/^-r[[:space:]]*//p' "$file" | while read -r include; do
-        requirement_files "$(dirname "$file")/$include"
-    done
-}
-
-# ensure_venv REQUIREMENTS_FILE: create .venv if missing; pip install when the file (or a file it
-# includes with -r) changed since the last install, tracked by a hash stamp inside .venv. Only
-# those files count: editing the test requirements does not make ./scripts/dev reinstall.
+# ensure_venv LOCK_FILE: create .venv if missing; when the lock changed since the last install
+# (a hash stamp inside .venv), install exactly what it pins: --require-hashes, --no-deps (a lock
+# holds every package), then `pip check`. The test suite's lock is the superset of the others, so
+# installing it also removes what it no longer holds: the suite runs on the lock and nothing else.
+# Each lock is compiled from its *.in ranges by ./scripts/lock (scripts/deps.py).
 ensure_venv() {
-    local req="$1"
+    local lock="$1"
     local python="${PYTHON:-}"
     if [ -z "$python" ]; then
         if command -v python3.11 >/dev/null 2>&1; then python=python3.11; else python=python3; fi
@@ -23,12 +16,17 @@ ensure_venv() {
         echo "==> creating .venv with $("$python" --version 2>&1)" >&2
         "$python" -m venv .venv
     fi
-    local stamp=".venv/.installed-$(basename "$req")"
+    local stamp=".venv/.installed-$(basename "$lock")"
     local digest
-    digest=$(requirement_files "$req" | sort -u | xargs cat | sha256sum | cut -d' ' -f1)
+    digest=$(sha256sum "$lock" | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
-        echo "==> installing $req into .venv" >&2
-        .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+        echo "==> installing $lock into .venv" >&2
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r "$lock"
+        if [ "$lock" = "requirements-dev.txt" ]; then
+            .venv/bin/python -m scripts.deps prune "$lock"
+        fi
+        .venv/bin/python -m pip check --disable-pip-version-check >/dev/null \
+            || { .venv/bin/python -m pip check --disable-pip-version-check >&2; return 1; }
         echo "$digest" > "$stamp"
     fi
 }

@@ -20,6 +20,7 @@ import boto3
 import pytest
 
 from chalicelib.aws import PACKAGED_SERVICES
+from scripts.deps import canonical, pins
 from scripts.lambda_package import HOST_ONLY, SLIM_MARKER
 from scripts.package import PackagingError, check_sam, check_terraform
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
@@ -197,6 +198,16 @@ def test_the_package_is_slim_and_compiled_for_the_runtime(cfn, terraform) -> Non
         assert "anthropic/__init__.pyc" in names and "anthropic/__init__.py" not in names
         assert "boto3/session.pyc" in names and not any(n.endswith(".py") and n.startswith("pydantic/") for n in names)
         assert not any(n.endswith("dist-info/RECORD") or n.startswith("yaml/_yaml.") for n in names)
+
+
+def test_the_package_bundles_exactly_the_locked_versions(cfn) -> None:  # type: ignore[no-untyped-def]
+    """Chalice's packager downloads requirements.txt, the lock: every pinned package that applies
+    to the Lambda's platform is in the zip at its locked version, and nothing else third-party."""
+    _, zip_path = cfn
+    with zipfile.ZipFile(zip_path) as archive:
+        bundled = {canonical(m.group(1)): m.group(2)
+                   for n in archive.namelist() if (m := re.match(r"^([^/]+?)-([^-/]+)\.dist-info/METADATA$", n))}
+    assert bundled == pins(ROOT / "requirements.txt", here_only=True)  # the Lambda's platform is this one
 
 
 def test_every_client_the_app_creates_is_in_the_packaged_list() -> None:
