@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from chalicelib.errors import Misconfigured
+from chalicelib.sandbox.egress_policy import normalize_rule
 
 T = TypeVar("T", int, float)
 
@@ -75,6 +76,17 @@ class SandboxSettings(_Frozen):
     tmp_mb: int = Field(default=256, ge=1)
     # Sandbox host only: take no new sessions (its sessions move at their next turn).
     drain: bool = False
+    # Network-on sandboxes (chalicelib/sandbox/egress_proxy.py): host-name rules for every user
+    # ("pypi.org", "*.example.com"; deny wins, a non-empty allow list must match) and how many
+    # proxied connections one sandbox may hold open at once.
+    egress_allow: tuple[str, ...] = ()
+    egress_deny: tuple[str, ...] = ()
+    egress_max_connections: int = Field(default=64, ge=1, le=10_000)
+
+    @field_validator("egress_allow", "egress_deny")
+    @classmethod
+    def _egress_rules(cls, rules: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_rule(rule) for rule in rules)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -181,6 +193,9 @@ class Settings(_Frozen):
                     disk_mb=_int(get, "SANDBOX_DISK_MB", 1024),
                     tmp_mb=_int(get, "SANDBOX_TMP_MB", 256),
                     drain=_flag(get("SANDBOX_DRAIN")),
+                    egress_allow=_split(get("SANDBOX_EGRESS_ALLOW")),
+                    egress_deny=_split(get("SANDBOX_EGRESS_DENY")),
+                    egress_max_connections=_int(get, "SANDBOX_EGRESS_MAX_CONNECTIONS", 64),
                 ),
                 workspace=WorkspaceSettings(
                     snapshot_mb=_int(get, "WORKSPACE_SNAPSHOT_MB", 256),

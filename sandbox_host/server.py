@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -42,6 +42,7 @@ from chalicelib.sandbox.base import (
     SnapshotTooLarge,
 )
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
+from chalicelib.sandbox.egress_policy import MAX_RULES, normalize_rule
 from chalicelib.security import bearer_token
 
 log = logging.getLogger("sandbox_host")
@@ -53,6 +54,17 @@ class _Body(BaseModel):
 
 class CreateBody(_Body):
     allow_network: bool = Field(default=False, alias="allowNetwork")
+    network_allow: list[str] = Field(default_factory=list, alias="networkAllow", max_length=MAX_RULES)
+    network_deny: list[str] = Field(default_factory=list, alias="networkDeny", max_length=MAX_RULES)
+
+    @field_validator("network_allow", "network_deny")
+    @classmethod
+    def _rules(cls, rules: list[str]) -> list[str]:
+        return [normalize_rule(rule) for rule in rules]
+
+    def options(self) -> SandboxOptions:
+        return SandboxOptions(allow_network=self.allow_network, network_allow=tuple(self.network_allow),
+                              network_deny=tuple(self.network_deny))
 
 
 class FilesBody(_Body):
@@ -188,7 +200,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
     def create(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
         body = CreateBody.model_validate_json(raw or b"{}")
         sid = request.path_params["session_id"]
-        host.provider.create(sid, SandboxOptions(allow_network=body.allow_network))
+        host.provider.create(sid, body.options())
         host.touch(sid)
         return {"sessionId": sid}
 

@@ -41,6 +41,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
+from chalicelib.services.user_settings import NetworkRules
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
@@ -93,10 +94,11 @@ class Destroyed(ApiModel):
 
 
 class _AllowNetwork(BaseModel):
-    """The one user setting the sandbox needs; read leniently so setup never fails on it."""
+    """The user settings the sandbox needs; read leniently so setup never fails on them."""
 
     model_config = ConfigDict(extra="ignore")
     allowNetwork: StrictBool = False  # "yes" or 1 written behind the API must not open the network
+    network: NetworkRules | None = None
 
 
 class SessionsService:
@@ -354,10 +356,13 @@ class SessionsService:
     def _sandbox_options(self, user_id: str) -> SandboxOptions:
         try:
             raw = self.store.get(layout.settings_key(user_id)).body
-            allow = _AllowNetwork.model_validate_json(raw).allowNetwork
+            wanted = _AllowNetwork.model_validate_json(raw)
         except (ObjectNotFound, ValidationError):
-            allow = False
-        return SandboxOptions(allow_network=allow)
+            # Unreadable settings open nothing: neither the network nor a rule.
+            return SandboxOptions(allow_network=False)
+        rules = wanted.network or NetworkRules()
+        return SandboxOptions(allow_network=wanted.allowNetwork, network_allow=tuple(rules.allow),
+                              network_deny=tuple(rules.deny))
 
     def _create_sandbox(self, session_id: str, options: SandboxOptions) -> Sandbox:
         try:

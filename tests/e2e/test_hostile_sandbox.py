@@ -389,3 +389,28 @@ def test_destroy_takes_the_workspace_mount_down_even_after_its_folder_was_rename
     os.rename(tmp_path / "a", tmp_path / "b")  # as pytest moves an old temporary folder before deleting it
     p.destroy("renamed")
     assert "/b/sandboxes/renamed/workspace" not in Path("/proc/self/mountinfo").read_text()
+
+
+# -- issue 24: a network-on agent reaches nothing on the host ------------------------------
+
+
+@needs_root
+def test_a_network_on_agent_cannot_use_the_api_on_the_host(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("API_KEY", raising=False)  # ./scripts/dev's default: the API trusts its callers
+    assert world.http.put("/users/bob/settings", json={"systemPrompt": "BOB-PRIVATE-8812"}).status_code == 200
+    assert world.http.put("/users/mallory/settings", json={"allowNetwork": True, "permissions": {"web_fetch": "ask"}}).status_code == 200
+    host = world.url.split("://", 1)[1]
+    port = host.rsplit(":", 1)[1]
+    patch = "-X PATCH -H 'content-type: application/json' -d '{\"permissions\": {\"web_fetch\": \"allow\"}}'"
+    results = agent(world, "h-net-api", [
+        f"curl -sS -m 5 {world.url}/users/bob/settings 2>&1",  # direct (NO_PROXY names 127.0.0.1)
+        f"curl --noproxy '' -sS -m 5 {world.url}/users/bob/settings 2>&1",  # through the proxy
+        f"curl --noproxy '' -sS -m 5 http://localhost:{port}/users/bob/settings 2>&1",  # by name
+        f"curl -sS -m 5 {patch} {world.url}/users/mallory/settings 2>&1; "
+        f"curl --noproxy '' -sS -m 5 {patch} {world.url}/users/mallory/settings 2>&1",
+    ])
+    outputs = [json.dumps(r) for r in results]
+    assert not any("BOB-PRIVATE" in out for out in outputs), outputs
+    assert "Couldn't connect" in outputs[0] and "127.0.0.1 is a loopback address" in outputs[1]
+    assert "is a loopback address" in outputs[2] and "loopback address" in outputs[3], outputs
+    assert world.http.get("/users/mallory/settings").json()["settings"]["permissions"] == {"web_fetch": "ask"}
