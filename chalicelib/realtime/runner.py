@@ -439,13 +439,15 @@ class TurnRunner:
             self._save_snapshot(request.session_id, request.user_id)
         except SandboxGone:
             pass  # the turn never got a sandbox; the last snapshot stands
-        except AppError as exc:
-            stream.emit(error_frame(exc.message, exc.code))
-        except SandboxError as exc:
-            stream.emit(error_frame(f"The workspace could not be saved: {exc}. It is saved again after the next turn.",
-                                    "workspace_snapshot_failed"))
-        except Exception:  # noqa: BLE001 - the turn is over; its result stands
+        except Exception as exc:  # noqa: BLE001 - the turn is over; its result stands, the client is told
             log.exception("saving the workspace of session %s failed", request.session_id)
+            reason = exc.message if isinstance(exc, AppError) else f"{type(exc).__name__}: {exc}"
+            stream.emit({
+                "event": "status", "status": "workspace_save_failed",
+                "code": exc.code if isinstance(exc, AppError) else "workspace_snapshot_failed",
+                "message": f"The workspace could not be saved ({reason}). The last snapshot stands; the workspace "
+                           "is saved again after the next turn.",
+            })
 
     def _save_put_off(self, session_id: str) -> None:
         """The queue emptied without the last turn saving (its followers were interrupted, or a

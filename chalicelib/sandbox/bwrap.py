@@ -516,7 +516,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
                 linux.umount_lazy(self._here("workspace"))
             except OSError as exc:
                 log.warning("could not unmount %s: %s", self.workspace, exc)
-        shutil.rmtree(self.root, ignore_errors=True)
+        _remove_quietly(self.root)
         root_fd = getattr(self, "_root_fd", None)
         if root_fd is not None:
             os.close(root_fd)
@@ -798,4 +798,12 @@ def _clear_leftover(root: Path) -> None:
         linux.umount_lazy(str(root / "claude-mount"))
     except OSError:
         pass
-    shutil.rmtree(root, ignore_errors=True)
+    _remove_quietly(root)
+
+
+def _remove_quietly(folder: Path) -> None:
+    """Remove a session folder whatever the agent left in it (any depth); failures are logged."""
+    try:
+        paths.remove_path(str(folder))
+    except (OSError, SandboxError) as exc:
+        log.warning("could not remove %s: %s", folder, exc)

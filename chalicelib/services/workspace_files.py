@@ -9,7 +9,9 @@ The skills (`/workspace/.claude/skills`) are not workspace files: the skills API
 
 from __future__ import annotations
 
+import base64
 import mimetypes
+import os
 import posixpath
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -38,7 +40,11 @@ T = TypeVar("T")
 
 
 class WorkspaceFile(ApiModel):
+    """One entry. A name that is not UTF-8 shows with `\\xNN` escapes in `path`, and its exact
+    bytes (base64 of the whole path) in `pathBytes`, which is null for every other name."""
+
     path: str
+    path_bytes: str | None = None
     size: int
     modified: datetime
     type: Literal["file", "dir", "symlink"]
@@ -205,5 +211,10 @@ class WorkspaceFilesService:
 
 
 def _file(entry: WorkspaceEntry) -> WorkspaceFile:
-    return WorkspaceFile(path=f"{WORKSPACE}/{entry.path}", size=entry.size, type=entry.kind,
+    raw = os.fsencode(f"{WORKSPACE}/{entry.path}")
+    try:
+        shown, exact = raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        shown, exact = raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode()
+    return WorkspaceFile(path=shown, path_bytes=exact, size=entry.size, type=entry.kind,
                          modified=datetime.fromtimestamp(entry.modified, timezone.utc))

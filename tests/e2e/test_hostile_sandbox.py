@@ -10,6 +10,7 @@ can have: Chalice configures its sender once.)
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -414,3 +415,77 @@ def test_a_network_on_agent_cannot_use_the_api_on_the_host(world: World, monkeyp
     assert "Couldn't connect" in outputs[0] and "127.0.0.1 is a loopback address" in outputs[1]
     assert "is a loopback address" in outputs[2] and "loopback address" in outputs[3], outputs
     assert world.http.get("/users/mallory/settings").json()["settings"]["permissions"] == {"web_fetch": "ask"}
+
+
+# -- issue 24: no content in the workspace jams saving ---------------------------------------
+
+
+def _snapshot(world: World, session: str, user: str = "mallory") -> Path:
+    return world.data_dir / "sessions" / session / "workspace" / f"{user}.tar.gz"
+
+
+def _reap(world: World, session: str) -> None:
+    """Destroy the session's sandbox in the gateway as its idle reaper does (the record stays)."""
+    from chalicelib.config import current_settings
+    from chalicelib.container import get_container
+
+    _eventually(lambda: not (world.data_dir / "sessions" / session / "state.json").exists()
+                or json.loads((world.data_dir / "sessions" / session / "state.json").read_text()).get("turn") is None)
+    assert get_container(current_settings()).sandboxes.destroy(session)
+
+
+def _eventually(check: Any, timeout: float = 30.0) -> bool:
+    """Whether `check()` became true within `timeout` (the save follows the turn's result frame)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
+def test_a_non_utf8_name_and_a_1500_deep_tree_are_saved_listed_and_restored(world: World) -> None:
+    deep = "import os\nfor i in range(1500):\n  os.mkdir('d'); os.chdir('d')\nopen('deep.txt','w').write('DEEP-END')"
+    agent(world, "h-names", [
+        "cd /workspace && touch \"$(printf 'bad\\377')\" && printf 'raw' > \"$(printf 'caf\\303\\251')\" && "
+        f"python3 -c \"{deep}\" && echo made",
+    ])
+    saved = _snapshot(world, "h-names")
+    assert _eventually(saved.exists), "the turn's save wrote the snapshot"
+    listed = world.http.get("/sessions/h-names/files")
+    assert listed.status_code == 200, listed.text
+    files = {f["path"]: f for f in listed.json()["files"]}
+    assert files["/workspace/bad\\xff"]["pathBytes"] == base64.b64encode(b"/workspace/bad\xff").decode()
+    assert "pathBytes" not in files["/workspace/caf\u00e9"] or files["/workspace/caf\u00e9"]["pathBytes"] is None
+    assert any(p.endswith("/d/deep.txt") and p.split("/").count("d") == 1500 for p in files)
+    # Destroyed as the idle reaper does, then set up again: both come back from the snapshot.
+    _reap(world, "h-names")
+    listed = world.http.get("/sessions/h-names/files").json()
+    assert listed["source"] == "snapshot" and "/workspace/bad\\xff" in {f["path"] for f in listed["files"]}
+    results = agent(world, "h-names", ["ls /workspace | od -c | head -2; find /workspace -name deep.txt -exec cat {} +"])
+    assert "b   a   d 377" in results[0]["content"] and "DEEP-END" in results[0]["content"], results
+
+
+def test_a_failed_save_tells_the_client_and_is_retried_at_the_next_turn(world: World) -> None:
+    agent(world, "h-savefail", ["echo first > /workspace/a.txt"])
+    saved = _snapshot(world, "h-savefail")
+    assert _eventually(saved.exists)
+    saved.unlink()
+    saved.mkdir()  # the store cannot write the snapshot there: a real fault, not a mock
+    replies = [Reply([ToolUse("bash", {"command": "echo second > /workspace/a.txt"})]), Reply([Text("done")])]
+    world.fake.script(*replies)
+    setup = world.setup("h-savefail", "mallory")
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start"}))
+        receive_until(ws, "status")
+        ws.send(json.dumps({"action": "message", "prompt": "go"}))
+        frames = receive_until(ws, "result", timeout=60)
+        frames += receive_until(ws, "status", timeout=30) if not any(f.get("status") == "workspace_save_failed" for f in frames) else []
+    failed = [f for f in frames if f.get("status") == "workspace_save_failed"]
+    assert failed and "could not be saved" in failed[0]["message"] and "next turn" in failed[0]["message"], frames
+    saved.rmdir()
+    agent(world, "h-savefail", ["cat /workspace/a.txt"])
+    assert _eventually(saved.is_file)
+    _reap(world, "h-savefail")
+    got = world.http.get("/sessions/h-savefail/files/content", params={"path": "a.txt"})
+    assert got.status_code == 200 and got.content == b"second\n", got.text
