@@ -67,6 +67,9 @@ class SandboxSettings(_Frozen):
     root: Path = Path("./.data/sandboxes")
     allow_unisolated: bool = False
     idle_timeout_seconds: int = 600
+    # The hard ceiling: past it an idle sandbox is destroyed even when saving it failed (its
+    # session keeps the last good snapshot). None: 4 x idle_timeout_seconds.
+    max_idle_seconds: int | None = Field(default=None, ge=1)
     command_timeout_seconds: int = 120
     cpu_seconds: int = 300
     memory_mb: int = 2048
@@ -87,6 +90,11 @@ class SandboxSettings(_Frozen):
     @classmethod
     def _egress_rules(cls, rules: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(normalize_rule(rule) for rule in rules)
+
+    @property
+    def max_idle(self) -> int:
+        """SANDBOX_MAX_IDLE_SECONDS, or 4 x SANDBOX_IDLE_TIMEOUT; never below the idle timeout."""
+        return max(self.max_idle_seconds or 4 * self.idle_timeout_seconds, self.idle_timeout_seconds)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -186,6 +194,7 @@ class Settings(_Frozen):
                     root=Path(get("SANDBOX_ROOT") or Path(get("DATA_DIR") or DEFAULT_DATA_DIR) / "sandboxes"),
                     allow_unisolated=_flag(get("SANDBOX_ALLOW_UNISOLATED")),
                     idle_timeout_seconds=_int(get, "SANDBOX_IDLE_TIMEOUT", 600),
+                    max_idle_seconds=_int(get, "SANDBOX_MAX_IDLE_SECONDS", 0) or None,
                     command_timeout_seconds=_int(get, "SANDBOX_COMMAND_TIMEOUT", 120),
                     cpu_seconds=_int(get, "SANDBOX_CPU_SECONDS", 300),
                     memory_mb=_int(get, "SANDBOX_MEMORY_MB", 2048),

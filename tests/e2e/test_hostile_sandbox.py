@@ -464,6 +464,7 @@ def test_a_non_utf8_name_and_a_1500_deep_tree_are_saved_listed_and_restored(worl
     assert listed["source"] == "snapshot" and "/workspace/bad\\xff" in {f["path"] for f in listed["files"]}
     results = agent(world, "h-names", ["ls /workspace | od -c | head -2; find /workspace -name deep.txt -exec cat {} +"])
     assert "b   a   d 377" in results[0]["content"] and "DEEP-END" in results[0]["content"], results
+    _reap(world, "h-names")  # its deep tree goes with its tmpfs, not through pytest's rmtree
 
 
 def test_a_failed_save_tells_the_client_and_is_retried_at_the_next_turn(world: World) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from chalicelib.sandbox import archive
 from chalicelib.sandbox.base import SandboxFileNotFound, SandboxPathError, SnapshotTooLarge
+from chalicelib.sandbox.paths import remove_path
 
 CAP = 10 * 2**20
 
@@ -211,6 +212,8 @@ def test_a_1500_deep_tree_is_packed_listed_restored_and_removed_within_a_few_fds
         archive.unpack(out, archive.pack(tmp_path / "empty", CAP), CAP)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        remove_path(str(ws))  # pytest's own clean-up of old temporary folders uses shutil.rmtree
+    assert not ws.exists()
     assert len(entries) == len(listed) == 1501 and entries[-1].path.endswith("/deep.txt")
     assert os.listdir(out) == []  # the second unpack removed the whole deep tree first
 
