@@ -85,6 +85,8 @@ class SandboxSettings(_Frozen):
     egress_allow: tuple[str, ...] = ()
     egress_deny: tuple[str, ...] = ()
     egress_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # Sandbox host only: the largest body its JSON routes read (files travel base64-encoded).
+    host_max_body_mb: int = Field(default=40, ge=1, le=1024)
 
     @field_validator("egress_allow", "egress_deny")
     @classmethod
@@ -205,6 +207,7 @@ class Settings(_Frozen):
                     egress_allow=_split(get("SANDBOX_EGRESS_ALLOW")),
                     egress_deny=_split(get("SANDBOX_EGRESS_DENY")),
                     egress_max_connections=_int(get, "SANDBOX_EGRESS_MAX_CONNECTIONS", 64),
+                    host_max_body_mb=_int(get, "SANDBOX_HOST_MAX_BODY_MB", 40),
                 ),
                 workspace=WorkspaceSettings(
                     snapshot_mb=_int(get, "WORKSPACE_SNAPSHOT_MB", 256),
