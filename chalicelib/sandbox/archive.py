@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -50,6 +49,20 @@ COMPRESS_LEVEL = 6
 # sparse or highly compressible file must not keep the host busy for minutes.
 RAW_FACTOR = 4
 _CHUNK = 1 << 20
+#: The page a tmpfs workspace spends per started 4 KiB of a file.
+_PAGE = 4096
+#: A sparse file's allocated bytes, recorded at save so a restore can tell whether it fits.
+ALLOCATED_KEY = "CLAUDEAGENT.allocated"
+
+
+def allocated_bytes(size: int, blocks_bytes: int | None = None) -> int:
+    """What a file costs the workspace's disk: its pages, or its allocated blocks when fewer (sparse).
+
+    The one way sizes are counted at save, at restore and against SANDBOX_DISK_MB: a sparse
+    file's length says nothing of what it takes, and restores write its holes back as holes.
+    """
+    pages = -(-size // _PAGE) * _PAGE
+    return pages if blocks_bytes is None else min(pages, blocks_bytes)
 
 EntryKind = Literal["file", "dir", "symlink"]
 
@@ -177,6 +190,9 @@ def pack(workspace: Root, max_bytes: int) -> bytes:
                         if raw_total > max_bytes * RAW_FACTOR:
                             raise _too_large(max_bytes, f"its files add up to more than {max_bytes * RAW_FACTOR // 2**20} MiB")
                         member.size, member.mtime = now.st_size, int(now.st_mtime)
+                        taken = allocated_bytes(now.st_size, now.st_blocks * 512)
+                        if taken < allocated_bytes(now.st_size):
+                            member.pax_headers = {ALLOCATED_KEY: str(taken)}
                         tar.addfile(member, _Exactly(fd, now.st_size))  # type: ignore[arg-type]
                     finally:
                         os.close(fd)
@@ -339,7 +355,7 @@ def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] 
                     with os.fdopen(fd, "wb") as handle:
                         if owner is not None:
                             os.fchown(handle.fileno(), *owner)
-                        shutil.copyfileobj(content, handle, _CHUNK)
+                        _copy_sparse(content, handle.fileno(), member.size)
                         os.fchmod(handle.fileno(), member.mode & 0o777)
                         os.utime(handle.fileno(), (member.mtime, member.mtime))
                     files += 1
@@ -361,6 +377,27 @@ def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] 
     return files
 
 
+def _copy_sparse(source: IO[bytes], fd: int, size: int) -> None:
+    """Write `size` bytes from `source`, leaving every all-zero page a hole (what it was when saved)."""
+    zero, zeros = bytes(_PAGE), bytes(_CHUNK)
+    written = 0
+    while written < size:
+        chunk = source.read(min(_CHUNK, size - written))
+        if not chunk:
+            break
+        if chunk == zeros[:len(chunk)]:  # a whole hole: one comparison at C speed
+            written += len(chunk)
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), _PAGE):
+            page = view[start:start + _PAGE]
+            if page == zero[:len(page)]:
+                continue
+            os.pwrite(fd, page, written + start)
+        written += len(chunk)
+    os.ftruncate(fd, size)
+
+
 def _check_fits(root: int, entries: int, raw: int) -> None:
     """Refuse an archive whose files are more than the workspace's filesystem can ever hold."""
     fs = os.fstatvfs(root)
@@ -376,12 +413,14 @@ def _check_fits(root: int, entries: int, raw: int) -> None:
 
 def _check_members(data: bytes, max_bytes: int) -> tuple[int, int]:
     """Every entry's path stays inside, appears once, and passes through no link of the archive;
-    return how many entries it has and how many bytes its files hold."""
+    return how many entries it has and how many bytes its files take on disk (`allocated_bytes`)."""
     seen: set[str] = set()
     links: list[str] = []
     raw = 0
     for member, _ in _members(data, max_bytes):
-        raw += member.size if member.isreg() else 0
+        if member.isreg():
+            recorded = member.pax_headers.get(ALLOCATED_KEY, "")
+            raw += allocated_bytes(member.size, int(recorded) if recorded.isdigit() else None)
         rel = clean_relative(member.name)
         if rel in seen:
             raise SandboxPathError(f"{rel!r} appears twice in the archive.")
