@@ -493,7 +493,7 @@ class TurnRunner:
             raise AppError(f"The sandbox is unavailable: {exc}. Retry shortly.", code="sandbox_unavailable") from exc
 
     def _recreate_sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
-        loaded = self.sessions.reload_skills(request.session_id, request.user_id)
+        reloaded = self.sessions.reload_skills(request.session_id, request.user_id)
         stream.emit(
             {
                 "event": "status",
@@ -501,9 +501,11 @@ class TurnRunner:
                 "message": "The sandbox had gone away (idle timeout, host restart, its folder deleted or a move to "
                 "another host); a new one was prepared, its files were restored from the last snapshot and the "
                 "skills were loaded again.",
-                "skillsLoaded": loaded,
+                "skillsLoaded": reloaded.skills,
             }
         )
+        if reloaded.not_restored is not None:
+            stream.emit({"event": "status", "status": "workspace_not_restored", "message": reloaded.not_restored})
         return self.sessions.sandbox_for(request.session_id)
 
 

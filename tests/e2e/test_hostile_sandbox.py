@@ -11,12 +11,14 @@ can have: Chalice configures its sender once.)
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -490,3 +492,55 @@ def test_a_failed_save_tells_the_client_and_is_retried_at_the_next_turn(world: W
     _reap(world, "h-savefail")
     got = world.http.get("/sessions/h-savefail/files/content", params={"path": "a.txt"})
     assert got.status_code == 200 and got.content == b"second\n", got.text
+
+
+# -- issue 24: a snapshot that cannot be restored never bricks its session -------------------
+
+
+def _too_big_snapshot() -> bytes:
+    """What the bucket holds after SANDBOX_DISK_MB was lowered under a workspace: a valid archive
+    whose files no longer fit the sandbox's disk."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, body in (("a.txt", b"keep\n"), ("big.bin", os.urandom(6 * 2**20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+@needs_root
+def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_DISK_MB", "4")
+    session = "h-unrestored"
+    setup = world.setup(session, "mallory")
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo keep > /workspace/a.txt"})]), Reply([Text("one")]),
+                      Reply([ToolUse("bash", {"command": "ls -A /workspace; echo listed"})]), Reply([Text("two")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start"}))
+        receive_until(ws, "status")
+        ws.send(json.dumps({"action": "message", "prompt": "one"}))
+        receive_until(ws, "result", timeout=60)
+        _reap(world, session)
+        _snapshot(world, session).write_bytes(_too_big_snapshot())
+        ws.send(json.dumps({"action": "message", "prompt": "two"}))
+        frames = receive_until(ws, "result", timeout=60)
+    notes = [f for f in frames if f.get("status") == "workspace_not_restored"]
+    assert notes and "SANDBOX_DISK_MB" in notes[0]["message"] and "snapshot=unrestored" in notes[0]["message"], frames
+    listing = next(f for f in frames if f["event"] == "tool_result")["content"]
+    assert "a.txt" not in listing and "listed" in listing  # an empty workspace, and the turn went on
+    aside = world.http.get(f"/sessions/{session}/files", params={"snapshot": "unrestored"})
+    assert aside.status_code == 200 and aside.json()["source"] == "unrestored"
+    assert {f["path"] for f in aside.json()["files"]} == {"/workspace/a.txt", "/workspace/big.bin"}
+    got = world.http.get(f"/sessions/{session}/files/content", params={"path": "a.txt", "snapshot": "unrestored"})
+    assert got.status_code == 200 and got.content == b"keep\n"
+    gone = world.http.delete(f"/sessions/{session}/files/content", params={"path": "big.bin", "snapshot": "unrestored"})
+    assert gone.status_code == 200, gone.text
+    bad = world.http.get(f"/sessions/{session}/files", params={"snapshot": "other"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+    # The setup path too: a snapshot that does not fit is set aside, and setup answers 200.
+    _reap(world, session)
+    _snapshot(world, session).write_bytes(_too_big_snapshot())
+    again = world.http.post(f"/setup/{session}?userId=mallory")
+    assert again.status_code == 200, again.text
+    assert "could not be restored" in again.json()["workspaceNotRestored"]
