@@ -55,6 +55,7 @@ from chalicelib.sandbox.base import (
     SandboxIsADirectory,
     SandboxOptions,
 )
+from chalicelib.sandbox.bwrap_argv import HostLayout, LaunchPlan, bwrap_argv
 from chalicelib.sandbox.cgroups import Cgroups, Counters, SessionCgroup
 from chalicelib.sandbox.egress_policy import AddressGuard
 from chalicelib.sandbox.egress_proxy import PROXY_ENVIRONMENT, EgressProxy
@@ -66,13 +67,6 @@ from chalicelib.sandbox.uids import DEFAULT_UID_DIR, UidAllocator
 log = logging.getLogger(__name__)
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Only what programs need from /etc; /etc/shadow and friends stay out.
-_ETC_FILES = (
-    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "localtime", "ld.so.cache",
-    "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "alternatives", "mime.types", "bash.bashrc",
-    "inputrc", "profile", "python3", "python3.11",
-)
-_MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # The stage: empty folders every uid can pass, where a launch binds its session's workspace
 # (in its own mount namespace only) so bwrap, started as the session's uid, can reach it.
 _STAGE_CANDIDATES = (Path("/run/claude-agent-sandbox/stage"), Path("/tmp/claude-agent-sandbox-stage"))
@@ -243,40 +237,20 @@ class LocalSandbox(WorkspaceArchiveMixin):
             return argv
         allow_network = self.options.allow_network if network is None else network
         stage = self.provider.stage
-        workspace_source = str(stage / "workspace") if stage is not None else str(self.workspace)
-        # By full path: the sandboxed environment is empty, so the child's PATH cannot find it.
-        # --unshare-user: bwrap runs as the session's uid (or the server's, unprivileged), never
-        # as root; --cap-drop ALL also drops what it holds inside its user namespace.
-        cmd = [self.provider.bwrap, "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-               "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
-        if self.provider.can_disable_userns:
-            cmd.append("--disable-userns")  # no nested user namespaces: no fresh capabilities inside
-        cmd += ["--ro-bind", "/usr", "/usr"]
-        for name in _MERGED_USR:
-            source = Path("/") / name
-            if source.is_symlink():
-                cmd += ["--symlink", os.readlink(source), f"/{name}"]
-            elif source.is_dir():
-                cmd += ["--ro-bind", str(source), f"/{name}"]
-        for name in _ETC_FILES:
-            if (Path("/etc") / name).exists():
-                cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        tmp_bytes = self.settings.sandbox.tmp_mb * 1024 * 1024
-        # /dev is a tmpfs bwrap fills with the few safe devices: read-only once made, with a
-        # size-limited /dev/shm, so /workspace, /tmp and /dev/shm are the only writable places.
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-                "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--bind", workspace_source, WORKSPACE]
+        skills_source = None
         if self.claude_source is not None:
             skills_source = str(stage / "skills") if stage is not None else str(self.claude_source)
-            cmd += ["--bind", skills_source, MOUNT_DIR]
-        if not (allow_network and self.network is not None):
+        return bwrap_argv(LaunchPlan(
+            bwrap=self.provider.bwrap,
+            layout=self.provider.layout,
+            workspace_source=str(stage / "workspace") if stage is not None else str(self.workspace),
+            skills_source=skills_source,
+            tmp_bytes=self.settings.sandbox.tmp_mb * 1024 * 1024,
+            environment=self.environment(),
             # With the network on, the pre-exec step has joined the sandbox's own namespace.
-            cmd.append("--unshare-net")
-        # bwrap builds the root on a tmpfs; make it read-only so only the binds above are writable.
-        cmd += ["--remount-ro", "/", "--clearenv", "--chdir", WORKSPACE]
-        for key, value in self.environment().items():
-            cmd += ["--setenv", key, value]
-        return cmd + ["--", *argv]
+            network=allow_network and self.network is not None,
+            disable_userns=self.provider.can_disable_userns,
+        ), argv)
 
     def environment(self) -> dict[str, str]:
         """The only environment a sandboxed process gets: nothing from the server."""
@@ -586,6 +560,7 @@ class LocalSandboxProvider:
         if self.cgroups is not None and self.cgroups.version is None:
             self.cgroups = None
         self.can_disable_userns = self.isolated and "--disable-userns" in _bwrap_help(self.bwrap)
+        self.layout = HostLayout.read()
         # A network namespace per sandbox needs root; without it network-on sandboxes get none.
         self.egress = EgressProxy(
             operator_allow=settings.sandbox.egress_allow, operator_deny=settings.sandbox.egress_deny,

@@ -80,7 +80,13 @@ def test_a_sandbox_whose_save_keeps_failing_is_destroyed_at_the_ceiling(tmp_path
                         max_idle_seconds=settings.sandbox.max_idle)
     sandbox = provider.create("jammed", SandboxOptions())
     sandbox.bash().run("sleep 3000 &")
-    sleeper = [pid for pid in descendants(sandbox.bash()._proc.pid) if "sleep" in _cmdline(pid)]  # type: ignore[union-attr]
+    launcher = sandbox.bash()._proc
+    assert launcher is not None
+    sleeper: list[int] = []
+    deadline = time.monotonic() + 10  # the background job may not have exec'd sleep yet
+    while not sleeper and time.monotonic() < deadline:
+        sleeper = [pid for pid in descendants(launcher.pid) if "sleep" in _cmdline(pid)]
+        time.sleep(0.05)
     assert sleeper
     started = provider.last_used("jammed")
     assert started is not None
