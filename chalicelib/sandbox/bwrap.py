@@ -566,6 +566,8 @@ class LocalSandboxProvider:
             operator_allow=settings.sandbox.egress_allow, operator_deny=settings.sandbox.egress_deny,
             max_connections=settings.sandbox.egress_max_connections, guard=egress_guard,
         ) if self.stage is not None else None
+        if self.egress is not None:
+            weakref.finalize(self, self.egress.close)
         if self.uids is not None:
             self._sweep()
         if self.isolated:

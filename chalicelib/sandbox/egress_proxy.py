@@ -94,6 +94,7 @@ class EgressProxy:
         self.connector = connector
         self._tenants: dict[str, _Tenant] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     # -- lifecycle (called from the server's threads) -----------------------------------------
@@ -129,11 +130,25 @@ class EgressProxy:
         loop = self._ensure_loop()
         asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)  # type: ignore[arg-type]
 
+    def close(self) -> None:
+        """Stop serving every sandbox and end the proxy's thread (a later attach starts it again)."""
+        with self._start_lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        for session_id in list(self._tenants):
+            asyncio.run_coroutine_threadsafe(self._stop(session_id), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="egress-proxy", daemon=True).start()
+                self._thread = threading.Thread(target=loop.run_forever, name="egress-proxy", daemon=True)
+                self._thread.start()
                 self._loop = loop
             return self._loop
 

@@ -121,7 +121,7 @@ def start() -> Iterator[object]:
 
     yield run
     for proxy, network in started:
-        proxy.detach("sess-1")
+        proxy.close()
         network.close()
 
 
