@@ -109,7 +109,11 @@ def _start_reaper() -> None:
         get_container(current_settings()).sessions.save_workspace(session_id)
 
     sandbox = current_settings().sandbox
-    IdleReaper(provider, sandbox.idle_timeout_seconds, before_destroy=save, max_idle_seconds=sandbox.max_idle).start()
+    def lost(session_id: str, message: str) -> None:
+        get_container(current_settings()).sessions.remember_lost_save(session_id, message)
+
+    IdleReaper(provider, sandbox.idle_timeout_seconds, before_destroy=save, max_idle_seconds=sandbox.max_idle,
+               on_lost_save=lost).start()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -506,6 +506,9 @@ class TurnRunner:
         )
         if reloaded.not_restored is not None:
             stream.emit({"event": "status", "status": "workspace_not_restored", "message": reloaded.not_restored})
+        if reloaded.lost_save is not None:
+            stream.emit({"event": "status", "status": "workspace_save_failed", "code": "workspace_not_saved_before_reaping",
+                         "message": reloaded.lost_save})
         return self.sessions.sandbox_for(request.session_id)
 
 

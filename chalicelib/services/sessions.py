@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -106,6 +107,8 @@ class Reloaded:
 
     skills: list[str]
     not_restored: str | None = None
+    # Why the sandbox's last files were not saved before it went (its session goes on from the last snapshot).
+    lost_save: str | None = None
 
 
 class Destroyed(ApiModel):
@@ -133,6 +136,10 @@ class SessionsService:
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
         self.folders = SkillFolders(store)
+        # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
+        # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
+        self._lost_saves: dict[str, str] = {}
+        self._lost_lock = threading.Lock()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -223,7 +230,14 @@ class SessionsService:
             restored = self._restore(session_id, user_id, sandbox, options)
             listing, bundle = listing_f.result(), bundle_f.result()
             files = self._skill_files(user_id, listing, bundle)
-            return Reloaded(self._write_skills(restored.sandbox, user_id, listing, bundle, files), restored.not_restored)
+            with self._lost_lock:
+                lost = self._lost_saves.pop(session_id, None)
+            return Reloaded(self._write_skills(restored.sandbox, user_id, listing, bundle, files), restored.not_restored, lost)
+
+    def remember_lost_save(self, session_id: str, reason: str) -> None:
+        """A sandbox was destroyed without its last save (the reaper's ceiling): its next turn says so."""
+        with self._lost_lock:
+            self._lost_saves[session_id] = reason
 
     # -- lookups used by the websocket layer ---------------------------------------------
 

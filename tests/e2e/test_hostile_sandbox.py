@@ -544,3 +544,41 @@ def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: Wor
     again = world.http.post(f"/setup/{session}?userId=mallory")
     assert again.status_code == 200, again.text
     assert "could not be restored" in again.json()["workspaceNotRestored"]
+
+
+def test_a_sandbox_reaped_at_the_ceiling_says_so_at_its_next_turn(world: World) -> None:
+    from chalicelib.config import current_settings
+    from chalicelib.container import get_container
+    from devserver.reaper import IdleReaper
+
+    session = "h-ceiling"
+    container = get_container(current_settings())
+    setup = world.setup(session, "mallory")
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo kept > /workspace/a.txt"})]), Reply([Text("one")]),
+                      Reply([ToolUse("bash", {"command": "cat /workspace/a.txt; sleep 3000 & echo started"})]),
+                      Reply([Text("two")]), Reply([ToolUse("bash", {"command": "cat /workspace/a.txt"})]), Reply([Text("three")]))
+
+    def storage_down(session_id: str) -> None:
+        raise OSError("storage is down")  # what the gateway's own reaper meets during an outage
+
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start"}))
+        receive_until(ws, "status")
+        for prompt in ("one", "two"):
+            ws.send(json.dumps({"action": "message", "prompt": prompt}))
+            receive_until(ws, "result", timeout=60)
+        _eventually(lambda: json.loads((world.data_dir / "sessions" / session / "state.json").read_text()).get("turn") is None)
+        used = container.sandboxes.last_used(session)
+        assert used is not None
+        clock = [used + 30.0]
+        reaper = IdleReaper(lambda: container.sandboxes, idle_seconds=10, clock=lambda: clock[0], before_destroy=storage_down,
+                            max_idle_seconds=40, on_lost_save=container.sessions.remember_lost_save)
+        assert reaper.reap_once() == [] and session in container.sandboxes.sessions()  # kept: storage may come back
+        clock[0] = used + 41.0
+        assert reaper.reap_once() == [session]
+        ws.send(json.dumps({"action": "message", "prompt": "three"}))
+        frames = receive_until(ws, "result", timeout=60)
+    lost = [f for f in frames if f.get("status") == "workspace_save_failed"]
+    assert lost and "SANDBOX_MAX_IDLE_SECONDS=40" in lost[0]["message"] and "storage is down" in lost[0]["message"], frames
+    assert "sandbox_recreated" in [f.get("status") for f in frames]
+    assert "kept" in next(f for f in frames if f["event"] == "tool_result")["content"]  # the last good snapshot
