@@ -144,12 +144,12 @@ def destroy_sandbox(ctx: RequestContext, sessionId: str):
 
 @api.route("/sessions/{sessionId}/files", methods=["GET"])
 def list_workspace_files(ctx: RequestContext, sessionId: str):
-    return ctx.services.workspace_files.list(sessionId)
+    return ctx.services.workspace_files.list(sessionId, ctx.request.query("snapshot"))
 
 
 @api.route("/sessions/{sessionId}/files/content", methods=["GET"])
 def download_workspace_file(ctx: RequestContext, sessionId: str):
-    found = ctx.services.workspace_files.read(sessionId, ctx.request.query("path"))
+    found = ctx.services.workspace_files.read(sessionId, ctx.request.query("path"), ctx.request.query("snapshot"))
     return file_response(ctx.request, found.data, found.content_type, found.path.rsplit("/", 1)[-1], app.api.binary_types)
 
 
@@ -161,7 +161,7 @@ def upload_workspace_file(ctx: RequestContext, sessionId: str):
 
 @api.route("/sessions/{sessionId}/files/content", methods=["DELETE"])
 def delete_workspace_file(ctx: RequestContext, sessionId: str):
-    return ctx.services.workspace_files.delete(sessionId, ctx.request.query("path"))
+    return ctx.services.workspace_files.delete(sessionId, ctx.request.query("path"), ctx.request.query("snapshot"))
 
 
 # -- The agent over WebSocket ------------------------------------------------------------

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from chalicelib.errors import Misconfigured
+from chalicelib.sandbox.egress_policy import normalize_rule
 
 T = TypeVar("T", int, float)
 
@@ -70,6 +71,9 @@ class SandboxSettings(_Frozen):
     root: Path = Path("./.data/sandboxes")
     allow_unisolated: bool = False
     idle_timeout_seconds: int = 600
+    # The hard ceiling: past it an idle sandbox is destroyed even when saving it failed (its
+    # session keeps the last good snapshot). None: 4 x idle_timeout_seconds.
+    max_idle_seconds: int | None = Field(default=None, ge=1)
     command_timeout_seconds: int = 120
     cpu_seconds: int = 300
     memory_mb: int = 2048
@@ -79,6 +83,24 @@ class SandboxSettings(_Frozen):
     tmp_mb: int = Field(default=256, ge=1)
     # Sandbox host only: take no new sessions (its sessions move at their next turn).
     drain: bool = False
+    # Network-on sandboxes (chalicelib/sandbox/egress_proxy.py): host-name rules for every user
+    # ("pypi.org", "*.example.com"; deny wins, a non-empty allow list must match) and how many
+    # proxied connections one sandbox may hold open at once.
+    egress_allow: tuple[str, ...] = ()
+    egress_deny: tuple[str, ...] = ()
+    egress_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # Sandbox host only: the largest body its JSON routes read (files travel base64-encoded).
+    host_max_body_mb: int = Field(default=40, ge=1, le=1024)
+
+    @field_validator("egress_allow", "egress_deny")
+    @classmethod
+    def _egress_rules(cls, rules: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_rule(rule) for rule in rules)
+
+    @property
+    def max_idle(self) -> int:
+        """SANDBOX_MAX_IDLE_SECONDS, or 4 x SANDBOX_IDLE_TIMEOUT; never below the idle timeout."""
+        return max(self.max_idle_seconds or 4 * self.idle_timeout_seconds, self.idle_timeout_seconds)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -180,6 +202,7 @@ class Settings(_Frozen):
                     root=Path(get("SANDBOX_ROOT") or _data_dir(get) / "sandboxes"),
                     allow_unisolated=_flag(get("SANDBOX_ALLOW_UNISOLATED")),
                     idle_timeout_seconds=_int(get, "SANDBOX_IDLE_TIMEOUT", 600),
+                    max_idle_seconds=_int(get, "SANDBOX_MAX_IDLE_SECONDS", 0) or None,
                     command_timeout_seconds=_int(get, "SANDBOX_COMMAND_TIMEOUT", 120),
                     cpu_seconds=_int(get, "SANDBOX_CPU_SECONDS", 300),
                     memory_mb=_int(get, "SANDBOX_MEMORY_MB", 2048),
@@ -187,6 +210,10 @@ class Settings(_Frozen):
                     disk_mb=_int(get, "SANDBOX_DISK_MB", 1024),
                     tmp_mb=_int(get, "SANDBOX_TMP_MB", 256),
                     drain=_flag(get("SANDBOX_DRAIN")),
+                    egress_allow=_split(get("SANDBOX_EGRESS_ALLOW")),
+                    egress_deny=_split(get("SANDBOX_EGRESS_DENY")),
+                    egress_max_connections=_int(get, "SANDBOX_EGRESS_MAX_CONNECTIONS", 64),
+                    host_max_body_mb=_int(get, "SANDBOX_HOST_MAX_BODY_MB", 40),
                 ),
                 workspace=WorkspaceSettings(
                     snapshot_mb=_int(get, "WORKSPACE_SNAPSHOT_MB", 256),

@@ -108,7 +108,12 @@ def _start_reaper() -> None:
     def save(session_id: str) -> None:
         get_container(current_settings()).sessions.save_workspace(session_id)
 
-    IdleReaper(provider, current_settings().sandbox.idle_timeout_seconds, before_destroy=save).start()
+    sandbox = current_settings().sandbox
+    def lost(session_id: str, message: str) -> None:
+        get_container(current_settings()).sessions.remember_lost_save(session_id, message)
+
+    IdleReaper(provider, sandbox.idle_timeout_seconds, before_destroy=save, max_idle_seconds=sandbox.max_idle,
+               on_lost_save=lost).start()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

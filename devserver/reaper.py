@@ -7,7 +7,10 @@ recreates a vanished sandbox and restores its workspace snapshot), or the client
 
 Unlike the sandbox host, the gateway holds storage credentials, so its reaper saves the workspace
 before destroying it (`before_destroy`): what a background process wrote after the last turn's
-save is kept too. While storage is down the sandbox is kept, and the next pass tries again.
+save is kept too. While storage is down the sandbox is kept, and the next pass tries again, up
+to a hard ceiling (SANDBOX_MAX_IDLE_SECONDS, default 4 x the idle timeout): past it the sandbox is
+destroyed anyway, so no workspace and no failing store can keep sandboxes alive for ever. The
+session keeps its last good snapshot, which its next turn restores (`status: sandbox_recreated`).
 """
 
 from __future__ import annotations
@@ -36,10 +39,15 @@ class IdleReaper:
 
     def __init__(self, provider: Callable[[], object], idle_seconds: float, interval: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 before_destroy: Callable[[str], object] | None = None) -> None:
+                 before_destroy: Callable[[str], object] | None = None, max_idle_seconds: float | None = None,
+                 on_lost_save: Callable[[str, str], object] | None = None) -> None:
+        """`max_idle_seconds`: the ceiling past which a failed save no longer keeps a sandbox (default 4 x idle);
+        `on_lost_save(session_id, message)` is told when that happens, so the session's next turn can say so."""
         self._provider = provider
         self._before_destroy = before_destroy
+        self._on_lost_save = on_lost_save
         self.idle_seconds = idle_seconds
+        self.max_idle_seconds = max(max_idle_seconds or 4 * idle_seconds, idle_seconds)
         # Often enough that a session outlives its timeout by at most a quarter of it (a minute at most).
         self.interval = interval if interval is not None else min(60.0, max(0.5, idle_seconds / 4))
         self._clock = clock
@@ -61,9 +69,19 @@ class IdleReaper:
             if self._before_destroy is not None:
                 try:
                     self._before_destroy(session_id)
-                except Exception:  # noqa: BLE001 - its files would be lost: keep it until the next pass
-                    log.exception("saving the workspace of idle session %s failed; it is kept for now", session_id)
-                    continue
+                except Exception as exc:  # noqa: BLE001 - its files would be lost: keep it until the next pass, or the ceiling
+                    if now - used <= self.max_idle_seconds:
+                        log.exception("saving the workspace of idle session %s failed; it is kept for now (at most "
+                                      "%g s idle: SANDBOX_MAX_IDLE_SECONDS)", session_id, self.max_idle_seconds)
+                        continue
+                    log.exception("saving the workspace of idle session %s failed again after %.0f s idle, past "
+                                  "SANDBOX_MAX_IDLE_SECONDS=%g: it is destroyed; the session keeps its last good snapshot",
+                                  session_id, now - used, self.max_idle_seconds)
+                    lost = (f"The sandbox was destroyed after {now - used:.0f} s idle (SANDBOX_MAX_IDLE_SECONDS="
+                            f"{self.max_idle_seconds:g}) although its workspace could not be saved ({exc}): what changed "
+                            "since the last saved snapshot is lost; the workspace was restored from that snapshot.")
+                    if self._on_lost_save is not None:
+                        self._on_lost_save(session_id, lost)
             if tracked.destroy(session_id):
                 log.info("sandbox of session %s destroyed after %.0f s idle (SANDBOX_IDLE_TIMEOUT=%g)",
                          session_id, now - used, self.idle_seconds)

@@ -9,8 +9,10 @@ SANDBOX_IDLE_TIMEOUT seconds (default 600) are destroyed.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hmac
+import json
 import logging
 import os
 import signal
@@ -21,8 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -42,6 +45,7 @@ from chalicelib.sandbox.base import (
     SnapshotTooLarge,
 )
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
+from chalicelib.sandbox.egress_policy import MAX_RULES, normalize_rule
 from chalicelib.security import bearer_token
 
 log = logging.getLogger("sandbox_host")
@@ -53,6 +57,17 @@ class _Body(BaseModel):
 
 class CreateBody(_Body):
     allow_network: bool = Field(default=False, alias="allowNetwork")
+    network_allow: list[str] = Field(default_factory=list, alias="networkAllow", max_length=MAX_RULES)
+    network_deny: list[str] = Field(default_factory=list, alias="networkDeny", max_length=MAX_RULES)
+
+    @field_validator("network_allow", "network_deny")
+    @classmethod
+    def _rules(cls, rules: list[str]) -> list[str]:
+        return [normalize_rule(rule) for rule in rules]
+
+    def options(self) -> SandboxOptions:
+        return SandboxOptions(allow_network=self.allow_network, network_allow=tuple(self.network_allow),
+                              network_deny=tuple(self.network_deny))
 
 
 class FilesBody(_Body):
@@ -87,8 +102,36 @@ class DrainAndArchive:
         return value
 
 
+class _Json(JSONResponse):
+    """JSON with every non-ASCII character escaped: a file name that is not UTF-8 travels as its
+    surrogate escapes (`\\udcff`) and comes back as the same bytes, where UTF-8 output would fail."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status)
+    return _Json({"error": message, "code": code}, status_code=status)
+
+
+class _TooLarge(Exception):
+    """A request body passed its cap; nothing past the cap was read."""
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The body, refused as soon as it passes `cap` (by its Content-Length before reading, or
+    while reading one without): a large body never sits in the host's memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _TooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class SandboxHost:
@@ -144,12 +187,22 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
     """The sandbox host's ASGI app."""
     host = SandboxHost(settings or Settings.from_env())
 
-    def endpoint(handler: Callable[..., Any], needs_session: bool = True) -> Callable[[Request], Any]:
+    max_body = host.settings.sandbox.host_max_body_mb * 2**20
+
+    def endpoint(handler: Callable[..., Any], needs_session: bool = True,
+                 cap: Callable[[Request], int] | None = None) -> Callable[[Request], Any]:
         async def run(request: Request) -> Response:
             token = bearer_token(dict(request.headers))
             if token is None or not hmac.compare_digest(token.encode(), host.token.encode()):
                 return _error(401, "Missing or invalid sandbox token: send 'Authorization: Bearer $SANDBOX_TOKEN'.", "unauthorized")
-            raw = await request.body()
+            try:
+                limit = cap(request) if cap is not None else max_body
+                raw = await _read_capped(request, limit)
+            except AppError as exc:
+                return _error(exc.status, exc.message, exc.code)
+            except _TooLarge:
+                return _error(413, f"The request body passes this route's cap of {limit} bytes "
+                                   "(SANDBOX_HOST_MAX_BODY_MB; the archive route: its maxBytes).", "body_too_large")
             from starlette.concurrency import run_in_threadpool
 
             def call() -> Response:
@@ -159,7 +212,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     if sid:
                         host.touch(sid)
                     result = handler(request, sandbox, raw)
-                    return result if isinstance(result, Response) else JSONResponse(result)
+                    return result if isinstance(result, Response) else _Json(result)
                 except AppError as exc:
                     return _error(exc.status, exc.message, exc.code)
                 except ValidationError as exc:
@@ -180,6 +233,14 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     return _error(503, str(exc), "isolation_unavailable")
                 except SandboxError as exc:
                     return _error(500, str(exc), "sandbox_error")
+                except (binascii.Error, UnicodeError) as exc:
+                    return _error(400, f"Invalid request: {exc}.", "invalid_request")
+                except ValueError as exc:
+                    # os functions refuse a NUL byte in a path or a command with ValueError.
+                    return _error(400, f"Invalid request: {exc}.", "invalid_request")
+                except Exception:  # noqa: BLE001 - every answer is JSON, a fault included
+                    log.exception("%s %s failed", request.method, request.url.path)
+                    return _error(500, "The sandbox host failed on this request; see its log.", "internal_error")
 
             return await run_in_threadpool(call)
 
@@ -188,7 +249,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
     def create(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
         body = CreateBody.model_validate_json(raw or b"{}")
         sid = request.path_params["session_id"]
-        host.provider.create(sid, SandboxOptions(allow_network=body.allow_network))
+        host.provider.create(sid, body.options())
         host.touch(sid)
         return {"sessionId": sid}
 
@@ -205,7 +266,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
 
     def write(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
         body = FilesBody.model_validate_json(raw)
-        sandbox.write_files({p: base64.b64decode(c) for p, c in body.files.items()})
+        sandbox.write_files({p: base64.b64decode(c, validate=True) for p, c in body.files.items()})
         return {"written": len(body.files)}
 
     def read(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
@@ -234,13 +295,19 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
 
     def mount(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
         body = MountBody.model_validate_json(raw)
+        if body.spec.kind == "bind":
+            # A bind names a host folder: with the token, a caller could mount /etc. Over the API
+            # only the user's bucket prefix can be mounted (s3fs, read through scoped credentials).
+            raise MountError("The sandbox host mounts no host folder (kind 'bind') over its API; mount the user's "
+                             "storage with kind 's3', or load the skills as files.")
         return {"seen": sandbox.mount_bucket(body.spec)}
 
     def supports(request: Request, _: Any, raw: bytes) -> dict[str, Any]:
-        return {"supported": host.provider.supports_mount(MountBody.model_validate_json(raw).spec)}
+        spec = MountBody.model_validate_json(raw).spec
+        return {"supported": spec.kind != "bind" and host.provider.supports_mount(spec)}
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "healthy", "kind": host.provider.kind, "sessions": len(host.provider.sessions()),
+        return _Json({"status": "healthy", "kind": host.provider.kind, "sessions": len(host.provider.sessions()),
                              "limits": host.provider.limits(), "draining": host.draining})
 
     def max_bytes(request: Request) -> int:
@@ -285,14 +352,27 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
             Route(s + "/bash/restart", endpoint(restart_bash), methods=["POST"]),
             Route(s + "/mount", endpoint(mount), methods=["POST"]),
             Route(s + "/archive", endpoint(export_archive), methods=["GET"]),
-            Route(s + "/archive", endpoint(import_archive), methods=["PUT"]),
+            Route(s + "/archive", endpoint(import_archive, cap=max_bytes), methods=["PUT"]),
             Route(s + "/entries", endpoint(entries), methods=["GET"]),
             Route("/admin/drain", endpoint(drain, needs_session=False), methods=["POST"]),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _fault},
     )
     app.state.host = host
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (an unknown route, a wrong method) as JSON like every other."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}.", code)
+
+
+async def _fault(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed: %r", request.method, request.url.path, exc)
+    return _error(500, "The sandbox host failed on this request; see its log.", "internal_error")
 
 
 def main() -> None:

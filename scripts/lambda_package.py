@@ -57,7 +57,8 @@ FORBIDDEN_PREFIXES = ("devserver/", "tests/", "sandbox_host/", "scripts/", "web/
 # Sandboxes run on a sandbox host (SANDBOX_URL), never in a Lambda: the local bubblewrap
 # provider and what only it uses stay out (chalicelib.sandbox.factory says so if one is asked for).
 HOST_ONLY = ("chalicelib/sandbox/bwrap.py", "chalicelib/sandbox/shell.py", "chalicelib/sandbox/cgroups.py",
-             "chalicelib/sandbox/uids.py", "chalicelib/sandbox/process.py")
+             "chalicelib/sandbox/uids.py", "chalicelib/sandbox/process.py", "chalicelib/sandbox/bwrap_argv.py",
+             "chalicelib/sandbox/netns.py", "chalicelib/sandbox/egress_proxy.py")
 # Shipped with their sources (and unchecked-hash pycs beside them): our own code.
 SOURCE_PREFIXES = ("app.py", "chalicelib/", "chalice/")
 DROPPED = re.compile(r"^(yaml/_yaml\.[^/]*\.so|[^/]+\.data/.*|[^/]+\.dist-info/RECORD)$")

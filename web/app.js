@@ -418,6 +418,7 @@ const RENDER = {
       setBadge("turn-badge", "Model busy · retrying", "busy");
     }
     else if (s === "max_turns_reached") note(frame.maxTurns ? `Stopped after ${plural(frame.maxTurns, "model reply", "model replies")} (maxTurns). Send another message to continue.` : frame.message);
+    else if (s === "workspace_save_failed" || s === "workspace_not_restored") note(frame.message);
     else if (s === "sandbox_recreated") note("The sandbox had gone away: a new one was made, its files restored from the last snapshot and the skills reloaded.");
     else if (s === "compacted") note(frame.message || "Earlier messages were summarised to fit the model's context.");
     else if (s === "idle") endTurn();

@@ -439,13 +439,15 @@ class TurnRunner:
             self._save_snapshot(request.session_id, request.user_id)
         except SandboxGone:
             pass  # the turn never got a sandbox; the last snapshot stands
-        except AppError as exc:
-            stream.emit(error_frame(exc.message, exc.code))
-        except SandboxError as exc:
-            stream.emit(error_frame(f"The workspace could not be saved: {exc}. It is saved again after the next turn.",
-                                    "workspace_snapshot_failed"))
-        except Exception:  # noqa: BLE001 - the turn is over; its result stands
+        except Exception as exc:  # noqa: BLE001 - the turn is over; its result stands, the client is told
             log.exception("saving the workspace of session %s failed", request.session_id)
+            reason = exc.message if isinstance(exc, AppError) else f"{type(exc).__name__}: {exc}"
+            stream.emit({
+                "event": "status", "status": "workspace_save_failed",
+                "code": exc.code if isinstance(exc, AppError) else "workspace_snapshot_failed",
+                "message": f"The workspace could not be saved ({reason}). The last snapshot stands; the workspace "
+                           "is saved again after the next turn.",
+            })
 
     def _save_put_off(self, session_id: str) -> None:
         """The queue emptied without the last turn saving (its followers were interrupted, or a
@@ -491,7 +493,7 @@ class TurnRunner:
             raise AppError(f"The sandbox is unavailable: {exc}. Retry shortly.", code="sandbox_unavailable") from exc
 
     def _recreate_sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
-        loaded = self.sessions.reload_skills(request.session_id, request.user_id)
+        reloaded = self.sessions.reload_skills(request.session_id, request.user_id)
         stream.emit(
             {
                 "event": "status",
@@ -499,9 +501,14 @@ class TurnRunner:
                 "message": "The sandbox had gone away (idle timeout, host restart, its folder deleted or a move to "
                 "another host); a new one was prepared, its files were restored from the last snapshot and the "
                 "skills were loaded again.",
-                "skillsLoaded": loaded,
+                "skillsLoaded": reloaded.skills,
             }
         )
+        if reloaded.not_restored is not None:
+            stream.emit({"event": "status", "status": "workspace_not_restored", "message": reloaded.not_restored})
+        if reloaded.lost_save is not None:
+            stream.emit({"event": "status", "status": "workspace_save_failed", "code": "workspace_not_saved_before_reaping",
+                         "message": reloaded.lost_save})
         return self.sessions.sandbox_for(request.session_id)
 
 

@@ -16,13 +16,13 @@ without times), so the same files give the same bytes and an unchanged workspace
 
 from __future__ import annotations
 
+import bisect
 import errno
 import gzip
 import hashlib
 import io
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -37,6 +37,7 @@ from chalicelib.sandbox.base import (
     SnapshotTooLarge,
     WorkspaceEntry,
 )
+from chalicelib.sandbox.paths import iter_tree, remove_tree
 
 if TYPE_CHECKING:
     from chalicelib.sandbox.paths import DirTree
@@ -48,6 +49,20 @@ COMPRESS_LEVEL = 6
 # sparse or highly compressible file must not keep the host busy for minutes.
 RAW_FACTOR = 4
 _CHUNK = 1 << 20
+#: The page a tmpfs workspace spends per started 4 KiB of a file.
+_PAGE = 4096
+#: A sparse file's allocated bytes, recorded at save so a restore can tell whether it fits.
+ALLOCATED_KEY = "CLAUDEAGENT.allocated"
+
+
+def allocated_bytes(size: int, blocks_bytes: int | None = None) -> int:
+    """What a file costs the workspace's disk: its pages, or its allocated blocks when fewer (sparse).
+
+    The one way sizes are counted at save, at restore and against SANDBOX_DISK_MB: a sparse
+    file's length says nothing of what it takes, and restores write its holes back as holes.
+    """
+    pages = -(-size // _PAGE) * _PAGE
+    return pages if blocks_bytes is None else min(pages, blocks_bytes)
 
 EntryKind = Literal["file", "dir", "symlink"]
 
@@ -90,30 +105,11 @@ def _open_root(root: Root) -> int:
     return _open_dir(str(root), None)
 
 
-def _walk(dir_fd: int, prefix: str) -> Iterator[tuple[str, os.stat_result, int, str]]:
-    """Yield (relative path, lstat, parent fd, name) for every entry, depth first, sorted."""
-    with os.scandir(dir_fd) as scan:
-        names = sorted(entry.name for entry in scan)
-    for name in names:
-        rel = f"{prefix}{name}"
-        if excluded(rel):
-            continue
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # deleted while we walked
-        yield rel, info, dir_fd, name
-        if stat.S_ISDIR(info.st_mode):
-            try:
-                child = _open_dir(name, dir_fd)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-                    continue  # replaced by a link or removed meanwhile: not followed
-                raise
-            try:
-                yield from _walk(child, rel + "/")
-            finally:
-                os.close(child)
+def _walk(dir_fd: int) -> Iterator[tuple[str, os.stat_result, int, str]]:
+    """Yield (relative path, lstat, parent fd, name) for every entry but the skills, depth first,
+    sorted by bytes (`paths.iter_tree`: iterative, one fd at a time)."""
+    for found in iter_tree(dir_fd, sort=True, skip=excluded):
+        yield found.rel, found.info, found.parent_fd, found.name
 
 
 def manifest(workspace: Root) -> list[WorkspaceEntry]:
@@ -121,7 +117,7 @@ def manifest(workspace: Root) -> list[WorkspaceEntry]:
     root = _open_root(workspace)
     try:
         entries = []
-        for rel, info, _, _ in _walk(root, ""):
+        for rel, info, _, _ in _walk(root):
             kind: EntryKind | None = ("dir" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode)
                                       else "symlink" if stat.S_ISLNK(info.st_mode) else None)
             if kind is not None:
@@ -154,8 +150,8 @@ def signature(workspace: Root) -> str:
     digest = hashlib.sha256()
     root = _open_root(workspace)
     try:
-        for rel, info, _, _ in _walk(root, ""):
-            digest.update(f"{rel}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\n".encode())
+        for rel, info, _, _ in _walk(root):
+            digest.update(os.fsencode(rel) + f"\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\n".encode())
     finally:
         os.close(root)
     return digest.hexdigest()
@@ -169,7 +165,7 @@ def pack(workspace: Root, max_bytes: int) -> bytes:
     try:
         with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for rel, info, parent, name in _walk(root, ""):
+            for rel, info, parent, name in _walk(root):
                 member = tarfile.TarInfo(rel)
                 member.mode = info.st_mode & 0o777
                 member.uid = member.gid = 0
@@ -194,6 +190,9 @@ def pack(workspace: Root, max_bytes: int) -> bytes:
                         if raw_total > max_bytes * RAW_FACTOR:
                             raise _too_large(max_bytes, f"its files add up to more than {max_bytes * RAW_FACTOR // 2**20} MiB")
                         member.size, member.mtime = now.st_size, int(now.st_mtime)
+                        taken = allocated_bytes(now.st_size, now.st_blocks * 512)
+                        if taken < allocated_bytes(now.st_size):
+                            member.pax_headers = {ALLOCATED_KEY: str(taken)}
                         tar.addfile(member, _Exactly(fd, now.st_size))  # type: ignore[arg-type]
                     finally:
                         os.close(fd)
@@ -235,25 +234,53 @@ def _members(data: bytes, max_bytes: int) -> Iterator[tuple[tarfile.TarInfo, IO[
             yield member, tar.extractfile(member) if member.isreg() else None
 
 
-def _parent_fd(root: int, rel: str) -> tuple[int, str]:
-    """An fd of the folder holding `rel` (created as needed, never through a link), and its name."""
-    parts = rel.split("/")
-    fd = os.dup(root)
-    try:
-        for part in parts[:-1]:
-            try:
-                child = _open_dir(part, fd)
-            except FileNotFoundError:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                child = _open_dir(part, fd)
-            except OSError as exc:
-                raise SandboxPathError(f"{rel!r} cannot be written: {'/'.join(parts[:-1])} is not a folder ({exc.strerror}).") from None
+class _Folders:
+    """Where the archive's entries go: the folder of the last entry stays open, so an archive in
+    walk order (each entry in the folder of the one before, or one level below it) costs one
+    open per folder rather than one per level per entry (a 1,500-deep tree: 0.1 s, not 17 s).
+    One fd at a time; folders are created as needed (never through a link), given to `owner`."""
+
+    def __init__(self, root: int, owner: tuple[int, int] | None) -> None:
+        self.root, self.owner = root, owner
+        self.rel: str | None = None
+        self.fd = -1
+
+    def parent_of(self, rel: str) -> tuple[int, str]:
+        """The fd of the folder holding `rel` (valid until the next call) and its name."""
+        folder, _, name = rel.rpartition("/")
+        if self.rel is not None and folder != self.rel:
+            here = self.rel + "/" if self.rel else ""
+            if folder.startswith(here) and "/" not in folder[len(here):]:
+                self._enter(self.fd, folder[len(here):], folder, close=True)
+                return self.fd, name
+        if folder != self.rel:
+            self.close()
+            fd = os.dup(self.root)
+            self.fd, self.rel = fd, ""
+            for part in folder.split("/") if folder else []:
+                self._enter(self.fd, part, folder, close=True)
+            self.rel = folder
+        return self.fd, name
+
+    def _enter(self, fd: int, part: str, folder: str, *, close: bool) -> None:
+        try:
+            child = _open_dir(part, fd)
+        except FileNotFoundError:
+            os.mkdir(part, 0o755, dir_fd=fd)
+            child = _open_dir(part, fd)
+            if self.owner is not None:
+                os.fchown(child, *self.owner)
+        except OSError as exc:
+            raise SandboxPathError(f"{folder!r} cannot be written: it is not a folder ({exc.strerror}).") from None
+        if close:
             os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, parts[-1]
+        self.fd = child
+        self.rel = folder if self.rel is None else (f"{self.rel}/{part}" if self.rel else part)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd, self.rel = -1, None
 
 
 def _clear(root: int) -> None:
@@ -281,7 +308,7 @@ def _clear(root: int) -> None:
 def _remove_at(dir_fd: int, name: str) -> None:
     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # fd-based on Linux: resistant to symlink races
+        remove_tree(dir_fd, name)  # by fds, iterative: resistant to symlink races and to depth
     else:
         os.unlink(name, dir_fd=dir_fd)
 
@@ -307,14 +334,13 @@ def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] 
         if disk_limited:
             _check_fits(root, entries, raw)
         _clear(root)
+        folders = _Folders(root, owner)
         for member, content in _members(data, max_bytes):
             rel = clean_relative(member.name)
             if excluded(rel):
                 continue
-            parent, name = _parent_fd(root, rel)
+            parent, name = folders.parent_of(rel)
             try:
-                if owner is not None:
-                    _chown_created(root, rel, owner)
                 if member.isdir():
                     try:
                         os.mkdir(name, 0o755, dir_fd=parent)
@@ -329,14 +355,16 @@ def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] 
                     with os.fdopen(fd, "wb") as handle:
                         if owner is not None:
                             os.fchown(handle.fileno(), *owner)
-                        shutil.copyfileobj(content, handle, _CHUNK)
+                        _copy_sparse(content, handle.fileno(), member.size)
                         os.fchmod(handle.fileno(), member.mode & 0o777)
                         os.utime(handle.fileno(), (member.mtime, member.mtime))
                     files += 1
                 if owner is not None and (member.isdir() or member.issym()):
                     os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
-            finally:
-                os.close(parent)
+            except BaseException:
+                folders.close()
+                raise
+        folders.close()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise SandboxError(
@@ -347,6 +375,27 @@ def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] 
     finally:
         os.close(root)
     return files
+
+
+def _copy_sparse(source: IO[bytes], fd: int, size: int) -> None:
+    """Write `size` bytes from `source`, leaving every all-zero page a hole (what it was when saved)."""
+    zero, zeros = bytes(_PAGE), bytes(_CHUNK)
+    written = 0
+    while written < size:
+        chunk = source.read(min(_CHUNK, size - written))
+        if not chunk:
+            break
+        if chunk == zeros[:len(chunk)]:  # a whole hole: one comparison at C speed
+            written += len(chunk)
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), _PAGE):
+            page = view[start:start + _PAGE]
+            if page == zero[:len(page)]:
+                continue
+            os.pwrite(fd, page, written + start)
+        written += len(chunk)
+    os.ftruncate(fd, size)
 
 
 def _check_fits(root: int, entries: int, raw: int) -> None:
@@ -364,36 +413,29 @@ def _check_fits(root: int, entries: int, raw: int) -> None:
 
 def _check_members(data: bytes, max_bytes: int) -> tuple[int, int]:
     """Every entry's path stays inside, appears once, and passes through no link of the archive;
-    return how many entries it has and how many bytes its files hold."""
+    return how many entries it has and how many bytes its files take on disk (`allocated_bytes`)."""
     seen: set[str] = set()
-    links: set[str] = set()
+    links: list[str] = []
     raw = 0
     for member, _ in _members(data, max_bytes):
-        raw += member.size if member.isreg() else 0
+        if member.isreg():
+            recorded = member.pax_headers.get(ALLOCATED_KEY, "")
+            raw += allocated_bytes(member.size, int(recorded) if recorded.isdigit() else None)
         rel = clean_relative(member.name)
-        parts = rel.split("/")
-        through = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in links), None)
-        if through is not None:
-            raise SandboxPathError(f"{rel!r} cannot be written: {through} is a symbolic link in the archive.")
         if rel in seen:
             raise SandboxPathError(f"{rel!r} appears twice in the archive.")
         seen.add(rel)
         if member.issym():
-            links.add(rel)
+            links.append(rel)
+    if links:
+        # Whatever their order in the archive, an entry below a link sorts right after "link/":
+        # one bisection per link, not one lookup per level of every entry (deep trees stay linear).
+        names = sorted(seen)
+        for link in links:
+            at = bisect.bisect_left(names, link + "/")
+            if at < len(names) and names[at].startswith(link + "/"):
+                raise SandboxPathError(f"{names[at]!r} cannot be written: {link} is a symbolic link in the archive.")
     return len(seen), raw
-
-
-def _chown_created(root: int, rel: str, owner: tuple[int, int]) -> None:
-    """Give the folders `_parent_fd` may have just made to the workspace's owner."""
-    fd = os.dup(root)
-    try:
-        for part in rel.split("/")[:-1]:
-            child = _open_dir(part, fd)
-            os.fchown(child, *owner)
-            os.close(fd)
-            fd = child
-    finally:
-        os.close(fd)
 
 
 # -- reading and editing an archive without a sandbox ----------------------------------------
@@ -406,13 +448,13 @@ def archive_manifest(data: bytes, max_bytes: int) -> list[WorkspaceEntry]:
         kind: EntryKind | None = "dir" if member.isdir() else "file" if member.isreg() else "symlink" if member.issym() else None
         if kind is not None:
             entries.append(WorkspaceEntry(member.name, kind, member.size if kind == "file" else 0, float(member.mtime)))
-    # Folders are archived without times (they change with every file made in them); show the newest inside.
+    # Folders are archived without times (they change with every file made in them); show the newest
+    # inside, handed up one level at a time from the deepest entries (linear in the archive's size).
     newest: dict[str, float] = {}
-    for entry in entries:
-        parts = entry.path.split("/")
-        for i in range(1, len(parts)):
-            folder = "/".join(parts[:i])
-            newest[folder] = max(newest.get(folder, 0.0), entry.modified)
+    for entry in sorted(entries, key=lambda e: e.path.count("/"), reverse=True):
+        folder = entry.path.rpartition("/")[0]
+        if folder:
+            newest[folder] = max(newest.get(folder, 0.0), newest.get(entry.path, entry.modified))
     return [WorkspaceEntry(e.path, e.kind, e.size, newest.get(e.path, e.modified)) if e.kind == "dir" else e for e in entries]
 
 

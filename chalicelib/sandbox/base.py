@@ -118,6 +118,9 @@ class SandboxOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     allow_network: bool = False
+    # The user's `network` settings (host-name rules, normalised): used only with allow_network.
+    network_allow: tuple[str, ...] = ()
+    network_deny: tuple[str, ...] = ()
 
 
 @runtime_checkable

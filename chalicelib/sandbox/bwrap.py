@@ -1,7 +1,8 @@
 """Local sandboxes on bubblewrap: one isolated /workspace per session.
 
 Every command runs under `bwrap` with a read-only system, only /workspace and a private,
-size-limited /tmp writable, no network unless the user's settings allow it, its own pid
+size-limited /tmp writable, no network unless the user's settings allow it (and then a network
+namespace of its own whose only way out is the egress proxy: `netns.py`), its own pid
 namespace and /proc, a cleared environment (no API keys, AWS or R2 credentials), every
 capability dropped, and limits on the sandbox as a whole.
 
@@ -54,7 +55,11 @@ from chalicelib.sandbox.base import (
     SandboxIsADirectory,
     SandboxOptions,
 )
+from chalicelib.sandbox.bwrap_argv import HostLayout, LaunchPlan, bwrap_argv
 from chalicelib.sandbox.cgroups import Cgroups, Counters, SessionCgroup
+from chalicelib.sandbox.egress_policy import AddressGuard
+from chalicelib.sandbox.egress_proxy import PROXY_ENVIRONMENT, EgressProxy
+from chalicelib.sandbox.netns import SandboxNetwork, create_network
 from chalicelib.sandbox.process import run_capped
 from chalicelib.sandbox.shell import BashSession, Launch
 from chalicelib.sandbox.uids import DEFAULT_UID_DIR, UidAllocator
@@ -62,13 +67,6 @@ from chalicelib.sandbox.uids import DEFAULT_UID_DIR, UidAllocator
 log = logging.getLogger(__name__)
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Only what programs need from /etc; /etc/shadow and friends stay out.
-_ETC_FILES = (
-    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "localtime", "ld.so.cache",
-    "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "alternatives", "mime.types", "bash.bashrc",
-    "inputrc", "profile", "python3", "python3.11",
-)
-_MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # The stage: empty folders every uid can pass, where a launch binds its session's workspace
 # (in its own mount namespace only) so bwrap, started as the session's uid, can reach it.
 _STAGE_CANDIDATES = (Path("/run/claude-agent-sandbox/stage"), Path("/tmp/claude-agent-sandbox-stage"))
@@ -97,6 +95,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
         self.uid: int | None = None
         self.cgroup: SessionCgroup | None = None
         self.disk_limited = False
+        self.network: SandboxNetwork | None = None
         try:
             self._prepare()
         except BaseException:
@@ -123,6 +122,33 @@ class LocalSandbox(WorkspaceArchiveMixin):
                 f"{self.session_id}-{self.uid}", pids=sandbox.pids, memory_bytes=sandbox.memory_mb * 1024 * 1024)
         self.files = paths.DirTree.open(str(self.workspace), self.owner)
         self._identity = os.fstat(self.files.root_fd)
+        self._apply_network()
+
+    def _apply_network(self) -> None:
+        """Give a network-on sandbox its namespace and proxy rules; take them from a network-off one."""
+        egress = self.provider.egress
+        if egress is None:
+            return  # network-on falls back to --unshare-net: no way out at all
+        if not self.options.allow_network:
+            if self.network is not None:
+                egress.detach(self.session_id)
+                self.network.close()
+                self.network = None
+            return
+        rules = egress.rules_for(self.options.network_allow, self.options.network_deny)
+        if self.network is None:
+            self.network = create_network()
+            egress.attach(self.session_id, self.network, rules)
+        else:
+            egress.set_rules(self.session_id, rules)
+
+    def set_options(self, options: SandboxOptions) -> None:
+        """New per-session policy (the user's settings changed): the shell restarts under it."""
+        if options == self.options:
+            return
+        self.options = options
+        self._apply_network()
+        self._restart_bash()
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -211,44 +237,28 @@ class LocalSandbox(WorkspaceArchiveMixin):
             return argv
         allow_network = self.options.allow_network if network is None else network
         stage = self.provider.stage
-        workspace_source = str(stage / "workspace") if stage is not None else str(self.workspace)
-        # By full path: the sandboxed environment is empty, so the child's PATH cannot find it.
-        # --unshare-user: bwrap runs as the session's uid (or the server's, unprivileged), never
-        # as root; --cap-drop ALL also drops what it holds inside its user namespace.
-        cmd = [self.provider.bwrap, "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-               "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
-        if self.provider.can_disable_userns:
-            cmd.append("--disable-userns")  # no nested user namespaces: no fresh capabilities inside
-        cmd += ["--ro-bind", "/usr", "/usr"]
-        for name in _MERGED_USR:
-            source = Path("/") / name
-            if source.is_symlink():
-                cmd += ["--symlink", os.readlink(source), f"/{name}"]
-            elif source.is_dir():
-                cmd += ["--ro-bind", str(source), f"/{name}"]
-        for name in _ETC_FILES:
-            if (Path("/etc") / name).exists():
-                cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        tmp_bytes = self.settings.sandbox.tmp_mb * 1024 * 1024
-        # /dev is a tmpfs bwrap fills with the few safe devices: read-only once made, with a
-        # size-limited /dev/shm, so /workspace, /tmp and /dev/shm are the only writable places.
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-                "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--bind", workspace_source, WORKSPACE]
+        skills_source = None
         if self.claude_source is not None:
             skills_source = str(stage / "skills") if stage is not None else str(self.claude_source)
-            cmd += ["--bind", skills_source, MOUNT_DIR]
-        if not allow_network:
-            cmd.append("--unshare-net")
-        # bwrap builds the root on a tmpfs; make it read-only so only the binds above are writable.
-        cmd += ["--remount-ro", "/", "--clearenv", "--chdir", WORKSPACE]
-        for key, value in self.environment().items():
-            cmd += ["--setenv", key, value]
-        return cmd + ["--", *argv]
+        return bwrap_argv(LaunchPlan(
+            bwrap=self.provider.bwrap,
+            layout=self.provider.layout,
+            workspace_source=str(stage / "workspace") if stage is not None else str(self.workspace),
+            skills_source=skills_source,
+            tmp_bytes=self.settings.sandbox.tmp_mb * 1024 * 1024,
+            environment=self.environment(),
+            # With the network on, the pre-exec step has joined the sandbox's own namespace.
+            network=allow_network and self.network is not None,
+            disable_userns=self.provider.can_disable_userns,
+        ), argv)
 
     def environment(self) -> dict[str, str]:
         """The only environment a sandboxed process gets: nothing from the server."""
         home = WORKSPACE if self.isolated else str(self.workspace)
-        return {"HOME": home, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "TERM": "dumb", "USER": "sandbox", "PWD": home}
+        env = {"HOME": home, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "TERM": "dumb", "USER": "sandbox", "PWD": home}
+        if self.options.allow_network and self.network is not None:
+            env |= PROXY_ENVIRONMENT
+        return env
 
     def preexec(self) -> Callable[[], None]:
         """What the child does before exec: join the cgroup, set rlimits, stage the workspace, drop to the uid."""
@@ -261,6 +271,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
         uid, cgroup, stage = self.uid, self.cgroup, self.provider.stage
         workspace, skills = str(self.workspace), (str(self.claude_source) if self.claude_source else None)
         nproc = sandbox.pids
+        network = self.network.ns_fd if self.network is not None and self.options.allow_network else None
 
         def apply() -> None:
             if cgroup is not None:
@@ -272,6 +283,8 @@ class LocalSandbox(WorkspaceArchiveMixin):
                 # Counted per uid: with a uid per session, a per-sandbox process limit.
                 resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
                 linux.unshare_mounts()
+                if network is not None:
+                    linux.enter_network(network)  # as root, before the uid drop: the sandbox cannot leave it
                 linux.mount(workspace, str(stage / "workspace"), None, linux.MS_BIND | linux.MS_REC)
                 if skills is not None:
                     linux.mount(skills, str(stage / "skills"), None, linux.MS_BIND | linux.MS_REC)
@@ -461,6 +474,11 @@ class LocalSandbox(WorkspaceArchiveMixin):
         self._teardown()
 
     def _teardown(self) -> None:
+        if self.network is not None:
+            if self.provider.egress is not None:
+                self.provider.egress.detach(self.session_id)
+            self.network.close()
+            self.network = None
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
@@ -472,7 +490,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
                 linux.umount_lazy(self._here("workspace"))
             except OSError as exc:
                 log.warning("could not unmount %s: %s", self.workspace, exc)
-        shutil.rmtree(self.root, ignore_errors=True)
+        _remove_quietly(self.root)
         root_fd = getattr(self, "_root_fd", None)
         if root_fd is not None:
             os.close(root_fd)
@@ -506,7 +524,8 @@ class LocalSandbox(WorkspaceArchiveMixin):
 class LocalSandboxProvider:
     """Sandboxes of this process, by session id."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, egress_guard: AddressGuard | None = None) -> None:
+        """`egress_guard` replaces the proxy's address check: tests exempt their loopback upstreams with it."""
         self.settings = settings
         self.bwrap = shutil.which("bwrap") or "bwrap"
         self.isolated = shutil.which("bwrap") is not None
@@ -541,6 +560,14 @@ class LocalSandboxProvider:
         if self.cgroups is not None and self.cgroups.version is None:
             self.cgroups = None
         self.can_disable_userns = self.isolated and "--disable-userns" in _bwrap_help(self.bwrap)
+        self.layout = HostLayout.read()
+        # A network namespace per sandbox needs root; without it network-on sandboxes get none.
+        self.egress = EgressProxy(
+            operator_allow=settings.sandbox.egress_allow, operator_deny=settings.sandbox.egress_deny,
+            max_connections=settings.sandbox.egress_max_connections, guard=egress_guard,
+        ) if self.stage is not None else None
+        if self.egress is not None:
+            weakref.finalize(self, self.egress.close)
         if self.uids is not None:
             self._sweep()
         if self.isolated:
@@ -598,9 +625,7 @@ class LocalSandboxProvider:
                 except SandboxGone:
                     existing.destroy()  # its workspace vanished: start over
                 else:
-                    if existing.options != options:
-                        existing.options = options
-                        existing._restart_bash()
+                    existing.set_options(options)
                     return existing
             root = self.root / session_id
             if root.exists() or root.is_symlink():
@@ -663,7 +688,20 @@ class LocalSandboxProvider:
                      else f"none (RLIMIT_FSIZE {sandbox.disk_mb} MB per file)"),
             "tmp": f"tmpfs size={sandbox.tmp_mb}m",
             "cpu": f"RLIMIT_CPU {sandbox.cpu_seconds} s per process",
+            "network": self.network_mechanism(),
         }
+
+    def network_mechanism(self) -> str:
+        """What a network-on sandbox can reach here, and what enforces it."""
+        if self.egress is None:
+            return "none: network-on sandboxes get --unshare-net too (their own namespace needs root)"
+        sandbox = self.settings.sandbox
+        rules = "".join([f"; SANDBOX_EGRESS_ALLOW {','.join(sandbox.egress_allow)}" if sandbox.egress_allow else "",
+                         f"; SANDBOX_EGRESS_DENY {','.join(sandbox.egress_deny)}" if sandbox.egress_deny else ""])
+        return ("network namespace per sandbox with loopback only; egress through the host's proxy (HTTP CONNECT and "
+                "HTTP at 127.0.0.1:3128, SOCKS5 at 127.0.0.1:1080) that resolves names itself and refuses loopback, "
+                "link-local and metadata, RFC 1918, CGNAT, ULA, multicast and this host's addresses; "
+                f"{sandbox.egress_max_connections} connections per sandbox{rules}")
 
 
 def _destroy_all(sandboxes: dict[str, LocalSandbox]) -> None:
@@ -743,4 +781,12 @@ def _clear_leftover(root: Path) -> None:
         linux.umount_lazy(str(root / "claude-mount"))
     except OSError:
         pass
-    shutil.rmtree(root, ignore_errors=True)
+    _remove_quietly(root)
+
+
+def _remove_quietly(folder: Path) -> None:
+    """Remove a session folder whatever the agent left in it (any depth); failures are logged."""
+    try:
+        paths.remove_path(str(folder))
+    except (OSError, SandboxError) as exc:
+        log.warning("could not remove %s: %s", folder, exc)

@@ -1,6 +1,6 @@
 """The few Linux system calls the sandbox needs that Python's `os` module lacks.
 
-openat2 (resolution confined beneath a directory fd), mount/umount2 and unshare, called
+openat2 (resolution confined beneath a directory fd), mount/umount2, unshare and setns, called
 through libc with ctypes. Each raises OSError with the call's errno, like `os` functions.
 """
 
@@ -17,6 +17,7 @@ _libc.syscall.restype = ctypes.c_long
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 
 # openat2 is syscall 437 on every architecture that has it (it was added after the unified table).
 _SYS_OPENAT2 = 437 if platform.machine() in ("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x") else -1
@@ -32,6 +33,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 
 _openat2_works: bool | None = None if _SYS_OPENAT2 > 0 else False
 
@@ -82,3 +84,15 @@ def unshare_mounts() -> None:
     if _libc.unshare(CLONE_NEWNS) != 0:
         _raise("unshare(CLONE_NEWNS)")
     mount("none", "/", None, MS_REC | MS_PRIVATE)
+
+
+def unshare_network() -> None:
+    """A new, empty network namespace for the calling thread (its other threads keep theirs)."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        _raise("unshare(CLONE_NEWNET)")
+
+
+def enter_network(ns_fd: int) -> None:
+    """setns(2) into the network namespace behind `ns_fd`, for the calling thread only."""
+    if _libc.setns(ns_fd, CLONE_NEWNET) != 0:
+        _raise("setns(CLONE_NEWNET)")

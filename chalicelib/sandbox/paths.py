@@ -15,9 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +35,178 @@ MAX_READ_BYTES = 32 * 1024 * 1024
 MAX_LIST_ENTRIES = 100_000
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class TreeChanged(SandboxError):
+    """A folder was moved while a walk was inside it: the walk stops rather than guess."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """An entry met by `iter_tree`: its path below the top, lstat, and its folder's fd and name.
+
+    `parent_fd` is open only until the walk goes on: use it at once (openat, readlinkat).
+    Names are the kernel's bytes, carried as str with surrogate escapes (`os.fsencode` gives
+    them back exactly), so no file name can make a walk fail.
+    """
+
+    rel: str
+    info: os.stat_result
+    parent_fd: int
+    name: str
+
+
+def iter_tree(top_fd: int, *, recursive: bool = True, sort: bool = False,
+              skip: Callable[[str], bool] | None = None) -> Iterator[Found]:
+    """Every entry below the folder `top_fd`, depth first, never following a link.
+
+    Iterative and holding one folder fd at a time, whatever the depth: going down opens the
+    child and closes the parent; coming back opens ".." and checks it is the folder it left
+    (same device and inode), or raises TreeChanged. So a tree as deep as the kernel allows costs
+    neither Python stack nor file descriptors. `skip(rel)`: entries left out (not descended).
+    `top_fd` itself is neither closed nor moved.
+    """
+    fd = os.open(".", _DIR_FLAGS, dir_fd=top_fd)
+    # One frame per level: the names still to visit, its path prefix and its identity.
+    stack: list[tuple[list[str], str, tuple[int, int]]] = []
+    try:
+        names, prefix, ident = _listing(fd, sort), "", _identity(fd)
+        while True:
+            if not names:
+                if not stack:
+                    return
+                parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                names, prefix, ident = stack.pop()
+                if _identity(fd) != ident:
+                    raise TreeChanged(f"{WORKSPACE}/{prefix.rstrip('/')} was moved during the walk; try again.")
+                continue
+            name = names.pop()
+            rel = f"{prefix}{name}"
+            if skip is not None and skip(rel):
+                continue
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted while we walked
+            yield Found(rel, info, fd, name)
+            if not (recursive and stat.S_ISDIR(info.st_mode)):
+                continue
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                    continue  # replaced by a link or removed meanwhile: not followed
+                raise
+            stack.append((names, prefix, ident))
+            os.close(fd)
+            fd = child
+            names, prefix, ident = _listing(fd, sort), rel + "/", _identity(fd)
+    finally:
+        os.close(fd)
+
+
+#: Unlinks and folder moves one removal makes at most: an agent still writing cannot keep it busy forever.
+MAX_REMOVE_STEPS = 50_000_000
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """`rm -r` of the folder `name` in `parent_fd`: never following a link, iterative, one fd at a time.
+
+    shutil.rmtree recurses (a 1,500-deep tree is a RecursionError) and holds a fd per level;
+    this goes down into the first subfolder it finds, empties it, comes back through ".."
+    (checked to be the folder it left) and removes it.
+    """
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    # One frame per level below `name`: the identity of the folder above and the child's name.
+    stack: list[tuple[tuple[int, int], str]] = []
+    try:
+        for _ in range(MAX_REMOVE_STEPS):
+            below = _first_subfolder_after_unlinking_files(fd)
+            if below is not None:
+                try:
+                    child = os.open(below, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                        continue  # changed meanwhile: look again
+                    raise
+                stack.append((_identity(fd), below))
+                os.close(fd)
+                fd = child
+                continue
+            if not stack:
+                break
+            ident, emptied = stack.pop()
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            if _identity(fd) != ident:
+                raise TreeChanged(f"a folder was moved while {name} was being removed; try again.")
+            try:
+                os.rmdir(emptied, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise  # refilled meanwhile: the next round empties it again
+        else:
+            raise OSError(errno.EBUSY, f"{name} kept changing while it was being removed")
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _first_subfolder_after_unlinking_files(fd: int) -> str | None:
+    with os.scandir(fd) as scan:
+        names = [entry.name for entry in scan]
+    for entry in names:
+        try:
+            info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            return entry
+        try:
+            os.unlink(entry, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+    return None
+
+
+def remove_path(path: str) -> None:
+    """Remove a file or folder tree by path (the server's own folders); a missing one is fine."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        parent_fd = os.open(parent, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    try:
+        info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            remove_tree(parent_fd, name)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent_fd)
+
+
+def _listing(fd: int, sort: bool) -> list[str]:
+    """The folder's names, reversed so that pop() gives them in order."""
+    with os.scandir(fd) as scan:
+        names = [entry.name for entry in scan]
+    if sort:
+        # By bytes, as tar and a C locale order them; the same order for the same names.
+        names.sort(key=os.fsencode)
+    names.reverse()
+    return names
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
 
 
 def relative(path: str) -> str:
@@ -228,8 +399,7 @@ class DirTree:
                     except FileNotFoundError:
                         continue
                     if stat.S_ISDIR(info.st_mode):
-                        # rmtree with dir_fd walks by fds and never follows links.
-                        shutil.rmtree(name, dir_fd=parent)  # type: ignore[call-arg]
+                        remove_tree(parent, name)
                     else:
                         os.unlink(name, dir_fd=parent)
         except (FileNotFoundError, NotADirectoryError):
@@ -256,34 +426,11 @@ class DirTree:
         found: list[Entry] = []
         prefix = "/".join(parts)
         with self.directory(parts) as top:
-            self._walk(top, prefix, recursive, skip_top, found)
+            for entry in iter_tree(top, recursive=recursive, skip=lambda rel: rel in skip_top):
+                if len(found) >= MAX_LIST_ENTRIES:
+                    break
+                is_dir = stat.S_ISDIR(entry.info.st_mode)
+                rel = f"{prefix}/{entry.rel}" if prefix else entry.rel
+                found.append(Entry(rel=rel, size=0 if is_dir else entry.info.st_size, is_dir=is_dir))
         return found
 
-    def _walk(self, fd: int, prefix: str, recursive: bool, skip: frozenset[str], found: list[Entry]) -> None:
-        subdirs: list[str] = []
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                if len(found) >= MAX_LIST_ENTRIES:
-                    return
-                if entry.name in skip:
-                    continue
-                rel = f"{prefix}/{entry.name}" if prefix else entry.name
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # removed meanwhile
-                is_dir = stat.S_ISDIR(info.st_mode)
-                found.append(Entry(rel=rel, size=0 if is_dir else info.st_size, is_dir=is_dir))
-                if is_dir:
-                    subdirs.append(entry.name)
-        if not recursive:
-            return
-        for name in subdirs:
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:
-                continue  # swapped for a link or removed meanwhile: not followed
-            try:
-                self._walk(child, f"{prefix}/{name}" if prefix else name, True, frozenset(), found)
-            finally:
-                os.close(child)

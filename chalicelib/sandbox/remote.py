@@ -123,7 +123,8 @@ class RemoteSandboxProvider:
 
     def create(self, session_id: str, options: SandboxOptions) -> RemoteSandbox:
         validate_id(session_id, "sessionId")
-        self.client.call("POST", f"/sessions/{session_id}", json={"allowNetwork": options.allow_network})
+        self.client.call("POST", f"/sessions/{session_id}", json={"allowNetwork": options.allow_network,
+                         "networkAllow": list(options.network_allow), "networkDeny": list(options.network_deny)})
         return RemoteSandbox(self.client, session_id)
 
     def get(self, session_id: str) -> RemoteSandbox:

@@ -13,10 +13,12 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -41,6 +43,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
+from chalicelib.services.user_settings import NetworkRules
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
@@ -91,6 +94,27 @@ class SetupResult(ApiModel):
     websocket_url: str | None
     token: str
     fallback_reason: str | None = None
+    # Set when the workspace's snapshot could not be restored: the sandbox starts empty, and the
+    # snapshot is kept apart (GET /sessions/{sessionId}/files?snapshot=unrestored).
+    workspace_not_restored: str | None = None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The sandbox a session goes on with after a restore, and why its workspace is empty, if it is."""
+
+    sandbox: Sandbox
+    not_restored: str | None = None
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What reloading a vanished sandbox did: the skills it loaded, and a restore that failed."""
+
+    skills: list[str]
+    not_restored: str | None = None
+    # Why the sandbox's last files were not saved before it went (its session goes on from the last snapshot).
+    lost_save: str | None = None
 
 
 class Destroyed(ApiModel):
@@ -99,10 +123,11 @@ class Destroyed(ApiModel):
 
 
 class _AllowNetwork(BaseModel):
-    """The one user setting the sandbox needs; read leniently so setup never fails on it."""
+    """The user settings the sandbox needs; read leniently so setup never fails on them."""
 
     model_config = ConfigDict(extra="ignore")
     allowNetwork: StrictBool = False  # "yes" or 1 written behind the API must not open the network
+    network: NetworkRules | None = None
 
 
 class SessionsService:
@@ -117,6 +142,10 @@ class SessionsService:
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
         self.folders = SkillFolders(store)
+        # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
+        # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
+        self._lost_saves: dict[str, str] = {}
+        self._lost_lock = threading.Lock()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -146,8 +175,10 @@ class SessionsService:
 
         with _holding(session_id, existing[0] if existing is not None else None):
             sandbox = self._create_sandbox(session_id, options)
+        not_restored = None
         if existing is not None:
-            self._restore_if_new(session_id, user_id, sandbox)
+            restored = self._restore_if_new(session_id, user_id, sandbox, options)
+            sandbox, not_restored = restored.sandbox, restored.not_restored
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
         skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
 
@@ -185,9 +216,10 @@ class SessionsService:
             websocket_url=ws,
             token=token,
             fallback_reason=fallback_reason,
+            workspace_not_restored=not_restored,
         )
 
-    def reload_skills(self, session_id: str, user_id: str) -> list[str]:
+    def reload_skills(self, session_id: str, user_id: str) -> Reloaded:
         """Recreate a sandbox that went away (reaped, host restarted) and load the skills again.
 
         This is the per-request fallback path: it never mounts, so it works on any host. The
@@ -198,12 +230,20 @@ class SessionsService:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
-            sandbox = self._create_sandbox(session_id, options_f.result())
+            options = options_f.result()
+            sandbox = self._create_sandbox(session_id, options)
             self._note_host(session_id, sandbox)
-            self._restore(session_id, user_id, sandbox)
+            restored = self._restore(session_id, user_id, sandbox, options)
             listing, bundle = listing_f.result(), bundle_f.result()
             files = self._skill_files(user_id, listing, bundle)
-            return self._write_skills(sandbox, user_id, listing, bundle, files)
+            with self._lost_lock:
+                lost = self._lost_saves.pop(session_id, None)
+            return Reloaded(self._write_skills(restored.sandbox, user_id, listing, bundle, files), restored.not_restored, lost)
+
+    def remember_lost_save(self, session_id: str, reason: str) -> None:
+        """A sandbox was destroyed without its last save (the reaper's ceiling): its next turn says so."""
+        with self._lost_lock:
+            self._lost_saves[session_id] = reason
 
     # -- lookups used by the websocket layer ---------------------------------------------
 
@@ -287,36 +327,55 @@ class SessionsService:
             return False
         return True
 
-    def _restore_if_new(self, session_id: str, user_id: str, sandbox: Sandbox) -> None:
+    def _restore_if_new(self, session_id: str, user_id: str, sandbox: Sandbox, options: SandboxOptions) -> Restored:
         """A setup that had to make the sandbox again gets the workspace back from its snapshot."""
         if self.snapshots is None:
-            return
+            return Restored(sandbox)
         try:
             if has_content(sandbox.workspace_entries()):
-                return  # the sandbox lived on: its files are newer than any snapshot
+                return Restored(sandbox)  # the sandbox lived on: its files are newer than any snapshot
         except SandboxError as exc:
             raise ServiceUnavailable(f"The sandbox could not list its workspace: {exc}", code="sandbox_failed") from exc
-        self._restore(session_id, user_id, sandbox)
+        return self._restore(session_id, user_id, sandbox, options)
 
-    def _restore(self, session_id: str, user_id: str, sandbox: Sandbox) -> None:
-        """Put the latest snapshot into a new sandbox. A failure stops here rather than letting the
-        agent start from an empty workspace, whose first save would replace the good snapshot."""
+    def _restore(self, session_id: str, user_id: str, sandbox: Sandbox, options: SandboxOptions) -> Restored:
+        """Put the latest snapshot into a new sandbox.
+
+        A snapshot the sandbox refuses (it does not fit SANDBOX_DISK_MB, it is damaged) must not
+        brick the session: it is set aside, where no save can replace it and the files API still
+        reads it, and the session goes on in a fresh, empty sandbox (a half-restored one must not
+        live on). Only a host that cannot be reached is an error, which the next attempt retries.
+        """
         if self.snapshots is None:
-            return
+            return Restored(sandbox)
+        data = self.snapshots.load(session_id, user_id)
+        if data is None:
+            return Restored(sandbox)
         try:
-            self.snapshots.restore(session_id, user_id, sandbox)
-        except SandboxError as exc:
-            # A half-restored workspace must not live on: the next save would store it over the
-            # good snapshot. Without a sandbox, the next attempt makes a new one and restores again.
-            try:
-                self.sandboxes.destroy(session_id)
-            except SandboxError as gone:
-                log.warning("sandbox of session %s not destroyed after a failed restore: %s", session_id, gone)
+            sandbox.import_workspace(data, self.snapshots.max_bytes)
+            return Restored(sandbox)
+        except (SandboxUnavailable, SandboxGone) as exc:
+            self._drop_sandbox(session_id)
             raise ServiceUnavailable(
-                f"Restoring the workspace from its snapshot failed: {exc}. Retry; the snapshot is kept, and "
-                f"GET /sessions/{session_id}/files lists what it holds.",
+                f"Restoring the workspace from its snapshot failed: {exc}. Retry; the snapshot is kept.",
                 code="workspace_restore_failed",
             ) from exc
+        except SandboxError as exc:
+            reason = str(exc)
+        log.warning("workspace snapshot of session %s not restored, set aside: %s", session_id, reason)
+        self._drop_sandbox(session_id)
+        fresh = self._create_sandbox(session_id, options)
+        self.snapshots.set_aside(session_id, user_id, data)
+        return Restored(fresh, (
+            f"The workspace's snapshot could not be restored ({reason}); this session starts with an empty "
+            f"workspace. The snapshot is kept apart: GET /sessions/{session_id}/files?snapshot=unrestored lists it, "
+            "and files/content?snapshot=unrestored reads or deletes its files."))
+
+    def _drop_sandbox(self, session_id: str) -> None:
+        try:
+            self.sandboxes.destroy(session_id)
+        except SandboxError as gone:
+            log.warning("sandbox of session %s not destroyed after a failed restore: %s", session_id, gone)
 
     def _note_host(self, session_id: str, sandbox: Sandbox) -> None:
         """Record a new host after a move, so every process routes the session there."""
@@ -360,10 +419,13 @@ class SessionsService:
     def _sandbox_options(self, user_id: str) -> SandboxOptions:
         try:
             raw = self.store.get(layout.settings_key(user_id)).body
-            allow = _AllowNetwork.model_validate_json(raw).allowNetwork
+            wanted = _AllowNetwork.model_validate_json(raw)
         except (ObjectNotFound, ValidationError):
-            allow = False
-        return SandboxOptions(allow_network=allow)
+            # Unreadable settings open nothing: neither the network nor a rule.
+            return SandboxOptions(allow_network=False)
+        rules = wanted.network or NetworkRules()
+        return SandboxOptions(allow_network=wanted.allowNetwork, network_allow=tuple(rules.allow),
+                              network_deny=tuple(rules.deny))
 
     def _create_sandbox(self, session_id: str, options: SandboxOptions) -> Sandbox:
         try:

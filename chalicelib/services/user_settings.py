@@ -1,6 +1,6 @@
 """Per-user settings at `users/{userId}/settings/preferences.json`.
 
-The agent reads `model`, `maxTurns`, `systemPrompt`, `thinking` and `allowNetwork` from here: these are
+The agent reads `model`, `maxTurns`, `systemPrompt`, `thinking`, `allowNetwork` and `network` from here: these are
 the user's (or the app's) choices, not the websocket client's.
 """
 
@@ -25,6 +25,7 @@ from pydantic import (
 
 from chalicelib import safejson
 from chalicelib.errors import BadRequest, Conflict, PreconditionFailed
+from chalicelib.sandbox.egress_policy import MAX_RULES, normalize_rule
 from chalicelib.services.limits import MAX_SETTINGS_BYTES
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
@@ -74,6 +75,22 @@ class McpServer(ApiModel):
         return token
 
 
+class NetworkRules(ApiModel):
+    """Which hosts a network-on sandbox may reach: `pypi.org`, `*.githubusercontent.com` or an IP.
+
+    A deny always wins; a non-empty allow list must match. Neither ever opens loopback, private
+    networks or the host: the egress proxy refuses those for every rule.
+    """
+
+    allow: list[str] = Field(default_factory=list, max_length=MAX_RULES)
+    deny: list[str] = Field(default_factory=list, max_length=MAX_RULES)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _rules(cls, rules: list[str]) -> list[str]:
+        return [normalize_rule(rule) for rule in rules]
+
+
 class UserSettings(ApiModel):
     """What a user can configure about their agent."""
 
@@ -84,6 +101,7 @@ class UserSettings(ApiModel):
     max_turns: StrictInt | None = Field(default=None, ge=1, le=200)
     system_prompt: str | None = Field(default=None, max_length=20_000)
     allow_network: StrictBool = False
+    network: NetworkRules | None = None
     # Extended thinking: "off", "adaptive", or a budget in tokens; unset: the model's default.
     thinking: Literal["off", "adaptive"] | Annotated[StrictInt, Field(ge=1024, le=128_000)] | None = None
     preferences: dict[str, Any] = Field(default_factory=dict)

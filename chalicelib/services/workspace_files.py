@@ -9,7 +9,9 @@ The skills (`/workspace/.claude/skills`) are not workspace files: the skills API
 
 from __future__ import annotations
 
+import base64
 import mimetypes
+import os
 import posixpath
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -33,12 +35,16 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 
-Source = Literal["sandbox", "snapshot"]
+Source = Literal["sandbox", "snapshot", "unrestored"]
 T = TypeVar("T")
 
 
 class WorkspaceFile(ApiModel):
+    """One entry. A name that is not UTF-8 shows with `\\xNN` escapes in `path`, and its exact
+    bytes (base64 of the whole path) in `pathBytes`, which is null for every other name."""
+
     path: str
+    path_bytes: str | None = None
     size: int
     modified: datetime
     type: Literal["file", "dir", "symlink"]
@@ -84,8 +90,15 @@ class WorkspaceFilesService:
 
     # -- the four calls --------------------------------------------------------------------
 
-    def list(self, session_id: str) -> FileListing:
-        """Every file, folder and link of the workspace but the skills, sorted by path."""
+    def list(self, session_id: str, snapshot: str | None = None) -> FileListing:
+        """Every file, folder and link of the workspace but the skills, sorted by path.
+
+        `snapshot=unrestored`: the snapshot that could not be restored, kept apart (setup and the
+        turn's `workspace_not_restored` say when there is one)."""
+        if self._unrestored(snapshot):
+            aside = self._unrestored_archive(session_id)
+            files = [_file(e) for e in sorted(self.snapshots.entries(aside), key=lambda e: e.path)]
+            return FileListing(session_id=session_id, source="unrestored", files=files, count=len(files))
         owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             entries = self._through(lambda: sandbox.workspace_entries())
@@ -97,9 +110,14 @@ class WorkspaceFilesService:
         files = [_file(e) for e in sorted(entries, key=lambda e: e.path)]
         return FileListing(session_id=session_id, source=source, files=files, count=len(files))
 
-    def read(self, session_id: str, path: str | None) -> FileContent:
+    def read(self, session_id: str, path: str | None, snapshot: str | None = None) -> FileContent:
         """One file's bytes; 404 when absent, 400 for a folder, a link or a path outside /workspace."""
         rel = self._path(path, writing=False)
+        if self._unrestored(snapshot):
+            unrestored = self._unrestored_archive(session_id)
+            data = self._through(lambda: self.snapshots.read(unrestored, rel))
+            guessed = mimetypes.guess_type(posixpath.basename(rel))[0] or "application/octet-stream"
+            return FileContent(path=f"{WORKSPACE}/{rel}", data=data, content_type=guessed)
         owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             data = self._through(lambda: sandbox.read_file(f"{WORKSPACE}/{rel}"))
@@ -129,9 +147,14 @@ class WorkspaceFilesService:
         self._through(lambda: self.snapshots.edit(session_id, owner, rel, body))
         return FileWritten(session_id=session_id, path=f"{WORKSPACE}/{rel}", size=len(body), source="snapshot")
 
-    def delete(self, session_id: str, path: str | None) -> FileDeleted:
+    def delete(self, session_id: str, path: str | None, snapshot: str | None = None) -> FileDeleted:
         """Delete a file, a link or a folder (with its content); 404 when absent."""
         rel = self._path(path, writing=True)
+        if self._unrestored(snapshot):
+            owner = self._unrestored_owner(session_id)
+            if not self._through(lambda: self.snapshots.edit(session_id, owner, rel, None, unrestored=True)):
+                raise NotFound(f"No file at {WORKSPACE}/{rel} in the unrestored snapshot.", code="file_not_found")
+            return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="unrestored")
         owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             entries = self._through(lambda: sandbox.workspace_entries())
@@ -146,6 +169,30 @@ class WorkspaceFilesService:
         return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="snapshot")
 
     # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _unrestored(snapshot: str | None) -> bool:
+        if snapshot is None:
+            return False
+        if snapshot != "unrestored":
+            raise BadRequest(f"Query parameter snapshot={snapshot!r} is not known: leave it out for the workspace, "
+                             "or give snapshot=unrestored for a snapshot that could not be restored.", code="invalid_request")
+        return True
+
+    def _unrestored_owner(self, session_id: str) -> str:
+        validate_id(session_id, "sessionId")
+        record = self.sessions.find_record(session_id)
+        owner = record.user_id if record is not None else self.snapshots.last_owner(session_id)
+        if owner is None:
+            raise NotFound(f"Session {session_id!r} has no workspace.", code="session_not_found")
+        return owner
+
+    def _unrestored_archive(self, session_id: str) -> bytes:
+        data = self.snapshots.load(session_id, self._unrestored_owner(session_id), unrestored=True)
+        if data is None:
+            raise NotFound(f"Session {session_id!r} has no snapshot set aside: every restore of it succeeded.",
+                           code="snapshot_not_found")
+        return data
 
     def _locate(self, session_id: str) -> tuple[str, Sandbox | None]:
         """The session's owner and live sandbox (None when gone); 404 for a session without either
@@ -205,5 +252,10 @@ class WorkspaceFilesService:
 
 
 def _file(entry: WorkspaceEntry) -> WorkspaceFile:
-    return WorkspaceFile(path=f"{WORKSPACE}/{entry.path}", size=entry.size, type=entry.kind,
+    raw = os.fsencode(f"{WORKSPACE}/{entry.path}")
+    try:
+        shown, exact = raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        shown, exact = raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode()
+    return WorkspaceFile(path=shown, path_bytes=exact, size=entry.size, type=entry.kind,
                          modified=datetime.fromtimestamp(entry.modified, timezone.utc))

@@ -4,6 +4,9 @@ compressed archive, and restored whenever its sandbox has to be made again.
 Layout:
 
     sessions/{sessionId}/workspace/{userId}.tar.gz   the latest archive (one object per session and owner)
+    sessions/{sessionId}/workspace/{userId}.unrestored.tar.gz
+                                                     an archive that could not be restored, set aside so
+                                                     the session goes on (and its saves cannot replace it)
     workspace-owners/{userId}/{sessionId}            empty marker, so erasing a user finds them
 
 The owner is in the key because a destroyed session's id can be set up again by another user:
@@ -49,6 +52,14 @@ SaveOutcome = Literal["written", "unchanged", "empty"]
 def snapshot_key(session_id: str, user_id: str) -> str:
     """Where the workspace archive of `user_id`'s session lives."""
     return layout.session_key(session_id, f"workspace/{validate_id(user_id, 'userId')}.tar.gz")
+
+
+def unrestored_key(session_id: str, user_id: str) -> str:
+    """Where an archive that could not be restored is kept (the files API reads it with snapshot=unrestored)."""
+    return snapshot_key(session_id, user_id).removesuffix(".tar.gz") + UNRESTORED_SUFFIX
+
+
+UNRESTORED_SUFFIX = ".unrestored.tar.gz"
 
 
 def snapshot_prefix(session_id: str) -> str:
@@ -108,17 +119,11 @@ class WorkspaceSnapshots:
             self.store.put(owner_marker_key(user_id, session_id), b"", content_type="text/plain")
         return SaveResult("written", len(data))
 
-    def restore(self, session_id: str, user_id: str, sandbox: Sandbox) -> int | None:
-        """Put the latest archive back into a (new) sandbox; return the file count, None without one."""
-        data = self.load(session_id, user_id)
-        if data is None:
-            return None
-        return sandbox.import_workspace(data, self.max_bytes)
-
-    def load(self, session_id: str, user_id: str) -> bytes | None:
-        """The stored archive's bytes, or None when the session has none."""
+    def load(self, session_id: str, user_id: str, *, unrestored: bool = False) -> bytes | None:
+        """The stored archive's bytes (`unrestored`: the one set aside), or None when there is none."""
+        key = unrestored_key(session_id, user_id) if unrestored else snapshot_key(session_id, user_id)
         try:
-            return self.store.get(snapshot_key(session_id, user_id)).body
+            return self.store.get(key).body
         except ObjectNotFound:
             return None
 
@@ -127,8 +132,9 @@ class WorkspaceSnapshots:
         found = iter_all(self.store, snapshot_prefix(session_id))
         if not found:
             return None
+        found = [o for o in found if not o.key.endswith(UNRESTORED_SUFFIX)] or found
         newest = max(found, key=lambda o: o.last_modified)
-        return newest.key.rsplit("/", 1)[1].removesuffix(".tar.gz")
+        return newest.key.rsplit("/", 1)[1].removesuffix(UNRESTORED_SUFFIX).removesuffix(".tar.gz")
 
     # -- the archive without a sandbox (the files API after the sandbox is gone) -------------
 
@@ -138,8 +144,23 @@ class WorkspaceSnapshots:
     def read(self, data: bytes, path: str) -> bytes:
         return archive.archive_read(data, path, self.max_bytes)
 
-    def edit(self, session_id: str, user_id: str, path: str, content: bytes | None) -> bool:
+    def set_aside(self, session_id: str, user_id: str, data: bytes) -> None:
+        """Keep an archive that could not be restored apart from the live one, which the session's
+        next saves replace: the files API still reads it (snapshot=unrestored), and deletes from it."""
+        self.store.put(unrestored_key(session_id, user_id), data, content_type="application/gzip")
+        self.store.delete_many([snapshot_key(session_id, user_id)])
+
+    def edit(self, session_id: str, user_id: str, path: str, content: bytes | None, *, unrestored: bool = False) -> bool:
         """Write (or delete, content None) one file inside the stored archive; return whether it changed."""
+        if unrestored:
+            current = self.load(session_id, user_id, unrestored=True)
+            if current is None:
+                return False
+            data, changed = archive.archive_edit(current, path, content, self.max_bytes,
+                                                 datetime.now(timezone.utc).timestamp())
+            if changed:
+                self.store.put(unrestored_key(session_id, user_id), data, content_type="application/gzip")
+            return changed
         current = self.load(session_id, user_id)
         try:
             data, changed = archive.archive_edit(current, path, content, self.max_bytes,
@@ -157,7 +178,8 @@ class WorkspaceSnapshots:
     def delete_for_user(self, user_id: str) -> int:
         """Delete every workspace archive of the user's sessions, and their markers; return how many objects went."""
         markers = [o.key for o in iter_all(self.store, f"{OWNERS}{validate_id(user_id, 'userId')}/")]
-        keys = [snapshot_key(m.rsplit("/", 1)[1], user_id) for m in markers]
+        keys = [key for m in markers for key in (snapshot_key(m.rsplit("/", 1)[1], user_id),
+                                                 unrestored_key(m.rsplit("/", 1)[1], user_id))]
         return self.store.delete_many(keys + markers) if markers else 0
 
     def _is_empty(self, data: bytes) -> bool:

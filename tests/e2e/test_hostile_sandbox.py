@@ -10,12 +10,15 @@ can have: Chalice configures its sender once.)
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -389,3 +392,193 @@ def test_destroy_takes_the_workspace_mount_down_even_after_its_folder_was_rename
     os.rename(tmp_path / "a", tmp_path / "b")  # as pytest moves an old temporary folder before deleting it
     p.destroy("renamed")
     assert "/b/sandboxes/renamed/workspace" not in Path("/proc/self/mountinfo").read_text()
+
+
+# -- issue 24: a network-on agent reaches nothing on the host ------------------------------
+
+
+@needs_root
+def test_a_network_on_agent_cannot_use_the_api_on_the_host(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("API_KEY", raising=False)  # ./scripts/dev's default: the API trusts its callers
+    assert world.http.put("/users/bob/settings", json={"systemPrompt": "BOB-PRIVATE-8812"}).status_code == 200
+    assert world.http.put("/users/mallory/settings", json={"allowNetwork": True, "permissions": {"web_fetch": "ask"}}).status_code == 200
+    host = world.url.split("://", 1)[1]
+    port = host.rsplit(":", 1)[1]
+    patch = "-X PATCH -H 'content-type: application/json' -d '{\"permissions\": {\"web_fetch\": \"allow\"}}'"
+    results = agent(world, "h-net-api", [
+        f"curl -sS -m 5 {world.url}/users/bob/settings 2>&1",  # direct (NO_PROXY names 127.0.0.1)
+        f"curl --noproxy '' -sS -m 5 {world.url}/users/bob/settings 2>&1",  # through the proxy
+        f"curl --noproxy '' -sS -m 5 http://localhost:{port}/users/bob/settings 2>&1",  # by name
+        f"curl -sS -m 5 {patch} {world.url}/users/mallory/settings 2>&1; "
+        f"curl --noproxy '' -sS -m 5 {patch} {world.url}/users/mallory/settings 2>&1",
+    ])
+    outputs = [json.dumps(r) for r in results]
+    assert not any("BOB-PRIVATE" in out for out in outputs), outputs
+    assert "Couldn't connect" in outputs[0] and "127.0.0.1 is a loopback address" in outputs[1]
+    assert "is a loopback address" in outputs[2] and "loopback address" in outputs[3], outputs
+    assert world.http.get("/users/mallory/settings").json()["settings"]["permissions"] == {"web_fetch": "ask"}
+
+
+# -- issue 24: no content in the workspace jams saving ---------------------------------------
+
+
+def _snapshot(world: World, session: str, user: str = "mallory") -> Path:
+    return world.data_dir / "sessions" / session / "workspace" / f"{user}.tar.gz"
+
+
+def _reap(world: World, session: str) -> None:
+    """Destroy the session's sandbox in the gateway as its idle reaper does (the record stays)."""
+    from chalicelib.config import current_settings
+    from chalicelib.container import get_container
+
+    _eventually(lambda: not (world.data_dir / "sessions" / session / "state.json").exists()
+                or json.loads((world.data_dir / "sessions" / session / "state.json").read_text()).get("turn") is None)
+    assert get_container(current_settings()).sandboxes.destroy(session)
+
+
+def _eventually(check: Any, timeout: float = 30.0) -> bool:
+    """Whether `check()` became true within `timeout` (the save follows the turn's result frame)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
+def test_a_non_utf8_name_and_a_1500_deep_tree_are_saved_listed_and_restored(world: World) -> None:
+    deep = "import os\nfor i in range(1500):\n  os.mkdir('d'); os.chdir('d')\nopen('deep.txt','w').write('DEEP-END')"
+    agent(world, "h-names", [
+        "cd /workspace && touch \"$(printf 'bad\\377')\" && printf 'raw' > \"$(printf 'caf\\303\\251')\" && "
+        f"python3 -c \"{deep}\" && echo made",
+    ])
+    saved = _snapshot(world, "h-names")
+    assert _eventually(saved.exists), "the turn's save wrote the snapshot"
+    listed = world.http.get("/sessions/h-names/files")
+    assert listed.status_code == 200, listed.text
+    files = {f["path"]: f for f in listed.json()["files"]}
+    assert files["/workspace/bad\\xff"]["pathBytes"] == base64.b64encode(b"/workspace/bad\xff").decode()
+    assert "pathBytes" not in files["/workspace/caf\u00e9"] or files["/workspace/caf\u00e9"]["pathBytes"] is None
+    assert any(p.endswith("/d/deep.txt") and p.split("/").count("d") == 1500 for p in files)
+    # Destroyed as the idle reaper does, then set up again: both come back from the snapshot.
+    _reap(world, "h-names")
+    listed = world.http.get("/sessions/h-names/files").json()
+    assert listed["source"] == "snapshot" and "/workspace/bad\\xff" in {f["path"] for f in listed["files"]}
+    results = agent(world, "h-names", ["ls /workspace | od -c | head -2; find /workspace -name deep.txt -exec cat {} +"])
+    assert "b   a   d 377" in results[0]["content"] and "DEEP-END" in results[0]["content"], results
+    _reap(world, "h-names")  # its deep tree goes with its tmpfs, not through pytest's rmtree
+
+
+def test_a_failed_save_tells_the_client_and_is_retried_at_the_next_turn(world: World) -> None:
+    agent(world, "h-savefail", ["echo first > /workspace/a.txt"])
+    saved = _snapshot(world, "h-savefail")
+    assert _eventually(saved.exists)
+    saved.unlink()
+    saved.mkdir()  # the store cannot write the snapshot there: a real fault, not a mock
+    replies = [Reply([ToolUse("bash", {"command": "echo second > /workspace/a.txt"})]), Reply([Text("done")])]
+    world.fake.script(*replies)
+    setup = world.setup("h-savefail", "mallory")
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start"}))
+        receive_until(ws, "status")
+        ws.send(json.dumps({"action": "message", "prompt": "go"}))
+        frames = receive_until(ws, "result", timeout=60)
+        frames += receive_until(ws, "status", timeout=30) if not any(f.get("status") == "workspace_save_failed" for f in frames) else []
+    failed = [f for f in frames if f.get("status") == "workspace_save_failed"]
+    assert failed and "could not be saved" in failed[0]["message"] and "next turn" in failed[0]["message"], frames
+    saved.rmdir()
+    agent(world, "h-savefail", ["cat /workspace/a.txt"])
+    assert _eventually(saved.is_file)
+    _reap(world, "h-savefail")
+    got = world.http.get("/sessions/h-savefail/files/content", params={"path": "a.txt"})
+    assert got.status_code == 200 and got.content == b"second\n", got.text
+
+
+# -- issue 24: a snapshot that cannot be restored never bricks its session -------------------
+
+
+def _too_big_snapshot() -> bytes:
+    """What the bucket holds after SANDBOX_DISK_MB was lowered under a workspace: a valid archive
+    whose files no longer fit the sandbox's disk."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, body in (("a.txt", b"keep\n"), ("big.bin", os.urandom(6 * 2**20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+@needs_root
+def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_DISK_MB", "4")
+    session = "h-unrestored"
+    setup = world.setup(session, "mallory")
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo keep > /workspace/a.txt"})]), Reply([Text("one")]),
+                      Reply([ToolUse("bash", {"command": "ls -A /workspace; echo listed"})]), Reply([Text("two")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start"}))
+        receive_until(ws, "status")
+        ws.send(json.dumps({"action": "message", "prompt": "one"}))
+        receive_until(ws, "result", timeout=60)
+        _reap(world, session)
+        _snapshot(world, session).write_bytes(_too_big_snapshot())
+        ws.send(json.dumps({"action": "message", "prompt": "two"}))
+        frames = receive_until(ws, "result", timeout=60)
+    notes = [f for f in frames if f.get("status") == "workspace_not_restored"]
+    assert notes and "SANDBOX_DISK_MB" in notes[0]["message"] and "snapshot=unrestored" in notes[0]["message"], frames
+    listing = next(f for f in frames if f["event"] == "tool_result")["content"]
+    assert "a.txt" not in listing and "listed" in listing  # an empty workspace, and the turn went on
+    aside = world.http.get(f"/sessions/{session}/files", params={"snapshot": "unrestored"})
+    assert aside.status_code == 200 and aside.json()["source"] == "unrestored"
+    assert {f["path"] for f in aside.json()["files"]} == {"/workspace/a.txt", "/workspace/big.bin"}
+    got = world.http.get(f"/sessions/{session}/files/content", params={"path": "a.txt", "snapshot": "unrestored"})
+    assert got.status_code == 200 and got.content == b"keep\n"
+    gone = world.http.delete(f"/sessions/{session}/files/content", params={"path": "big.bin", "snapshot": "unrestored"})
+    assert gone.status_code == 200, gone.text
+    bad = world.http.get(f"/sessions/{session}/files", params={"snapshot": "other"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+    # The setup path too: a snapshot that does not fit is set aside, and setup answers 200.
+    _reap(world, session)
+    _snapshot(world, session).write_bytes(_too_big_snapshot())
+    again = world.http.post(f"/setup/{session}?userId=mallory")
+    assert again.status_code == 200, again.text
+    assert "could not be restored" in again.json()["workspaceNotRestored"]
+
+
+def test_a_sandbox_reaped_at_the_ceiling_says_so_at_its_next_turn(world: World) -> None:
+    from chalicelib.config import current_settings
+    from chalicelib.container import get_container
+    from devserver.reaper import IdleReaper
+
+    session = "h-ceiling"
+    container = get_container(current_settings())
+    setup = world.setup(session, "mallory")
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo kept > /workspace/a.txt"})]), Reply([Text("one")]),
+                      Reply([ToolUse("bash", {"command": "cat /workspace/a.txt; sleep 3000 & echo started"})]),
+                      Reply([Text("two")]), Reply([ToolUse("bash", {"command": "cat /workspace/a.txt"})]), Reply([Text("three")]))
+
+    def storage_down(session_id: str) -> None:
+        raise OSError("storage is down")  # what the gateway's own reaper meets during an outage
+
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start"}))
+        receive_until(ws, "status")
+        for prompt in ("one", "two"):
+            ws.send(json.dumps({"action": "message", "prompt": prompt}))
+            receive_until(ws, "result", timeout=60)
+        _eventually(lambda: json.loads((world.data_dir / "sessions" / session / "state.json").read_text()).get("turn") is None)
+        used = container.sandboxes.last_used(session)
+        assert used is not None
+        clock = [used + 30.0]
+        reaper = IdleReaper(lambda: container.sandboxes, idle_seconds=10, clock=lambda: clock[0], before_destroy=storage_down,
+                            max_idle_seconds=40, on_lost_save=container.sessions.remember_lost_save)
+        assert reaper.reap_once() == [] and session in container.sandboxes.sessions()  # kept: storage may come back
+        clock[0] = used + 41.0
+        assert reaper.reap_once() == [session]
+        ws.send(json.dumps({"action": "message", "prompt": "three"}))
+        frames = receive_until(ws, "result", timeout=60)
+    lost = [f for f in frames if f.get("status") == "workspace_save_failed"]
+    assert lost and "SANDBOX_MAX_IDLE_SECONDS=40" in lost[0]["message"] and "storage is down" in lost[0]["message"], frames
+    assert "sandbox_recreated" in [f.get("status") for f in frames]
+    assert "kept" in next(f for f in frames if f["event"] == "tool_result")["content"]  # the last good snapshot

@@ -107,6 +107,10 @@ CORPUS: list[tuple[str, str, str, object, dict[str, str] | None]] = [
     ("string boolean", "PUT", "/users/u/settings", {"allowNetwork": "yes"}, None),
     ("integer boolean", "PATCH", "/users/u/settings", {"allowNetwork": 1}, None),
     ("string integer", "PUT", "/users/u/settings", {"maxTurns": "10"}, None),
+    ("malformed network rule", "PUT", "/users/u/settings", {"allowNetwork": True, "network": {"allow": ["pypi.org/simple"]}}, None),
+    ("network rule with a space", "PATCH", "/users/u/settings", {"network": {"deny": ["a b.example"]}}, None),
+    ("unknown network key", "PATCH", "/users/u/settings", {"network": {"allowed": ["pypi.org"]}}, None),
+    ("too many network rules", "PUT", "/users/u/settings", {"network": {"allow": [f"h{i}.example" for i in range(201)]}}, None),
 ]
 
 
@@ -154,6 +158,16 @@ def test_strict_settings_still_take_real_booleans_and_numbers(local_api: Api) ->
     assert r.status_code == 200 and r.json_body["settings"] == {**r.json_body["settings"], "allowNetwork": False, "maxTurns": 7}
     refused = local_api.send("PATCH", "/users/u/settings", {"allowNetwork": "yes"})
     assert refused.status_code == 400 and "allowNetwork" in refused.json_body["error"]
+
+
+def test_network_rules_are_stored_normalised(local_api: Api) -> None:
+    r = local_api.send("PUT", "/users/u/settings", {"allowNetwork": True, "network": {
+        "allow": ["PyPI.org.", "*.GitHubUserContent.com", "[2001:db8::1]"], "deny": ["*.evil.example"]}})
+    assert r.status_code == 200, r.body
+    assert r.json_body["settings"]["network"] == {"allow": ["pypi.org", "*.githubusercontent.com", "2001:db8::1"],
+                                                  "deny": ["*.evil.example"]}
+    refused = local_api.send("PATCH", "/users/u/settings", {"network": {"allow": ["*.*.example"]}})
+    assert refused.status_code == 400 and "'*.*.example' is not a host name" in refused.json_body["error"]
 
 
 def test_deep_and_non_finite_bodies_name_the_problem(local_api: Api) -> None:

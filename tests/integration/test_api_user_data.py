@@ -121,7 +121,7 @@ def test_conversation_id_required(api: Api) -> None:
     assert r.status_code == 400 and r.json_body["error"] == "conversationId is required"
 
 
-CONTROL_DEFAULTS = {"permissions": {}, "maxBudgetUsd": None, "webSearch": False, "webFetch": False, "mcpServers": []}
+CONTROL_DEFAULTS = {"network": None, "permissions": {}, "maxBudgetUsd": None, "webSearch": False, "webFetch": False, "mcpServers": []}
 
 
 def test_settings_defaults_put_patch(api: Api) -> None:

@@ -83,6 +83,24 @@ def test_a_snapshot_larger_than_the_disk_is_refused_before_anything_is_removed(p
     assert sandbox.exec("ls").stdout.split() == ["keep.txt"]
 
 
+def test_sparse_files_that_fit_the_disk_are_restored_as_sparse(provider: LocalSandboxProvider) -> None:
+    # Issue 24: two 6 MiB sparse files in a 4 MiB workspace saved fine and then never restored
+    # (their length was counted against the disk, not what they take), so the session was bricked.
+    first = provider.create("sparse-1", SandboxOptions())
+    made = first.exec("truncate -s 6M a.bin b.bin && printf 'head' | dd of=a.bin conv=notrunc 2>/dev/null && "
+                      "printf 'tail' | dd of=b.bin bs=1 seek=6291452 conv=notrunc 2>/dev/null && du -sk . && md5sum a.bin b.bin")
+    assert made.exit_code == 0, made
+    data = first.export_workspace(CAP)
+    assert data is not None
+    provider.destroy("sparse-1")
+    second = provider.create("sparse-1", SandboxOptions())
+    assert second.import_workspace(data, CAP) == 2
+    again = second.exec("du -sk .; md5sum a.bin b.bin; stat -c '%s' a.bin b.bin")
+    assert again.stdout.split("\n", 1)[1] == made.stdout.split("\n", 1)[1] + "6291456\n6291456\n", (made, again)
+    assert int(again.stdout.split()[0]) <= 64  # KiB in use: holes stayed holes
+    assert second.exec("head -c 4 a.bin; tail -c 4 b.bin").stdout == "headtail"
+
+
 @pytest.fixture
 def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterator[tuple[Any, ...]]:
     with FaultProxy(moto_endpoint) as proxy:

@@ -60,3 +60,44 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_sandbox_whose_save_keeps_failing_is_destroyed_at_the_ceiling(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 24: a save that failed on every pass kept the sandbox (and a background `sleep 3000`)
+    # alive for ever. Under the ceiling it is still kept, so storage can come back; past it, gone.
+    provider = LocalSandboxProvider(Settings.from_env({"SANDBOX_ROOT": str(tmp_path / "sb"), "DATA_DIR": str(tmp_path)}))
+    now = [time.monotonic()]
+    attempts: list[str] = []
+
+    def failing_save(session_id: str) -> None:
+        attempts.append(session_id)
+        raise OSError("storage is down")
+
+    settings = Settings.from_env({"SANDBOX_IDLE_TIMEOUT": "10"})
+    assert settings.sandbox.max_idle == 40  # 4 x the idle timeout, unless SANDBOX_MAX_IDLE_SECONDS says otherwise
+    assert Settings.from_env({"SANDBOX_IDLE_TIMEOUT": "10", "SANDBOX_MAX_IDLE_SECONDS": "25"}).sandbox.max_idle == 25
+    reaper = IdleReaper(lambda: provider, idle_seconds=10, clock=lambda: now[0], before_destroy=failing_save,
+                        max_idle_seconds=settings.sandbox.max_idle)
+    sandbox = provider.create("jammed", SandboxOptions())
+    sandbox.bash().run("sleep 3000 &")
+    launcher = sandbox.bash()._proc
+    assert launcher is not None
+    sleeper: list[int] = []
+    deadline = time.monotonic() + 10  # the background job may not have exec'd sleep yet
+    while not sleeper and time.monotonic() < deadline:
+        sleeper = [pid for pid in descendants(launcher.pid) if "sleep" in _cmdline(pid)]
+        time.sleep(0.05)
+    assert sleeper
+    started = provider.last_used("jammed")
+    assert started is not None
+    for idle in (11, 20, 35, 39.9):
+        now[0] = started + idle
+        assert reaper.reap_once() == [] and provider.sessions() == ["jammed"]
+    assert "it is kept for now" in caplog.text
+    now[0] = started + 40.5
+    assert reaper.reap_once() == ["jammed"] and provider.sessions() == []
+    assert len(attempts) == 5 and "past SANDBOX_MAX_IDLE_SECONDS=40" in caplog.text
+    deadline = time.monotonic() + 15
+    while _alive(sleeper[0]):
+        assert time.monotonic() < deadline, "the background sleep outlived its sandbox"
+        time.sleep(0.1)

@@ -134,6 +134,11 @@ def test_bind_mount_shows_only_this_users_files(provider: SandboxProvider, tmp_p
     # The mount holds the user's skills only (users/{u}/skills/), at /workspace/.claude/skills.
     (data / "alice" / "settings").mkdir()
     (data / "alice" / "settings" / "preferences.json").write_text('{"allowNetwork": false}')
+    if provider.kind == "remote":
+        # The sandbox host binds no host folder over its API (a leaked token would mount /etc).
+        with pytest.raises(MountError, match="no host folder"):
+            sandbox.mount_bucket(MountSpec(kind="bind", source_dir=str(data / "alice" / "skills")))
+        return
     seen = sandbox.mount_bucket(MountSpec(kind="bind", source_dir=str(data / "alice" / "skills")))
     assert seen == ["/workspace/.claude/skills/debugging.md"]
     assert "preferences" not in sandbox.exec("find /workspace 2>&1").stdout

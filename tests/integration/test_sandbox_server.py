@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import httpx
 import pytest
 
 from chalicelib.config import Settings
+from chalicelib.sandbox.base import SandboxOptions
 from tests.support.sandbox_host import running_sandbox_host, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -65,3 +68,87 @@ def test_destroy_and_errors(tmp_path: Path) -> None:
         assert junk.status_code == 400
         badid = httpx.post(url + "/sessions/..%2Fx", json={}, headers=auth)
         assert badid.status_code in (400, 404)
+
+
+# -- issue 24: the host's API mounts no host folder, caps bodies, answers JSON --------------
+
+
+def test_no_host_folder_can_be_mounted_over_the_api(tmp_path: Path) -> None:
+    with running_sandbox_host(tmp_path) as (url, token):
+        auth = {"Authorization": f"Bearer {token}"}
+        httpx.post(url + "/sessions/m1", json={}, headers=auth)
+        mounted = httpx.post(url + "/sessions/m1/mount", json={"spec": {"kind": "bind", "source_dir": "/etc"}}, headers=auth)
+        assert mounted.status_code == 422 and mounted.json()["code"] == "mount_failed", mounted.text
+        assert "no host folder" in mounted.json()["error"]
+        probe = httpx.post(url + "/sessions/m1/exec", json={"command": "ls /workspace/.claude/skills 2>&1; cat /workspace/.claude/skills/passwd 2>&1"},
+                           headers=auth).json()
+        assert "root:" not in probe["stdout"]
+        supported = httpx.post(url + "/mount-support", json={"spec": {"kind": "bind", "source_dir": "/etc"}}, headers=auth)
+        assert supported.json() == {"supported": False}
+
+
+def test_bodies_are_capped_before_they_are_read(tmp_path: Path) -> None:
+    with running_sandbox_host(tmp_path, SANDBOX_HOST_MAX_BODY_MB="1") as (url, token):
+        auth = {"Authorization": f"Bearer {token}"}
+        httpx.post(url + "/sessions/b1", json={}, headers=auth)
+        # 80 MiB offered in chunks, the end never sent: a host that read it all would still be
+        # waiting. It answers 413 once the first MiB passes, with the body unfinished.
+        host, port = url.split("://")[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(f"PUT /sessions/b1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                         "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n".encode())
+            answer = b""
+            for _ in range(80):
+                try:
+                    conn.sendall(b"100000\r\n" + b"x" * 2**20 + b"\r\n")
+                except OSError:
+                    break  # the host closed the connection after answering
+                conn.settimeout(0.05)
+                try:
+                    answer += conn.recv(65536)
+                except (TimeoutError, OSError):
+                    pass
+                if b"\r\n\r\n" in answer:
+                    break
+            conn.settimeout(10)
+            while b"body_too_large" not in answer:
+                more = conn.recv(65536)
+                if not more:
+                    break
+                answer += more
+        assert answer.startswith(b"HTTP/1.1 413") and b'"code":"body_too_large"' in answer, answer[:300]
+        declared = httpx.put(url + "/sessions/b1/files", content=b"x" * (2 * 2**20), headers=auth)
+        assert declared.status_code == 413 and "SANDBOX_HOST_MAX_BODY_MB" in declared.json()["error"]
+        archive = httpx.put(url + "/sessions/b1/archive?maxBytes=1000", content=b"x" * 5000, headers=auth)
+        assert archive.status_code == 413 and archive.json()["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("PUT", "/sessions/e1/files", {"files": {"/workspace/a": "not base64!"}}),
+    ("POST", "/sessions/e1/exec", {"command": "echo \u0000 nul"}),
+    ("GET", "/no-such-route", None),
+    ("DELETE", "/health", None),
+])
+def test_every_error_is_json(tmp_path: Path, method: str, path: str, body: object) -> None:
+    with running_sandbox_host(tmp_path) as (url, token):
+        auth = {"Authorization": f"Bearer {token}"}
+        httpx.post(url + "/sessions/e1", json={}, headers=auth)
+        answer = httpx.request(method, url + path, json=body, headers=auth)
+        assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+        assert set(answer.json()) == {"error", "code"} and answer.headers["content-type"].startswith("application/json")
+
+
+def test_a_non_utf8_name_travels_through_the_host(tmp_path: Path) -> None:
+    from chalicelib.sandbox.remote import RemoteSandboxProvider
+
+    with running_sandbox_host(tmp_path) as (url, token):
+        remote = RemoteSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        sandbox = remote.create("n1", SandboxOptions())
+        sandbox.exec("touch \"$(printf 'bad\\377')\"")
+        assert [e.path for e in sandbox.workspace_entries()] == [os.fsdecode(b"bad\xff")]
+        assert [e.path for e in sandbox.list_files("/workspace")] == [os.fsdecode(b"/workspace/bad\xff")]
+        data = sandbox.export_workspace(2**20)
+        assert data is not None
+        sandbox.exec("rm -f /workspace/*")
+        sandbox.import_workspace(data, 2**20)
+        assert "bad\\377" in sandbox.exec("ls -b /workspace").stdout

@@ -81,3 +81,22 @@ def test_setup_reads_allow_network_strictly(tmp_path, stored: bytes, allowed: bo
     store.put("users/u/settings/preferences.json", stored)
     service = SessionsService(Settings.from_env({"DATA_DIR": str(tmp_path)}), store, sandboxes=None)  # type: ignore[arg-type]
     assert service._sandbox_options("u").allow_network is allowed
+
+
+@pytest.mark.parametrize("stored,expected", [
+    (b'{"allowNetwork": true, "network": {"allow": ["PyPI.org"], "deny": ["*.evil.example"]}}',
+     (True, ("pypi.org",), ("*.evil.example",))),
+    (b'{"allowNetwork": true}', (True, (), ())),
+    # A rule written around the API that does not parse: the network stays closed.
+    (b'{"allowNetwork": true, "network": {"allow": ["not a host"]}}', (False, (), ())),
+])
+def test_setup_passes_the_users_network_rules(tmp_path, stored: bytes, expected: tuple[object, ...]) -> None:  # type: ignore[no-untyped-def]
+    from chalicelib.config import Settings
+    from chalicelib.services.sessions import SessionsService
+    from chalicelib.storage.local import LocalDirectoryStore
+
+    store = LocalDirectoryStore(tmp_path)
+    store.put("users/u/settings/preferences.json", stored)
+    service = SessionsService(Settings.from_env({"DATA_DIR": str(tmp_path)}), store, sandboxes=None)  # type: ignore[arg-type]
+    options = service._sandbox_options("u")
+    assert (options.allow_network, options.network_allow, options.network_deny) == expected

@@ -12,6 +12,7 @@ import pytest
 
 from chalicelib.sandbox import archive
 from chalicelib.sandbox.base import SandboxFileNotFound, SandboxPathError, SnapshotTooLarge
+from chalicelib.sandbox.paths import remove_path
 
 CAP = 10 * 2**20
 
@@ -153,3 +154,86 @@ def test_restored_entries_belong_to_the_workspace_owner(tmp_path: Path) -> None:
     archive.unpack(target, data, CAP)
     owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in target.rglob("*")}
     assert owners == {(65534, 65534)}
+
+
+# -- issue 24: no name and no depth stops a save ---------------------------------------------
+
+
+def _deep(root: Path, depth: int) -> Path:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):  # by fds: the path would pass PATH_MAX long before the kernel minds
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        leaf = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"DEEP-END")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    return root
+
+
+def test_a_non_utf8_name_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / os.fsdecode(b"bad\xff")).write_bytes(b"raw name")
+    (ws / os.fsdecode(b"dir\xfe")).mkdir()
+    (ws / os.fsdecode(b"dir\xfe") / "caf\u00e9").write_bytes(b"utf-8 name")
+    data = archive.pack(ws, CAP)
+    assert archive.signature(ws)  # the change check walks the same names
+    out = tmp_path / "out"
+    out.mkdir()
+    archive.unpack(out, data, CAP)
+    assert sorted(os.listdir(os.fsencode(out))) == [b"bad\xff", b"dir\xfe"]
+    assert (out / os.fsdecode(b"bad\xff")).read_bytes() == b"raw name"
+    assert (out / os.fsdecode(b"dir\xfe") / "caf\u00e9").read_bytes() == b"utf-8 name"
+    assert {e.path for e in archive.archive_manifest(data, CAP)} == {os.fsdecode(b"bad\xff"), os.fsdecode(b"dir\xfe"),
+                                                                    os.fsdecode(b"dir\xfe/caf\xc3\xa9")}
+
+
+def test_a_1500_deep_tree_is_packed_listed_restored_and_removed_within_a_few_fds(tmp_path: Path) -> None:
+    import resource
+
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "empty").mkdir()
+    ws = _deep(tmp_path / "ws", 1500)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # One fd per level would need 1,500: the walk, the restore and the removal hold a few at a time.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        data = archive.pack(ws, CAP)
+        entries = archive.manifest(ws)
+        out = tmp_path / "out"
+        out.mkdir()
+        archive.unpack(out, data, CAP)
+        listed = archive.archive_manifest(data, CAP)
+        archive.unpack(out, archive.pack(tmp_path / "empty", CAP), CAP)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        remove_path(str(ws))  # pytest's own clean-up of old temporary folders uses shutil.rmtree
+    assert not ws.exists()
+    assert len(entries) == len(listed) == 1501 and entries[-1].path.endswith("/deep.txt")
+    assert os.listdir(out) == []  # the second unpack removed the whole deep tree first
+
+
+def test_a_folder_moved_during_a_walk_stops_it_rather_than_guess(tmp_path: Path) -> None:
+    from chalicelib.sandbox.paths import TreeChanged, iter_tree
+
+    ws = tmp_path / "ws"
+    (ws / "a" / "inner").mkdir(parents=True)
+    (ws / "b").mkdir()
+    (ws / "a" / "inner" / "f").write_text("x")
+    top = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        walk = iter_tree(top, sort=True)
+        seen = []
+        with pytest.raises(TreeChanged, match="moved during the walk"):
+            for found in walk:
+                seen.append(found.rel)
+                if found.rel == "a/inner/f":
+                    os.rename(ws / "a" / "inner", ws / "b" / "inner")  # ".." of inner is now b, not a
+        assert seen[:3] == ["a", "a/inner", "a/inner/f"]
+    finally:
+        os.close(top)
