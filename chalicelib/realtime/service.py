@@ -39,7 +39,7 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
-from chalicelib.services.sessions import SessionsService
+from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,13 @@ class RealtimeService:
         )
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
+        self.attach(event, record)
+        return ConnectDecision(200)
+
+    def attach(self, event: WsEvent, record: SessionRecord) -> SessionState:
+        """Bind an authenticated connection to the session `record` describes (both protocols'
+        connects end here); returns the session's live state."""
+        session_id = record.session_id
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
         _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
@@ -132,7 +139,7 @@ class RealtimeService:
             # A client reconnecting mid-turn may be back because the server died (kill -9, a
             # restart): a runner checks the turn's lease, and repairs the turn if it runs out.
             self._start_runner(session_id)
-        return ConnectDecision(200)
+        return state
 
     def _start_runner(self, session_id: str) -> None:
         """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""
@@ -235,6 +242,8 @@ class RealtimeService:
             state.subscriber = self._subscriber(conn)
 
         _, state = self.states.update(conn.session_id, apply)
+        # The original's option names this server does not support, said back, never dropped.
+        unsupported: dict[str, Any] = {"unsupportedOptions": start.unsupported_options} if start.unsupported_options else {}
         return [
             frame(
                 "status",
@@ -245,6 +254,7 @@ class RealtimeService:
                 messageCount=len(messages) if isinstance(messages, list) else 0,
                 model=start.model or "default",
                 lastSeq=state.last_seq,
+                **unsupported,
             )
         ]
 
