@@ -129,3 +129,19 @@ def test_refusals_and_bad_events(world) -> None:  # type: ignore[no-untyped-def]
     assert unknown["unsupportedOptions"] == ["frobnicate"]
     ready = next(s for s in statuses if s.get("status") == "ready")
     assert ready["unsupportedOptions"] == ["systemPrompt"] and "systemPrompt" in ready["message"]
+
+
+def test_the_operator_key_and_user_id_set_a_new_session_up_on_connect(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("API_KEY", "operator-key")
+    world.fake.script(Reply([Text("Hello Bob.")]))
+    params = {"url": world.url, "sessionId": "sio-new", "auth": {"apiKey": "operator-key", "userId": "bob"}}
+    result = run_scenario("useAgent", params)
+    assert events(result, "result")[0]["is_error"] is False
+    saved = world.http.get("/users/bob/conversations/sio-new", headers={"Authorization": "Bearer operator-key"}).json()
+    assert saved["conversation"]["messages"][-1]["content"][0]["text"] == "Hello Bob."
+    without_user = run_scenario("connectOnly", {**params, "sessionId": "sio-new-2", "auth": {"apiKey": "operator-key"}})
+    assert events(without_user, "connect_error")[0]["data"] == {"code": "user_id_missing"}
+    wrong_key = run_scenario("connectOnly", {**params, "sessionId": "sio-new-2", "auth": {"apiKey": "nope", "userId": "bob"}})
+    assert events(wrong_key, "connect_error")[0]["data"] == {"code": "invalid_api_key"}
+    taken = run_scenario("connectOnly", {**params, "auth": {"apiKey": "operator-key", "userId": "eve"}})
+    assert events(taken, "connect_error")[0]["data"] == {"code": "session_owned_by_another_user"}

@@ -144,6 +144,15 @@ const scenarios = {
     socket.disconnect();
   },
 
+  // One connection attempt: connected, or refused with connect_error.
+  async connectOnly() {
+    const socket = io(p.url, { query: { sessionId: p.sessionId }, auth: p.auth, reconnection: false, transports: p.transports });
+    record(socket);
+    await Promise.race([waitFor(socket, "connect"), waitFor(socket, "connect_error")]);
+    out.connected = socket.connected;
+    socket.disconnect();
+  },
+
   // Refused connections and a bad event.
   async errors() {
     const bare = io(p.url, { query: { sessionId: p.sessionId }, reconnection: false, transports: p.transports });
