@@ -9,6 +9,7 @@ RealtimeService as a plain websocket. Nothing here keeps session state of its ow
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,20 +56,28 @@ class Handshake:
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: Any = None
+    # Over API Gateway, what $connect saw and checked: the query token's digest, and whether
+    # the headers carried the operator key (only $connect gets the headers).
+    token_sha256: str | None = None
+    operator_header: bool = False
 
     def ws_event(self, body: str | None = None) -> WsEvent:
         return WsEvent(self.connection_id, self.domain_name, self.stage, body=body)
 
 
-def open_session(services: Container, handshake: Handshake, sender: Sender) -> SessionRecord:
+def open_session(services: Container, handshake: Handshake, sender: Sender,
+                 accepted: Callable[[], None] | None = None) -> SessionRecord:
     """Authenticate, create the session if the caller may and it does not exist, bind the
-    connection to it, and (a reconnect) send `status: Session resumed` and the history.
+    connection to it, call `accepted` (a transport acknowledges the CONNECT there), and (a
+    reconnect) send `status: Session resumed` and the history.
 
     Raises SocketIORefused with what to send instead."""
     record = _authorize(services, handshake)
     realtime = services.realtime
     known = realtime.states.read(record.session_id) is not None
     state = realtime.attach(handshake.ws_event(), record)
+    if accepted is not None:
+        accepted()
     if known:
         # Live events from now on (nothing replayed: the history below has what was said),
         # then the history, as the original sent them to a reconnecting client.
@@ -115,17 +124,19 @@ def _authorize(services: Container, hs: Handshake) -> SessionRecord:
     key = _text(auth.get("apiKey")) or bearer_token(hs.headers)
     user_id = _text(auth.get("userId")) or hs.query.get("userId")
     record = services.sessions.find_record(session_id)
-    if token:
+    if token or hs.token_sha256:
         if record is None:
             raise SocketIORefused(f"Session {session_id!r} does not exist: call POST /setup/{session_id} for its token, "
                                   "or connect with the operator key and userId to create it.", "session_not_found")
-        if not services.sessions.token_matches(record, token):
+        matches = (services.sessions.token_matches(record, token) if token
+                   else hmac.compare_digest(str(hs.token_sha256), record.token_sha256))
+        if not matches:
             raise SocketIORefused("Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
         return record
-    if key is not None:
-        if not key_matches(settings, key):
-            raise SocketIORefused("Invalid API key: check it against the server's API_KEY.", "invalid_api_key")
-    elif not (settings.api_key is None and not settings.is_production and user_id):
+    if key is not None and not key_matches(settings, key):
+        raise SocketIORefused("Invalid API key: check it against the server's API_KEY.", "invalid_api_key")
+    open_development = settings.api_key is None and not settings.is_production and bool(user_id)
+    if key is None and not hs.operator_header and not open_development:
         raise SocketIORefused(f"Missing credentials: {CREDENTIALS_HELP}.", "missing_credentials")
     # The operator (or development without API_KEY) acting for `userId`.
     if not user_id:

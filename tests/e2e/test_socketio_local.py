@@ -1,7 +1,12 @@
 """The original's Socket.IO protocol through ./scripts/dev's gateway, with the real
 socket.io-client from npm run by node (tests/node), the scripted Messages API and a real
 sandbox: the guide's snippet, the original's useAgent flow, interrupt, clear, reconnect,
-permission asks answered by acknowledgement, and refusals."""
+permission asks answered by acknowledgement, and refusals.
+
+Each flow runs over python-socketio at /socket.io/ and over the Engine.IO framing of the
+Lambda handlers: the gateway's /ws runs app.py's $connect/$default/$disconnect handlers as API
+Gateway does, the open packet is sent by the turn runner Lambda through the Invoke and
+management APIs, exactly the deployed path (client options as the README gives them)."""
 
 from __future__ import annotations
 
@@ -20,9 +25,18 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TURN_POLL_SECONDS", "0.1")
 
 
-def _agent(world, session: str, **extra):  # type: ignore[no-untyped-def]
+#: How a client reaches each edge: python-socketio (both transports), or API Gateway's framing.
+EDGES = {
+    "socketio-websocket": {"transports": ["websocket", "polling"]},
+    "socketio-polling": {"transports": ["polling"]},
+    "lambda": {"transports": ["websocket"], "path": "/ws", "addTrailingSlash": False},
+}
+BOTH = ["socketio-websocket", "lambda"]
+
+
+def _agent(world, session: str, edge: str = "socketio-websocket", **extra):  # type: ignore[no-untyped-def]
     token = world.setup(session, "alice")["token"]
-    return {"url": world.url, "sessionId": session, "auth": {"token": token}, **extra}
+    return {"url": world.url, "sessionId": session, "auth": {"token": token}, **EDGES[edge], **extra}
 
 
 def test_the_guides_snippet_verbatim(world) -> None:  # type: ignore[no-untyped-def]
@@ -42,11 +56,11 @@ def test_the_guides_snippet_verbatim(world) -> None:  # type: ignore[no-untyped-
     assert world.fake.requests[0]["messages"][-1]["content"][-1]["text"] == "Help me debug this issue"
 
 
-@pytest.mark.parametrize("transports", [["websocket", "polling"], ["polling"]])
-def test_the_use_agent_flow_on_both_transports(world, transports) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_the_use_agent_flow(world, edge) -> None:  # type: ignore[no-untyped-def]
     world.fake.script(Reply([ToolUse("bash", {"command": "echo from-the-sandbox"})]), Reply([Text("It printed from-the-sandbox.")]))
-    result = run_scenario("useAgent", _agent(world, f"ua-{transports[0]}", transports=transports, expectHistory=True))
-    assert result["transport"] == transports[0]
+    result = run_scenario("useAgent", _agent(world, f"ua-{edge}", edge, expectHistory=True))
+    assert result["transport"] == EDGES[edge]["transports"][0]
     names = [e["event"] for e in result["events"]]
     assert names.index("history") < names.index("stream") < names.index("result")
     assert events(result, "history")[0]["messages"] == []
@@ -62,9 +76,10 @@ def test_the_use_agent_flow_on_both_transports(world, transports) -> None:  # ty
     assert done["num_turns"] == 2 and done["is_error"] is False
 
 
-def test_interrupt(world) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("edge", BOTH)
+def test_interrupt(world, edge) -> None:  # type: ignore[no-untyped-def]
     world.fake.script(Reply([Text("once upon a time " * 200, chunks=200)], delay=0.05))
-    result = run_scenario("interrupt", _agent(world, "sio-int"))
+    result = run_scenario("interrupt", _agent(world, f"sio-int-{edge}", edge))
     assert "Interrupted" in [s["message"] for s in events(result, "status")]
     [done] = events(result, "result")
     assert done["interrupted"] is True and done["stop_reason"] == "interrupted"
@@ -72,18 +87,21 @@ def test_interrupt(world) -> None:  # type: ignore[no-untyped-def]
     assert partial and len(partial[0]["content"][0]["text"]) < len("once upon a time " * 200)
 
 
-def test_clear(world) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("edge", BOTH)
+def test_clear(world, edge) -> None:  # type: ignore[no-untyped-def]
     world.fake.script(Reply([Text("Noted.")]))
-    result = run_scenario("clear", _agent(world, "sio-clear"))
+    result = run_scenario("clear", _agent(world, f"sio-clear-{edge}", edge))
     [cleared] = events(result, "cleared")
     assert cleared["type"] == "info" and cleared["message"] == "Session cleared"
+    assert cleared["conversationId"] == f"sio-clear-{edge}"
     assert events(result, "history")[-1]["messages"] == []
-    assert world.http.get("/users/alice/conversations/sio-clear").json()["conversation"]["messages"] == []
+    assert world.http.get(f"/users/alice/conversations/sio-clear-{edge}").json()["conversation"]["messages"] == []
 
 
-def test_reconnect_with_the_same_session_id(world) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("edge", BOTH)
+def test_reconnect_with_the_same_session_id(world, edge) -> None:  # type: ignore[no-untyped-def]
     world.fake.script(Reply([Text("First answer.")]), Reply([Text("Second answer.")]))
-    result = run_scenario("reconnect", _agent(world, "sio-re"))
+    result = run_scenario("reconnect", _agent(world, f"sio-re-{edge}", edge))
     assert [s["message"] for s in events(result, "status", on="first")].count("Session resumed") == 0
     second = [e["event"] for e in result["events"] if e["on"] == "second"]
     assert second[:2] == ["status", "history"]
@@ -97,12 +115,13 @@ def test_reconnect_with_the_same_session_id(world) -> None:  # type: ignore[no-u
     assert "".join(s["content"] for s in events(result, "stream", on="second")) == "Second answer."
 
 
+@pytest.mark.parametrize("edge", BOTH)
 @pytest.mark.parametrize(("answer", "allowed"), [({"action": "continue"}, True), ({"action": "block"}, False),
                                                  ({"hookSpecificOutput": {"permissionDecision": "deny"}}, False)])
-def test_a_permission_ask_answered_by_acknowledgement(world, answer, allowed) -> None:  # type: ignore[no-untyped-def]
+def test_a_permission_ask_answered_by_acknowledgement(world, answer, allowed, edge) -> None:  # type: ignore[no-untyped-def]
     assert world.http.put("/users/alice/settings", json={"permissions": {"bash": "ask"}}).status_code == 200
     world.fake.script(Reply([ToolUse("bash", {"command": "echo ran-it"})]), Reply([Text("Done.")]))
-    result = run_scenario("permission", _agent(world, f"sio-perm-{allowed}-{len(answer)}", answer=answer))
+    result = run_scenario("permission", _agent(world, f"sio-perm-{allowed}-{len(answer)}-{edge}", edge, answer=answer))
     [asked] = events(result, "hook_request")
     assert asked["event"] == "PreToolUse"
     assert asked["data"]["tool_name"] == "bash" and asked["data"]["tool_input"] == {"command": "echo ran-it"}
@@ -114,8 +133,9 @@ def test_a_permission_ask_answered_by_acknowledgement(world, answer, allowed) ->
     assert events(result, "result")[0]["is_error"] is False
 
 
-def test_refusals_and_bad_events(world) -> None:  # type: ignore[no-untyped-def]
-    result = run_scenario("errors", _agent(world, "sio-err"))
+@pytest.mark.parametrize("edge", BOTH)
+def test_refusals_and_bad_events(world, edge) -> None:  # type: ignore[no-untyped-def]
+    result = run_scenario("errors", _agent(world, f"sio-err-{edge}", edge))
     [missing] = events(result, "connect_error", on="no-credentials")
     assert "Missing credentials" in missing["message"] and "auth: {token}" in missing["message"]
     assert missing["data"] == {"code": "missing_credentials"}
@@ -131,17 +151,18 @@ def test_refusals_and_bad_events(world) -> None:  # type: ignore[no-untyped-def]
     assert ready["unsupportedOptions"] == ["systemPrompt"] and "systemPrompt" in ready["message"]
 
 
-def test_the_operator_key_and_user_id_set_a_new_session_up_on_connect(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("edge", BOTH)
+def test_the_operator_key_and_user_id_set_a_new_session_up_on_connect(world, monkeypatch: pytest.MonkeyPatch, edge) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("API_KEY", "operator-key")
     world.fake.script(Reply([Text("Hello Bob.")]))
-    params = {"url": world.url, "sessionId": "sio-new", "auth": {"apiKey": "operator-key", "userId": "bob"}}
+    params = {"url": world.url, "sessionId": f"sio-new-{edge}", "auth": {"apiKey": "operator-key", "userId": "bob"}, **EDGES[edge]}
     result = run_scenario("useAgent", params)
     assert events(result, "result")[0]["is_error"] is False
-    saved = world.http.get("/users/bob/conversations/sio-new", headers={"Authorization": "Bearer operator-key"}).json()
+    saved = world.http.get(f"/users/bob/conversations/sio-new-{edge}", headers={"Authorization": "Bearer operator-key"}).json()
     assert saved["conversation"]["messages"][-1]["content"][0]["text"] == "Hello Bob."
-    without_user = run_scenario("connectOnly", {**params, "sessionId": "sio-new-2", "auth": {"apiKey": "operator-key"}})
+    without_user = run_scenario("connectOnly", {**params, "sessionId": f"sio-other-{edge}", "auth": {"apiKey": "operator-key"}})
     assert events(without_user, "connect_error")[0]["data"] == {"code": "user_id_missing"}
-    wrong_key = run_scenario("connectOnly", {**params, "sessionId": "sio-new-2", "auth": {"apiKey": "nope", "userId": "bob"}})
+    wrong_key = run_scenario("connectOnly", {**params, "sessionId": f"sio-other-{edge}", "auth": {"apiKey": "nope", "userId": "bob"}})
     assert events(wrong_key, "connect_error")[0]["data"] == {"code": "invalid_api_key"}
     taken = run_scenario("connectOnly", {**params, "auth": {"apiKey": "operator-key", "userId": "eve"}})
     assert events(taken, "connect_error")[0]["data"] == {"code": "session_owned_by_another_user"}

@@ -28,12 +28,19 @@ function finish(code = 0) {
 
 setTimeout(() => { out.timedOut = true; finish(2); }, p.timeoutMs || 30000);
 
+// Where the server is and how to reach it, for every connection of a scenario: python-socketio
+// at /socket.io/, or (path /ws, websocket only) the Engine.IO framing of the Lambda handlers.
+function edge(extra = {}) {
+  return { transports: p.transports, path: p.path || "/socket.io/", addTrailingSlash: p.addTrailingSlash ?? true, ...extra };
+}
+
 function useAgentSocket() {
   // frontend/src/hooks/useAgent.ts at ba7fe00, server URL changed, credentials added.
   return io(p.url, {
     query: { sessionId: p.sessionId },
     transports: p.transports || ["websocket", "polling"],
-    path: "/socket.io/",
+    path: p.path || "/socket.io/",
+    addTrailingSlash: p.addTrailingSlash ?? true,
     reconnection: true,
     reconnectionAttempts: 10,
     reconnectionDelay: 1000,
@@ -146,7 +153,7 @@ const scenarios = {
 
   // One connection attempt: connected, or refused with connect_error.
   async connectOnly() {
-    const socket = io(p.url, { query: { sessionId: p.sessionId }, auth: p.auth, reconnection: false, transports: p.transports });
+    const socket = io(p.url, edge({ query: { sessionId: p.sessionId }, auth: p.auth, reconnection: false }));
     record(socket);
     await Promise.race([waitFor(socket, "connect"), waitFor(socket, "connect_error")]);
     out.connected = socket.connected;
@@ -155,10 +162,10 @@ const scenarios = {
 
   // Refused connections and a bad event.
   async errors() {
-    const bare = io(p.url, { query: { sessionId: p.sessionId }, reconnection: false, transports: p.transports });
+    const bare = io(p.url, edge({ query: { sessionId: p.sessionId }, reconnection: false }));
     record(bare, "no-credentials");
     await waitFor(bare, "connect_error");
-    const wrong = io(p.url, { query: { sessionId: p.sessionId }, auth: { token: "not-the-token" }, reconnection: false });
+    const wrong = io(p.url, edge({ query: { sessionId: p.sessionId }, auth: { token: "not-the-token" }, reconnection: false }));
     record(wrong, "wrong-token");
     await waitFor(wrong, "connect_error");
     const socket = useAgentSocket();
