@@ -5,8 +5,8 @@ transport=websocket` and waits for the server's open packet. API Gateway cannot 
 `$connect`, so `$connect` records the connection and asks the turn runner Lambda to send the
 open packet as soon as the connection is up. After that, each websocket message is one Engine.IO
 packet: `40` connects a namespace (the Socket.IO auth payload is checked there), `42` carries an
-event, `43` acknowledges a `hook_request`, `3` answers a ping. The scheduled ping (the turn
-runner again, every minute) keeps clients from timing out. Events go through
+event, `43` acknowledges a `hook_request`, `3` answers a ping. The scheduled ping (app.py's
+socketio_ping, every minute) keeps clients from timing out. Events go through
 chalicelib.web.socketio_edge to the same RealtimeService as the plain protocol.
 
 Polling is not offered: API Gateway's WebSocket API serves websockets only, and a polling
@@ -156,10 +156,12 @@ def _connect_namespace(services: Container, link: EngineIOLink, packet: packets.
                                                 "one_namespace_per_connection")
 
         def accepted() -> None:
-            connected = services.engineio_links.connected(link, namespace)
-            sender.inner.send_text(link.connection_id, packets.encode_socket(packets.CONNECT, namespace, {"sid": connected.sid}))
+            services.engineio_links.connected(link, namespace)  # from here on, frames are sent as events
 
         socketio_edge.open_session(services, handshake, sender, accepted)
+        # Acknowledged last: the client holds events received before it (a reconnect's status and
+        # history) and delivers them first, before it sends anything of its own.
+        sender.inner.send_text(link.connection_id, packets.encode_socket(packets.CONNECT, namespace, {"sid": link.sid}))
     except socketio_edge.SocketIORefused as refused:
         sender.inner.send_text(link.connection_id, packets.encode_socket(packets.CONNECT_ERROR, namespace, refused.data()))
 
@@ -192,15 +194,12 @@ def disconnect(services: Container, connection_id: str) -> None:
 
 
 def background(services: Container, payload: dict[str, Any], inner: ChaliceSender) -> dict[str, Any]:
-    """The turn runner Lambda's Engine.IO work: the open packet of a new connection, or the
-    scheduled ping of every connection."""
+    """The turn runner Lambda's Engine.IO work: the open packet of a new connection."""
     kind = payload.get("engineio")
     if kind == "open":
         return {"opened": send_open(inner, str(payload.get("connectionId", "")), str(payload.get("domainName", "")),
                                     str(payload.get("stage", "")))}
-    if kind == "ping":
-        return {"pinged": ping_all(services, inner)}
-    return {"error": f"Unknown engineio work {kind!r}: 'open' or 'ping'."}
+    return {"error": f"Unknown engineio work {kind!r}: only 'open'."}
 
 
 def send_open(inner: ChaliceSender, connection_id: str, domain_name: str, stage: str) -> bool:

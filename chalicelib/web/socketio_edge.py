@@ -68,8 +68,8 @@ class Handshake:
 def open_session(services: Container, handshake: Handshake, sender: Sender,
                  accepted: Callable[[], None] | None = None) -> SessionRecord:
     """Authenticate, create the session if the caller may and it does not exist, bind the
-    connection to it, call `accepted` (a transport acknowledges the CONNECT there), and (a
-    reconnect) send `status: Session resumed` and the history.
+    connection to it, call `accepted` (before anything is sent), and (a reconnect) send
+    `status: Session resumed` and the history.
 
     Raises SocketIORefused with what to send instead."""
     record = _authorize(services, handshake)

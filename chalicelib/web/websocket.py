@@ -122,3 +122,11 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
 def resume_interrupted_turns() -> list[str]:
     """After a restart of the local gateway: start runners for the turns the old process left."""
     return container().realtime.resume_interrupted()
+
+
+def ping_socketio_clients(websocket_api: Any) -> dict[str, Any]:
+    """The scheduled Engine.IO ping of every Socket.IO client (see engineio_lambda)."""
+    from chalicelib.realtime.sender import ChaliceSender
+    from chalicelib.web import engineio_lambda
+
+    return {"pinged": engineio_lambda.ping_all(container(), ChaliceSender(websocket_api))}

@@ -111,6 +111,12 @@ def _open(client: Client, management: RawManagement, cid: str, query: dict[str, 
     return json.loads(opened[1:])  # type: ignore[no-any-return]
 
 
+def _scheduled(client: Client) -> dict[str, Any]:
+    """The event EventBridge's rate(1 minute) rule hands the ping function."""
+    return client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={},
+                                           resources=["arn:aws:events:us-east-1:123456789012:rule/socketio-ping"])
+
+
 def _send(client: Client, cid: str, text: str) -> None:
     client.lambda_.invoke("ws_message", ws_event("$default", cid, text))
 
@@ -144,12 +150,12 @@ def test_open_connect_chat_and_ping(harness) -> None:  # type: ignore[no-untyped
     handshake2 = _open(client, management, "e2", {"sessionId": "eio1", "token": token})
     assert handshake2["sid"] != handshake["sid"]
     management.gone.add("e2")
-    pinged = client.lambda_.invoke("turn_runner", {"engineio": "ping"}).payload
+    pinged = client.lambda_.invoke("socketio_ping", _scheduled(client)).payload
     assert pinged == {"pinged": 1} and management.sent["e1"][-1] == "2"
     _send(client, "e1", "3")  # the pong: nothing to answer
     assert management.sent["e1"][-1] == "2"
     client.lambda_.invoke("ws_disconnect", ws_event("$disconnect", "e1"))
-    assert client.lambda_.invoke("turn_runner", {"engineio": "ping"}).payload == {"pinged": 0}
+    assert client.lambda_.invoke("socketio_ping", _scheduled(client)).payload == {"pinged": 0}
 
 
 @pytest.mark.parametrize(("answer", "allowed"), [({"action": "continue"}, True), ({"action": "block"}, False)])
