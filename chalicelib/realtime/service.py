@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from chalicelib.agent.model_client import MISSING_KEY
+from chalicelib.agent.session_options import SessionOptions
 from chalicelib.config import Settings
 from chalicelib.errors import AppError, Conflict, NotFound
 from chalicelib.ids import ID_PATTERN
@@ -127,11 +128,11 @@ class RealtimeService:
         self.attach(event, record)
         return ConnectDecision(200)
 
-    def attach(self, event: WsEvent, record: SessionRecord) -> SessionState:
+    def attach(self, event: WsEvent, record: SessionRecord, socketio: bool = False) -> SessionState:
         """Bind an authenticated connection to the session `record` describes (both protocols'
         connects end here); returns the session's live state."""
         session_id = record.session_id
-        self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
+        self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
         _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
@@ -158,12 +159,12 @@ class RealtimeService:
 
     # -- $disconnect ---------------------------------------------------------------------
 
-    def disconnect(self, event: WsEvent) -> None:
-        """Forget the connection; a running turn goes on and is saved."""
+    def disconnect(self, event: WsEvent) -> Connection | None:
+        """Forget the connection (returned, if it was known); a running turn goes on and is saved."""
         conn = self.connections.get(event.connection_id)
         self.connections.remove(event.connection_id)
         if conn is None:
-            return
+            return None
 
         def unsubscribe(state: SessionState) -> None:
             if state.subscriber and state.subscriber.connection_id == event.connection_id:
@@ -173,6 +174,7 @@ class RealtimeService:
             self.states.update(conn.session_id, unsubscribe)
         except AppError as exc:
             log.warning("disconnect of %s: %s", event.connection_id, exc.message)
+        return conn
 
     # -- $default ------------------------------------------------------------------------
 
@@ -238,6 +240,8 @@ class RealtimeService:
             state.started = True
             state.model = start.model
             state.max_turns = start.max_turns
+            state.options = SessionOptions.from_start(start.system_prompt, start.max_budget_usd, start.allowed_tools,
+                                                      start.disallowed_tools)
             state.conversation_id = conversation_id
             state.subscriber = self._subscriber(conn)
 

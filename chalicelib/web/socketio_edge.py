@@ -75,7 +75,7 @@ def open_session(services: Container, handshake: Handshake, sender: Sender,
     record = _authorize(services, handshake)
     realtime = services.realtime
     known = realtime.states.read(record.session_id) is not None
-    state = realtime.attach(handshake.ws_event(), record)
+    state = realtime.attach(handshake.ws_event(), record, socketio=True)
     if accepted is not None:
         accepted()
     if known:

@@ -95,8 +95,10 @@ def disconnect(event: WebsocketEvent) -> None:
     from chalicelib.web import engineio_lambda
 
     services = container()
-    services.realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
-    engineio_lambda.disconnect(services, event.to_dict()["requestContext"]["connectionId"])
+    conn = services.realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
+    if conn is not None and conn.socketio:
+        # (A Socket.IO client refused at its CONNECT has no connection record: the ping forgets it.)
+        engineio_lambda.disconnect(services, conn.connection_id)
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:

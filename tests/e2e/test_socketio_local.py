@@ -10,11 +10,14 @@ management APIs, exactly the deployed path (client options as the README gives t
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
+from websockets.sync.client import connect
 
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
+from tests.support.gateway import receive_until
 from tests.support.node import events, run_scenario
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -148,7 +151,7 @@ def test_refusals_and_bad_events(world, edge) -> None:  # type: ignore[no-untype
     unknown = next(s for s in statuses if s.get("status") == "unknown_options")
     assert unknown["unsupportedOptions"] == ["frobnicate"]
     ready = next(s for s in statuses if s.get("status") == "ready")
-    assert ready["unsupportedOptions"] == ["systemPrompt"] and "systemPrompt" in ready["message"]
+    assert ready["unsupportedOptions"] == ["cwd"] and "cwd" in ready["message"]
 
 
 @pytest.mark.parametrize("edge", BOTH)
@@ -166,3 +169,39 @@ def test_the_operator_key_and_user_id_set_a_new_session_up_on_connect(world, mon
     assert events(wrong_key, "connect_error")[0]["data"] == {"code": "invalid_api_key"}
     taken = run_scenario("connectOnly", {**params, "auth": {"apiKey": "operator-key", "userId": "eve"}})
     assert events(taken, "connect_error")[0]["data"] == {"code": "session_owned_by_another_user"}
+
+
+START = {"systemPrompt": "Answer in French.", "disallowedTools": ["Bash"], "maxBudgetUsd": 0.0001, "maxTurns": 5}
+
+
+def _check_start_applied(world) -> None:  # type: ignore[no-untyped-def]
+    request = world.fake.requests[-1]
+    assert "Answer in French." in json.dumps(request["system"])
+
+
+@pytest.mark.parametrize("edge", BOTH)
+def test_start_options_apply_to_the_session(world, edge) -> None:  # type: ignore[no-untyped-def]
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo should-not-run"})]), Reply([Text("Fini.")]))
+    result = run_scenario("startThenMessage", _agent(world, f"sio-start-{edge}", edge, start=START))
+    ready = next(s for s in events(result, "status") if s.get("status") == "ready")
+    assert "unsupportedOptions" not in ready
+    _check_start_applied(world)
+    post = next(n["data"] for n in events(result, "hook_notification") if n["event"] == "PostToolUse")
+    assert post["is_error"] is True and "do not allow the bash tool" in post["tool_response"]
+    [done] = events(result, "result")
+    assert done["subtype"] == "error_max_budget_usd" and done["stop_reason"] == "budget_reached"
+
+
+def test_the_plain_protocols_start_takes_the_same_options(world) -> None:  # type: ignore[no-untyped-def]
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo should-not-run"})]), Reply([Text("Fini.")]))
+    setup = world.setup("plain-start", "alice")
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "start", **START, "permissionMode": "bypassPermissions"}))
+        ready = receive_until(ws, "status")[-1]
+        assert ready["status"] == "ready" and ready["unsupportedOptions"] == ["permissionMode"]
+        ws.send(json.dumps({"action": "message", "prompt": "Go"}))
+        frames = receive_until(ws, "result")
+    _check_start_applied(world)
+    tool_result = next(f for f in frames if f["event"] == "tool_result")
+    assert tool_result["is_error"] is True and "do not allow the bash tool" in tool_result["content"]
+    assert frames[-1]["stopReason"] == "budget_reached"

@@ -132,7 +132,7 @@ def test_open_connect_chat_and_ping(harness) -> None:  # type: ignore[no-untyped
     assert json.loads(connected[1][len("40/ws,"):])["sid"]
     fake.script(Reply([ToolUse("bash", {"command": "echo from-the-sandbox"})]), Reply([Text("It printed.")]))
     _send(client, "e1", '42/ws,["get_history"]')
-    _send(client, "e1", '42/ws,["start",{"maxTurns":5,"systemPrompt":"x"}]')
+    _send(client, "e1", '42/ws,["start",{"maxTurns":5,"resume":"x"}]')
     _send(client, "e1", '42/ws,["message",{"prompt":"run it","options":{}}]')
     sent = management.wait_text("e1", has_event("result"))
     assert all(t.startswith(("0", "40/ws,", "42/ws,")) for t in sent)  # every event in the namespace
@@ -140,7 +140,7 @@ def test_open_connect_chat_and_ping(harness) -> None:  # type: ignore[no-untyped
     names = [n for n, _, _ in got]
     assert names[0] == "history" and got[0][1]["messages"] == []
     ready = next(d for n, d, _ in got if n == "status" and d["status"] == "ready")
-    assert ready["message"].startswith("Session initialized") and ready["unsupportedOptions"] == ["systemPrompt"]
+    assert ready["message"].startswith("Session initialized") and ready["unsupportedOptions"] == ["resume"]
     post = next(d for n, d, _ in got if n == "hook_notification" and d["event"] == "PostToolUse")
     assert post["data"]["tool_response"].strip() == "from-the-sandbox"
     assert "".join(d["content"] for n, d, _ in got if n == "stream") == "It printed."

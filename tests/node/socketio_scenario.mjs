@@ -151,6 +151,18 @@ const scenarios = {
     socket.disconnect();
   },
 
+  // start(options), then a message: the options apply to the turn.
+  async startThenMessage() {
+    const socket = useAgentSocket();
+    record(socket);
+    await waitFor(socket, "connect");
+    socket.emit("start", p.start);
+    await waitFor(socket, "status", (d) => d && d.status === "ready");
+    socket.emit("message", { prompt: "Go", options: {} });
+    await waitFor(socket, "result");
+    socket.disconnect();
+  },
+
   // One connection attempt: connected, or refused with connect_error.
   async connectOnly() {
     const socket = io(p.url, edge({ query: { sessionId: p.sessionId }, auth: p.auth, reconnection: false }));
@@ -175,7 +187,7 @@ const scenarios = {
     await waitFor(socket, "error");
     socket.emit("launch_missiles", {});
     await waitFor(socket, "error");
-    socket.emit("start", { maxTurns: 5, systemPrompt: "Be brief", frobnicate: true });
+    socket.emit("start", { maxTurns: 5, cwd: "/tmp", frobnicate: true });
     await waitFor(socket, "status", (d) => d && d.status === "ready");
     socket.disconnect();
   },

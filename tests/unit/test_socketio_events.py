@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from chalicelib.agent.session_options import SessionOptions
 from chalicelib.realtime.protocol import FrameError, StartFrame, parse_client_frame
 from chalicelib.realtime.socketio_events import EventError, ack_frame, ack_id, client_event, server_events
+from chalicelib.services.user_settings import UserSettings
 
 
 def test_client_events_become_plain_frames() -> None:
@@ -24,9 +26,16 @@ def test_start_options_are_passed_on_or_answered_never_dropped() -> None:
     frames, notices = client_event("start", [{"maxTurns": 50, "model": "m-1", "systemPrompt": "x", "shiny": 1}])
     assert frames == [{"action": "start", "maxTurns": 50, "model": "m-1", "systemPrompt": "x"}]
     assert notices[0].data["unsupportedOptions"] == ["shiny"]
-    start = parse_client_frame('{"action":"start","maxTurns":50,"systemPrompt":"x","resume":"abc"}')
-    assert isinstance(start, StartFrame) and start.max_turns == 50
-    assert start.unsupported_options == ["resume", "systemPrompt"]
+    start = parse_client_frame('{"action":"start","maxTurns":50,"systemPrompt":"x","resume":"abc","permissionMode":"plan"}')
+    assert isinstance(start, StartFrame) and start.max_turns == 50 and start.system_prompt == "x"
+    assert start.unsupported_options == ["permissionMode", "resume"]
+    preset = parse_client_frame('{"action":"start","permissionMode":"default",'
+                                '"systemPrompt":{"type":"preset","preset":"claude_code","append":"Be brief."}}')
+    assert isinstance(preset, StartFrame) and preset.system_prompt == "Be brief." and preset.unsupported_options == []
+    bare = parse_client_frame('{"action":"start","systemPrompt":{"type":"preset","preset":"claude_code"}}')
+    assert isinstance(bare, StartFrame) and bare.system_prompt is None and bare.unsupported_options == ["systemPrompt"]
+    with pytest.raises(FrameError, match="maxBudgetUsd"):
+        parse_client_frame('{"action":"start","maxBudgetUsd":-1}')
     with pytest.raises(FrameError, match="shiny"):
         parse_client_frame('{"action":"start","shiny":1}')  # the plain protocol still refuses unknown names
 
@@ -64,3 +73,18 @@ def test_server_frames_become_the_originals_events() -> None:
     assert boundary.name == "compact_boundary" and boundary.data["compact_metadata"]["pre_tokens"] == 10
     assert server_events({"event": "permission_resolved", "seq": 6}) == []
     assert server_events({"event": "status", "seq": 0, "status": "permission_received"}) == []
+
+
+def test_session_options_only_tighten_the_users_settings() -> None:
+    prefs = UserSettings(system_prompt="Be kind.", max_budget_usd=1.0, permissions={"bash": "ask", "web_fetch": "deny"})
+    assert SessionOptions.from_start(None, None, None, None) is None
+    assert SessionOptions.from_start(None, None, ["Task", "TodoWrite"], None) == SessionOptions(
+        denied_tools=["bash", "str_replace_based_edit_tool", "web_fetch", "web_search"])  # none of ours listed
+    options = SessionOptions.from_start("Answer in French.", 5.0, ["Read", "Bash", "WebFetch"], ["WebSearch"])
+    assert options is not None and options.denied_tools == ["web_search"]
+    applied = options.apply(prefs)
+    assert applied.system_prompt == "Answer in French."
+    assert applied.max_budget_usd == 1.0  # a budget is lowered, never raised
+    assert applied.permissions == {"bash": "ask", "web_fetch": "deny", "web_search": "deny"}  # allowedTools loosens nothing
+    cheaper = SessionOptions(max_budget_usd=0.25).apply(prefs)
+    assert cheaper.max_budget_usd == 0.25 and cheaper.system_prompt == "Be kind."
