@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chalicelib.config import current_settings
 from chalicelib.realtime.protocol import encode
-from chalicelib.realtime.socketio_events import ServerEvent, server_events
+from chalicelib.realtime.socketio_events import NAMESPACES, ServerEvent, server_events
 from chalicelib.web import socketio_edge
 from chalicelib.web.cors import origin_refused
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.socketio")
 
-NAMESPACES = ["/", "/ws"]  # "/ws": the guide's io('…/ws?sessionId=…') names a namespace
 
 
 @dataclass
@@ -78,7 +77,7 @@ class SocketIOGateway:
 
     def __init__(self, gateway: LocalGatewayApp) -> None:
         self.gateway = gateway
-        self.sio = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, transports=["polling", "websocket"],
+        self.sio = socketio.AsyncServer(async_mode="asgi", namespaces=list(NAMESPACES), transports=["polling", "websocket"],
                                         cors_allowed_origins=self._origin_allowed, max_http_buffer_size=128 * 1024)
         self.by_sid: dict[tuple[str, str], SocketIOConnection] = {}
         for namespace in NAMESPACES:

@@ -16,6 +16,9 @@ from typing import Any
 
 from chalicelib.realtime.protocol import START_OPTION_ALIASES
 
+#: The namespaces served: "/" and "/ws" (the guide's io('…/ws?sessionId=…') names a namespace).
+NAMESPACES = ("/", "/ws")
+
 #: The events a client may emit, as the original accepted them.
 CLIENT_EVENTS = ("start", "message", "interrupt", "get_history", "clear")
 

@@ -29,7 +29,7 @@ from chalicelib.realtime.engineio_links import EngineIOLink, EngineIOLinks
 from chalicelib.realtime.protocol import error_frame
 from chalicelib.realtime.sender import ChaliceSender
 from chalicelib.realtime.service import WsEvent
-from chalicelib.realtime.socketio_events import ServerEvent, ack_id, server_events
+from chalicelib.realtime.socketio_events import NAMESPACES, ServerEvent, ack_id, server_events
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.web import socketio_edge
 
@@ -43,7 +43,6 @@ MAX_PAYLOAD = 128 * 1024  # API Gateway's limit per websocket message
 OPEN_WITHIN_SECONDS = 10.0
 #: A link this young may not be connected yet: the ping does not take "gone" for an answer.
 SETTLING_SECONDS = 30.0
-NAMESPACES = ("/", "/ws")
 
 
 def is_engineio(event: dict[str, Any]) -> bool:
