@@ -229,22 +229,19 @@ def test_refusals(harness) -> None:  # type: ignore[no-untyped-def]
     assert management.wait_text("x1", lambda t: t.startswith("44,") or t.startswith("44{"))
 
 
-def test_the_open_packet_waits_for_the_connection(harness) -> None:  # type: ignore[no-untyped-def]
-    client, management, _ = harness
+def test_the_open_packet_waits_for_the_connection_and_plain_connections_stay_plain(harness) -> None:  # type: ignore[no-untyped-def]
+    client, management, fake = harness
     management.gone.add("late")  # API Gateway answers Gone until $connect has returned
     threading.Timer(0.5, lambda: management.gone.discard("late")).start()
     event = ws_event("$connect", "late", query={"EIO": "4", "transport": "websocket", "sessionId": "whatever"})
     assert client.lambda_.invoke("ws_connect", event).payload["statusCode"] == 200
     assert management.wait_text("late", lambda t: t.startswith("0{"))
-
-
-def test_plain_frames_still_go_to_plain_connections(harness) -> None:  # type: ignore[no-untyped-def]
-    client, management, fake = harness
+    # A plain connection beside it: JSON frames, from the handlers and from the turn runner.
     token = setup_session(client, "plain1")
     client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "plain1", "token": token}))
     fake.script(Reply([Text("plain")]))
     client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "hi"})))
     sent = management.wait_text("c1", lambda t: '"event":"result"' in t)
     assert all(json.loads(t)["event"] for t in sent)
-    client.lambda_.invoke("ws_message", ws_event("$default", "c1", "42"))  # a plain connection: not JSON object
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", "42"))  # not an Engine.IO connection: a bad frame
     assert json.loads(management.wait_text("c1", lambda t: '"invalid_frame"' in t)[-1])["code"] == "invalid_frame"
