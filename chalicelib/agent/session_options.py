@@ -3,8 +3,9 @@
 The original passed `start`'s options to the Agent SDK. Where this server has the feature, the
 same option names apply for the session: a system prompt, a per-message budget, and which tools
 may run (the SDK's `allowedTools` / `disallowedTools`, in this server's tool names). The user's
-settings are the operator's word, so options only tighten them: a budget can be lowered, not
-raised, and a tool the settings deny or ask for stays denied or asked for.
+settings are the operator's word, so options only add to them: a system prompt comes after the
+settings' one, a budget can be lowered, not raised, and a tool the settings deny or ask for stays
+denied or asked for.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ class SessionOptions(ApiModel):
         """The user's settings as this session runs them."""
         budgets = [b for b in (prefs.max_budget_usd, self.max_budget_usd) if b is not None]
         permissions = {**prefs.permissions, **{tool: "deny" for tool in self.denied_tools}}
+        # The settings' instructions stay first: a client adds to them, never replaces them.
+        prompts = [p for p in (prefs.system_prompt, self.system_prompt) if p]
         return prefs.model_copy(update={
-            "system_prompt": self.system_prompt if self.system_prompt is not None else prefs.system_prompt,
+            "system_prompt": "\n\n".join(prompts) if prompts else None,
             "max_budget_usd": min(budgets) if budgets else None,
             "permissions": permissions,
         })

@@ -83,7 +83,7 @@ def test_session_options_only_tighten_the_users_settings() -> None:
     options = SessionOptions.from_start("Answer in French.", 5.0, ["Read", "Bash", "WebFetch"], ["WebSearch"])
     assert options is not None and options.denied_tools == ["web_search"]
     applied = options.apply(prefs)
-    assert applied.system_prompt == "Answer in French."
+    assert applied.system_prompt == "Be kind.\n\nAnswer in French."  # after the settings' own, never instead
     assert applied.max_budget_usd == 1.0  # a budget is lowered, never raised
     assert applied.permissions == {"bash": "ask", "web_fetch": "deny", "web_search": "deny"}  # allowedTools loosens nothing
     cheaper = SessionOptions(max_budget_usd=0.25).apply(prefs)
