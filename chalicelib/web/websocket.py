@@ -108,7 +108,7 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     from chalicelib.web import engineio_lambda
 
     services = container()
-    if "engineio" in payload:  # Socket.IO clients' open packet and scheduled ping
+    if "engineio" in payload:  # a Socket.IO client's open packet (see engineio_lambda)
         return engineio_lambda.background(services, payload, ChaliceSender(websocket_api))
     session_id = str(payload.get("sessionId", ""))
     runner = services.turn_runner(engineio_lambda.EngineIOSender(ChaliceSender(websocket_api), services.engineio_links))
