@@ -8,7 +8,7 @@ from chalicelib import cold_start
 
 cold_start.begin()  # inside Lambda, before the imports below: see chalicelib/cold_start.py
 
-from chalice import Chalice
+from chalice import Chalice, Rate
 
 from chalicelib import chalice_local
 from chalicelib.aws import aws_session
@@ -187,6 +187,11 @@ def ws_disconnect(event):
 @app.lambda_function(name="turn_runner")
 def turn_runner(event, context):
     return websocket.run_turns(event, context, app.websocket_api)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="socketio_ping")
+def socketio_ping(event):
+    return websocket.ping_socketio_clients(app.websocket_api)
 
 
 cold_start.finish()  # inside Lambda: the storage client, built at init (see chalicelib/cold_start.py)

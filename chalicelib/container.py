@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     # and only the turn runner needs it; the REST Lambda never uses the realtime package; and
     # a skills request need not build the sessions' and workspace files' models.
     from chalicelib.agent.turn import AgentTurn
-    from chalicelib.realtime.dispatch import TurnDispatcher
+    from chalicelib.realtime.dispatch import BackgroundInvoker, TurnDispatcher
+    from chalicelib.realtime.engineio_links import EngineIOLinks
     from chalicelib.realtime.runner import TurnRunner
     from chalicelib.realtime.sender import Sender
     from chalicelib.realtime.service import RealtimeService
@@ -151,6 +152,20 @@ class Container:
             return LambdaDispatcher(aws_session().client("lambda"), function)
 
         return self._once("dispatcher", build)
+
+    @property
+    def background(self) -> BackgroundInvoker:
+        """The turn runner Lambda for work a websocket handler must not wait for."""
+        from chalicelib.realtime.dispatch import LambdaInvoker
+
+        return self._once("background", lambda: LambdaInvoker(
+            aws_session().client("lambda"), self.settings.turn_runner_function or "turn_runner"))
+
+    @property
+    def engineio_links(self) -> EngineIOLinks:
+        from chalicelib.realtime.engineio_links import EngineIOLinks
+
+        return self._once("engineio_links", lambda: EngineIOLinks(self.store))
 
     @property
     def realtime(self) -> RealtimeService:

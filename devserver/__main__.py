@@ -152,6 +152,7 @@ def _banner(base: str) -> None:
         f"Claude agent backend ({settings.environment}) on {base}",
         f"  REST       {base}/health",
         f"  WebSocket  {base.replace('http', 'ws', 1)}/ws",
+        f"  Socket.IO  {base}/socket.io/ (namespaces / and /ws; the original's events)",
         f"  console    {base}/",
         f"  storage    {where}",
         f"  model      {model}",

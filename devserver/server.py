@@ -44,6 +44,7 @@ from chalicelib.errors import AppError
 from chalicelib.web.cors import origin_refused
 from devserver import edge
 from devserver.request_scope import make_request_scoped
+from devserver.socketio_server import SocketIOConnection, SocketIOGateway
 
 log = logging.getLogger("gateway")
 
@@ -62,6 +63,9 @@ class _Connection:
     last_active_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     outbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
 
+    async def close(self) -> None:
+        await self.websocket.close()
+
 
 class LocalGatewayApp:
     """Everything API Gateway and Lambda do for the app, in one process."""
@@ -78,7 +82,7 @@ class LocalGatewayApp:
         self.secret = PROCESS_SECRET
         trust_local_gateway(self.secret)
         self.api_id = "local" + secrets.token_hex(3)
-        self.connections: dict[str, _Connection] = {}
+        self.connections: dict[str, _Connection | SocketIOConnection] = {}
         self.lock = threading.Lock()
         # Frames and turns on separate pools: a turn holds its worker for minutes, a frame for
         # milliseconds, so running turns can never starve frames (an interrupt must get through).
@@ -95,10 +99,13 @@ class LocalGatewayApp:
 
         # Every method goes to Chalice, which answers an unknown route or method as API Gateway does.
         routes.append(Route("/{path:path}", self.rest_request, methods=REST_METHODS))
-        self.asgi = Starlette(routes=routes, lifespan=self._lifespan,
-                              exception_handlers={HTTPException: self._http_error, edge.Refused: self._refused})
+        self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
+                                   exception_handlers={HTTPException: self._http_error, edge.Refused: self._refused})
         # Starlette's path pattern stops at a newline (`%0A`): such paths go to Chalice too.
-        self.asgi.router.default = self._unrouted
+        self.starlette.router.default = self._unrouted
+        # Socket.IO at /socket.io/ (the original's protocol), everything else as above.
+        self.socketio = SocketIOGateway(self)
+        self.asgi = self.socketio.asgi(self.starlette)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -291,7 +298,7 @@ class LocalGatewayApp:
             await conn.outbox.put(data.decode("utf-8", "replace"))
             return Response(status_code=200)
         if request.method == "DELETE":
-            await conn.websocket.close()
+            await conn.close()
             return Response(status_code=204)
         return JSONResponse({
             "ConnectedAt": conn.connected_at.isoformat(), "LastActiveAt": conn.last_active_at.isoformat(),
@@ -316,6 +323,11 @@ class LocalGatewayApp:
             return Response(status_code=202)
         result = await run_in_threadpool(handler, payload, context)
         return JSONResponse(result)
+
+
+    def base_url(self) -> str:
+        """This server's own URL (./scripts/dev sets LOCAL_GATEWAY_URL before serving)."""
+        return os.environ.get("LOCAL_GATEWAY_URL", "http://127.0.0.1:8000")
 
 
 def load_config(project_dir: Path, stage: str) -> Config:

@@ -13,6 +13,7 @@ from chalicelib.agent.models import max_tokens_for, spec_for, thinking_param
 from chalicelib.agent.permissions import AskUser, ToolGate
 from chalicelib.agent.pricing import PriceTable
 from chalicelib.agent.server_tools import server_tools
+from chalicelib.agent.session_options import SessionOptions
 from chalicelib.agent.tools import TOOLS
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
@@ -34,7 +35,8 @@ class AgentTurn:
                  model: str | None, max_turns: int | None, sandbox: Sandbox, emit: Any, should_stop: Any,
                  on_messages_changed: Any, metadata: dict[str, Any], memory: AgentMemory | None = None,
                  save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
-                 ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None) -> TurnResult:
+                 ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None,
+                 options: SessionOptions | None = None) -> TurnResult:
         if self._client is None:
             self._client = build_client(self.settings.agent)
         memory = memory or AgentMemory()
@@ -42,6 +44,8 @@ class AgentTurn:
         # `durable(action, what)` retries a storage outage as the caller's other writes do.
         prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
                  else self.user_settings.get(user_id))
+        if options is not None:
+            prefs = options.apply(prefs)
         # The model: what `start` asked for, then the user's settings, then the server default.
         chosen_model = model or prefs.model or self.settings.agent.default_model
         turns = min(max_turns or prefs.max_turns or self.settings.agent.default_max_turns, MAX_TURNS_CAP)

@@ -25,6 +25,7 @@ class Connection(ApiModel):
     domain_name: str
     stage: str
     connected_at: datetime
+    socketio: bool = False  # a Socket.IO client (its Engine.IO record goes when it does)
 
 
 def _key(connection_id: str) -> str:
@@ -38,7 +39,8 @@ class ConnectionRegistry:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
-    def add(self, connection_id: str, session_id: str, user_id: str, domain_name: str, stage: str) -> Connection:
+    def add(self, connection_id: str, session_id: str, user_id: str, domain_name: str, stage: str,
+            socketio: bool = False) -> Connection:
         conn = Connection(
             connection_id=connection_id,
             session_id=session_id,
@@ -46,6 +48,7 @@ class ConnectionRegistry:
             domain_name=domain_name,
             stage=stage,
             connected_at=utcnow(),
+            socketio=socketio,
         )
         self.store.put(_key(connection_id), conn.model_dump_json(by_alias=True).encode(), content_type="application/json")
         return conn

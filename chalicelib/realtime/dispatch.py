@@ -72,3 +72,25 @@ class ThreadDispatcher:
         """Wait for every runner started so far (tests use this to wait for a turn)."""
         for thread in list(self.threads):
             thread.join(timeout)
+
+
+class BackgroundInvoker(Protocol):
+    """Runs the turn runner Lambda's other work (Engine.IO's open packet) in the background."""
+
+    def invoke(self, payload: dict[str, Any]) -> None:
+        ...
+
+
+class LambdaInvoker:
+    """Invoke the turn runner Lambda asynchronously with any payload."""
+
+    def __init__(self, lambda_client: Any, function_name: str) -> None:
+        self.client = lambda_client
+        self.function_name = function_name
+
+    def invoke(self, payload: dict[str, Any]) -> None:
+        try:
+            self.client.invoke(FunctionName=self.function_name, InvocationType="Event", Payload=json.dumps(payload).encode())
+        except (ClientError, BotoCoreError) as exc:
+            raise ServiceUnavailable(f"Could not invoke {self.function_name}: {exc}. Connect again.",
+                                     code="turn_runner_unavailable") from exc

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from chalicelib import safejson
 from chalicelib.safejson import UnsafeJSON
@@ -30,6 +30,23 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: The original's `start` options (the Claude Agent SDK's Options) this server has no
+#: equivalent for: accepted by name and listed back in the `status` reply, never silently dropped.
+UNSUPPORTED_START_OPTIONS = frozenset({
+    "resume",
+    "maxThinkingTokens", "includePartialMessages", "settingSources", "fallbackModel", "agents", "mcpServers",
+    "strictMcpConfig", "executable", "executableArgs", "env", "cwd", "additionalDirectories", "forkSession",
+    "continue", "extraArgs", "pathToClaudeCodeExecutable", "permissionPromptToolName", "hooks", "canUseTool",
+    "abortController", "stderr", "outputFormat", "plugins", "betas", "sandbox",
+})
+#: Every option name `start` takes.
+START_OPTION_ALIASES = frozenset({
+    "maxTurns", "model", "conversationId", "systemPrompt", "maxBudgetUsd", "allowedTools", "disallowedTools",
+    "permissionMode",
+}) | UNSUPPORTED_START_OPTIONS
+_TOOL_NAMES = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=100)]
+
+
 class StartFrame(_Frame):
     """Start (or continue) the session's conversation with these options."""
 
@@ -37,6 +54,32 @@ class StartFrame(_Frame):
     max_turns: int | None = Field(default=None, alias="maxTurns", ge=1, le=200)
     model: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
     conversation_id: str | None = Field(default=None, alias="conversationId")
+    # The original's (Agent SDK) options this server has, for the session (see SessionOptions).
+    system_prompt: str | None = Field(default=None, alias="systemPrompt", max_length=20_000)
+    max_budget_usd: float | None = Field(default=None, alias="maxBudgetUsd", gt=0, le=10_000)
+    allowed_tools: _TOOL_NAMES | None = Field(default=None, alias="allowedTools")
+    disallowed_tools: _TOOL_NAMES | None = Field(default=None, alias="disallowedTools")
+    #: The original's option names given that this server does not support (see the `status` reply).
+    unsupported_options: list[str] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _set_aside_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            named = {k for k in data if k in UNSUPPORTED_START_OPTIONS}
+            data = {k: v for k, v in data.items() if k not in UNSUPPORTED_START_OPTIONS and k != "unsupported_options"}
+            # Only the default mode: the others would loosen the user's permission settings.
+            if data.pop("permissionMode", "default") != "default":
+                named.add("permissionMode")
+            prompt = data.get("systemPrompt")
+            if isinstance(prompt, dict):  # the SDK's {type: "preset", preset: "claude_code", append}
+                if isinstance(prompt.get("append"), str):
+                    data["systemPrompt"] = prompt["append"]
+                else:
+                    data.pop("systemPrompt")
+                    named.add("systemPrompt")
+            data["unsupported_options"] = sorted(named)
+        return data
 
 
 class MessageOptions(_Frame):

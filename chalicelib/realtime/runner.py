@@ -25,6 +25,7 @@ from typing import Any
 
 from chalicelib.agent.memory import AgentMemory
 from chalicelib.agent.permissions import PendingPermission
+from chalicelib.agent.session_options import SessionOptions
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.durable import durably
@@ -70,6 +71,7 @@ class TurnRequest:
     last_turn_id: str | None
     seq_ceiling: int = 0
     agent_memory: AgentMemory | None = None
+    options: SessionOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ class TurnRunner:
             session_id=state.session_id, user_id=state.user_id, conversation_id=state.conversation_id,
             turn_id=turn.turn_id, prompt=prompt, model=state.model, max_turns=state.max_turns,
             subscriber=state.subscriber, last_seq=first, last_turn_id=state.last_turn_id,
-            seq_ceiling=state.seq_ceiling, agent_memory=state.agent_memory.model_copy(deep=True),
+            seq_ceiling=state.seq_ceiling, agent_memory=state.agent_memory.model_copy(deep=True), options=state.options,
         )
 
     def _finish(self, session_id: str, turn_id: str, runner_id: str, stream: TurnStream,
@@ -419,6 +421,7 @@ class TurnRunner:
                 timeout_seconds=self.settings.agent.permission_timeout_seconds, poll_seconds=self.poll_interval,
             ).ask,
             durable=durably,
+            options=request.options,
         )
 
     def _save_workspace(self, request: TurnRequest, stream: TurnStream, watcher: _StateWatcher) -> None:

@@ -43,8 +43,12 @@ class ChaliceSender:
             self.websocket_api.configure(domain_name, stage)
 
     def send(self, connection_id: str, payload: dict[str, Any]) -> bool:
+        return self.send_text(connection_id, encode(payload))
+
+    def send_text(self, connection_id: str, text: str) -> bool:
+        """Send one websocket message as is; False when the connection is gone."""
         try:
-            self.websocket_api.send(connection_id, encode(payload))
+            self.websocket_api.send(connection_id, text)
             return True
         except WebsocketDisconnectedError:
             return False

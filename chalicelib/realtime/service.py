@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from chalicelib.agent.model_client import MISSING_KEY
+from chalicelib.agent.session_options import SessionOptions
 from chalicelib.config import Settings
 from chalicelib.errors import AppError, Conflict, NotFound
 from chalicelib.ids import ID_PATTERN
@@ -39,7 +40,7 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
-from chalicelib.services.sessions import SessionsService
+from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,14 @@ class RealtimeService:
         )
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
-        self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
+        self.attach(event, record)
+        return ConnectDecision(200)
+
+    def attach(self, event: WsEvent, record: SessionRecord, socketio: bool = False) -> SessionState:
+        """Bind an authenticated connection to the session `record` describes (both protocols'
+        connects end here); returns the session's live state."""
+        session_id = record.session_id
+        self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
         _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
@@ -132,7 +140,7 @@ class RealtimeService:
             # A client reconnecting mid-turn may be back because the server died (kill -9, a
             # restart): a runner checks the turn's lease, and repairs the turn if it runs out.
             self._start_runner(session_id)
-        return ConnectDecision(200)
+        return state
 
     def _start_runner(self, session_id: str) -> None:
         """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""
@@ -151,12 +159,12 @@ class RealtimeService:
 
     # -- $disconnect ---------------------------------------------------------------------
 
-    def disconnect(self, event: WsEvent) -> None:
-        """Forget the connection; a running turn goes on and is saved."""
+    def disconnect(self, event: WsEvent) -> Connection | None:
+        """Forget the connection (returned, if it was known); a running turn goes on and is saved."""
         conn = self.connections.get(event.connection_id)
         self.connections.remove(event.connection_id)
         if conn is None:
-            return
+            return None
 
         def unsubscribe(state: SessionState) -> None:
             if state.subscriber and state.subscriber.connection_id == event.connection_id:
@@ -166,6 +174,7 @@ class RealtimeService:
             self.states.update(conn.session_id, unsubscribe)
         except AppError as exc:
             log.warning("disconnect of %s: %s", event.connection_id, exc.message)
+        return conn
 
     # -- $default ------------------------------------------------------------------------
 
@@ -231,10 +240,14 @@ class RealtimeService:
             state.started = True
             state.model = start.model
             state.max_turns = start.max_turns
+            state.options = SessionOptions.from_start(start.system_prompt, start.max_budget_usd, start.allowed_tools,
+                                                      start.disallowed_tools)
             state.conversation_id = conversation_id
             state.subscriber = self._subscriber(conn)
 
         _, state = self.states.update(conn.session_id, apply)
+        # The original's option names this server does not support, said back, never dropped.
+        unsupported: dict[str, Any] = {"unsupportedOptions": start.unsupported_options} if start.unsupported_options else {}
         return [
             frame(
                 "status",
@@ -245,6 +258,7 @@ class RealtimeService:
                 messageCount=len(messages) if isinstance(messages, list) else 0,
                 model=start.model or "default",
                 lastSeq=state.last_seq,
+                **unsupported,
             )
         ]
 

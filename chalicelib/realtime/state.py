@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError
 
 from chalicelib.agent.memory import AgentMemory
 from chalicelib.agent.permissions import Decision, PendingPermission
+from chalicelib.agent.session_options import SessionOptions
 from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
@@ -97,6 +98,8 @@ class SessionState(ApiModel):
     started: bool = False
     model: str | None = None
     max_turns: int | None = None
+    # The other options of the last `start` that apply here (system prompt, budget, tools).
+    options: SessionOptions | None = None
     conversation_id: str
     subscriber: Subscriber | None = None
     turn: RunningTurn | None = None

@@ -34,11 +34,14 @@ def container() -> Container:
 def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
     from chalicelib.realtime.service import WsEvent
+    from chalicelib.web import engineio_lambda
 
     try:
         refused = _origin_refusal(event)
         if refused is not None:
             return refused
+        if engineio_lambda.is_engineio(event.to_dict()):
+            return engineio_lambda.connect(container(), event.to_dict())
         decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
     except AppError as exc:
         return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
@@ -79,24 +82,36 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
     except AppError as exc:
         sender.send(ws_event.connection_id, error_frame(exc.message, exc.code))
         return
+    from chalicelib.web import engineio_lambda
+
+    if engineio_lambda.message(services, raw, sender):
+        return
     services.realtime.message(ws_event, sender)
 
 
 def disconnect(event: WebsocketEvent) -> None:
     """$disconnect: forget the connection; a running turn goes on."""
     from chalicelib.realtime.service import WsEvent
+    from chalicelib.web import engineio_lambda
 
-    container().realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
+    services = container()
+    conn = services.realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
+    if conn is not None and conn.socketio:
+        # (A Socket.IO client refused at its CONNECT has no connection record: the ping forgets it.)
+        engineio_lambda.disconnect(services, conn.connection_id)
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
     from chalicelib.realtime.dispatch import LambdaDispatcher
     from chalicelib.realtime.sender import ChaliceSender
+    from chalicelib.web import engineio_lambda
 
-    session_id = str(payload.get("sessionId", ""))
     services = container()
-    runner = services.turn_runner(ChaliceSender(websocket_api))
+    if "engineio" in payload:  # a Socket.IO client's open packet (see engineio_lambda)
+        return engineio_lambda.background(services, payload, ChaliceSender(websocket_api))
+    session_id = str(payload.get("sessionId", ""))
+    runner = services.turn_runner(engineio_lambda.EngineIOSender(ChaliceSender(websocket_api), services.engineio_links))
     time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if hasattr(context, "get_remaining_time_in_millis") else None
     # Hand a long queue over to a fresh invocation of this very function (its name is only
     # known at run time when CloudFormation names it).
@@ -109,3 +124,11 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
 def resume_interrupted_turns() -> list[str]:
     """After a restart of the local gateway: start runners for the turns the old process left."""
     return container().realtime.resume_interrupted()
+
+
+def ping_socketio_clients(websocket_api: Any) -> dict[str, Any]:
+    """The scheduled Engine.IO ping of every Socket.IO client (see engineio_lambda)."""
+    from chalicelib.realtime.sender import ChaliceSender
+    from chalicelib.web import engineio_lambda
+
+    return {"pinged": engineio_lambda.ping_all(container(), ChaliceSender(websocket_api))}

@@ -78,7 +78,7 @@ def test_cloudformation_has_both_apis_the_runner_and_the_wiring(cfn) -> None:  #
 def test_cloudformation_policies_are_least_privilege(cfn) -> None:  # type: ignore[no-untyped-def]
     template, _ = cfn
     roles = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
-    assert len(roles) == 5
+    assert len(roles) == 6  # five functions and the Socket.IO ping
     for role in roles:
         statements = role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
         actions = sorted(a for s in statements for a in s["Action"])
