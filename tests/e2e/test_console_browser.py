@@ -81,9 +81,26 @@ def page(world, context, log: BrowserLog) -> Iterator:  # type: ignore[no-untype
     yield page
 
 
+def open_connection(page) -> None:  # type: ignore[no-untyped-def]
+    """The connection form folds away once a user is loaded: its summary opens it again."""
+    if not page.locator("#user-id").is_visible():
+        page.click("#connection-summary")
+
+
+def open_panel(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Skills, Settings, Files or History: one click on its tab (a second click closes it)."""
+    from playwright.sync_api import expect
+
+    tab = page.get_by_role("tab", name=name)
+    if tab.get_attribute("aria-selected") != "true":
+        tab.click()
+    expect(page.locator(f"#{name.lower()}-panel")).to_be_visible()
+
+
 def load_user(page, user: str) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
+    open_connection(page)
     page.fill("#user-id", user)
     page.click("#connection button[type=submit]")
     expect(page.locator("#start-session")).to_be_enabled()
@@ -108,15 +125,18 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
 
     load_user(page, "webuser")
     # 1-2. create a skill and see it listed, with a confirmation
+    open_panel(page, "Skills")
     page.fill("#skill-name", "debugging.md")
     page.fill("#skill-content", SKILL)
     page.click("#skill-form button[type=submit]")
     expect(page.locator("#skills")).to_contain_text("debugging.md")
     expect(page.locator("#skill-status")).to_contain_text("Saved debugging.md")
+    open_panel(page, "Settings")
     page.fill("#set-system", "Answer briefly.")
     page.click("#settings-form button[type=submit]")
     expect(page.locator("#settings-status")).to_have_text("Saved ✓")
     # 3. start a session
+    page.get_by_role("tab", name="Chat").click()
     start_session(page)
     expect(page.locator("#session-info")).to_contain_text("r2_load_dev")
     expect(page.locator("#session-info")).to_contain_text("1 skill file")
@@ -137,7 +157,7 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     expect(reply.locator("pre code")).to_have_text("git bisect start")
     expect(reply.get_by_role("button", name="Copy code")).to_be_visible()
     tool = page.locator("details.tool").first
-    expect(tool.locator("summary")).to_contain_text("str_replace_based_edit_tool")
+    expect(tool.locator("summary")).to_contain_text("edit: view .claude/skills/debugging.md")
     tool.locator("summary").click()
     expect(tool.locator(".tool-result")).to_contain_text("Read the logs first")
     # No "Sent." lines: statuses are a badge, and it is idle again.
@@ -146,7 +166,7 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     expect(page.locator("#interrupt")).to_be_disabled()
     # ./scripts/update-screenshot copies this one to docs/console.png: the tool call and the answer in view.
     page.set_viewport_size({"width": 1280, "height": 1000})
-    page.evaluate("document.querySelector('.side-col').scrollTop = 0; const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight")
+    page.evaluate("const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight")
     shot(page, "conversation")
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, tool call open
     page.emulate_media(color_scheme="dark")
@@ -167,12 +187,13 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     expect(page.locator("#clear")).to_be_enabled()
     # 7. reload: the conversation is listed by its first prompt; reopen it read-only
     page.reload()
+    open_panel(page, "History")
     conversation = page.get_by_role("button", name="Open conversation", exact=False).first
     expect(conversation).to_contain_text("How do I debug?")
     expect(conversation).to_contain_text("messages")
     conversation.click()
-    expect(page.locator("#transcript")).to_contain_text("read-only")
-    expect(page.locator("#transcript h2")).to_have_text("Your debugging plan")
+    expect(page.locator("#read-only")).to_contain_text("Read-only")
+    expect(page.locator("#saved-transcript h2")).to_have_text("Your debugging plan")
     log.assert_clean()  # no console error (the user field's pattern included), no 404 (favicon included)
 
 
@@ -180,6 +201,7 @@ def test_keyboard_only_chat(world, page, log: BrowserLog) -> None:  # type: igno
     from playwright.sync_api import expect
 
     world.fake.script(Reply([Text("Hello from the keyboard test.")]))
+    open_connection(page)
     page.focus("#user-id")
     page.keyboard.type("keys")
     page.keyboard.press("Enter")  # submits the connection form
@@ -250,8 +272,8 @@ def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no
             {"type": "web_search_tool_result", "tool_use_id": "s1", "content": [{"type": "web_search_result", "url": "https://git-scm.com/docs/git-bisect", "title": "git-bisect"}]},
             {"type": "mcp_tool_use", "id": "m1", "name": "find_ticket", "server_name": "tickets", "input": {"id": 7}},
             {"type": "mcp_tool_result", "tool_use_id": "m1", "content": [{"type": "text", "text": "Ticket 7"}], "is_error": False}]}]})
-    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search")
-    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket")
+    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search: bisect· done")
+    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket: id=7· done")
     expect(transcript.locator("details.tool .tool-result").nth(0)).to_contain_text("git-scm.com/docs/git-bisect", use_inner_text=False)
     expect(transcript.locator("details.tool .tool-result").nth(1)).to_contain_text("Ticket 7", use_inner_text=False)
     page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "cleared", "seq": 0, "conversationId": "c1"})
@@ -343,11 +365,13 @@ def test_start_disabled_until_loaded_and_an_error_is_shown_once(world, page, mon
 
     expect(page.locator("#start-session")).to_be_disabled()
     expect(page.locator("#transcript .empty-chat")).to_contain_text("choose Load user")
+    open_connection(page)
     page.fill("#user-id", "erin")
     expect(page.locator("#start-session")).to_be_disabled()  # typed, not loaded
     page.click("#connection button[type=submit]")
     expect(page.locator("#start-session")).to_be_enabled()
     expect(page.locator("#transcript .empty-chat")).to_contain_text("Start session")
+    open_connection(page)
     page.fill("#user-id", "someone-else")
     expect(page.locator("#start-session")).to_be_disabled()
     load_user(page, "erin")
@@ -402,6 +426,7 @@ def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> 
     from playwright.sync_api import expect
 
     load_user(page, "newbie")
+    open_panel(page, "Skills")
     expect(page.locator("#skills .empty")).to_contain_text("No skills yet")
     expect(page.locator("#conversations .empty")).to_contain_text("No conversations yet")
     expect(page.locator("#transcript .empty-chat")).to_contain_text("No skills yet: add one")
@@ -411,6 +436,8 @@ def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> 
     expect(page.locator("#skills")).to_contain_text("debugging.md")
     expect(page.locator("#skill-status")).to_contain_text("Sample skill added")
     expect(page.locator("#skill-content")).to_have_value(re.compile("Bisect"))
+    page.get_by_role("tab", name="Skills").click()  # the same tab again: back to the chat alone
+    expect(page.locator("#skills-panel")).to_be_hidden()
     expect(page.locator("#transcript .empty-chat")).to_contain_text("1 skill will be copied")
     assert world.http.get("/users/newbie/skills").json()["count"] == 1
     log.assert_clean()
@@ -421,6 +448,7 @@ def test_delete_asks_for_confirmation(world, page, log: BrowserLog) -> None:  # 
 
     world.http.post("/users/del/skills", json={"name": "keep.md", "content": "# Keep"})
     load_user(page, "del")
+    open_panel(page, "Skills")
     page.get_by_role("button", name="Open skill keep.md").click()
     expect(page.locator("#skill-name")).to_have_value("keep.md")
     page.click("#skill-delete")
@@ -446,6 +474,7 @@ def test_conversations_listed_with_first_prompt_a_page_at_a_time(world, page, lo
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url) if "/conversations" in r.url else None)
     load_user(page, "hist")
+    open_panel(page, "History")
     items = page.locator("#conversations .conv")
     expect(items).to_have_count(10)
     expect(items.first).to_contain_text("Question number 11")  # newest first
@@ -516,12 +545,14 @@ def test_phone_width_chat_first(world, page, log: BrowserLog) -> None:  # type: 
 def test_api_key_stays_in_the_tab_unless_remembered(world, page) -> None:  # type: ignore[no-untyped-def]
     page.fill("#api-key", "k-123")
     load_user(page, "keys")
+    open_connection(page)
     stored = "() => [sessionStorage.getItem('console.key'), localStorage.getItem('console.key')]"
     assert page.evaluate(stored) == ["k-123", None]
     page.check("#remember-key")
     assert page.evaluate(stored) == [None, "k-123"]
     page.reload()
     assert page.input_value("#api-key") == "k-123"
+    open_connection(page)
     page.uncheck("#remember-key")
     assert page.evaluate(stored) == ["k-123", None]
 
@@ -608,10 +639,14 @@ A11Y_AUDIT = """() => {
 def test_controls_are_labelled_and_text_has_contrast_in_both_themes(world, page) -> None:  # type: ignore[no-untyped-def]
     world.http.post("/users/ada/skills", json={"name": "debugging.md", "content": SKILL})
     load_user(page, "ada")
-    page.wait_for_selector("text=debugging.md")
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
-        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, scheme
+        for panel in ("Skills", "Settings", "Files", "History"):
+            open_panel(page, panel)
+            page.wait_for_selector("text=debugging.md") if panel == "Skills" else None
+            assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, (scheme, panel)
+        open_connection(page)
+        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, (scheme, "connection")
     # The audit itself catches what it should.
     page.emulate_media(color_scheme="light")
     page.evaluate("""document.body.insertAdjacentHTML('beforeend',
@@ -625,11 +660,13 @@ def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, 
     from playwright.sync_api import expect
 
     load_user(page, "asker")
+    open_panel(page, "Settings")
     # The settings panel sets "Ask me" for bash and a budget.
     page.select_option("#set-perm-bash", "ask")
     page.fill("#set-budget", "2.5")
     page.click("#settings-form button[type=submit]")
     expect(page.locator("#settings-status")).to_have_text("Saved ✓")
+    page.get_by_role("button", name="Close Settings").click()
     stored = world.http.get("/users/asker/settings").json()["settings"]
     assert stored["permissions"] == {"bash": "ask", "str_replace_based_edit_tool": "allow"} and stored["maxBudgetUsd"] == 2.5
     start_session(page)
@@ -657,4 +694,51 @@ def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, 
     assert results[1]["is_error"] and "The user declined this bash call" in results[1]["content"]
     assert results[2]["is_error"] and "The user declined this bash call" in results[2]["content"]
     shot(page, "permission")
+    log.assert_clean()
+
+
+TRANSCRIPT_SHARE = """() => {
+  const t = document.getElementById('transcript').getBoundingClientRect();
+  return t.height / window.innerHeight;
+}"""
+PROMPT_HEIGHT = "() => document.getElementById('prompt').getBoundingClientRect().height"
+LINE_HEIGHT = "() => parseFloat(getComputedStyle(document.getElementById('prompt')).lineHeight)"
+
+
+@pytest.mark.parametrize(("width", "height", "share"), [(1280, 800, 0.60), (390, 844, 0.55)])
+def test_the_conversation_gets_the_space(world, page, log: BrowserLog, width: int, height: int, share: float) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": width, "height": height})
+    world.http.post("/users/roomy/skills", json={"name": "debugging.md", "content": SKILL})
+    load_user(page, "roomy")
+    start_session(page)
+    world.fake.script(Reply([Text("Let me look."), ToolUse("bash", {"command": "ls -R /workspace/.claude/skills"})]),
+                      Reply([Text(MARKDOWN_REPLY)]))
+    page.fill("#prompt", "How do I debug?")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .result")).to_contain_text("2 turns")
+    # During a conversation the transcript has the share of the window the issue asks for.
+    measured = page.evaluate(TRANSCRIPT_SHARE)
+    assert measured >= share, f"the transcript gets {measured:.0%} of {width}x{height}"
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    # The composer starts at one line and grows with what is typed.
+    line = page.evaluate(LINE_HEIGHT)
+    one_line = page.evaluate(PROMPT_HEIGHT)
+    assert one_line < 2 * line, (one_line, line)
+    page.fill("#prompt", "first\nsecond\nthird\nfourth")
+    assert page.evaluate(PROMPT_HEIGHT) >= 3.5 * line
+    page.fill("#prompt", "")
+    assert page.evaluate(PROMPT_HEIGHT) < 2 * line
+    # Skills, settings, files and history are not on screen, and each is one click away.
+    for panel in ("Skills", "Settings", "Files", "History"):
+        expect(page.locator(f"#{panel.lower()}-panel")).to_be_hidden()
+    for panel in ("Skills", "Settings", "Files", "History"):
+        page.get_by_role("tab", name=panel).click()
+        expect(page.locator(f"#{panel.lower()}-panel")).to_be_visible()
+    page.get_by_role("button", name="Close History").click()
+    expect(page.locator("#history-panel")).to_be_hidden()
+    expect(page.locator("#transcript")).to_be_visible()
+    assert page.evaluate(TRANSCRIPT_SHARE) >= share
+    shot(page, f"layout-{width}")
     log.assert_clean()

@@ -8,6 +8,7 @@ from tests.e2e.test_console_browser import (  # noqa: F401 - pytest fixtures
     context,
     load_user,
     log,
+    open_panel,
     page,
     pytestmark,
     start_session,
@@ -19,9 +20,10 @@ def test_files_panel_tree_upload_by_drop_download_delete(world, page, log: Brows
     from playwright.sync_api import expect
 
     load_user(page, "files")
+    open_panel(page, "Files")
     expect(page.locator("#files-info")).to_have_text("Start a session to see its files.")
     start_session(page)
-    session = page.evaluate("state.session.sessionId")
+    session = page.evaluate("window.consoleApp.state.session.sessionId")
     # The agent makes a file; after the turn the tree shows it.
     world.fake.script(Reply([ToolUse("bash", {"command": "mkdir -p out && echo 'made by the agent' > out/report.txt"})]),
                       Reply([Text("Done.")]))
