@@ -677,10 +677,17 @@ def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, 
     first = page.locator(".permission").nth(0)
     expect(first).to_contain_text("The agent wants to run bash")
     expect(first.locator(".tool-input")).to_contain_text("echo approved-in-browser")
+    # The agent is not working: it waits for the user, and the badge says so.
+    expect(page.locator("#turn-badge")).to_have_text("Waiting for your approval")
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
     first.get_by_role("button", name="Approve").click()
     expect(first.locator(".outcome")).to_have_text("Approved")
     expect(first.get_by_role("button", name="Deny")).to_be_disabled()
+    # An answered card keeps its buttons for the record, flat: no filled, active-looking Approve.
+    approve = first.get_by_role("button", name="Approve")
+    expect(approve).to_be_disabled()
+    assert approve.evaluate("b => getComputedStyle(b).backgroundColor") == "rgba(0, 0, 0, 0)"
+    expect(first.locator("input.remember")).to_be_hidden()
     second = page.locator(".permission").nth(1)
     expect(second.locator(".tool-input")).to_contain_text("echo denied-in-browser")
     second.locator("input.remember").check()
@@ -742,3 +749,61 @@ def test_the_conversation_gets_the_space(world, page, log: BrowserLog, width: in
     assert page.evaluate(TRANSCRIPT_SHARE) >= share
     shot(page, f"layout-{width}")
     log.assert_clean()
+
+
+def test_a_saved_conversation_is_visibly_read_only(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    world.http.post("/users/reader/conversations", json={"conversationId": "conv-old", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "An old question"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "An old **answer**."}]}]})
+    load_user(page, "reader")
+    start_session(page)
+    expect(page.locator("#turn-badge")).to_have_text("Connected")
+    open_panel(page, "History")
+    page.get_by_role("button", name="Open conversation “An old question” read-only").click()
+    # The composer gives way to "Continue in a new session"; nothing says Connected, nothing can be sent.
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("#read-only")).to_contain_text("Read-only")
+    expect(page.locator("#chat-form")).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_hidden()
+    expect(page.locator("#clear")).to_be_hidden()
+    expect(page.locator("#turn-badge")).to_have_text("Read-only")
+    expect(page.locator("#saved-transcript strong")).to_have_text("answer")
+    expect(page.locator("#transcript")).to_be_hidden()
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    shot(page, "read-only")
+    # Back to the live session: its transcript is as it was.
+    page.get_by_role("button", name="Back to the live session").click()
+    expect(page.locator("#prompt")).to_be_enabled()
+    expect(page.locator("#turn-badge")).to_have_text("Connected")
+    expect(page.locator("#transcript")).to_contain_text("Ready: conversation")
+    expect(page.locator("#transcript")).not_to_contain_text("An old question")
+    # Continue in a new session: the saved conversation is carried on, live.
+    open_panel(page, "History")
+    page.get_by_role("button", name="Open conversation “An old question” read-only").click()
+    page.get_by_role("button", name="Continue in a new session").click()
+    expect(page.locator("#transcript")).to_contain_text("Ready: conversation conv-old (2 earlier messages)")
+    expect(page.locator("#read-only")).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_enabled()
+    log.assert_clean()
+
+
+def test_a_dead_address_leaves_no_stale_promise(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    world.http.post("/users/stale/skills", json={"name": "debugging.md", "content": SKILL})
+    load_user(page, "stale")
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("1 skill will be copied")
+    open_connection(page)
+    page.fill("#api-base", f"http://127.0.0.1:{free_port()}")
+    page.click("#connection button[type=submit]")
+    expect(page.locator("#banner")).to_contain_text("Cannot reach")
+    empty = page.locator("#transcript .empty-chat")
+    expect(empty).to_contain_text("Could not load stale.")
+    expect(empty).not_to_contain_text("Ready when you are")
+    expect(empty).not_to_contain_text("will be copied")
+    expect(page.locator("#start-session")).to_be_disabled()
+    expect(page.locator("#user-id")).to_be_visible()  # the connection form stays open to fix it
+    open_panel(page, "Skills")
+    expect(page.locator("#skills")).not_to_contain_text("debugging.md")  # not the skills of a server it cannot reach
