@@ -45,7 +45,10 @@ function wireChat() {
 }
 
 transcriptHooks.answerPermission = (answer) => send({action: "permission", ...answer});
-protocolHooks.turnEnded = () => { loadConversations().catch(() => {}); loadFiles().catch(() => {}); };
+protocolHooks.turnEnded = () => {
+  if (state.loadedUser) loadConversations().catch(() => {});
+  if (state.session) loadFiles().catch(() => {});
+};
 socketHooks.health = showHealth;
 
 wireConnection();

@@ -807,3 +807,75 @@ def test_a_dead_address_leaves_no_stale_promise(world, page) -> None:  # type: i
     expect(page.locator("#user-id")).to_be_visible()  # the connection form stays open to fix it
     open_panel(page, "Skills")
     expect(page.locator("#skills")).not_to_contain_text("debugging.md")  # not the skills of a server it cannot reach
+
+
+def test_tool_calls_read_on_one_line_and_code_is_highlighted(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    def frame(f: dict[str, Any]) -> None:
+        page.evaluate("f => window.consoleApp.handleFrame(f)", f)
+
+    frame({"event": "status", "seq": 1, "status": "running", "turnId": "t1"})
+    frame({"event": "tool_use", "seq": 2, "id": "b1", "name": "bash", "input": {"command": "ls -R\n  /workspace/.claude/skills"}})
+    tools = page.locator("#transcript details.tool")
+    first = tools.nth(0)
+    # Running: the command on one line, and a spinner.
+    expect(first.locator("summary")).to_contain_text("bash: ls -R /workspace/.claude/skills")
+    expect(first.locator(".spinner")).to_be_visible()
+    frame({"event": "tool_result", "seq": 3, "tool_use_id": "b1", "content": "/workspace/.claude/skills:\nnotes.md", "is_error": False})
+    expect(first.locator(".spinner")).to_have_count(0)
+    expect(first.locator("summary")).to_have_text(re.compile(r"^▸?bash: ls -R /workspace/\.claude/skills\s*· exit 0 · \d+\.\d s$"))
+    frame({"event": "tool_use", "seq": 4, "id": "e1", "name": "str_replace_based_edit_tool",
+           "input": {"command": "create", "path": "/workspace/notes/plan.md", "file_text": "# Plan"}})
+    expect(tools.nth(1).locator(".tool-line")).to_have_text("edit: create notes/plan.md")
+    frame({"event": "tool_result", "seq": 5, "tool_use_id": "e1", "content": "Created /workspace/notes/plan.md", "is_error": False})
+    frame({"event": "tool_use", "seq": 6, "id": "b2", "name": "bash", "input": {"command": "make test"}})
+    frame({"event": "tool_result", "seq": 7, "tool_use_id": "b2", "content": "2 failed\n[exit code 2]", "is_error": False})
+    failed = tools.nth(2)
+    expect(failed).to_have_class(re.compile(r"\bfailed\b"))
+    expect(failed.locator(".tool-status")).to_contain_text("exit 2")
+    frame({"event": "tool_use", "seq": 8, "id": "b3", "name": "bash", "input": {"command": "sleep 999"}})
+    frame({"event": "tool_result", "seq": 9, "tool_use_id": "b3", "content": "The command timed out after 60 s", "is_error": True})
+    expect(tools.nth(3)).to_have_class(re.compile(r"\bfailed\b"))
+    expect(tools.nth(3).locator(".tool-status")).to_contain_text("timed out")
+    # Opened, a call shows its input and its output.
+    expect(first.locator(".tool-input")).to_be_hidden()
+    first.locator("summary").click()
+    expect(first.locator(".tool-input")).to_be_visible()
+    expect(first.locator(".tool-result")).to_contain_text("notes.md")
+    # A call the turn ends without answering stops spinning.
+    frame({"event": "tool_use", "seq": 10, "id": "b4", "name": "bash", "input": {"command": "sleep 5"}})
+    frame({"event": "stream", "seq": 11, "type": "text", "content": "```python\ndef plan():\n    return 'bisect'  # then fix\n```\n"})
+    frame({"event": "result", "seq": 12, "turns": 1, "durationMs": 12, "usage": {"inputTokens": 5, "outputTokens": 6,
+           "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0}, "costUsd": 0.0001, "model": "claude-sonnet-4-6",
+           "stopReason": "end_turn", "interrupted": False})
+    expect(page.locator("#transcript .spinner")).to_have_count(0)
+    expect(tools.nth(4).locator(".tool-status")).to_have_text("· not finished")
+    # Code is highlighted by the vendored highlight.js, in colours that pass the contrast audit.
+    code = page.locator("#transcript pre code.hljs")
+    expect(code.locator(".hljs-keyword").first).to_have_text("def")
+    expect(code.locator(".hljs-string")).to_have_text("'bisect'")
+    expect(code.locator(".hljs-comment")).to_have_text("# then fix")
+    # The turn names the model that answered, above its first step.
+    expect(page.locator("#transcript .model-tag")).to_have_text(["claude-sonnet-4-6"])
+    assert page.evaluate("document.querySelector('#transcript .model-tag').nextElementSibling === "
+                         "document.querySelector('#transcript details.tool')")
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, scheme
+    log.assert_clean()
+
+
+def test_phone_tables_keep_words_whole(world, page) -> None:  # type: ignore[no-untyped-def]
+    page.set_viewport_size({"width": 390, "height": 844})
+    table = "| Step | Build | Deploy to production | Verify the rollout |\n|---|---|---|---|\n" + \
+            "| one | two | three four five six | seven eight nine ten |\n"
+    page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "stream", "seq": 1, "type": "text", "content": table})
+    page.wait_for_selector("#transcript table th")
+    # Every header cell is as wide as its longest word: nothing like "Ste p" or "Buil d".
+    broken = page.evaluate("""() => [...document.querySelectorAll('#transcript th, #transcript td')].filter(c => {
+        const range = document.createRange(); range.selectNodeContents(c);
+        const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        return c.tagName === 'TH' ? lines.size > 1 : c.scrollWidth > c.clientWidth + 1; }).map(c => c.textContent)""")
+    assert broken == []
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
