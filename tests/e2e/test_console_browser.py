@@ -29,7 +29,7 @@ MARKDOWN_REPLY = (
     "## Your debugging plan\n\nYour skill says: read the logs first, then bisect.\n\n"
     "1. Read the **logs**\n2. Bisect the change\n\n"
     "| Step | Tool |\n|---|---|\n| logs | `journalctl` |\n| bisect | `git bisect` |\n\n"
-    "```bash\ngit bisect start\n```\n"
+    "```bash\ngit bisect start  # then: git bisect bad HEAD\n```\n"
 )
 HOSTILE_REPLY = (
     "# Title\n\n<script>window.__pwned = 'script'</script>\n\n"
@@ -144,17 +144,20 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     # 4-5. a prompt; the answer streams as rendered markdown and a tool call reads the skill
     world.fake.script(
         Reply([Text("Let me read your skill."), ToolUse("str_replace_based_edit_tool", {"command": "view", "path": "/workspace/.claude/skills/debugging.md"})]),
+        Reply([ToolUse("bash", {"command": "ls -a /workspace/.claude/skills"})]),
         Reply([Text(MARKDOWN_REPLY, chunks=12)], delay=0.02),
     )
     page.fill("#prompt", "How do I debug?")
     page.click("#send")
     expect(page.locator("#interrupt")).to_be_enabled()
-    expect(page.locator("#transcript .result")).to_contain_text("2 turns")
+    expect(page.locator("#transcript .result")).to_contain_text("3 turns")
+    expect(page.locator("details.tool").nth(1).locator("summary")).to_contain_text(re.compile(r"bash: ls -a /workspace/\.claude/skills\s*· exit 0 · \d+\.\d s"))
     reply = page.locator("#transcript .msg.assistant").last
     expect(reply.locator("h2")).to_have_text("Your debugging plan")
     expect(reply.locator("ol li")).to_have_count(2)
     expect(reply.locator("table td")).to_have_count(4)
-    expect(reply.locator("pre code")).to_have_text("git bisect start")
+    expect(reply.locator("pre code")).to_have_text("git bisect start  # then: git bisect bad HEAD")
+    expect(reply.locator("pre code .hljs-comment")).to_have_text("# then: git bisect bad HEAD")
     expect(reply.get_by_role("button", name="Copy code")).to_be_visible()
     tool = page.locator("details.tool").first
     expect(tool.locator("summary")).to_contain_text("edit: view .claude/skills/debugging.md")
@@ -164,16 +167,27 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     assert "Sent." not in (page.locator("#transcript").text_content() or "")
     expect(page.locator("#turn-badge")).to_have_text("Connected")
     expect(page.locator("#interrupt")).to_be_disabled()
-    # ./scripts/update-screenshot copies this one to docs/console.png: the tool call and the answer in view.
-    page.set_viewport_size({"width": 1280, "height": 1000})
-    page.evaluate("const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight")
+    # ./scripts/update-screenshot copies these to docs/: the README's pictures, desktop and phone, light and dark.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    bottom = "const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight"
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, the tool call open
+    tool.locator("summary").click()  # closed again: one line, as the pictures show it
+    page.evaluate(bottom)
     shot(page, "conversation")
-    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, tool call open
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
     page.emulate_media(color_scheme="dark")
     assert page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(246, 246, 244)"
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    page.evaluate(bottom)
     shot(page, "conversation-dark")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.evaluate(bottom)
+    shot(page, "phone-conversation-dark")
+    page.emulate_media(color_scheme="light")
+    page.evaluate(bottom)
+    shot(page, "phone-conversation")
+    page.set_viewport_size({"width": 1280, "height": 800})
     page.emulate_media(color_scheme="light")
     # 6. interrupt a long answer
     world.fake.script(Endless(delta="more ", delay=0.01, max_deltas=20000))
