@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 ARTIFACTS = ROOT / "test-artifacts"
+# Assertions wait up to 15 s (Playwright's default is 5): a first turn makes a sandbox, which
+# takes seconds on a loaded machine.
+EXPECT_TIMEOUT_MS = 15_000
 SKILL = "# Debugging Skill\n\nRead the logs first, then bisect the change."
 MARKDOWN_REPLY = (
     "## Your debugging plan\n\nYour skill says: read the logs first, then bisect.\n\n"
@@ -72,6 +75,9 @@ def context(world) -> Iterator:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def page(world, context, log: BrowserLog) -> Iterator:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     page = context.new_page()
     page.set_default_timeout(20000)
     page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
@@ -436,6 +442,19 @@ def test_websocket_failures_name_their_cause(world, page) -> None:  # type: igno
     expect(page.locator("#server-badge")).to_have_text("server unreachable")
 
 
+def test_a_server_that_keeps_refusing_the_rejoin_is_named_not_retried_for_minutes(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "refused")
+    start_session(page)
+    # The session's token goes stale while connected (say, the server was redeployed with new keys).
+    page.evaluate("window.consoleApp.state.session.token = 'stale'; window.consoleApp.state.ws.close()")
+    expect(page.locator("#turn-badge")).to_contain_text("Reconnecting")
+    expect(page.locator("#banner")).to_contain_text("refused the WebSocket", timeout=15000)
+    expect(page.locator("#turn-badge")).to_have_text("Disconnected")
+    expect(page.locator("#server-badge")).to_contain_text("development")  # the server itself answers
+
+
 def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
@@ -553,6 +572,13 @@ def test_phone_width_chat_first(world, page, log: BrowserLog) -> None:  # type: 
     page.get_by_text("Connection · phone").click()
     expect(page.locator("#user-id")).to_be_visible()
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    page.keyboard.press("Escape")  # folds the connection form away...
+    expect(page.locator("#user-id")).to_be_hidden()
+    page.keyboard.press("Escape")  # ...then closes the panel
+    expect(page.locator("#chat-panel")).to_be_visible()
+    page.get_by_text("Connection · phone").click()
+    page.locator("#transcript").click()  # a click elsewhere folds it too
+    expect(page.locator("#user-id")).to_be_hidden()
     log.assert_clean()
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_console_browser import CHROMIUM, pytestmark  # noqa: F401 - the same skips
+from tests.e2e.test_console_browser import CHROMIUM, EXPECT_TIMEOUT_MS, pytestmark  # noqa: F401 - the same skips
 from tests.e2e.test_console_offline import remove_sandboxes
 from tests.e2e.test_kill_dev_mid_turn import dev_server
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
@@ -23,6 +23,7 @@ DOWN_SECONDS = 10
 def test_console_rejoins_the_same_session_after_a_server_restart(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     port = free_port()
     log = tmp_path / "dev.log"
     sent: list[dict[str, Any]] = []

@@ -40,18 +40,27 @@ export function connect(firstFrame) {
     // A first socket that never opened was refused (or the server is gone): retrying will not
     // help. One that was open dropped: keep trying to rejoin, the turn went on without us.
     if (!state.opened && !state.reconnect) { giveUp(event.code, false); return; }
-    scheduleReconnect(ws, event.code);
+    scheduleReconnect(ws, event.code, !state.opened);
   };
 }
 
-function scheduleReconnect(ws, code) {
+// A server that answers /health but keeps refusing the socket will not take this session back
+// (its token or record is gone): after this many refusals, say so instead of retrying.
+const REFUSALS_WHILE_UP = 3;
+
+async function scheduleReconnect(ws, code, refused) {
   const now = Date.now();
-  state.reconnect ||= {since: now, attempt: 0};
+  state.reconnect ||= {since: now, attempt: 0, refusals: 0};
   if (now - state.reconnect.since >= RECONNECT_FOR_MS) { giveUp(code, true); return; }
+  if (refused) {
+    const answer = await health();
+    if (state.ws !== ws || !state.reconnect) return;  // a new session, or closed, meanwhile
+    hooks.health(answer);
+    if (answer && ++state.reconnect.refusals >= REFUSALS_WHILE_UP) { giveUp(code, false); return; }
+  }
   const attempt = ++state.reconnect.attempt;
   const delay = Math.min(RECONNECT_MAX_DELAY_MS, 250 * 2 ** (attempt - 1)) * (0.8 + Math.random() * 0.4);
   setBadge("turn-badge", `Reconnecting… (attempt ${attempt})`, "busy");
-  if (attempt > 1) checkHealth();
   clearTimeout(retryTimer);
   retryTimer = setTimeout(() => rejoin(ws), delay);
 }

@@ -30,7 +30,9 @@ export function syncButtons() {
   $("interrupt").disabled = !open || !running;
   $("interrupt").hidden = !running;
   $("clear").disabled = !open || running || readOnly;
-  if (readOnly) setBadge("turn-badge", "Read-only", "");
+  // Read-only, the live session may still need the user: say so, Back to the live session is there.
+  if (readOnly) setBadge("turn-badge", state.awaitingPermission ? "Read-only · the live session waits for your approval" : "Read-only",
+                         state.awaitingPermission ? "warn" : "");
   else if (state.reconnect) return;  // the reconnecting badge says it
   else if (running && state.awaitingPermission) setBadge("turn-badge", "Waiting for your approval", "warn");
   else if (running) { if (!keepsBusy()) setBadge("turn-badge", "Working…", "busy"); }

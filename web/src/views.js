@@ -35,6 +35,10 @@ export function wireViews() {
   for (const close of document.querySelectorAll(".close-panel")) {
     close.addEventListener("click", () => { showView("chat-panel"); $("tab-chat").focus(); });
   }
+  // Open over the chat, the connection form folds away at a click elsewhere (once a user is loaded).
+  document.addEventListener("click", (event) => {
+    if ($("connection-box").open && state.loadedUser && !$("connection-box").contains(event.target)) $("connection-box").open = false;
+  });
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
     if ($("connection-box").open && state.loadedUser) { $("connection-box").open = false; return; }
