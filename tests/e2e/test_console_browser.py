@@ -116,7 +116,7 @@ def start_session(page) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     page.click("#start-session")
-    expect(page.locator("#transcript")).to_contain_text("Ready")
+    expect(page.locator("#transcript")).to_contain_text("Ready: conversation")
     expect(page.locator("#prompt")).to_be_enabled()
 
 
@@ -145,7 +145,7 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     page.get_by_role("tab", name="Chat").click()
     start_session(page)
     expect(page.locator("#session-info")).to_contain_text("r2_load_dev")
-    expect(page.locator("#session-info")).to_contain_text("1 skill file")
+    expect(page.locator("#session-files-summary")).to_have_text("1 skill file")
     expect(page.locator("#skills-loaded")).to_contain_text("/workspace/.claude/skills/debugging.md")
     # 4-5. a prompt; the answer streams as rendered markdown and a tool call reads the skill
     world.fake.script(
@@ -919,3 +919,21 @@ def test_phone_tables_keep_words_whole(world, page) -> None:  # type: ignore[no-
         return c.tagName === 'TH' ? lines.size > 1 : c.scrollWidth > c.clientWidth + 1; }).map(c => c.textContent)""")
     assert broken == []
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_a_prompt_sent_as_the_session_opens_comes_after_its_start(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "eager")
+    world.fake.script(Reply([Text("Hello, eager.")]))
+    # The frame the server answers `start` with arrives after a prompt sent the moment the socket opened.
+    page.evaluate("""() => { const app = window.consoleApp; const original = app.RENDER.status;
+        app.RENDER.status = (f) => f.status === 'ready' ? setTimeout(() => original(f), 300) : original(f); }""")
+    page.click("#start-session")
+    expect(page.locator("#prompt")).to_be_enabled()
+    page.fill("#prompt", "right away")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .result")).to_be_visible()
+    expect(page.locator("#transcript .note").first).to_contain_text("Ready: conversation")
+    assert page.evaluate("document.querySelector('#transcript').firstElementChild.textContent").startswith("Ready: conversation")
+    log.assert_clean()

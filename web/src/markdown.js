@@ -35,13 +35,15 @@ export function renderMarkdown(target, text) {
   target.innerHTML = DOMPurify.sanitize(markdown.parse(text), PURIFY);
   for (const pre of target.querySelectorAll("pre")) {
     const code = pre.querySelector("code");
+    const language = code && [...code.classList].find((c) => c.startsWith("language-"))?.slice("language-".length);
     if (code) highlight(code);
     const wrap = el("div", {className: "code"});
     pre.replaceWith(wrap);
+    // A header above the code, as chat products do: the language, and Copy clear of the text.
     const copy = el("button", {type: "button", className: "copy", textContent: "Copy"});
     copy.setAttribute("aria-label", "Copy code");
     copy.addEventListener("click", () => copyText(pre.textContent, copy));
-    wrap.append(pre, copy);
+    wrap.append(el("div", {className: "code-head"}, el("span", {textContent: language || "code"}), copy), pre);
   }
 }
 

@@ -4,7 +4,7 @@ import {setBadge} from "./dom.js";
 import {plural, seconds} from "./format.js";
 import {state} from "./state.js";
 import {
-  assistantBubble, dropThinking, errorCard, labelModel, note, permissionCard, renderEmptyChat, renderHistory,
+  assistantBubble, dropThinking, errorCard, headNote, labelModel, note, permissionCard, renderEmptyChat, renderHistory,
   renderNow, resetTranscript, scheduleRender, settleAllPermissions, settlePermission, settleRunningTools,
   thinkingDelta, toolResult, toolUse,
 } from "./transcript.js";
@@ -18,7 +18,8 @@ const PERMISSION_OUTCOME = {user: null, remembered: "Remembered answer", timeout
 
 const STATUS = {
   ready(frame) {
-    note(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
+    // A prompt typed as the socket opened may be shown already: the start goes above it.
+    headNote(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
     renderEmptyChat();
   },
   queued(frame) { setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy"); },

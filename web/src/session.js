@@ -25,9 +25,11 @@ export async function startSession(conversationId) {
   state.readOnly = null;  // a conversation continued here is live again
   $("saved-transcript").replaceChildren();
   const files = state.session.skillsLoaded;
-  $("session-info").textContent = `Session ${sessionId} · ${state.session.setupMethod} · ${plural(files.length, "skill file", "skill files")}`;
+  // The skill files are a disclosure of their own (their count opens the list), so they are not
+  // counted twice on this one line.
+  $("session-info").textContent = `Session ${sessionId} · ${state.session.setupMethod}${files.length ? " ·" : " · no skill files"}`;
   $("session-files").hidden = !files.length;
-  $("session-files-summary").textContent = `${plural(files.length, "skill file", "skill files")} in the sandbox`;
+  $("session-files-summary").textContent = plural(files.length, "skill file", "skill files");
   $("skills-loaded").replaceChildren(...files.map((p) => el("li", {textContent: p})));
   $("start-session").textContent = "New session";
   resetTranscript();

@@ -124,6 +124,14 @@ export function note(text, kind = "note") {
   return append(el("div", {className: kind, textContent: text}));
 }
 
+/** A note about the whole conversation (its start), above anything already shown. */
+export function headNote(text) {
+  const div = el("div", {className: "note", textContent: text});
+  transcript().querySelector(".empty-chat")?.remove();
+  transcript().prepend(div);
+  return div;
+}
+
 /** One card per failure: the same error again (the same cause, a second frame) moves the card
  * to the end instead of adding another. */
 export function errorCard(code, message) {
