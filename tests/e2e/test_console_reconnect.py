@@ -84,3 +84,48 @@ def test_console_rejoins_the_same_session_after_a_server_restart(tmp_path: Path)
         assert [m["role"] for m in saved["messages"]] == ["user", "assistant", "user", "assistant"]
     finally:
         remove_sandboxes(tmp_path / "sb")
+
+
+def test_console_catches_up_on_a_turn_cut_off_by_a_crash_showing_nothing_twice(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    port = free_port()
+    log = tmp_path / "dev.log"
+    try:
+        with FakeAnthropic() as fake, sync_playwright() as pw:
+            env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(tmp_path)),
+                   "DATA_DIR": str(tmp_path / "data"), "SANDBOX_ROOT": str(tmp_path / "sb"),
+                   "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_MAX_RETRIES": "1"}
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            page.set_default_timeout(30000)
+            answer = "".join(f"part{i:03d} " for i in range(300))
+            fake.script(Reply([Text(answer, chunks=300)], delay=0.05))
+            with dev_server(port, env, log) as first:
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.fill("#user-id", "crash")
+                page.click("#connection button[type=submit]")
+                page.click("#start-session")
+                expect(page.locator("#prompt")).to_be_enabled(timeout=30000)
+                page.fill("#prompt", "stream slowly")
+                page.keyboard.press("Enter")
+                expect(page.locator("#transcript .msg.assistant")).to_contain_text("part010", timeout=30000)
+                os.killpg(first.pid, signal.SIGKILL)  # the server dies mid-answer
+                first.wait(timeout=10)
+            expect(page.locator("#turn-badge")).to_contain_text("Reconnecting")
+            time.sleep(DOWN_SECONDS)
+            shown = page.locator("#transcript .msg.assistant").inner_text()
+            with dev_server(port, env, log):
+                # The restarted server repairs the turn (after its lease); the page catches up by itself.
+                expect(page.locator("#transcript .result")).to_have_count(1, timeout=60000)
+                expect(page.locator("#transcript .error-card")).to_have_count(1)
+                expect(page.locator("#transcript .error-card")).to_contain_text("turn_cut_off")
+                expect(page.locator("#turn-badge")).to_have_text("Connected")
+            streamed = page.locator("#transcript .msg.assistant").all_inner_texts()
+            browser.close()
+        # What streamed before the crash is there once, in order, and nothing was added to it.
+        assert len(streamed) == 1 and streamed[0].strip() == shown.strip(), (shown, streamed)
+        assert answer.startswith(streamed[0].strip())
+    finally:
+        remove_sandboxes(tmp_path / "sb")
