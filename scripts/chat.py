@@ -5,6 +5,9 @@
     ./scripts/chat --url https://API --api-key KEY --user alice "..."
 
 Ctrl-C during an answer interrupts it (what was said is kept); a second Ctrl-C quits.
+Interactive input: a multi-line paste is one prompt (bracketed paste, in a terminal); a line
+ending in a backslash continues on the next; a line of three double quotes starts a block
+that the next such line ends.
 Exit status: 0 when every answer finished, 1 after an error (setup refused, an `error` event),
 130 when interrupted by Ctrl-C.
 
@@ -21,7 +24,8 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -125,14 +129,103 @@ def _chat(args: argparse.Namespace) -> int:
     return status
 
 
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+BLOCK = '"""'
+MAX_PROMPT_LINES = 100_000
+
+
+def read_prompt(ask: Callable[[str], str]) -> str:
+    """One prompt, from as many lines as it takes: `ask(prompt)` reads a line (EOFError at the
+    end of input). A bracketed paste runs to its end marker, newlines and all; a line ending in
+    a backslash continues on the next; a line opening with three double quotes starts a block
+    that a line ending in three closes. EOFError only when nothing was read."""
+    line = ask("\nyou> ")
+    lines: list[str] = []
+    try:
+        if line.lstrip().startswith(BLOCK):
+            opening = line.lstrip()[len(BLOCK):]
+            if opening.rstrip().endswith(BLOCK):  # """all on one line"""
+                return _clean(opening.rstrip()[:-len(BLOCK)])
+            if opening.strip():
+                lines.append(opening)
+            for _ in range(MAX_PROMPT_LINES):
+                try:
+                    line = ask("... ")
+                except EOFError:
+                    break  # an unclosed block ends with the input
+                if line.rstrip().endswith(BLOCK):
+                    closing = line.rstrip()[:-len(BLOCK)]
+                    if closing.strip():
+                        lines.append(closing)
+                    break
+                lines.append(line)
+            return _clean("\n".join(lines))
+        for _ in range(MAX_PROMPT_LINES):
+            if PASTE_START in line and PASTE_END not in line.split(PASTE_START, 1)[1]:
+                line += "\n" + ask("")  # inside a paste: its newlines belong to the prompt
+            elif line.endswith("\\") and PASTE_START not in line:
+                lines.append(line[:-1])
+                line = ""
+                line = ask("... ")
+            else:
+                break
+    except EOFError:
+        pass  # the end of input ends the prompt too
+    if line or not lines:
+        lines.append(line)
+    return _clean("\n".join(lines))
+
+
+def _clean(text: str) -> str:
+    return text.replace(PASTE_START, "").replace(PASTE_END, "")
+
+
+@contextmanager
+def _no_control_echo() -> Iterator[None]:
+    """In a terminal, control characters are not echoed as ^X: no ^C inside the streamed text,
+    and the bracketed-paste markers print nothing visible."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    import termios
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHOCTL
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+@contextmanager
+def _terminal() -> Iterator[None]:
+    """While a prompt is read in a terminal: bracketed paste on, so a paste arrives between
+    markers and its lines stay one prompt."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        yield
+        return
+    sys.stdout.write("\x1b[?2004h")
+    sys.stdout.flush()
+    try:
+        with _no_control_echo():
+            yield
+    finally:
+        sys.stdout.write("\x1b[?2004l")
+        sys.stdout.flush()
+
+
 def _interactive() -> Iterator[str]:
     while True:
         try:
-            line = input("\nyou> ").strip()
+            with _terminal():
+                prompt = read_prompt(input).strip()
         except EOFError:
             return
-        if line:
-            yield line
+        if prompt:
+            yield prompt
 
 
 class _CtrlC:
@@ -144,9 +237,12 @@ class _CtrlC:
 
     def __enter__(self) -> _CtrlC:
         self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._echo = _no_control_echo()
+        self._echo.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._echo.__exit__(None, None, None)
         signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -164,9 +260,10 @@ def show_until(ws: ClientConnection, stop: set[str], *, interruptible: bool = Fa
     with _CtrlC() as ctrl_c:
         for _ in range(10_000_000):
             if interruptible and ctrl_c.pressed and not interrupt_sent:
+                # No notice here: it would land in the middle of the text still streaming. The
+                # result line says "interrupted", once, after that text.
                 ws.send(json.dumps({"action": "interrupt"}))
                 interrupt_sent = True
-                print("\n[interrupting; press Ctrl-C again to quit]", file=sys.stderr, flush=True)
             try:
                 raw = ws.recv(timeout=0.25)  # short, so a Ctrl-C is acted on promptly
             except TimeoutError:
@@ -208,12 +305,14 @@ def _print(frame: dict[str, Any]) -> None:
         cost = f"${frame['costUsd']:.4f}" if frame.get("costUsd") is not None else "cost unknown"
         usage = frame["usage"]
         turns = frame["turns"]
+        reason = frame["stopReason"]
+        said = ", interrupted" if frame.get("interrupted") and reason != "interrupted" else ""
         print(f"\n[{turns} model {'reply' if turns == 1 else 'replies'}, {frame['durationMs']} ms, {usage['inputTokens']} in / "
-              f"{usage['outputTokens']} out tokens, {cost}, {frame['stopReason']}"
-              f"{', interrupted' if frame.get('interrupted') else ''}]", file=sys.stderr)
+              f"{usage['outputTokens']} out tokens, {cost}, {reason}{said}]", file=sys.stderr, flush=True)
     elif event == "error":
         print(f"\n[error {frame['code']}] {frame['message']}", file=sys.stderr)
-    elif event == "status" and frame.get("status") not in ("queued", "running", "ready"):
+    elif event == "status" and frame.get("status") not in ("queued", "running", "ready", "interrupting"):
+        # (interrupting: the result line says "interrupted", once, after the text)
         print(f"\n[{frame.get('status')}] {frame.get('message', '')}", file=sys.stderr)
 
 

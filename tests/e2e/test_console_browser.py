@@ -24,12 +24,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 ARTIFACTS = ROOT / "test-artifacts"
+# Assertions wait up to 15 s (Playwright's default is 5): a first turn makes a sandbox, which
+# takes seconds on a loaded machine.
+EXPECT_TIMEOUT_MS = 15_000
 SKILL = "# Debugging Skill\n\nRead the logs first, then bisect the change."
 MARKDOWN_REPLY = (
     "## Your debugging plan\n\nYour skill says: read the logs first, then bisect.\n\n"
     "1. Read the **logs**\n2. Bisect the change\n\n"
     "| Step | Tool |\n|---|---|\n| logs | `journalctl` |\n| bisect | `git bisect` |\n\n"
-    "```bash\ngit bisect start\n```\n"
+    "```bash\ngit bisect start  # then: git bisect bad HEAD\n```\n"
 )
 HOSTILE_REPLY = (
     "# Title\n\n<script>window.__pwned = 'script'</script>\n\n"
@@ -72,6 +75,9 @@ def context(world) -> Iterator:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def page(world, context, log: BrowserLog) -> Iterator:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     page = context.new_page()
     page.set_default_timeout(20000)
     page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
@@ -81,9 +87,26 @@ def page(world, context, log: BrowserLog) -> Iterator:  # type: ignore[no-untype
     yield page
 
 
+def open_connection(page) -> None:  # type: ignore[no-untyped-def]
+    """The connection form folds away once a user is loaded: its summary opens it again."""
+    if not page.locator("#user-id").is_visible():
+        page.click("#connection-summary")
+
+
+def open_panel(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Skills, Settings, Files or History: one click on its tab (a second click closes it)."""
+    from playwright.sync_api import expect
+
+    tab = page.get_by_role("tab", name=name)
+    if tab.get_attribute("aria-selected") != "true":
+        tab.click()
+    expect(page.locator(f"#{name.lower()}-panel")).to_be_visible()
+
+
 def load_user(page, user: str) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
+    open_connection(page)
     page.fill("#user-id", user)
     page.click("#connection button[type=submit]")
     expect(page.locator("#start-session")).to_be_enabled()
@@ -93,7 +116,7 @@ def start_session(page) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     page.click("#start-session")
-    expect(page.locator("#transcript")).to_contain_text("Ready")
+    expect(page.locator("#transcript")).to_contain_text("Ready: conversation")
     expect(page.locator("#prompt")).to_be_enabled()
 
 
@@ -108,52 +131,69 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
 
     load_user(page, "webuser")
     # 1-2. create a skill and see it listed, with a confirmation
+    open_panel(page, "Skills")
     page.fill("#skill-name", "debugging.md")
     page.fill("#skill-content", SKILL)
     page.click("#skill-form button[type=submit]")
     expect(page.locator("#skills")).to_contain_text("debugging.md")
     expect(page.locator("#skill-status")).to_contain_text("Saved debugging.md")
+    open_panel(page, "Settings")
     page.fill("#set-system", "Answer briefly.")
     page.click("#settings-form button[type=submit]")
     expect(page.locator("#settings-status")).to_have_text("Saved ✓")
     # 3. start a session
+    page.get_by_role("tab", name="Chat").click()
     start_session(page)
     expect(page.locator("#session-info")).to_contain_text("r2_load_dev")
-    expect(page.locator("#session-info")).to_contain_text("1 skill file")
+    expect(page.locator("#session-files-summary")).to_have_text("1 skill file")
     expect(page.locator("#skills-loaded")).to_contain_text("/workspace/.claude/skills/debugging.md")
     # 4-5. a prompt; the answer streams as rendered markdown and a tool call reads the skill
     world.fake.script(
         Reply([Text("Let me read your skill."), ToolUse("str_replace_based_edit_tool", {"command": "view", "path": "/workspace/.claude/skills/debugging.md"})]),
+        Reply([ToolUse("bash", {"command": "ls -a /workspace/.claude/skills"})]),
         Reply([Text(MARKDOWN_REPLY, chunks=12)], delay=0.02),
     )
     page.fill("#prompt", "How do I debug?")
     page.click("#send")
     expect(page.locator("#interrupt")).to_be_enabled()
-    expect(page.locator("#transcript .result")).to_contain_text("2 turns")
+    expect(page.locator("#transcript .result")).to_contain_text("3 turns")
+    expect(page.locator("details.tool").nth(1).locator("summary")).to_contain_text(re.compile(r"bash: ls -a /workspace/\.claude/skills\s*· exit 0 · \d+\.\d s"))
     reply = page.locator("#transcript .msg.assistant").last
     expect(reply.locator("h2")).to_have_text("Your debugging plan")
     expect(reply.locator("ol li")).to_have_count(2)
     expect(reply.locator("table td")).to_have_count(4)
-    expect(reply.locator("pre code")).to_have_text("git bisect start")
+    expect(reply.locator("pre code")).to_have_text("git bisect start  # then: git bisect bad HEAD")
+    expect(reply.locator("pre code .hljs-comment")).to_have_text("# then: git bisect bad HEAD")
     expect(reply.get_by_role("button", name="Copy code")).to_be_visible()
     tool = page.locator("details.tool").first
-    expect(tool.locator("summary")).to_contain_text("str_replace_based_edit_tool")
+    expect(tool.locator("summary")).to_contain_text("edit: view .claude/skills/debugging.md")
     tool.locator("summary").click()
     expect(tool.locator(".tool-result")).to_contain_text("Read the logs first")
     # No "Sent." lines: statuses are a badge, and it is idle again.
     assert "Sent." not in (page.locator("#transcript").text_content() or "")
     expect(page.locator("#turn-badge")).to_have_text("Connected")
     expect(page.locator("#interrupt")).to_be_disabled()
-    # ./scripts/update-screenshot copies this one to docs/console.png: the tool call and the answer in view.
-    page.set_viewport_size({"width": 1280, "height": 1000})
-    page.evaluate("document.querySelector('.side-col').scrollTop = 0; const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight")
+    # ./scripts/update-screenshot copies these to docs/: the README's pictures, desktop and phone, light and dark.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    bottom = "const t = document.getElementById('transcript'); t.scrollTop = t.scrollHeight"
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, the tool call open
+    tool.locator("summary").click()  # closed again: one line, as the pictures show it
+    page.evaluate(bottom)
     shot(page, "conversation")
-    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}  # mid-conversation, tool call open
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
     page.emulate_media(color_scheme="dark")
     assert page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(246, 246, 244)"
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    page.evaluate(bottom)
     shot(page, "conversation-dark")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.evaluate(bottom)
+    shot(page, "phone-conversation-dark")
+    page.emulate_media(color_scheme="light")
+    page.evaluate(bottom)
+    shot(page, "phone-conversation")
+    page.set_viewport_size({"width": 1280, "height": 800})
     page.emulate_media(color_scheme="light")
     # 6. interrupt a long answer
     world.fake.script(Endless(delta="more ", delay=0.01, max_deltas=20000))
@@ -167,12 +207,13 @@ def test_skill_session_chat_interrupt_reload(world, page, log: BrowserLog) -> No
     expect(page.locator("#clear")).to_be_enabled()
     # 7. reload: the conversation is listed by its first prompt; reopen it read-only
     page.reload()
+    open_panel(page, "History")
     conversation = page.get_by_role("button", name="Open conversation", exact=False).first
     expect(conversation).to_contain_text("How do I debug?")
     expect(conversation).to_contain_text("messages")
     conversation.click()
-    expect(page.locator("#transcript")).to_contain_text("read-only")
-    expect(page.locator("#transcript h2")).to_have_text("Your debugging plan")
+    expect(page.locator("#read-only")).to_contain_text("Read-only")
+    expect(page.locator("#saved-transcript h2")).to_have_text("Your debugging plan")
     log.assert_clean()  # no console error (the user field's pattern included), no 404 (favicon included)
 
 
@@ -180,6 +221,7 @@ def test_keyboard_only_chat(world, page, log: BrowserLog) -> None:  # type: igno
     from playwright.sync_api import expect
 
     world.fake.script(Reply([Text("Hello from the keyboard test.")]))
+    open_connection(page)
     page.focus("#user-id")
     page.keyboard.type("keys")
     page.keyboard.press("Enter")  # submits the connection form
@@ -250,8 +292,8 @@ def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no
             {"type": "web_search_tool_result", "tool_use_id": "s1", "content": [{"type": "web_search_result", "url": "https://git-scm.com/docs/git-bisect", "title": "git-bisect"}]},
             {"type": "mcp_tool_use", "id": "m1", "name": "find_ticket", "server_name": "tickets", "input": {"id": 7}},
             {"type": "mcp_tool_result", "tool_use_id": "m1", "content": [{"type": "text", "text": "Ticket 7"}], "is_error": False}]}]})
-    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search")
-    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket")
+    expect(transcript.locator("details.tool summary").nth(0)).to_have_text("Server tool · web_search: bisect· done")
+    expect(transcript.locator("details.tool summary").nth(1)).to_have_text("MCP · tickets · find_ticket: id=7· done")
     expect(transcript.locator("details.tool .tool-result").nth(0)).to_contain_text("git-scm.com/docs/git-bisect", use_inner_text=False)
     expect(transcript.locator("details.tool .tool-result").nth(1)).to_contain_text("Ticket 7", use_inner_text=False)
     page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "cleared", "seq": 0, "conversationId": "c1"})
@@ -343,11 +385,13 @@ def test_start_disabled_until_loaded_and_an_error_is_shown_once(world, page, mon
 
     expect(page.locator("#start-session")).to_be_disabled()
     expect(page.locator("#transcript .empty-chat")).to_contain_text("choose Load user")
+    open_connection(page)
     page.fill("#user-id", "erin")
     expect(page.locator("#start-session")).to_be_disabled()  # typed, not loaded
     page.click("#connection button[type=submit]")
     expect(page.locator("#start-session")).to_be_enabled()
     expect(page.locator("#transcript .empty-chat")).to_contain_text("Start session")
+    open_connection(page)
     page.fill("#user-id", "someone-else")
     expect(page.locator("#start-session")).to_be_disabled()
     load_user(page, "erin")
@@ -398,10 +442,24 @@ def test_websocket_failures_name_their_cause(world, page) -> None:  # type: igno
     expect(page.locator("#server-badge")).to_have_text("server unreachable")
 
 
+def test_a_server_that_keeps_refusing_the_rejoin_is_named_not_retried_for_minutes(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "refused")
+    start_session(page)
+    # The session's token goes stale while connected (say, the server was redeployed with new keys).
+    page.evaluate("window.consoleApp.state.session.token = 'stale'; window.consoleApp.state.ws.close()")
+    expect(page.locator("#turn-badge")).to_contain_text("Reconnecting")
+    expect(page.locator("#banner")).to_contain_text("refused the WebSocket", timeout=15000)
+    expect(page.locator("#turn-badge")).to_have_text("Disconnected")
+    expect(page.locator("#server-badge")).to_contain_text("development")  # the server itself answers
+
+
 def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     load_user(page, "newbie")
+    open_panel(page, "Skills")
     expect(page.locator("#skills .empty")).to_contain_text("No skills yet")
     expect(page.locator("#conversations .empty")).to_contain_text("No conversations yet")
     expect(page.locator("#transcript .empty-chat")).to_contain_text("No skills yet: add one")
@@ -411,6 +469,8 @@ def test_empty_states_guide_and_a_sample_skill(world, page, log: BrowserLog) -> 
     expect(page.locator("#skills")).to_contain_text("debugging.md")
     expect(page.locator("#skill-status")).to_contain_text("Sample skill added")
     expect(page.locator("#skill-content")).to_have_value(re.compile("Bisect"))
+    page.get_by_role("tab", name="Skills").click()  # the same tab again: back to the chat alone
+    expect(page.locator("#skills-panel")).to_be_hidden()
     expect(page.locator("#transcript .empty-chat")).to_contain_text("1 skill will be copied")
     assert world.http.get("/users/newbie/skills").json()["count"] == 1
     log.assert_clean()
@@ -421,6 +481,7 @@ def test_delete_asks_for_confirmation(world, page, log: BrowserLog) -> None:  # 
 
     world.http.post("/users/del/skills", json={"name": "keep.md", "content": "# Keep"})
     load_user(page, "del")
+    open_panel(page, "Skills")
     page.get_by_role("button", name="Open skill keep.md").click()
     expect(page.locator("#skill-name")).to_have_value("keep.md")
     page.click("#skill-delete")
@@ -446,6 +507,7 @@ def test_conversations_listed_with_first_prompt_a_page_at_a_time(world, page, lo
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url) if "/conversations" in r.url else None)
     load_user(page, "hist")
+    open_panel(page, "History")
     items = page.locator("#conversations .conv")
     expect(items).to_have_count(10)
     expect(items.first).to_contain_text("Question number 11")  # newest first
@@ -510,18 +572,27 @@ def test_phone_width_chat_first(world, page, log: BrowserLog) -> None:  # type: 
     page.get_by_text("Connection · phone").click()
     expect(page.locator("#user-id")).to_be_visible()
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    page.keyboard.press("Escape")  # folds the connection form away...
+    expect(page.locator("#user-id")).to_be_hidden()
+    page.keyboard.press("Escape")  # ...then closes the panel
+    expect(page.locator("#chat-panel")).to_be_visible()
+    page.get_by_text("Connection · phone").click()
+    page.locator("#transcript").click()  # a click elsewhere folds it too
+    expect(page.locator("#user-id")).to_be_hidden()
     log.assert_clean()
 
 
 def test_api_key_stays_in_the_tab_unless_remembered(world, page) -> None:  # type: ignore[no-untyped-def]
     page.fill("#api-key", "k-123")
     load_user(page, "keys")
+    open_connection(page)
     stored = "() => [sessionStorage.getItem('console.key'), localStorage.getItem('console.key')]"
     assert page.evaluate(stored) == ["k-123", None]
     page.check("#remember-key")
     assert page.evaluate(stored) == [None, "k-123"]
     page.reload()
     assert page.input_value("#api-key") == "k-123"
+    open_connection(page)
     page.uncheck("#remember-key")
     assert page.evaluate(stored) == ["k-123", None]
 
@@ -608,10 +679,14 @@ A11Y_AUDIT = """() => {
 def test_controls_are_labelled_and_text_has_contrast_in_both_themes(world, page) -> None:  # type: ignore[no-untyped-def]
     world.http.post("/users/ada/skills", json={"name": "debugging.md", "content": SKILL})
     load_user(page, "ada")
-    page.wait_for_selector("text=debugging.md")
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
-        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, scheme
+        for panel in ("Skills", "Settings", "Files", "History"):
+            open_panel(page, panel)
+            page.wait_for_selector("text=debugging.md") if panel == "Skills" else None
+            assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, (scheme, panel)
+        open_connection(page)
+        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, (scheme, "connection")
     # The audit itself catches what it should.
     page.emulate_media(color_scheme="light")
     page.evaluate("""document.body.insertAdjacentHTML('beforeend',
@@ -625,11 +700,13 @@ def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, 
     from playwright.sync_api import expect
 
     load_user(page, "asker")
+    open_panel(page, "Settings")
     # The settings panel sets "Ask me" for bash and a budget.
     page.select_option("#set-perm-bash", "ask")
     page.fill("#set-budget", "2.5")
     page.click("#settings-form button[type=submit]")
     expect(page.locator("#settings-status")).to_have_text("Saved ✓")
+    page.get_by_role("button", name="Close Settings").click()
     stored = world.http.get("/users/asker/settings").json()["settings"]
     assert stored["permissions"] == {"bash": "ask", "str_replace_based_edit_tool": "allow"} and stored["maxBudgetUsd"] == 2.5
     start_session(page)
@@ -640,10 +717,17 @@ def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, 
     first = page.locator(".permission").nth(0)
     expect(first).to_contain_text("The agent wants to run bash")
     expect(first.locator(".tool-input")).to_contain_text("echo approved-in-browser")
+    # The agent is not working: it waits for the user, and the badge says so.
+    expect(page.locator("#turn-badge")).to_have_text("Waiting for your approval")
     assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
     first.get_by_role("button", name="Approve").click()
     expect(first.locator(".outcome")).to_have_text("Approved")
     expect(first.get_by_role("button", name="Deny")).to_be_disabled()
+    # An answered card keeps its buttons for the record, flat: no filled, active-looking Approve.
+    approve = first.get_by_role("button", name="Approve")
+    expect(approve).to_be_disabled()
+    assert approve.evaluate("b => getComputedStyle(b).backgroundColor") == "rgba(0, 0, 0, 0)"
+    expect(first.locator("input.remember")).to_be_hidden()
     second = page.locator(".permission").nth(1)
     expect(second.locator(".tool-input")).to_contain_text("echo denied-in-browser")
     second.locator("input.remember").check()
@@ -657,4 +741,199 @@ def test_permission_prompts_are_approved_and_denied_in_the_console(world, page, 
     assert results[1]["is_error"] and "The user declined this bash call" in results[1]["content"]
     assert results[2]["is_error"] and "The user declined this bash call" in results[2]["content"]
     shot(page, "permission")
+    log.assert_clean()
+
+
+TRANSCRIPT_SHARE = """() => {
+  const t = document.getElementById('transcript').getBoundingClientRect();
+  return t.height / window.innerHeight;
+}"""
+PROMPT_HEIGHT = "() => document.getElementById('prompt').getBoundingClientRect().height"
+LINE_HEIGHT = "() => parseFloat(getComputedStyle(document.getElementById('prompt')).lineHeight)"
+
+
+@pytest.mark.parametrize(("width", "height", "share"), [(1280, 800, 0.60), (390, 844, 0.55)])
+def test_the_conversation_gets_the_space(world, page, log: BrowserLog, width: int, height: int, share: float) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": width, "height": height})
+    world.http.post("/users/roomy/skills", json={"name": "debugging.md", "content": SKILL})
+    load_user(page, "roomy")
+    start_session(page)
+    world.fake.script(Reply([Text("Let me look."), ToolUse("bash", {"command": "ls -R /workspace/.claude/skills"})]),
+                      Reply([Text(MARKDOWN_REPLY)]))
+    page.fill("#prompt", "How do I debug?")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .result")).to_contain_text("2 turns")
+    # During a conversation the transcript has the share of the window the issue asks for.
+    measured = page.evaluate(TRANSCRIPT_SHARE)
+    assert measured >= share, f"the transcript gets {measured:.0%} of {width}x{height}"
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    # The composer starts at one line and grows with what is typed.
+    line = page.evaluate(LINE_HEIGHT)
+    one_line = page.evaluate(PROMPT_HEIGHT)
+    assert one_line < 2 * line, (one_line, line)
+    page.fill("#prompt", "first\nsecond\nthird\nfourth")
+    assert page.evaluate(PROMPT_HEIGHT) >= 3.5 * line
+    page.fill("#prompt", "")
+    assert page.evaluate(PROMPT_HEIGHT) < 2 * line
+    # Skills, settings, files and history are not on screen, and each is one click away.
+    for panel in ("Skills", "Settings", "Files", "History"):
+        expect(page.locator(f"#{panel.lower()}-panel")).to_be_hidden()
+    for panel in ("Skills", "Settings", "Files", "History"):
+        page.get_by_role("tab", name=panel).click()
+        expect(page.locator(f"#{panel.lower()}-panel")).to_be_visible()
+    page.get_by_role("button", name="Close History").click()
+    expect(page.locator("#history-panel")).to_be_hidden()
+    expect(page.locator("#transcript")).to_be_visible()
+    assert page.evaluate(TRANSCRIPT_SHARE) >= share
+    shot(page, f"layout-{width}")
+    log.assert_clean()
+
+
+def test_a_saved_conversation_is_visibly_read_only(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    world.http.post("/users/reader/conversations", json={"conversationId": "conv-old", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "An old question"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "An old **answer**."}]}]})
+    load_user(page, "reader")
+    start_session(page)
+    expect(page.locator("#turn-badge")).to_have_text("Connected")
+    open_panel(page, "History")
+    page.get_by_role("button", name="Open conversation “An old question” read-only").click()
+    # The composer gives way to "Continue in a new session"; nothing says Connected, nothing can be sent.
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("#read-only")).to_contain_text("Read-only")
+    expect(page.locator("#chat-form")).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_hidden()
+    expect(page.locator("#clear")).to_be_hidden()
+    expect(page.locator("#turn-badge")).to_have_text("Read-only")
+    expect(page.locator("#saved-transcript strong")).to_have_text("answer")
+    expect(page.locator("#transcript")).to_be_hidden()
+    assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}
+    shot(page, "read-only")
+    # Back to the live session: its transcript is as it was.
+    page.get_by_role("button", name="Back to the live session").click()
+    expect(page.locator("#prompt")).to_be_enabled()
+    expect(page.locator("#turn-badge")).to_have_text("Connected")
+    expect(page.locator("#transcript")).to_contain_text("Ready: conversation")
+    expect(page.locator("#transcript")).not_to_contain_text("An old question")
+    # Continue in a new session: the saved conversation is carried on, live.
+    open_panel(page, "History")
+    page.get_by_role("button", name="Open conversation “An old question” read-only").click()
+    page.get_by_role("button", name="Continue in a new session").click()
+    expect(page.locator("#transcript")).to_contain_text("Ready: conversation conv-old (2 earlier messages)")
+    expect(page.locator("#read-only")).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_enabled()
+    log.assert_clean()
+
+
+def test_a_dead_address_leaves_no_stale_promise(world, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    world.http.post("/users/stale/skills", json={"name": "debugging.md", "content": SKILL})
+    load_user(page, "stale")
+    expect(page.locator("#transcript .empty-chat")).to_contain_text("1 skill will be copied")
+    open_connection(page)
+    page.fill("#api-base", f"http://127.0.0.1:{free_port()}")
+    page.click("#connection button[type=submit]")
+    expect(page.locator("#banner")).to_contain_text("Cannot reach")
+    empty = page.locator("#transcript .empty-chat")
+    expect(empty).to_contain_text("Could not load stale.")
+    expect(empty).not_to_contain_text("Ready when you are")
+    expect(empty).not_to_contain_text("will be copied")
+    expect(page.locator("#start-session")).to_be_disabled()
+    expect(page.locator("#user-id")).to_be_visible()  # the connection form stays open to fix it
+    open_panel(page, "Skills")
+    expect(page.locator("#skills")).not_to_contain_text("debugging.md")  # not the skills of a server it cannot reach
+
+
+def test_tool_calls_read_on_one_line_and_code_is_highlighted(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    def frame(f: dict[str, Any]) -> None:
+        page.evaluate("f => window.consoleApp.handleFrame(f)", f)
+
+    frame({"event": "status", "seq": 1, "status": "running", "turnId": "t1"})
+    frame({"event": "tool_use", "seq": 2, "id": "b1", "name": "bash", "input": {"command": "ls -R\n  /workspace/.claude/skills"}})
+    tools = page.locator("#transcript details.tool")
+    first = tools.nth(0)
+    # Running: the command on one line, and a spinner.
+    expect(first.locator("summary")).to_contain_text("bash: ls -R /workspace/.claude/skills")
+    expect(first.locator(".spinner")).to_be_visible()
+    frame({"event": "tool_result", "seq": 3, "tool_use_id": "b1", "content": "/workspace/.claude/skills:\nnotes.md", "is_error": False})
+    expect(first.locator(".spinner")).to_have_count(0)
+    expect(first.locator("summary")).to_have_text(re.compile(r"^▸?bash: ls -R /workspace/\.claude/skills\s*· exit 0 · \d+\.\d s$"))
+    frame({"event": "tool_use", "seq": 4, "id": "e1", "name": "str_replace_based_edit_tool",
+           "input": {"command": "create", "path": "/workspace/notes/plan.md", "file_text": "# Plan"}})
+    expect(tools.nth(1).locator(".tool-line")).to_have_text("edit: create notes/plan.md")
+    frame({"event": "tool_result", "seq": 5, "tool_use_id": "e1", "content": "Created /workspace/notes/plan.md", "is_error": False})
+    frame({"event": "tool_use", "seq": 6, "id": "b2", "name": "bash", "input": {"command": "make test"}})
+    frame({"event": "tool_result", "seq": 7, "tool_use_id": "b2", "content": "2 failed\n[exit code 2]", "is_error": False})
+    failed = tools.nth(2)
+    expect(failed).to_have_class(re.compile(r"\bfailed\b"))
+    expect(failed.locator(".tool-status")).to_contain_text("exit 2")
+    frame({"event": "tool_use", "seq": 8, "id": "b3", "name": "bash", "input": {"command": "sleep 999"}})
+    frame({"event": "tool_result", "seq": 9, "tool_use_id": "b3", "content": "The command timed out after 60 s", "is_error": True})
+    expect(tools.nth(3)).to_have_class(re.compile(r"\bfailed\b"))
+    expect(tools.nth(3).locator(".tool-status")).to_contain_text("timed out")
+    # Opened, a call shows its input and its output.
+    expect(first.locator(".tool-input")).to_be_hidden()
+    first.locator("summary").click()
+    expect(first.locator(".tool-input")).to_be_visible()
+    expect(first.locator(".tool-result")).to_contain_text("notes.md")
+    # A call the turn ends without answering stops spinning.
+    frame({"event": "tool_use", "seq": 10, "id": "b4", "name": "bash", "input": {"command": "sleep 5"}})
+    frame({"event": "stream", "seq": 11, "type": "text", "content": "```python\ndef plan():\n    return 'bisect'  # then fix\n```\n"})
+    frame({"event": "result", "seq": 12, "turns": 1, "durationMs": 12, "usage": {"inputTokens": 5, "outputTokens": 6,
+           "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0}, "costUsd": 0.0001, "model": "claude-sonnet-4-6",
+           "stopReason": "end_turn", "interrupted": False})
+    expect(page.locator("#transcript .spinner")).to_have_count(0)
+    expect(tools.nth(4).locator(".tool-status")).to_have_text("· not finished")
+    # Code is highlighted by the vendored highlight.js, in colours that pass the contrast audit.
+    code = page.locator("#transcript pre code.hljs")
+    expect(code.locator(".hljs-keyword").first).to_have_text("def")
+    expect(code.locator(".hljs-string")).to_have_text("'bisect'")
+    expect(code.locator(".hljs-comment")).to_have_text("# then fix")
+    # The turn names the model that answered, above its first step.
+    expect(page.locator("#transcript .model-tag")).to_have_text(["claude-sonnet-4-6"])
+    assert page.evaluate("document.querySelector('#transcript .model-tag').nextElementSibling === "
+                         "document.querySelector('#transcript details.tool')")
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert page.evaluate(A11Y_AUDIT) == {"unnamed": [], "low": []}, scheme
+    log.assert_clean()
+
+
+def test_phone_tables_keep_words_whole(world, page) -> None:  # type: ignore[no-untyped-def]
+    page.set_viewport_size({"width": 390, "height": 844})
+    table = "| Step | Build | Deploy to production | Verify the rollout |\n|---|---|---|---|\n" + \
+            "| one | two | three four five six | seven eight nine ten |\n"
+    page.evaluate("f => window.consoleApp.handleFrame(f)", {"event": "stream", "seq": 1, "type": "text", "content": table})
+    page.wait_for_selector("#transcript table th")
+    # Every header cell is as wide as its longest word: nothing like "Ste p" or "Buil d".
+    broken = page.evaluate("""() => [...document.querySelectorAll('#transcript th, #transcript td')].filter(c => {
+        const range = document.createRange(); range.selectNodeContents(c);
+        const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        return c.tagName === 'TH' ? lines.size > 1 : c.scrollWidth > c.clientWidth + 1; }).map(c => c.textContent)""")
+    assert broken == []
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_a_prompt_sent_as_the_session_opens_comes_after_its_start(world, page, log: BrowserLog) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    load_user(page, "eager")
+    world.fake.script(Reply([Text("Hello, eager.")]))
+    # The frame the server answers `start` with arrives after a prompt sent the moment the socket opened.
+    page.evaluate("""() => { const app = window.consoleApp; const original = app.RENDER.status;
+        app.RENDER.status = (f) => f.status === 'ready' ? setTimeout(() => original(f), 300) : original(f); }""")
+    page.click("#start-session")
+    expect(page.locator("#prompt")).to_be_enabled()
+    page.fill("#prompt", "right away")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .result")).to_be_visible()
+    expect(page.locator("#transcript .note").first).to_contain_text("Ready: conversation")
+    assert page.evaluate("document.querySelector('#transcript').firstElementChild.textContent").startswith("Ready: conversation")
     log.assert_clean()

@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 ARTIFACTS = ROOT / "test-artifacts"
+# Assertions wait up to 15 s (Playwright's default is 5): a first turn makes a sandbox, which
+# takes seconds on a loaded machine.
+EXPECT_TIMEOUT_MS = 15_000
 LISTING = "ls -R /workspace/.claude/skills"
 
 
@@ -65,6 +68,7 @@ def dev(tmp_path: Path) -> Iterator[DevServer]:
 def test_console_answers_with_the_offline_stand_in(dev: DevServer) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     console_errors: list[str] = []
     bad_responses: list[str] = []
     streamed: list[str] = []  # the text pieces of `stream` frames, as the browser received them
@@ -95,9 +99,11 @@ def test_console_answers_with_the_offline_stand_in(dev: DevServer) -> None:
             page.fill("#user-id", "newcomer")
             page.get_by_role("button", name="Load user").click()
             expect(page.locator("#start-session")).to_be_enabled()
+            page.get_by_role("tab", name="Skills").click()
             page.get_by_role("button", name="Add a sample skill").click()
             expect(page.locator("#skill-status")).to_contain_text("Sample skill added")
             expect(page.locator("#skills")).to_contain_text("debugging.md")
+            page.get_by_role("button", name="Close Skills").click()
             page.get_by_role("button", name="Start session").click()
             expect(page.locator("#transcript")).to_contain_text("Ready")
             expect(page.locator("#skills-loaded")).to_contain_text("/workspace/.claude/skills/debugging.md")
