@@ -62,6 +62,8 @@ class RunningTurn(ApiModel):
     prompt: QueuedPrompt | None = None
     # Set while a runner repairs a dead turn (the repair is idempotent, so it can be redone).
     recovering: bool = False
+    # The fencing token of the claim (SessionState.lease_epoch when it was made): see lease.py.
+    epoch: int = 0
 
     def is_stale(self, now: datetime | None = None) -> bool:
         """A runner that stopped renewing its lease (killed, crashed, cut off from storage)."""
@@ -107,6 +109,8 @@ class SessionState(ApiModel):
     # it before numbering past it, so a turn taken over after a crash starts above every seq
     # the dead runner may have sent, and `seq` never goes back within a session.
     seq_ceiling: int = 0
+    # Raised by every claim of the turn (see lease.py): the fencing token runner writes carry.
+    lease_epoch: int = 0
     # The skill index and the working context (summary + recent messages) of the agent.
     agent_memory: AgentMemory = Field(default_factory=AgentMemory)
     # A tool call waiting for the user's approval, and the answers they asked to remember.
