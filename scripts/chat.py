@@ -105,7 +105,8 @@ def _chat(args: argparse.Namespace) -> int:
                 return 1
             prompts = [args.prompt] if args.prompt else _interactive()
             for prompt in prompts:
-                ws.send(json.dumps({"action": "message", "prompt": prompt}))
+                # A fresh id per message: a resend with the same id is queued at most once.
+                ws.send(json.dumps({"action": "message", "prompt": prompt, "messageId": f"m-{uuid.uuid4().hex}"}))
                 outcome = show_until(ws, {"result"}, interruptible=True)
                 if outcome == "error":
                     status = 1

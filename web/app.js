@@ -17,6 +17,7 @@ const state = {
   opened: false,       // whether the current socket ever opened (a refusal never does)
   lastSeq: 0,
   pending: false,      // a message was sent and its turn has not ended
+  unacked: null,       // the last message frame sent whose `queued` answer has not come (resent on reconnect)
   turnActive: false,   // a turn is running on the server
   reconnects: 0,
   current: null,       // {el, text}: the assistant reply receiving stream deltas
@@ -403,7 +404,10 @@ const RENDER = {
       note(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
       renderEmptyChat();
     }
-    else if (s === "queued") setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy");
+    else if (s === "queued") {
+      if (state.unacked && state.unacked.messageId === frame.messageId) state.unacked = null;
+      setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy");
+    }
     else if (s === "running") { setBadge("turn-badge", "Working…", "busy"); setTurn({active: true}); }
     else if (s === "interrupting") setBadge("turn-badge", "Interrupting…", "busy");
     else if (s === "retrying") {
@@ -924,6 +928,9 @@ function connect(firstFrame) {
     state.opened = true;
     state.reconnects = 0;
     ws.send(JSON.stringify(firstFrame));
+    // A message whose `queued` answer never came may or may not be queued: resend it with the
+    // same messageId, which the server queues at most once.
+    if (state.unacked && firstFrame.action === "resume") ws.send(JSON.stringify(state.unacked));
     syncButtons();
     if (!state.pending && !state.turnActive) setBadge("turn-badge", "Connected", "ok");
     renderEmptyChat();
@@ -965,11 +972,19 @@ function send(frame) {
   return true;
 }
 
+// Each message gets its own id, so a resend after a lost answer runs once (see connect).
+function newMessageId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "m-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function sendPrompt(event) {
   event.preventDefault();
   const prompt = $("prompt").value.trim();
   if (!prompt || $("send").disabled) return;
-  if (!send({action: "message", prompt})) return;
+  const message = {action: "message", prompt, messageId: newMessageId()};
+  if (!send(message)) return;
+  state.unacked = message;
   following = true;
   userBubble(prompt);
   state.current = null;

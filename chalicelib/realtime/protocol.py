@@ -52,6 +52,9 @@ class MessageFrame(_Frame):
     action: Literal["message"]
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     options: MessageOptions = MessageOptions()
+    # The client's id for this message: a resend with the same id (after a lost `queued`
+    # answer) gets the first one's answer and never runs twice.
+    message_id: str | None = Field(default=None, alias="messageId", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class InterruptFrame(_Frame):

@@ -20,6 +20,7 @@ from chalicelib.errors import AppError, Conflict, NotFound
 from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
+from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
 from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.protocol import (
@@ -36,11 +37,20 @@ from chalicelib.realtime.protocol import (
     parse_client_frame,
 )
 from chalicelib.realtime.sender import Sender
-from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
+from chalicelib.realtime.state import (
+    MAX_QUEUE,
+    RECENT_MESSAGES,
+    AcceptedMessage,
+    QueuedPrompt,
+    SessionState,
+    StateStore,
+    Subscriber,
+)
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.skill_index import SkillIndex
+from chalicelib.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -249,34 +259,65 @@ class RealtimeService:
         ]
 
     def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
+        """Queue the message (once per `messageId`) and see that a runner will take it."""
         self._require_model_key()
-        queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns)
+        queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
+                              **({"id": message.message_id} if message.message_id else {}))
 
-        renew_every = self.settings.turn_lease_seconds / 3
-
-        def enqueue(state: SessionState) -> bool:
-            already = any(q.id == queued.id for q in state.queue) or (state.turn is not None and state.turn.prompt_id == queued.id)
-            if already:
-                # Our own write, applied though its response was lost and the write retried.
-                return not state.turn_active
+        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool]:
+            earlier = state.accepted_message(queued.id)
+            if earlier is not None:
+                # A resend, or our own write applied though its response was lost and retried:
+                # answered as the first time, and queued once.
+                state.subscriber = self._subscriber(conn)
+                return earlier, _needs_runner(state)
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
                     f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
                 )
             state.started = True
             state.queue.append(queued)
+            accepted = AcceptedMessage(id=queued.id, position=len(state.queue) - 1 + (1 if state.turn_active else 0))
+            state.accepted = [*state.accepted, accepted][-RECENT_MESSAGES:]
             state.subscriber = self._subscriber(conn)
             # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
-            return not state.turn_active
+            return accepted, not state.turn_active
 
-        needs_runner, state = self.states.update(conn.session_id, enqueue)
+        try:
+            (accepted, needs_runner), state = self.states.update(conn.session_id, enqueue)
+        except StorageUnavailable as exc:
+            return [self._after_failed_enqueue(conn.session_id, queued.id, exc)]
+        self._see_it_runs(conn.session_id, state, needs_runner)
+        return [frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
+
+    def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool) -> None:
         if needs_runner:
-            self.dispatcher.dispatch(conn.session_id)
-        elif state.turn is not None and state.turn.renewal_overdue(renew_every):
+            self.dispatcher.dispatch(session_id)
+        elif state.turn is not None and state.turn.renewal_overdue(self.settings.turn_lease_seconds / 3):
             # It missed a renewal: probably dead. A runner waits its lease out and takes over.
-            self._start_runner(conn.session_id)
-        position = len(state.queue) - 1 + (1 if state.turn_active and not needs_runner else 0)
-        return [frame("status", status="queued", messageId=queued.id, position=position)]
+            self._start_runner(session_id)
+
+    def _after_failed_enqueue(self, session_id: str, message_id: str, exc: StorageUnavailable) -> dict[str, Any]:
+        """The enqueue's write failed, but it may have landed (a lost response): read the state
+        back and answer for certain, starting the runner if it is queued. Never "retry" for a
+        message that is in the queue."""
+        log.warning("queueing message %s of session %s failed (%s); checking whether it landed", message_id, session_id, exc)
+        try:
+            state = durably(lambda: self.states.read(session_id), "checking whether the message was queued")
+        except AppError:
+            return error_frame(
+                f"Storage is failing ({exc}): it is not known whether message {message_id!r} was queued. Send it again "
+                "with the same messageId once storage is back: a resend is queued at most once.",
+                "storage_unavailable",
+            ) | {"messageId": message_id}
+        accepted = state.accepted_message(message_id) if state is not None else None
+        if state is None or accepted is None:
+            return error_frame(
+                f"Message {message_id!r} was not queued: storage failed ({exc}). Send it again (with the same messageId).",
+                "message_not_queued",
+            ) | {"messageId": message_id}
+        self._see_it_runs(session_id, state, _needs_runner(state))
+        return frame("status", status="queued", messageId=accepted.id, position=accepted.position)
 
     def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
         def flag(state: SessionState) -> int:
@@ -336,6 +377,11 @@ class RealtimeService:
             return []  # the runner replays, then continues live, in order
         missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
         return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+
+
+def _needs_runner(state: SessionState) -> bool:
+    """Queued work that no live runner holds."""
+    return bool(state.queue or state.turn) and not state.turn_active
 
 
 def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:

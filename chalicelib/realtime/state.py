@@ -45,6 +45,17 @@ class QueuedPrompt(ApiModel):
     queued_at: datetime = Field(default_factory=utcnow)
 
 
+#: How many recent message ids a session remembers, so a resend is recognised after its message ran.
+RECENT_MESSAGES = 100
+
+
+class AcceptedMessage(ApiModel):
+    """A message the session queued: its id and the position its `queued` answer gave."""
+
+    id: str
+    position: int
+
+
 class RunningTurn(ApiModel):
     """The turn a runner is executing now, held under a lease the runner keeps renewing."""
 
@@ -103,6 +114,9 @@ class SessionState(ApiModel):
     subscriber: Subscriber | None = None
     turn: RunningTurn | None = None
     queue: list[QueuedPrompt] = Field(default_factory=list)
+    # The messages queued lately (newest last, at most RECENT_MESSAGES), queued or run since:
+    # a `message` frame resent with one of these ids is answered as the first one was.
+    accepted: list[AcceptedMessage] = Field(default_factory=list)
     last_seq: int = 0
     last_turn_id: str | None = None
     # The session's seq high-water mark: no event was ever numbered above it. A runner raises
@@ -121,6 +135,14 @@ class SessionState(ApiModel):
     @property
     def turn_active(self) -> bool:
         return self.turn is not None and not self.turn.is_stale()
+
+    def accepted_message(self, message_id: str) -> AcceptedMessage | None:
+        """The earlier acceptance of this message id, if the session remembers one."""
+        return next((m for m in self.accepted if m.id == message_id), None)
+
+    def holds_message(self, message_id: str) -> bool:
+        """Whether the message is queued or being answered now."""
+        return any(q.id == message_id for q in self.queue) or (self.turn is not None and self.turn.prompt_id == message_id)
 
     @property
     def seq_floor(self) -> int:
