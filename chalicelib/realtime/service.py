@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +224,12 @@ class RealtimeService:
             connection_id=conn.connection_id, domain_name=conn.domain_name, stage=conn.stage, replay_after=replay_after
         )
 
+    @staticmethod
+    def _rebuilt_state(conn: Connection) -> Callable[[], SessionState]:
+        """A session's state from what the connection knows: for one that was never written, or
+        one that did not parse (then set aside, see StateStore.update)."""
+        return lambda: SessionState(session_id=conn.session_id, user_id=conn.user_id, conversation_id=conn.session_id)
+
     def _require_model_key(self) -> None:
         if self.settings.agent.anthropic_api_key is None:
             raise AppError(MISSING_KEY, code="anthropic_api_key_missing")
@@ -235,7 +242,7 @@ class RealtimeService:
         existing = self.conversations.load(conn.user_id, conversation_id)
         messages = (existing[0].get("messages") if existing else None) or []
 
-        def apply(state: SessionState) -> None:
+        def apply(state: SessionState) -> str | None:
             if state.turn_active and state.conversation_id != conversation_id:
                 raise Conflict("A turn is running: interrupt it before switching conversations.", code="turn_in_progress")
             state.started = True
@@ -243,9 +250,11 @@ class RealtimeService:
             state.max_turns = start.max_turns
             state.conversation_id = conversation_id
             state.subscriber = self._subscriber(conn)
+            return state.take_repair_notice()
 
-        _, state = self.states.update(conn.session_id, apply)
+        notice, state = self.states.update(conn.session_id, apply, create=self._rebuilt_state(conn))
         return [
+            *_repaired(notice),
             frame(
                 "status",
                 status="ready",
@@ -264,13 +273,14 @@ class RealtimeService:
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
                               **({"id": message.message_id} if message.message_id else {}))
 
-        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool]:
+        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool, str | None]:
+            notice = state.take_repair_notice()
             earlier = state.accepted_message(queued.id)
             if earlier is not None:
                 # A resend, or our own write applied though its response was lost and retried:
                 # answered as the first time, and queued once.
                 state.subscriber = self._subscriber(conn)
-                return earlier, _needs_runner(state)
+                return earlier, _needs_runner(state), notice
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
                     f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
@@ -281,14 +291,15 @@ class RealtimeService:
             state.accepted = [*state.accepted, accepted][-RECENT_MESSAGES:]
             state.subscriber = self._subscriber(conn)
             # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
-            return accepted, not state.turn_active
+            return accepted, not state.turn_active, notice
 
         try:
-            (accepted, needs_runner), state = self.states.update(conn.session_id, enqueue)
+            (accepted, needs_runner, notice), state = self.states.update(conn.session_id, enqueue,
+                                                                         create=self._rebuilt_state(conn))
         except StorageUnavailable as exc:
             return [self._after_failed_enqueue(conn.session_id, queued.id, exc)]
         self._see_it_runs(conn.session_id, state, needs_runner)
-        return [frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
+        return [*_repaired(notice), frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
 
     def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool) -> None:
         if needs_runner:
@@ -363,20 +374,26 @@ class RealtimeService:
         return [frame("cleared", conversationId=conversation_id)]
 
     def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
-        def subscribe(state: SessionState) -> tuple[bool, str | None, int]:
+        def subscribe(state: SessionState) -> tuple[bool, str | None, int, str | None]:
             # A turn still recorded (even one whose runner died) is replayed by the runner that
             # holds or takes it over; only a settled session is replayed from here.
             recorded = state.turn is not None
             state.subscriber = self._subscriber(conn, replay_after=after_seq if recorded else None)
-            return recorded, state.last_turn_id, state.last_seq
+            return recorded, state.last_turn_id, state.last_seq, state.take_repair_notice()
 
-        (running, last_turn_id, last_seq), state = self.states.update(conn.session_id, subscribe)
+        (running, last_turn_id, last_seq, notice), state = self.states.update(conn.session_id, subscribe,
+                                                                              create=self._rebuilt_state(conn))
         if running:
             if state.turn is not None and not state.turn_active:
                 self._start_runner(conn.session_id)  # the lease ran out: repair it now
-            return []  # the runner replays, then continues live, in order
+            return _repaired(notice)  # the runner replays, then continues live, in order
         missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
-        return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+        return [*_repaired(notice), *missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+
+
+def _repaired(notice: str | None) -> list[dict[str, Any]]:
+    """The `session_repaired` status for a rebuilt state, if this frame's update took the notice."""
+    return [frame("status", status="session_repaired", message=notice)] if notice else []
 
 
 def _needs_runner(state: SessionState) -> bool:

@@ -21,6 +21,7 @@ from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import get_many
+from chalicelib.storage.quarantine import set_aside
 
 T = TypeVar("T")
 
@@ -130,7 +131,14 @@ class SessionState(ApiModel):
     # A tool call waiting for the user's approval, and the answers they asked to remember.
     pending_permission: PendingPermission | None = None
     remembered_permissions: dict[str, Decision] = Field(default_factory=dict)
+    # Set when an unreadable state was rebuilt: the next client frame is told (`session_repaired`).
+    repaired: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+    def take_repair_notice(self) -> str | None:
+        """The rebuild's notice, once: the caller tells the client and the write clears it."""
+        notice, self.repaired = self.repaired, None
+        return notice
 
     @property
     def turn_active(self) -> bool:
@@ -158,7 +166,8 @@ class StateStore:
         self.max_attempts = max_attempts
 
     def read(self, session_id: str) -> SessionState | None:
-        """The current state, or None before the first connection."""
+        """The current state, or None before the first connection (or when it does not parse:
+        the next update that can rebuild it does)."""
         found = self._read(session_id)
         return found[0] if found else None
 
@@ -177,15 +186,23 @@ class StateStore:
         key = layout.session_key(session_id, STATE_RECORD)
         for _ in range(self.max_attempts):
             found = self._read(session_id)
-            if found is None:
+            if found is None or found[0] is None:
                 if create is None:
                     raise Conflict(
-                        f"Session {session_id!r} has no live state: connect to the websocket first.",
+                        f"Session {session_id!r} has no live state"
+                        + (" (it was unreadable)" if found is not None else "") + ": connect to the websocket first.",
                         code="session_not_connected",
                     )
-                state, etag = create(), None
+                state, etag = create(), found[1] if found is not None else None
+                if found is not None:
+                    # Unparseable: kept under corrupt/ and rebuilt from what the caller knows (the
+                    # session's owner and id), replacing exactly the object that was read.
+                    aside = set_aside(self.store, key, found[2], "it does not parse as a session state")
+                    state.repaired = (f"The session's live state was unreadable and has been rebuilt (kept as {aside}): "
+                                      "messages queued before, and the running turn if any, are not known. "
+                                      "The conversation is intact; send your message again if it has no answer.")
             else:
-                state, etag = found
+                state, etag = found[0], found[1]
             result = mutate(state)
             state.updated_at = utcnow()
             try:
@@ -226,13 +243,13 @@ class StateStore:
                 busy.append(session_id)
         return busy
 
-    def _read(self, session_id: str) -> tuple[SessionState, str] | None:
+    def _read(self, session_id: str) -> tuple[SessionState | None, str, bytes] | None:
+        """(state, etag, bytes); state None when it does not parse; None when there is none."""
         try:
             stored = self.store.get(layout.session_key(session_id, STATE_RECORD))
         except ObjectNotFound:
             return None
         try:
-            return SessionState.model_validate_json(stored.body), stored.info.etag
+            return SessionState.model_validate_json(stored.body), stored.info.etag, stored.body
         except ValidationError:
-            # An unreadable state is replaced rather than wedging the session forever.
-            return None
+            return None, stored.info.etag, stored.body

@@ -45,6 +45,7 @@ from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
+from chalicelib.storage.quarantine import set_aside
 from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryCredentialsError
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,13 @@ class SessionsService:
     def get_record(self, session_id: str) -> SessionRecord:
         """The session's record; NotFound if /setup never created it."""
         validate_id(session_id, "sessionId")
-        found = self._load_record(session_id)
+        found = self._read_record(session_id)
+        if isinstance(found, str):
+            raise NotFound(
+                f"Session {session_id!r} had an unreadable record; it was set aside as {found}. Call POST "
+                f"/setup/{session_id}?userId=... again for a new token: the conversation and workspace are kept.",
+                code="session_repaired",
+            )
         if found is None:
             raise NotFound(
                 f"Session {session_id!r} does not exist: call POST /setup/{session_id}?userId=... first.",
@@ -326,15 +333,24 @@ class SessionsService:
             log.warning("session %s record changed while noting its new host %s", session_id, host)
 
     def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
+        found = self._read_record(session_id)
+        return None if isinstance(found, str) else found
+
+    def _read_record(self, session_id: str) -> tuple[SessionRecord, str] | str | None:
+        """(record, etag); None when there is none; for one that does not parse, the key it was
+        set aside as (under corrupt/): it is removed, so the next /setup writes a fresh one
+        instead of refusing forever as a concurrent setup."""
+        key = layout.session_key(session_id)
         try:
-            stored = self.store.get(layout.session_key(session_id))
+            stored = self.store.get(key)
         except ObjectNotFound:
             return None
         try:
             return SessionRecord.model_validate_json(stored.body), stored.info.etag
         except ValidationError:
-            log.warning("session record %s is unreadable; it will be replaced", session_id)
-            return None
+            aside = set_aside(self.store, key, stored.body, "it does not parse as a session record")
+            self.store.delete(key)
+            return aside
 
     def _save_record(self, record: SessionRecord, etag: str | None) -> None:
         try:
