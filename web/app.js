@@ -916,6 +916,19 @@ function forgetSession() {
   renderFiles(null);
 }
 
+// A frame larger than API Gateway's 128 KB limit arrives in parts ({event, seq, part, parts,
+// data}): the data of parts 1..parts, joined, is the whole frame's JSON.
+const partsInFlight = {};
+function joinParts(frame) {
+  if (!frame.parts) return frame;
+  const key = `${frame.event}:${frame.seq}`;
+  const got = (partsInFlight[key] ||= []);
+  got[frame.part - 1] = frame.data;
+  if (got.filter((piece) => piece !== undefined).length < frame.parts) return null;
+  delete partsInFlight[key];
+  return JSON.parse(got.join(""));
+}
+
 function closeSocket() {
   if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
 }
@@ -935,7 +948,7 @@ function connect(firstFrame) {
     if (!state.pending && !state.turnActive) setBadge("turn-badge", "Connected", "ok");
     renderEmptyChat();
   };
-  ws.onmessage = (event) => handleFrame(JSON.parse(event.data));
+  ws.onmessage = (event) => { const frame = joinParts(JSON.parse(event.data)); if (frame) handleFrame(frame); };
   ws.onclose = (event) => {
     if (state.ws !== ws) return;
     syncButtons();

@@ -84,7 +84,7 @@ class TurnRequest:
     prompt: QueuedPrompt
     model: str | None
     max_turns: int | None
-    subscriber: Subscriber | None
+    subscribers: list[Subscriber]
     last_seq: int
     last_turn_id: str | None
     lease: Lease
@@ -100,7 +100,7 @@ class Recovery:
     user_id: str
     conversation_id: str
     dead: RunningTurn
-    subscriber: Subscriber | None
+    subscribers: list[Subscriber]
     start_seq: int
     lease: Lease
     # The permission request the dead runner was waiting on, if any.
@@ -134,7 +134,7 @@ def claim_next(state: SessionState, runner_id: str, now: datetime, lease: timede
     response was lost), a dead runner's turn to repair, or the next queued message."""
     turn = state.turn
     if turn is not None and turn.runner_id == runner_id and turn.recovering:
-        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, state.subscriber,
+        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers),
                         state.seq_ceiling - SEQ_BLOCK, Lease.of(state.session_id, turn), _pending_of(state, turn.turn_id))
     if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
         return _request(state, turn, turn.prompt)
@@ -148,7 +148,7 @@ def claim_next(state: SessionState, runner_id: str, now: datetime, lease: timede
             "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + lease, "recovering": True,
             "epoch": state.lease_epoch,
         })
-        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, state.subscriber, start,
+        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers), start,
                         Lease.of(state.session_id, state.turn), _pending_of(state, turn.turn_id))
     if not state.queue:
         return QueueEmpty()
@@ -168,7 +168,7 @@ def _request(state: SessionState, turn: RunningTurn, prompt: QueuedPrompt, start
     return TurnRequest(
         session_id=state.session_id, user_id=state.user_id, conversation_id=state.conversation_id,
         turn_id=turn.turn_id, prompt=prompt, model=state.model, max_turns=state.max_turns,
-        subscriber=state.subscriber, last_seq=first, last_turn_id=state.last_turn_id,
+        subscribers=list(state.subscribers), last_seq=first, last_turn_id=state.last_turn_id,
         seq_ceiling=state.seq_ceiling, agent_memory=state.agent_memory.model_copy(deep=True),
         lease=Lease.of(state.session_id, turn),
     )

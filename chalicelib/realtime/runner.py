@@ -150,7 +150,7 @@ class TurnRunner:
     def _finish(self, lease: Lease, stream: TurnStream, requeue: QueuedPrompt | None = None) -> None:
         """Record the end of the turn (fenced: a runner that lost its lease records nothing)."""
 
-        def finish(state: SessionState) -> Subscriber | None:
+        def finish(state: SessionState) -> list[Subscriber]:
             lease.require(state, "recording the end of the turn")
             state.last_seq = max(state.last_seq, stream.seq)
             state.turn = None
@@ -163,11 +163,17 @@ class TurnRunner:
                 state.pending_permission = None
             if requeue is not None and all(q.id != requeue.id for q in state.queue):
                 state.queue.insert(0, requeue)
-            return state.subscriber
+            return list(state.subscribers)
 
-        subscriber, _ = durably(lambda: self.states.update(lease.session_id, finish), "recording the end of the turn")
+        subscribers, _ = durably(lambda: self.states.update(lease.session_id, finish), "recording the end of the turn")
         # A resume that raced the end of the turn is ours to serve: it saw the turn running.
-        stream.retarget(subscriber)
+        self._follow(stream, subscribers)
+
+    def _follow(self, stream: TurnStream, subscribers: list[Subscriber]) -> None:
+        """Send the turn's events to these connections (all of one API Gateway stage)."""
+        if subscribers:
+            self.sender.configure(subscribers[0].domain_name, subscribers[0].stage)
+        stream.follow(subscribers)
 
     def _flush_events(self, session_id: str, turn_id: str, stream: TurnStream) -> None:
         chunk = stream.peek_unflushed()
@@ -200,9 +206,7 @@ class TurnRunner:
             earlier_events=lambda after: self.events.read(rec.session_id, dead.turn_id, after),
             ceiling=rec.start_seq + SEQ_BLOCK,
         )
-        if rec.subscriber is not None:
-            self.sender.configure(rec.subscriber.domain_name, rec.subscriber.stage)
-            stream.retarget(rec.subscriber)
+        self._follow(stream, rec.subscribers)
         requeue: QueuedPrompt | None = None
         try:
             logged = durably(lambda: self.events.read(rec.session_id, dead.turn_id, 0), "reading the turn's events")
@@ -263,16 +267,10 @@ class TurnRunner:
             else [],
             ceiling=request.seq_ceiling,
         )
-        if request.subscriber is not None:
-            self.sender.configure(request.subscriber.domain_name, request.subscriber.stage)
-            stream.retarget(request.subscriber)
-
-        def follow(subscriber: Subscriber) -> None:
-            self.sender.configure(subscriber.domain_name, subscriber.stage)
-            stream.retarget(subscriber)
-
+        self._follow(stream, request.subscribers)
         watcher = TurnWatcher(self.states, lease, stream, lease_duration=self.lease, renew_every=self.renew_every,
-                              poll_interval=self.poll_interval, on_subscriber=follow)
+                              poll_interval=self.poll_interval,
+                              on_subscribers=lambda subscribers: self._follow(stream, subscribers))
         watcher.start()
         transcript = Transcript(self.conversations, request.user_id, request.conversation_id, lease.fence)
         started = utcnow()
@@ -447,6 +445,9 @@ class TurnRunner:
                 "skillsLoaded": loaded,
             }
         )
+        notice = self.sessions.take_workspace_notice(request.session_id)
+        if notice is not None:
+            stream.emit({"event": "status", "status": "workspace_reset", "message": notice})
         return self.sessions.sandbox_for(request.session_id)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from chalice.app import WebsocketDisconnectedError
 
-from chalicelib.realtime.protocol import encode
+from chalicelib.realtime.protocol import split_frame
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ class ChaliceSender:
             self.websocket_api.configure(domain_name, stage)
 
     def send(self, connection_id: str, payload: dict[str, Any]) -> bool:
+        """Send the frame, in parts when it passes API Gateway's frame limit (see split_frame)."""
         try:
-            self.websocket_api.send(connection_id, encode(payload))
+            for text in split_frame(payload):
+                self.websocket_api.send(connection_id, text)
             return True
         except WebsocketDisconnectedError:
             return False

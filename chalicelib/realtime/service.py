@@ -136,7 +136,14 @@ class RealtimeService:
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
-        _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
+        subscriber = Subscriber(connection_id=event.connection_id, domain_name=event.domain_name, stage=event.stage)
+
+        def join(state: SessionState) -> None:
+            _take_skill_index(state, record.skill_index)
+            # Every connection on the session receives its events, from the moment it connects.
+            state.subscribe(subscriber)
+
+        _, state = self.states.update(session_id, join, create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
         if state.turn is not None:
@@ -170,8 +177,7 @@ class RealtimeService:
             return
 
         def unsubscribe(state: SessionState) -> None:
-            if state.subscriber and state.subscriber.connection_id == event.connection_id:
-                state.subscriber = None
+            state.unsubscribe(event.connection_id)
 
         try:
             self.states.update(conn.session_id, unsubscribe)
@@ -249,7 +255,7 @@ class RealtimeService:
             state.model = start.model
             state.max_turns = start.max_turns
             state.conversation_id = conversation_id
-            state.subscriber = self._subscriber(conn)
+            state.subscribe(self._subscriber(conn))
             return state.take_repair_notice()
 
         notice, state = self.states.update(conn.session_id, apply, create=self._rebuilt_state(conn))
@@ -279,7 +285,7 @@ class RealtimeService:
             if earlier is not None:
                 # A resend, or our own write applied though its response was lost and retried:
                 # answered as the first time, and queued once.
-                state.subscriber = self._subscriber(conn)
+                state.subscribe(self._subscriber(conn))
                 return earlier, _needs_runner(state), notice
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
@@ -289,7 +295,7 @@ class RealtimeService:
             state.queue.append(queued)
             accepted = AcceptedMessage(id=queued.id, position=len(state.queue) - 1 + (1 if state.turn_active else 0))
             state.accepted = [*state.accepted, accepted][-RECENT_MESSAGES:]
-            state.subscriber = self._subscriber(conn)
+            state.subscribe(self._subscriber(conn))
             # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
             return accepted, not state.turn_active, notice
 
@@ -378,7 +384,10 @@ class RealtimeService:
             # A turn still recorded (even one whose runner died) is replayed by the runner that
             # holds or takes it over; only a settled session is replayed from here.
             recorded = state.turn is not None
-            state.subscriber = self._subscriber(conn, replay_after=after_seq if recorded else None)
+            if recorded:
+                state.subscribe(self._subscriber(conn, replay_after=after_seq))
+            else:
+                state.subscribe(self._subscriber(conn))
             return recorded, state.last_turn_id, state.last_seq, state.take_repair_notice()
 
         (running, last_turn_id, last_seq, notice), state = self.states.update(conn.session_id, subscribe,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from chalicelib.agent.memory import AgentMemory
 from chalicelib.agent.permissions import Decision, PendingPermission
@@ -46,6 +46,8 @@ class QueuedPrompt(ApiModel):
     queued_at: datetime = Field(default_factory=utcnow)
 
 
+#: The most connections served at once per session; the oldest is dropped for a new one.
+MAX_SUBSCRIBERS = 16
 #: How many recent message ids a session remembers, so a resend is recognised after its message ran.
 RECENT_MESSAGES = 100
 
@@ -112,7 +114,8 @@ class SessionState(ApiModel):
     model: str | None = None
     max_turns: int | None = None
     conversation_id: str
-    subscriber: Subscriber | None = None
+    # Every connection that receives the session's events (several tabs), oldest first.
+    subscribers: list[Subscriber] = Field(default_factory=list)
     turn: RunningTurn | None = None
     queue: list[QueuedPrompt] = Field(default_factory=list)
     # The messages queued lately (newest last, at most RECENT_MESSAGES), queued or run since:
@@ -143,6 +146,29 @@ class SessionState(ApiModel):
     @property
     def turn_active(self) -> bool:
         return self.turn is not None and not self.turn.is_stale()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_subscriber_before(cls, data: Any) -> Any:
+        """States written before every tab got the events held one `subscriber`."""
+        if isinstance(data, dict) and "subscriber" in data:
+            data = dict(data)
+            old = data.pop("subscriber")
+            if old is not None and not data.get("subscribers"):
+                data["subscribers"] = [old]
+        return data
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Add a connection. One already subscribed keeps its stream, unless it resumes
+        (`replay_after`): then it is served again from its own afterSeq, the others untouched."""
+        if subscriber.replay_after is None and any(s.connection_id == subscriber.connection_id for s in self.subscribers):
+            return
+        others = [s for s in self.subscribers if s.connection_id != subscriber.connection_id]
+        self.subscribers = [*others, subscriber][-MAX_SUBSCRIBERS:]
+
+    def unsubscribe(self, connection_id: str) -> None:
+        """Forget a connection that went away."""
+        self.subscribers = [s for s in self.subscribers if s.connection_id != connection_id]
 
     def accepted_message(self, message_id: str) -> AcceptedMessage | None:
         """The earlier acceptance of this message id, if the session remembers one."""

@@ -24,14 +24,14 @@ class TurnWatcher:
     """Polls `state.json` every `poll_interval` during a turn and renews the lease every `renew_every`."""
 
     def __init__(self, states: StateStore, lease: Lease, stream: TurnStream, *, lease_duration: timedelta,
-                 renew_every: float, poll_interval: float, on_subscriber: Callable[[Subscriber], None]) -> None:
+                 renew_every: float, poll_interval: float, on_subscribers: Callable[[list[Subscriber]], None]) -> None:
         self.states = states
         self.lease = lease
         self.stream = stream
         self.lease_duration = lease_duration
         self.renew_every = renew_every
         self.poll_interval = poll_interval
-        self.on_subscriber = on_subscriber
+        self.on_subscribers = on_subscribers
         self.interrupted = threading.Event()
         # Set when another runner took the turn over (this one stalled past its lease).
         self.lost = threading.Event()
@@ -69,8 +69,8 @@ class TurnWatcher:
         if self.lost.is_set() or state.turn is None or state.turn.interrupt:
             # Interrupted, or the turn was taken over: stop as soon as the loop can.
             self.interrupted.set()
-        if state.subscriber is not None and state.subscriber.nonce != self.stream.served_nonce and not self.lost.is_set():
-            self.on_subscriber(state.subscriber)
+        if not self.lost.is_set() and not self.stream.serves(state.subscribers):
+            self.on_subscribers(state.subscribers)
 
     def _renew(self) -> SessionState | None:
         """Extend the lease and the seq high-water mark in one conditional write (none at all

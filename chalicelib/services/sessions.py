@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
-from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
+from chalicelib.services.workspace_snapshots import SnapshotUnreadable, WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
@@ -112,6 +113,10 @@ class SessionsService:
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
         self.folders = SkillFolders(store)
+        # Sessions whose workspace came back empty because its snapshot was unreadable, until the
+        # client is told (setup's answer, or the turn that recreated the sandbox).
+        self._workspace_notices: dict[str, str] = {}
+        self._notices_lock = threading.Lock()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -125,11 +130,13 @@ class SessionsService:
         assert user_id is not None
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            record_f = pool.submit(self._load_record, session_id)
+            record_f = pool.submit(self._read_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
-            existing = record_f.result()
+            found = record_f.result()
+            # A record that did not parse was set aside (a str): set up afresh, workspace restored.
+            existing = None if isinstance(found, str) else found
             options = options_f.result()
             listing = listing_f.result()
             bundle = bundle_f.result()
@@ -141,7 +148,7 @@ class SessionsService:
 
         with _holding(session_id, existing[0] if existing is not None else None):
             sandbox = self._create_sandbox(session_id, options)
-        if existing is not None:
+        if existing is not None or isinstance(found, str):
             self._restore_if_new(session_id, user_id, sandbox)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
         skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
@@ -176,7 +183,8 @@ class SessionsService:
             user_id=user_id,
             setup_method=method,
             skills_loaded=loaded,
-            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>",
+            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>"
+            + (f" {notice}" if (notice := self.take_workspace_notice(session_id)) else ""),
             websocket_url=ws,
             token=token,
             fallback_reason=fallback_reason,
@@ -201,6 +209,11 @@ class SessionsService:
             return self._write_skills(sandbox, user_id, listing, bundle, files)
 
     # -- lookups used by the websocket layer ---------------------------------------------
+
+    def take_workspace_notice(self, session_id: str) -> str | None:
+        """Why the session's workspace was restored empty (an unreadable snapshot), once."""
+        with self._notices_lock:
+            return self._workspace_notices.pop(session_id, None)
 
     def get_record(self, session_id: str) -> SessionRecord:
         """The session's record; NotFound if /setup never created it."""
@@ -306,6 +319,11 @@ class SessionsService:
             return
         try:
             self.snapshots.restore(session_id, user_id, sandbox)
+        except SnapshotUnreadable as exc:
+            # Retrying could never help: the session goes on with an empty workspace, and says so.
+            log.warning("session %s: %s", session_id, exc.message)
+            with self._notices_lock:
+                self._workspace_notices[session_id] = exc.message
         except SandboxError as exc:
             # A half-restored workspace must not live on: the next save would store it over the
             # good snapshot. Without a sandbox, the next attempt makes a new one and restores again.

@@ -27,21 +27,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tarfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
 from chalicelib.config import Settings
-from chalicelib.errors import PayloadTooLarge
+from chalicelib.errors import AppError, PayloadTooLarge
 from chalicelib.ids import validate_id
 from chalicelib.sandbox import archive
-from chalicelib.sandbox.base import Sandbox, SnapshotTooLarge, WorkspaceEntry
+from chalicelib.sandbox.base import Sandbox, SandboxError, SnapshotTooLarge, WorkspaceEntry
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
+from chalicelib.storage.quarantine import set_aside
 
 log = logging.getLogger(__name__)
 
 OWNERS = "workspace-owners/"
+
+
+class SnapshotUnreadable(AppError):
+    """The stored workspace archive does not unpack: set aside, and the workspace starts empty."""
+
+    code = "workspace_snapshot_unreadable"
+
+    def __init__(self, aside: str, problem: str) -> None:
+        super().__init__(
+            f"The saved workspace could not be unpacked ({problem}); it was set aside as {aside} and this session's "
+            "workspace starts empty. Your skills and the conversation are intact.",
+        )
+        self.aside = aside
 
 SaveOutcome = Literal["written", "unchanged", "empty"]
 
@@ -109,11 +125,42 @@ class WorkspaceSnapshots:
         return SaveResult("written", len(data))
 
     def restore(self, session_id: str, user_id: str, sandbox: Sandbox) -> int | None:
-        """Put the latest archive back into a (new) sandbox; return the file count, None without one."""
+        """Put the latest archive back into a (new) sandbox; return the file count, None without one.
+
+        An archive that does not unpack (truncated, garbled) would fail every restore, so every
+        turn: it is set aside under corrupt/, removed, and SnapshotUnreadable raised; the session
+        goes on with an empty workspace."""
         data = self.load(session_id, user_id)
         if data is None:
             return None
+        problem = self.unreadable(data)
+        if problem is not None:
+            key = snapshot_key(session_id, user_id)
+            aside = set_aside(self.store, key, data, problem)
+            self.store.delete(key)
+            raise SnapshotUnreadable(aside, problem)
         return sandbox.import_workspace(data, self.max_bytes)
+
+    def unreadable(self, data: bytes) -> str | None:
+        """Why the archive cannot be unpacked (its gzip stream checked to the end, CRC included,
+        then its tar entries), or None when it can."""
+        stream = zlib.decompressobj(wbits=31)
+        try:
+            for offset in range(0, len(data), 1 << 16):
+                chunk = data[offset:offset + (1 << 16)]
+                while chunk and not stream.eof:
+                    stream.decompress(chunk, 1 << 20)  # bounded output: the bytes are only checked
+                    chunk = stream.unconsumed_tail
+                if stream.eof:
+                    break
+            if not stream.eof:
+                return "the compressed stream ends early (truncated)"
+            archive.archive_manifest(data, self.max_bytes)
+        except SnapshotTooLarge:
+            return None  # readable; the import says it is too large
+        except (zlib.error, EOFError, OSError, tarfile.TarError, SandboxError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def load(self, session_id: str, user_id: str) -> bytes | None:
         """The stored archive's bytes, or None when the session has none."""

@@ -9,6 +9,7 @@ does not parse is never overwritten: the turn refuses with `conversation_unreada
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.fake_anthropic import Reply, Text
+from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -112,3 +113,41 @@ def test_an_unreadable_conversation_is_never_overwritten(harness) -> None:  # ty
     history = client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "get_history"})))
     assert history is not None
     assert management.sent["c1"][-1]["code"] == "conversation_unreadable"
+
+
+def test_an_unreadable_snapshot_leaves_the_session_usable_with_an_empty_workspace(harness) -> None:  # type: ignore[no-untyped-def]
+    from chalicelib.config import Settings
+    from chalicelib.container import get_container
+    from tests.support.api import ROOT
+
+    client, management, fake, dispatcher, data = harness
+    token = setup_session(client, "cs4")
+    assert connect(client, "c1", "cs4", token) == 200
+    fake.script(Reply([ToolUse("bash", {"command": "echo kept > /workspace/kept.txt"})]), Reply([Text("Saved.")]))
+    message(client, "c1", "write a file")
+    management.wait_for("c1", "result")
+    dispatcher.join(30)
+    snapshot = data / "sessions/cs4/workspace/alice.tar.gz"
+    truncated = snapshot.read_bytes()[: snapshot.stat().st_size // 2]
+    snapshot.write_bytes(truncated)
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+    # The sandbox is reaped: the next turn makes a new one and restores it from the snapshot.
+    assert get_container(Settings.from_env({**os.environ, **stage_env})).sandboxes.destroy("cs4")
+
+    for attempt in ("first", "second"):
+        fake.script(Reply([ToolUse("bash", {"command": "ls /workspace; echo ok"})]), Reply([Text("Listed.")]))
+        management.sent.clear()
+        message(client, "c1", f"{attempt} look")
+        frames = management.wait_for("c1", "result", timeout=60)
+        dispatcher.join(30)
+        assert frames[-1]["stopReason"] == "end_turn", frames
+        assert not [f for f in frames if f["event"] == "error"], frames
+        listing = next(f for f in frames if f["event"] == "tool_result")["content"]
+        assert "kept.txt" not in listing and "ok" in listing
+        if attempt == "first":
+            reset = next(f for f in frames if f.get("status") == "workspace_reset")
+            assert "could not be unpacked" in reset["message"] and "starts empty" in reset["message"]
+        else:
+            assert not [f for f in frames if f.get("status") == "workspace_reset"]  # told once
+    [aside] = sorted((data / "corrupt").glob("sessions/cs4/workspace/alice.tar.gz.*"))
+    assert aside.read_bytes() == truncated
