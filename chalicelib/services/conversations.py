@@ -23,7 +23,7 @@ from chalicelib.errors import (
     ValidationFailed,
 )
 from chalicelib.ids import validate_id
-from chalicelib.services.conversation_parts import ConversationParts, PartsMissing
+from chalicelib.services.conversation_parts import PARTS_FIELD, ConversationParts, PartsMissing
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
@@ -123,12 +123,15 @@ class ConversationsService:
                 "Start a new conversation or drop old messages.",
                 code="conversation_too_large",
             )
+        # The parts the head being replaced names (a GET, Class B: cheaper than listing them).
+        before = self._named_parts(user_id, conversation_id) if not if_none_match else []
         try:
             etag = self.store.put(
                 layout.conversation_key(user_id, conversation_id), data, content_type="application/json",
                 if_match=if_match, if_none_match=if_none_match,
             ).etag
-            self.parts.forget(user_id, conversation_id)  # replaced whole: earlier parts no longer count
+            # Replaced whole: the parts the new body does not name are referenced by nothing now.
+            self.parts.delete_unreferenced(user_id, conversation_id, before, body.get(PARTS_FIELD))
             return etag
         except (StoragePreconditionFailed, ObjectNotFound):
             raise PreconditionFailed(
@@ -161,8 +164,21 @@ class ConversationsService:
                                       if_none_match=expected is None).etag
             except StoragePreconditionFailed:
                 expected = self._check_fence(user_id, conversation_id, fence)
+                # Someone else wrote the head (a REST replace or `clear` deletes the parts it no
+                # longer names): seal afresh rather than name parts that may be gone.
+                self.parts.forget(user_id, conversation_id)
+                head = self.parts.head_for_append(user_id, conversation_id, {**body, "metadata": metadata})
         raise Conflict(f"Conversation {conversation_id!r} kept changing while the turn saved it; the turn stopped.",
                        code="conversation_contention")
+
+    def _named_parts(self, user_id: str, conversation_id: str) -> list[str]:
+        """The parts the stored head names ([] when there is none or it does not parse)."""
+        try:
+            stored = safejson.loads(self.store.get(layout.conversation_key(user_id, conversation_id)).body)
+        except (ObjectNotFound, ValueError):
+            return []
+        named = stored.get(PARTS_FIELD) if isinstance(stored, dict) else None
+        return [k for k in named if isinstance(k, str)] if isinstance(named, list) else []
 
     def _check_fence(self, user_id: str, conversation_id: str, fence: Fence) -> str | None:
         """The stored head's ETag (None: no head), after checking `fence` may overwrite it."""
