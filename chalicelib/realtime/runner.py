@@ -287,13 +287,15 @@ class TurnRunner:
             try:
                 stream.emit(error_frame(message, code))
                 self._save_cut_off(transcript, stream, request.prompt.id)
-                # Clients wait for `result` to end a turn, as after the agent's own errors.
-                stream.emit(_cut_short_result(started, turns=transcript.replies()))
             except FencedOut as fenced:
                 lost = True
                 self._log_lost(lease, fenced)
             except Exception:  # noqa: BLE001 - the lease runs out and the next runner repairs the turn
                 log.exception("saving what turn %s had said failed", request.turn_id)
+            if not lost:
+                # Clients wait for `result` to end a turn, as after the agent's own errors (also
+                # when saving failed: the error says so, and the client must not wait on).
+                stream.emit(_cut_short_result(started, turns=transcript.replies()))
         finally:
             watcher.stop()
             recorded = False
@@ -303,7 +305,12 @@ class TurnRunner:
                     self._log_lost(lease)
                 if not lost:
                     self._save_workspace(request, stream, watcher)
-                    self._flush_events(request.session_id, request.turn_id, stream)
+                    try:
+                        self._flush_events(request.session_id, request.turn_id, stream)
+                    except AppError as exc:
+                        # The client had them live; ending the turn matters more than its log.
+                        log.error("turn %s of session %s: its last events were not logged: %s",
+                                  request.turn_id, request.session_id, exc.message)
                     self._finish(lease, stream)
                     recorded = True
                     self.events.prune(request.session_id, {request.turn_id})

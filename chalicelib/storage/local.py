@@ -32,6 +32,7 @@ from chalicelib.storage.base import (
     ObjectNotFound,
     PreconditionFailed,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     StoredObject,
 )
@@ -348,10 +349,13 @@ def _same_file(path: Path, fd: int) -> bool:
     return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _unavailable(key: str, exc: OSError) -> StorageUnavailable:
-    """A write the filesystem refused (full, read-only, out of inodes): nothing was written."""
-    return StorageUnavailable(f"Could not write {key!r}: {exc.strerror or exc}.",
-                              hint="Free space on DATA_DIR's filesystem (or make it writable).")
+def _unavailable(key: str, exc: OSError) -> StorageError:
+    """A write the filesystem refused: nothing was written. Full, out of quota or read-only is
+    StorageFull (retrying at once does not help); anything else StorageUnavailable."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return StorageFull(f"Could not write {key!r}: {exc.strerror or exc}; nothing was written.",
+                           hint="Free space on DATA_DIR's filesystem (or make it writable).")
+    return StorageUnavailable(f"Could not write {key!r}: {exc.strerror or exc}.", hint="Check DATA_DIR's filesystem.")
 
 
 def _is_regular(stat: os.stat_result) -> bool:
