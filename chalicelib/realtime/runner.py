@@ -46,7 +46,7 @@ from chalicelib.realtime.stream import TurnStream
 from chalicelib.realtime.transcript import Transcript
 from chalicelib.realtime.watcher import TurnWatcher
 from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
-from chalicelib.services.conversations import ConversationsService, FencedOut
+from chalicelib.services.conversations import ConversationsService, ConversationUnreadable, FencedOut
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 
@@ -216,9 +216,14 @@ class TurnRunner:
                 self._finish(rec.lease, stream)
                 return True
             transcript = Transcript(self.conversations, rec.user_id, rec.conversation_id, rec.lease.fence)
-            messages = transcript.load()
+            try:
+                messages = transcript.load()
+            except ConversationUnreadable as exc:
+                # Kept as it is (never overwritten): the turn is closed, the client told why.
+                stream.emit(error_frame(exc.message, exc.code))
+                messages = None
             added = transcript.repaired
-            if transcript.exists:
+            if messages is not None and transcript.exists:
                 # Saved even with nothing to add: the head then carries this epoch, which fences
                 # off the runner we took over should it only have been paused.
                 transcript.save(messages)

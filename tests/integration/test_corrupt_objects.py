@@ -151,3 +151,20 @@ def test_an_unreadable_snapshot_leaves_the_session_usable_with_an_empty_workspac
             assert not [f for f in frames if f.get("status") == "workspace_reset"]  # told once
     [aside] = sorted((data / "corrupt").glob("sessions/cs4/workspace/alice.tar.gz.*"))
     assert aside.read_bytes() == truncated
+
+
+def test_a_dead_turn_over_an_unreadable_conversation_is_closed_not_retried_forever(harness) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_turn_takeover import stage_dead_runner
+
+    client, management, fake, dispatcher, data = harness
+    token = setup_session(client, "cs5")
+    stage_dead_runner(data, "cs5", lease_left=-1)
+    conversation = data / "users/alice/conversations/cs5.json"
+    conversation.write_bytes(b'{"conversationId": "cs5", "messages": [')
+    assert connect(client, "c1", "cs5", token) == 200  # starts a runner: the lease ran out, it repairs
+    dispatcher.join(30)
+    frames = management.sent.get("c1", [])
+    assert any(f["event"] == "error" and f["code"] == "conversation_unreadable" for f in frames), frames
+    state = json.loads((data / "sessions/cs5/state.json").read_text())
+    assert state["turn"] is None, state  # closed, not left for the next runner to fail on again
+    assert conversation.read_bytes() == b'{"conversationId": "cs5", "messages": ['
