@@ -10,6 +10,11 @@ was cut off, a prompt that was never saved runs again), tells the client, and mo
 
 Storage failures during a turn are retried with backoff; when storage stays down the turn
 ends with an `error` and a conversation whose tool calls are all answered.
+
+The pieces live apart: the lease and its transitions (and the fencing token every write
+carries) in `lease.py`, the polling and renewal during a turn in `watcher.py`, the
+conversation's reads and fenced saves in `transcript.py`. A runner that finds it lost its
+lease (it was paused past it and another took over) stops and writes nothing more.
 """
 
 from __future__ import annotations
