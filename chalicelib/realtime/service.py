@@ -136,14 +136,9 @@ class RealtimeService:
         if not allowed:
             return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
-        subscriber = Subscriber(connection_id=event.connection_id, domain_name=event.domain_name, stage=event.stage)
-
-        def join(state: SessionState) -> None:
-            _take_skill_index(state, record.skill_index)
-            # Every connection on the session receives its events, from the moment it connects.
-            state.subscribe(subscriber)
-
-        _, state = self.states.update(session_id, join, create=lambda: SessionState(
+        # Not subscribed yet: a reconnecting client's first frame is `resume`, which must see to
+        # its missed events before any live one reaches it (start, message and resume subscribe).
+        _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
         if state.turn is not None:

@@ -1,7 +1,7 @@
 """Issue 21, row 5: every connection on a session gets every event.
 
-Two tabs on one session, through the Lambda handlers and a fake management API: each sees the
-other's answers as well as its own; a third tab that resumes mid-turn gets its own missed
+Two tabs on one session, through the Lambda handlers and a fake management API: each (once it
+has sent `start`, `message` or `resume`) sees the other's answers as well as its own; a third tab that resumes mid-turn gets its own missed
 events from its own afterSeq without taking the stream from the others; a tab that is gone
 (GoneException) is dropped alone.
 """
@@ -30,6 +30,7 @@ def tabs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any,
         for tab in ("t1", "t2"):
             answer = client.lambda_.invoke("ws_connect", ws_event("$connect", tab, query={"sessionId": "tabs", "token": token}))
             assert answer.payload["statusCode"] == 200
+            send(client, tab, {"action": "start"})  # what the console sends first (a reconnect: resume)
         yield client, management, fake, dispatcher, token
 
 
