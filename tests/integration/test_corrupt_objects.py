@@ -162,6 +162,7 @@ def test_a_dead_turn_over_an_unreadable_conversation_is_closed_not_retried_forev
     conversation = data / "users/alice/conversations/cs5.json"
     conversation.write_bytes(b'{"conversationId": "cs5", "messages": [')
     assert connect(client, "c1", "cs5", token) == 200  # starts a runner: the lease ran out, it repairs
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "resume", "afterSeq": 0})))
     dispatcher.join(30)
     frames = management.sent.get("c1", [])
     assert any(f["event"] == "error" and f["code"] == "conversation_unreadable" for f in frames), frames
