@@ -113,7 +113,8 @@ def _chat(args: argparse.Namespace) -> int:
                 return 1
             prompts = [args.prompt] if args.prompt else _interactive()
             for prompt in prompts:
-                ws.send(json.dumps({"action": "message", "prompt": prompt}))
+                # A fresh id per message: a resend with the same id is queued at most once.
+                ws.send(json.dumps({"action": "message", "prompt": prompt, "messageId": f"m-{uuid.uuid4().hex}"}))
                 outcome = show_until(ws, {"result"}, interruptible=True)
                 if outcome == "error":
                     status = 1
@@ -228,6 +229,26 @@ def _interactive() -> Iterator[str]:
             yield prompt
 
 
+class FrameParts:
+    """Joins a frame sent in parts (`part`, `parts`, `data`: slices of the whole frame's JSON)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, int], dict[int, str]] = {}
+
+    def join(self, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """The frame itself, the whole frame once its last part came, or None meanwhile."""
+        if not frame.get("parts"):
+            return frame
+        key = (str(frame.get("event")), int(frame.get("seq") or 0))
+        got = self.pending.setdefault(key, {})
+        got[int(frame["part"])] = str(frame["data"])
+        if len(got) < int(frame["parts"]):
+            return None
+        del self.pending[key]
+        whole: dict[str, Any] = json.loads("".join(got[n] for n in sorted(got)))
+        return whole
+
+
 class _CtrlC:
     """While an answer streams, the first Ctrl-C asks for an interrupt; the second quits."""
 
@@ -256,6 +277,7 @@ def show_until(ws: ClientConnection, stop: set[str], *, interruptible: bool = Fa
     the turn ended), or "error" (an `error` event, whether or not the turn went on to a result)."""
     failed = False
     interrupt_sent = False
+    parts = FrameParts()
     grace_until: float | None = None
     with _CtrlC() as ctrl_c:
         for _ in range(10_000_000):
@@ -270,7 +292,9 @@ def show_until(ws: ClientConnection, stop: set[str], *, interruptible: bool = Fa
                 if grace_until is not None and time.monotonic() > grace_until:
                     return "error"
                 continue
-            frame = json.loads(raw)
+            frame = parts.join(json.loads(raw))
+            if frame is None:
+                continue  # a part of a frame larger than API Gateway's limit: the rest follows
             event = frame.get("event")
             _print(frame)
             if event == "permission_request":

@@ -16,11 +16,19 @@ import {atBottom, follow, hooks as transcriptHooks, renderEmptyChat, setFollowin
 import {autosize, setTurn} from "./src/turn.js";
 import {wireViews} from "./src/views.js";
 
+// Each message gets its own id, so a resend after a lost answer runs once (src/socket.js).
+function newMessageId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "m-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function sendPrompt(event) {
   event.preventDefault();
   const prompt = $("prompt").value.trim();
   if (!prompt || $("send").disabled) return;
-  if (!send({action: "message", prompt})) return;
+  const message = {action: "message", prompt, messageId: newMessageId()};
+  if (!send(message)) return;
+  state.unacked = message;
   setFollowing(true);
   userBubble(prompt);
   state.current = null;

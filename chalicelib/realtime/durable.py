@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from chalicelib.errors import AppError
-from chalicelib.storage import StorageUnavailable
+from chalicelib.storage import StorageFull, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,26 @@ class TurnStorageFailed(AppError):
         )
 
 
+class TurnStorageFull(AppError):
+    """The store refused a turn's write for lack of space: the turn ends at once."""
+
+    def __init__(self, what: str, exc: StorageFull) -> None:
+        super().__init__(
+            f"Storage is full (or read-only) and refused the write while {what} ({exc}). The turn stopped; what was "
+            "saved before is kept. Free space, then send your message again.",
+            code="storage_full",
+        )
+
+
 def durably(action: Callable[[], T], what: str, backoff: tuple[float, ...] = STORAGE_BACKOFF) -> T:
     """Run a storage call, retrying an outage with growing pauses (botocore's own retries
-    cover a blip of a fraction of a second; these ride out several seconds)."""
+    cover a blip of a fraction of a second; these ride out several seconds). A full store is
+    not retried: the turn ends at once with `storage_full`."""
     for attempt, pause in enumerate((*backoff, None)):
         try:
             return action()
+        except StorageFull as exc:
+            raise TurnStorageFull(what, exc) from exc
         except StorageUnavailable as exc:
             if pause is None:
                 raise TurnStorageFailed(what, exc) from exc

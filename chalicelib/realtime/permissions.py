@@ -18,6 +18,7 @@ from typing import Any
 from chalicelib.agent.permissions import Decision, PendingPermission, PermissionAnswer
 from chalicelib.errors import AppError, Conflict
 from chalicelib.realtime.durable import durably
+from chalicelib.realtime.lease import Lease
 from chalicelib.realtime.protocol import PermissionFrame
 from chalicelib.realtime.state import SessionState, StateStore, utcnow
 
@@ -30,8 +31,10 @@ class PermissionDesk:
     """The runner's side: asks the client, waits on the session state for the answer."""
 
     def __init__(self, states: StateStore, session_id: str, turn_id: str, emit: Emit, should_stop: Callable[[], bool], *,
-                 timeout_seconds: float, poll_seconds: float) -> None:
+                 timeout_seconds: float, poll_seconds: float, lease: Lease | None = None) -> None:
         self.states = states
+        # Its writes are fenced by the turn's lease like the runner's own (see lease.py).
+        self.lease = lease
         self.session_id = session_id
         self.turn_id = turn_id
         self.emit = emit
@@ -45,6 +48,8 @@ class PermissionDesk:
                                     asked_at=utcnow())
 
         def open_request(state: SessionState) -> Decision | None:
+            if self.lease is not None:
+                self.lease.require(state, "opening a permission request")
             remembered = state.remembered_permissions.get(name)
             if remembered is None:
                 state.pending_permission = pending
@@ -84,6 +89,8 @@ class PermissionDesk:
 
     def _close(self, tool_use_id: str) -> None:
         def close(state: SessionState) -> None:
+            if self.lease is not None:
+                self.lease.require(state, "closing a permission request")
             if state.pending_permission is not None and state.pending_permission.tool_use_id == tool_use_id:
                 state.pending_permission = None
 

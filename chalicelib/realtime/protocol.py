@@ -24,6 +24,8 @@ from chalicelib.safejson import UnsafeJSON
 
 MAX_PROMPT_CHARS = 100_000
 MAX_FRAME_BYTES = 128 * 1024  # API Gateway's own limit is 128 KiB per frame.
+#: The largest frame the server sends whole; larger ones go in parts (see split_frame).
+MAX_PART_BYTES = 120 * 1024
 
 
 class _Frame(BaseModel):
@@ -95,6 +97,9 @@ class MessageFrame(_Frame):
     action: Literal["message"]
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     options: MessageOptions = MessageOptions()
+    # The client's id for this message: a resend with the same id (after a lost `queued`
+    # answer) gets the first one's answer and never runs twice.
+    message_id: str | None = Field(default=None, alias="messageId", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class InterruptFrame(_Frame):
@@ -182,3 +187,22 @@ def error_frame(message: str, code: str, seq: int = 0) -> dict[str, Any]:
 def encode(payload: dict[str, Any]) -> str:
     """The text of a frame on the wire."""
     return json.dumps(payload, separators=(",", ":"), default=str)
+
+
+def split_frame(payload: dict[str, Any], limit: int = MAX_PART_BYTES) -> list[str]:
+    """The frame's text, or parts of it when it is larger than `limit` bytes.
+
+    API Gateway refuses a frame over 128 KiB (PayloadTooLargeException), so a big `message`,
+    `tool_result` or `history` is sent as `{"event", "seq", "part", "parts", "data"}` frames:
+    `data` is a slice of the whole frame's JSON text; a client joins the `data` of parts
+    1..`parts` (same `event` and `seq`, sent in order) and parses the result as the frame."""
+    text = encode(payload)
+    if len(text.encode()) <= limit:
+        return [text]
+    # The text is ASCII (encode escapes the rest), and escaping it again into `data` at most
+    # doubles a character (a quote or a backslash): slices of this many characters stay under
+    # the limit, with room for the envelope.
+    step = (limit - 256) // 2
+    slices = [text[i:i + step] for i in range(0, len(text), step)]
+    return [encode({"event": payload.get("event"), "seq": payload.get("seq", 0), "part": n, "parts": len(slices),
+                    "data": piece}) for n, piece in enumerate(slices, start=1)]

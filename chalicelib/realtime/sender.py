@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from chalice.app import WebsocketDisconnectedError
 
-from chalicelib.realtime.protocol import encode
+from chalicelib.realtime.protocol import split_frame
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,16 @@ class ChaliceSender:
             self.websocket_api.configure(domain_name, stage)
 
     def send(self, connection_id: str, payload: dict[str, Any]) -> bool:
-        return self.send_text(connection_id, encode(payload))
+        """Send the frame, in parts when it passes API Gateway's frame limit (see split_frame)."""
+        try:
+            for text in split_frame(payload):
+                self.websocket_api.send(connection_id, text)
+            return True
+        except WebsocketDisconnectedError:
+            return False
 
     def send_text(self, connection_id: str, text: str) -> bool:
-        """Send one websocket message as is; False when the connection is gone."""
+        """Send one websocket message as is (an Engine.IO packet); False when the connection is gone."""
         try:
             self.websocket_api.send(connection_id, text)
             return True

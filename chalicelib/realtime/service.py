@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from chalicelib.errors import AppError, Conflict, NotFound
 from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
+from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
 from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.protocol import (
@@ -37,11 +39,20 @@ from chalicelib.realtime.protocol import (
     parse_client_frame,
 )
 from chalicelib.realtime.sender import Sender
-from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
+from chalicelib.realtime.state import (
+    MAX_QUEUE,
+    RECENT_MESSAGES,
+    AcceptedMessage,
+    QueuedPrompt,
+    SessionState,
+    StateStore,
+    Subscriber,
+)
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
+from chalicelib.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +144,8 @@ class RealtimeService:
         connects end here); returns the session's live state."""
         session_id = record.session_id
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
+        # Not subscribed yet: a reconnecting client's first frame is `resume`, which must see to
+        # its missed events before any live one reaches it (start, message and resume subscribe).
         _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
@@ -167,8 +180,7 @@ class RealtimeService:
             return None
 
         def unsubscribe(state: SessionState) -> None:
-            if state.subscriber and state.subscriber.connection_id == event.connection_id:
-                state.subscriber = None
+            state.unsubscribe(event.connection_id)
 
         try:
             self.states.update(conn.session_id, unsubscribe)
@@ -222,6 +234,12 @@ class RealtimeService:
             connection_id=conn.connection_id, domain_name=conn.domain_name, stage=conn.stage, replay_after=replay_after
         )
 
+    @staticmethod
+    def _rebuilt_state(conn: Connection) -> Callable[[], SessionState]:
+        """A session's state from what the connection knows: for one that was never written, or
+        one that did not parse (then set aside, see StateStore.update)."""
+        return lambda: SessionState(session_id=conn.session_id, user_id=conn.user_id, conversation_id=conn.session_id)
+
     def _require_model_key(self) -> None:
         if self.settings.agent.anthropic_api_key is None:
             raise AppError(MISSING_KEY, code="anthropic_api_key_missing")
@@ -234,7 +252,7 @@ class RealtimeService:
         existing = self.conversations.load(conn.user_id, conversation_id)
         messages = (existing[0].get("messages") if existing else None) or []
 
-        def apply(state: SessionState) -> None:
+        def apply(state: SessionState) -> str | None:
             if state.turn_active and state.conversation_id != conversation_id:
                 raise Conflict("A turn is running: interrupt it before switching conversations.", code="turn_in_progress")
             state.started = True
@@ -243,12 +261,14 @@ class RealtimeService:
             state.options = SessionOptions.from_start(start.system_prompt, start.max_budget_usd, start.allowed_tools,
                                                       start.disallowed_tools)
             state.conversation_id = conversation_id
-            state.subscriber = self._subscriber(conn)
+            state.subscribe(self._subscriber(conn))
+            return state.take_repair_notice()
 
-        _, state = self.states.update(conn.session_id, apply)
+        notice, state = self.states.update(conn.session_id, apply, create=self._rebuilt_state(conn))
         # The original's option names this server does not support, said back, never dropped.
         unsupported: dict[str, Any] = {"unsupportedOptions": start.unsupported_options} if start.unsupported_options else {}
         return [
+            *_repaired(notice),
             frame(
                 "status",
                 status="ready",
@@ -263,34 +283,67 @@ class RealtimeService:
         ]
 
     def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
+        """Queue the message (once per `messageId`) and see that a runner will take it."""
         self._require_model_key()
-        queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns)
+        queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
+                              **({"id": message.message_id} if message.message_id else {}))
 
-        renew_every = self.settings.turn_lease_seconds / 3
-
-        def enqueue(state: SessionState) -> bool:
-            already = any(q.id == queued.id for q in state.queue) or (state.turn is not None and state.turn.prompt_id == queued.id)
-            if already:
-                # Our own write, applied though its response was lost and the write retried.
-                return not state.turn_active
+        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool, str | None]:
+            notice = state.take_repair_notice()
+            earlier = state.accepted_message(queued.id)
+            if earlier is not None:
+                # A resend, or our own write applied though its response was lost and retried:
+                # answered as the first time, and queued once.
+                state.subscribe(self._subscriber(conn))
+                return earlier, _needs_runner(state), notice
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
                     f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
                 )
             state.started = True
             state.queue.append(queued)
-            state.subscriber = self._subscriber(conn)
+            accepted = AcceptedMessage(id=queued.id, position=len(state.queue) - 1 + (1 if state.turn_active else 0))
+            state.accepted = [*state.accepted, accepted][-RECENT_MESSAGES:]
+            state.subscribe(self._subscriber(conn))
             # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
-            return not state.turn_active
+            return accepted, not state.turn_active, notice
 
-        needs_runner, state = self.states.update(conn.session_id, enqueue)
+        try:
+            (accepted, needs_runner, notice), state = self.states.update(conn.session_id, enqueue,
+                                                                         create=self._rebuilt_state(conn))
+        except StorageUnavailable as exc:
+            return [self._after_failed_enqueue(conn.session_id, queued.id, exc)]
+        self._see_it_runs(conn.session_id, state, needs_runner)
+        return [*_repaired(notice), frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
+
+    def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool) -> None:
         if needs_runner:
-            self.dispatcher.dispatch(conn.session_id)
-        elif state.turn is not None and state.turn.renewal_overdue(renew_every):
+            self.dispatcher.dispatch(session_id)
+        elif state.turn is not None and state.turn.renewal_overdue(self.settings.turn_lease_seconds / 3):
             # It missed a renewal: probably dead. A runner waits its lease out and takes over.
-            self._start_runner(conn.session_id)
-        position = len(state.queue) - 1 + (1 if state.turn_active and not needs_runner else 0)
-        return [frame("status", status="queued", messageId=queued.id, position=position)]
+            self._start_runner(session_id)
+
+    def _after_failed_enqueue(self, session_id: str, message_id: str, exc: StorageUnavailable) -> dict[str, Any]:
+        """The enqueue's write failed, but it may have landed (a lost response): read the state
+        back and answer for certain, starting the runner if it is queued. Never "retry" for a
+        message that is in the queue."""
+        log.warning("queueing message %s of session %s failed (%s); checking whether it landed", message_id, session_id, exc)
+        try:
+            state = durably(lambda: self.states.read(session_id), "checking whether the message was queued")
+        except AppError:
+            return error_frame(
+                f"Storage is failing ({exc}): it is not known whether message {message_id!r} was queued. Send it again "
+                "with the same messageId once storage is back: a resend is queued at most once.",
+                "storage_unavailable",
+            ) | {"messageId": message_id}
+        accepted = state.accepted_message(message_id) if state is not None else None
+        if state is None or accepted is None:
+            return error_frame(
+                f"Message {message_id!r} was not queued: storage failed ({exc}). Send it again (with the same messageId).",
+                "message_not_queued",
+            ) | {"messageId": message_id}
+        self._see_it_runs(session_id, state, _needs_runner(state))
+        return frame("status", status="queued", messageId=accepted.id, position=accepted.position)
 
     def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
         def flag(state: SessionState) -> int:
@@ -336,20 +389,34 @@ class RealtimeService:
         return [frame("cleared", conversationId=conversation_id)]
 
     def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
-        def subscribe(state: SessionState) -> tuple[bool, str | None, int]:
+        def subscribe(state: SessionState) -> tuple[bool, str | None, int, str | None]:
             # A turn still recorded (even one whose runner died) is replayed by the runner that
             # holds or takes it over; only a settled session is replayed from here.
             recorded = state.turn is not None
-            state.subscriber = self._subscriber(conn, replay_after=after_seq if recorded else None)
-            return recorded, state.last_turn_id, state.last_seq
+            if recorded:
+                state.subscribe(self._subscriber(conn, replay_after=after_seq))
+            else:
+                state.subscribe(self._subscriber(conn))
+            return recorded, state.last_turn_id, state.last_seq, state.take_repair_notice()
 
-        (running, last_turn_id, last_seq), state = self.states.update(conn.session_id, subscribe)
+        (running, last_turn_id, last_seq, notice), state = self.states.update(conn.session_id, subscribe,
+                                                                              create=self._rebuilt_state(conn))
         if running:
             if state.turn is not None and not state.turn_active:
                 self._start_runner(conn.session_id)  # the lease ran out: repair it now
-            return []  # the runner replays, then continues live, in order
+            return _repaired(notice)  # the runner replays, then continues live, in order
         missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
-        return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+        return [*_repaired(notice), *missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
+
+
+def _repaired(notice: str | None) -> list[dict[str, Any]]:
+    """The `session_repaired` status for a rebuilt state, if this frame's update took the notice."""
+    return [frame("status", status="session_repaired", message=notice)] if notice else []
+
+
+def _needs_runner(state: SessionState) -> bool:
+    """Queued work that no live runner holds."""
+    return bool(state.queue or state.turn) and not state.turn_active
 
 
 def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:

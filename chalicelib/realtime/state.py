@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from chalicelib.agent.memory import AgentMemory
 from chalicelib.agent.permissions import Decision, PendingPermission
@@ -22,6 +22,7 @@ from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import get_many
+from chalicelib.storage.quarantine import set_aside
 
 T = TypeVar("T")
 
@@ -46,6 +47,19 @@ class QueuedPrompt(ApiModel):
     queued_at: datetime = Field(default_factory=utcnow)
 
 
+#: The most connections served at once per session; the oldest is dropped for a new one.
+MAX_SUBSCRIBERS = 16
+#: How many recent message ids a session remembers, so a resend is recognised after its message ran.
+RECENT_MESSAGES = 100
+
+
+class AcceptedMessage(ApiModel):
+    """A message the session queued: its id and the position its `queued` answer gave."""
+
+    id: str
+    position: int
+
+
 class RunningTurn(ApiModel):
     """The turn a runner is executing now, held under a lease the runner keeps renewing."""
 
@@ -63,6 +77,8 @@ class RunningTurn(ApiModel):
     prompt: QueuedPrompt | None = None
     # Set while a runner repairs a dead turn (the repair is idempotent, so it can be redone).
     recovering: bool = False
+    # The fencing token of the claim (SessionState.lease_epoch when it was made): see lease.py.
+    epoch: int = 0
 
     def is_stale(self, now: datetime | None = None) -> bool:
         """A runner that stopped renewing its lease (killed, crashed, cut off from storage)."""
@@ -101,25 +117,69 @@ class SessionState(ApiModel):
     # The other options of the last `start` that apply here (system prompt, budget, tools).
     options: SessionOptions | None = None
     conversation_id: str
-    subscriber: Subscriber | None = None
+    # Every connection that receives the session's events (several tabs), oldest first.
+    subscribers: list[Subscriber] = Field(default_factory=list)
     turn: RunningTurn | None = None
     queue: list[QueuedPrompt] = Field(default_factory=list)
+    # The messages queued lately (newest last, at most RECENT_MESSAGES), queued or run since:
+    # a `message` frame resent with one of these ids is answered as the first one was.
+    accepted: list[AcceptedMessage] = Field(default_factory=list)
     last_seq: int = 0
     last_turn_id: str | None = None
     # The session's seq high-water mark: no event was ever numbered above it. A runner raises
     # it before numbering past it, so a turn taken over after a crash starts above every seq
     # the dead runner may have sent, and `seq` never goes back within a session.
     seq_ceiling: int = 0
+    # Raised by every claim of the turn (see lease.py): the fencing token runner writes carry.
+    lease_epoch: int = 0
     # The skill index and the working context (summary + recent messages) of the agent.
     agent_memory: AgentMemory = Field(default_factory=AgentMemory)
     # A tool call waiting for the user's approval, and the answers they asked to remember.
     pending_permission: PendingPermission | None = None
     remembered_permissions: dict[str, Decision] = Field(default_factory=dict)
+    # Set when an unreadable state was rebuilt: the next client frame is told (`session_repaired`).
+    repaired: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+    def take_repair_notice(self) -> str | None:
+        """The rebuild's notice, once: the caller tells the client and the write clears it."""
+        notice, self.repaired = self.repaired, None
+        return notice
 
     @property
     def turn_active(self) -> bool:
         return self.turn is not None and not self.turn.is_stale()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_subscriber_before(cls, data: Any) -> Any:
+        """States written before every tab got the events held one `subscriber`."""
+        if isinstance(data, dict) and "subscriber" in data:
+            data = dict(data)
+            old = data.pop("subscriber")
+            if old is not None and not data.get("subscribers"):
+                data["subscribers"] = [old]
+        return data
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Add a connection. One already subscribed keeps its stream, unless it resumes
+        (`replay_after`): then it is served again from its own afterSeq, the others untouched."""
+        if subscriber.replay_after is None and any(s.connection_id == subscriber.connection_id for s in self.subscribers):
+            return
+        others = [s for s in self.subscribers if s.connection_id != subscriber.connection_id]
+        self.subscribers = [*others, subscriber][-MAX_SUBSCRIBERS:]
+
+    def unsubscribe(self, connection_id: str) -> None:
+        """Forget a connection that went away."""
+        self.subscribers = [s for s in self.subscribers if s.connection_id != connection_id]
+
+    def accepted_message(self, message_id: str) -> AcceptedMessage | None:
+        """The earlier acceptance of this message id, if the session remembers one."""
+        return next((m for m in self.accepted if m.id == message_id), None)
+
+    def holds_message(self, message_id: str) -> bool:
+        """Whether the message is queued or being answered now."""
+        return any(q.id == message_id for q in self.queue) or (self.turn is not None and self.turn.prompt_id == message_id)
 
     @property
     def seq_floor(self) -> int:
@@ -135,7 +195,8 @@ class StateStore:
         self.max_attempts = max_attempts
 
     def read(self, session_id: str) -> SessionState | None:
-        """The current state, or None before the first connection."""
+        """The current state, or None before the first connection (or when it does not parse:
+        the next update that can rebuild it does)."""
         found = self._read(session_id)
         return found[0] if found else None
 
@@ -154,15 +215,23 @@ class StateStore:
         key = layout.session_key(session_id, STATE_RECORD)
         for _ in range(self.max_attempts):
             found = self._read(session_id)
-            if found is None:
+            if found is None or found[0] is None:
                 if create is None:
                     raise Conflict(
-                        f"Session {session_id!r} has no live state: connect to the websocket first.",
+                        f"Session {session_id!r} has no live state"
+                        + (" (it was unreadable)" if found is not None else "") + ": connect to the websocket first.",
                         code="session_not_connected",
                     )
-                state, etag = create(), None
+                state, etag = create(), found[1] if found is not None else None
+                if found is not None:
+                    # Unparseable: kept under corrupt/ and rebuilt from what the caller knows (the
+                    # session's owner and id), replacing exactly the object that was read.
+                    aside = set_aside(self.store, key, found[2], "it does not parse as a session state")
+                    state.repaired = (f"The session's live state was unreadable and has been rebuilt (kept as {aside}): "
+                                      "messages queued before, and the running turn if any, are not known. "
+                                      "The conversation is intact; send your message again if it has no answer.")
             else:
-                state, etag = found
+                state, etag = found[0], found[1]
             result = mutate(state)
             state.updated_at = utcnow()
             try:
@@ -203,13 +272,13 @@ class StateStore:
                 busy.append(session_id)
         return busy
 
-    def _read(self, session_id: str) -> tuple[SessionState, str] | None:
+    def _read(self, session_id: str) -> tuple[SessionState | None, str, bytes] | None:
+        """(state, etag, bytes); state None when it does not parse; None when there is none."""
         try:
             stored = self.store.get(layout.session_key(session_id, STATE_RECORD))
         except ObjectNotFound:
             return None
         try:
-            return SessionState.model_validate_json(stored.body), stored.info.etag
+            return SessionState.model_validate_json(stored.body), stored.info.etag, stored.body
         except ValidationError:
-            # An unreadable state is replaced rather than wedging the session forever.
-            return None
+            return None, stored.info.etag, stored.body

@@ -7,8 +7,11 @@ that piled up during a send go out as one `stream` frame carrying the last delta
 a burst costs a few calls instead of one per delta; `seq` still only grows, and the kept
 events (replayed on resume) are the individual ones.
 
-`retarget` switches the connection under the same lock, so a reconnecting client gets its
-missed events and then the live ones, in order, each once.
+Every connection subscribed to the session gets every event (two tabs on one session both
+follow the turn). `follow` sets the connections under the same lock as `emit`, so one that
+subscribes with `resume` gets its own missed events (after its own `afterSeq`) and then the
+live ones, in order, each once, without taking the stream from the others; a connection whose
+send fails (gone) is dropped alone.
 """
 
 from __future__ import annotations
@@ -37,8 +40,24 @@ class SeqCeilingReached(Exception):
     its lease is gone): numbering on could repeat a seq another runner hands out."""
 
 
+class _Target:
+    """One subscribed connection: its frames not yet sent, oldest first."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self.connection_id = subscriber.connection_id
+        self.nonce = subscriber.nonce
+        self.outbox: list[dict[str, Any]] = []
+        # The highest seq queued for this connection: one socket delivers in order, so a resume
+        # on the same connection needs nothing at or below it again.
+        self.last_queued = 0
+
+    def queue(self, frame: dict[str, Any]) -> None:
+        self.outbox.append(frame)
+        self.last_queued = max(self.last_queued, frame["seq"])
+
+
 class TurnStream:
-    """Numbers events from `last_seq + 1`, sends them to the subscriber, keeps them all.
+    """Numbers events from `last_seq + 1`, sends them to every subscriber, keeps them all.
 
     Numbers above `ceiling` (the high-water mark stored in the session state) are not handed
     out until `raise_ceiling` says a higher mark was stored.
@@ -60,18 +79,18 @@ class TurnStream:
         self._flushed = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._outbox: list[dict[str, Any]] = []  # frames for the current target, oldest first
         self._closing = False
         self._earlier_events = earlier_events
-        self._target: str | None = None
-        self._served_nonce: str | None = None
+        self._targets: dict[str, _Target] = {}
+        # Subscriptions whose connection was found gone: not served again, whatever the state says.
+        self._gone: set[str] = set()
         self._pump_thread = threading.Thread(target=self._pump, name="turn-stream", daemon=True)
         self._pump_thread.start()
         if subscriber is not None:
-            self.retarget(subscriber)
+            self.follow([subscriber])
 
     def emit(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Number the event, keep it, and queue it for the current subscriber if any."""
+        """Number the event, keep it, and queue it for every subscriber."""
         with self._lock:
             if self.ceiling is not None and self.seq >= self.ceiling:
                 self._wake.wait_for(lambda: self.ceiling is None or self.seq < self.ceiling, CEILING_WAIT_SECONDS)
@@ -84,31 +103,43 @@ class TurnStream:
             payload = {"event": event["event"], "seq": self.seq,
                        **{k: v for k, v in event.items() if k not in ("event", "seq")}}
             self.events.append(payload)
-            if self._target is not None:
-                self._outbox.append(payload)
-                self._wake.notify()
+            for target in self._targets.values():
+                target.queue(payload)
+            if self._targets:
+                self._wake.notify_all()
             return payload
 
-    def retarget(self, subscriber: Subscriber | None) -> None:
-        """Switch to a new subscriber, first replaying what it asked for (resume)."""
+    def follow(self, subscribers: list[Subscriber]) -> None:
+        """Serve exactly these subscriptions: a new one first gets what it asked to replay
+        (`resume`), one no longer listed is dropped, the others go on untouched."""
         with self._lock:
-            if subscriber is None:
-                self._target = None
-                self._outbox.clear()
-                return
-            if subscriber.nonce == self._served_nonce:
-                return
-            self._served_nonce = subscriber.nonce
-            self._target = subscriber.connection_id
-            self._outbox.clear()  # frames meant for the connection being replaced
-            if subscriber.replay_after is not None:
-                after = subscriber.replay_after
-                if after < self.first_seq - 1 and self._earlier_events is not None:
-                    # Only what came before this stream: a repair writes its own events into the
-                    # log of the turn it repairs, and those are in `self.events` already.
-                    self._outbox.extend(e for e in self._earlier_events(after) if e["seq"] < self.first_seq)
-                self._outbox.extend(p for p in self.events if p["seq"] > after)
-            self._wake.notify()
+            wanted = {s.connection_id: s for s in subscribers if s.nonce not in self._gone}
+            for connection_id in [c for c in self._targets if c not in wanted]:
+                del self._targets[connection_id]
+            for connection_id, subscriber in wanted.items():
+                target = self._targets.get(connection_id)
+                if target is None:
+                    target = self._targets[connection_id] = _Target(subscriber)
+                elif target.nonce != subscriber.nonce:
+                    target.nonce = subscriber.nonce  # the same connection resumed
+                else:
+                    continue
+                if subscriber.replay_after is not None:
+                    after = max(subscriber.replay_after, target.last_queued)
+                    if after < self.first_seq - 1 and self._earlier_events is not None:
+                        # Only what came before this stream: a repair writes its own events into the
+                        # log of the turn it repairs, and those are in `self.events` already.
+                        for e in self._earlier_events(after):
+                            if e["seq"] < self.first_seq:
+                                target.queue(e)
+                    for p in self.events:
+                        if p["seq"] > after:
+                            target.queue(p)
+            self._wake.notify_all()
+
+    def retarget(self, subscriber: Subscriber | None) -> None:
+        """Serve this one subscriber only (None: nobody)."""
+        self.follow([subscriber] if subscriber is not None else [])
 
     def raise_ceiling(self, ceiling: int) -> None:
         """A higher high-water mark was stored: numbers up to it may be handed out."""
@@ -117,9 +148,11 @@ class TurnStream:
                 self.ceiling = ceiling
                 self._wake.notify_all()
 
-    @property
-    def served_nonce(self) -> str | None:
-        return self._served_nonce
+    def serves(self, subscribers: list[Subscriber]) -> bool:
+        """Whether `follow(subscribers)` would change nothing (the watcher's check at each poll)."""
+        with self._lock:
+            wanted = {s.connection_id: s.nonce for s in subscribers if s.nonce not in self._gone}
+            return wanted == {c: t.nonce for c, t in self._targets.items()}
 
     def peek_unflushed(self) -> list[dict[str, Any]]:
         """Events not yet written to the event log; `mark_flushed` once they are."""
@@ -135,7 +168,7 @@ class TurnStream:
         """Send what is queued, then stop the pump (a Lambda must not return before)."""
         with self._lock:
             self._closing = True
-            self._wake.notify()
+            self._wake.notify_all()
         self._pump_thread.join(timeout)
         if self._pump_thread.is_alive():
             log.warning("frames still queued after %.0f s; the client can resume to get them", timeout)
@@ -143,22 +176,23 @@ class TurnStream:
     def _pump(self) -> None:
         while True:
             with self._lock:
-                while not self._outbox and not self._closing:
+                while not any(t.outbox for t in self._targets.values()) and not self._closing:
                     self._wake.wait()
-                if not self._outbox:
+                batches = [(t, t.outbox) for t in self._targets.values() if t.outbox]
+                if not batches:
                     return
-                batch, self._outbox = self._outbox, []
-                target = self._target
-            if target is None:
-                continue
-            for frame in coalesce(batch):
-                if not self._send(target, frame):
-                    with self._lock:
-                        if self._target == target:
-                            # The client went away (GoneException): the turn goes on; it can resume later.
-                            self._target = None
-                            self._outbox.clear()
-                    break
+                for target, _ in batches:
+                    target.outbox = []
+            for target, batch in batches:
+                for frame in coalesce(batch):
+                    if not self._send(target.connection_id, frame):
+                        with self._lock:
+                            # That client went away (GoneException): the turn and the other
+                            # subscribers go on; it can resume later.
+                            if self._targets.get(target.connection_id) is target:
+                                del self._targets[target.connection_id]
+                                self._gone.add(target.nonce)
+                        break
 
     def _send(self, target: str, frame: dict[str, Any]) -> bool:
         try:

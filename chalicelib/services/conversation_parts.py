@@ -10,8 +10,9 @@ a mebibyte, however long the conversation: a reply is never refused for the conv
 size. Readers (`assemble`) put the messages back together, so GET still returns the whole body.
 
 The parts are written before the head that names them, so a crash in between leaves an
-unreferenced part, never a head naming a missing one; unreferenced parts go when the
-conversation is deleted.
+unreferenced part, never a head naming a missing one. A whole replace (REST POST, `clear`)
+deletes the parts the replaced head named and the new one does not (one GET of the old head,
+no listing); a part a crash left unnamed goes when the conversation is deleted.
 """
 
 from __future__ import annotations
@@ -120,6 +121,16 @@ class ConversationParts:
     def forget(self, user_id: str, conversation_id: str) -> None:
         """The conversation was replaced whole (REST POST, clear): its old parts no longer count."""
         self._remember(user_id, conversation_id, _Known([], []))
+
+    def delete_unreferenced(self, user_id: str, conversation_id: str, before: list[str], named: Any) -> int:
+        """After a whole replace (REST POST, `clear`): delete the parts the replaced head named
+        (`before`) that the new one does not (`named`); nothing references them any more."""
+        self.forget(user_id, conversation_id)
+        keep = {k for k in named if isinstance(k, str)} if isinstance(named, list) else set()
+        prefix = layout.conversation_parts_prefix(user_id, conversation_id)
+        # Only this conversation's own parts, whatever a stored head says.
+        keys = [k for k in before if k not in keep and k.startswith(prefix) and "/" not in k[len(prefix):]]
+        return self.store.delete_many(keys) if keys else 0
 
     def delete_all(self, user_id: str, conversation_id: str) -> int:
         """Delete every part (named by a head or not)."""

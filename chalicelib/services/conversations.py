@@ -14,15 +14,43 @@ from datetime import datetime
 from typing import Any, Literal
 
 from chalicelib import safejson
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
+from chalicelib.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ValidationFailed,
+)
 from chalicelib.ids import validate_id
-from chalicelib.services.conversation_parts import ConversationParts, PartsMissing
+from chalicelib.services.conversation_parts import PARTS_FIELD, ConversationParts, PartsMissing
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, iter_all
+
+#: Conditional writes a fenced save tries before giving up (each retry follows a write by
+#: someone else that the fence allowed to be overwritten: a REST replace, an older epoch).
+FENCED_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A turn runner's fencing token (see realtime/lease.py): its session and lease epoch.
+
+    A fenced save stamps it in the head's metadata (`sessionId`, `leaseEpoch`) and is refused
+    once the stored head carries a newer epoch of the same session."""
+
+    session_id: str
+    epoch: int
+
+
+class FencedOut(Conflict):
+    """A write by a runner whose lease was taken over: refused, nothing written."""
+
+    code = "lease_lost"
 
 
 class ConversationSaved(ApiModel):
@@ -95,12 +123,15 @@ class ConversationsService:
                 "Start a new conversation or drop old messages.",
                 code="conversation_too_large",
             )
+        # The parts the head being replaced names (a GET, Class B: cheaper than listing them).
+        before = self._named_parts(user_id, conversation_id) if not if_none_match else []
         try:
             etag = self.store.put(
                 layout.conversation_key(user_id, conversation_id), data, content_type="application/json",
                 if_match=if_match, if_none_match=if_none_match,
             ).etag
-            self.parts.forget(user_id, conversation_id)  # replaced whole: earlier parts no longer count
+            # Replaced whole: the parts the new body does not name are referenced by nothing now.
+            self.parts.delete_unreferenced(user_id, conversation_id, before, body.get(PARTS_FIELD))
             return etag
         except (StoragePreconditionFailed, ObjectNotFound):
             raise PreconditionFailed(
@@ -109,11 +140,73 @@ class ConversationsService:
                 + " GET it for the current ETag and retry."
             ) from None
 
-    def append(self, user_id: str, conversation_id: str, body: dict[str, Any]) -> str:
+    def append(self, user_id: str, conversation_id: str, body: dict[str, Any], *, fence: Fence | None = None,
+               etag: str | None = None) -> str:
         """A turn's save of the whole conversation: only the head and any newly sealed part
-        are written, so it never fails for the conversation's size. Return the head's ETag."""
-        head = self.parts.head_for_append(user_id, conversation_id, body)
-        return self.store.put(layout.conversation_key(user_id, conversation_id), head, content_type="application/json").etag
+        are written, so it never fails for the conversation's size. Return the head's ETag.
+
+        With a `fence`, the write is conditional on `etag` (the head as last read or written;
+        None: no head yet). When the head changed meanwhile it is read again: a newer epoch of
+        the same session refuses the write (FencedOut); anything else (a REST replace, a stale
+        runner's write that got in before the new owner's first save) is overwritten, as an
+        unfenced save would. A head that does not parse is never overwritten."""
+        key = layout.conversation_key(user_id, conversation_id)
+        if fence is None:
+            head = self.parts.head_for_append(user_id, conversation_id, body)
+            return self.store.put(key, head, content_type="application/json").etag
+        metadata = dict(body.get("metadata") or {})
+        metadata.update({"sessionId": fence.session_id, "leaseEpoch": fence.epoch})
+        head = self.parts.head_for_append(user_id, conversation_id, {**body, "metadata": metadata})
+        expected = etag
+        for _ in range(FENCED_ATTEMPTS):
+            try:
+                return self.store.put(key, head, content_type="application/json", if_match=expected,
+                                      if_none_match=expected is None).etag
+            except StoragePreconditionFailed:
+                expected = self._check_fence(user_id, conversation_id, fence)
+                # Someone else wrote the head (a REST replace or `clear` deletes the parts it no
+                # longer names): seal afresh rather than name parts that may be gone.
+                self.parts.forget(user_id, conversation_id)
+                head = self.parts.head_for_append(user_id, conversation_id, {**body, "metadata": metadata})
+        raise Conflict(f"Conversation {conversation_id!r} kept changing while the turn saved it; the turn stopped.",
+                       code="conversation_contention")
+
+    def _named_parts(self, user_id: str, conversation_id: str) -> list[str]:
+        """The parts the stored head names ([] when there is none or it does not parse)."""
+        try:
+            stored = safejson.loads(self.store.get(layout.conversation_key(user_id, conversation_id)).body)
+        except (ObjectNotFound, ValueError):
+            return []
+        named = stored.get(PARTS_FIELD) if isinstance(stored, dict) else None
+        return [k for k in named if isinstance(k, str)] if isinstance(named, list) else []
+
+    def _check_fence(self, user_id: str, conversation_id: str, fence: Fence) -> str | None:
+        """The stored head's ETag (None: no head), after checking `fence` may overwrite it."""
+        try:
+            obj = self.store.get(layout.conversation_key(user_id, conversation_id))
+        except ObjectNotFound:
+            return None
+        stored = self._parse(conversation_id, obj.body)
+        metadata = stored.get("metadata")
+        if isinstance(metadata, dict) and metadata.get("sessionId") == fence.session_id:
+            epoch = metadata.get("leaseEpoch")
+            if isinstance(epoch, int) and epoch > fence.epoch:
+                raise FencedOut(
+                    f"Conversation {conversation_id!r} was saved under lease epoch {epoch} of session "
+                    f"{fence.session_id!r}; this runner's epoch {fence.epoch} is older: another runner owns the turn.",
+                )
+        return obj.info.etag
+
+    @staticmethod
+    def _parse(conversation_id: str, data: bytes) -> dict[str, Any]:
+        """A stored head, or ConversationUnreadable: a turn never overwrites what it cannot read."""
+        try:
+            body = safejson.loads(data)
+        except ValueError as exc:
+            raise ConversationUnreadable(conversation_id, str(exc)) from None
+        if not isinstance(body, dict):
+            raise ConversationUnreadable(conversation_id, "it is not a JSON object")
+        return body
 
     def _assembled(self, user_id: str, conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -126,17 +219,15 @@ class ConversationsService:
             ) from None
 
     def load(self, user_id: str, conversation_id: str) -> tuple[dict[str, Any], str] | None:
-        """(body, etag) of a stored conversation, or None."""
+        """(body, etag) of a stored conversation, or None; ConversationUnreadable when its head
+        does not parse."""
         try:
             obj = self.store.get(layout.conversation_key(user_id, conversation_id))
         except ObjectNotFound:
             return None
-        try:
-            body = safejson.loads(obj.body)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            body = {"conversationId": conversation_id, "messages": [], "metadata": {"unreadable": True}}
+        # One that does not parse is reported, never taken for an empty one: a turn would save
+        # its reply over it and the history would be gone.
+        body = self._parse(conversation_id, obj.body)
         return self._assembled(user_id, conversation_id, body), obj.info.etag
 
     def get(self, user_id: str, conversation_id: str) -> tuple[ConversationDetail, str]:
@@ -215,6 +306,19 @@ class ConversationsService:
         self.store.delete(key)
         self.parts.delete_all(user_id, conversation_id)
         return ConversationDeleted(user_id=user_id, conversation_id=conversation_id, key=key)
+
+
+class ConversationUnreadable(ValidationFailed):
+    """A stored conversation head that does not parse: kept as it is, never overwritten."""
+
+    code = "conversation_unreadable"
+
+    def __init__(self, conversation_id: str, detail: str) -> None:
+        super().__init__(
+            f"Conversation {conversation_id!r} is stored but cannot be read ({detail}); it is kept as it is and "
+            "nothing was written. GET /users/{userId}/conversations/{conversationId} shows it; rewrite it with POST "
+            "or DELETE it, or start another conversation.",
+        )
 
 
 #: The ids of conversations dated exactly T ride in the cursor (so they are not repeated in

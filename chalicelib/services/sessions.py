@@ -48,6 +48,7 @@ from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
 from chalicelib.storage.base import ObjectInfo, iter_all
 from chalicelib.storage.cache import BodyCache
+from chalicelib.storage.quarantine import set_aside
 from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryCredentialsError
 
 log = logging.getLogger(__name__)
@@ -159,11 +160,13 @@ class SessionsService:
         assert user_id is not None
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            record_f = pool.submit(self._load_record, session_id)
+            record_f = pool.submit(self._read_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
-            existing = record_f.result()
+            found = record_f.result()
+            # A record that did not parse was set aside (a str): set up afresh, workspace restored.
+            existing = None if isinstance(found, str) else found
             options = options_f.result()
             listing = listing_f.result()
             bundle = bundle_f.result()
@@ -176,7 +179,8 @@ class SessionsService:
         with _holding(session_id, existing[0] if existing is not None else None):
             sandbox = self._create_sandbox(session_id, options)
         not_restored = None
-        if existing is not None:
+        if existing is not None or isinstance(found, str):
+            # A record there, or one set aside as unreadable: the workspace may have a snapshot.
             restored = self._restore_if_new(session_id, user_id, sandbox, options)
             sandbox, not_restored = restored.sandbox, restored.not_restored
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
@@ -250,7 +254,13 @@ class SessionsService:
     def get_record(self, session_id: str) -> SessionRecord:
         """The session's record; NotFound if /setup never created it."""
         validate_id(session_id, "sessionId")
-        found = self._load_record(session_id)
+        found = self._read_record(session_id)
+        if isinstance(found, str):
+            raise NotFound(
+                f"Session {session_id!r} had an unreadable record; it was set aside as {found}. Call POST "
+                f"/setup/{session_id}?userId=... again for a new token: the conversation and workspace are kept.",
+                code="session_repaired",
+            )
         if found is None:
             raise NotFound(
                 f"Session {session_id!r} does not exist: call POST /setup/{session_id}?userId=... first.",
@@ -391,15 +401,24 @@ class SessionsService:
             log.warning("session %s record changed while noting its new host %s", session_id, host)
 
     def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
+        found = self._read_record(session_id)
+        return None if isinstance(found, str) else found
+
+    def _read_record(self, session_id: str) -> tuple[SessionRecord, str] | str | None:
+        """(record, etag); None when there is none; for one that does not parse, the key it was
+        set aside as (under corrupt/): it is removed, so the next /setup writes a fresh one
+        instead of refusing forever as a concurrent setup."""
+        key = layout.session_key(session_id)
         try:
-            stored = self.store.get(layout.session_key(session_id))
+            stored = self.store.get(key)
         except ObjectNotFound:
             return None
         try:
             return SessionRecord.model_validate_json(stored.body), stored.info.etag
         except ValidationError:
-            log.warning("session record %s is unreadable; it will be replaced", session_id)
-            return None
+            aside = set_aside(self.store, key, stored.body, "it does not parse as a session record")
+            self.store.delete(key)
+            return aside
 
     def _save_record(self, record: SessionRecord, etag: str | None) -> None:
         try:

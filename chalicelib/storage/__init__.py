@@ -7,6 +7,7 @@ from chalicelib.storage.base import (
     ObjectStore,
     PreconditionFailed,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     StoredObject,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "ObjectStore",
     "PreconditionFailed",
     "StorageError",
+    "StorageFull",
     "StorageUnavailable",
     "StoredObject",
 ]

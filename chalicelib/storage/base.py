@@ -46,6 +46,15 @@ class StorageUnavailable(StorageError):
         self.hint = hint
 
 
+class StorageFull(StorageError):
+    """The store refused a write for lack of space (or it is read-only): nothing was written,
+    and retrying at once will not help."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a listing or HEAD says about an object."""

@@ -15,9 +15,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import mimetypes
 import os
 import stat as stat_module
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +32,19 @@ from chalicelib.storage.base import (
     ObjectNotFound,
     PreconditionFailed,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     StoredObject,
 )
 
+log = logging.getLogger(__name__)
+
 _INTERNAL = ".internal"
+#: How long a writer waits for a key's lock before taking it over from a stopped holder. A
+#: live holder keeps it for a precondition check and a rename (the bytes are synced before).
+LOCK_TAKEOVER_SECONDS = 2.0
+#: Bounded polling: well past LOCK_TAKEOVER_SECONDS at the poll intervals _locked uses.
+LOCK_MAX_POLLS = 10_000
 _ETAG_XATTR = "user.claude_agent.etag"
 _MAX_KEY_BYTES = 1024
 
@@ -135,28 +145,35 @@ class LocalDirectoryStore:
         """Write atomically; honour If-Match / If-None-Match like S3 (PreconditionFailed)."""
         path = self._path(key)
         etag = _quoted(hashlib.md5(body).hexdigest())
-        with self._locked(key):
-            if if_match is not None or if_none_match:
-                self._check_preconditions(key, path, if_match, if_none_match)
-            tmp = self.root / _INTERNAL / "tmp" / uuid.uuid4().hex
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                stat = os.stat(tmp)
-                _set_etag_xattr(tmp, etag, stat)
+        # The bytes are written and synced before the key's lock is taken, so the lock is held
+        # for a check and a rename only: microseconds, which is what lets a waiter take over a
+        # lock whose holder stopped (see _locked).
+        tmp = self.root / _INTERNAL / "tmp" / uuid.uuid4().hex
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _set_etag_xattr(tmp, etag, os.stat(tmp))
+            with self._locked(key) as lock:
+                if if_match is not None or if_none_match:
+                    self._check_preconditions(key, path, if_match, if_none_match)
+                lock.confirm()
                 self._replace(tmp, path, key)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            stat = os.stat(path)
+                stat = os.stat(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _unavailable(key, exc) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return ObjectInfo(key=key, size=len(body), etag=etag, last_modified=_mtime(stat))
 
     def delete(self, key: str) -> None:
         """Delete the object (missing is fine) and prune empty folders above it."""
         path = self._path(key)
-        with self._locked(key):
+        with self._locked(key) as lock:
+            lock.confirm()
             try:
                 path.unlink()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -222,16 +239,53 @@ class LocalDirectoryStore:
         return iter(keys)
 
     @contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        # flock on a fresh descriptor excludes other threads *and* other processes.
+    def _locked(self, key: str) -> Iterator[_KeyLock]:
+        """Exclude other writers of `key` (threads and processes alike) for a check and a rename.
+
+        A flock on the key's lock file, taken without blocking. A holder that does not let go
+        within LOCK_TAKEOVER_SECONDS (a process stopped by SIGSTOP, frozen, or swapped out: a
+        live one holds it for microseconds) is taken over: the waiter puts a fresh lock file in
+        its place. The old holder, when it wakes up, finds its lock file replaced at
+        `confirm()` and writes nothing (StorageUnavailable), so a paused holder never blocks
+        the next writer and never overwrites what it wrote."""
         lock_path = self.root / _INTERNAL / "locks" / hashlib.sha1(key.encode()).hexdigest()
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        deadline = time.monotonic() + LOCK_TAKEOVER_SECONDS
+        fd = -1
+        for attempt in range(LOCK_MAX_POLLS):
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = -1
+                if time.monotonic() >= deadline:
+                    fd = self._take_over(lock_path, key)
+                    break
+                time.sleep(min(0.001 * (attempt + 1), 0.02))
+                continue
+            if _same_file(lock_path, fd):
+                break
+            # Taken over while we waited: that file is no longer the key's lock.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            fd = -1
+        if fd < 0:
+            raise StorageUnavailable(f"Could not lock {key!r} for writing.", hint="Check DATA_DIR's filesystem.")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield _KeyLock(lock_path, fd, key)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _take_over(self, lock_path: Path, key: str) -> int:
+        """Replace a lock file whose holder stopped with a fresh one, locked by us."""
+        log.warning("the lock of %r was held for over %.0f s (a stopped process?): taking it over", key,
+                    LOCK_TAKEOVER_SECONDS)
+        fresh = lock_path.with_name(f"{lock_path.name}.{uuid.uuid4().hex}")
+        fd = os.open(fresh, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(fresh, lock_path)
+        return fd
 
     def _check_preconditions(self, key: str, path: Path, if_match: str | None, if_none_match: bool) -> None:
         try:
@@ -266,6 +320,42 @@ class LocalDirectoryStore:
             except OSError:
                 return
             folder = folder.parent
+
+
+class _KeyLock:
+    """A key's lock as held by one writer."""
+
+    def __init__(self, path: Path, fd: int, key: str) -> None:
+        self.path = path
+        self.fd = fd
+        self.key = key
+
+    def confirm(self) -> None:
+        """Raise StorageUnavailable if another writer took the lock over (we were stopped):
+        checked just before the rename, so a writer that lost its lock changes nothing."""
+        if not _same_file(self.path, self.fd):
+            raise StorageUnavailable(
+                f"The write of {self.key!r} was abandoned: this process stalled while holding the key's lock and "
+                "another writer took it over.", hint="Retry the write.",
+            )
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _unavailable(key: str, exc: OSError) -> StorageError:
+    """A write the filesystem refused: nothing was written. Full, out of quota or read-only is
+    StorageFull (retrying at once does not help); anything else StorageUnavailable."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return StorageFull(f"Could not write {key!r}: {exc.strerror or exc}; nothing was written.",
+                           hint="Free space on DATA_DIR's filesystem (or make it writable).")
+    return StorageUnavailable(f"Could not write {key!r}: {exc.strerror or exc}.", hint="Check DATA_DIR's filesystem.")
 
 
 def _is_regular(stat: os.stat_result) -> bool:

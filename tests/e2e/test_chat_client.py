@@ -3,6 +3,7 @@ subprocess with only PATH, a fresh HOME and what each test sets."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -128,3 +129,15 @@ def test_chat_asks_on_the_terminal_before_a_tool_the_user_wants_to_approve(world
     assert "All done." in result.stdout
     declined = world.fake.requests[2]["messages"][-1]["content"][0]
     assert declined["type"] == "tool_result" and declined["is_error"] is True
+
+
+def test_chat_sends_each_message_with_its_own_id(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21: a resend after a lost `queued` answer must be recognisable, so every message
+    carries a fresh `messageId` (the session remembers it with the message's answer)."""
+    world.fake.script(Reply([Text("One.")]))
+    result = subprocess.run([sys.executable, "-m", "scripts.chat", "--url", world.url, "--user", "zed", "--session", "chat-ids",
+                             "hi"], cwd=ROOT, env=scrubbed_env(tmp_path / "home"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    state = json.loads((world.data_dir / "sessions/chat-ids/state.json").read_text())
+    [accepted] = state["accepted"]
+    assert accepted["id"].startswith("m-") and len(accepted["id"]) > 20

@@ -240,6 +240,10 @@ def test_keyboard_only_chat(world, page, log: BrowserLog) -> None:  # type: igno
     expect(page.locator("#transcript .result")).to_contain_text("1 turn ·")
     expect(page.locator("#transcript")).to_contain_text("Hello from the keyboard test.")
     log.assert_clean()
+    # Each message carries its own id, so a resend after a lost answer runs once (issue 21).
+    [state_file] = list((world.data_dir / "sessions").glob("*/state.json"))
+    [accepted] = json.loads(state_file.read_text())["accepted"]
+    assert re.fullmatch(r"m-[0-9a-f]{24}", accepted["id"]), accepted
 
 
 def test_every_server_event_is_rendered(world, page) -> None:  # type: ignore[no-untyped-def]
@@ -642,6 +646,34 @@ def test_reconnect_resumes_without_losing_or_repeating_text(world, page) -> None
     expect(page.locator("#transcript .result")).to_contain_text("1 turn ·", timeout=30000)
     streamed = page.locator("#transcript .msg.assistant").all_text_contents()
     assert "".join(streamed).strip() == answer.strip()
+
+
+@pytest.mark.parametrize("lost", ["frame", "answer"])
+def test_a_message_whose_answer_was_lost_is_resent_and_runs_once(world, page, lost: str) -> None:  # type: ignore[no-untyped-def]
+    """The connection drops as a message is sent, before its `queued` answer: with the frame
+    (it never reached the server) or after it (only the answer is lost). The console reconnects,
+    resumes and resends the message with the same messageId: it runs, and once."""
+    from playwright.sync_api import expect
+
+    load_user(page, "resend")
+    start_session(page)
+    world.fake.script(Reply([Text("Answered once.")]), Reply([Text("Answered TWICE.")]))
+    page.evaluate("""(lost) => {
+      const send = WebSocket.prototype.send;
+      WebSocket.prototype.send = function (data) {
+        const first = JSON.parse(data).action === "message" && !window.__dropped;
+        if (!first || lost === "answer") send.call(this, data);
+        if (first) { window.__dropped = true; this.close(); }
+      };
+    }""", lost)
+    page.fill("#prompt", "only once please")
+    page.keyboard.press("Enter")
+    expect(page.locator("#transcript .result")).to_contain_text("1 turn ·", timeout=30000)
+    expect(page.locator("#transcript")).to_contain_text("Answered once.")
+    assert page.evaluate("window.__dropped") is True
+    assert page.evaluate("window.consoleApp.state.unacked") is None
+    assert len(world.fake.requests) == 1
+    assert "TWICE" not in (page.locator("#transcript").text_content() or "")
 
 
 # Every form control's accessible name, and the WCAG contrast of every piece of visible text.

@@ -33,7 +33,8 @@ OPS: dict[str, dict[str, int]] = {
     "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 3},  # the 2 files and the manifest
     "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1, "GetObject": 1, "PutObject": 1},
     "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1, "GetObject": 1, "PutObject": 2, "DeleteObject": 1},
-    "POST /users/{u}/conversations": {"PutObject": 1},
+    # the GET reads the parts the replaced head names, to delete those the new one drops (issue 21)
+    "POST /users/{u}/conversations": {"GetObject": 1, "PutObject": 1},
     "GET /users/{u}/conversations/{id}": {"GetObject": 1},
     "GET /users/{u}/conversations": {"ListObjectsV2": 1},
     "DELETE /users/{u}/conversations/{id}": {"HeadObject": 1, "DeleteObject": 1, "ListObjectsV2": 1},

@@ -26,15 +26,26 @@ class GoneException(Exception):
     pass
 
 
+class PayloadTooLargeException(Exception):
+    pass
+
+
+#: API Gateway's frame limit: a larger post_to_connection is refused (PayloadTooLargeException).
+MAX_DATA_BYTES = 128 * 1024
+
+
 class FakeManagementClient:
-    """Records post_to_connection calls; connections in `gone` raise GoneException, as AWS does."""
+    """Records post_to_connection calls; connections in `gone` raise GoneException, as AWS does,
+    and a frame over 128 KiB raises PayloadTooLargeException (recorded in `refused`)."""
 
     class exceptions:  # noqa: N801 - botocore's shape
         GoneException = GoneException
+        PayloadTooLargeException = PayloadTooLargeException
 
     def __init__(self) -> None:
         self.sent: dict[str, list[dict[str, Any]]] = {}
         self.gone: set[str] = set()
+        self.refused: list[int] = []  # sizes of frames refused as too large
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
 
@@ -42,6 +53,9 @@ class FakeManagementClient:
         with self.lock:
             if ConnectionId in self.gone:
                 raise GoneException(ConnectionId)
+            if len(Data.encode() if isinstance(Data, str) else Data) > MAX_DATA_BYTES:
+                self.refused.append(len(Data))
+                raise PayloadTooLargeException(f"Message too long: {len(Data)} bytes")
             self.sent.setdefault(ConnectionId, []).append(json.loads(Data))
             self.arrived.notify_all()
 

@@ -101,26 +101,32 @@ def test_a_resume_during_a_repair_gets_each_event_once() -> None:
 
 def test_a_runner_whose_turn_was_taken_over_does_not_overwrite_the_working_context(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A runner that stalled past its lease (its turn repaired and the queue moved on by another)
-    # must not put back the working context it computed: the newer turn's compaction wins.
+    # must not put back the working context it computed: the newer turn's compaction wins, and
+    # the stale runner is told it lost its lease (it stops).
     from types import SimpleNamespace
 
+    import pytest
+
     from chalicelib.agent.memory import AgentMemory, WorkingContext
-    from chalicelib.realtime.runner import TurnRequest, TurnRunner
-    from chalicelib.realtime.state import QueuedPrompt, SessionState, StateStore
+    from chalicelib.realtime.lease import Lease, LeaseLost
+    from chalicelib.realtime.runner import TurnRunner
+    from chalicelib.realtime.state import SessionState, StateStore
     from chalicelib.storage.local import LocalDirectoryStore
 
     states = StateStore(LocalDirectoryStore(tmp_path))
     now = utcnow()
     newer = AgentMemory(context=WorkingContext(conversation_id="s", summary="newer", kept_from=6))
-    turn = RunningTurn(turn_id="t2", runner_id="alive", prompt_id="p2", started_at=now, heartbeat_at=now)
+    turn = RunningTurn(turn_id="t2", runner_id="alive", prompt_id="p2", started_at=now, heartbeat_at=now, epoch=2)
     states.update("s", lambda s: None, create=lambda: SessionState(session_id="s", user_id="u", conversation_id="s",
-                                                                    turn=turn, agent_memory=newer))
-    request = TurnRequest(session_id="s", user_id="u", conversation_id="s", turn_id="t1", prompt=QueuedPrompt(prompt="x"),
-                          model=None, max_turns=None, subscriber=None, last_seq=0, last_turn_id=None)
+                                                                    turn=turn, agent_memory=newer, lease_epoch=2))
     stale = AgentMemory(context=WorkingContext(conversation_id="s", summary="stale", kept_from=2))
     runner = SimpleNamespace(states=states)
-    TurnRunner._save_memory(runner, request, "stalled", stale)  # type: ignore[arg-type]
+    with pytest.raises(LeaseLost):
+        TurnRunner._save_memory(runner, Lease("s", "t1", "stalled", 1), stale)  # type: ignore[arg-type]
     assert states.read("s").agent_memory == newer  # type: ignore[union-attr]
+    # Same turn and runner but an older claim (the runner's own earlier epoch): refused too.
+    with pytest.raises(LeaseLost):
+        TurnRunner._save_memory(runner, Lease("s", "t2", "alive", 1), stale)  # type: ignore[arg-type]
     # The runner that holds the turn does save its context.
-    TurnRunner._save_memory(runner, TurnRequest(**{**request.__dict__, "turn_id": "t2"}), "alive", stale)  # type: ignore[arg-type]
+    TurnRunner._save_memory(runner, Lease("s", "t2", "alive", 2), stale)  # type: ignore[arg-type]
     assert states.read("s").agent_memory == stale  # type: ignore[union-attr]

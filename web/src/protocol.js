@@ -22,7 +22,10 @@ const STATUS = {
     headNote(`Ready: conversation ${frame.conversationId}${frame.continued ? ` (${plural(frame.messageCount, "earlier message", "earlier messages")})` : ""}.`);
     renderEmptyChat();
   },
-  queued(frame) { setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy"); },
+  queued(frame) {
+    if (state.unacked && state.unacked.messageId === frame.messageId) state.unacked = null;
+    setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy");
+  },
   running() { setBadge("turn-badge", "Working…", "busy"); setTurn({active: true}); },
   interrupting() { setBadge("turn-badge", "Stopping…", "busy"); },
   retrying(frame) {
@@ -43,6 +46,7 @@ const STATUS = {
   },
   // The workspace could not be saved (kept trying at the next turn) or restored (started empty).
   workspace_save_failed(frame) { note(frame.message); },
+  session_repaired(frame) { note(frame.message); },
   workspace_not_restored(frame) { note(frame.message); },
   sandbox_recreated() { note("The sandbox had gone away: a new one was made, its files restored from the last snapshot and the skills reloaded."); },
   compacted(frame) { note(frame.message || "Earlier messages were summarised to fit the model's context."); },

@@ -29,11 +29,14 @@ export function connect(firstFrame) {
     const wasReconnecting = Boolean(state.reconnect);
     state.reconnect = null;
     ws.send(JSON.stringify(firstFrame));
+    // A message whose `queued` answer never came may or may not be queued: resend it with the
+    // same messageId, which the server queues at most once.
+    if (state.unacked && firstFrame.action === "resume") ws.send(JSON.stringify(state.unacked));
     syncButtons();
     if (wasReconnecting) checkHealth();
     renderEmptyChat();
   };
-  ws.onmessage = (event) => handleFrame(JSON.parse(event.data));
+  ws.onmessage = (event) => { const frame = joinParts(JSON.parse(event.data)); if (frame) handleFrame(frame); };
   ws.onclose = (event) => {
     if (state.ws !== ws) return;
     syncButtons();
@@ -42,6 +45,19 @@ export function connect(firstFrame) {
     if (!state.opened && !state.reconnect) { giveUp(event.code, false); return; }
     scheduleReconnect(ws, event.code, !state.opened);
   };
+}
+
+// A frame larger than API Gateway's 128 KB limit arrives in parts ({event, seq, part, parts,
+// data}): the data of parts 1..parts, joined, is the whole frame's JSON.
+const partsInFlight = {};
+function joinParts(frame) {
+  if (!frame.parts) return frame;
+  const key = `${frame.event}:${frame.seq}`;
+  const got = (partsInFlight[key] ||= []);
+  got[frame.part - 1] = frame.data;
+  if (got.filter((piece) => piece !== undefined).length < frame.parts) return null;
+  delete partsInFlight[key];
+  return JSON.parse(got.join(""));
 }
 
 // A server that answers /health but keeps refusing the socket will not take this session back

@@ -21,6 +21,7 @@ export const state = {
   opened: false,       // whether the current socket ever opened (a refusal never does)
   lastSeq: 0,
   pending: false,      // a message was sent and its turn has not ended
+  unacked: null,       // the last message frame sent whose `queued` answer has not come (resent on reconnect)
   turnActive: false,   // a turn is running on the server
   awaitingPermission: 0,  // permission cards waiting for the user's answer
   reconnect: null,     // {since, attempt}: reconnecting after a dropped socket

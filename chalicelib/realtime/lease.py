@@ -1,0 +1,182 @@
+"""The turn lease: who may run a session's turn, and the fencing token every runner write carries.
+
+A runner claims the session's turn in `state.json` (a conditional write). Each claim, of a new
+turn or of a dead runner's turn to repair, raises the session's `lease_epoch` and stamps it on
+the turn. A lease alone does not stop a runner that was paused past it (a GC pause, a frozen
+container, a VM migration) from waking up and writing what it had in hand. So every write a
+runner makes under its lease is fenced by the epoch:
+
+- writes to `state.json` apply only while the turn there still carries this lease
+  (`Lease.require`, inside the If-Match read-modify-write);
+- conversation saves carry the epoch in the stored head and are conditional on its ETag; a
+  head stamped with a newer epoch of the same session refuses the write
+  (`ConversationsService.append`).
+
+A refused write raises `LeaseLost`: the runner stops at once, writes nothing more and logs it.
+
+`claim_next` is the one place the lease changes hands. It is a pure transition on a state
+read for a conditional write, so it can be retried when a write's response is lost, and every
+outcome has its own name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from chalicelib.agent.memory import AgentMemory
+from chalicelib.agent.permissions import PendingPermission
+from chalicelib.agent.session_options import SessionOptions
+from chalicelib.realtime.state import SEQ_BLOCK, QueuedPrompt, RunningTurn, SessionState, Subscriber
+from chalicelib.services.conversations import Fence, FencedOut
+
+
+class LeaseLost(FencedOut):
+    """A write under a lease another runner has since taken over: refused, nothing written."""
+
+    def __init__(self, lease: Lease, what: str) -> None:
+        super().__init__(
+            f"Runner {lease.runner_id} lost its lease on turn {lease.turn_id} of session {lease.session_id} "
+            f"(epoch {lease.epoch}) and was refused while {what}: another runner owns the session now.",
+        )
+        self.lease = lease
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The fencing token of one claim: a runner may write for this turn while the state shows it."""
+
+    session_id: str
+    turn_id: str
+    runner_id: str
+    epoch: int
+
+    @property
+    def fence(self) -> Fence:
+        """The token conversation saves carry."""
+        return Fence(self.session_id, self.epoch)
+
+    @classmethod
+    def of(cls, session_id: str, turn: RunningTurn) -> Lease:
+        """The lease a turn in the state records."""
+        return cls(session_id, turn.turn_id, turn.runner_id, turn.epoch)
+
+    def holds(self, state: SessionState) -> bool:
+        """True while the state's turn is still this claim."""
+        turn = state.turn
+        return (turn is not None and turn.turn_id == self.turn_id and turn.runner_id == self.runner_id
+                and turn.epoch == self.epoch)
+
+    def require(self, state: SessionState, what: str) -> None:
+        """Raise LeaseLost unless the state's turn is still this claim (call inside an update)."""
+        if not self.holds(state):
+            raise LeaseLost(self, what)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """Everything a turn needs, captured when the runner claimed it."""
+
+    session_id: str
+    user_id: str
+    conversation_id: str
+    turn_id: str
+    prompt: QueuedPrompt
+    model: str | None
+    max_turns: int | None
+    subscribers: list[Subscriber]
+    last_seq: int
+    last_turn_id: str | None
+    lease: Lease
+    seq_ceiling: int = 0
+    agent_memory: AgentMemory | None = None
+    # What the client's `start` narrowed for the session (either protocol's option names).
+    options: SessionOptions | None = None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A turn whose runner died (or stalled past its lease), taken over to be repaired."""
+
+    session_id: str
+    user_id: str
+    conversation_id: str
+    dead: RunningTurn
+    subscribers: list[Subscriber]
+    start_seq: int
+    lease: Lease
+    # The permission request the dead runner was waiting on, if any.
+    pending: PendingPermission | None = None
+
+
+@dataclass(frozen=True)
+class LeaseHeld:
+    """Another runner holds a live lease on the session's turn until `until`."""
+
+    until: datetime
+
+
+@dataclass(frozen=True)
+class QueueEmpty:
+    """Nothing to run: no turn recorded and no message queued."""
+
+
+@dataclass(frozen=True)
+class ClaimFailed:
+    """Storage failed while claiming: the next runner started (or Lambda's retry) claims again."""
+
+    reason: str
+
+
+Claim = TurnRequest | Recovery | LeaseHeld | QueueEmpty | ClaimFailed
+
+
+def claim_next(state: SessionState, runner_id: str, now: datetime, lease: timedelta) -> TurnRequest | Recovery | LeaseHeld | QueueEmpty:
+    """Take the session's turn if nobody live holds it: our own earlier claim (its write's
+    response was lost), a dead runner's turn to repair, or the next queued message."""
+    turn = state.turn
+    if turn is not None and turn.runner_id == runner_id and turn.recovering:
+        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers),
+                        state.seq_ceiling - SEQ_BLOCK, Lease.of(state.session_id, turn), _pending_of(state, turn.turn_id))
+    if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
+        return _request(state, turn, turn.prompt)
+    if turn is not None:
+        if not turn.is_stale(now):
+            return LeaseHeld(turn.lease_until or (turn.heartbeat_at + lease))
+        start = state.seq_floor
+        state.seq_ceiling = start + SEQ_BLOCK
+        state.lease_epoch += 1
+        state.turn = turn.model_copy(update={
+            "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + lease, "recovering": True,
+            "epoch": state.lease_epoch,
+        })
+        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers), start,
+                        Lease.of(state.session_id, state.turn), _pending_of(state, turn.turn_id))
+    if not state.queue:
+        return QueueEmpty()
+    prompt = state.queue.pop(0)
+    start = state.seq_floor
+    state.seq_ceiling = start + SEQ_BLOCK
+    state.lease_epoch += 1
+    state.turn = RunningTurn(
+        turn_id=f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", runner_id=runner_id, prompt_id=prompt.id,
+        started_at=now, heartbeat_at=now, lease_until=now + lease, prompt=prompt, epoch=state.lease_epoch,
+    )
+    return _request(state, state.turn, prompt, start)
+
+
+def _request(state: SessionState, turn: RunningTurn, prompt: QueuedPrompt, start: int | None = None) -> TurnRequest:
+    first = start if start is not None else state.seq_ceiling - SEQ_BLOCK
+    return TurnRequest(
+        session_id=state.session_id, user_id=state.user_id, conversation_id=state.conversation_id,
+        turn_id=turn.turn_id, prompt=prompt, model=state.model, max_turns=state.max_turns,
+        subscribers=list(state.subscribers), last_seq=first, last_turn_id=state.last_turn_id,
+        seq_ceiling=state.seq_ceiling, agent_memory=state.agent_memory.model_copy(deep=True),
+        lease=Lease.of(state.session_id, turn), options=state.options,
+    )
+
+
+def _pending_of(state: SessionState, turn_id: str) -> PendingPermission | None:
+    pending = state.pending_permission
+    return pending if pending is not None and pending.turn_id == turn_id else None

@@ -1,0 +1,89 @@
+"""Issue 21, row 6: a full disk fails whole, at once.
+
+DATA_DIR on a tiny tmpfs (mounted here as root, unmounted after), filled while a turn runs: the
+save of a large reply is refused (ENOSPC); the client gets `error` `storage_full` and `result`
+at once (not after retries or the lease), and the stored conversation is what it was. Once
+space is freed, the next message runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.fake_anthropic import Reply, Text
+from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path: Path) -> Iterator[Path]:
+    data = tmp_path / "data"
+    data.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(data)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def fill(data: Path, leave: int) -> Path:
+    """Take all but `leave` bytes of the filesystem."""
+    stat = os.statvfs(data)
+    filler = data / "filler.bin"
+    with filler.open("wb") as out:
+        out.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def message(client: Any, prompt: str) -> None:
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": prompt})))
+
+
+def test_a_turn_whose_save_finds_the_disk_full_ends_at_once(tiny_data_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TURN_LEASE_SECONDS", "3")
+    with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+        token = setup_session(client, "full")
+        client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "full", "token": token}))
+        fake.script(Reply([Text("small answer")]))
+        message(client, "first")
+        management.wait_for("c1", "result", timeout=30)
+        dispatcher.join(30)
+        conversation = tiny_data_dir / "users/alice/conversations/full.json"
+        before = conversation.read_bytes()
+
+        filler = fill(tiny_data_dir, leave=64 * 1024)  # room to queue and start, not for the reply
+        fake.script(Reply([Text("x" * 400_000, chunks=20)]))
+        management.sent.clear()
+        message(client, "a long one")
+        frames = management.wait_for("c1", "result", timeout=30)
+        dispatcher.join(30)
+        errors = [f for f in frames if f["event"] == "error"]
+        assert errors and errors[0]["code"] == "storage_full", frames
+        assert "Free space" in errors[0]["message"]
+        assert frames[-1]["event"] == "result" and frames[-1]["stopReason"] == "error"
+        saved = json.loads(conversation.read_bytes())
+        assert "x" * 1000 not in json.dumps(saved)  # the reply that did not fit was not half-written
+        assert json.loads(before)["messages"] == saved["messages"][: len(json.loads(before)["messages"])]
+
+        filler.unlink()
+        fake.script(Reply([Text("room again")]))
+        management.sent.clear()
+        message(client, "and now?")
+        frames = management.wait_for("c1", "result", timeout=30)
+        dispatcher.join(30)
+        assert frames[-1]["stopReason"] == "end_turn", frames
+        assert "room again" in conversation.read_text()
