@@ -596,6 +596,8 @@ def test_api_key_stays_in_the_tab_unless_remembered(world, page) -> None:  # typ
     assert page.evaluate(stored) == [None, "k-123"]
     page.reload()
     assert page.input_value("#api-key") == "k-123"
+    # The remembered user loads by itself after a reload, and folds the form away when it has.
+    page.wait_for_function("window.consoleApp.state.loadedUser === 'keys'")
     open_connection(page)
     page.uncheck("#remember-key")
     assert page.evaluate(stored) == ["k-123", None]
