@@ -25,6 +25,7 @@ from scripts.lambda_package import HOST_ONLY, SLIM_MARKER
 from scripts.package import PackagingError, check_sam, check_terraform
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
 from tests.support.scrubbed_env import scrubbed_env
+from tests.unit.test_iam_policy import assert_scoped
 
 ROOT = Path(__file__).resolve().parents[2]
 ZIPPED_LIMIT = 50 * 1024 * 1024
@@ -84,9 +85,10 @@ def test_cloudformation_policies_are_least_privilege(cfn) -> None:  # type: igno
         actions = sorted(a for s in statements for a in s["Action"])
         assert actions == sorted(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
                                   "execute-api:ManageConnections", "lambda:InvokeFunction", "ssm:GetParameters",
-                                  "secretsmanager:GetSecretValue"])
+                                  "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances"])
         for statement in statements:
-            assert statement["Resource"] != "*" and "*:*:*" not in json.dumps(statement["Resource"])
+            assert_scoped(statement, "prod")
+            assert "*:*:*" not in json.dumps(statement["Resource"])
         manage = next(s for s in statements if s["Action"] == ["execute-api:ManageConnections"])
         assert "${WebsocketAPI}" in manage["Resource"]["Fn::Sub"]
 
@@ -107,7 +109,7 @@ def test_terraform_has_both_apis_the_runner_and_the_override(terraform) -> None:
         statements = json.loads(policy["policy"])["Statement"] if isinstance(policy["policy"], str) else policy["policy"]["Statement"]
         assert {a for s in statements for a in s["Action"]} <= {
             "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "execute-api:ManageConnections",
-            "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue"}
+            "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances"}
 
 
 def test_deployment_zip_fits_lambda(cfn) -> None:  # type: ignore[no-untyped-def]
@@ -256,7 +258,7 @@ def test_every_client_the_app_creates_works_in_the_pruned_package(cfn, moto_endp
     print(json.dumps(report, indent=1))
     failed = {step: outcome for step, outcome in report["results"].items() if not outcome.startswith("ok")}
     assert not failed, "\n".join(f"{step}:\n{outcome}" for step, outcome in failed.items())
-    assert len(report["results"]) == 6
+    assert len(report["results"]) == 7
     assert set(report["loaded"]) >= set(PACKAGED_SERVICES), set(PACKAGED_SERVICES) - set(report["loaded"])
 
 
