@@ -212,6 +212,15 @@ def test_the_package_bundles_exactly_the_locked_versions(cfn) -> None:  # type: 
     assert bundled == pins(ROOT / "requirements.txt", here_only=True)  # the Lambda's platform is this one
 
 
+def test_the_sandbox_fleet_stack_is_packaged_beside_the_app(cfn, terraform) -> None:  # type: ignore[no-untyped-def]
+    _, zip_path = cfn
+    assert (zip_path.parent / "sandbox-fleet.json").read_bytes() == (ROOT / "deploy" / "sandbox-fleet.json").read_bytes()
+    _, out = terraform
+    # Its own root module: the app's `terraform apply` does not ask for the fleet's variables.
+    assert (out / "sandbox-fleet" / "sandbox_fleet.tf.json").read_bytes() == (ROOT / "deploy" / "sandbox_fleet.tf.json").read_bytes()
+    assert not (out / "sandbox_fleet.tf.json").exists()
+
+
 def test_every_client_the_app_creates_is_in_the_packaged_list() -> None:
     created = set()
     for path in [ROOT / "app.py", *(ROOT / "chalicelib").rglob("*.py")]:
