@@ -189,4 +189,10 @@ def turn_runner(event, context):
     return websocket.run_turns(event, context, app.websocket_api)
 
 
+# The turn runner's on-failure destination; the stack (merge template) points it at its own queue.
+@app.on_sqs_message(queue="claude-agent-turn-failures", batch_size=1)
+def turn_failures(event):
+    return websocket.turn_failures(event, app.websocket_api)
+
+
 cold_start.finish()  # inside Lambda: the storage client, built at init (see chalicelib/cold_start.py)

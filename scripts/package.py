@@ -110,6 +110,11 @@ def package(stage: str, fmt: str, out: Path, environ: dict[str, str] | None = No
             raise PackagingError(f"No .chalice/terraform/{override.name}: copy prod_override.tf.json for stage {stage!r}.")
         _run([*chalice_command(), "package", "--pkg-format", "terraform", "--stage", stage, str(out)], env)
         shutil.copy(override, out / override.name)
+        # New resources (failure queue, its wiring, access logs): an override file may only change
+        # blocks Chalice wrote, so they live in a file of their own.
+        hardening = override.with_name(f"{stage}_hardening.tf.json")
+        if hardening.is_file():
+            shutil.copy(hardening, out / hardening.name)
         check_terraform(json.loads((out / "chalice.tf.json").read_text()), json.loads(override.read_text()))
         # A folder of its own: one root module per stack, deployed before the app's.
         (out / "sandbox-fleet").mkdir()

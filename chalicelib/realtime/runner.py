@@ -170,6 +170,54 @@ class TurnRunner:
             reinvoke()
         return ran
 
+    def give_up(self, session_id: str, why: str) -> str:
+        """The runner's invocation for this session failed for good (Lambda's retries ran out and
+        its on-failure destination says so): repair the turn it left, as a takeover would, but do
+        not run its prompt again (it may be what makes the runner fail), and tell the client.
+
+        Returns "repaired"; "running" when a live runner holds the turn (a later invocation took
+        over: nothing to repair); "idle" when no turn is open (the queue, if any, runs at the next
+        message or connect); "failed" when storage failed on the way (the message is retried)."""
+        runner_id = uuid.uuid4().hex[:12]
+
+        def take_over(state: SessionState) -> _Recovery | _LeaseHeld | None:
+            turn, now = state.turn, utcnow()
+            if turn is None:
+                return None
+            if turn.runner_id == runner_id and turn.recovering:  # our own takeover, its response lost
+                return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber,
+                                 state.seq_ceiling - SEQ_BLOCK, _pending_of(state, turn.turn_id))
+            if not turn.is_stale(now):
+                return _LeaseHeld(turn.lease_until or (turn.heartbeat_at + self.lease))
+            start = state.seq_floor
+            state.seq_ceiling = start + SEQ_BLOCK
+            state.turn = turn.model_copy(update={
+                "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + self.lease, "recovering": True,
+            })
+            return _Recovery(session_id, state.user_id, state.conversation_id, turn, state.subscriber, start,
+                             _pending_of(state, turn.turn_id))
+
+        try:
+            known = durably(lambda: self.states.read(session_id), "reading the session state")
+        except AppError as exc:
+            log.error("cannot read the state of session %s: %s", session_id, exc.message)
+            return "failed"
+        # Decided on a read first: a live or absent turn is left as it is, unwritten.
+        if known is None or known.turn is None:
+            return "idle"
+        if not known.turn.is_stale(utcnow()):
+            return "running"  # never connected (or long gone): no turn to repair, nobody to tell
+        try:
+            taken, _ = durably(lambda: self.states.update(session_id, take_over), "taking over the failed turn")
+        except AppError as exc:
+            log.error("cannot take over the failed turn of session %s: %s", session_id, exc.message)
+            return "failed"
+        if taken is None:
+            return "idle"
+        if isinstance(taken, _LeaseHeld):
+            return "running"
+        return "repaired" if self._recover(taken, runner_id, gave_up=why) else "failed"
+
     # -- claiming and finishing -------------------------------------------------------------
 
     def _claim(self, session_id: str, runner_id: str) -> TurnRequest | _Recovery | _LeaseHeld | None:
@@ -253,9 +301,10 @@ class TurnRunner:
 
     # -- a dead runner's turn -----------------------------------------------------------------
 
-    def _recover(self, rec: _Recovery, runner_id: str) -> bool:
+    def _recover(self, rec: _Recovery, runner_id: str, gave_up: str | None = None) -> bool:
         """Repair a turn whose runner died: answer its cut-off tool calls, tell the client, and
-        run its prompt again if it was never saved. False when storage failed on the way."""
+        run its prompt again if it was never saved, unless `gave_up` says why its runner failed
+        for good. False when storage failed on the way."""
         dead = rec.dead
         log.warning("turn %s of session %s lost its runner (lease ran out at %s); repairing it",
                     dead.turn_id, rec.session_id, dead.lease_until)
@@ -288,15 +337,23 @@ class TurnRunner:
             for block in added:
                 stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
             prompt_saved = metadata.get("lastPromptId") == dead.prompt_id
-            if not prompt_saved and dead.prompt is not None:
+            if not prompt_saved and dead.prompt is not None and gave_up is None:
                 requeue = dead.prompt
-            stream.emit(error_frame(
-                "The server running this turn stopped before it finished (crash, restart or time limit). "
-                + ("Your message had not been read yet: it runs again now." if requeue is not None else
-                   "What was said is kept" + (" and the unfinished tool call was marked as failed" if added else "")
-                   + ": send a message to continue."),
-                "turn_cut_off",
-            ))
+            kept = "What was said is kept" + (" and the unfinished tool call was marked as failed" if added else "")
+            if gave_up is not None:
+                stream.emit(error_frame(
+                    f"The server could not run this turn: its runner failed every attempt ({gave_up}). "
+                    + (f"{kept}: send a message to continue." if prompt_saved else
+                       "Your message was not run: send it again, or change it if it keeps failing."),
+                    "turn_failed",
+                ))
+            else:
+                stream.emit(error_frame(
+                    "The server running this turn stopped before it finished (crash, restart or time limit). "
+                    + ("Your message had not been read yet: it runs again now." if requeue is not None else
+                       f"{kept}: send a message to continue."),
+                    "turn_cut_off",
+                ))
             stream.emit(_cut_short_result(dead.started_at, turns=0))
             self._flush_events(rec.session_id, dead.turn_id, stream)
             self._finish(rec.session_id, dead.turn_id, runner_id, stream, requeue)

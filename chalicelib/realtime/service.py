@@ -134,6 +134,10 @@ class RealtimeService:
             self._start_runner(session_id)
         return ConnectDecision(200)
 
+    def start_runner(self, session_id: str) -> None:
+        """Dispatch a runner for the session's queue (after a failed turn was repaired)."""
+        self._start_runner(session_id)
+
     def _start_runner(self, session_id: str) -> None:
         """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""
         try:

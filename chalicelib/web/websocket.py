@@ -106,6 +106,34 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     return {"sessionId": session_id, "turns": ran}
 
 
+def turn_failures(records: Any, websocket_api: Any) -> dict[str, str]:
+    """The turn runner's on-failure destination (SQS): repair each failed session's turn and tell
+    its client. A record that is not one is logged and dropped (it would fail every retry); a
+    repair storage could not finish raises, so SQS delivers the record again."""
+    from pydantic import ValidationError
+
+    from chalicelib.realtime.failed_invocations import FailedInvocation
+    from chalicelib.realtime.sender import ChaliceSender
+
+    services = container()
+    outcomes: dict[str, str] = {}
+    for record in records:
+        try:
+            failed = FailedInvocation.model_validate_json(record.body)
+        except ValidationError as exc:
+            log.error("dropped a turn failure record that is not one (%s): %.300s", exc.errors()[0]["msg"], record.body)
+            continue
+        outcome = services.turn_runner(ChaliceSender(websocket_api)).give_up(failed.session_id, failed.why())
+        log.warning("turn runner failed for good on session %s (%s): %s", failed.session_id, failed.why(), outcome)
+        if outcome == "failed":
+            raise RuntimeError(f"could not repair the failed turn of session {failed.session_id}: storage failed")
+        if outcome == "repaired":
+            # Messages queued behind the failed turn run now, as they would have after it.
+            services.realtime.start_runner(failed.session_id)
+        outcomes[failed.session_id] = outcome
+    return outcomes
+
+
 def resume_interrupted_turns() -> list[str]:
     """After a restart of the local gateway: start runners for the turns the old process left."""
     return container().realtime.resume_interrupted()

@@ -85,13 +85,18 @@ def test_nothing_broader(stage: str) -> None:
         assert not any(a.endswith("*") for a in statement["Action"])
     assert policy_actions(ROOT / f".chalice/policy-{stage}.json") == {
         "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "execute-api:ManageConnections",
-        "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances"}
+        "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances",
+        "xray:PutTraceSegments", "xray:PutTelemetryRecords", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"}
 
 
 def assert_scoped(statement: dict[str, Any], stage: str) -> None:
-    """No statement grants every resource, except DiscoverInstances: Cloud Map takes no resource ARN
-    for it, so it is held to this stage's namespace by the NamespaceName condition key."""
-    if statement["Action"] == ["servicediscovery:DiscoverInstances"]:
+    """No statement grants every resource, except DiscoverInstances (Cloud Map takes no resource ARN
+    for it, so it is held to this stage's namespace by the NamespaceName condition key) and X-Ray's
+    two write calls (which take no resource at all)."""
+    if statement["Action"] == ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]:
+        assert statement["Resource"] == "*" and "Condition" not in statement
+    elif statement["Action"] == ["servicediscovery:DiscoverInstances"]:
         assert statement["Condition"] == {"StringEquals": {"servicediscovery:NamespaceName": f"claude-agent-{stage}.sandbox"}}
     else:
         assert statement["Resource"] != "*" and "Condition" not in statement
