@@ -14,6 +14,7 @@ ends with an `error` and a conversation whose tool calls are all answered.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
+from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +307,10 @@ class TurnRunner:
         """Repair a turn whose runner died: answer its cut-off tool calls, tell the client, and
         run its prompt again if it was never saved, unless `gave_up` says why its runner failed
         for good. False when storage failed on the way."""
+        with log_context.bound(sessionId=rec.session_id, turnId=rec.dead.turn_id, userId=rec.user_id):
+            return self._repair(rec, runner_id, gave_up)
+
+    def _repair(self, rec: _Recovery, runner_id: str, gave_up: str | None) -> bool:
         dead = rec.dead
         log.warning("turn %s of session %s lost its runner (lease ran out at %s); repairing it",
                     dead.turn_id, rec.session_id, dead.lease_until)
@@ -371,6 +377,13 @@ class TurnRunner:
 
     def _run_one(self, request: TurnRequest, runner_id: str) -> bool:
         """Run one claimed turn; return whether its end was recorded in the session state."""
+        with log_context.bound(sessionId=request.session_id, turnId=request.turn_id, userId=request.user_id):
+            log.info("turn started")
+            recorded = self._run_claimed(request, runner_id)
+            log.info("turn ended%s", "" if recorded else " (its end not recorded)")
+            return recorded
+
+    def _run_claimed(self, request: TurnRequest, runner_id: str) -> bool:
         stream = TurnStream(
             self.sender,
             request.last_seq,
@@ -601,7 +614,9 @@ class _StateWatcher:
         self.stream = stream
         self.interrupted = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"watch-{request.session_id}", daemon=True)
+        # Run in a copy of the turn's context: its log lines carry the turn's ids.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        name=f"watch-{request.session_id}", daemon=True)
         self._last_renewal = time.monotonic()
         # Messages queued behind this turn, as of the last poll (so its workspace save can wait).
         self.queued_behind = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.skill_index import SkillIndex
+from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +183,17 @@ class RealtimeService:
         if conn is None:
             reply(error_frame("This connection is not registered (it may have expired): reconnect.", "unknown_connection"))
             return
+        with log_context.bound(sessionId=conn.session_id, userId=conn.user_id):
+            self._frame(conn, event, reply)
+
+    def _frame(self, conn: Connection, event: WsEvent, reply: Callable[[dict[str, Any]], object]) -> None:
         try:
             parsed = parse_client_frame(event.body)
         except FrameError as exc:
+            log.info("frame refused: %s", exc.code)
             reply(error_frame(exc.message, exc.code))
             return
+        log.info("frame %s", type(parsed).__name__)
         try:
             for payload in self._handle(conn, parsed):
                 reply(payload)

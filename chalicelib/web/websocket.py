@@ -18,6 +18,7 @@ from chalicelib.aws import aws_session
 from chalicelib.config import current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
+from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,18 @@ def connect(event: WebsocketEvent) -> Response:
     """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
     from chalicelib.realtime.service import WsEvent
 
-    try:
-        refused = _origin_refusal(event)
-        if refused is not None:
-            return refused
-        decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
-    except AppError as exc:
-        return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
+    raw = event.to_dict()
+    with _bound(raw, sessionId=(raw.get("queryStringParameters") or {}).get("sessionId")):
+        try:
+            refused = _origin_refusal(event)
+            if refused is not None:
+                return refused
+            decision = container().realtime.connect(WsEvent.from_lambda_event(raw))
+        except AppError as exc:
+            log.info("websocket connect refused: %s", exc.code)
+            return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
+        log.info("websocket connect %s: %d%s", event.connection_id, decision.status,
+                 f" ({decision.code})" if decision.code else "")
     if decision.status == 200:
         return Response(body="", status_code=200)
     return Response(body=json.dumps({"error": decision.error, "code": decision.code}), status_code=decision.status,
@@ -74,27 +80,41 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
         sender.configure(ws_event.domain_name, ws_event.stage)
         sender.send(ws_event.connection_id, error_frame(BINARY_FRAME, "binary_frame"))
         return
-    try:
-        services = container()
-    except AppError as exc:
-        sender.send(ws_event.connection_id, error_frame(exc.message, exc.code))
-        return
-    services.realtime.message(ws_event, sender)
+    with _bound(raw):
+        try:
+            services = container()
+        except AppError as exc:
+            sender.send(ws_event.connection_id, error_frame(exc.message, exc.code))
+            return
+        services.realtime.message(ws_event, sender)
 
 
 def disconnect(event: WebsocketEvent) -> None:
     """$disconnect: forget the connection; a running turn goes on."""
     from chalicelib.realtime.service import WsEvent
 
-    container().realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
+    raw = event.to_dict()
+    with _bound(raw):
+        container().realtime.disconnect(WsEvent.from_lambda_event(raw))
+        log.info("websocket disconnect %s", event.connection_id)
+
+
+def _bound(raw: dict[str, Any], **ids: str | None) -> Any:
+    """The log ids of one API Gateway websocket event."""
+    return log_context.bound(requestId=(raw.get("requestContext") or {}).get("requestId"), **ids)
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
+    session_id = str(payload.get("sessionId", ""))
+    with log_context.bound(requestId=getattr(context, "aws_request_id", None), sessionId=session_id or None):
+        return _run_turns(session_id, context, websocket_api)
+
+
+def _run_turns(session_id: str, context: Any, websocket_api: Any) -> dict[str, Any]:
     from chalicelib.realtime.dispatch import LambdaDispatcher
     from chalicelib.realtime.sender import ChaliceSender
 
-    session_id = str(payload.get("sessionId", ""))
     services = container()
     runner = services.turn_runner(ChaliceSender(websocket_api))
     time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if hasattr(context, "get_remaining_time_in_millis") else None
@@ -123,8 +143,9 @@ def turn_failures(records: Any, websocket_api: Any) -> dict[str, str]:
         except ValidationError as exc:
             log.error("dropped a turn failure record that is not one (%s): %.300s", exc.errors()[0]["msg"], record.body)
             continue
-        outcome = services.turn_runner(ChaliceSender(websocket_api)).give_up(failed.session_id, failed.why())
-        log.warning("turn runner failed for good on session %s (%s): %s", failed.session_id, failed.why(), outcome)
+        with log_context.bound(sessionId=failed.session_id):
+            outcome = services.turn_runner(ChaliceSender(websocket_api)).give_up(failed.session_id, failed.why())
+            log.warning("turn runner failed for good on session %s (%s): %s", failed.session_id, failed.why(), outcome)
         if outcome == "failed":
             raise RuntimeError(f"could not repair the failed turn of session {failed.session_id}: storage failed")
         if outcome == "repaired":
