@@ -163,9 +163,9 @@ class Api:
         one line for it, with the ids it names."""
         request = self._request()
         started = time.monotonic()
-        query = request.query_params or {}
-        with log_context.bound(requestId=(request.context or {}).get("requestId"),
-                               userId=params.get("userId") or query.get("userId"), sessionId=params.get("sessionId")):
+        user = params.get("userId") or (request.query_params.get("userId") if request.query_params else None)
+        with log_context.bound(requestId=(request.context or {}).get("requestId"), userId=user,
+                               sessionId=params.get("sessionId")):
             response = self._dispatch(handler, params, public=public)
             try:
                 response.headers.update(cors_headers(current_settings(), request.headers))
