@@ -49,7 +49,8 @@ from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
-from chalicelib.telemetry import log_context
+from chalicelib.telemetry import log_context, turn_metrics
+from chalicelib.telemetry.turn_metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,7 @@ class TurnRunner:
             return recorded
 
     def _run_claimed(self, request: TurnRequest, runner_id: str) -> bool:
+        metrics = TurnMetrics(request.session_id, request.turn_id) if turn_metrics.enabled() else None
         stream = TurnStream(
             self.sender,
             request.last_seq,
@@ -392,7 +394,15 @@ class TurnRunner:
             if request.last_turn_id
             else [],
             ceiling=request.seq_ceiling,
+            observer=metrics.observe if metrics is not None else None,
         )
+        try:
+            return self._run_streamed(request, runner_id, stream)
+        finally:
+            if metrics is not None:
+                metrics.publish()
+
+    def _run_streamed(self, request: TurnRequest, runner_id: str, stream: TurnStream) -> bool:
         if request.subscriber is not None:
             self.sender.configure(request.subscriber.domain_name, request.subscriber.stage)
             stream.retarget(request.subscriber)

@@ -51,7 +51,10 @@ class TurnStream:
         subscriber: Subscriber | None,
         earlier_events: Callable[[int], list[dict[str, Any]]] | None = None,
         ceiling: int | None = None,
+        observer: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        # Sees every event as it is numbered (the turn's metrics).
+        self.observer = observer
         self.sender = sender
         self.first_seq = last_seq + 1
         self.seq = last_seq
@@ -87,7 +90,9 @@ class TurnStream:
             if self._target is not None:
                 self._outbox.append(payload)
                 self._wake.notify()
-            return payload
+        if self.observer is not None:
+            self.observer(payload)
+        return payload
 
     def retarget(self, subscriber: Subscriber | None) -> None:
         """Switch to a new subscriber, first replaying what it asked for (resume)."""
