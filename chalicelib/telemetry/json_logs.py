@@ -33,11 +33,13 @@ class JsonFormatter(logging.Formatter):
         self.hash_user_ids = hash_user_ids
 
     def format(self, record: logging.LogRecord) -> str:
+        # As logging.Formatter does: other handlers (and tools reading records) expect it set.
+        record.message = record.getMessage()
         line: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": record.message,
         }
         ids = log_context.current()
         # Lambda's own handler puts the invocation's id on each record; a bound one is more precise.
@@ -58,14 +60,14 @@ def wanted(env: Mapping[str, str]) -> bool:
     return fmt == "json" or (fmt != "text" and "AWS_LAMBDA_FUNCTION_NAME" in env)
 
 
-def configure(env: Mapping[str, str] | None = None) -> bool:
-    """Give the root logger's handlers the JSON formatter (adding one on stderr when it has none);
-    return whether JSON logging is on."""
+def configure(env: Mapping[str, str] | None = None, root: logging.Logger | None = None) -> bool:
+    """Give the root logger's (or `root`'s) handlers the JSON formatter, adding one on stderr when
+    it has none; return whether JSON logging is on."""
     env = os.environ if env is None else env
     if not wanted(env):
         return False
     formatter = JsonFormatter(hash_user_ids=env.get("LOG_HASH_USER_IDS", "") in ("1", "true", "yes"))
-    root = logging.getLogger()
+    root = root or logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))
         root.setLevel(logging.INFO)

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,24 @@ from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
 
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """The root logger's handlers, as json_logs.configure leaves them (in Lambda, or LOG_FORMAT=json), writing here."""
+@contextmanager
+def captured(env: dict[str, str]) -> Iterator[io.StringIO]:
+    """A handler on the root logger, formatted as json_logs.configure formats the root's handlers
+    (in Lambda, or LOG_FORMAT=json), writing here. Only this handler: pytest's own stay as they are."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
+    holder = logging.Logger("holder")
+    holder.addHandler(handler)
+    assert json_logs.configure(env, holder)
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    root.handlers[:] = [handler]
+    level = root.level
+    root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
-        assert json_logs.configure({"LOG_FORMAT": "json"})
         yield out
     finally:
-        root.handlers[:], root.level = saved
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:
@@ -63,11 +68,10 @@ def drive(client: Any, management: Any, fake: Any, dispatcher: Any) -> None:
     client.lambda_.invoke("ws_disconnect", with_request_id(ws_event("$disconnect", "c1"), "req-disconnect"))
 
 
-def test_every_line_is_json_with_the_ids_known_where_it_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    captured: io.StringIO) -> None:
-    with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+def test_every_line_is_json_with_the_ids_known_where_it_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with captured({"LOG_FORMAT": "json"}) as out, lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
         drive(client, management, fake, dispatcher)
-    logged = lines(captured)
+    logged = lines(out)
     by_message = {line["message"]: line for line in logged}
 
     setup = next(line for line in logged if line["message"].startswith("POST /setup/{sessionId} -> 200"))
@@ -88,11 +92,11 @@ def test_every_line_is_json_with_the_ids_known_where_it_was_written(tmp_path: Pa
     assert log_context.current() == {}  # nothing leaks past the work it was bound for
 
 
-def test_user_ids_are_hashed_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured: io.StringIO) -> None:
-    assert json_logs.configure({"LOG_FORMAT": "json", "LOG_HASH_USER_IDS": "1"})
-    with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+def test_user_ids_are_hashed_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with captured({"LOG_FORMAT": "json", "LOG_HASH_USER_IDS": "1"}) as out, \
+            lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
         drive(client, management, fake, dispatcher)
-    with_user = [line for line in lines(captured) if "userId" in line]
+    with_user = [line for line in lines(out) if "userId" in line]
     assert len(with_user) >= 4
     assert {line["userId"] for line in with_user} == {json_logs.hashed_user("alice")}
     assert json_logs.hashed_user("alice") != json_logs.hashed_user("bob")
@@ -106,7 +110,7 @@ def test_an_exception_is_one_line_with_its_traceback() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed %s", ("here",), exc_info=__import__("sys").exc_info())
     with log_context.bound(sessionId="s", turnId="t"):
         line = formatter.format(record)
-    assert "\n" not in line
+    assert "\n" not in line and record.message == "failed here"  # set, as logging.Formatter sets it
     parsed = json.loads(line)
     assert parsed["message"] == "failed here" and "ValueError: boom" in parsed["error"]
     assert (parsed["sessionId"], parsed["turnId"]) == ("s", "t")
