@@ -15,6 +15,7 @@ from chalicelib.aws import aws_session
 from chalicelib.services.health import check_health
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES, MAX_SETTINGS_BYTES, MAX_SKILL_UPLOAD_BYTES
 from chalicelib.services.skills import SkillUpload
+from chalicelib.telemetry import json_logs
 from chalicelib.web import websocket
 from chalicelib.web.downloads import file_response
 from chalicelib.web.responses import Reply, etag_header
@@ -194,4 +195,11 @@ def socketio_ping(event):
     return websocket.ping_socketio_clients(app.websocket_api)
 
 
+# The turn runner's on-failure destination; the stack (merge template) points it at its own queue.
+@app.on_sqs_message(queue="claude-agent-turn-failures", batch_size=1)
+def turn_failures(event):
+    return websocket.turn_failures(event, app.websocket_api)
+
+
+json_logs.configure()  # inside Lambda (or LOG_FORMAT=json): one JSON object per log line, with its ids
 cold_start.finish()  # inside Lambda: the storage client, built at init (see chalicelib/cold_start.py)

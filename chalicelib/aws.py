@@ -37,6 +37,7 @@ PACKAGED_SERVICES = (
     "apigatewaymanagementapi",  # sending websocket frames
     "ssm",  # secrets
     "secretsmanager",  # secrets
+    "servicediscovery",  # SANDBOX_URL=cloudmap://...: Cloud Map's DiscoverInstances
     # botocore's credential chain creates these when a role, SSO or `aws login` profile is configured.
     "sts",
     "sso",

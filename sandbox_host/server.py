@@ -19,9 +19,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
@@ -47,6 +48,7 @@ from chalicelib.sandbox.base import (
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
 from chalicelib.sandbox.egress_policy import MAX_RULES, normalize_rule
 from chalicelib.security import bearer_token
+from sandbox_host.operations import Operations, OperationsSettings
 
 log = logging.getLogger("sandbox_host")
 
@@ -148,6 +150,10 @@ class SandboxHost:
             # A host that cannot isolate must not start: every session on it would fail.
             raise SystemExit(f"The sandbox host cannot start: {exc}") from None
         self.last_used: dict[str, float] = {}
+        # Commands running per session: a session with one is busy (reported as BusySessions).
+        self.running: Counter[str] = Counter()
+        # Told whenever sessions come or go (task protection follows the count).
+        self.on_sessions_changed: Callable[[], None] = lambda: None
         # A draining host takes no new sessions; the API moves its sessions at their next turn.
         self.draining = settings.sandbox.drain
         self.lock = threading.Lock()
@@ -168,7 +174,14 @@ class SandboxHost:
         for sid in idle:
             self.provider.destroy(sid)
             log.info("reaped idle session %s", sid)
+        if idle:
+            self.on_sessions_changed()
         return idle
+
+    def busy(self) -> int:
+        """Sessions running a command now."""
+        with self.lock:
+            return sum(1 for count in self.running.values() if count > 0)
 
     def reaper(self, interval: float = 30.0) -> None:
         while not self._stop.wait(interval):
@@ -177,19 +190,40 @@ class SandboxHost:
             except Exception:
                 log.exception("reaping failed")
 
+    @contextlib.contextmanager
+    def command(self, session_id: str | None) -> Iterator[None]:
+        """Count the session busy while a command of it runs (nothing for other calls)."""
+        if session_id is None:
+            yield
+            return
+        with self.lock:
+            self.running[session_id] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running[session_id] -= 1
+                if self.running[session_id] <= 0:
+                    del self.running[session_id]
+
     def stop(self) -> None:
         self._stop.set()
         for sid in self.provider.sessions():
             self.provider.destroy(sid)
 
 
-def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.0) -> Starlette:
-    """The sandbox host's ASGI app."""
+def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.0,
+               operations: OperationsSettings | None = None, metrics_stream: TextIO | None = None) -> Starlette:
+    """The sandbox host's ASGI app. `operations`: task protection and metrics (see
+    `sandbox_host.operations`; default: none held, metrics every 60 s to `metrics_stream`/stdout)."""
     host = SandboxHost(settings or Settings.from_env())
+    ops = Operations(operations or OperationsSettings(), sessions=lambda: len(host.provider.sessions()), busy=host.busy,
+                     draining=lambda: host.draining, stream=metrics_stream)
+    host.on_sessions_changed = ops.sessions_changed
 
     max_body = host.settings.sandbox.host_max_body_mb * 2**20
 
-    def endpoint(handler: Callable[..., Any], needs_session: bool = True,
+    def endpoint(handler: Callable[..., Any], needs_session: bool = True, *, runs_command: bool = False,
                  cap: Callable[[Request], int] | None = None) -> Callable[[Request], Any]:
         async def run(request: Request) -> Response:
             token = bearer_token(dict(request.headers))
@@ -211,7 +245,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     sandbox = host.provider.get(sid) if needs_session and sid else None
                     if sid:
                         host.touch(sid)
-                    result = handler(request, sandbox, raw)
+                    with host.command(sid if runs_command else None):
+                        result = handler(request, sandbox, raw)
                     return result if isinstance(result, Response) else _Json(result)
                 except AppError as exc:
                     return _error(exc.status, exc.message, exc.code)
@@ -251,6 +286,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
         sid = request.path_params["session_id"]
         host.provider.create(sid, body.options())
         host.touch(sid)
+        host.on_sessions_changed()
         return {"sessionId": sid}
 
     def exists(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
@@ -262,6 +298,7 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
             host.last_used.pop(sid, None)
         if not host.provider.destroy(sid):
             raise SandboxGone(f"No session {sid!r} on this host.")
+        host.on_sessions_changed()
         return {"destroyed": True, "sessionId": sid}
 
     def write(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
@@ -332,8 +369,10 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         thread = threading.Thread(target=host.reaper, args=(reaper_interval,), daemon=True, name="reaper")
         thread.start()
+        threading.Thread(target=ops.run, daemon=True, name="operations").start()
         yield
         host.stop()
+        ops.stop()
 
     s = "/sessions/{session_id}"
     app = Starlette(
@@ -347,8 +386,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
             Route(s + "/files", endpoint(read), methods=["GET"]),
             Route(s + "/files", endpoint(remove), methods=["DELETE"]),
             Route(s + "/list", endpoint(listing), methods=["GET"]),
-            Route(s + "/exec", endpoint(run_exec), methods=["POST"]),
-            Route(s + "/bash", endpoint(run_bash), methods=["POST"]),
+            Route(s + "/exec", endpoint(run_exec, runs_command=True), methods=["POST"]),
+            Route(s + "/bash", endpoint(run_bash, runs_command=True), methods=["POST"]),
             Route(s + "/bash/restart", endpoint(restart_bash), methods=["POST"]),
             Route(s + "/mount", endpoint(mount), methods=["POST"]),
             Route(s + "/archive", endpoint(export_archive), methods=["GET"]),
@@ -381,7 +420,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # How often the idle reaper looks; SANDBOX_IDLE_TIMEOUT says how idle is too idle.
-    app = create_app(reaper_interval=float(os.environ.get("SANDBOX_REAP_INTERVAL", "30")))
+    app = create_app(reaper_interval=float(os.environ.get("SANDBOX_REAP_INTERVAL", "30")),
+                     operations=OperationsSettings.from_env(os.environ))
     # `docker stop` sends SIGTERM; uvicorn stops gracefully, then raises it again with the handler
     # it found. The default one would end the process on the spot, skipping exit handlers, and
     # every session's tmpfs workspace and uid record would outlive it: make it an ordinary exit.

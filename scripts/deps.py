@@ -38,6 +38,9 @@ class LockSet:
     name: str
     source: str  # the ranges, relative to ROOT
     lock: str  # the lock, relative to ROOT
+    # Compiled against the test suite's lock (one version of a package everywhere); a tool that
+    # runs in an environment of its own is not.
+    constrained: bool = True
 
 
 # The test suite's set comes first: the others are compiled with its lock as a constraint.
@@ -46,6 +49,7 @@ LOCK_SETS = (
     LockSet("lambda", "requirements.in", "requirements.txt"),
     LockSet("gateway", "requirements-local.in", "requirements-local.txt"),
     LockSet("sandbox host", "sandbox_host/requirements.in", "sandbox_host/requirements.txt"),
+    LockSet("checkov", "requirements-checkov.in", "requirements-checkov.txt", constrained=False),
 )
 SUPERSET = LOCK_SETS[0]
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(?:;([^\\]*))?")
@@ -106,7 +110,7 @@ def lock(upgrade: bool = False) -> None:
         command = [_uv(), "pip", "compile", "--quiet", "--universal", "--python-version", PYTHON_VERSION,
                    "--generate-hashes", "--custom-compile-command", "./scripts/lock",
                    lock_set.source, "-o", lock_set.lock]
-        if lock_set is not SUPERSET:
+        if lock_set is not SUPERSET and lock_set.constrained:
             command += ["-c", SUPERSET.lock]
         if upgrade:
             command.append("--upgrade")

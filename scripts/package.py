@@ -3,6 +3,10 @@
     ./scripts/package --stage prod out/                         # CloudFormation / SAM: out/sam.json + deployment.zip
     ./scripts/package --stage prod --format terraform out/      # Terraform: out/chalice.tf.json + override
 
+Beside the app's template goes the sandbox plane's (`deploy/`): out/sandbox-fleet.json (a
+CloudFormation stack of its own) or out/sandbox-fleet/sandbox_fleet.tf.json (its own Terraform
+root module), deployed first; its outputs are the app's SANDBOX_URL, subnets and security group.
+
 Plain `chalice package` leaves two settings wrong for a CloudFormation stack: TURN_RUNNER_FUNCTION
 names `claude-agent-backend-<stage>-turn_runner` (what `chalice deploy` calls it; CloudFormation
 gives the function another name) and WEBSOCKET_URL is missing. This command always applies
@@ -28,6 +32,8 @@ import boto3
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGING_REGION = "us-east-1"
+FLEET_CFN = ROOT / "deploy" / "sandbox-fleet.json"
+FLEET_TERRAFORM = ROOT / "deploy" / "sandbox_fleet.tf.json"
 
 
 class PackagingError(Exception):
@@ -97,13 +103,22 @@ def package(stage: str, fmt: str, out: Path, environ: dict[str, str] | None = No
                                  "(it wires TURN_RUNNER_FUNCTION and WEBSOCKET_URL and scopes the roles).")
         _run([*chalice_command(), "package", "--stage", stage, "--merge-template", str(merge), str(out)], env)
         check_sam(json.loads((out / "sam.json").read_text()))
+        shutil.copy(FLEET_CFN, out / FLEET_CFN.name)
     else:
         override = ROOT / ".chalice" / "terraform" / f"{stage}_override.tf.json"
         if not override.is_file():
             raise PackagingError(f"No .chalice/terraform/{override.name}: copy prod_override.tf.json for stage {stage!r}.")
         _run([*chalice_command(), "package", "--pkg-format", "terraform", "--stage", stage, str(out)], env)
         shutil.copy(override, out / override.name)
+        # New resources (failure queue, its wiring, access logs): an override file may only change
+        # blocks Chalice wrote, so they live in a file of their own.
+        hardening = override.with_name(f"{stage}_hardening.tf.json")
+        if hardening.is_file():
+            shutil.copy(hardening, out / hardening.name)
         check_terraform(json.loads((out / "chalice.tf.json").read_text()), json.loads(override.read_text()))
+        # A folder of its own: one root module per stack, deployed before the app's.
+        (out / "sandbox-fleet").mkdir()
+        shutil.copy(FLEET_TERRAFORM, out / "sandbox-fleet" / FLEET_TERRAFORM.name)
     return notes
 
 
@@ -128,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.format == "sam":
-        print(f"{args.out}/sam.json and {args.out}/deployment.zip are ready (README: Deploy, the SAM path).")
+        print(f"{args.out}/sam.json and {args.out}/deployment.zip are ready (README: Deploy, the SAM path); "
+              f"{args.out}/sandbox-fleet.json is the sandbox fleet's stack (README: Sandbox fleet stack).")
     else:
-        print(f"{args.out}/chalice.tf.json and {args.stage}_override.tf.json are ready: terraform init && terraform apply there.")
+        print(f"{args.out}/chalice.tf.json and {args.stage}_override.tf.json are ready: terraform init && terraform apply there; "
+              f"{args.out}/sandbox-fleet/ is the sandbox fleet's module (README: Sandbox fleet stack).")
     return 0
 
 

@@ -136,23 +136,10 @@ def claim_next(state: SessionState, runner_id: str, now: datetime, lease: timede
     """Take the session's turn if nobody live holds it: our own earlier claim (its write's
     response was lost), a dead runner's turn to repair, or the next queued message."""
     turn = state.turn
-    if turn is not None and turn.runner_id == runner_id and turn.recovering:
-        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers),
-                        state.seq_ceiling - SEQ_BLOCK, Lease.of(state.session_id, turn), _pending_of(state, turn.turn_id))
-    if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
+    if turn is not None and turn.runner_id == runner_id and turn.prompt is not None and not turn.recovering:
         return _request(state, turn, turn.prompt)
     if turn is not None:
-        if not turn.is_stale(now):
-            return LeaseHeld(turn.lease_until or (turn.heartbeat_at + lease))
-        start = state.seq_floor
-        state.seq_ceiling = start + SEQ_BLOCK
-        state.lease_epoch += 1
-        state.turn = turn.model_copy(update={
-            "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + lease, "recovering": True,
-            "epoch": state.lease_epoch,
-        })
-        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers), start,
-                        Lease.of(state.session_id, state.turn), _pending_of(state, turn.turn_id))
+        return take_over(state, runner_id, now, lease)
     if not state.queue:
         return QueueEmpty()
     prompt = state.queue.pop(0)
@@ -164,6 +151,29 @@ def claim_next(state: SessionState, runner_id: str, now: datetime, lease: timede
         started_at=now, heartbeat_at=now, lease_until=now + lease, prompt=prompt, epoch=state.lease_epoch,
     )
     return _request(state, state.turn, prompt, start)
+
+
+def take_over(state: SessionState, runner_id: str, now: datetime, lease: timedelta) -> Recovery | LeaseHeld | QueueEmpty:
+    """Take a dead runner's turn over to repair it (never a queued message): our own takeover
+    whose write's response was lost, or a turn whose lease ran out. QueueEmpty when no turn is
+    recorded (what is queued waits for a runner)."""
+    turn = state.turn
+    if turn is None:
+        return QueueEmpty()
+    if turn.runner_id == runner_id and turn.recovering:
+        return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers),
+                        state.seq_ceiling - SEQ_BLOCK, Lease.of(state.session_id, turn), _pending_of(state, turn.turn_id))
+    if not turn.is_stale(now):
+        return LeaseHeld(turn.lease_until or (turn.heartbeat_at + lease))
+    start = state.seq_floor
+    state.seq_ceiling = start + SEQ_BLOCK
+    state.lease_epoch += 1
+    state.turn = turn.model_copy(update={
+        "runner_id": runner_id, "heartbeat_at": now, "lease_until": now + lease, "recovering": True,
+        "epoch": state.lease_epoch,
+    })
+    return Recovery(state.session_id, state.user_id, state.conversation_id, turn, list(state.subscribers), start,
+                    Lease.of(state.session_id, state.turn), _pending_of(state, turn.turn_id))
 
 
 def _request(state: SessionState, turn: RunningTurn, prompt: QueuedPrompt, start: int | None = None) -> TurnRequest:

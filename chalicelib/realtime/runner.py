@@ -40,6 +40,7 @@ from chalicelib.realtime.lease import (
     Recovery,
     TurnRequest,
     claim_next,
+    take_over,
 )
 from chalicelib.realtime.permissions import PermissionDesk
 from chalicelib.realtime.protocol import error_frame
@@ -54,6 +55,8 @@ from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService, ConversationUnreadable, FencedOut
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
+from chalicelib.telemetry import log_context, turn_metrics
+from chalicelib.telemetry.turn_metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,39 @@ class TurnRunner:
             reinvoke()
         return ran
 
+    def give_up(self, session_id: str, why: str) -> str:
+        """The runner's invocation for this session failed for good (Lambda's retries ran out and
+        its on-failure destination says so): repair the turn it left, as a takeover would, but do
+        not run its prompt again (it may be what makes the runner fail), and tell the client.
+
+        Returns "repaired"; "running" when a live runner holds the turn (a later invocation took
+        over: nothing to repair); "idle" when no turn is open (the queue, if any, runs at the next
+        message or connect); "failed" when storage failed on the way (the message is retried)."""
+        runner_id = uuid.uuid4().hex[:12]
+        try:
+            known = durably(lambda: self.states.read(session_id), "reading the session state")
+        except AppError as exc:
+            log.error("cannot read the state of session %s: %s", session_id, exc.message)
+            return "failed"
+        # Decided on a read first: a live or absent turn is left as it is, unwritten.
+        if known is None or known.turn is None:
+            return "idle"
+        if not known.turn.is_stale(utcnow()):
+            return "running"
+        try:
+            taken, _ = durably(
+                lambda: self.states.update(session_id, lambda state: take_over(state, runner_id, utcnow(), self.lease)),
+                "taking over the failed turn",
+            )
+        except AppError as exc:
+            log.error("cannot take over the failed turn of session %s: %s", session_id, exc.message)
+            return "failed"
+        if isinstance(taken, QueueEmpty):
+            return "idle"
+        if isinstance(taken, LeaseHeld):
+            return "running"
+        return "repaired" if self._recover(taken, gave_up=why) else "failed"
+
     # -- claiming and finishing -------------------------------------------------------------
 
     def _claim(self, session_id: str, runner_id: str) -> TurnRequest | Recovery | LeaseHeld | QueueEmpty | ClaimFailed:
@@ -200,9 +236,14 @@ class TurnRunner:
 
     # -- a dead runner's turn -----------------------------------------------------------------
 
-    def _recover(self, rec: Recovery) -> bool:
+    def _recover(self, rec: Recovery, gave_up: str | None = None) -> bool:
         """Repair a turn whose runner died: answer its cut-off tool calls, tell the client, and
-        run its prompt again if it was never saved. False when storage failed on the way."""
+        run its prompt again if it was never saved, unless `gave_up` says why its runner failed
+        for good. False when storage failed on the way."""
+        with log_context.bound(sessionId=rec.session_id, turnId=rec.dead.turn_id, userId=rec.user_id):
+            return self._repair(rec, gave_up)
+
+    def _repair(self, rec: Recovery, gave_up: str | None) -> bool:
         dead = rec.dead
         log.warning("turn %s of session %s lost its runner (lease ran out at %s); repairing it",
                     dead.turn_id, rec.session_id, dead.lease_until)
@@ -238,15 +279,23 @@ class TurnRunner:
             for block in added:
                 stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
             prompt_saved = transcript.metadata.get("lastPromptId") == dead.prompt_id
-            if not prompt_saved and dead.prompt is not None:
+            if not prompt_saved and dead.prompt is not None and gave_up is None:
                 requeue = dead.prompt
-            stream.emit(error_frame(
-                "The server running this turn stopped before it finished (crash, restart or time limit). "
-                + ("Your message had not been read yet: it runs again now." if requeue is not None else
-                   "What was said is kept" + (" and the unfinished tool call was marked as failed" if added else "")
-                   + ": send a message to continue."),
-                "turn_cut_off",
-            ))
+            kept = "What was said is kept" + (" and the unfinished tool call was marked as failed" if added else "")
+            if gave_up is not None:
+                stream.emit(error_frame(
+                    f"The server could not run this turn: its runner failed every attempt ({gave_up}). "
+                    + (f"{kept}: send a message to continue." if prompt_saved else
+                       "Your message was not run: send it again, or change it if it keeps failing."),
+                    "turn_failed",
+                ))
+            else:
+                stream.emit(error_frame(
+                    "The server running this turn stopped before it finished (crash, restart or time limit). "
+                    + ("Your message had not been read yet: it runs again now." if requeue is not None else
+                       f"{kept}: send a message to continue."),
+                    "turn_cut_off",
+                ))
             stream.emit(_cut_short_result(dead.started_at, turns=0))
             self._flush_events(rec.session_id, dead.turn_id, stream)
             self._finish(rec.lease, stream, requeue)
@@ -267,7 +316,14 @@ class TurnRunner:
 
     def _run_one(self, request: TurnRequest) -> bool:
         """Run one claimed turn; return whether its end was recorded in the session state."""
-        lease = request.lease
+        with log_context.bound(sessionId=request.session_id, turnId=request.turn_id, userId=request.user_id):
+            log.info("turn started")
+            recorded = self._run_measured(request)
+            log.info("turn ended%s", "" if recorded else " (its end not recorded)")
+            return recorded
+
+    def _run_measured(self, request: TurnRequest) -> bool:
+        metrics = TurnMetrics(request.session_id, request.turn_id) if turn_metrics.enabled() else None
         stream = TurnStream(
             self.sender,
             request.last_seq,
@@ -276,7 +332,16 @@ class TurnRunner:
             if request.last_turn_id
             else [],
             ceiling=request.seq_ceiling,
+            observer=metrics.observe if metrics is not None else None,
         )
+        try:
+            return self._run_streamed(request, stream)
+        finally:
+            if metrics is not None:
+                metrics.publish()
+
+    def _run_streamed(self, request: TurnRequest, stream: TurnStream) -> bool:
+        lease = request.lease
         self._follow(stream, request.subscribers)
         watcher = TurnWatcher(self.states, lease, stream, lease_duration=self.lease, renew_every=self.renew_every,
                               poll_interval=self.poll_interval,

@@ -53,6 +53,7 @@ from chalicelib.services.conversations import ConversationsService
 from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 from chalicelib.storage import StorageUnavailable
+from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,10 @@ class RealtimeService:
             self._start_runner(session_id)
         return state
 
+    def start_runner(self, session_id: str) -> None:
+        """Dispatch a runner for the session's queue (after a failed turn was repaired)."""
+        self._start_runner(session_id)
+
     def _start_runner(self, session_id: str) -> None:
         """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""
         try:
@@ -198,11 +203,17 @@ class RealtimeService:
         if conn is None:
             reply(error_frame("This connection is not registered (it may have expired): reconnect.", "unknown_connection"))
             return
+        with log_context.bound(sessionId=conn.session_id, userId=conn.user_id):
+            self._frame(conn, event, reply)
+
+    def _frame(self, conn: Connection, event: WsEvent, reply: Callable[[dict[str, Any]], object]) -> None:
         try:
             parsed = parse_client_frame(event.body)
         except FrameError as exc:
+            log.info("frame refused: %s", exc.code)
             reply(error_frame(exc.message, exc.code))
             return
+        log.info("frame %s", type(parsed).__name__)
         try:
             for payload in self._handle(conn, parsed):
                 reply(payload)

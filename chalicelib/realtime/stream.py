@@ -70,7 +70,10 @@ class TurnStream:
         subscriber: Subscriber | None,
         earlier_events: Callable[[int], list[dict[str, Any]]] | None = None,
         ceiling: int | None = None,
+        observer: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        # Sees every event as it is numbered (the turn's metrics).
+        self.observer = observer
         self.sender = sender
         self.first_seq = last_seq + 1
         self.seq = last_seq
@@ -107,7 +110,9 @@ class TurnStream:
                 target.queue(payload)
             if self._targets:
                 self._wake.notify_all()
-            return payload
+        if self.observer is not None:
+            self.observer(payload)
+        return payload
 
     def follow(self, subscribers: list[Subscriber]) -> None:
         """Serve exactly these subscriptions: a new one first gets what it asked to replay

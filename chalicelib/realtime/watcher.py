@@ -7,6 +7,7 @@ and `lost` (another runner took the turn over; this one must write nothing more)
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -38,7 +39,9 @@ class TurnWatcher:
         # Messages queued behind this turn, as of the last poll (so its workspace save can wait).
         self.queued_behind = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"watch-{lease.session_id}", daemon=True)
+        # Run in a copy of the turn's context: its log lines carry the turn's ids.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        name=f"watch-{lease.session_id}", daemon=True)
         self._last_renewal = time.monotonic()
 
     def start(self) -> None:

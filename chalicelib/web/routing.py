@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from chalicelib.errors import (
 )
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
+from chalicelib.telemetry import log_context
 from chalicelib.web.auth import require_api_key
 from chalicelib.web.cors import cors_headers, preflight_headers
 from chalicelib.web.requests import ApiRequest
@@ -157,12 +159,20 @@ class Api:
         return request
 
     def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
-        """Run one request through auth, the handler and error mapping, adding CORS headers."""
-        response = self._dispatch(handler, params, public=public)
-        try:
-            response.headers.update(cors_headers(current_settings(), self._request().headers))
-        except AppError:
-            pass
+        """Run one request through auth, the handler and error mapping, adding CORS headers; log
+        one line for it, with the ids it names."""
+        request = self._request()
+        started = time.monotonic()
+        user = params.get("userId") or (request.query_params.get("userId") if request.query_params else None)
+        with log_context.bound(requestId=(request.context or {}).get("requestId"), userId=user,
+                               sessionId=params.get("sessionId")):
+            response = self._dispatch(handler, params, public=public)
+            try:
+                response.headers.update(cors_headers(current_settings(), request.headers))
+            except AppError:
+                pass
+            log.info("%s %s -> %d in %.0f ms", request.method, (request.context or {}).get("resourcePath", "?"),
+                     response.status_code, (time.monotonic() - started) * 1000)
         return response
 
     def _dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:

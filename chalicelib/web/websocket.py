@@ -18,6 +18,7 @@ from chalicelib.aws import aws_session
 from chalicelib.config import current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
+from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,20 @@ def connect(event: WebsocketEvent) -> Response:
     from chalicelib.realtime.service import WsEvent
     from chalicelib.web import engineio_lambda
 
-    try:
-        refused = _origin_refusal(event)
-        if refused is not None:
-            return refused
-        if engineio_lambda.is_engineio(event.to_dict()):
-            return engineio_lambda.connect(container(), event.to_dict())
-        decision = container().realtime.connect(WsEvent.from_lambda_event(event.to_dict()))
-    except AppError as exc:
-        return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
+    raw = event.to_dict()
+    with _bound(raw, sessionId=(raw.get("queryStringParameters") or {}).get("sessionId")):
+        try:
+            refused = _origin_refusal(event)
+            if refused is not None:
+                return refused
+            if engineio_lambda.is_engineio(raw):
+                return engineio_lambda.connect(container(), raw)
+            decision = container().realtime.connect(WsEvent.from_lambda_event(raw))
+        except AppError as exc:
+            log.info("websocket connect refused: %s", exc.code)
+            return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
+        log.info("websocket connect %s: %d%s", event.connection_id, decision.status,
+                 f" ({decision.code})" if decision.code else "")
     if decision.status == 200:
         return Response(body="", status_code=200)
     return Response(body=json.dumps({"error": decision.error, "code": decision.code}), status_code=decision.status,
@@ -77,16 +83,17 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
         sender.configure(ws_event.domain_name, ws_event.stage)
         sender.send(ws_event.connection_id, error_frame(BINARY_FRAME, "binary_frame"))
         return
-    try:
-        services = container()
-    except AppError as exc:
-        sender.send(ws_event.connection_id, error_frame(exc.message, exc.code))
-        return
-    from chalicelib.web import engineio_lambda
+    with _bound(raw):
+        try:
+            services = container()
+        except AppError as exc:
+            sender.send(ws_event.connection_id, error_frame(exc.message, exc.code))
+            return
+        from chalicelib.web import engineio_lambda
 
-    if engineio_lambda.message(services, raw, sender):
-        return
-    services.realtime.message(ws_event, sender)
+        if engineio_lambda.message(services, raw, sender):
+            return
+        services.realtime.message(ws_event, sender)
 
 
 def disconnect(event: WebsocketEvent) -> None:
@@ -94,15 +101,29 @@ def disconnect(event: WebsocketEvent) -> None:
     from chalicelib.realtime.service import WsEvent
     from chalicelib.web import engineio_lambda
 
-    services = container()
-    conn = services.realtime.disconnect(WsEvent.from_lambda_event(event.to_dict()))
-    if conn is not None and conn.socketio:
-        # (A Socket.IO client refused at its CONNECT has no connection record: the ping forgets it.)
-        engineio_lambda.disconnect(services, conn.connection_id)
+    raw = event.to_dict()
+    with _bound(raw):
+        services = container()
+        conn = services.realtime.disconnect(WsEvent.from_lambda_event(raw))
+        if conn is not None and conn.socketio:
+            # (A Socket.IO client refused at its CONNECT has no connection record: the ping forgets it.)
+            engineio_lambda.disconnect(services, conn.connection_id)
+        log.info("websocket disconnect %s", event.connection_id)
+
+
+def _bound(raw: dict[str, Any], **ids: str | None) -> Any:
+    """The log ids of one API Gateway websocket event."""
+    return log_context.bound(requestId=(raw.get("requestContext") or {}).get("requestId"), **ids)
 
 
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
+    session_id = str(payload.get("sessionId", ""))
+    with log_context.bound(requestId=getattr(context, "aws_request_id", None), sessionId=session_id or None):
+        return _run_turns(payload, session_id, context, websocket_api)
+
+
+def _run_turns(payload: dict[str, Any], session_id: str, context: Any, websocket_api: Any) -> dict[str, Any]:
     from chalicelib.realtime.dispatch import LambdaDispatcher
     from chalicelib.realtime.sender import ChaliceSender
     from chalicelib.web import engineio_lambda
@@ -110,7 +131,6 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     services = container()
     if "engineio" in payload:  # a Socket.IO client's open packet (see engineio_lambda)
         return engineio_lambda.background(services, payload, ChaliceSender(websocket_api))
-    session_id = str(payload.get("sessionId", ""))
     runner = services.turn_runner(engineio_lambda.EngineIOSender(ChaliceSender(websocket_api), services.engineio_links))
     time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if hasattr(context, "get_remaining_time_in_millis") else None
     # Hand a long queue over to a fresh invocation of this very function (its name is only
@@ -119,6 +139,35 @@ def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict
     dispatcher = LambdaDispatcher(aws_session().client("lambda"), name) if name and name != "turn_runner" else services.dispatcher
     ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id))
     return {"sessionId": session_id, "turns": ran}
+
+
+def turn_failures(records: Any, websocket_api: Any) -> dict[str, str]:
+    """The turn runner's on-failure destination (SQS): repair each failed session's turn and tell
+    its client. A record that is not one is logged and dropped (it would fail every retry); a
+    repair storage could not finish raises, so SQS delivers the record again."""
+    from pydantic import ValidationError
+
+    from chalicelib.realtime.failed_invocations import FailedInvocation
+    from chalicelib.realtime.sender import ChaliceSender
+
+    services = container()
+    outcomes: dict[str, str] = {}
+    for record in records:
+        try:
+            failed = FailedInvocation.model_validate_json(record.body)
+        except ValidationError as exc:
+            log.error("dropped a turn failure record that is not one (%s): %.300s", exc.errors()[0]["msg"], record.body)
+            continue
+        with log_context.bound(sessionId=failed.session_id):
+            outcome = services.turn_runner(ChaliceSender(websocket_api)).give_up(failed.session_id, failed.why())
+            log.warning("turn runner failed for good on session %s (%s): %s", failed.session_id, failed.why(), outcome)
+        if outcome == "failed":
+            raise RuntimeError(f"could not repair the failed turn of session {failed.session_id}: storage failed")
+        if outcome == "repaired":
+            # Messages queued behind the failed turn run now, as they would have after it.
+            services.realtime.start_runner(failed.session_id)
+        outcomes[failed.session_id] = outcome
+    return outcomes
 
 
 def resume_interrupted_turns() -> list[str]:

@@ -25,6 +25,7 @@ from scripts.lambda_package import HOST_ONLY, SLIM_MARKER
 from scripts.package import PackagingError, check_sam, check_terraform
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
 from tests.support.scrubbed_env import scrubbed_env
+from tests.unit.test_iam_policy import assert_scoped
 
 ROOT = Path(__file__).resolve().parents[2]
 ZIPPED_LIMIT = 50 * 1024 * 1024
@@ -77,18 +78,71 @@ def test_cloudformation_has_both_apis_the_runner_and_the_wiring(cfn) -> None:  #
 
 def test_cloudformation_policies_are_least_privilege(cfn) -> None:  # type: ignore[no-untyped-def]
     template, _ = cfn
-    roles = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
-    assert len(roles) == 6  # five functions and the Socket.IO ping
-    for role in roles:
+    roles = {name: r for name, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    assert len(roles) == 7  # five functions, the Socket.IO ping and the turn failures' consumer
+    common = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "execute-api:ManageConnections",
+              "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances",
+              "xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    # Only the runner reports to the failure queue, and only its consumer reads it.
+    extra = {"TurnRunnerRole": ["sqs:SendMessage"],
+             "TurnFailuresRole": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]}
+    for name, role in roles.items():
         statements = role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
         actions = sorted(a for s in statements for a in s["Action"])
-        assert actions == sorted(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
-                                  "execute-api:ManageConnections", "lambda:InvokeFunction", "ssm:GetParameters",
-                                  "secretsmanager:GetSecretValue"])
+        assert actions == sorted(common + extra.get(name, [])), name
         for statement in statements:
-            assert statement["Resource"] != "*" and "*:*:*" not in json.dumps(statement["Resource"])
+            assert_scoped(statement, "prod")
+            assert "*:*:*" not in json.dumps(statement["Resource"])
+            if statement["Action"][0].startswith("sqs:"):
+                assert statement["Resource"] == {"Fn::GetAtt": ["TurnFailuresQueue", "Arn"]}
         manage = next(s for s in statements if s["Action"] == ["execute-api:ManageConnections"])
         assert "${WebsocketAPI}" in manage["Resource"]["Fn::Sub"]
+
+
+def test_a_turn_runner_invocation_that_fails_for_good_reaches_its_consumer(cfn) -> None:  # type: ignore[no-untyped-def]
+    resources = cfn[0]["Resources"]
+    config = resources["TurnRunnerInvokeConfig"]["Properties"]
+    assert config["FunctionName"] == {"Ref": "TurnRunner"} and config["MaximumRetryAttempts"] == 2
+    assert config["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["TurnFailuresQueue", "Arn"]}
+    consumer = resources["TurnFailures"]["Properties"]
+    assert consumer["Handler"] == "app.turn_failures"
+    assert consumer["Events"]["TurnFailuresSqsEventSource"]["Properties"]["Queue"] == {"Fn::Sub": "${TurnFailuresQueue.Arn}"}
+    # Lambda's SQS event source wants the queue's visibility timeout at six times the consumer's.
+    assert resources["TurnFailuresQueue"]["Properties"]["VisibilityTimeout"] >= 6 * consumer["Timeout"]
+
+
+def test_the_stage_caps_concurrency_traces_and_logs_both_apis(cfn) -> None:  # type: ignore[no-untyped-def]
+    resources = cfn[0]["Resources"]
+    stage = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["prod"]
+    functions = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
+    by_handler = {p["Handler"].removeprefix("app."): p for p in functions.values()}
+    handlers = {"api_handler": "app", "websocket_connect": "ws_connect", "websocket_message": "ws_message",
+                "websocket_disconnect": "ws_disconnect", "turn_runner": "turn_runner", "turn_failures": "turn_failures",
+                "socketio_ping": "socketio_ping"}
+    for name, settings in stage["lambda_functions"].items():
+        function = by_handler[handlers[name]]
+        assert function["ReservedConcurrentExecutions"] == settings["reserved_concurrency"], name
+        assert function["Tracing"] == "Active", name
+    rest = resources["RestAPI"]["Properties"]
+    assert rest["TracingEnabled"] is True
+    assert rest["AccessLogSetting"]["DestinationArn"] == {"Fn::GetAtt": ["RestApiAccessLogs", "Arn"]}
+    assert json.loads(rest["AccessLogSetting"]["Format"])["requestId"] == "$context.requestId"
+    ws = resources["WebsocketAPIStage"]["Properties"]["AccessLogSettings"]
+    assert ws["DestinationArn"] == {"Fn::GetAtt": ["WebsocketApiAccessLogs", "Arn"]}
+    assert json.loads(ws["Format"])["connectionId"] == "$context.connectionId"
+
+
+def test_the_app_stack_lints_clean_and_fails_only_the_checks_the_readme_explains(cfn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from cfnlint.api import lint_file
+
+    from tests.integration.test_sandbox_stack import checkov_failures, explained_checkov_exceptions
+
+    sam = cfn[1].parent / "sam.json"
+    assert [str(m) for m in lint_file(sam)] == []
+    explained = explained_checkov_exceptions("**checkov exceptions, app stack**")
+    failed = checkov_failures(sam, "cloudformation", tmp_path)
+    assert failed == set(explained), (f"unexplained: {sorted(failed - set(explained))}; "
+                                      f"explained but passing (remove the line): {sorted(set(explained) - failed)}")
 
 
 def test_terraform_has_both_apis_the_runner_and_the_override(terraform) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +161,9 @@ def test_terraform_has_both_apis_the_runner_and_the_override(terraform) -> None:
         statements = json.loads(policy["policy"])["Statement"] if isinstance(policy["policy"], str) else policy["policy"]["Statement"]
         assert {a for s in statements for a in s["Action"]} <= {
             "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "execute-api:ManageConnections",
-            "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue"}
+            "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances",
+            "xray:PutTraceSegments", "xray:PutTelemetryRecords", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"}
 
 
 def test_deployment_zip_fits_lambda(cfn) -> None:  # type: ignore[no-untyped-def]
@@ -138,6 +194,28 @@ def test_every_function_is_wired_and_plain_chalice_package_output_is_refused(cfn
             variables.pop("WEBSOCKET_URL", None)
     with pytest.raises(PackagingError, match="TURN_RUNNER_FUNCTION is 'claude-agent-backend-prod-turn_runner'"):
         check_sam(plain)
+
+
+def test_terraform_routes_failed_turns_to_their_consumer_and_logs_the_websocket(terraform) -> None:  # type: ignore[no-untyped-def]
+    template, out = terraform
+    override = json.loads((out / "prod_override.tf.json").read_text())["resource"]
+    mapping = template["resource"]["aws_lambda_event_source_mapping"]["turn_failures-sqs-event-source"]
+    assert mapping["function_name"] == "${aws_lambda_function.turn_failures.arn}"
+    # The override replaces the queue Chalice names with the module's own (Terraform merges by attribute).
+    assert override["aws_lambda_event_source_mapping"]["turn_failures-sqs-event-source"] == {
+        "event_source_arn": "${aws_sqs_queue.turn_failures.arn}"}
+    # New resources go beside the override: an override file may only change blocks Chalice wrote.
+    added = json.loads((out / "prod_hardening.tf.json").read_text())["resource"]
+    assert not set(added) & set(override) and set(added["aws_sqs_queue"]) == {"turn_failures"}
+    invoke = added["aws_lambda_function_event_invoke_config"]["turn_runner"]
+    assert invoke["destination_config"]["on_failure"]["destination"] == "${aws_sqs_queue.turn_failures.arn}"
+    assert "turn_runner_role" in added["aws_iam_role_policy"]["turn_runner_reports_failures"]["role"]
+    for kind, blocks in override.items():  # every block the override changes exists in Chalice's output
+        assert set(blocks) <= set(template["resource"][kind]), kind
+    assert template["resource"]["aws_lambda_function"]["turn_runner"]["tracing_config"] == {"mode": "Active"}
+    assert template["resource"]["aws_lambda_function"]["turn_runner"]["reserved_concurrent_executions"] == 200
+    stage = override["aws_apigatewayv2_stage"]["websocket_api_stage"]["access_log_settings"]
+    assert stage["destination_arn"] == "${aws_cloudwatch_log_group.websocket_access.arn}"
 
 
 def test_terraform_wiring_is_checked(terraform) -> None:  # type: ignore[no-untyped-def]
@@ -210,6 +288,15 @@ def test_the_package_bundles_exactly_the_locked_versions(cfn) -> None:  # type: 
     assert bundled == pins(ROOT / "requirements.txt", here_only=True)  # the Lambda's platform is this one
 
 
+def test_the_sandbox_fleet_stack_is_packaged_beside_the_app(cfn, terraform) -> None:  # type: ignore[no-untyped-def]
+    _, zip_path = cfn
+    assert (zip_path.parent / "sandbox-fleet.json").read_bytes() == (ROOT / "deploy" / "sandbox-fleet.json").read_bytes()
+    _, out = terraform
+    # Its own root module: the app's `terraform apply` does not ask for the fleet's variables.
+    assert (out / "sandbox-fleet" / "sandbox_fleet.tf.json").read_bytes() == (ROOT / "deploy" / "sandbox_fleet.tf.json").read_bytes()
+    assert not (out / "sandbox_fleet.tf.json").exists()
+
+
 def test_every_client_the_app_creates_is_in_the_packaged_list() -> None:
     created = set()
     for path in [ROOT / "app.py", *(ROOT / "chalicelib").rglob("*.py")]:
@@ -256,7 +343,7 @@ def test_every_client_the_app_creates_works_in_the_pruned_package(cfn, moto_endp
     print(json.dumps(report, indent=1))
     failed = {step: outcome for step, outcome in report["results"].items() if not outcome.startswith("ok")}
     assert not failed, "\n".join(f"{step}:\n{outcome}" for step, outcome in failed.items())
-    assert len(report["results"]) == 6
+    assert len(report["results"]) == 7
     assert set(report["loaded"]) >= set(PACKAGED_SERVICES), set(PACKAGED_SERVICES) - set(report["loaded"])
 
 
@@ -270,6 +357,8 @@ def test_chalice_deploy_through_the_wrapper_uploads_the_slim_zip(moto_endpoint: 
     shutil.copytree(ROOT / "scripts", project / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments", "deployed"))
     env = {**os.environ, "AWS_ENDPOINT_URL": moto_endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    # `chalice deploy` subscribes turn_failures to this queue; the operator creates it first (README, 5A).
+    boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1").create_queue(QueueName="claude-agent-turn-failures")
     result = subprocess.run([sys.executable, "-m", "scripts.lambda_package", "deploy", "--stage", "prod"], cwd=project,
                             env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:

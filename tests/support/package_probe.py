@@ -98,6 +98,15 @@ def credential_chain() -> None:
         aws_session().client(service, region_name="us-east-1")
 
 
+def cloud_map() -> None:
+    from chalicelib.sandbox.discovery import cloud_map_client
+
+    # The client the fleet builds, called directly (the fleet would wrap a missing model in its own
+    # error). moto answers an unknown namespace with an empty list or an error; either way the
+    # request was built from the packaged model, without the `data-` prefix for the configured endpoint.
+    cloud_map_client().discover_instances(NamespaceName="probe.internal", ServiceName="hosts", HealthStatus="ALL")
+
+
 def model_client() -> None:
     from chalicelib.agent.model_client import build_client
     from chalicelib.agent.turn import AgentTurn  # noqa: F401 - the turn runner's whole import chain
@@ -122,6 +131,7 @@ def main() -> None:
     step("apigatewaymanagementapi: websocket_api.send", websocket_send,
          reaches_server=(ClientError, WebsocketDisconnectedError))
     step("sts, sso, sso-oidc, signin: the credential chain's clients", credential_chain)
+    step("servicediscovery: Cloud Map's DiscoverInstances", cloud_map, reaches_server=(ClientError,))
     step("anthropic: the model client streams", model_client)
     print(json.dumps({"loaded": sorted(set(loaded)), "results": results}))
 

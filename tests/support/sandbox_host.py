@@ -63,8 +63,10 @@ def running_sandbox_host(root: Path, **env: str) -> Iterator[tuple[str, str]]:
 class HostProcess:
     """`python -m sandbox_host` as its own process (so a test can SIGKILL it, as a host dies)."""
 
-    def __init__(self, port: int, root: Path, token: str, **env: str) -> None:
+    def __init__(self, port: int, root: Path, token: str, *, stdout: Path | None = None, **env: str) -> None:
         self.port, self.root, self.token, self.env = port, root, token, env
+        # Where the host's stdout (its metrics lines) goes; discarded when None.
+        self.stdout = stdout
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,8 +77,9 @@ class HostProcess:
         env = {**os.environ, "SANDBOX_TOKEN": self.token, "PORT": str(self.port), "SANDBOX_HOST_BIND": "127.0.0.1",
                "SANDBOX_ROOT": str(self.root), **self.env}
         root = Path(__file__).resolve().parents[2]
-        self.proc = subprocess.Popen([sys.executable, "-m", "sandbox_host"], cwd=root, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.stdout, "ab") if self.stdout is not None else open(os.devnull, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sandbox_host"], cwd=root, env=env,
+                                         stdout=out, stderr=subprocess.DEVNULL)
         wait_for_health(self.url, self.proc, timeout=30)
         return self
 

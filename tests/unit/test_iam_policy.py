@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import pytest
@@ -80,8 +81,22 @@ def test_the_scan_catches_a_new_call() -> None:
 def test_nothing_broader(stage: str) -> None:
     statements = json.loads((ROOT / f".chalice/policy-{stage}.json").read_text())["Statement"]
     for statement in statements:
-        assert statement["Resource"] != "*"
+        assert_scoped(statement, stage)
         assert not any(a.endswith("*") for a in statement["Action"])
     assert policy_actions(ROOT / f".chalice/policy-{stage}.json") == {
         "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "execute-api:ManageConnections",
-        "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue"}
+        "lambda:InvokeFunction", "ssm:GetParameters", "secretsmanager:GetSecretValue", "servicediscovery:DiscoverInstances",
+        "xray:PutTraceSegments", "xray:PutTelemetryRecords", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"}
+
+
+def assert_scoped(statement: dict[str, Any], stage: str) -> None:
+    """No statement grants every resource, except DiscoverInstances (Cloud Map takes no resource ARN
+    for it, so it is held to this stage's namespace by the NamespaceName condition key) and X-Ray's
+    two write calls (which take no resource at all)."""
+    if statement["Action"] == ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]:
+        assert statement["Resource"] == "*" and "Condition" not in statement
+    elif statement["Action"] == ["servicediscovery:DiscoverInstances"]:
+        assert statement["Condition"] == {"StringEquals": {"servicediscovery:NamespaceName": f"claude-agent-{stage}.sandbox"}}
+    else:
+        assert statement["Resource"] != "*" and "Condition" not in statement

@@ -1,0 +1,1 @@
+"""Telemetry: structured logs tied to the request, session, turn and user they concern."""
