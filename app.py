@@ -11,10 +11,12 @@ cold_start.begin()  # inside Lambda, before the imports below: see chalicelib/co
 from chalice import Chalice
 
 from chalicelib.aws import aws_session
+from chalicelib.ids import validate_id
 from chalicelib.services.health import check_health
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES, MAX_SETTINGS_BYTES, MAX_SKILL_UPLOAD_BYTES
 from chalicelib.services.skills import SkillUpload
 from chalicelib.web import websocket
+from chalicelib.web.access import Access
 from chalicelib.web.downloads import file_response
 from chalicelib.web.responses import Reply, etag_header
 from chalicelib.web.routing import Api, RequestContext
@@ -119,17 +121,23 @@ def patch_settings(ctx: RequestContext, userId: str):
 # -- Users -------------------------------------------------------------------------------
 
 
-@api.route("/users/{userId}", methods=["DELETE"])
+@api.route("/users/{userId}", methods=["DELETE"], access=Access.OPERATOR)
 def erase_user(ctx: RequestContext, userId: str):
     return ctx.services.users.erase(userId)
+
+
+@api.route("/users/{userId}/tokens", methods=["POST"], access=Access.OPERATOR)
+def mint_user_token(ctx: RequestContext, userId: str):
+    return ctx.services.user_tokens.mint(validate_id(userId, "userId"))
 
 
 # -- Sessions ----------------------------------------------------------------------------
 
 
-@api.route("/setup/{sessionId}", methods=["POST"])
+@api.route("/setup/{sessionId}", methods=["POST"], access=Access.SETUP)
 def setup_session(ctx: RequestContext, sessionId: str):
-    return ctx.services.sessions.setup(sessionId, ctx.request.query("userId"), ctx.websocket_base())
+    user_id = ctx.user_id_or_caller(ctx.request.query("userId"))
+    return ctx.services.sessions.setup(sessionId, user_id, ctx.websocket_base())
 
 
 @api.route("/sandbox/{sessionId}", methods=["DELETE"])

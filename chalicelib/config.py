@@ -117,6 +117,25 @@ class AgentSettings(_Frozen):
     permission_timeout_seconds: float = Field(default=300, gt=0, le=3600)
 
 
+class AuthSettings(_Frozen):
+    """End-user tokens: an OpenID provider's (AUTH_JWT_*) and the service's own (USER_TOKEN_*)."""
+
+    # The provider's issuer, exactly as its tokens' `iss` says; discovery reads
+    # {issuer}/.well-known/openid-configuration for the JWKS URL unless AUTH_JWKS_URL is set.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # The claim that is the userId (Cognito, Auth0 and Clerk all put the user in `sub`).
+    jwt_user_claim: str = Field(default="sub", min_length=1)
+    jwks_url: str | None = None
+    # Signs the tokens POST /users/{userId}/tokens mints (HS256, the service's own issuer only).
+    user_token_secret: SecretStr | None = None
+    user_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+
+    @property
+    def accepts_user_tokens(self) -> bool:
+        return self.jwt_issuer is not None or self.user_token_secret is not None
+
+
 class Settings(_Frozen):
     """The whole configuration of one process (a Lambda container or the local gateway)."""
 
@@ -126,6 +145,7 @@ class Settings(_Frozen):
     sandbox: SandboxSettings = SandboxSettings()
     agent: AgentSettings = AgentSettings()
     workspace: WorkspaceSettings = WorkspaceSettings()
+    auth: AuthSettings = AuthSettings()
     websocket_url: str | None = Field(
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
@@ -199,6 +219,7 @@ class Settings(_Frozen):
                     max_budget_usd=_float(get, "MAX_BUDGET_USD", 0) or None,
                     permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
+                auth=_auth_settings(get),
                 websocket_url=get("WEBSOCKET_URL"),
                 local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))
@@ -291,6 +312,28 @@ def _storage_settings(get, environment: str) -> StorageSettings:  # type: ignore
         connect_timeout=_float(get, "STORAGE_CONNECT_TIMEOUT", 2.0),
         read_timeout=_float(get, "STORAGE_READ_TIMEOUT", 5.0),
         max_attempts=_int(get, "STORAGE_MAX_ATTEMPTS", 3),
+    )
+
+
+def _auth_settings(get) -> AuthSettings:  # type: ignore[no-untyped-def]
+    issuer, audience = get("AUTH_JWT_ISSUER"), get("AUTH_JWT_AUDIENCE")
+    if issuer is not None and audience is None:
+        raise Misconfigured(
+            "AUTH_JWT_ISSUER is set but AUTH_JWT_AUDIENCE is not: set it to the audience your identity provider "
+            "puts in the tokens it issues for this API (README: End-user tokens)."
+        )
+    secret = get("USER_TOKEN_SECRET")
+    if secret is not None and len(secret) < 32:
+        raise Misconfigured(
+            "USER_TOKEN_SECRET is shorter than 32 characters: use a random one, e.g. `openssl rand -base64 48`."
+        )
+    return AuthSettings(
+        jwt_issuer=issuer,
+        jwt_audience=audience,
+        jwt_user_claim=get("AUTH_JWT_USER_CLAIM") or "sub",
+        jwks_url=get("AUTH_JWKS_URL"),
+        user_token_secret=secret,
+        user_token_ttl_seconds=_int(get, "USER_TOKEN_TTL_SECONDS", 900),
     )
 
 

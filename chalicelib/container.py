@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     # and only the turn runner needs it; the REST Lambda never uses the realtime package; and
     # a skills request need not build the sessions' and workspace files' models.
     from chalicelib.agent.turn import AgentTurn
+    from chalicelib.identity.user_tokens import UserTokens
     from chalicelib.realtime.dispatch import TurnDispatcher
     from chalicelib.realtime.runner import TurnRunner
     from chalicelib.realtime.sender import Sender
@@ -94,6 +95,13 @@ class Container:
             return self.sandboxes.limits()
         except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
             return None
+
+    @property
+    def user_tokens(self) -> UserTokens:
+        """End-user token verification (its JWKS cache lives as long as this container)."""
+        from chalicelib.identity.user_tokens import UserTokens
+
+        return self._once("user_tokens", lambda: UserTokens(self.settings.auth))
 
     # -- services ------------------------------------------------------------------------
 

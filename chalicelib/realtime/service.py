@@ -39,7 +39,7 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
-from chalicelib.services.sessions import SessionsService
+from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ class RealtimeService:
 
     # -- $connect ------------------------------------------------------------------------
 
-    def connect(self, event: WsEvent) -> ConnectDecision:
-        """Accept only a session /setup created, with its token or the API key."""
+    def connect(self, event: WsEvent, *, preauthorized: bool = False) -> ConnectDecision:
+        """Accept only a session /setup created, with its token or the API key (or, when the
+        edge has already matched a user token to the session's owner, `preauthorized`)."""
         query = event.query or {}
         session_id = query.get("sessionId") or ""
         if not ID_PATTERN.match(session_id) or session_id in (".", ".."):
@@ -112,18 +113,9 @@ class RealtimeService:
             record = self.sessions.get_record(session_id)
         except NotFound as exc:
             return ConnectDecision(404, exc.message, exc.code)
-        token = query.get("token")
-        bearer = bearer_token(event.headers or {})
-        if token is None and bearer is None:
-            return ConnectDecision(
-                401, "Missing credentials: add ?token=<token from /setup> or 'Authorization: Bearer <API_KEY>'.",
-                "missing_credentials",
-            )
-        allowed = (token is not None and self.sessions.token_matches(record, token)) or (
-            bearer is not None and key_matches(self.settings, bearer)
-        )
-        if not allowed:
-            return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
+        refused = None if preauthorized else self._credential_refusal(event, record)
+        if refused is not None:
+            return refused
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage)
         _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
@@ -133,6 +125,21 @@ class RealtimeService:
             # restart): a runner checks the turn's lease, and repairs the turn if it runs out.
             self._start_runner(session_id)
         return ConnectDecision(200)
+
+    def _credential_refusal(self, event: WsEvent, record: SessionRecord) -> ConnectDecision | None:
+        """None when the connection carries the session's /setup token or the API key."""
+        token = (event.query or {}).get("token")
+        bearer = bearer_token(event.headers or {})
+        if token is None and bearer is None:
+            return ConnectDecision(
+                401, "Missing credentials: add ?token=<token from /setup> or 'Authorization: Bearer <API_KEY>'.",
+                "missing_credentials",
+            )
+        if (token is not None and self.sessions.token_matches(record, token)) or (
+            bearer is not None and key_matches(self.settings, bearer)
+        ):
+            return None
+        return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
 
     def _start_runner(self, session_id: str) -> None:
         """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""

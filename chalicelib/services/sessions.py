@@ -229,6 +229,14 @@ class SessionsService:
         found = self._load_record(session_id)
         return found[0] if found is not None else None
 
+    def owner_of(self, session_id: str) -> str | None:
+        """The user a session belongs to: its record's, or after a destroy its workspace
+        snapshot's; None when nothing of the session remains."""
+        record = self.find_record(session_id)
+        if record is not None:
+            return record.user_id
+        return self.snapshots.last_owner(session_id) if self.snapshots is not None else None
+
     def host_of(self, session_id: str) -> str | None:
         """The sandbox host the session's record names (the fleet routes by it)."""
         held = _record_in_hand.get()
