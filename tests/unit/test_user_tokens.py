@@ -23,13 +23,8 @@ from chalicelib.config import AuthSettings, Settings
 from chalicelib.errors import Misconfigured, ServiceUnavailable
 from chalicelib.identity.principal import EndUser
 from chalicelib.identity.provider_keys import ProviderKeys
-from chalicelib.identity.user_tokens import (
-    SERVICE_AUDIENCE,
-    SERVICE_ISSUER,
-    InvalidUserToken,
-    UserTokens,
-    looks_like_jwt,
-)
+from chalicelib.identity.token_shape import looks_like_jwt
+from chalicelib.identity.user_tokens import SERVICE_AUDIENCE, SERVICE_ISSUER, InvalidUserToken, UserTokens
 
 ISSUER = "https://id.example.test/"
 AUDIENCE = "https://api.example.test"
