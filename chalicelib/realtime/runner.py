@@ -572,6 +572,10 @@ class _StateWatcher:
         else:
             state = self.runner.states.read(self.request.session_id)
         if state is None:
+            # The state went away under a running turn: DELETE /sandbox destroyed the session.
+            # Stop at the next step, and leave the workspace alone (as after a takeover).
+            self.lost.set()
+            self.interrupted.set()
             return
         self.queued_behind = len(state.queue)
         turn = state.turn

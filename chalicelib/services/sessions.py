@@ -4,7 +4,9 @@ Setup is on the critical path of every conversation, so its storage round trips 
 one parallel batch (session record, user settings, skills listing, skills bundle), then one
 parallel batch (the session record write, and any skill file the bundle could not serve),
 whatever the number of skills. Only when the bundle was behind the files does a third
-request rewrite it (see `skill_bundle`).
+request rewrite it (see `skill_bundle`). A session without a record (new, or destroyed) is
+claimed for its user between the two batches (`session_owners`: one conditional write; its
+erasure marker joins the second batch).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
 )
 from chalicelib.services.models import ApiModel
+from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
@@ -111,6 +114,7 @@ class SessionsService:
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
         self.folders = SkillFolders(store)
+        self.owners = SessionOwners(store)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -133,10 +137,10 @@ class SessionsService:
             listing = listing_f.result()
             bundle = bundle_f.result()
         if existing is not None and existing[0].user_id != user_id:
-            raise Conflict(
-                f"Session {session_id!r} belongs to another user: choose a new sessionId.",
-                code="session_owned_by_another_user",
-            )
+            raise owned_by_another_user(session_id)
+        # A session without a record may still be another user's (destroyed while its turn
+        # winds down, or kept as a snapshot): the ownership claim decides.
+        claimed = existing is None and self.owners.claim(session_id, user_id)
 
         with _holding(session_id, existing[0] if existing is not None else None):
             sandbox = self._create_sandbox(session_id, options)
@@ -158,8 +162,9 @@ class SessionsService:
             skill_index=build_index(skill_files[0]),
             sandbox_host=_host(sandbox),
         )
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=3) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
+            marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
             if mounted is None:
                 loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
             elif skill_files[2]:
@@ -167,6 +172,8 @@ class SessionsService:
                 # bucket): bring it up to date, so the next setup in any container reads one object.
                 pool.submit(self.bundle.repair, user_id, listing, skill_files[1], bundle)
             save_f.result()
+            if marked_f is not None:
+                marked_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
         ws = f"{websocket_base}?sessionId={session_id}"
@@ -186,8 +193,17 @@ class SessionsService:
 
         This is the per-request fallback path: it never mounts, so it works on any host. The
         workspace comes back from its latest snapshot before the skills are loaded, and a
-        session that moved to another host of the fleet has its record updated.
+        session that moved to another host of the fleet has its record updated. A session
+        destroyed meanwhile (DELETE /sandbox, its record gone) is not made again behind the
+        delete: Conflict `session_destroyed` ends the turn that asked.
         """
+        record = self.find_record(session_id)
+        if record is None or record.user_id != user_id:
+            raise Conflict(
+                f"Session {session_id!r} was destroyed (DELETE /sandbox) while this turn ran, so the turn stopped. "
+                f"POST /setup/{session_id} to start it again.",
+                code="session_destroyed",
+            )
         with ThreadPoolExecutor(max_workers=3) as pool:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
@@ -230,8 +246,12 @@ class SessionsService:
         return found[0] if found is not None else None
 
     def owner_of(self, session_id: str) -> str | None:
-        """The user a session belongs to: its record's, or after a destroy its workspace
-        snapshot's; None when nothing of the session remains."""
+        """The user a session belongs to: its ownership claim's, else (a session set up before
+        claims existed) its record's or its workspace snapshot's; None when nothing of it remains."""
+        validate_id(session_id, "sessionId")
+        claimed = self.owners.owner(session_id)
+        if claimed is not None:
+            return claimed
         record = self.find_record(session_id)
         if record is not None:
             return record.user_id
@@ -254,9 +274,11 @@ class SessionsService:
         except SandboxUnavailable as exc:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
         # The workspace snapshot stays (the files API reads it) until the bucket's session
-        # expiry or DELETE /users/{userId} removes it.
+        # expiry or DELETE /users/{userId} removes it; so does the ownership claim.
         keep = snapshot_prefix(session_id)
-        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id)) if not o.key.startswith(keep)]
+        claim = owner_key(session_id)
+        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id))
+                if not o.key.startswith(keep) and o.key != claim]
         if not had_sandbox and not keys:
             raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if keys:
