@@ -126,6 +126,20 @@ def erase_user(ctx: RequestContext, userId: str):
     return ctx.services.users.erase(userId)
 
 
+@api.route("/users/{userId}/limits", methods=["GET"])
+def get_limits(ctx: RequestContext, userId: str):
+    return ctx.services.quotas.limits(validate_id(userId, "userId"))
+
+
+@api.route("/users/{userId}/limits", methods=["PUT"], access=Access.OPERATOR)
+def put_limits(ctx: RequestContext, userId: str):
+    # Imported here: the REST Lambda's cold start imports no service it may not use.
+    from chalicelib.services.quotas import LimitsUpdate
+
+    body = ctx.request.body(LimitsUpdate, max_bytes=MAX_SETTINGS_BYTES)
+    return ctx.services.quotas.set_limits(validate_id(userId, "userId"), body)
+
+
 @api.route("/users/{userId}/tokens", methods=["POST"], access=Access.OPERATOR)
 def mint_user_token(ctx: RequestContext, userId: str):
     return ctx.services.user_tokens.mint(validate_id(userId, "userId"))

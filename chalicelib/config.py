@@ -136,6 +136,13 @@ class AuthSettings(_Frozen):
         return self.jwt_issuer is not None or self.user_token_secret is not None
 
 
+class QuotaSettings(_Frozen):
+    """Per-user limits; None: unlimited (the default). PUT /users/{userId}/limits overrides them."""
+
+    max_sessions: int | None = Field(default=None, ge=1)
+    messages_per_minute: int | None = Field(default=None, ge=1)
+
+
 class Settings(_Frozen):
     """The whole configuration of one process (a Lambda container or the local gateway)."""
 
@@ -146,6 +153,7 @@ class Settings(_Frozen):
     agent: AgentSettings = AgentSettings()
     workspace: WorkspaceSettings = WorkspaceSettings()
     auth: AuthSettings = AuthSettings()
+    quotas: QuotaSettings = QuotaSettings()
     websocket_url: str | None = Field(
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
@@ -220,6 +228,10 @@ class Settings(_Frozen):
                     permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
                 auth=_auth_settings(get),
+                quotas=QuotaSettings(
+                    max_sessions=_int(get, "USER_MAX_SESSIONS", 0) or None,
+                    messages_per_minute=_int(get, "USER_MESSAGES_PER_MINUTE", 0) or None,
+                ),
                 websocket_url=get("WEBSOCKET_URL"),
                 local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),
                 cors_allow_origins=_split(get("CORS_ALLOW_ORIGINS"))

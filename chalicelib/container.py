@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from chalicelib.realtime.service import RealtimeService
     from chalicelib.sandbox.base import SandboxProvider
     from chalicelib.services.conversations import ConversationsService
+    from chalicelib.services.quotas import QuotasService
     from chalicelib.services.sessions import SessionsService
     from chalicelib.services.skills import SkillsService
     from chalicelib.services.user_settings import UserSettingsService
@@ -130,11 +131,17 @@ class Container:
         return self._once("users", lambda: UsersService(self.store, self.workspace_snapshots))
 
     @property
+    def quotas(self) -> QuotasService:
+        from chalicelib.services.quotas import QuotasService
+
+        return self._once("quotas", lambda: QuotasService(self.settings.quotas, self.store))
+
+    @property
     def sessions(self) -> SessionsService:
         from chalicelib.services.sessions import SessionsService
 
         return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes,
-                                                              snapshots=self.workspace_snapshots))
+                                                              snapshots=self.workspace_snapshots, quotas=self.quotas))
 
     @property
     def workspace_snapshots(self) -> WorkspaceSnapshots:
@@ -169,7 +176,7 @@ class Container:
 
         return self._once("realtime", lambda: RealtimeService(
             self.settings, self.sessions, self.conversations, StateStore(self.store), EventLog(self.store),
-            ConnectionRegistry(self.store), self.dispatcher,
+            ConnectionRegistry(self.store), self.dispatcher, quotas=self.quotas,
         ))
 
     @property

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from chalicelib.agent.model_client import MISSING_KEY
 from chalicelib.config import Settings
-from chalicelib.errors import AppError, Conflict, NotFound
+from chalicelib.errors import AppError, Conflict, NotFound, QuotaExceeded
 from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
@@ -39,6 +39,7 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
+from chalicelib.services.quotas import QuotasService
 from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 
@@ -91,6 +92,7 @@ class RealtimeService:
         events: EventLog,
         connections: ConnectionRegistry,
         dispatcher: TurnDispatcher,
+        quotas: QuotasService | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -99,6 +101,7 @@ class RealtimeService:
         self.events = events
         self.connections = connections
         self.dispatcher = dispatcher
+        self.quotas = quotas
 
     # -- $connect ------------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class RealtimeService:
         try:
             for payload in self._handle(conn, parsed):
                 reply(payload)
+        except QuotaExceeded as exc:
+            reply({**error_frame(exc.message, exc.code), "retryAfter": exc.retry_after})
         except AppError as exc:
             reply(error_frame(exc.message, exc.code))
         except Exception:  # noqa: BLE001 - the client must hear about it; the log has the rest
@@ -257,6 +262,8 @@ class RealtimeService:
 
     def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
         self._require_model_key()
+        if self.quotas is not None:
+            self.quotas.count_message(conn.user_id)
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns)
 
         renew_every = self.settings.turn_lease_seconds / 3

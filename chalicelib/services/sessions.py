@@ -40,6 +40,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
 )
 from chalicelib.services.models import ApiModel
+from chalicelib.services.quotas import QuotasService
 from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
@@ -74,6 +75,9 @@ class SessionRecord(ApiModel):
     skill_index: SkillIndex | None = None
     # The sandbox host the session was placed on (a fleet of hosts); None for local sandboxes.
     sandbox_host: str | None = None
+    # Whether the session is counted among its user's live sessions (USER_MAX_SESSIONS), so
+    # that destroying it frees the slot without reading the counter when nothing was counted.
+    quota_slot: bool = False
 
 
 class SetupResult(ApiModel):
@@ -106,8 +110,9 @@ class SessionsService:
     """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
 
     def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None,
-                 snapshots: WorkspaceSnapshots | None = None) -> None:
+                 snapshots: WorkspaceSnapshots | None = None, quotas: QuotasService | None = None) -> None:
         self.settings = settings
+        self.quotas = quotas
         self.snapshots = snapshots
         self.store = store
         self.sandboxes = sandboxes
@@ -127,7 +132,9 @@ class SessionsService:
         validate_id(user_id, "userId")
         assert user_id is not None
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            if self.quotas is not None:
+                pool.submit(self.quotas.limits, user_id)  # warms the cache reserve_session reads
             record_f = pool.submit(self._load_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
@@ -142,8 +149,16 @@ class SessionsService:
         # winds down, or kept as a snapshot): the ownership claim decides.
         claimed = existing is None and self.owners.claim(session_id, user_id)
 
-        with _holding(session_id, existing[0] if existing is not None else None):
-            sandbox = self._create_sandbox(session_id, options)
+        reserved = self.quotas is not None and self.quotas.reserve_session(user_id, session_id, self._is_live)
+        try:
+            with _holding(session_id, existing[0] if existing is not None else None):
+                sandbox = self._create_sandbox(session_id, options)
+        except Exception:
+            if reserved and self.quotas is not None:
+                self.quotas.release_session(user_id, session_id)
+            raise
+        if reserved and self.quotas is not None:
+            self.quotas.confirm_session(user_id, session_id)
         if existing is not None:
             self._restore_if_new(session_id, user_id, sandbox)
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
@@ -161,6 +176,7 @@ class SessionsService:
             last_active_at=now,
             skill_index=build_index(skill_files[0]),
             sandbox_host=_host(sandbox),
+            quota_slot=reserved or (existing is not None and existing[0].quota_slot),
         )
         with ThreadPoolExecutor(max_workers=3) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
@@ -245,6 +261,17 @@ class SessionsService:
         found = self._load_record(session_id)
         return found[0] if found is not None else None
 
+    def _is_live(self, session_id: str) -> bool:
+        """Whether the session's sandbox runs (for the live-sessions quota); a host that cannot
+        be asked counts as live, so an outage never frees slots."""
+        try:
+            self.sandboxes.get(session_id)
+        except SandboxGone:
+            return False
+        except SandboxError:
+            return True
+        return True
+
     def owner_of(self, session_id: str) -> str | None:
         """The user a session belongs to: its ownership claim's, else (a session set up before
         claims existed) its record's or its workspace snapshot's; None when nothing of it remains."""
@@ -268,7 +295,8 @@ class SessionsService:
     def destroy(self, session_id: str) -> Destroyed:
         """Destroy the sandbox and delete the session's records; 404 if there was neither."""
         validate_id(session_id, "sessionId")
-        self._save_before_destroy(session_id)
+        record = self.find_record(session_id)
+        self._save_workspace_of(session_id, record)
         try:
             had_sandbox = self.sandboxes.destroy(session_id)
         except SandboxUnavailable as exc:
@@ -283,12 +311,11 @@ class SessionsService:
             raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if keys:
             self.store.delete_many(keys)
+        if record is not None and record.quota_slot and self.quotas is not None:
+            self.quotas.release_session(record.user_id, session_id)
         return Destroyed(session_id=session_id)
 
     # -- internals -----------------------------------------------------------------------
-
-    def _save_before_destroy(self, session_id: str) -> None:
-        self.save_workspace(session_id)
 
     def save_workspace(self, session_id: str) -> bool:
         """Save the live sandbox's workspace now (before it is destroyed or reaped); False when
@@ -296,7 +323,11 @@ class SessionsService:
         outage raises StorageUnavailable, so a reaper can keep the sandbox until it passes."""
         if self.snapshots is None:
             return False
-        record = self.find_record(session_id)
+        return self._save_workspace_of(session_id, self.find_record(session_id))
+
+    def _save_workspace_of(self, session_id: str, record: SessionRecord | None) -> bool:
+        if self.snapshots is None:
+            return False
         try:
             sandbox = self.sandboxes.get(session_id)
         except SandboxError:

@@ -162,9 +162,9 @@ def test_production_mounts_the_users_prefix(api: Api, monkeypatch: pytest.Monkey
     body = api.post("/setup/prod-1?userId=alice").json_body
     assert body["setupMethod"] == "r2_mount", body
     # Record, settings, the skills listing and bundle (they feed the session's skill index; the
-    # mount itself serves the files), all in parallel, then the ownership claim of the new id,
-    # then the record and the claim's erasure marker in parallel.
-    assert sorted(ops) == ["GetObject", "GetObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
+    # mount itself serves the files) and the user's limits, all in parallel, then the ownership
+    # claim of the new id, then the record and the claim's erasure marker in parallel.
+    assert sorted(ops) == ["GetObject"] * 4 + ["ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
     assert "/workspace/.claude/skills/debugging.md" in body["skillsLoaded"]
     sandbox = sandbox_of("prod-1", "prod")
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout.startswith("# Debugging Skill")
