@@ -126,6 +126,11 @@ def erase_user(ctx: RequestContext, userId: str):
     return ctx.services.users.erase(userId)
 
 
+@api.route("/users/{userId}/usage", methods=["GET"])
+def get_usage(ctx: RequestContext, userId: str):
+    return ctx.services.usage.report(validate_id(userId, "userId"), ctx.request.query("from"), ctx.request.query("to"))
+
+
 @api.route("/users/{userId}/limits", methods=["GET"])
 def get_limits(ctx: RequestContext, userId: str):
     return ctx.services.quotas.limits(validate_id(userId, "userId"))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from chalicelib.services.quotas import QuotasService
     from chalicelib.services.sessions import SessionsService
     from chalicelib.services.skills import SkillsService
+    from chalicelib.services.usage import UsageService
     from chalicelib.services.user_settings import UserSettingsService
     from chalicelib.services.users import UsersService
     from chalicelib.services.workspace_files import WorkspaceFilesService
@@ -131,6 +132,12 @@ class Container:
         return self._once("users", lambda: UsersService(self.store, self.workspace_snapshots))
 
     @property
+    def usage(self) -> UsageService:
+        from chalicelib.services.usage import UsageService
+
+        return self._once("usage", lambda: UsageService(self.store))
+
+    @property
     def quotas(self) -> QuotasService:
         from chalicelib.services.quotas import QuotasService
 
@@ -176,14 +183,15 @@ class Container:
 
         return self._once("realtime", lambda: RealtimeService(
             self.settings, self.sessions, self.conversations, StateStore(self.store), EventLog(self.store),
-            ConnectionRegistry(self.store), self.dispatcher, quotas=self.quotas,
+            ConnectionRegistry(self.store), self.dispatcher, quotas=self.quotas, usage=self.usage,
         ))
 
     @property
     def agent_turn(self) -> AgentTurn:
         from chalicelib.agent.turn import AgentTurn
 
-        return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings))
+        return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings, usage=self.usage,
+                                                          quotas=self.quotas))
 
     def turn_runner(self, sender: Sender) -> TurnRunner:
         """A runner sending through `sender` (the app's websocket API)."""

@@ -39,9 +39,10 @@ from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import MAX_QUEUE, QueuedPrompt, SessionState, StateStore, Subscriber
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
-from chalicelib.services.quotas import QuotasService
+from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
+from chalicelib.services.usage import UsageService
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class RealtimeService:
         connections: ConnectionRegistry,
         dispatcher: TurnDispatcher,
         quotas: QuotasService | None = None,
+        usage: UsageService | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -102,6 +104,7 @@ class RealtimeService:
         self.connections = connections
         self.dispatcher = dispatcher
         self.quotas = quotas
+        self.usage = usage
 
     # -- $connect ------------------------------------------------------------------------
 
@@ -263,6 +266,7 @@ class RealtimeService:
     def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
         self._require_model_key()
         if self.quotas is not None:
+            self._check_daily_budget(conn.user_id)
             self.quotas.count_message(conn.user_id)
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns)
 
@@ -291,6 +295,13 @@ class RealtimeService:
             self._start_runner(conn.session_id)
         position = len(state.queue) - 1 + (1 if state.turn_active and not needs_runner else 0)
         return [frame("status", status="queued", messageId=queued.id, position=position)]
+
+    def _check_daily_budget(self, user_id: str) -> None:
+        """Refuse a message once the user's day has cost USER_DAILY_BUDGET_USD (`daily_budget_reached`)."""
+        assert self.quotas is not None
+        budget = self.quotas.limits(user_id).daily_budget_usd
+        if budget is not None and self.usage is not None and self.usage.spent_today(user_id) >= budget:
+            raise daily_budget_reached(user_id, budget)
 
     def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
         def flag(state: SessionState) -> int:

@@ -1,8 +1,9 @@
-"""Per-user quotas: live sessions (USER_MAX_SESSIONS) and messages a minute (USER_MESSAGES_PER_MINUTE).
+"""Per-user quotas: live sessions (USER_MAX_SESSIONS), messages a minute (USER_MESSAGES_PER_MINUTE)
+and what a day may cost (USER_DAILY_BUDGET_USD, checked against `usage`).
 
 Each counter is one small JSON document under `users/{userId}/quota/`, changed by a conditional
-read-modify-write (If-Match, or If-None-Match for the first), retried on a lost race: when many
-Lambdas count at once, no increment is lost and no limit is passed. The operator's overrides
+read-modify-write (`counters.update_document`): when many Lambdas count at once, no increment is
+lost and no limit is passed. The operator's overrides
 (`limits.json`) are cached per process for `LIMITS_TTL_SECONDS`, and dropped at once by a PUT
 in the same process.
 """
@@ -13,22 +14,19 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.config import QuotaSettings
-from chalicelib.errors import Conflict, QuotaExceeded
+from chalicelib.errors import QuotaExceeded
+from chalicelib.services.counters import read_document, update_document
 from chalicelib.services.models import ApiModel
-from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
-
-T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 
 LIMITS_TTL_SECONDS = 30.0
 # A slot taken by a setup that never confirmed it (its process died) is freed after this long.
 UNCONFIRMED_SLOT_SECONDS = 120.0
-MAX_ATTEMPTS = 32  # 20 setups racing for one counter each retry a few times; bounded all the same
 
 
 class LimitsUpdate(ApiModel):
@@ -37,6 +35,7 @@ class LimitsUpdate(ApiModel):
 
     max_sessions: int | None = Field(default=None, ge=1, le=100_000)
     messages_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    daily_budget_usd: float | None = Field(default=None, gt=0, le=1_000_000)
 
 
 class UserLimits(ApiModel):
@@ -45,6 +44,7 @@ class UserLimits(ApiModel):
     user_id: str
     max_sessions: int | None
     messages_per_minute: int | None
+    daily_budget_usd: float | None
     overridden: list[str]
 
 
@@ -72,7 +72,18 @@ class _Messages(BaseModel):
     count: int = 0
 
 
-FIELDS = {"max_sessions": "USER_MAX_SESSIONS", "messages_per_minute": "USER_MESSAGES_PER_MINUTE"}
+FIELDS = {"max_sessions": "USER_MAX_SESSIONS", "messages_per_minute": "USER_MESSAGES_PER_MINUTE",
+          "daily_budget_usd": "USER_DAILY_BUDGET_USD"}
+
+
+def daily_budget_reached(user_id: str, budget: float) -> QuotaExceeded:
+    """The refusal of a message once the user's day has cost USER_DAILY_BUDGET_USD."""
+    now = time.time()
+    return QuotaExceeded(
+        f"User {user_id!r} has spent today's budget (USER_DAILY_BUDGET_USD={budget:g}): messages resume at 00:00 UTC, "
+        "or the operator can raise the limit (PUT /users/{userId}/limits).",
+        retry_after=int(86_400 - now % 86_400) + 1, code="daily_budget_reached",
+    )
 
 
 class QuotasService:
@@ -131,7 +142,7 @@ class QuotasService:
         if limit is None:
             return False
         key = layout.quota_counter_key(user_id, "sessions")
-        current = self._read(key, _Sessions)
+        current = read_document(self.store, key, _Sessions)
         dead: set[str] = set()
         if current is not None and session_id not in current[0].live and len(current[0].live) >= limit:
             now = datetime.now(timezone.utc)
@@ -153,7 +164,7 @@ class QuotasService:
             doc.live[session_id] = _Slot(since=datetime.now(timezone.utc))
             return True
 
-        return self._update(key, _Sessions, add)
+        return update_document(self.store, key, _Sessions, add)
 
     def confirm_session(self, user_id: str, session_id: str) -> None:
         """The session's sandbox exists: from now on its slot is freed when the sandbox goes."""
@@ -163,18 +174,18 @@ class QuotasService:
             if slot is not None:
                 slot.ready = True
 
-        self._update(layout.quota_counter_key(user_id, "sessions"), _Sessions, ready)
+        update_document(self.store, layout.quota_counter_key(user_id, "sessions"), _Sessions, ready)
 
     def release_session(self, user_id: str, session_id: str) -> None:
         """Stop counting `session_id` (its sandbox was destroyed)."""
         key = layout.quota_counter_key(user_id, "sessions")
-        if self._read(key, _Sessions) is None:
+        if read_document(self.store, key, _Sessions) is None:
             return
 
         def drop(doc: _Sessions) -> bool:
             return doc.live.pop(session_id, None) is not None
 
-        self._update(key, _Sessions, drop)
+        update_document(self.store, key, _Sessions, drop)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -198,32 +209,4 @@ class QuotasService:
                 )
             doc.count += 1
 
-        self._update(layout.quota_counter_key(user_id, "messages"), _Messages, add)
-
-    # -- conditional read-modify-write -----------------------------------------------------
-
-    def _read(self, key: str, model: type[M]) -> tuple[M, str] | None:
-        try:
-            stored = self.store.get(key)
-        except ObjectNotFound:
-            return None
-        try:
-            return model.model_validate_json(stored.body), stored.info.etag
-        except ValidationError:
-            return model(), stored.info.etag  # unreadable: counted afresh rather than wedged
-
-    def _update(self, key: str, model: type[M], mutate: Callable[[M], T]) -> T:
-        """Apply `mutate` to a fresh copy and write it back only if nobody wrote in between."""
-        for _ in range(MAX_ATTEMPTS):
-            found = self._read(key, model)
-            doc, etag = found if found is not None else (model(), None)
-            result = mutate(doc)
-            try:
-                self.store.put(key, doc.model_dump_json().encode(), content_type="application/json",
-                               if_match=etag, if_none_match=etag is None)
-            except PreconditionFailed:
-                time.sleep(0.005)
-                continue
-            return result
-        raise Conflict("The user's quota counter is changing too fast to update: retry.", code="quota_contention")
-
+        update_document(self.store, layout.quota_counter_key(user_id, "messages"), _Messages, add)

@@ -73,6 +73,11 @@ def quota_counter_key(user_id: str, name: str) -> str:
     return f"{user_prefix(user_id)}quota/{validate_id(name, 'counter name')}.json"
 
 
+def usage_key(user_id: str, day: str) -> str:
+    """The user's metered usage of one UTC day (`YYYY-MM-DD`)."""
+    return f"{user_prefix(user_id)}usage/{validate_id(day, 'day')}.json"
+
+
 def session_prefix(session_id: str) -> str:
     return f"{SESSIONS}{validate_id(session_id, 'sessionId')}/"
 
