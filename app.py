@@ -44,6 +44,7 @@ def health(ctx: RequestContext):
 def upload_skill(ctx: RequestContext, userId: str):
     cond = ctx.request.conditions()
     body = ctx.request.body(SkillUpload, max_bytes=MAX_SKILL_UPLOAD_BYTES)
+    ctx.check_storage_quota(userId)
     result, etag = ctx.services.skills.upload(userId, body, cond.if_match, cond.if_none_match)
     return Reply(result, headers=etag_header(etag))
 
@@ -72,6 +73,7 @@ def delete_skill(ctx: RequestContext, userId: str, skillName: str):
 def save_conversation(ctx: RequestContext, userId: str):
     cond = ctx.request.conditions()
     body = ctx.request.raw_json(max_bytes=MAX_CONVERSATION_BYTES)
+    ctx.check_storage_quota(userId)
     result, etag = ctx.services.conversations.save_body(userId, body, cond.if_match, cond.if_none_match)
     return Reply(result, headers=etag_header(etag))
 

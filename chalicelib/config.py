@@ -142,6 +142,7 @@ class QuotaSettings(_Frozen):
     max_sessions: int | None = Field(default=None, ge=1)
     messages_per_minute: int | None = Field(default=None, ge=1)
     daily_budget_usd: float | None = Field(default=None, gt=0)
+    storage_mb: int | None = Field(default=None, ge=1)
 
 
 class Settings(_Frozen):
@@ -233,6 +234,7 @@ class Settings(_Frozen):
                     max_sessions=_int(get, "USER_MAX_SESSIONS", 0) or None,
                     messages_per_minute=_int(get, "USER_MESSAGES_PER_MINUTE", 0) or None,
                     daily_budget_usd=_float(get, "USER_DAILY_BUDGET_USD", 0) or None,
+                    storage_mb=_int(get, "USER_STORAGE_MB", 0) or None,
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
                 local_turn_workers=_int(get, "LOCAL_TURN_WORKERS", 16),

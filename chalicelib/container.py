@@ -160,7 +160,9 @@ class Container:
     def workspace_files(self) -> WorkspaceFilesService:
         from chalicelib.services.workspace_files import WorkspaceFilesService
 
-        return self._once("workspace_files", lambda: WorkspaceFilesService(self.settings, self.sessions, self.workspace_snapshots))
+        return self._once("workspace_files", lambda: WorkspaceFilesService(
+            self.settings, self.sessions, self.workspace_snapshots,
+            check_storage=lambda owner, adding: self.quotas.check_storage(owner, adding, self.usage.storage_bytes)))
 
     # -- the agent over websocket ----------------------------------------------------------
 

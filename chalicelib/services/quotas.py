@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.config import QuotaSettings
-from chalicelib.errors import QuotaExceeded
+from chalicelib.errors import PayloadTooLarge, QuotaExceeded
 from chalicelib.services.counters import read_document, update_document
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
@@ -36,6 +36,7 @@ class LimitsUpdate(ApiModel):
     max_sessions: int | None = Field(default=None, ge=1, le=100_000)
     messages_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     daily_budget_usd: float | None = Field(default=None, gt=0, le=1_000_000)
+    storage_mb: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 class UserLimits(ApiModel):
@@ -45,6 +46,7 @@ class UserLimits(ApiModel):
     max_sessions: int | None
     messages_per_minute: int | None
     daily_budget_usd: float | None
+    storage_mb: int | None
     overridden: list[str]
 
 
@@ -73,7 +75,7 @@ class _Messages(BaseModel):
 
 
 FIELDS = {"max_sessions": "USER_MAX_SESSIONS", "messages_per_minute": "USER_MESSAGES_PER_MINUTE",
-          "daily_budget_usd": "USER_DAILY_BUDGET_USD"}
+          "daily_budget_usd": "USER_DAILY_BUDGET_USD", "storage_mb": "USER_STORAGE_MB"}
 
 
 def daily_budget_reached(user_id: str, budget: float) -> QuotaExceeded:
@@ -186,6 +188,23 @@ class QuotasService:
             return doc.live.pop(session_id, None) is not None
 
         update_document(self.store, key, _Sessions, drop)
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def check_storage(self, user_id: str, adding: int, stored_bytes: Callable[[str], int]) -> None:
+        """Refuse (413 `storage_quota_exceeded`) an upload of `adding` bytes that would take the
+        user past USER_STORAGE_MB; `stored_bytes(user_id)` measures what they hold (a listing),
+        asked only when a limit is in effect."""
+        limit_mb = self.limits(user_id).storage_mb
+        if limit_mb is None:
+            return
+        held = stored_bytes(user_id)
+        if held + adding > limit_mb * 1024 * 1024:
+            raise PayloadTooLarge(
+                f"User {user_id!r} holds {held} bytes; {adding} more would pass USER_STORAGE_MB={limit_mb}: "
+                "delete skills, conversations or sessions' files first, or ask the operator to raise the limit.",
+                code="storage_quota_exceeded",
+            )
 
     # -- messages --------------------------------------------------------------------------
 

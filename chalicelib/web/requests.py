@@ -36,6 +36,12 @@ class ApiRequest:
     def headers(self) -> dict[str, str]:
         return {k.lower(): v for k, v in (self._request.headers or {}).items()}
 
+    @property
+    def body_size(self) -> int:
+        """The body's length in bytes (what an upload adds to the user's storage)."""
+        raw = self._request.raw_body or b""
+        return len(raw.encode() if isinstance(raw, str) else raw)
+
     def query(self, name: str) -> str | None:
         """A query-string parameter, or None."""
         params: Mapping[str, str] = self._request.query_params or {}

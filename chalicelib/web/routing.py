@@ -60,6 +60,11 @@ class RequestContext:
     def settings(self) -> Settings:
         return self.services.settings
 
+    def check_storage_quota(self, user_id: str) -> None:
+        """413 `storage_quota_exceeded` when this request's body would take `user_id` past
+        USER_STORAGE_MB (nothing is read when no limit is in effect)."""
+        self.services.quotas.check_storage(user_id, self.request.body_size, self.services.usage.storage_bytes)
+
     def user_id_or_caller(self, user_id: str | None) -> str | None:
         """`user_id` (from the query), or else the user of a user token (the edge has checked
         that the two agree)."""

@@ -42,7 +42,7 @@ OPS: dict[str, dict[str, int]] = {
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
     # + the listing of the user's workspace markers (workspace-owners/{u}/)
     "DELETE /users/{u}": {"ListObjectsV2": 3, "DeleteObjects": 3, "GetObject": 2},
-    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 3},
+    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 3},
     # a file written straight to the bucket: read on its own, then the bundle is rewritten
     "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 4},
     # the record (whose workspace), the snapshot's HEAD (unchanged: nothing written), then the records
