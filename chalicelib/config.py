@@ -160,6 +160,9 @@ class Settings(_Frozen):
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
     cors_allow_origins: tuple[str, ...] = ()
+    # The local gateway only: proxies whose X-Forwarded-For / -Proto it believes (none: the
+    # peer's own address is logged, whatever a client claims).
+    trusted_proxies: tuple[str, ...] = ()
     turn_runner_function: str | None = None
     # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
     local_turn_workers: int = Field(default=16, ge=1, le=1024)
@@ -242,6 +245,7 @@ class Settings(_Frozen):
                 if get("CORS_ALLOW_ORIGINS") is not None
                 else _default_origins(get, environment),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
+                trusted_proxies=_split(get("TRUSTED_PROXIES")),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
                 turn_lease_seconds=_float(get, "TURN_LEASE_SECONDS", 10.0),
             )

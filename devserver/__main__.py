@@ -62,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     # default handler would end the process on the spot, skipping exit handlers: sandboxes'
     # tmpfs workspaces and uid records would outlive it. Make SIGTERM an ordinary exit, as Ctrl-C is.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, and every local client is
+    # 127.0.0.1: only the proxies TRUSTED_PROXIES names may say who the client is.
+    from chalicelib.config import current_settings
+
+    trusted = current_settings().trusted_proxies
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
-                ws_max_size=128 * 1024, log_level="info", access_log=True)
+                ws_max_size=128 * 1024, log_level="info", access_log=True, proxy_headers=bool(trusted),
+                forwarded_allow_ips=",".join(trusted) if trusted else None)
     return 0
 
 
