@@ -26,6 +26,9 @@ DEFAULT_DATA_DIR = "./.data"
 # The newest generally available Sonnet in the installed anthropic package's Model literal
 # (2.14.0). claude-sonnet-4-5-20250929 (the original's default) reaches end of life on 2026-11-30.
 DEFAULT_MODEL = "claude-sonnet-5-5"
+# What one user message may cost by default (USD): a fresh deployment has a ceiling, not an open
+# one (thinking 128k x maxTurns 200 is ~27 M output tokens). MAX_BUDGET_USD raises it; 0 removes it.
+DEFAULT_MAX_BUDGET_USD = 5.0
 
 
 class _Frozen(BaseModel):
@@ -112,7 +115,7 @@ class AgentSettings(_Frozen):
     # Set by `./scripts/dev --offline-model`: ANTHROPIC_BASE_URL is the local stand-in, not Claude.
     offline_model: bool = False
     # A server-wide ceiling on what one user message may cost (USD); None: only the user's own.
-    max_budget_usd: float | None = Field(default=None, gt=0)
+    max_budget_usd: float | None = Field(default=DEFAULT_MAX_BUDGET_USD, gt=0)
     # How long a turn waits for the user to approve a tool call (permissions: ask) before denying it.
     permission_timeout_seconds: float = Field(default=300, gt=0, le=3600)
 
@@ -229,7 +232,7 @@ class Settings(_Frozen):
                     price_table_json=get("PRICE_TABLE"),
                     context_window_tokens=_int(get, "CONTEXT_WINDOW_TOKENS", 0) or None,
                     offline_model=_flag(get("OFFLINE_MODEL")),
-                    max_budget_usd=_float(get, "MAX_BUDGET_USD", 0) or None,
+                    max_budget_usd=_float(get, "MAX_BUDGET_USD", DEFAULT_MAX_BUDGET_USD) or None,
                     permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
                 ),
                 auth=_auth_settings(get),

@@ -286,3 +286,4 @@ def test_settings_refuse_half_configured_auth(env: dict[str, str], needle: str) 
     with pytest.raises(Misconfigured) as bad:
         Settings.from_env(env)
     assert needle in bad.value.message
+
