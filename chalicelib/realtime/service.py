@@ -344,6 +344,9 @@ class RealtimeService:
         body: dict[str, Any] = dict(existing[0]) if existing else {"conversationId": conversation_id}
         body["messages"] = []
         self.conversations.save(conn.user_id, conversation_id, body)
+        if state is not None and state.remembered_permissions:
+            # `clear` starts over: permission answers remembered before it are forgotten too.
+            self.states.update(conn.session_id, _forget_permissions)
         return [frame("cleared", conversationId=conversation_id)]
 
     def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
@@ -363,8 +366,16 @@ class RealtimeService:
         return [*missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
 
 
+def _forget_permissions(state: SessionState) -> None:
+    state.remembered_permissions = {}
+
+
 def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:
-    """Give the session the skill index its latest /setup built (unless the state's is newer)."""
+    """Give the session the skill index its latest /setup built (unless the state's is newer).
+
+    A newer index means a /setup since: the permission answers remembered before it end there
+    ("remember" lasts for the session's current sandbox)."""
     current = state.agent_memory.skill_index
     if index is not None and (current is None or current.built_at < index.built_at):
         state.agent_memory.skill_index = index
+        state.remembered_permissions = {}
