@@ -11,6 +11,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chalicelib.config import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +166,18 @@ def _banner(base: str) -> None:
                      "(500 api_key_not_configured). Set API_KEY. !!!")
     elif settings.api_key is None:
         lines.append("  !!! API_KEY is not set: every endpoint is open (development only). Set API_KEY to require it. !!!")
+    lines.append(_user_token_hint(base, settings))
     print("\n".join(lines), flush=True)
+
+
+def _user_token_hint(base: str, settings: Settings) -> str:
+    """How to get an end user's token here (README: End users, tokens and quotas)."""
+    key = " -H 'Authorization: Bearer $API_KEY'" if settings.api_key is not None else ""
+    if settings.auth.user_token_secret is None:
+        return ("  user tokens: set USER_TOKEN_SECRET (32+ random characters) to mint them with "
+                f"curl -X POST {base}/users/<userId>/tokens{key}")
+    return (f"  user tokens: curl -X POST {base}/users/<userId>/tokens{key}   "
+            "then ./scripts/chat --token <token> (it reaches only that user's data)")
 
 
 if __name__ == "__main__":
