@@ -245,3 +245,76 @@ def test_key_rotation_without_a_restart(world: Any, monkeypatch: pytest.MonkeyPa
         assert t.call("GET", "/users/alice/skills", after).status_code == 200
         old = t.call("GET", "/users/alice/skills", before)
         assert old.status_code == 401 and old.json()["code"] == "invalid_token"  # the withdrawn key
+
+
+OWNER, OPERATOR_ONLY = "owner", "operator"
+# (method, path, body or raw bytes, who may call it). Run in this order, each with every credential
+# (forged, another user's, own, operator): the deletes come after what reads what they delete.
+MATRIX: list[tuple[str, str, Any, str]] = [
+    ("GET", "/users/alice/skills", None, OWNER),
+    ("POST", "/users/alice/skills", {"name": "m.md", "content": "# M\nmatrix"}, OWNER),
+    ("GET", "/users/alice/skills/m.md", None, OWNER),
+    ("POST", "/users/alice/conversations", {"conversationId": "c1", "messages": []}, OWNER),
+    ("GET", "/users/alice/conversations", None, OWNER),
+    ("GET", "/users/alice/conversations/c1", None, OWNER),
+    ("GET", "/users/alice/settings", None, OWNER),
+    ("PUT", "/users/alice/settings", {"maxTurns": 3}, OWNER),
+    ("PATCH", "/users/alice/settings", {"maxTurns": 4}, OWNER),
+    ("GET", "/users/alice/limits", None, OWNER),
+    ("GET", "/users/alice/usage", None, OWNER),
+    ("POST", "/setup/m-alice?userId=alice", None, OWNER),
+    ("PUT", "/sessions/m-alice/files/content?path=m.txt", b"matrix file", OWNER),
+    ("GET", "/sessions/m-alice/files", None, OWNER),
+    ("GET", "/sessions/m-alice/files/content?path=m.txt", None, OWNER),
+    ("DELETE", "/sessions/m-alice/files/content?path=m.txt", None, OWNER),
+    ("DELETE", "/users/alice/conversations/c1", None, OWNER),
+    ("DELETE", "/users/alice/skills/m.md", None, OWNER),
+    ("PUT", "/users/alice/limits", {"maxSessions": 5}, OPERATOR_ONLY),
+    ("POST", "/users/alice/tokens", None, OPERATOR_ONLY),
+    ("DELETE", "/sandbox/m-alice", None, OWNER),
+    ("DELETE", "/users/alice", None, OPERATOR_ONLY),
+]
+
+
+def test_the_route_by_credential_matrix(tenants: Tenants, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = tenants
+    alice, bob = t.provider.token("alice"), t.provider.token("bob")
+    head, body, sig = alice.split(".")
+    forged = f"{head}.{b64(json.dumps({**claims_of(alice), 'sub': 'bob'}).encode())}.{sig}"  # alice's signature, bob's name
+    assert t.call("POST", "/setup/m-alice", alice).status_code == 200
+    credentials = [("forged", forged), ("other user's", bob), ("own", alice), ("operator key", OPERATOR_KEY)]
+    answers: dict[tuple[str, str], int] = {}
+    for method, path, payload, who in MATRIX:
+        for name, token in credentials:
+            if isinstance(payload, bytes):
+                response = t.call(method, path, token, raw=payload)
+            else:
+                response = t.call(method, path, token, payload)
+            answers[(f"{method} {path}", name)] = response.status_code
+            if name == "forged":
+                expected = {401}
+            elif name == "other user's" or (name == "own" and who == OPERATOR_ONLY):
+                expected = {403}
+            elif method == "DELETE" and name == "operator key" and who == OWNER:
+                expected = {200, 404}  # the owner's own call deleted it a moment ago
+            else:
+                expected = {200}
+            assert response.status_code in expected, (method, path, name, response.status_code, response.text[:200])
+            if response.status_code == 403:
+                assert response.json()["code"] == "forbidden_user"
+            if response.status_code == 401:
+                assert response.json()["code"] == "invalid_token"
+    assert t.call("GET", "/health", forged).status_code == 200
+    # The websocket's $connect, then a frame on the connection it opened.
+    assert t.call("POST", "/setup/m-ws?userId=alice", OPERATOR_KEY).status_code == 200
+    for name, token, status in (("forged", forged, 401), ("other user's", bob, 403)):
+        for query, bearer in ((f"&access_token={token}", None), ("", token)):
+            with pytest.raises(InvalidStatus) as refused:
+                t.ws("m-ws", bearer=bearer, query=query).close()
+            assert refused.value.response.status_code == status, name
+    for name, token in (("own", alice), ("operator key", OPERATOR_KEY)):
+        with t.ws("m-ws", bearer=token) as ws:
+            ws.send(json.dumps({"action": "get_history"}))
+            history = receive_until(ws, "history")[-1]
+            assert history["conversationId"] == "m-ws", name
+    print("\n" + "\n".join(f"{route:55s} {cred:14s} {status}" for (route, cred), status in answers.items()))
