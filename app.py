@@ -12,11 +12,13 @@ from chalice import Chalice, Rate
 
 from chalicelib import chalice_local
 from chalicelib.aws import aws_session
+from chalicelib.ids import validate_id
 from chalicelib.services.health import check_health
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES, MAX_SETTINGS_BYTES, MAX_SKILL_UPLOAD_BYTES
 from chalicelib.services.skills import SkillUpload
 from chalicelib.telemetry import json_logs
 from chalicelib.web import websocket
+from chalicelib.web.access import Access
 from chalicelib.web.downloads import file_response
 from chalicelib.web.responses import Reply, etag_header
 from chalicelib.web.routing import Api, RequestContext
@@ -45,6 +47,7 @@ def health(ctx: RequestContext):
 def upload_skill(ctx: RequestContext, userId: str):
     cond = ctx.request.conditions()
     body = ctx.request.body(SkillUpload, max_bytes=MAX_SKILL_UPLOAD_BYTES)
+    ctx.check_storage_quota(userId)
     result, etag = ctx.services.skills.upload(userId, body, cond.if_match, cond.if_none_match)
     return Reply(result, headers=etag_header(etag))
 
@@ -73,6 +76,7 @@ def delete_skill(ctx: RequestContext, userId: str, skillName: str):
 def save_conversation(ctx: RequestContext, userId: str):
     cond = ctx.request.conditions()
     body = ctx.request.raw_json(max_bytes=MAX_CONVERSATION_BYTES)
+    ctx.check_storage_quota(userId)
     result, etag = ctx.services.conversations.save_body(userId, body, cond.if_match, cond.if_none_match)
     return Reply(result, headers=etag_header(etag))
 
@@ -122,17 +126,42 @@ def patch_settings(ctx: RequestContext, userId: str):
 # -- Users -------------------------------------------------------------------------------
 
 
-@api.route("/users/{userId}", methods=["DELETE"])
+@api.route("/users/{userId}", methods=["DELETE"], access=Access.OPERATOR)
 def erase_user(ctx: RequestContext, userId: str):
     return ctx.services.users.erase(userId)
+
+
+@api.route("/users/{userId}/usage", methods=["GET"])
+def get_usage(ctx: RequestContext, userId: str):
+    return ctx.services.usage.report(validate_id(userId, "userId"), ctx.request.query("from"), ctx.request.query("to"))
+
+
+@api.route("/users/{userId}/limits", methods=["GET"])
+def get_limits(ctx: RequestContext, userId: str):
+    return ctx.services.quotas.limits(validate_id(userId, "userId"))
+
+
+@api.route("/users/{userId}/limits", methods=["PUT"], access=Access.OPERATOR)
+def put_limits(ctx: RequestContext, userId: str):
+    # Imported here: the REST Lambda's cold start imports no service it may not use.
+    from chalicelib.services.quotas import LimitsUpdate
+
+    body = ctx.request.body(LimitsUpdate, max_bytes=MAX_SETTINGS_BYTES)
+    return ctx.services.quotas.set_limits(validate_id(userId, "userId"), body)
+
+
+@api.route("/users/{userId}/tokens", methods=["POST"], access=Access.OPERATOR)
+def mint_user_token(ctx: RequestContext, userId: str):
+    return ctx.services.user_tokens.mint(validate_id(userId, "userId"))
 
 
 # -- Sessions ----------------------------------------------------------------------------
 
 
-@api.route("/setup/{sessionId}", methods=["POST"])
+@api.route("/setup/{sessionId}", methods=["POST"], access=Access.SETUP)
 def setup_session(ctx: RequestContext, sessionId: str):
-    return ctx.services.sessions.setup(sessionId, ctx.request.query("userId"), ctx.websocket_base())
+    user_id = ctx.user_id_or_caller(ctx.request.query("userId"))
+    return ctx.services.sessions.setup(sessionId, user_id, ctx.websocket_base())
 
 
 @api.route("/sandbox/{sessionId}", methods=["DELETE"])

@@ -31,6 +31,9 @@ CHALICE_LOCAL_DATA_DIR = "claude-agent-backend/chalice-local"
 # (2.17.0, the lock). claude-sonnet-4-5-20250929 (the original's default) reached end of life on
 # 2026-11-30, and 2.17 no longer lists it.
 DEFAULT_MODEL = "claude-sonnet-5-5"
+# What one user message may cost by default (USD): a fresh deployment has a ceiling, not an open
+# one (thinking 128k x maxTurns 200 is ~27 M output tokens). MAX_BUDGET_USD raises it; 0 removes it.
+DEFAULT_MAX_BUDGET_USD = 5.0
 
 
 class _Frozen(BaseModel):
@@ -138,9 +141,37 @@ class AgentSettings(_Frozen):
     # Set by `./scripts/dev --offline-model`: ANTHROPIC_BASE_URL is the local stand-in, not Claude.
     offline_model: bool = False
     # A server-wide ceiling on what one user message may cost (USD); None: only the user's own.
-    max_budget_usd: float | None = Field(default=None, gt=0)
+    max_budget_usd: float | None = Field(default=DEFAULT_MAX_BUDGET_USD, gt=0)
     # How long a turn waits for the user to approve a tool call (permissions: ask) before denying it.
     permission_timeout_seconds: float = Field(default=300, gt=0, le=3600)
+
+
+class AuthSettings(_Frozen):
+    """End-user tokens: an OpenID provider's (AUTH_JWT_*) and the service's own (USER_TOKEN_*)."""
+
+    # The provider's issuer, exactly as its tokens' `iss` says; discovery reads
+    # {issuer}/.well-known/openid-configuration for the JWKS URL unless AUTH_JWKS_URL is set.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # The claim that is the userId (Cognito, Auth0 and Clerk all put the user in `sub`).
+    jwt_user_claim: str = Field(default="sub", min_length=1)
+    jwks_url: str | None = None
+    # Signs the tokens POST /users/{userId}/tokens mints (HS256, the service's own issuer only).
+    user_token_secret: SecretStr | None = None
+    user_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+
+    @property
+    def accepts_user_tokens(self) -> bool:
+        return self.jwt_issuer is not None or self.user_token_secret is not None
+
+
+class QuotaSettings(_Frozen):
+    """Per-user limits; None: unlimited (the default). PUT /users/{userId}/limits overrides them."""
+
+    max_sessions: int | None = Field(default=None, ge=1)
+    messages_per_minute: int | None = Field(default=None, ge=1)
+    daily_budget_usd: float | None = Field(default=None, gt=0)
+    storage_mb: int | None = Field(default=None, ge=1)
 
 
 class Settings(_Frozen):
@@ -152,12 +183,17 @@ class Settings(_Frozen):
     sandbox: SandboxSettings = SandboxSettings()
     agent: AgentSettings = AgentSettings()
     workspace: WorkspaceSettings = WorkspaceSettings()
+    auth: AuthSettings = AuthSettings()
+    quotas: QuotaSettings = QuotaSettings()
     websocket_url: str | None = Field(
         default=None, description="Public ws(s):// URL clients connect to; derived if unset."
     )
     # `chalice local`: REST only, so /setup hands out no websocket URL (see under_chalice_local).
     chalice_local: bool = False
     cors_allow_origins: tuple[str, ...] = ()
+    # The local gateway only: proxies whose X-Forwarded-For / -Proto it believes (none: the
+    # peer's own address is logged, whatever a client claims).
+    trusted_proxies: tuple[str, ...] = ()
     turn_runner_function: str | None = None
     # The local gateway only: how many turns run at once (each holds a worker for its whole turn).
     local_turn_workers: int = Field(default=16, ge=1, le=1024)
@@ -229,8 +265,15 @@ class Settings(_Frozen):
                     price_table_json=get("PRICE_TABLE"),
                     context_window_tokens=_int(get, "CONTEXT_WINDOW_TOKENS", 0) or None,
                     offline_model=_flag(get("OFFLINE_MODEL")),
-                    max_budget_usd=_float(get, "MAX_BUDGET_USD", 0) or None,
+                    max_budget_usd=_float(get, "MAX_BUDGET_USD", DEFAULT_MAX_BUDGET_USD) or None,
                     permission_timeout_seconds=_float(get, "PERMISSION_TIMEOUT_SECONDS", 300),
+                ),
+                auth=_auth_settings(get),
+                quotas=QuotaSettings(
+                    max_sessions=_int(get, "USER_MAX_SESSIONS", 0) or None,
+                    messages_per_minute=_int(get, "USER_MESSAGES_PER_MINUTE", 0) or None,
+                    daily_budget_usd=_float(get, "USER_DAILY_BUDGET_USD", 0) or None,
+                    storage_mb=_int(get, "USER_STORAGE_MB", 0) or None,
                 ),
                 websocket_url=get("WEBSOCKET_URL"),
                 chalice_local=under_chalice_local(get),
@@ -239,6 +282,7 @@ class Settings(_Frozen):
                 if get("CORS_ALLOW_ORIGINS") is not None
                 else _default_origins(get, environment),
                 turn_runner_function=get("TURN_RUNNER_FUNCTION"),
+                trusted_proxies=_split(get("TRUSTED_PROXIES")),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
                 turn_lease_seconds=_float(get, "TURN_LEASE_SECONDS", 10.0),
             )
@@ -343,6 +387,28 @@ def _data_dir(get) -> Path:  # type: ignore[no-untyped-def]
         home = Path(get("HOME")) if get("HOME") else Path.home()
         return Path(get("XDG_DATA_HOME") or home / ".local/share") / CHALICE_LOCAL_DATA_DIR
     return Path(DEFAULT_DATA_DIR)
+
+
+def _auth_settings(get) -> AuthSettings:  # type: ignore[no-untyped-def]
+    issuer, audience = get("AUTH_JWT_ISSUER"), get("AUTH_JWT_AUDIENCE")
+    if issuer is not None and audience is None:
+        raise Misconfigured(
+            "AUTH_JWT_ISSUER is set but AUTH_JWT_AUDIENCE is not: set it to the audience your identity provider "
+            "puts in the tokens it issues for this API (README: End-user tokens)."
+        )
+    secret = get("USER_TOKEN_SECRET")
+    if secret is not None and len(secret) < 32:
+        raise Misconfigured(
+            "USER_TOKEN_SECRET is shorter than 32 characters: use a random one, e.g. `openssl rand -base64 48`."
+        )
+    return AuthSettings(
+        jwt_issuer=issuer,
+        jwt_audience=audience,
+        jwt_user_claim=get("AUTH_JWT_USER_CLAIM") or "sub",
+        jwks_url=get("AUTH_JWKS_URL"),
+        user_token_secret=secret,
+        user_token_ttl_seconds=_int(get, "USER_TOKEN_TTL_SECONDS", 900),
+    )
 
 
 def _default_origins(get, environment: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     # and only the turn runner needs it; the REST Lambda never uses the realtime package; and
     # a skills request need not build the sessions' and workspace files' models.
     from chalicelib.agent.turn import AgentTurn
+    from chalicelib.identity.user_tokens import UserTokens
     from chalicelib.realtime.dispatch import BackgroundInvoker, TurnDispatcher
     from chalicelib.realtime.engineio_links import EngineIOLinks
     from chalicelib.realtime.runner import TurnRunner
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
     from chalicelib.realtime.service import RealtimeService
     from chalicelib.sandbox.base import SandboxProvider
     from chalicelib.services.conversations import ConversationsService
+    from chalicelib.services.quotas import QuotasService
     from chalicelib.services.sessions import SessionsService
     from chalicelib.services.skills import SkillsService
+    from chalicelib.services.usage import UsageService
     from chalicelib.services.user_settings import UserSettingsService
     from chalicelib.services.users import UsersService
     from chalicelib.services.workspace_files import WorkspaceFilesService
@@ -96,6 +99,13 @@ class Container:
         except Exception:  # noqa: BLE001 - health must answer even when sandboxes cannot start
             return None
 
+    @property
+    def user_tokens(self) -> UserTokens:
+        """End-user token verification (its JWKS cache lives as long as this container)."""
+        from chalicelib.identity.user_tokens import UserTokens
+
+        return self._once("user_tokens", lambda: UserTokens(self.settings.auth))
+
     # -- services ------------------------------------------------------------------------
 
     @property
@@ -123,11 +133,23 @@ class Container:
         return self._once("users", lambda: UsersService(self.store, self.workspace_snapshots))
 
     @property
+    def usage(self) -> UsageService:
+        from chalicelib.services.usage import UsageService
+
+        return self._once("usage", lambda: UsageService(self.store))
+
+    @property
+    def quotas(self) -> QuotasService:
+        from chalicelib.services.quotas import QuotasService
+
+        return self._once("quotas", lambda: QuotasService(self.settings.quotas, self.store))
+
+    @property
     def sessions(self) -> SessionsService:
         from chalicelib.services.sessions import SessionsService
 
         return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes,
-                                                              snapshots=self.workspace_snapshots))
+                                                              snapshots=self.workspace_snapshots, quotas=self.quotas))
 
     @property
     def workspace_snapshots(self) -> WorkspaceSnapshots:
@@ -139,7 +161,9 @@ class Container:
     def workspace_files(self) -> WorkspaceFilesService:
         from chalicelib.services.workspace_files import WorkspaceFilesService
 
-        return self._once("workspace_files", lambda: WorkspaceFilesService(self.settings, self.sessions, self.workspace_snapshots))
+        return self._once("workspace_files", lambda: WorkspaceFilesService(
+            self.settings, self.sessions, self.workspace_snapshots,
+            check_storage=lambda owner, adding: self.quotas.check_storage(owner, adding, self.usage.storage_bytes)))
 
     # -- the agent over websocket ----------------------------------------------------------
 
@@ -176,14 +200,15 @@ class Container:
 
         return self._once("realtime", lambda: RealtimeService(
             self.settings, self.sessions, self.conversations, StateStore(self.store), EventLog(self.store),
-            ConnectionRegistry(self.store), self.dispatcher,
+            ConnectionRegistry(self.store), self.dispatcher, quotas=self.quotas, usage=self.usage,
         ))
 
     @property
     def agent_turn(self) -> AgentTurn:
         from chalicelib.agent.turn import AgentTurn
 
-        return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings))
+        return self._once("agent_turn", lambda: AgentTurn(self.settings, self.user_settings, usage=self.usage,
+                                                          quotas=self.quotas))
 
     def turn_runner(self, sender: Sender) -> TurnRunner:
         """A runner sending through `sender` (the app's websocket API)."""

@@ -106,3 +106,14 @@ class NotAcceptable(AppError):
 
     status = 406
     code = "not_acceptable"
+
+
+class QuotaExceeded(AppError):
+    """A per-user limit is reached; `Retry-After` says when to try again."""
+
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)

@@ -11,6 +11,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chalicelib.config import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     # default handler would end the process on the spot, skipping exit handlers: sandboxes'
     # tmpfs workspaces and uid records would outlive it. Make SIGTERM an ordinary exit, as Ctrl-C is.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, and every local client is
+    # 127.0.0.1: only the proxies TRUSTED_PROXIES names may say who the client is.
+    from chalicelib.config import current_settings
+
+    trusted = current_settings().trusted_proxies
     uvicorn.run(gateway.asgi, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
-                ws_max_size=128 * 1024, log_level="info", access_log=True)
+                ws_max_size=128 * 1024, log_level="info", access_log=True, proxy_headers=bool(trusted),
+                forwarded_allow_ips=",".join(trusted) if trusted else None)
     return 0
 
 
@@ -162,7 +172,18 @@ def _banner(base: str) -> None:
                      "(500 api_key_not_configured). Set API_KEY. !!!")
     elif settings.api_key is None:
         lines.append("  !!! API_KEY is not set: every endpoint is open (development only). Set API_KEY to require it. !!!")
+    lines.append(_user_token_hint(base, settings))
     print("\n".join(lines), flush=True)
+
+
+def _user_token_hint(base: str, settings: Settings) -> str:
+    """How to get an end user's token here (README: End users, tokens and quotas)."""
+    key = " -H 'Authorization: Bearer $API_KEY'" if settings.api_key is not None else ""
+    if settings.auth.user_token_secret is None:
+        return ("  user tokens: set USER_TOKEN_SECRET (32+ random characters) to mint them with "
+                f"curl -X POST {base}/users/<userId>/tokens{key}")
+    return (f"  user tokens: curl -X POST {base}/users/<userId>/tokens{key}   "
+            "then ./scripts/chat --token <token> (it reaches only that user's data)")
 
 
 if __name__ == "__main__":

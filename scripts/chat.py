@@ -3,6 +3,7 @@
     ./scripts/chat --user alice "What skills do I have?"     # one prompt, then exit
     ./scripts/chat --user alice                              # interactive; Ctrl-D to quit
     ./scripts/chat --url https://API --api-key KEY --user alice "..."
+    ./scripts/chat --url https://API --token USER_TOKEN "..."   # as the end user the token names
 
 Ctrl-C during an answer interrupts it (what was said is kept); a second Ctrl-C quits.
 Interactive input: a multi-line paste is one prompt (bracketed paste, in a terminal); a line
@@ -12,7 +13,8 @@ Exit status: 0 when every answer finished, 1 after an error (setup refused, an `
 130 when interrupted by Ctrl-C.
 
 Environment: AGENT_API_URL is the default for --url (http://127.0.0.1:8000, ./scripts/dev);
-API_KEY the default for --api-key.
+API_KEY the default for --api-key; AGENT_USER_TOKEN the default for --token (a user token from
+your identity provider, or from POST /users/{userId}/tokens: it reaches only that user's data).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ./scripts/chat."""
     cli = argparse.ArgumentParser(prog="./scripts/chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("prompt", nargs="?", help="send this prompt and exit (interactive when omitted)")
-    cli.add_argument("--user", required=True, help="the userId whose skills and history to use")
+    cli.add_argument("--user", help="the userId whose skills and history to use (with --token: the token's user)")
     cli.add_argument("--session", help="sessionId (default: a new one)")
     cli.add_argument("--conversation", help="continue this conversationId")
     cli.add_argument("--model", help="model for this session")
@@ -64,11 +66,16 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--url", default=os.environ.get("AGENT_API_URL") or DEFAULT_URL,
                      help=f"REST base URL (default: $AGENT_API_URL, else {DEFAULT_URL})")
     cli.add_argument("--api-key", default=os.environ.get("API_KEY"), help="API key (default: $API_KEY)")
+    cli.add_argument("--token", default=os.environ.get("AGENT_USER_TOKEN"),
+                     help="sign in as an end user with this user token instead of the API key (default: $AGENT_USER_TOKEN)")
     return cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if not args.user and not args.token:
+        cli.error("--user is required (or --token, whose user it is)")
     try:
         return _chat(args)
     except KeyboardInterrupt:  # Ctrl-C outside an answer, or the second one during it
@@ -77,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    credential = args.token or args.api_key
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     base = args.url.rstrip("/")
     session = args.session or f"chat-{uuid.uuid4().hex[:8]}"
     try:
         health = httpx.get(f"{base}/health", timeout=10)
-        setup = httpx.post(f"{base}/setup/{session}", params={"userId": args.user}, headers=headers, timeout=60)
+        params = {"userId": args.user} if args.user else {}  # a user token's setup defaults to its user
+        setup = httpx.post(f"{base}/setup/{session}", params=params, headers=headers, timeout=60)
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url} ({exc}). Is ./scripts/dev running?", file=sys.stderr)
         return 1
@@ -96,7 +105,8 @@ def _chat(args: argparse.Namespace) -> int:
         # `chalice local` serves REST only: its setup says so instead of handing out a URL.
         print(f"error: {args.url} has no agent WebSocket. {info.get('message', '')}", file=sys.stderr)
         return 1
-    print(f"[session {session}: {info['setupMethod']}, {len(info['skillsLoaded'])} skill files]", file=sys.stderr)
+    print(f"[session {session} of {info['userId']}: {info['setupMethod']}, {len(info['skillsLoaded'])} skill files]",
+          file=sys.stderr)
     status = 0
     try:
         with connect(f"{info['websocketUrl']}&token={info['token']}", max_size=2**24) as ws:

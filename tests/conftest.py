@@ -34,6 +34,11 @@ for _name in (
     "SANDBOX_TOKEN",
     "DATA_DIR",
     "ENVIRONMENT",
+    "AUTH_JWT_ISSUER",
+    "AUTH_JWT_AUDIENCE",
+    "AUTH_JWT_USER_CLAIM",
+    "AUTH_JWKS_URL",
+    "USER_TOKEN_SECRET",
 ):
     os.environ.pop(_name, None)
 

@@ -10,6 +10,7 @@ built only from the stored skill index and the user's settings: nothing time-dep
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 from typing import Any
@@ -67,13 +68,21 @@ def system_blocks(index: SkillIndex, user_prompt: str | None) -> list[dict[str, 
     """The system prompt as content blocks (the caller marks the cache breakpoint)."""
     parts = [BASE_PROMPT.format(skills_dir=SKILLS_DIR)]
     if index.entries:
-        lines = [f"- {e.name}: {e.description or '(no description)'} (read {e.path})" for e in index.entries]
+        lines = [f"- {_quoted(e.name)}: {_quoted(e.description) or '(no description)'} (read {_quoted(e.path)})"
+                 for e in index.entries]
         parts.append("<available_skills>\n" + "\n".join(lines) + "\n</available_skills>")
     else:
         parts.append("The user has no skills yet.")
     if user_prompt:
         parts.append("The user's instructions:\n" + user_prompt)
     return [{"type": "text", "text": "\n\n".join(parts)}]
+
+
+def _quoted(text: str) -> str:
+    """Skill text as data inside the prompt's markup: `<`, `>` and `&` escaped, so a heading
+    such as `</available_skills>` cannot close the list, and line breaks folded, so one skill
+    cannot add lines that read as other entries or as instructions after the list."""
+    return html.escape(" ".join(text.split()), quote=False)
 
 
 def system_sha256(system: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:

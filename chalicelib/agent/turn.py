@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,11 @@ from chalicelib.agent.session_options import SessionOptions
 from chalicelib.agent.tools import TOOLS
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
+from chalicelib.services.quotas import QuotasService, daily_budget_reached
+from chalicelib.services.usage import TurnUsage, UsageService
 from chalicelib.services.user_settings import UserSettingsService
+
+log = logging.getLogger(__name__)
 
 MAX_TURNS_CAP = 200
 
@@ -25,9 +30,12 @@ MAX_TURNS_CAP = 200
 class AgentTurn:
     """Callable used by TurnRunner; holds the client and price table across turns."""
 
-    def __init__(self, settings: Settings, user_settings: UserSettingsService) -> None:
+    def __init__(self, settings: Settings, user_settings: UserSettingsService, *, usage: UsageService | None = None,
+                 quotas: QuotasService | None = None) -> None:
         self.settings = settings
         self.user_settings = user_settings
+        self.usage = usage  # each turn is metered into the user's daily usage
+        self.quotas = quotas  # USER_DAILY_BUDGET_USD bounds each turn by what the day has left
         self.prices = PriceTable.from_json(settings.agent.price_table_json)
         self._client: Any = None
 
@@ -68,7 +76,8 @@ class AgentTurn:
             save(memory)
 
         thinking = thinking_param(prefs.thinking, spec_for(chosen_model))
-        return run_turn(
+        daily_left = self._daily_budget_left(user_id)
+        result = run_turn(
             client=self._client, model=chosen_model, system=system, history=history,
             prompt=prompt, prompt_id=prompt_id, max_turns=turns,
             max_tokens=max_tokens_for(thinking, self.settings.agent.max_tokens),
@@ -76,8 +85,35 @@ class AgentTurn:
             context=context, on_context_changed=keep_context, context_window=self.settings.agent.context_window_tokens,
             thinking=thinking,
             gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
-            server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd),
+            server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd, daily_left),
         )
+        self._meter(user_id, session_id, result)
+        return result
+
+    def _daily_budget_left(self, user_id: str) -> float | None:
+        """What USER_DAILY_BUDGET_USD leaves today (None: no daily budget); a message when
+        nothing is left is refused before it costs anything."""
+        if self.quotas is None or self.usage is None:
+            return None
+        budget = self.quotas.limits(user_id).daily_budget_usd
+        if budget is None:
+            return None
+        left = budget - self.usage.spent_today(user_id)
+        if left <= 0:
+            raise daily_budget_reached(user_id, budget)
+        return left
+
+    def _meter(self, user_id: str, session_id: str, result: TurnResult) -> None:
+        """Add the turn to the user's usage; a failure is logged, the turn's answer stands."""
+        if self.usage is None:
+            return
+        used = TurnUsage(turns=result.turns, input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
+                         cache_read_tokens=result.usage.cache_read_input_tokens,
+                         cache_creation_tokens=result.usage.cache_creation_input_tokens, cost_usd=result.cost_usd)
+        try:
+            self.usage.record(user_id, session_id, used)
+        except Exception:  # noqa: BLE001 - metering must not turn a finished answer into an error
+            log.exception("usage of a turn of user %s was not recorded", user_id)
 
 
 def _approver(ask_permission: AskUser | None, prompt_id: str) -> Callable[[str, dict[str, Any]], bool] | None:
@@ -87,9 +123,10 @@ def _approver(ask_permission: AskUser | None, prompt_id: str) -> Callable[[str, 
     return lambda name, shown: ask_permission(f"server-{name}-{prompt_id}", name, shown).decision == "allow"
 
 
-def _budget(user: float | None, server: float | None) -> float | None:
-    """The stricter of the user's per-message budget and the server's ceiling."""
-    limits = [b for b in (user, server) if b is not None]
+def _budget(user: float | None, server: float | None, daily_left: float | None = None) -> float | None:
+    """The strictest of the user's per-message budget, the server's ceiling and what the user's
+    daily budget leaves."""
+    limits = [b for b in (user, server, daily_left) if b is not None]
     return min(limits) if limits else None
 
 

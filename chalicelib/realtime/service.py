@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from chalicelib.agent.model_client import MISSING_KEY
 from chalicelib.agent.session_options import SessionOptions
 from chalicelib.config import Settings
-from chalicelib.errors import AppError, Conflict, NotFound
+from chalicelib.errors import AppError, Conflict, NotFound, QuotaExceeded
 from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
@@ -50,8 +50,10 @@ from chalicelib.realtime.state import (
 )
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
+from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
+from chalicelib.services.usage import UsageService
 from chalicelib.storage import StorageUnavailable
 from chalicelib.telemetry import log_context
 
@@ -104,6 +106,8 @@ class RealtimeService:
         events: EventLog,
         connections: ConnectionRegistry,
         dispatcher: TurnDispatcher,
+        quotas: QuotasService | None = None,
+        usage: UsageService | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -112,11 +116,14 @@ class RealtimeService:
         self.events = events
         self.connections = connections
         self.dispatcher = dispatcher
+        self.quotas = quotas
+        self.usage = usage
 
     # -- $connect ------------------------------------------------------------------------
 
-    def connect(self, event: WsEvent) -> ConnectDecision:
-        """Accept only a session /setup created, with its token or the API key."""
+    def connect(self, event: WsEvent, *, preauthorized: bool = False) -> ConnectDecision:
+        """Accept only a session /setup created, with its token or the API key (or, when the
+        edge has already matched a user token to the session's owner, `preauthorized`)."""
         query = event.query or {}
         session_id = query.get("sessionId") or ""
         if not ID_PATTERN.match(session_id) or session_id in (".", ".."):
@@ -125,18 +132,9 @@ class RealtimeService:
             record = self.sessions.get_record(session_id)
         except NotFound as exc:
             return ConnectDecision(404, exc.message, exc.code)
-        token = query.get("token")
-        bearer = bearer_token(event.headers or {})
-        if token is None and bearer is None:
-            return ConnectDecision(
-                401, "Missing credentials: add ?token=<token from /setup> or 'Authorization: Bearer <API_KEY>'.",
-                "missing_credentials",
-            )
-        allowed = (token is not None and self.sessions.token_matches(record, token)) or (
-            bearer is not None and key_matches(self.settings, bearer)
-        )
-        if not allowed:
-            return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
+        refused = None if preauthorized else self._credential_refusal(event, record)
+        if refused is not None:
+            return refused
         self.attach(event, record)
         return ConnectDecision(200)
 
@@ -159,6 +157,21 @@ class RealtimeService:
     def start_runner(self, session_id: str) -> None:
         """Dispatch a runner for the session's queue (after a failed turn was repaired)."""
         self._start_runner(session_id)
+
+    def _credential_refusal(self, event: WsEvent, record: SessionRecord) -> ConnectDecision | None:
+        """None when the connection carries the session's /setup token or the API key."""
+        token = (event.query or {}).get("token")
+        bearer = bearer_token(event.headers or {})
+        if token is None and bearer is None:
+            return ConnectDecision(
+                401, "Missing credentials: add ?token=<token from /setup> or 'Authorization: Bearer <API_KEY>'.",
+                "missing_credentials",
+            )
+        if (token is not None and self.sessions.token_matches(record, token)) or (
+            bearer is not None and key_matches(self.settings, bearer)
+        ):
+            return None
+        return ConnectDecision(403, "Invalid token for this session: call POST /setup again for a new one.", "invalid_token")
 
     def _start_runner(self, session_id: str) -> None:
         """Dispatch a runner; a failure here is logged, the next frame or connect tries again."""
@@ -217,6 +230,8 @@ class RealtimeService:
         try:
             for payload in self._handle(conn, parsed):
                 reply(payload)
+        except QuotaExceeded as exc:
+            reply({**error_frame(exc.message, exc.code), "retryAfter": exc.retry_after})
         except AppError as exc:
             reply(error_frame(exc.message, exc.code))
         except Exception:  # noqa: BLE001 - the client must hear about it; the log has the rest
@@ -296,6 +311,9 @@ class RealtimeService:
     def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
         """Queue the message (once per `messageId`) and see that a runner will take it."""
         self._require_model_key()
+        if self.quotas is not None:
+            self._check_daily_budget(conn.user_id)
+            self.quotas.count_message(conn.user_id)
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
                               **({"id": message.message_id} if message.message_id else {}))
 
@@ -356,6 +374,13 @@ class RealtimeService:
         self._see_it_runs(session_id, state, _needs_runner(state))
         return frame("status", status="queued", messageId=accepted.id, position=accepted.position)
 
+    def _check_daily_budget(self, user_id: str) -> None:
+        """Refuse a message once the user's day has cost USER_DAILY_BUDGET_USD (`daily_budget_reached`)."""
+        assert self.quotas is not None
+        budget = self.quotas.limits(user_id).daily_budget_usd
+        if budget is not None and self.usage is not None and self.usage.spent_today(user_id) >= budget:
+            raise daily_budget_reached(user_id, budget)
+
     def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
         def flag(state: SessionState) -> int:
             dropped = len(state.queue)
@@ -397,6 +422,9 @@ class RealtimeService:
         body: dict[str, Any] = dict(existing[0]) if existing else {"conversationId": conversation_id}
         body["messages"] = []
         self.conversations.save(conn.user_id, conversation_id, body)
+        if state is not None and state.remembered_permissions:
+            # `clear` starts over: permission answers remembered before it are forgotten too.
+            self.states.update(conn.session_id, _forget_permissions)
         return [frame("cleared", conversationId=conversation_id)]
 
     def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
@@ -430,8 +458,16 @@ def _needs_runner(state: SessionState) -> bool:
     return bool(state.queue or state.turn) and not state.turn_active
 
 
+def _forget_permissions(state: SessionState) -> None:
+    state.remembered_permissions = {}
+
+
 def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:
-    """Give the session the skill index its latest /setup built (unless the state's is newer)."""
+    """Give the session the skill index its latest /setup built (unless the state's is newer).
+
+    A newer index means a /setup since: the permission answers remembered before it end there
+    ("remember" lasts for the session's current sandbox)."""
     current = state.agent_memory.skill_index
     if index is not None and (current is None or current.built_at < index.built_at):
         state.agent_memory.skill_index = index
+        state.remembered_permissions = {}

@@ -65,6 +65,10 @@ class TurnWatcher:
         else:
             state = self.states.read(self.lease.session_id)
         if state is None:
+            # The state went away under a running turn: DELETE /sandbox destroyed the session.
+            # Stop at the next step, and leave the workspace alone (as after a takeover).
+            self.lost.set()
+            self.interrupted.set()
             return
         self.queued_behind = len(state.queue)
         if not self.lease.holds(state):

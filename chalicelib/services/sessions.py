@@ -4,7 +4,9 @@ Setup is on the critical path of every conversation, so its storage round trips 
 one parallel batch (session record, user settings, skills listing, skills bundle), then one
 parallel batch (the session record write, and any skill file the bundle could not serve),
 whatever the number of skills. Only when the bundle was behind the files does a third
-request rewrite it (see `skill_bundle`).
+request rewrite it (see `skill_bundle`). A session without a record (new, or destroyed) is
+claimed for its user between the two batches (`session_owners`: one conditional write; its
+erasure marker joins the second batch).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
 )
 from chalicelib.services.models import ApiModel
+from chalicelib.services.quotas import QuotasService
+from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
@@ -75,6 +79,9 @@ class SessionRecord(ApiModel):
     skill_index: SkillIndex | None = None
     # The sandbox host the session was placed on (a fleet of hosts); None for local sandboxes.
     sandbox_host: str | None = None
+    # Whether the session is counted among its user's live sessions (USER_MAX_SESSIONS), so
+    # that destroying it frees the slot without reading the counter when nothing was counted.
+    quota_slot: bool = False
 
 
 CHALICE_LOCAL_SETUP = ("Sandbox prepared, but this server is `chalice local`, which serves the REST API only and no "
@@ -135,8 +142,9 @@ class SessionsService:
     """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
 
     def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None,
-                 snapshots: WorkspaceSnapshots | None = None) -> None:
+                 snapshots: WorkspaceSnapshots | None = None, quotas: QuotasService | None = None) -> None:
         self.settings = settings
+        self.quotas = quotas
         self.snapshots = snapshots
         self.store = store
         self.sandboxes = sandboxes
@@ -147,6 +155,7 @@ class SessionsService:
         # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
         self._lost_saves: dict[str, str] = {}
         self._lost_lock = threading.Lock()
+        self.owners = SessionOwners(store)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -159,7 +168,9 @@ class SessionsService:
         validate_id(user_id, "userId")
         assert user_id is not None
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            if self.quotas is not None:
+                pool.submit(self.quotas.limits, user_id)  # warms the cache reserve_session reads
             record_f = pool.submit(self._read_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
@@ -171,13 +182,21 @@ class SessionsService:
             listing = listing_f.result()
             bundle = bundle_f.result()
         if existing is not None and existing[0].user_id != user_id:
-            raise Conflict(
-                f"Session {session_id!r} belongs to another user: choose a new sessionId.",
-                code="session_owned_by_another_user",
-            )
+            raise owned_by_another_user(session_id)
+        # A session without a record may still be another user's (destroyed while its turn
+        # winds down, or kept as a snapshot): the ownership claim decides.
+        claimed = existing is None and self.owners.claim(session_id, user_id)
 
-        with _holding(session_id, existing[0] if existing is not None else None):
-            sandbox = self._create_sandbox(session_id, options)
+        reserved = self.quotas is not None and self.quotas.reserve_session(user_id, session_id, self._is_live)
+        try:
+            with _holding(session_id, existing[0] if existing is not None else None):
+                sandbox = self._create_sandbox(session_id, options)
+        except Exception:
+            if reserved and self.quotas is not None:
+                self.quotas.release_session(user_id, session_id)
+            raise
+        if reserved and self.quotas is not None:
+            self.quotas.confirm_session(user_id, session_id)
         not_restored = None
         if existing is not None or isinstance(found, str):
             # A record there, or one set aside as unreadable: the workspace may have a snapshot.
@@ -198,9 +217,11 @@ class SessionsService:
             last_active_at=now,
             skill_index=build_index(skill_files[0]),
             sandbox_host=_host(sandbox),
+            quota_slot=reserved or (existing is not None and existing[0].quota_slot),
         )
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=3) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
+            marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
             if mounted is None:
                 loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
             elif skill_files[2]:
@@ -208,6 +229,8 @@ class SessionsService:
                 # bucket): bring it up to date, so the next setup in any container reads one object.
                 pool.submit(self.bundle.repair, user_id, listing, skill_files[1], bundle)
             save_f.result()
+            if marked_f is not None:
+                marked_f.result()
             loaded = mounted if mounted is not None else loaded_f.result()
 
         ws = f"{websocket_base}?sessionId={session_id}" if websocket_base else None
@@ -228,8 +251,17 @@ class SessionsService:
 
         This is the per-request fallback path: it never mounts, so it works on any host. The
         workspace comes back from its latest snapshot before the skills are loaded, and a
-        session that moved to another host of the fleet has its record updated.
+        session that moved to another host of the fleet has its record updated. A session
+        destroyed meanwhile (DELETE /sandbox, its record gone) is not made again behind the
+        delete: Conflict `session_destroyed` ends the turn that asked.
         """
+        record = self.find_record(session_id)
+        if record is None or record.user_id != user_id:
+            raise Conflict(
+                f"Session {session_id!r} was destroyed (DELETE /sandbox) while this turn ran, so the turn stopped. "
+                f"POST /setup/{session_id} to start it again.",
+                code="session_destroyed",
+            )
         with ThreadPoolExecutor(max_workers=3) as pool:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
@@ -285,6 +317,29 @@ class SessionsService:
         found = self._load_record(session_id)
         return found[0] if found is not None else None
 
+    def _is_live(self, session_id: str) -> bool:
+        """Whether the session's sandbox runs (for the live-sessions quota); a host that cannot
+        be asked counts as live, so an outage never frees slots."""
+        try:
+            self.sandboxes.get(session_id)
+        except SandboxGone:
+            return False
+        except SandboxError:
+            return True
+        return True
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The user a session belongs to: its ownership claim's, else (a session set up before
+        claims existed) its record's or its workspace snapshot's; None when nothing of it remains."""
+        validate_id(session_id, "sessionId")
+        claimed = self.owners.owner(session_id)
+        if claimed is not None:
+            return claimed
+        record = self.find_record(session_id)
+        if record is not None:
+            return record.user_id
+        return self.snapshots.last_owner(session_id) if self.snapshots is not None else None
+
     def host_of(self, session_id: str) -> str | None:
         """The sandbox host the session's record names (the fleet routes by it)."""
         held = _record_in_hand.get()
@@ -296,25 +351,27 @@ class SessionsService:
     def destroy(self, session_id: str) -> Destroyed:
         """Destroy the sandbox and delete the session's records; 404 if there was neither."""
         validate_id(session_id, "sessionId")
-        self._save_before_destroy(session_id)
+        record = self.find_record(session_id)
+        self._save_workspace_of(session_id, record)
         try:
             had_sandbox = self.sandboxes.destroy(session_id)
         except SandboxUnavailable as exc:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
         # The workspace snapshot stays (the files API reads it) until the bucket's session
-        # expiry or DELETE /users/{userId} removes it.
+        # expiry or DELETE /users/{userId} removes it; so does the ownership claim.
         keep = snapshot_prefix(session_id)
-        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id)) if not o.key.startswith(keep)]
+        claim = owner_key(session_id)
+        keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id))
+                if not o.key.startswith(keep) and o.key != claim]
         if not had_sandbox and not keys:
             raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if keys:
             self.store.delete_many(keys)
+        if record is not None and record.quota_slot and self.quotas is not None:
+            self.quotas.release_session(record.user_id, session_id)
         return Destroyed(session_id=session_id)
 
     # -- internals -----------------------------------------------------------------------
-
-    def _save_before_destroy(self, session_id: str) -> None:
-        self.save_workspace(session_id)
 
     def save_workspace(self, session_id: str) -> bool:
         """Save the live sandbox's workspace now (before it is destroyed or reaped); False when
@@ -322,7 +379,11 @@ class SessionsService:
         outage raises StorageUnavailable, so a reaper can keep the sandbox until it passes."""
         if self.snapshots is None:
             return False
-        record = self.find_record(session_id)
+        return self._save_workspace_of(session_id, self.find_record(session_id))
+
+    def _save_workspace_of(self, session_id: str, record: SessionRecord | None) -> bool:
+        if self.snapshots is None:
+            return False
         try:
             sandbox = self.sandboxes.get(session_id)
         except SandboxError:

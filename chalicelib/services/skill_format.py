@@ -19,6 +19,10 @@ NAME_PATTERN = re.compile(r"\A[a-z0-9]+(-[a-z0-9]+)*\Z")
 RESERVED_WORDS = ("anthropic", "claude")
 MAX_NAME = 64
 MAX_DESCRIPTION = 1024
+# Frontmatter is a few lines of metadata. Bounding it bounds the parse: 300 KB headers made every
+# listing take seconds, and 500 nested levels raised RecursionError (a 500) on every read.
+MAX_FRONTMATTER_BYTES = 16 * 1024
+MAX_FRONTMATTER_DEPTH = 16
 _XML_TAG = re.compile(r"<\s*/?\s*[A-Za-z][^>]*>")
 _FRONTMATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.DOTALL)
 
@@ -37,11 +41,20 @@ def split_frontmatter(text: str) -> tuple[dict[str, Any] | None, str]:
     match = _FRONTMATTER.match(text.lstrip("\ufeff"))
     if match is None:
         return None, text
+    header = match.group(1)
+    if len(header.encode("utf-8")) > MAX_FRONTMATTER_BYTES:
+        raise ValidationFailed(
+            f"The frontmatter is {len(header.encode('utf-8'))} bytes; the limit is {MAX_FRONTMATTER_BYTES}: keep it to "
+            "'name' and 'description' (and a few short fields), and put the rest in the body.",
+            code="invalid_frontmatter",
+        )
     # Imported here: only SKILL.md frontmatter needs YAML, and the import was 7 ms of every cold start.
     import yaml
 
     try:
-        data = yaml.safe_load(match.group(1))
+        data = yaml.safe_load(header)
+    except RecursionError:
+        raise _too_deep() from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 2})" if where is not None else ""
@@ -52,11 +65,41 @@ def split_frontmatter(text: str) -> tuple[dict[str, Any] | None, str]:
         ) from None
     if data is None:
         data = {}
+    if _depth(data) > MAX_FRONTMATTER_DEPTH:
+        raise _too_deep()
     if not isinstance(data, dict):
         raise ValidationFailed(
             "SKILL.md frontmatter must be a YAML mapping with 'name' and 'description'.", code="invalid_frontmatter"
         )
     return data, text[match.end():]
+
+
+def _too_deep() -> ValidationFailed:
+    return ValidationFailed(
+        f"The frontmatter nests deeper than {MAX_FRONTMATTER_DEPTH} levels: flatten it.", code="invalid_frontmatter"
+    )
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and mappings nest in `value`, walked iteratively; a node reached again
+    (a YAML alias) is walked once, so an alias bomb costs its size, not its expansion."""
+    deepest, seen = 0, set()
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if not isinstance(node, (dict, list)) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        deepest = max(deepest, level)
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check_frontmatter(text: str) -> None:
+    """Refuse (422) a markdown file whose frontmatter, if it has one, cannot be parsed within
+    bounds: what is stored must never fail to list."""
+    split_frontmatter(text)
 
 
 def validate_skill_md(text: str, folder: str) -> Frontmatter:

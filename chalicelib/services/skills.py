@@ -18,7 +18,13 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from chalicelib.services.skill_bundle import SkillBundle
 from chalicelib.services.skill_folders import FolderLease, SkillFolders
-from chalicelib.services.skill_format import NAME_PATTERN, SKILL_FILE, describe, validate_skill_md
+from chalicelib.services.skill_format import (
+    NAME_PATTERN,
+    SKILL_FILE,
+    check_frontmatter,
+    describe,
+    validate_skill_md,
+)
 from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, get_many, iter_all
@@ -140,6 +146,7 @@ class SkillsService:
                 )
             files = {name: _encode(name, upload.content or "")}
             main = name
+            check_frontmatter(upload.content or "")
         else:
             raw = upload.files if upload.files is not None else {SKILL_FILE: upload.content or ""}
             if not raw:

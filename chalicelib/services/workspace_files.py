@@ -83,7 +83,10 @@ class FileContent(ApiModel):
 class WorkspaceFilesService:
     """The files API, through the live sandbox or the stored snapshot."""
 
-    def __init__(self, settings: Settings, sessions: SessionsService, snapshots: WorkspaceSnapshots) -> None:
+    def __init__(self, settings: Settings, sessions: SessionsService, snapshots: WorkspaceSnapshots,
+                 check_storage: Callable[[str, int], None] | None = None) -> None:
+        # `check_storage(owner, adding)` refuses an upload past the owner's USER_STORAGE_MB.
+        self.check_storage = check_storage
         self.settings = settings
         self.sessions = sessions
         self.snapshots = snapshots
@@ -140,6 +143,8 @@ class WorkspaceFilesService:
                 code="upload_too_large",
             )
         owner, sandbox = self._locate(session_id)
+        if self.check_storage is not None:
+            self.check_storage(owner, len(body))
         if sandbox is not None:
             self._through(lambda: sandbox.write_file(f"{WORKSPACE}/{rel}", body))
             self.snapshots.save(session_id, owner, sandbox)

@@ -63,6 +63,21 @@ def settings_key(user_id: str) -> str:
     return f"{user_prefix(user_id)}settings/preferences.json"
 
 
+def limits_key(user_id: str) -> str:
+    """The operator's per-user limit overrides (PUT /users/{userId}/limits)."""
+    return f"{user_prefix(user_id)}quota/limits.json"
+
+
+def quota_counter_key(user_id: str, name: str) -> str:
+    """One of the user's quota counters (`sessions`, `messages`), updated with conditional writes."""
+    return f"{user_prefix(user_id)}quota/{validate_id(name, 'counter name')}.json"
+
+
+def usage_key(user_id: str, day: str) -> str:
+    """The user's metered usage of one UTC day (`YYYY-MM-DD`)."""
+    return f"{user_prefix(user_id)}usage/{validate_id(day, 'day')}.json"
+
+
 def session_prefix(session_id: str) -> str:
     return f"{SESSIONS}{validate_id(session_id, 'sessionId')}/"
 

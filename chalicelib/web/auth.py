@@ -1,5 +1,7 @@
-"""Bearer-token auth for every route but /health.
+"""Bearer-token auth for every route but /health: who is calling (`authenticate`).
 
+The bearer is the operator's API_KEY, or an end user's token (a JWT from the identity provider,
+or minted by POST /users/{userId}/tokens) when the server accepts user tokens.
 The original skipped auth entirely when API_KEY was unset. Here production fails closed, and
 development without a key works but says so loudly at start.
 """
@@ -7,14 +9,33 @@ development without a key works but says so loudly at start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from chalicelib.config import Settings
 from chalicelib.errors import Misconfigured, Unauthorized
+from chalicelib.identity.principal import OPERATOR, Principal
+from chalicelib.identity.token_shape import looks_like_jwt
 from chalicelib.security import bearer_token, key_matches
+
+if TYPE_CHECKING:
+    from chalicelib.identity.user_tokens import UserTokens  # imports PyJWT: only when a token comes
 
 log = logging.getLogger(__name__)
 _warned = False
+
+
+def authenticate(settings: Settings, headers: Mapping[str, str], user_tokens: Callable[[], UserTokens]) -> Principal:
+    """The caller's role: an `EndUser` for a verified user token, else the operator (API_KEY).
+
+    A bearer that is not the API key but has a JWT's shape is verified as a user token (when
+    the server accepts them): a refusal says why, instead of calling it a wrong API key.
+    """
+    token = bearer_token(headers)
+    if token is not None and settings.auth.accepts_user_tokens and looks_like_jwt(token) and not key_matches(settings, token):
+        return user_tokens().verify(token)
+    require_api_key(settings, headers)
+    return OPERATOR
 
 
 def require_api_key(settings: Settings, headers: Mapping[str, str]) -> None:

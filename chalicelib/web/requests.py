@@ -36,6 +36,12 @@ class ApiRequest:
     def headers(self) -> dict[str, str]:
         return {k.lower(): v for k, v in (self._request.headers or {}).items()}
 
+    @property
+    def body_size(self) -> int:
+        """The body's length in bytes (what an upload adds to the user's storage)."""
+        raw = self._request.raw_body or b""
+        return len(raw.encode() if isinstance(raw, str) else raw)
+
     def query(self, name: str) -> str | None:
         """A query-string parameter, or None."""
         params: Mapping[str, str] = self._request.query_params or {}
@@ -79,10 +85,11 @@ class ApiRequest:
         body = self._request.raw_body or b""
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"The body is {len(body)} bytes; the limit here is {max_bytes} bytes.")
-        if not body.strip():
+        text = _utf8(body if isinstance(body, bytes) else body.encode("utf-8"), content_type)
+        if not text.strip():
             raise InvalidJSON("The request body is empty: send a JSON object.", code="empty_body")
         try:
-            return safejson.loads(body)
+            return safejson.loads(text)
         except UnsafeJSON as exc:
             raise InvalidJSON(exc.message, code=exc.code) from None
         except (UnicodeDecodeError, ValueError) as exc:
@@ -106,6 +113,29 @@ class ApiRequest:
             return model.model_validate(data)
         except ValidationError as exc:
             raise BadRequest(f"Invalid request body: {describe_validation_error(exc)}.", code="invalid_body") from None
+
+
+def _utf8(body: bytes, content_type: str) -> str:
+    """The body as text, if it is UTF-8 (RFC 8259: JSON exchanged between systems is UTF-8).
+
+    Python's json would also take UTF-16 and UTF-32 bytes, which a proxy, WAF or log in front
+    of the API reads as something else: anything but UTF-8 is refused, BOM included.
+    """
+    charset = next((p.split("=", 1)[1].strip().strip('"').lower() for p in content_type.split(";")[1:]
+                    if p.strip().lower().startswith("charset=")), None)
+    if charset is not None and charset not in ("utf-8", "utf8"):
+        raise BadRequest(f"charset={charset} is not supported: send the JSON body as UTF-8 (charset=utf-8).",
+                         code="invalid_encoding")
+    if body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        raise BadRequest("The body starts with a byte order mark: send UTF-8 JSON without one.", code="invalid_encoding")
+    if b"\x00" in body:  # never in JSON text; every other character of UTF-16/32 JSON has them
+        raise BadRequest("The body has NUL bytes, as UTF-16 or UTF-32 text does: send JSON encoded as UTF-8.",
+                         code="invalid_encoding")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"The body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8.",
+                         code="invalid_encoding") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -30,10 +30,12 @@ from chalicelib.errors import (
     PreconditionFailed,
     ServiceUnavailable,
 )
+from chalicelib.identity.principal import OPERATOR, EndUser, Principal
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.telemetry import log_context
-from chalicelib.web.auth import require_api_key
+from chalicelib.web.access import Access, authorize
+from chalicelib.web.auth import authenticate
 from chalicelib.web.cors import cors_headers, preflight_headers
 from chalicelib.web.requests import ApiRequest
 from chalicelib.web.responses import Reply, error_response, json_response
@@ -54,10 +56,23 @@ class RequestContext:
 
     request: ApiRequest
     services: Container
+    principal: Principal = OPERATOR
 
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+    def check_storage_quota(self, user_id: str) -> None:
+        """413 `storage_quota_exceeded` when this request's body would take `user_id` past
+        USER_STORAGE_MB (nothing is read when no limit is in effect)."""
+        self.services.quotas.check_storage(user_id, self.request.body_size, self.services.usage.storage_bytes)
+
+    def user_id_or_caller(self, user_id: str | None) -> str | None:
+        """`user_id` (from the query), or else the user of a user token (the edge has checked
+        that the two agree)."""
+        if user_id is None and isinstance(self.principal, EndUser):
+            return self.principal.user_id
+        return user_id
 
     def websocket_base(self) -> str | None:
         """Where clients open the agent websocket: WEBSOCKET_URL when deployed (API Gateway's
@@ -91,13 +106,16 @@ class Api:
         self.app = app
         self._methods: dict[str, list[str]] = {}
 
-    def route(self, path: str, *, methods: list[str], public: bool = False) -> Callable[[Handler], Handler]:
-        """Register `handler(ctx, **path_params)` for `methods` on `path`."""
+    def route(self, path: str, *, methods: list[str], public: bool = False,
+              access: Access = Access.OWNER) -> Callable[[Handler], Handler]:
+        """Register `handler(ctx, **path_params)` for `methods` on `path`, callable by `access`."""
+        if public:
+            access = Access.PUBLIC
 
         def decorator(handler: Handler) -> Handler:
             @functools.wraps(handler)
             def view(**params: str) -> Response:
-                return self.dispatch(handler, params, public=public)
+                return self.dispatch(handler, params, access=access)
 
             self._drop_not_allowed(path)
             self.app.route(path, methods=methods, content_types=ANY_CONTENT_TYPE)(view)
@@ -133,7 +151,7 @@ class Api:
                 f"{method} is not supported on {path}: use {', '.join(allowed)} (see the API reference in README.md).",
                 headers={"Allow": ", ".join(allowed)},
             )
-            return self.dispatch(_raise(error), {}, public=True)
+            return self.dispatch(_raise(error), {}, access=Access.PUBLIC)
 
         not_allowed.__name__ = f"{name}{NOT_ALLOWED_SUFFIX}"
         if missing:
@@ -158,7 +176,7 @@ class Api:
             raise RuntimeError("No current request: Api views run only inside a Chalice request.")
         return request
 
-    def dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
+    def dispatch(self, handler: Handler, params: dict[str, str], *, access: Access) -> Response:
         """Run one request through auth, the handler and error mapping, adding CORS headers; log
         one line for it, with the ids it names."""
         request = self._request()
@@ -166,7 +184,7 @@ class Api:
         user = params.get("userId") or (request.query_params.get("userId") if request.query_params else None)
         with log_context.bound(requestId=(request.context or {}).get("requestId"), userId=user,
                                sessionId=params.get("sessionId")):
-            response = self._dispatch(handler, params, public=public)
+            response = self._dispatch(handler, params, access=access)
             try:
                 response.headers.update(cors_headers(current_settings(), request.headers))
             except AppError:
@@ -175,14 +193,18 @@ class Api:
                      response.status_code, (time.monotonic() - started) * 1000)
         return response
 
-    def _dispatch(self, handler: Handler, params: dict[str, str], *, public: bool) -> Response:
+    def _dispatch(self, handler: Handler, params: dict[str, str], *, access: Access) -> Response:
         try:
             secrets.ensure_loaded()
             settings = current_settings()
             request = ApiRequest(self._request())
-            if not public:
-                require_api_key(settings, request.headers)
-            result = handler(RequestContext(request, get_container(settings)), **params)
+            services = get_container(settings)
+            principal: Principal = OPERATOR
+            if access is not Access.PUBLIC:
+                principal = authenticate(settings, request.headers, lambda: services.user_tokens)
+                authorize(principal, access, params, owner_of=lambda sid: services.sessions.owner_of(sid),
+                          query_user=request.query("userId"))
+            result = handler(RequestContext(request, services, principal), **params)
             if isinstance(result, Reply):
                 return json_response(result.body, result.status, result.headers)
             if isinstance(result, Response):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalice import Response
 from chalice.app import WebsocketEvent
@@ -18,6 +18,14 @@ from chalicelib.aws import aws_session
 from chalicelib.config import current_settings
 from chalicelib.container import Container, get_container
 from chalicelib.errors import AppError
+from chalicelib.identity.principal import EndUser
+from chalicelib.identity.token_shape import looks_like_jwt
+from chalicelib.ids import ID_PATTERN
+from chalicelib.security import bearer_token, key_matches
+from chalicelib.web.access import forbidden_user, may_connect
+
+if TYPE_CHECKING:
+    from chalicelib.realtime.service import WsEvent
 from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
@@ -33,7 +41,11 @@ def container() -> Container:
 
 
 def connect(event: WebsocketEvent) -> Response:
-    """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason."""
+    """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason.
+
+    A user token (in `Authorization: Bearer` or `?access_token=`) opens only its own user's
+    sessions; the /setup token and the API key work as before.
+    """
     from chalicelib.realtime.service import WsEvent
     from chalicelib.web import engineio_lambda
 
@@ -45,7 +57,14 @@ def connect(event: WebsocketEvent) -> Response:
                 return refused
             if engineio_lambda.is_engineio(raw):
                 return engineio_lambda.connect(container(), raw)
-            decision = container().realtime.connect(WsEvent.from_lambda_event(raw))
+            ws_event = WsEvent.from_lambda_event(raw)
+            user = _user_of(ws_event)
+            if user is not None:
+                session_id = (ws_event.query or {}).get("sessionId") or ""
+                owner = container().sessions.owner_of(session_id) if ID_PATTERN.fullmatch(session_id) else None
+                if not may_connect(user, owner):
+                    raise forbidden_user()
+            decision = container().realtime.connect(ws_event, preauthorized=user is not None)
         except AppError as exc:
             log.info("websocket connect refused: %s", exc.code)
             return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
@@ -55,6 +74,19 @@ def connect(event: WebsocketEvent) -> Response:
         return Response(body="", status_code=200)
     return Response(body=json.dumps({"error": decision.error, "code": decision.code}), status_code=decision.status,
                     headers={"Content-Type": "application/json"})
+
+
+def _user_of(event: WsEvent) -> EndUser | None:
+    """The end user a connection's user token names, or None when it carries none (the API
+    key or a /setup token, which the realtime service checks)."""
+    services = container()
+    auth = services.settings.auth
+    if not auth.accepts_user_tokens:
+        return None
+    bearer = bearer_token(event.headers or {})
+    candidates = [bearer, (event.query or {}).get("access_token")]
+    token = next((t for t in candidates if t and looks_like_jwt(t) and not key_matches(services.settings, t)), None)
+    return services.user_tokens.verify(token) if token is not None else None
 
 
 def _origin_refusal(event: WebsocketEvent) -> Response | None:

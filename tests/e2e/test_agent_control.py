@@ -88,6 +88,31 @@ def test_a_remembered_answer_is_not_asked_again_in_the_session(world) -> None:  
     assert outputs == ["one", "two", "three"]
 
 
+@pytest.mark.parametrize("reset", ["setup", "clear"])
+def test_a_remembered_answer_ends_at_setup_and_clear(world, reset: str) -> None:  # type: ignore[no-untyped-def]
+    _settings(world, f"perm-{reset}", {"permissions": {"bash": "ask"}})
+    setup = world.setup(f"sess-perm-{reset}", f"perm-{reset}")
+    world.fake.script(Reply([ToolUse("bash", {"command": "echo harmless"})]), Reply([Text("done")]),
+                      Reply([ToolUse("bash", {"command": "rm -rf /workspace/*"})]), Reply([Text("stopped")]))
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "message", "prompt": "something harmless"}))
+        request = receive_until(ws, "permission_request")[-1]
+        ws.send(json.dumps({"action": "permission", "toolUseId": request["toolUseId"], "decision": "allow", "remember": True}))
+        receive_until(ws, "result")
+        if reset == "clear":
+            ws.send(json.dumps({"action": "clear"}))
+            receive_until(ws, "cleared")
+    if reset == "setup":
+        setup = world.setup(f"sess-perm-{reset}", f"perm-{reset}")
+    with connect(world.ws_url(setup)) as ws:
+        ws.send(json.dumps({"action": "message", "prompt": "now something destructive"}))
+        asked = receive_until(ws, "permission_request")[-1]  # asked again: the old "allow" is gone
+        assert asked["name"] == "bash" and "rm -rf" in json.dumps(asked)
+        ws.send(json.dumps({"action": "permission", "toolUseId": asked["toolUseId"], "decision": "deny"}))
+        frames = receive_until(ws, "result")
+    assert next(f for f in frames if f["event"] == "tool_result")["is_error"] is True
+
+
 def test_an_unanswered_permission_times_out_as_a_denial(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("PERMISSION_TIMEOUT_SECONDS", "0.6")
     _settings(world, "perm-t", {"permissions": {"bash": "ask"}})

@@ -32,7 +32,7 @@ def test_chat_streams_an_answer_and_shows_tool_calls(world, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "You must remember the milk." in result.stdout
     assert "⚙ bash" in result.stdout and "Remember the milk." in result.stdout
-    assert "r2_load_dev, 1 skill files" in result.stderr and "2 model replies" in result.stderr
+    assert "of zed: r2_load_dev, 1 skill files" in result.stderr and "2 model replies" in result.stderr
     assert "offline stand-in" not in result.stderr
 
 
@@ -141,3 +141,17 @@ def test_chat_sends_each_message_with_its_own_id(world, tmp_path: Path) -> None:
     state = json.loads((world.data_dir / "sessions/chat-ids/state.json").read_text())
     [accepted] = state["accepted"]
     assert accepted["id"].startswith("m-") and len(accepted["id"]) > 20
+
+
+def test_chat_signs_in_with_a_user_token(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("API_KEY", "operator-key")
+    monkeypatch.setenv("USER_TOKEN_SECRET", "user-token-secret-for-tests-0123456789")
+    operator = {"Authorization": "Bearer operator-key"}
+    yara = world.http.post("/users/yara/tokens", headers=operator).json()["token"]
+    world.fake.script(Reply([Text("Hello, Yara.")]))
+    result = chat(tmp_path, "--url", world.url, "--token", yara, "hi")  # no --user: the token's
+    assert result.returncode == 0, result.stderr
+    assert "Hello, Yara." in result.stdout and "of yara:" in result.stderr
+    other = chat(tmp_path, "--url", world.url, "--user", "zed", "hi", env={"AGENT_USER_TOKEN": yara})
+    assert other.returncode == 1 and "403" in other.stderr and "forbidden_user" in other.stderr
+    assert world.http.get("/users/zed/conversations", headers=operator).json()["conversations"] == []

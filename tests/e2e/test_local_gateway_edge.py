@@ -180,8 +180,18 @@ def test_session_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
         with pytest.raises(InvalidStatus):  # a refused connection is logged too
             connect(f"{setup['websocketUrl']}&token={token}x")
+        # The same parameter spelled otherwise is read as `token` by the server, so it is redacted too.
+        with connect(f"{setup['websocketUrl']}&%74oken={token}") as ws:
+            ws.send(json.dumps({"action": "get_history"}))
+            assert json.loads(ws.recv(timeout=10))["event"] == "history"
+        with pytest.raises(InvalidStatus):
+            connect(f"{setup['websocketUrl']}&access_token=eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.secret-part")
+        # A client cannot choose the address the access log records (no proxy is configured).
+        httpx.get(api + "/health", headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"}, timeout=10)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert "/ws?sessionId=sess-log&token=[redacted]" in output, output[-2000:]
-    assert token not in output
+    assert "&%74oken=[redacted]" in output and "&access_token=[redacted]" in output, output[-2000:]
+    assert token not in output and "secret-part" not in output
+    assert "6.6.6.6" not in output, output[-2000:]

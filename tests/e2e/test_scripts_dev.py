@@ -33,6 +33,7 @@ def test_scripts_dev_serves_rest_and_websocket(tmp_path: Path) -> None:
             assert json.loads(ws.recv(timeout=10))["event"] == "history"  # sent through /@connections
     output = dev.output
     assert "API_KEY is not set" in output and "Traceback" not in output
+    assert "user tokens: set USER_TOKEN_SECRET" in output and "/users/<userId>/tokens" in output
     assert '"GET /health HTTP/1.1" 200' in output and "connections/" not in output  # one line per frame would drown the log
 
 

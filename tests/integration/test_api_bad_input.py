@@ -175,3 +175,32 @@ def test_deep_and_non_finite_bodies_name_the_problem(local_api: Api) -> None:
     assert deep.status_code == 400 and deep.json_body["code"] == "json_too_deep" and "at most 64" in deep.json_body["error"]
     nan = local_api.send("POST", "/users/u/conversations", raw=b'{"conversationId": "c", "x": NaN}')
     assert nan.status_code == 400 and nan.json_body["code"] == "json_non_finite"
+
+
+SKILL_BODY = {"name": "enc.md", "content": "x"}
+
+
+@pytest.mark.parametrize("encoding,content_type", [
+    ("utf-16", "application/json"),
+    ("utf-16-le", "application/json"),
+    ("utf-16-be", "application/json"),
+    ("utf-32", "application/json"),
+    ("utf-32-le", "application/json"),
+    ("utf-8-sig", "application/json"),
+    ("latin-1", "application/json; charset=latin-1"),
+    ("utf-8", "application/json; charset=utf-16"),
+    ("utf-8", "application/json; charset=iso-8859-1"),
+])
+@pytest.mark.parametrize("path", ["/users/u/skills", "/users/u/conversations", "/users/u/settings"])
+def test_bodies_are_utf8_json_only(local_api: Api, encoding: str, content_type: str, path: str) -> None:
+    body = {"/users/u/skills": SKILL_BODY, "/users/u/conversations": {"conversationId": "c", "messages": []},
+            "/users/u/settings": {"maxTurns": 3}}[path]
+    before = local_api.keys()
+    raw = json.dumps(body).encode(encoding)
+    response = local_api.send("PUT" if path.endswith("settings") else "POST", path, raw=raw,
+                              headers={"Content-Type": content_type})
+    assert response.status_code == 400 and json.loads(response.body)["code"] == "invalid_encoding", response.body
+    assert local_api.keys() == before
+    ok = local_api.send("PUT" if path.endswith("settings") else "POST", path, raw=json.dumps(body).encode(),
+                        headers={"Content-Type": "application/json; charset=UTF-8"})
+    assert ok.status_code == 200, ok.body

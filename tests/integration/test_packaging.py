@@ -1,5 +1,5 @@
 """`./scripts/chalice package`, offline: both formats hold what a deployment needs, in a slim
-package (pruned botocore models, pycs for python3.11) within the 12 MB budget, and every client
+package (pruned botocore models, pycs for python3.11) within the 18 MB budget, and every client
 the app creates works in it."""
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from tests.unit.test_iam_policy import assert_scoped
 ROOT = Path(__file__).resolve().parents[2]
 ZIPPED_LIMIT = 50 * 1024 * 1024
 UNZIPPED_LIMIT = 250 * 1024 * 1024
-SLIM_BUDGET = 12 * 1000 * 1000  # issue 16's target: 12 MB zipped, pycs included
+# Issue 16's target was 12 MB zipped, pycs included. Issue 23's end-user tokens verify RS/PS/ES/EdDSA
+# signatures with PyJWT on `cryptography`, whose one compiled module is 14.8 MB unzipped (+5.8 MB
+# zipped, with cffi): 17.3 MB in all, still a third of Lambda's 50 MB.
+SLIM_BUDGET = 18 * 1000 * 1000
 
 pytestmark = pytest.mark.slow
 

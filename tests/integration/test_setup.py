@@ -114,9 +114,18 @@ def test_destroy(local_api: Api) -> None:
     r = local_api.delete("/sandbox/s4")
     assert r.json_body == {"status": "destroyed", "sessionId": "s4"}
     assert not sandbox.root.exists()
-    assert not [k for k in local_api.keys() if k.startswith("sessions/s4/")]
+    # Only the ownership claim stays: the id is alice's until she is erased.
+    assert [k for k in local_api.keys() if k.startswith("sessions/s4/")] == ["sessions/s4/owner.json"]
     unknown = local_api.delete("/sandbox/s4")
     assert unknown.status_code == 404 and unknown.json_body["code"] == "session_not_found"
+    taken = local_api.post("/setup/s4?userId=mallory")
+    assert taken.status_code == 409 and taken.json_body["code"] == "session_owned_by_another_user"
+    assert local_api.post("/setup/s4?userId=alice").status_code == 200
+    assert local_api.delete("/sandbox/s4").status_code == 200
+    assert local_api.delete("/users/alice").status_code == 200
+    assert not [k for k in local_api.keys() if k.startswith("sessions/s4/")]
+    assert local_api.post("/setup/s4?userId=mallory").status_code == 200  # free once alice is erased
+
 
 
 def production(api: Api, monkeypatch: pytest.MonkeyPatch) -> Api:
@@ -142,8 +151,9 @@ def test_production_mounts_the_users_prefix(api: Api, monkeypatch: pytest.Monkey
     body = api.post("/setup/prod-1?userId=alice").json_body
     assert body["setupMethod"] == "r2_mount", body
     # Record, settings, the skills listing and bundle (they feed the session's skill index; the
-    # mount itself serves the files), all in parallel, then the record.
-    assert sorted(ops) == ["GetObject", "GetObject", "GetObject", "ListObjectsV2", "PutObject"], ops
+    # mount itself serves the files) and the user's limits, all in parallel, then the ownership
+    # claim of the new id, then the record and the claim's erasure marker in parallel.
+    assert sorted(ops) == ["GetObject"] * 4 + ["ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
     assert "/workspace/.claude/skills/debugging.md" in body["skillsLoaded"]
     sandbox = sandbox_of("prod-1", "prod")
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout.startswith("# Debugging Skill")

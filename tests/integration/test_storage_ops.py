@@ -42,10 +42,10 @@ OPS: dict[str, dict[str, int]] = {
     "PUT /users/{u}/settings": {"PutObject": 1},
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
     # + the listing of the user's workspace markers (workspace-owners/{u}/)
-    "DELETE /users/{u}": {"ListObjectsV2": 2, "DeleteObjects": 1},
-    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 1},
+    "DELETE /users/{u}": {"ListObjectsV2": 3, "DeleteObjects": 3, "GetObject": 2},
+    "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 3},
     # a file written straight to the bucket: read on its own, then the bundle is rewritten
-    "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 2},
+    "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 4},
     # the record (whose workspace), the snapshot's HEAD (unchanged: nothing written), then the records
     "DELETE /sandbox/{s}": {"GetObject": 1, "HeadObject": 1, "ListObjectsV2": 1, "DeleteObjects": 1},
     "GET /health": {},

@@ -30,24 +30,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None
 TURN_OPS: dict[str, dict[str, int]] = {
     "$connect": {"GetObject session": 1, "PutObject connection": 1, "GetObject state": 1, "PutObject state": 1},
     # queue, claim, finish (state); the prompt and the reply (conversation), each with its
-    # events (event log), then a final flush; the listing that prunes older turns' logs. Before
-    # the writes that are not conditional on the state (the snapshot, the last events), one
-    # read of the state checks that the turn still holds its lease (fencing, issue 21).
+    # events (event log), then a final flush; the listing that prunes older turns' logs; the
+    # day's usage metered (one conditional read-modify-write per turn). Before the writes that are
+    # not conditional on the state (the snapshot, the last events), one read of the state checks
+    # that the turn still holds its lease (fencing, issue 21).
     "message → turn with one model reply": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "PutObject conversation": 2, "PutObject event log": 3, "ListObjectsV2 event log": 1,
+        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 2, "PutObject event log": 3, "ListObjectsV2 event log": 1,
         "HeadObject workspace": 1,
     },
     # + the tool result and the second reply, each saved with its events; the previous turn's log pruned
     "message → turn with a tool call (two model replies)": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
+        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
         "DeleteObjects event log": 1, "HeadObject workspace": 1,
     },
     # each further tool call: its result and the next reply, each saved with its events
     "message → turn with two tool calls (three model replies)": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "PutObject conversation": 6, "PutObject event log": 7, "ListObjectsV2 event log": 1,
+        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 6, "PutObject event log": 7, "ListObjectsV2 event log": 1,
         "DeleteObjects event log": 1, "HeadObject workspace": 1,
     },
     # The workspace snapshot after a turn (tests above: nothing changed, so only its HEAD): the
@@ -55,12 +56,12 @@ TURN_OPS: dict[str, dict[str, int]] = {
     # afterwards the archive alone. Class A per turn for the workspace: at most one after the first.
     "message → turn whose tool writes a file (first snapshot)": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
+        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
         "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1, "PutObject workspace marker": 1,
     },
     "message → turn whose tool changes a file": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
+        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
         "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1,
     },
     "$disconnect": {"GetObject connection": 1, "DeleteObject connection": 1, "GetObject state": 1, "PutObject state": 1},

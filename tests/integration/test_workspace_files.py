@@ -161,24 +161,27 @@ def test_setup_after_the_sandbox_vanished_restores_it(files_api: Api) -> None:
     assert body(api.get("/sessions/f5/files"))["source"] == "sandbox"
 
 
-def test_a_reused_session_id_never_gets_the_previous_owners_files(files_api: Api) -> None:
+def test_a_session_id_stays_its_owners_while_anything_of_it_remains(files_api: Api) -> None:
     api = files_api
     assert api.post("/setup/f4?userId=alice").status_code == 200
     assert put(api, "f4", "secret.txt", b"alice's secret").status_code == 200
     assert api.delete("/sandbox/f4").status_code == 200
     assert get(api, "f4", "secret.txt").body == b"alice's secret"  # alice's snapshot, after destroy
 
-    assert api.post("/setup/f4?userId=bob").status_code == 200  # the id is free again
-    assert "secret.txt" not in {f["path"].rsplit("/", 1)[-1] for f in body(api.get("/sessions/f4/files"))["files"]}
-    assert container_sandboxes().destroy("f4")  # bob's new sandbox vanishes before he saved anything
+    # Her snapshot remains, so the id is still hers (issue 23: it changed hands here before).
+    taken = api.post("/setup/f4?userId=bob")
+    assert taken.status_code == 409 and body(taken)["code"] == "session_owned_by_another_user"
+    assert get(api, "f4", "secret.txt").body == b"alice's secret"
+    assert api.post("/setup/f4?userId=alice").status_code == 200  # alice may set it up again
+    assert api.delete("/sandbox/f4").status_code == 200
+
+    assert api.delete("/users/alice").status_code == 200  # nothing of alice's f4 remains: the id is free
+    assert not [k for k in api.keys() if k.startswith("sessions/f4/") or k.startswith("workspace-owners/")]
     assert api.post("/setup/f4?userId=bob").status_code == 200
     assert "secret" not in sandbox("f4").exec("ls -A /workspace; cat /workspace/secret.txt").stdout
     assert put(api, "f4", "bob.txt", b"bob's").status_code == 200
     assert container_sandboxes().destroy("f4")  # bob's sandbox vanishes; setup restores bob's files only
     assert api.post("/setup/f4?userId=bob").status_code == 200
     assert sandbox("f4").exec("ls /workspace").stdout.split() == ["bob.txt"]
-
     assert api.delete("/users/bob").status_code == 200
-    assert any(k.endswith("workspace/alice.tar.gz") for k in api.keys())  # bob's erasure left alice's files
-    assert api.delete("/users/alice").status_code == 200
     assert not [k for k in api.keys() if "/workspace/" in k or k.startswith("workspace-owners/")]
