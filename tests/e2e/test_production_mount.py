@@ -14,6 +14,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ def test_the_agent_cannot_see_or_rewrite_settings_or_conversations(production: P
     for key in ("users/alice/settings/preferences.json", "users/alice/conversations/secret-conv.json",
                 "users/alice/cache/skills-bundle.json"):
         assert after[key] == before[key], key
-    written_by_agent = {k for k in set(after) - set(before) if k != "users/alice/conversations/sess-prod.json"}
+    # The server's own writes of the turn: the conversation, and the day's usage it meters.
+    by_server = {"users/alice/conversations/sess-prod.json", f"users/alice/usage/{datetime.now(timezone.utc):%Y-%m-%d}.json"}
+    written_by_agent = set(after) - set(before) - by_server
     # Whatever the agent wrote landed among the user's skills (the mount is live), nowhere else.
     assert "users/alice/skills/agent-wrote.md" in written_by_agent
     assert all(k.startswith("users/alice/skills/") for k in written_by_agent), written_by_agent
