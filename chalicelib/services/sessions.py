@@ -353,20 +353,22 @@ class SessionsService:
         validate_id(session_id, "sessionId")
         record = self.find_record(session_id)
         self._save_workspace_of(session_id, record)
-        try:
-            had_sandbox = self.sandboxes.destroy(session_id)
-        except SandboxUnavailable as exc:
-            raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
-        # The workspace snapshot stays (the files API reads it) until the bucket's session
-        # expiry or DELETE /users/{userId} removes it; so does the ownership claim.
+        # The records go first: a turn still running finds its sandbox gone only after its
+        # record is, so it is refused a new one (`session_destroyed`) instead of recreating it
+        # behind the delete. The workspace snapshot stays (the files API reads it) until the
+        # bucket's session expiry or DELETE /users/{userId} removes it; so does the ownership claim.
         keep = snapshot_prefix(session_id)
         claim = owner_key(session_id)
         keys = [o.key for o in iter_all(self.store, layout.session_prefix(session_id))
                 if not o.key.startswith(keep) and o.key != claim]
-        if not had_sandbox and not keys:
-            raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if keys:
             self.store.delete_many(keys)
+        try:
+            had_sandbox = self.sandboxes.destroy(session_id)
+        except SandboxUnavailable as exc:
+            raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
+        if not had_sandbox and not keys:
+            raise NotFound(f"Session {session_id!r} not found.", code="session_not_found")
         if record is not None and record.quota_slot and self.quotas is not None:
             self.quotas.release_session(record.user_id, session_id)
         return Destroyed(session_id=session_id)
