@@ -19,30 +19,15 @@ import argparse
 import http.server
 import ipaddress
 import os
-import statistics
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
+from scripts.benchlib.timing import show, timed
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(call: Callable[[], object], rounds: int) -> list[float]:
-    """Milliseconds of each of `rounds` calls."""
-    out = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
-
-
-def show(label: str, samples: list[float]) -> None:
-    print(f"{label:<58} median {statistics.median(samples):8.2f} ms   max {max(samples):8.2f} ms   (n={len(samples)})")
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):

@@ -16,29 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from scripts.benchlib.timing import show, timed
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(call: Callable[[], object], rounds: int) -> list[float]:
-    """Milliseconds of each of `rounds` calls."""
-    out = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
-
-
-def show(label: str, samples: list[float]) -> None:
-    print(f"{label:<58} median {statistics.median(samples):8.2f} ms   min {min(samples):8.2f}   max {max(samples):8.2f}   (n={len(samples)})")
 
 
 def disk_choices(folder: Path, size_mb: int) -> None:
