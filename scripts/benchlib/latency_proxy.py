@@ -11,9 +11,20 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+class Traffic(NamedTuple):
+    """One proxied request: its method and path, the body bytes sent up and down, the status."""
+
+    method: str
+    path: str
+    sent: int
+    received: int
+    status: int
 
 
 class _Server(ThreadingHTTPServer):
@@ -35,6 +46,8 @@ class LatencyProxy:
         # (arrived, answered, client, request line): monotonic seconds, comparable across
         # processes on Linux; client is the User-Agent's product ("Botocore", "s3fs").
         self.log: list[tuple[float, float, str, str]] = []
+        # What each request moved, for byte and operation counts (see `Traffic`).
+        self.traffic: list[Traffic] = []
         self._count_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -48,6 +61,12 @@ class LatencyProxy:
         """The requests served since the last call, and forget them."""
         with self._count_lock:
             taken, self.log = self.log, []
+        return taken
+
+    def take_traffic(self) -> list[Traffic]:
+        """What the requests served since the last call moved, and forget them."""
+        with self._count_lock:
+            taken, self.traffic = self.traffic, []
         return taken
 
     def __enter__(self) -> str:
@@ -94,6 +113,8 @@ class LatencyProxy:
                 with proxy._count_lock:
                     proxy.log.append((arrived, time.monotonic(), self.headers.get("User-Agent", "").split("/")[0],
                                       f"{self.command} {self.path}"))
+                    proxy.traffic.append(Traffic(self.command, self.path, len(body or b""),
+                                                 0 if self.command == "HEAD" else len(data), response.status))
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward  # noqa: N815
 

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.benchlib.latency_proxy import Traffic
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,6 +39,13 @@ class RemoteStorage:
         self.child.stdin.write("log\n")
         self.child.stdin.flush()
         return [tuple(entry) for entry in json.loads(self.child.stdout.readline())]  # type: ignore[misc]
+
+    def take_traffic(self) -> list[Traffic]:
+        """What the requests served since the last call moved (and forget them)."""
+        assert self.child is not None and self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write("traffic\n")
+        self.child.stdin.flush()
+        return [Traffic(*entry) for entry in json.loads(self.child.stdout.readline())]
 
 
 @contextmanager
@@ -67,7 +76,7 @@ def _serve(delay: float) -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from scripts.benchlib.latency_proxy import LatencyProxy
+    from scripts.benchlib.latency_proxy import LatencyProxy  # noqa: PLC0415 - only in the child
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -81,6 +90,8 @@ def _serve(delay: float) -> None:
             for line in sys.stdin:  # ends when the parent closes our stdin or dies
                 if line.strip() == "log":
                     print(json.dumps(proxy.take_log()), flush=True)
+                elif line.strip() == "traffic":
+                    print(json.dumps(proxy.take_traffic()), flush=True)
     finally:
         server.stop()
 
