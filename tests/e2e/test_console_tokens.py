@@ -196,3 +196,29 @@ def test_the_days_budget_spent_is_said_and_shown(world, tenants, page, monkeypat
     expect(cost).to_contain_text("$0.0004 of $0.0003 · $0.00 left")
     expect(cost.locator(".over")).to_be_visible()
     assert len(world.fake.requests) == 1
+
+
+def test_a_token_of_the_apps_identity_provider_signs_in(world, page, log: BrowserLog, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The same with a real OpenID provider's access token (npm's oidc-provider): the console
+    never reads the token; GET /me names its user (`sub`, as AUTH_JWT_USER_CLAIM says)."""
+    from playwright.sync_api import expect
+
+    from tests.support.oidc import oidc_provider
+
+    with oidc_provider() as provider:
+        monkeypatch.setenv("API_KEY", "operator-key")
+        monkeypatch.setenv("AUTH_JWT_ISSUER", provider.issuer)
+        monkeypatch.setenv("AUTH_JWT_AUDIENCE", provider.audience)
+        page.goto(f"{world.url}/#token={provider.token('alice')}")
+        page.wait_for_function("window.consoleApp.state.loadedUser === 'alice'")
+        expect(page.locator("#connection-summary")).to_have_text("Connection · alice · token")
+        start_session(page)
+        world.fake.script(Reply([Text("Hello from the provider's Alice.")]))
+        page.fill("#prompt", "hello")
+        page.keyboard.press("Enter")
+        expect(page.locator("#transcript .result")).to_contain_text("1 turn ·")
+        open_panel(page, "Settings")
+        expect(page.locator("#usage-list")).to_contain_text("100 in · 20 out")
+    saved = world.http.get("/users/alice/conversations", headers=OPERATOR).json()["conversations"]
+    assert len(saved) == 1
+    log.assert_clean()

@@ -58,7 +58,7 @@ export function renderUsage() {
     ...row("Messages", `${today.messages}${limits.messagesPerMinute == null ? "" : ` · at most ${limits.messagesPerMinute} a minute`}`),
     ...row("Tokens", `${today.inputTokens.toLocaleString()} in · ${today.outputTokens.toLocaleString()} out`),
     ...row("Storage", storage, {used: usage.storageBytes, limit: storageLimit, label: "Share of the storage limit used"}),
-    ...row("Sessions", limits.maxSessions == null ? "no limit at once" : `at most ${plural(limits.maxSessions, "live session", "live sessions")} at once`),
+    ...row("Sessions", limits.maxSessions == null ? "no limit" : `at most ${plural(limits.maxSessions, "live session", "live sessions")} at once`),
   );
   if (today.unpricedMessages) {
     list.append(el("p", {className: "usage-note", textContent: `${plural(today.unpricedMessages, "message", "messages")} of a model without a price are not in the cost.`}));
