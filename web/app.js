@@ -2,6 +2,7 @@
 // Native ES modules, no build step; a working reference for your own frontend. The protocol is
 // the RENDER table in src/protocol.js. Markdown is rendered by marked, sanitised by DOMPurify and
 // code highlighted by highlight.js, all vendored in web/vendor/.
+import {looksLikeToken} from "./src/api.js";
 import {$, clearError} from "./src/dom.js";
 import {checkHealth, showHealth, takeTokenFromFragment, wireConnection, loadUser} from "./src/panels/connection.js";
 import {loadFiles, wireFiles} from "./src/panels/files.js";
@@ -74,7 +75,8 @@ wireUsage();
 renderUsage();
 renderEmptyChat();
 checkHealth();
-// An app's link with a token (#token=...) signs in at once; else a remembered user loads.
-if (takeTokenFromFragment() || state.user) loadUser();
+// An app's link with a token (#token=...) signs in at once; else a remembered user (or the
+// token kept in this tab, which names its user) loads.
+if (takeTokenFromFragment() || state.user || looksLikeToken(state.key)) loadUser();
 
 window.consoleApp = {handleFrame, state, RENDER, connect};
