@@ -61,6 +61,7 @@ def test_a_token_from_the_apps_link_chats_as_its_user_and_sees_the_usage(world, 
     expect(page.locator("#user-id")).to_have_value("tia")
     assert page.evaluate("document.getElementById('user-id').readOnly") is True
     expect(page.locator("#user-hint")).to_be_visible()
+    shot(page, "token-connection")
     # Usage and limits: one click away, in Settings.
     open_panel(page, "Settings")
     usage = page.locator("#usage-list")

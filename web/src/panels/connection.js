@@ -40,6 +40,7 @@ function lockUser(locked) {
   field.required = !locked;
   field.placeholder = locked ? "from the token" : "alice";
   $("user-hint").hidden = !locked;
+  $("key-hint").hidden = locked;
 }
 
 /**
