@@ -155,6 +155,13 @@ def mint_user_token(ctx: RequestContext, userId: str):
     return ctx.services.user_tokens.mint(validate_id(userId, "userId"))
 
 
+@api.route("/me", methods=["GET"])
+def who_am_i(ctx: RequestContext):
+    from chalicelib.identity.caller import describe
+
+    return describe(ctx.principal)
+
+
 # -- Sessions ----------------------------------------------------------------------------
 
 

@@ -183,7 +183,8 @@ def _user_token_hint(base: str, settings: Settings) -> str:
         return ("  user tokens: set USER_TOKEN_SECRET (32+ random characters) to mint them with "
                 f"curl -X POST {base}/users/<userId>/tokens{key}")
     return (f"  user tokens: curl -X POST {base}/users/<userId>/tokens{key}   "
-            "then ./scripts/chat --token <token> (it reaches only that user's data)")
+            f"then open {base}/#token=<token> (the console) or ./scripts/chat --token <token>: "
+            "either reaches only that user's data")
 
 
 if __name__ == "__main__":

@@ -2,19 +2,21 @@
 // Native ES modules, no build step; a working reference for your own frontend. The protocol is
 // the RENDER table in src/protocol.js. Markdown is rendered by marked, sanitised by DOMPurify and
 // code highlighted by highlight.js, all vendored in web/vendor/.
+import {looksLikeToken} from "./src/api.js";
 import {$, clearError} from "./src/dom.js";
-import {checkHealth, showHealth, wireConnection, loadUser} from "./src/panels/connection.js";
+import {checkHealth, showHealth, takeTokenFromFragment, wireConnection, loadUser} from "./src/panels/connection.js";
 import {loadFiles, wireFiles} from "./src/panels/files.js";
 import {loadConversations, wireHistory} from "./src/panels/history.js";
 import {wireSettings} from "./src/panels/settings.js";
 import {wireSkills} from "./src/panels/skills.js";
+import {explainQuota, refreshUsage, renderUsage, wireUsage} from "./src/panels/usage.js";
 import {hooks as protocolHooks, handleFrame, RENDER} from "./src/protocol.js";
 import {startSession} from "./src/session.js";
 import {connect, hooks as socketHooks, retryNow, send} from "./src/socket.js";
 import {state} from "./src/state.js";
 import {atBottom, follow, hooks as transcriptHooks, renderEmptyChat, setFollowing, userBubble} from "./src/transcript.js";
 import {autosize, setTurn} from "./src/turn.js";
-import {wireViews} from "./src/views.js";
+import {hooks as viewHooks, wireViews} from "./src/views.js";
 
 // Each message gets its own id, so a resend after a lost answer runs once (src/socket.js).
 function newMessageId() {
@@ -56,7 +58,10 @@ transcriptHooks.answerPermission = (answer) => send({action: "permission", ...an
 protocolHooks.turnEnded = () => {
   if (state.loadedUser) loadConversations().catch(() => {});
   if (state.session) loadFiles().catch(() => {});
+  refreshUsage();  // when the Settings panel shows it
 };
+protocolHooks.quotaReached = explainQuota;
+viewHooks.shown = (panel) => { if (panel === "settings-panel") refreshUsage(); };
 socketHooks.health = showHealth;
 
 wireConnection();
@@ -66,8 +71,12 @@ wireSkills();
 wireSettings();
 wireFiles();
 wireHistory();
+wireUsage();
+renderUsage();
 renderEmptyChat();
 checkHealth();
-if (state.user) loadUser();
+// An app's link with a token (#token=...) signs in at once; else a remembered user (or the
+// token kept in this tab, which names its user) loads.
+if (takeTokenFromFragment() || state.user || looksLikeToken(state.key)) loadUser();
 
 window.consoleApp = {handleFrame, state, RENDER, connect};

@@ -2,7 +2,8 @@
 
 API Gateway hands `$default` only a connectionId, and a Socket.IO client authenticates in its
 CONNECT packet, after `$connect`. So `$connect` records the connection's query and whether its
-headers carried the operator key (never the key itself; a query token only as its SHA-256),
+headers carried the operator key (never the key itself; a query token only as its SHA-256; a
+user token only as the user it names, verified at `$connect`),
 the CONNECT packet records the namespace, and `$disconnect` removes the record. The scheduled
 ping lists these records to reach every Engine.IO client.
 """
@@ -36,6 +37,7 @@ class EngineIOLink(ApiModel):
     query: dict[str, str]
     token_sha256: str | None = None
     operator_header: bool = False
+    token_user: str | None = None  # the user of a user token in $connect's headers or query
     namespace: str | None = None  # set once a Socket.IO CONNECT is accepted
     opened_at: datetime
 
@@ -59,14 +61,15 @@ class EngineIOLinks:
         self._lock = threading.Lock()
 
     def add(self, connection_id: str, domain_name: str, stage: str, query: dict[str, str],
-            operator_header: bool) -> EngineIOLink:
-        """Record a connection at `$connect` (its `token` kept only as a digest)."""
+            operator_header: bool, token_user: str | None = None) -> EngineIOLink:
+        """Record a connection at `$connect` (its `token` kept only as a digest, an `access_token`
+        not at all: `token_user` is the user it was verified to name)."""
         token = query.get("token")
         link = EngineIOLink(
             connection_id=connection_id, sid=engine_sid(connection_id), domain_name=domain_name, stage=stage,
-            query={k: v for k, v in query.items() if k != "token"},
+            query={k: v for k, v in query.items() if k not in ("token", "access_token")},
             token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,
-            operator_header=operator_header, opened_at=utcnow(),
+            operator_header=operator_header, token_user=token_user, opened_at=utcnow(),
         )
         self._put(link)
         return link

@@ -38,6 +38,19 @@ def authenticate(settings: Settings, headers: Mapping[str, str], user_tokens: Ca
     return OPERATOR
 
 
+def user_token_among(settings: Settings, *candidates: str | None) -> str | None:
+    """The first of `candidates` that is a user token (a JWT's shape, and not the API key), or
+    None when there is none or the server accepts no user tokens.
+
+    The websocket edges take a user token from several places (a header, the query, a Socket.IO
+    `auth` payload) beside the /setup token and the API key; this tells them apart the way
+    `authenticate` does for REST, without verifying anything.
+    """
+    if not settings.auth.accepts_user_tokens:
+        return None
+    return next((t for t in candidates if t and looks_like_jwt(t) and not key_matches(settings, t)), None)
+
+
 def require_api_key(settings: Settings, headers: Mapping[str, str]) -> None:
     """Raise unless the request carries the API key (or auth is off in development)."""
     if settings.api_key is None:

@@ -32,6 +32,7 @@ from chalicelib.realtime.service import WsEvent
 from chalicelib.realtime.socketio_events import NAMESPACES, ServerEvent, ack_id, server_events
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.web import socketio_edge
+from chalicelib.web.auth import user_token_among
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,15 @@ def connect(services: Container, event: dict[str, Any]) -> Response:
         return _refuse(400, "Only the websocket transport is offered here: io(url, {transports: ['websocket']}).",
                        "transport_not_offered")
     operator = key_matches(services.settings, bearer_token(ws.headers or {}))
-    services.engineio_links.add(ws.connection_id, ws.domain_name, ws.stage, query, operator)
+    # Only $connect sees the headers: a user token there (or in the query) is verified now, and
+    # the link keeps the user it names, never the token.
+    user_token = user_token_among(services.settings, bearer_token(ws.headers or {}), query.get("access_token"),
+                                  query.get("token"))
+    try:
+        token_user = services.user_tokens.verify(user_token).user_id if user_token is not None else None
+    except AppError as exc:
+        return _refuse(exc.status, exc.message, exc.code)
+    services.engineio_links.add(ws.connection_id, ws.domain_name, ws.stage, query, operator, token_user)
     services.background.invoke({"engineio": "open", "connectionId": ws.connection_id, "domainName": ws.domain_name,
                                 "stage": ws.stage})
     return Response(body="", status_code=200)
@@ -184,7 +193,8 @@ def _handshake(services: Container, link: EngineIOLink, auth: Any) -> socketio_e
     base = services.settings.websocket_url or f"wss://{link.domain_name}/{link.stage}"
     return socketio_edge.Handshake(
         connection_id=link.connection_id, domain_name=link.domain_name, stage=link.stage, websocket_base=base.rstrip("/"),
-        query=link.query, auth=auth, token_sha256=link.token_sha256, operator_header=link.operator_header)
+        query=link.query, auth=auth, token_sha256=link.token_sha256, operator_header=link.operator_header,
+        token_user=link.token_user)
 
 
 def disconnect(services: Container, connection_id: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from chalicelib.container import Container
 from chalicelib.errors import AppError, NotFound
+from chalicelib.identity.principal import EndUser
 from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.protocol import frame
 from chalicelib.realtime.sender import Sender
@@ -24,9 +25,12 @@ from chalicelib.realtime.service import WsEvent
 from chalicelib.realtime.socketio_events import EventError, ServerEvent, ack_frame, client_event
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.sessions import SessionRecord
+from chalicelib.web.access import forbidden_user
+from chalicelib.web.auth import user_token_among
 
 CREDENTIALS_HELP = (
-    "send the token of POST /setup/{sessionId} as io(url, {auth: {token}}) (or ?token= in the URL), "
+    "send the token of POST /setup/{sessionId} or the end user's token as io(url, {auth: {token}}) "
+    "(or ?token= / ?access_token= in the URL), "
     "or the operator key with the user: io(url, {auth: {apiKey: API_KEY, userId}}) "
     "(or 'Authorization: Bearer <API_KEY>' and ?userId=)"
 )
@@ -60,6 +64,8 @@ class Handshake:
     # the headers carried the operator key (only $connect gets the headers).
     token_sha256: str | None = None
     operator_header: bool = False
+    # Over API Gateway, the user a user token in the headers or the query named, verified at $connect.
+    token_user: str | None = None
 
     def ws_event(self, body: str | None = None) -> WsEvent:
         return WsEvent(self.connection_id, self.domain_name, self.stage, body=body)
@@ -123,6 +129,9 @@ def _authorize(services: Container, hs: Handshake) -> SessionRecord:
     token = _text(auth.get("token")) or hs.query.get("token")
     key = _text(auth.get("apiKey")) or bearer_token(hs.headers)
     user_id = _text(auth.get("userId")) or hs.query.get("userId")
+    end_user = _end_user(services, hs, token)
+    if end_user is not None:
+        return _own_session(services, hs, session_id, end_user, user_id)
     record = services.sessions.find_record(session_id)
     if token or hs.token_sha256:
         if record is None:
@@ -145,15 +154,46 @@ def _authorize(services: Container, hs: Handshake) -> SessionRecord:
     if record is not None and record.user_id != user_id:
         raise SocketIORefused(f"Session {session_id!r} belongs to another user: choose a new sessionId.",
                               "session_owned_by_another_user")
-    if record is None:
-        try:
-            services.sessions.setup(session_id, user_id, hs.websocket_base)
-            record = services.sessions.get_record(session_id)
-        except NotFound as exc:
-            raise SocketIORefused(exc.message, exc.code) from None
-        except AppError as exc:
-            raise SocketIORefused(f"Could not set the session up: {exc.message}", exc.code) from None
-    return record
+    return record if record is not None else _set_up(services, hs, session_id, user_id)
+
+
+def _end_user(services: Container, hs: Handshake, auth_token: str | None) -> EndUser | None:
+    """The end user a user token names (`auth: {token}`, `?access_token=`, `Authorization:
+    Bearer`, or what $connect verified over API Gateway); None when the connection carries none.
+    A user token that does not verify is refused, saying why."""
+    if hs.token_user is not None:
+        return EndUser(hs.token_user)
+    token = user_token_among(services.settings, auth_token, hs.query.get("access_token"), bearer_token(hs.headers))
+    if token is None:
+        return None
+    try:
+        return services.user_tokens.verify(token)
+    except AppError as exc:
+        raise SocketIORefused(exc.message, exc.code) from None
+
+
+def _own_session(services: Container, hs: Handshake, session_id: str, user: EndUser,
+                 requested_user: str | None) -> SessionRecord:
+    """A user token opens only its own user's sessions, as on the plain websocket: one it owns,
+    or a new id (set up for it here). Anything else is `forbidden_user`, the same answer whether
+    the other user or session exists or not."""
+    owner = services.sessions.owner_of(session_id)
+    if (requested_user is not None and requested_user != user.user_id) or owner not in (None, user.user_id):
+        refused = forbidden_user()
+        raise SocketIORefused(refused.message, refused.code)
+    record = services.sessions.find_record(session_id)
+    return record if record is not None else _set_up(services, hs, session_id, user.user_id)
+
+
+def _set_up(services: Container, hs: Handshake, session_id: str, user_id: str) -> SessionRecord:
+    """Create the session on connect, as the original did (the owner's claim and quotas apply)."""
+    try:
+        services.sessions.setup(session_id, user_id, hs.websocket_base)
+        return services.sessions.get_record(session_id)
+    except NotFound as exc:
+        raise SocketIORefused(exc.message, exc.code) from None
+    except AppError as exc:
+        raise SocketIORefused(f"Could not set the session up: {exc.message}", exc.code) from None
 
 
 def _text(value: Any) -> str | None:

@@ -205,3 +205,30 @@ def test_the_plain_protocols_start_takes_the_same_options(world) -> None:  # typ
     tool_result = next(f for f in frames if f["event"] == "tool_result")
     assert tool_result["is_error"] is True and "do not allow the bash tool" in tool_result["content"]
     assert frames[-1]["stopReason"] == "budget_reached"
+
+
+@pytest.mark.parametrize("edge", BOTH)
+def test_user_tokens_open_only_their_own_users_sessions(world, monkeypatch: pytest.MonkeyPatch, edge) -> None:  # type: ignore[no-untyped-def]
+    """A user token (`auth: {token}` or `?access_token=`) opens its own user's sessions, and
+    sets a new id up for that user, as on the plain websocket; another user's is refused."""
+    monkeypatch.setenv("API_KEY", "operator-key")
+    monkeypatch.setenv("USER_TOKEN_SECRET", "user-token-secret-for-tests-0123456789")
+    operator = {"Authorization": "Bearer operator-key"}
+    alice, bob = (world.http.post(f"/users/{u}/tokens", headers=operator).json()["token"] for u in ("alice", "bob"))
+    session = f"sio-tok-{edge}"
+    params = {"url": world.url, "sessionId": session, **EDGES[edge]}
+    world.fake.script(Reply([Text("Hello Alice.")]))
+    result = run_scenario("useAgent", {**params, "auth": {"token": alice}})
+    assert events(result, "result")[0]["is_error"] is False
+    saved = world.http.get(f"/users/alice/conversations/{session}", headers=operator).json()
+    assert saved["conversation"]["messages"][-1]["content"][0]["text"] == "Hello Alice."
+    assert run_scenario("connectOnly", {**params, "query": {"access_token": alice}})["connected"] is True
+    for case in ({"auth": {"token": bob}}, {"query": {"access_token": bob}},
+                 {"sessionId": f"{session}-new", "auth": {"token": bob, "userId": "alice"}}):
+        refused = run_scenario("connectOnly", {**params, **case})
+        assert refused["connected"] is False and events(refused, "connect_error")[0]["data"] == {"code": "forbidden_user"}, case
+    tampered = alice[:-4] + ("AAAA" if not alice.endswith("AAAA") else "BBBB")
+    forged = run_scenario("connectOnly", {**params, "auth": {"token": tampered}})
+    assert events(forged, "connect_error")[0]["data"] == {"code": "invalid_token"}
+    assert world.http.get(f"/sessions/{session}-new/files", headers=operator).status_code == 404
+    assert len(world.fake.requests) == 1

@@ -6,6 +6,7 @@ and read here by hand, as socket.io-client 4 writes and reads them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -85,8 +86,6 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[C
         raw = RawManagement()
         app_module.app.websocket_api.session.management = raw
         stage_env = json.loads((Path(app_module.__file__).parent / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
-        import os
-
         container = get_container(Settings.from_env({**os.environ, **stage_env}))
         # The turn runner Lambda as app.py declares it (the Engine.IO-aware sender included).
         dispatcher = ThreadDispatcher(lambda sid: app_module.turn_runner({"sessionId": sid}, None))
@@ -245,3 +244,72 @@ def test_the_open_packet_waits_for_the_connection_and_plain_connections_stay_pla
     assert all(json.loads(t)["event"] for t in sent)
     client.lambda_.invoke("ws_message", ws_event("$default", "c1", "42"))  # not an Engine.IO connection: a bad frame
     assert json.loads(management.wait_text("c1", lambda t: '"invalid_frame"' in t)[-1])["code"] == "invalid_frame"
+
+
+USER_TOKEN_SECRET = "user-token-secret-for-tests-0123456789"
+
+
+@pytest.fixture
+def user_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set before the harness builds its container: the server mints and accepts user tokens."""
+    monkeypatch.setenv("USER_TOKEN_SECRET", USER_TOKEN_SECRET)
+
+
+def _mint(client: Client, user: str) -> str:
+    response = client.http.post(f"/users/{user}/tokens")
+    assert response.status_code == 200, response.body
+    return str(json.loads(response.body)["token"])
+
+
+def _refusal(management: RawManagement, cid: str) -> dict[str, Any]:
+    error = management.wait_text(cid, lambda t: t.startswith("44"))[-1]
+    return json.loads(error[2:])  # type: ignore[no-any-return]
+
+
+def test_user_tokens_open_only_their_own_users_sessions(user_tokens, harness) -> None:  # type: ignore[no-untyped-def]
+    """Only $connect sees the headers: a user token there (or in ?access_token=) is verified at
+    $connect and the link keeps its user, never the token; one in the CONNECT packet's auth is
+    verified there. Ownership is the plain websocket's: own or new sessions only."""
+    from chalicelib.realtime.engineio_links import _key
+
+    client, management, fake = harness
+    alice, bob = _mint(client, "alice"), _mint(client, "bob")
+    # Alice's token in the Authorization header: a new session id is set up for her on CONNECT.
+    _open(client, management, "u1", {"sessionId": "tok1"}, headers={"Authorization": f"Bearer {alice}"})
+    stored = (Path(os.environ["DATA_DIR"]) / _key("u1")).read_text()
+    assert alice not in stored and json.loads(stored)["tokenUser"] == "alice"
+    _send(client, "u1", "40")
+    assert management.wait_text("u1", lambda t: t.startswith("40{"))
+    fake.script(Reply([Text("Hello Alice.")]))
+    _send(client, "u1", '42["message","hi"]')
+    assert next(d for n, d, _ in events(management.wait_text("u1", has_event("result"))) if n == "result")["is_error"] is False
+    saved = json.loads(client.http.get("/users/alice/conversations/tok1").body)
+    assert saved["conversation"]["messages"][-1]["content"][0]["text"] == "Hello Alice."
+    # In the query (?access_token=), and in the CONNECT packet's auth: the same session.
+    _open(client, management, "u2", {"sessionId": "tok1", "access_token": alice})
+    assert alice not in (Path(os.environ["DATA_DIR"]) / _key("u2")).read_text()
+    _send(client, "u2", "40")
+    assert management.wait_text("u2", lambda t: t.startswith("40{"))
+    _open(client, management, "u3", {"sessionId": "tok1"})
+    _send(client, "u3", "40" + json.dumps({"token": alice}))
+    assert management.wait_text("u3", lambda t: t.startswith("40{"))
+    # Bob's token: not Alice's session, nor a new one in Alice's name, wherever it is sent.
+    _open(client, management, "b1", {"sessionId": "tok1"}, headers={"Authorization": f"Bearer {bob}"})
+    _send(client, "b1", "40")
+    assert _refusal(management, "b1")["data"] == {"code": "forbidden_user"}
+    _open(client, management, "b2", {"sessionId": "tok1"})
+    _send(client, "b2", "40" + json.dumps({"token": bob}))
+    assert _refusal(management, "b2")["data"] == {"code": "forbidden_user"}
+    _open(client, management, "b3", {"sessionId": "tok-new"})
+    _send(client, "b3", "40" + json.dumps({"token": bob, "userId": "alice"}))
+    assert _refusal(management, "b3")["data"] == {"code": "forbidden_user"}
+    assert client.http.get("/sessions/tok-new/files").status_code == 404  # nothing was set up
+    # A token that does not verify: refused at $connect (headers), or at CONNECT (auth).
+    tampered = alice[:-4] + ("AAAA" if not alice.endswith("AAAA") else "BBBB")
+    event = ws_event("$connect", "f1", query={"EIO": "4", "transport": "websocket", "sessionId": "tok1"})
+    event["headers"] = {"Authorization": f"Bearer {tampered}"}
+    refused = client.lambda_.invoke("ws_connect", event).payload
+    assert refused["statusCode"] == 401 and json.loads(refused["body"])["code"] == "invalid_token"
+    _open(client, management, "f2", {"sessionId": "tok1"})
+    _send(client, "f2", "40" + json.dumps({"token": tampered}))
+    assert _refusal(management, "f2")["data"] == {"code": "invalid_token"}

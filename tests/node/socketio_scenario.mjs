@@ -165,7 +165,7 @@ const scenarios = {
 
   // One connection attempt: connected, or refused with connect_error.
   async connectOnly() {
-    const socket = io(p.url, edge({ query: { sessionId: p.sessionId }, auth: p.auth, reconnection: false }));
+    const socket = io(p.url, edge({ query: { sessionId: p.sessionId, ...(p.query || {}) }, auth: p.auth, reconnection: false }));
     record(socket);
     await Promise.race([waitFor(socket, "connect"), waitFor(socket, "connect_error")]);
     out.connected = socket.connected;

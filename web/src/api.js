@@ -20,8 +20,19 @@ async function failure(response, data) {
   const error = new Error(data.error || `HTTP ${response.status}`);
   error.code = data.code;
   error.status = response.status;
+  // A quota's 429 says when to try again (CORS exposes the header).
+  const retryAfter = Number(response.headers.get("Retry-After"));
+  if (retryAfter > 0) error.retryAfter = retryAfter;
   return error;
 }
+
+/** A JWT's shape (three base64url segments): a user token rather than an API key. The server
+ * decides (an API key of that shape is still the key); this only decides what the form shows. */
+export const looksLikeToken = (text) => /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(text.trim());
+
+/** Who the credential signs in as: {role: "operator"} (the API key: any user) or
+ * {role: "user", userId} (a user token: only that user, whichever claim names it). */
+export const whoAmI = () => api("GET", "/me");
 
 /** A JSON request; rejects with an Error carrying the API's `code` and the HTTP status. */
 export async function api(method, path, body, headers = {}) {

@@ -22,6 +22,12 @@ const HINTS = {
   api_key_not_configured: "The server has no API_KEY configured; its operator must set one.",
   anthropic_api_key_missing: "To try the console without a key: ./scripts/dev --offline-model.",
   storage_unavailable: "The server cannot reach its storage; retry in a moment.",
+  invalid_token: "The user token was refused: get a new one from your app (or paste the API key) in Connection.",
+  token_expired: "The sign-in has expired: get a new user token from your app and paste it in Connection.",
+  forbidden_user: "A user token opens only its own user's data and sessions.",
+  quota_exceeded: "A limit of this user is reached: Settings shows the usage and limits.",
+  daily_budget_reached: "Today's budget is spent: Settings shows the usage and limits.",
+  storage_quota_exceeded: "The user's storage is full: Settings shows the usage and limits.",
 };
 export const hintFor = (code) => HINTS[code];
 const withHint = (message, code) => (code && HINTS[code] ? `${message} — ${HINTS[code]}` : message);

@@ -47,3 +47,15 @@ export function toolOutcome(name, content, isError) {
   }
   return isError ? {text: "failed", failed: true} : {text: "done", failed: false};
 }
+
+/** A wait, as a quota's Retry-After gives it: `42 s`, `3 min`, `5 h 12 min`. */
+export function duration(totalSeconds) {
+  const s = Math.max(0, Math.round(totalSeconds));
+  if (s < 60) return `${s} s`;
+  const minutes = Math.ceil(s / 60);
+  if (minutes < 60) return `${minutes} min`;
+  return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
+}
+
+/** Dollars: cents for sums, four decimals below a cent (one message often costs less). */
+export const usd = (n) => `$${n > 0 && n < 0.01 ? n.toFixed(4) : n.toFixed(2)}`;

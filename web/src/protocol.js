@@ -10,8 +10,12 @@ import {
 } from "./transcript.js";
 import {endTurn, setTurn} from "./turn.js";
 
-/** Set by the app: what to refresh once a turn is over (the conversation list, the files). */
-export const hooks = {turnEnded: () => {}};
+/** Set by the app: what to refresh once a turn is over (the conversation list, the files, the
+ * usage), and what a quota refusal adds to its card (when to retry, the way to the usage). */
+export const hooks = {turnEnded: () => {}, quotaReached: (card, frame) => {}};
+
+// A per-user limit: 429 `quota_exceeded` (sessions, messages a minute), the day's budget.
+const QUOTA_CODES = new Set(["quota_exceeded", "daily_budget_reached", "storage_quota_exceeded"]);
 
 const PERMISSION_OUTCOME = {user: null, remembered: "Remembered answer", timeout: "No answer in time: denied",
                             interrupted: "Interrupted: not run", turn_cut_off: "The turn was cut off: not run"};
@@ -95,7 +99,8 @@ export const RENDER = {
     hooks.turnEnded();
   },
   error(frame) {
-    errorCard(frame.code, frame.message);
+    const card = errorCard(frame.code, frame.message);
+    if (QUOTA_CODES.has(frame.code)) hooks.quotaReached(card, frame);
     // A turn's error (seq > 0) ends it; a refused frame (seq 0) ends only what it would have started.
     if (frame.seq || !state.turnActive) endTurn();
   },

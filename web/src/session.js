@@ -19,6 +19,8 @@ export async function startSession(conversationId) {
     state.session = await api("POST", `/setup/${sessionId}?userId=${encodeURIComponent(state.user)}`);
   } catch (err) {
     showError(err.message, err.code);
+    // Refused a new session (a quota, say): the one open before carries on.
+    if (state.session) connect({action: "resume", afterSeq: state.lastSeq});
     syncButtons();
     return;
   }

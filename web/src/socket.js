@@ -20,8 +20,17 @@ export function closeSocket() {
   if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
 }
 
+// Signed in with a user token, the socket carries it (`access_token`: a browser cannot set a
+// websocket's Authorization header; the server keeps it out of its logs); with the API key, the
+// session's own token from /setup.
+function socketUrl() {
+  const credential = state.caller?.role === "user" ? `access_token=${encodeURIComponent(state.key)}`
+    : `token=${encodeURIComponent(state.session.token)}`;
+  return `${state.session.websocketUrl}&${credential}`;
+}
+
 export function connect(firstFrame) {
-  const ws = new WebSocket(`${state.session.websocketUrl}&token=${encodeURIComponent(state.session.token)}`);
+  const ws = new WebSocket(socketUrl());
   state.ws = ws;
   state.opened = false;
   ws.onopen = () => {
@@ -108,6 +117,9 @@ async function giveUp(code, afterRetrying) {
   if (!answer) {
     showError(`The server is not running or not reachable at ${state.api} (WebSocket closed with code ${code}` +
               `${afterRetrying ? `; retried for ${minutes} minutes` : ""}). Start it (./scripts/dev) or check the address in Connection, then choose Start session.`);
+  } else if (!afterRetrying && state.caller?.role === "user") {
+    showError(`The server is up but refused the WebSocket (code ${code}). Your user token may have expired: ` +
+              "get a new one from your app, paste it in Connection and choose Load user, then Start session.");
   } else if (!afterRetrying) {
     showError(`The server is up but refused the WebSocket (code ${code}). The session's token is stale or the ` +
               "session is gone (each Start session issues a new token): choose Start session. If it happens again, the server's log says why.");

@@ -11,9 +11,13 @@ export const RECONNECT_MAX_DELAY_MS = 10000;
 
 export const state = {
   api: localStorage.getItem("console.api") || window.location.origin,
-  // The key stays in this tab (sessionStorage) unless the user asks to remember it.
+  // The API key or user token stays in this tab (sessionStorage) unless the user asks to
+  // remember it (localStorage); a token passed in the URL fragment is kept the same way.
   key: (KEY_REMEMBERED ? localStorage : sessionStorage).getItem("console.key") || "",
   user: localStorage.getItem("console.user") || "",
+  caller: null,        // GET /me's answer for the credential: {role: "operator" | "user", userId}
+  requestedUser: null, // the user an app's link named (#user=) beside its token: checked, not trusted
+  usage: null,         // {usage, limits}: the loaded user's usage today and the limits in effect
   loadedUser: null,    // the user whose skills, settings and conversations are shown
   skills: {},          // name -> detail (for folder files)
   session: null,       // the /setup answer

@@ -53,10 +53,10 @@ export function renderEmptyChat() {
   const hint = el("span");
   if (state.loadError && !state.session) {
     title.textContent = `Could not load ${state.loadError}.`;
-    hint.textContent = "The message above says why. Check the address and key in Connection, then choose Load user.";
+    hint.textContent = "The message above says why. Check the address and the key or token in Connection, then choose Load user.";
   } else if (!state.loadedUser) {
     title.textContent = "Who are you chatting as?";
-    hint.textContent = "Enter a user name in Connection (for example alice) and choose Load user.";
+    hint.textContent = "In Connection, enter a user (for example alice) with the API key, or paste a user token, and choose Load user.";
   } else if (!state.session) {
     const count = $("skills").querySelectorAll(".skill").length;
     title.textContent = `Ready when you are, ${state.loadedUser}.`;

@@ -4,8 +4,13 @@
 import {$} from "./dom.js";
 import {state} from "./state.js";
 
+/** Set by the app: a panel was opened (the usage refreshes when Settings opens). */
+export const hooks = {shown: () => {}};
+
 export function showView(panelId) {
+  const opened = $("views").dataset.view !== panelId;
   $("views").dataset.view = panelId;
+  if (opened) hooks.shown(panelId);
   for (const tab of document.querySelectorAll("#tabs [role=tab]")) {
     const selected = tab.getAttribute("aria-controls") === panelId;
     tab.setAttribute("aria-selected", String(selected));
