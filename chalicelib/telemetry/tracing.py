@@ -221,13 +221,13 @@ def continued(carrier: Mapping[str, Any] | None) -> Iterator[None]:
     """Make the trace context another process sent (its `traceparent`, in headers or a payload)
     current for the block, so spans started inside join that trace."""
     tracing = _current()
-    if tracing is None or not carrier or not carrier.get(TRACEPARENT):
+    fields = {k.lower(): v for k, v in (carrier or {}).items() if isinstance(k, str) and isinstance(v, str)}
+    if tracing is None or not fields.get(TRACEPARENT):
         yield
         return
     from opentelemetry import context
 
-    token = context.attach(tracing.propagator.extract({k.lower(): str(v) for k, v in carrier.items()
-                                                        if isinstance(v, (str, int))}))
+    token = context.attach(tracing.propagator.extract(fields))
     try:
         yield
     finally:

@@ -50,7 +50,8 @@ def connect(event: WebsocketEvent) -> Response:
     from chalicelib.web import engineio_lambda
 
     raw = event.to_dict()
-    with _bound(raw, sessionId=(raw.get("queryStringParameters") or {}).get("sessionId")):
+    with _bound(raw, sessionId=(raw.get("queryStringParameters") or {}).get("sessionId")), \
+            tracing.span("websocket connect", {"websocket.connection_id": event.connection_id}, kind="server"):
         try:
             refused = _origin_refusal(event)
             if refused is not None:
@@ -136,7 +137,7 @@ def disconnect(event: WebsocketEvent) -> None:
     from chalicelib.web import engineio_lambda
 
     raw = event.to_dict()
-    with _bound(raw):
+    with _bound(raw), tracing.span("websocket disconnect", {"websocket.connection_id": event.connection_id}, kind="server"):
         services = container()
         conn = services.realtime.disconnect(WsEvent.from_lambda_event(raw))
         if conn is not None and conn.socketio:
