@@ -8,6 +8,7 @@ from chalicelib.errors import Misconfigured
 from chalicelib.storage.base import ObjectStore
 from chalicelib.storage.local import LocalDirectoryStore
 from chalicelib.storage.s3 import S3Store, build_s3_client
+from chalicelib.telemetry import tracing_store
 
 
 def build_store(settings: Settings, session: ClientSource | None = None) -> ObjectStore:
@@ -22,5 +23,5 @@ def build_store(settings: Settings, session: ClientSource | None = None) -> Obje
                 "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY.",
                 code="local_store_in_production",
             )
-        return LocalDirectoryStore(storage.data_dir)
+        return tracing_store.traced(LocalDirectoryStore(storage.data_dir))
     return S3Store(build_s3_client(storage, session), storage.bucket)

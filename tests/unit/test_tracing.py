@@ -132,3 +132,18 @@ def test_tracing_is_wanted_only_with_an_endpoint() -> None:
     assert tracing.wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
     assert not tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"})
     assert not tracing.configure({}) and not tracing.enabled() and tracing.headers() == {}
+
+
+def test_the_embedded_store_makes_a_span_per_operation(exporter: InMemorySpanExporter, tmp_path: Path) -> None:
+    from chalicelib.storage.local import LocalDirectoryStore
+    from chalicelib.telemetry.tracing_store import traced
+
+    store = traced(LocalDirectoryStore(tmp_path))
+    with tracing.span("turn"):
+        store.put("users/u/a.json", b"{}")
+        assert store.get("users/u/a.json").body == b"{}"
+    names = [(s.name, (s.attributes or {}).get("storage.key")) for s in exporter.get_finished_spans()]
+    assert names == [("local put", "users/u/a.json"), ("local get", "users/u/a.json"), ("turn", None)]
+    tracing.configure({})
+    plain = LocalDirectoryStore(tmp_path)
+    assert traced(plain) is plain  # off: the store itself, nothing wrapped
