@@ -35,7 +35,7 @@ from chalicelib.storage.base import (
     StorageUnavailable,
     StoredObject,
 )
-from chalicelib.telemetry import tracing_aws
+from chalicelib.telemetry import tracing
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412"}
@@ -78,8 +78,12 @@ def build_s3_client(settings: StorageSettings, session: ClientSource | None = No
     if settings.access_key_id and settings.secret_access_key:
         kwargs["aws_access_key_id"] = settings.access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-    # A span per storage operation when OTEL_EXPORTER_OTLP_ENDPOINT is set (botocore event hooks).
-    return tracing_aws.instrument(session.client("s3", **kwargs))
+    client = session.client("s3", **kwargs)
+    if tracing.enabled():  # a span per storage call (botocore event hooks); imported only then
+        from chalicelib.telemetry.tracing_aws import instrument
+
+        instrument(client)
+    return client
 
 
 class FailFast:

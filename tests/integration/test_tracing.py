@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,25 +31,30 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
 
 
-class InvokeOnAThread:
-    """The Lambda Invoke API for LambdaDispatcher: runs the app's turn_runner handler with the
-    payload it was sent (InvocationType=Event: on a thread), as the local gateway does."""
+class InvokeAfterwards:
+    """The Lambda Invoke API for LambdaDispatcher: keeps each payload it is sent
+    (InvocationType=Event) and runs the app's turn_runner handler with it once the handler that
+    sent it has returned. (Chalice's test client swaps os.environ for each invocation, so two at
+    once on two threads would leave the test's variables behind.)"""
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.payloads: list[dict[str, Any]] = []
-        self.threads: list[threading.Thread] = []
+        self.pending: list[dict[str, Any]] = []
 
     def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> None:  # noqa: N803 - boto3 names
+        assert InvocationType == "Event"
         payload = json.loads(Payload)
         self.payloads.append(payload)
-        thread = threading.Thread(target=self.client.lambda_.invoke, args=("turn_runner", payload), daemon=True)
-        self.threads.append(thread)
-        thread.start()
+        self.pending.append(payload)
 
-    def join(self, timeout: float = 30) -> None:
-        for thread in self.threads:
-            thread.join(timeout)
+    def run_pending(self, limit: int = 5) -> None:
+        """Run the invocations sent so far, and those they send, up to `limit` in all."""
+        for _ in range(limit):
+            if not self.pending:
+                return
+            self.client.lambda_.invoke("turn_runner", self.pending.pop(0))
+        assert not self.pending, f"more than {limit} runner invocations"
 
 
 @pytest.fixture
@@ -88,15 +92,15 @@ def test_one_trace_from_the_message_frame_to_the_sandbox_host(tmp_path: Path, mo
         with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, _):
             stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
             container = get_container(Settings.from_env({**os.environ, **stage_env}))
-            lambda_api = InvokeOnAThread(client)
+            lambda_api = InvokeAfterwards(client)
             container.override("dispatcher", LambdaDispatcher(lambda_api, "turn_runner"))
             container._built.pop("realtime", None)
             session_token = setup_session(client, "tr1")
             client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "tr1", "token": session_token}))
             fake.script(Reply([ToolUse("bash", {"command": "echo traced"})]), Reply([Text("Done.")]))
             client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "run it"})))
+            lambda_api.run_pending()
             frames = management.wait_for("c1", "result", timeout=60)
-            lambda_api.join(60)
         tracing.flush()
         spans = receiver.wait_for(lambda found: any(s.name == "sandbox host POST /sessions/{session_id}/bash" for s in found))
     finally:
