@@ -16,7 +16,7 @@ from chalicelib.ids import validate_id
 from chalicelib.services.health import check_health
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES, MAX_SETTINGS_BYTES, MAX_SKILL_UPLOAD_BYTES
 from chalicelib.services.skills import SkillUpload
-from chalicelib.telemetry import json_logs
+from chalicelib.telemetry import json_logs, tracing
 from chalicelib.web import websocket
 from chalicelib.web.access import Access
 from chalicelib.web.downloads import file_response
@@ -168,7 +168,8 @@ def who_am_i(ctx: RequestContext):
 @api.route("/setup/{sessionId}", methods=["POST"], access=Access.SETUP)
 def setup_session(ctx: RequestContext, sessionId: str):
     user_id = ctx.user_id_or_caller(ctx.request.query("userId"))
-    return ctx.services.sessions.setup(sessionId, user_id, ctx.websocket_base())
+    with tracing.span("setup", {"session.id": sessionId}):
+        return ctx.services.sessions.setup(sessionId, user_id, ctx.websocket_base())
 
 
 @api.route("/sandbox/{sessionId}", methods=["DELETE"])

@@ -48,6 +48,7 @@ from chalicelib.sandbox.base import (
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
 from chalicelib.sandbox.egress_policy import MAX_RULES, normalize_rule
 from chalicelib.security import bearer_token
+from chalicelib.telemetry import tracing
 from sandbox_host.operations import Operations, OperationsSettings
 
 log = logging.getLogger("sandbox_host")
@@ -240,6 +241,19 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
             from starlette.concurrency import run_in_threadpool
 
             def call() -> Response:
+                # Each operation is a span of the caller's trace (its traceparent header).
+                route = getattr(request.scope.get("route"), "path", request.url.path)
+                with tracing.continued(request.headers), tracing.span(
+                        f"sandbox host {request.method} {route}", {"http.request.method": request.method, "http.route": route,
+                                                                   "session.id": request.path_params.get("session_id")},
+                        kind="server") as span:
+                    response = answer()
+                    span.set({"http.response.status_code": response.status_code})
+                    if response.status_code >= 500:
+                        span.fail(str(response.status_code))
+                    return response
+
+            def answer() -> Response:
                 try:
                     sid = request.path_params.get("session_id")
                     sandbox = host.provider.get(sid) if needs_session and sid else None
@@ -419,6 +433,7 @@ def main() -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tracing.name_service("claude-agent-sandbox-host")  # its spans' service.name unless OTEL_SERVICE_NAME says
     # How often the idle reaper looks; SANDBOX_IDLE_TIMEOUT says how idle is too idle.
     app = create_app(reaper_interval=float(os.environ.get("SANDBOX_REAP_INTERVAL", "30")),
                      operations=OperationsSettings.from_env(os.environ))

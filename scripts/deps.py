@@ -49,6 +49,8 @@ LOCK_SETS = (
     LockSet("lambda", "requirements.in", "requirements.txt"),
     LockSet("gateway", "requirements-local.in", "requirements-local.txt"),
     LockSet("sandbox host", "sandbox_host/requirements.in", "sandbox_host/requirements.txt"),
+    # Added to the Lambda package only by `./scripts/package --with-otel` (scripts/lambda_package.py).
+    LockSet("otel", "requirements-otel.in", "requirements-otel.txt"),
     LockSet("checkov", "requirements-checkov.in", "requirements-checkov.txt", constrained=False),
 )
 SUPERSET = LOCK_SETS[0]

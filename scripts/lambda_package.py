@@ -17,6 +17,11 @@ What it does to the zip:
   `.pyc` Chalice copied from the working tree; refuses a package holding local-only code
   (devserver/, tests/).
 
+With PACKAGE_WITH_OTEL=1 (`./scripts/package --with-otel`) it also adds what requirements-otel.txt
+locks (the OpenTelemetry SDK, the OTLP/HTTP exporter, protobuf), as wheels for the Lambda's
+platform, so OTEL_EXPORTER_OTLP_ENDPOINT turns tracing on (chalicelib/telemetry/tracing.py); the
+default package leaves them out, as they would take it past its budget.
+
 Chalice has no packaging hook, and `chalice deploy` cannot take a ready-made zip. So
 `./scripts/chalice` runs Chalice's own CLI in this process, with the packager's
 `create_deployment_package` followed by `slim`: `deploy` and both `package` formats then ship
@@ -36,10 +41,12 @@ import json
 import os
 import py_compile
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +58,7 @@ from scripts.botocore_data import slim_botocore_data
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SLIM_MARKER = ".slim-package.json"
 # Raised whenever `slim` changes what it does, so a zip Chalice cached is slimmed again.
-SLIM_VERSION = 2
+SLIM_VERSION = 3
 # Never shipped: the local gateway, tests, and what only the developer's machine runs.
 FORBIDDEN_PREFIXES = ("devserver/", "tests/", "sandbox_host/", "scripts/", "web/", ".venv/")
 # Sandboxes run on a sandbox host (SANDBOX_URL), never in a Lambda: the local bubblewrap
@@ -62,6 +69,9 @@ HOST_ONLY = ("chalicelib/sandbox/bwrap.py", "chalicelib/sandbox/shell.py", "chal
 # Shipped with their sources (and unchecked-hash pycs beside them): our own code.
 SOURCE_PREFIXES = ("app.py", "chalicelib/", "chalice/")
 DROPPED = re.compile(r"^(yaml/_yaml\.[^/]*\.so|[^/]+\.data/.*|[^/]+\.dist-info/RECORD)$")
+# The Lambda's platform, for the wheels of requirements-otel.txt (protobuf has a compiled module).
+LAMBDA_PLATFORM = "manylinux2014_x86_64"
+OTEL_LOCK = Path(__file__).resolve().parents[1] / "requirements-otel.txt"
 MODEL_DIR = re.compile(r"^(botocore|boto3)/data/([^/]+)/(\d{4}-\d{2}-\d{2})/")
 
 
@@ -110,7 +120,12 @@ def _keep(name: str, newest: dict[tuple[str, str], str]) -> bool:
     return True
 
 
-def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimReport | None:
+def with_otel(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the package carries the OpenTelemetry SDK (PACKAGE_WITH_OTEL=1, set by --with-otel)."""
+    return environ.get("PACKAGE_WITH_OTEL", "") in ("1", "true", "yes")
+
+
+def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES, *, otel: bool = False) -> SlimReport | None:
     """Slim `zip_path` in place; None when it was already slimmed for these services.
 
     Raises PackageError when the package holds local-only code, lacks a listed service's model,
@@ -121,7 +136,7 @@ def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimRep
         names = archive.namelist()
         if SLIM_MARKER in names:
             marker = json.loads(archive.read(SLIM_MARKER))
-            if marker == _marker(services):
+            if marker == _marker(services, otel):
                 return None
             raise StalePackage(f"{zip_path} was slimmed for other services, another runtime or by an older "
                                f"version of this script ({marker}): "
@@ -142,8 +157,10 @@ def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimRep
                 if not info.is_dir() and _keep(info.filename, newest):
                     archive.extract(info, root)
             slim_botocore_data(root / "botocore" / "data")
+            if otel:
+                add_locked_packages(root, OTEL_LOCK)
             pycs = _compile(root)
-            (root / SLIM_MARKER).write_text(json.dumps(_marker(services)))
+            (root / SLIM_MARKER).write_text(json.dumps(_marker(services, otel)))
             _write_zip(root, zip_path)
     with zipfile.ZipFile(zip_path) as archive:
         infos = archive.infolist()
@@ -151,8 +168,37 @@ def slim(zip_path: Path, services: Sequence[str] = PACKAGED_SERVICES) -> SlimRep
                       len(dropped_models), pycs)
 
 
-def _marker(services: Sequence[str]) -> dict[str, object]:
-    return {"services": list(services), "runtime": RUNTIME, "version": SLIM_VERSION}
+def _marker(services: Sequence[str], otel: bool = False) -> dict[str, object]:
+    marker: dict[str, object] = {"services": list(services), "runtime": RUNTIME, "version": SLIM_VERSION}
+    if otel:
+        marker["otel"] = True
+    return marker
+
+
+def add_locked_packages(root: Path, lock: Path) -> list[str]:
+    """Install what `lock` pins, as wheels for the Lambda's platform (manylinux x86_64, this
+    Python), into the unzipped package at `root`; a package already there (a shared dependency,
+    at the same version: the locks are compiled against one another) is kept as it is, and a
+    namespace package (`opentelemetry/`, `google/`) is merged into. Returns the top-level names
+    added or merged into."""
+    with tempfile.TemporaryDirectory(prefix="otel-wheels-") as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               "--require-hashes", "--no-deps", "--only-binary=:all:", "--platform", LAMBDA_PLATFORM,
+                               "--implementation", "cp", "--python-version", RUNTIME.removeprefix("python"),
+                               "--target", tmp, "-r", str(lock)], capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise PackageError(f"could not install {lock.name} for the Lambda's platform:\n{done.stderr.strip()[-2000:]}")
+        added = []
+        for entry in sorted(Path(tmp).iterdir()):
+            target = root / entry.name
+            if entry.name == "bin" or (target.exists() and (entry.name.endswith(".dist-info") or not entry.is_dir())):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, target, dirs_exist_ok=True)
+            else:
+                shutil.move(str(entry), target)
+            added.append(entry.name)
+    return added
 
 
 def _compile(root: Path) -> int:
@@ -207,12 +253,12 @@ def install_packaging_hook() -> None:
                                f"would not load. Run ./scripts/chalice with {python_version}.")
         filename: str = build(self, project_dir, python_version)
         try:
-            report = slim(Path(filename))
+            report = slim(Path(filename), otel=with_otel())
         except StalePackage:
             # Chalice's cache, slimmed for an older PACKAGED_SERVICES: build it afresh.
             os.remove(filename)
             filename = build(self, project_dir, python_version)
-            report = slim(Path(filename))
+            report = slim(Path(filename), otel=with_otel())
         if report is not None:
             print(report.describe(), file=sys.stderr)
         return filename
@@ -243,9 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["slim"]:
         parser = argparse.ArgumentParser(prog="lambda_package slim", description="Slim a deployment.zip in place.")
         parser.add_argument("zip", type=Path)
-        zip_path = parser.parse_args(args[1:]).zip
+        parser.add_argument("--with-otel", action="store_true", help="add requirements-otel.txt (OpenTelemetry SDK)")
+        parsed = parser.parse_args(args[1:])
+        zip_path = parsed.zip
         try:
-            report = slim(zip_path)
+            report = slim(zip_path, otel=parsed.with_otel)
         except PackageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -2,6 +2,7 @@
 
     ./scripts/package --stage prod out/                         # CloudFormation / SAM: out/sam.json + deployment.zip
     ./scripts/package --stage prod --format terraform out/      # Terraform: out/chalice.tf.json + override
+    ./scripts/package --stage prod --with-otel out/             # the Lambda package carries OpenTelemetry (traces)
 
 Beside the app's template goes the sandbox plane's (`deploy/`): out/sandbox-fleet.json (a
 CloudFormation stack of its own) or out/sandbox-fleet/sandbox_fleet.tf.json (its own Terraform
@@ -90,9 +91,11 @@ def check_terraform(template: dict[str, Any], override: dict[str, Any]) -> None:
         raise PackagingError("The Terraform override does not set WEBSOCKET_URL on api_handler.")
 
 
-def package(stage: str, fmt: str, out: Path, environ: dict[str, str] | None = None) -> list[str]:
-    """Run Chalice and wire the result; return notes for the user. Raises PackagingError."""
+def package(stage: str, fmt: str, out: Path, environ: dict[str, str] | None = None, *, otel: bool = False) -> list[str]:
+    """Run Chalice and wire the result; return notes for the user. Raises PackagingError.
+    `otel`: the Lambda package also carries requirements-otel.txt (traces over OTLP)."""
     env, note = packaging_env(dict(os.environ if environ is None else environ))
+    env["PACKAGE_WITH_OTEL"] = "1" if otel else "0"
     notes = [note] if note else []
     if out.exists() and any(out.iterdir()):
         raise PackagingError(f"{out} is not empty: Chalice would mix old and new files. Remove it or choose another folder.")
@@ -134,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("out", type=Path, help="output folder (new or empty)")
     cli.add_argument("--stage", default="prod", help="the .chalice/config.json stage (default prod)")
     cli.add_argument("--format", choices=("sam", "terraform"), default="sam", help="sam (CloudFormation; default) or terraform")
+    cli.add_argument("--with-otel", action="store_true",
+                     help="add the OpenTelemetry SDK and OTLP exporter (requirements-otel.txt) to the Lambda package: "
+                          "traces are then sent wherever OTEL_EXPORTER_OTLP_ENDPOINT says (README: Operating it)")
     args = cli.parse_args(argv)
     try:
-        notes = package(args.stage, args.format, args.out.resolve())
+        notes = package(args.stage, args.format, args.out.resolve(), otel=args.with_otel)
     except PackagingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

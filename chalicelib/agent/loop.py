@@ -54,6 +54,7 @@ from chalicelib.agent.server_tools import (
 )
 from chalicelib.agent.tools import TOOLS, run_tool
 from chalicelib.sandbox.base import Sandbox
+from chalicelib.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,24 @@ class TurnResult:
         if any(c is None for c in self.costs):
             return None
         return round(sum(c for c in self.costs if c is not None), 6)
+
+
+def usage_attributes(usage: Usage, cost_usd: float | None) -> dict[str, int | float | None]:
+    """A model call's (or a turn's) tokens and cost as span attributes (GenAI semantic conventions)."""
+    return {
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+        "gen_ai.usage.cache_read.input_tokens": usage.cache_read_input_tokens,
+        "gen_ai.usage.cache_creation.input_tokens": usage.cache_creation_input_tokens,
+        "cost_usd": cost_usd,
+    }
+
+
+def turn_attributes(result: TurnResult) -> dict[str, int | float | str | bool | None]:
+    """A finished turn as span attributes: its totals, how many model replies, and why it stopped."""
+    return {**usage_attributes(result.usage, result.cost_usd), "turn.model_calls": result.turns,
+            "turn.stop_reason": result.stop_reason, "turn.interrupted": result.interrupted,
+            "turn.compactions": result.compactions}
 
 
 class _Interrupted(Exception):
@@ -327,8 +346,10 @@ def _summary_reply(request: _Request, messages: list[dict[str, Any]], backoff: f
     context (the SDK returns the partial message as if complete), so it is asked for again."""
     for attempt in range(MID_STREAM_RETRIES + 1):
         try:
-            with request.client.messages.stream(model=request.model, max_tokens=SUMMARY_MAX_TOKENS, system=SUMMARY_SYSTEM,
-                                                messages=messages) as stream:
+            with tracing.span("model call", {"gen_ai.request.model": request.model, "model.purpose": "summary",
+                                             "model.attempt": attempt + 1}, kind="client"), \
+                    request.client.messages.stream(model=request.model, max_tokens=SUMMARY_MAX_TOKENS, system=SUMMARY_SYSTEM,
+                                                   messages=messages) as stream:
                 try:
                     if not any(event.type == "message_stop" for event in stream):
                         raise ModelStreamCut("The summary of earlier messages was cut off before it ended (no message_stop).")
@@ -354,41 +375,44 @@ def _stream_reply(request: _Request, payload: dict[str, Any], request_chars: int
         streamed: list[str] = []
         thought: list[str] = []  # thinking shown to the client, dropped with the text on a retry
         try:
-            with request.stream(
-                model=request.model, max_tokens=request.max_tokens, system=system or anthropic.NOT_GIVEN,
-                messages=marked, tools=request.tools, thinking=request.thinking or anthropic.NOT_GIVEN,
-            ) as stream:
-                with _CloseOnStop(stream, should_stop) as watcher:
-                    try:
-                        complete = False
-                        for event in stream:
-                            if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                                streamed.append(event.delta.text)
-                                emit({"event": "stream", "type": "text", "content": event.delta.text})
-                            elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
-                                thought.append(event.delta.thinking)
-                                emit({"event": "stream", "type": "thinking", "content": event.delta.thinking})
-                            elif event.type == "content_block_stop":
-                                # Server tools ran on Anthropic's side: show each call and result as it completes.
-                                shown = server_block_events(_block(event.content_block))
-                                if shown is not None:
-                                    emit(shown)
-                            elif event.type == "message_stop":
-                                complete = True
-                            if should_stop():
-                                raise _Interrupted
-                        if not complete:
-                            raise ModelStreamCut("The model's reply was cut off before it ended (no message_stop).")
-                        reply = stream.get_final_message()
-                    except Exception as exc:
-                        if watcher.closed or should_stop():
-                            raise _Interrupted from None
-                        if isinstance(exc, _CONNECTION_BREAKS):
-                            raise _connection_dropped(exc, "mid-reply") from exc
-                        raise
-            result.add_call(reply.usage, request.model, prices)
-            request.estimator.calibrate(request_chars, Usage.of(reply.usage).prompt_tokens)
-            return reply
+            with tracing.span("model call", {"gen_ai.request.model": request.model, "model.attempt": attempt + 1},
+                              kind="client") as span:
+                with request.stream(
+                    model=request.model, max_tokens=request.max_tokens, system=system or anthropic.NOT_GIVEN,
+                    messages=marked, tools=request.tools, thinking=request.thinking or anthropic.NOT_GIVEN,
+                ) as stream:
+                    with _CloseOnStop(stream, should_stop) as watcher:
+                        try:
+                            complete = False
+                            for event in stream:
+                                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                                    streamed.append(event.delta.text)
+                                    emit({"event": "stream", "type": "text", "content": event.delta.text})
+                                elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                                    thought.append(event.delta.thinking)
+                                    emit({"event": "stream", "type": "thinking", "content": event.delta.thinking})
+                                elif event.type == "content_block_stop":
+                                    # Server tools ran on Anthropic's side: show each call and result as it completes.
+                                    shown = server_block_events(_block(event.content_block))
+                                    if shown is not None:
+                                        emit(shown)
+                                elif event.type == "message_stop":
+                                    complete = True
+                                if should_stop():
+                                    raise _Interrupted
+                            if not complete:
+                                raise ModelStreamCut("The model's reply was cut off before it ended (no message_stop).")
+                            reply = stream.get_final_message()
+                        except Exception as exc:
+                            if watcher.closed or should_stop():
+                                raise _Interrupted from None
+                            if isinstance(exc, _CONNECTION_BREAKS):
+                                raise _connection_dropped(exc, "mid-reply") from exc
+                            raise
+                result.add_call(reply.usage, request.model, prices)
+                span.set(usage_attributes(Usage.of(reply.usage), result.costs[-1]))
+                request.estimator.calibrate(request_chars, Usage.of(reply.usage).prompt_tokens)
+                return reply
         except _Interrupted:
             _keep_partial(streamed, messages, emit)
             raise

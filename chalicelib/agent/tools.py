@@ -21,6 +21,7 @@ from chalicelib.sandbox.base import (
     SandboxIsADirectory,
     SandboxPathError,
 )
+from chalicelib.telemetry import tracing
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "bash_20250124", "name": "bash"},
@@ -49,7 +50,14 @@ class ToolFailure(Exception):
 
 
 def run_tool(sandbox: Sandbox, tool_use_id: str, name: str, tool_input: dict[str, Any], *, bash_timeout: float = BASH_TIMEOUT) -> ToolResult:
-    """Execute one tool_use block."""
+    """Execute one tool_use block (in a span of its own: the sandbox host's spans are its children)."""
+    with tracing.span(f"tool {name}", {"gen_ai.tool.name": name, "gen_ai.tool.call.id": tool_use_id}) as span:
+        result = _run_tool(sandbox, tool_use_id, name, tool_input, bash_timeout)
+        span.set({"tool.is_error": result.is_error})
+        return result
+
+
+def _run_tool(sandbox: Sandbox, tool_use_id: str, name: str, tool_input: dict[str, Any], bash_timeout: float) -> ToolResult:
     try:
         if name == "bash":
             content = _bash(sandbox, tool_input, bash_timeout)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib.agent.context import current_skill_index, system_blocks, system_sha256
-from chalicelib.agent.loop import TurnResult, run_turn
+from chalicelib.agent.loop import TurnResult, run_turn, turn_attributes
 from chalicelib.agent.memory import AgentMemory, WorkingContext
 from chalicelib.agent.model_client import build_client
 from chalicelib.agent.models import max_tokens_for, spec_for, thinking_param
@@ -21,6 +21,7 @@ from chalicelib.sandbox.base import Sandbox
 from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.usage import TurnUsage, UsageService
 from chalicelib.services.user_settings import UserSettingsService
+from chalicelib.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -45,49 +46,53 @@ class AgentTurn:
                  save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
                  ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None,
                  options: SessionOptions | None = None) -> TurnResult:
-        if self._client is None:
-            self._client = build_client(self.settings.agent)
-        memory = memory or AgentMemory()
-        save = save_memory or (lambda _: None)
-        # `durable(action, what)` retries a storage outage as the caller's other writes do.
-        prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
-                 else self.user_settings.get(user_id))
-        if options is not None:
-            prefs = options.apply(prefs)
-        # The model: what `start` asked for, then the user's settings, then the server default.
-        chosen_model = model or prefs.model or self.settings.agent.default_model
-        turns = min(max_turns or prefs.max_turns or self.settings.agent.default_max_turns, MAX_TURNS_CAP)
+        with tracing.span("turn", {"session.id": session_id, "turn.prompt_id": prompt_id}) as span:
+            if self._client is None:
+                self._client = build_client(self.settings.agent)
+            memory = memory or AgentMemory()
+            save = save_memory or (lambda _: None)
+            # `durable(action, what)` retries a storage outage as the caller's other writes do.
+            prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
+                     else self.user_settings.get(user_id))
+            if options is not None:
+                prefs = options.apply(prefs)
+            # The model: what `start` asked for, then the user's settings, then the server default.
+            chosen_model = model or prefs.model or self.settings.agent.default_model
+            turns = min(max_turns or prefs.max_turns or self.settings.agent.default_max_turns, MAX_TURNS_CAP)
 
-        index, index_changed = current_skill_index(sandbox, memory.skill_index)
-        memory.skill_index = index
-        system = system_blocks(index, prefs.system_prompt)
-        server = server_tools(prefs, _approver(ask_permission, prompt_id))
-        digest = system_sha256(system, TOOLS + server.tools)
-        context, context_changed = _context_for(memory.context, conversation_id, metadata, history, digest, chosen_model)
-        memory.context = context
-        if index_changed or context_changed:
-            save(memory)
-        # Kept with the conversation (saved anyway): the next message sees what this one was sent with.
-        metadata["model"] = chosen_model
-        metadata["systemSha256"] = digest
+            index, index_changed = current_skill_index(sandbox, memory.skill_index)
+            memory.skill_index = index
+            system = system_blocks(index, prefs.system_prompt)
+            server = server_tools(prefs, _approver(ask_permission, prompt_id))
+            digest = system_sha256(system, TOOLS + server.tools)
+            context, context_changed = _context_for(memory.context, conversation_id, metadata, history, digest, chosen_model)
+            memory.context = context
+            if index_changed or context_changed:
+                save(memory)
+            # Kept with the conversation (saved anyway): the next message sees what this one was sent with.
+            metadata["model"] = chosen_model
+            metadata["systemSha256"] = digest
 
-        def keep_context(updated: WorkingContext) -> None:
-            memory.context = updated
-            save(memory)
+            def keep_context(updated: WorkingContext) -> None:
+                memory.context = updated
+                save(memory)
 
-        thinking = thinking_param(prefs.thinking, spec_for(chosen_model))
-        daily_left = self._daily_budget_left(user_id)
-        result = run_turn(
-            client=self._client, model=chosen_model, system=system, history=history,
-            prompt=prompt, prompt_id=prompt_id, max_turns=turns,
-            max_tokens=max_tokens_for(thinking, self.settings.agent.max_tokens),
-            sandbox=sandbox, prices=self.prices, emit=emit, should_stop=should_stop, on_messages_changed=on_messages_changed,
-            context=context, on_context_changed=keep_context, context_window=self.settings.agent.context_window_tokens,
-            thinking=thinking,
-            gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
-            server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd, daily_left),
-        )
-        self._meter(user_id, session_id, result)
+            thinking = thinking_param(prefs.thinking, spec_for(chosen_model))
+            daily_left = self._daily_budget_left(user_id)
+            result = run_turn(
+                client=self._client, model=chosen_model, system=system, history=history,
+                prompt=prompt, prompt_id=prompt_id, max_turns=turns,
+                max_tokens=max_tokens_for(thinking, self.settings.agent.max_tokens),
+                sandbox=sandbox, prices=self.prices, emit=emit, should_stop=should_stop, on_messages_changed=on_messages_changed,
+                context=context, on_context_changed=keep_context, context_window=self.settings.agent.context_window_tokens,
+                thinking=thinking,
+                gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
+                server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd, daily_left),
+            )
+            self._meter(user_id, session_id, result)
+            span.set({**turn_attributes(result), "gen_ai.request.model": chosen_model})
+            if result.error_code:
+                span.fail(result.error_code)
         return result
 
     def _daily_budget_left(self, user_id: str) -> float | None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.errors import ServiceUnavailable
+from chalicelib.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class LambdaDispatcher:
             self.client.invoke(
                 FunctionName=self.function_name,
                 InvocationType="Event",
-                Payload=json.dumps({"sessionId": session_id}).encode(),
+                # The handler's trace context (W3C traceparent; none when tracing is off): the runner continues it.
+                Payload=json.dumps({"sessionId": session_id, **tracing.headers()}).encode(),
             )
         except (ClientError, BotoCoreError) as exc:
             raise ServiceUnavailable(
@@ -58,9 +60,12 @@ class ThreadDispatcher:
         self.threads: list[threading.Thread] = []
 
     def dispatch(self, session_id: str) -> None:
+        carrier = tracing.headers()  # a new thread starts with no trace context: hand this one over
+
         def target() -> None:
             try:
-                self.run(session_id)
+                with tracing.continued(carrier), tracing.span("turn runner", {"session.id": session_id}, kind="consumer"):
+                    self.run(session_id)
             except Exception:  # noqa: BLE001 - a background thread has nobody else to tell
                 log.exception("turn runner for session %s failed", session_id)
 

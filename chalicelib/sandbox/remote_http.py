@@ -6,6 +6,7 @@ every error to one `code` the same way on all its routes, so one table reads the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
     SnapshotTooLarge,
 )
+from chalicelib.telemetry import tracing
 
 _ERRORS: dict[str, type[SandboxError]] = {
     "sandbox_gone": SandboxGone,
@@ -30,6 +32,8 @@ _ERRORS: dict[str, type[SandboxError]] = {
     "snapshot_too_large": SnapshotTooLarge,
 }
 
+_SESSION_PATH = re.compile(r"^/sessions/[^/]+")
+
 
 def host_request(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """Send one request to the sandbox host and return its (< 400) response.
@@ -37,10 +41,17 @@ def host_request(http: httpx.Client, method: str, path: str, **kwargs: Any) -> h
     Raises SandboxUnavailable when the host cannot be reached, refuses the token or fails (5xx),
     and the SandboxError its `code` names for any other error answer.
     """
-    try:
-        response = http.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise SandboxUnavailable(f"The sandbox host {http.base_url} cannot be reached ({type(exc).__name__}).") from exc
+    route = _SESSION_PATH.sub("/sessions/{sessionId}", path)
+    with tracing.span(f"sandbox {method} {route}", {"http.request.method": method, "url.template": route,
+                                                     "server.address": http.base_url.host}, kind="client") as span:
+        # The host continues this trace: its span of the operation is this one's child.
+        headers = {**kwargs.pop("headers", {}), **tracing.headers()}
+        try:
+            response = http.request(method, path, headers=headers or None, **kwargs)
+        except httpx.HTTPError as exc:
+            span.fail("sandbox_unreachable")
+            raise SandboxUnavailable(f"The sandbox host {http.base_url} cannot be reached ({type(exc).__name__}).") from exc
+        span.set({"http.response.status_code": response.status_code})
     if response.status_code < 400:
         return response
     try:

@@ -8,6 +8,7 @@ from chalicelib.errors import Misconfigured
 from chalicelib.storage.base import ObjectStore
 from chalicelib.storage.local import LocalDirectoryStore
 from chalicelib.storage.s3 import S3Store, build_s3_client
+from chalicelib.telemetry import tracing
 
 
 def build_store(settings: Settings, session: ClientSource | None = None) -> ObjectStore:
@@ -22,5 +23,10 @@ def build_store(settings: Settings, session: ClientSource | None = None) -> Obje
                 "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY.",
                 code="local_store_in_production",
             )
-        return LocalDirectoryStore(storage.data_dir)
+        store = LocalDirectoryStore(storage.data_dir)
+        if tracing.enabled():  # a span per operation, as the S3 adapter's; imported only then
+            from chalicelib.telemetry.tracing_store import traced
+
+            return traced(store)
+        return store
     return S3Store(build_s3_client(storage, session), storage.bucket)

@@ -35,6 +35,7 @@ from chalicelib.storage.base import (
     StorageUnavailable,
     StoredObject,
 )
+from chalicelib.telemetry import tracing
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412"}
@@ -77,7 +78,12 @@ def build_s3_client(settings: StorageSettings, session: ClientSource | None = No
     if settings.access_key_id and settings.secret_access_key:
         kwargs["aws_access_key_id"] = settings.access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-    return session.client("s3", **kwargs)
+    client = session.client("s3", **kwargs)
+    if tracing.enabled():  # a span per storage call (botocore event hooks); imported only then
+        from chalicelib.telemetry.tracing_aws import instrument
+
+        instrument(client)
+    return client
 
 
 class FailFast:

@@ -33,7 +33,7 @@ from chalicelib.errors import (
 from chalicelib.identity.principal import OPERATOR, EndUser, Principal
 from chalicelib.storage import ObjectNotFound, StorageError, StorageUnavailable
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.telemetry import log_context
+from chalicelib.telemetry import log_context, tracing
 from chalicelib.web.access import Access, authorize
 from chalicelib.web.auth import authenticate
 from chalicelib.web.cors import cors_headers, preflight_headers
@@ -182,15 +182,20 @@ class Api:
         request = self._request()
         started = time.monotonic()
         user = params.get("userId") or (request.query_params.get("userId") if request.query_params else None)
+        route = (request.context or {}).get("resourcePath", "?")
         with log_context.bound(requestId=(request.context or {}).get("requestId"), userId=user,
-                               sessionId=params.get("sessionId")):
+                               sessionId=params.get("sessionId")), tracing.continued(request.headers), \
+                tracing.span(f"{request.method} {route}", {"http.request.method": request.method, "http.route": route},
+                             kind="server") as span:
             response = self._dispatch(handler, params, access=access)
+            span.set({"http.response.status_code": response.status_code})
+            if response.status_code >= 500:
+                span.fail(str(response.status_code))
             try:
                 response.headers.update(cors_headers(current_settings(), request.headers))
             except AppError:
                 pass
-            log.info("%s %s -> %d in %.0f ms", request.method, (request.context or {}).get("resourcePath", "?"),
-                     response.status_code, (time.monotonic() - started) * 1000)
+            log.info("%s %s -> %d in %.0f ms", request.method, route, response.status_code, (time.monotonic() - started) * 1000)
         return response
 
     def _dispatch(self, handler: Handler, params: dict[str, str], *, access: Access) -> Response:

@@ -26,7 +26,7 @@ from chalicelib.web.access import forbidden_user, may_connect
 
 if TYPE_CHECKING:
     from chalicelib.realtime.service import WsEvent
-from chalicelib.telemetry import log_context
+from chalicelib.telemetry import log_context, tracing
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def connect(event: WebsocketEvent) -> Response:
     from chalicelib.web import engineio_lambda
 
     raw = event.to_dict()
-    with _bound(raw, sessionId=(raw.get("queryStringParameters") or {}).get("sessionId")):
+    with _bound(raw, sessionId=(raw.get("queryStringParameters") or {}).get("sessionId")), \
+            tracing.span("websocket connect", {"websocket.connection_id": event.connection_id}, kind="server"):
         try:
             refused = _origin_refusal(event)
             if refused is not None:
@@ -115,7 +116,9 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
         sender.configure(ws_event.domain_name, ws_event.stage)
         sender.send(ws_event.connection_id, error_frame(BINARY_FRAME, "binary_frame"))
         return
-    with _bound(raw):
+    # The trace starts here and goes on in the turn runner (the dispatcher carries its traceparent).
+    with _bound(raw), tracing.span("websocket message", {"websocket.connection_id": ws_event.connection_id},
+                                   kind="server"):
         try:
             services = container()
         except AppError as exc:
@@ -134,7 +137,7 @@ def disconnect(event: WebsocketEvent) -> None:
     from chalicelib.web import engineio_lambda
 
     raw = event.to_dict()
-    with _bound(raw):
+    with _bound(raw), tracing.span("websocket disconnect", {"websocket.connection_id": event.connection_id}, kind="server"):
         services = container()
         conn = services.realtime.disconnect(WsEvent.from_lambda_event(raw))
         if conn is not None and conn.socketio:
@@ -151,7 +154,8 @@ def _bound(raw: dict[str, Any], **ids: str | None) -> Any:
 def run_turns(payload: dict[str, Any], context: Any, websocket_api: Any) -> dict[str, Any]:
     """The turn runner Lambda: run the session's queued messages."""
     session_id = str(payload.get("sessionId", ""))
-    with log_context.bound(requestId=getattr(context, "aws_request_id", None), sessionId=session_id or None):
+    with log_context.bound(requestId=getattr(context, "aws_request_id", None), sessionId=session_id or None), \
+            tracing.continued(payload), tracing.span("turn runner", kind="consumer"):
         return _run_turns(payload, session_id, context, websocket_api)
 
 

@@ -55,6 +55,13 @@ def cfn(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  # type:
 
 
 @pytest.fixture(scope="module")
+def otel_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("otel") / "out"
+    package(out, "--with-otel")
+    return out / "deployment.zip"
+
+
+@pytest.fixture(scope="module")
 def terraform(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  # type: ignore[type-arg]
     out = tmp_path_factory.mktemp("tf") / "out"
     package(out, "--format", "terraform")
@@ -375,3 +382,40 @@ def test_chalice_deploy_through_the_wrapper_uploads_the_slim_zip(moto_endpoint: 
     deployed = {f["FunctionName"]: f["CodeSize"] for f in functions if f["FunctionName"].startswith("claude-agent-backend-prod")}
     assert "claude-agent-backend-prod-turn_runner" in deployed, deployed
     assert set(deployed.values()) == {slim_zip.stat().st_size} and slim_zip.stat().st_size <= SLIM_BUDGET, deployed
+
+
+def test_tracing_is_an_opt_in_the_default_package_does_not_carry(cfn, otel_zip: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--with-otel` adds requirements-otel.txt (SDK, OTLP/HTTP exporter, protobuf for the Lambda's
+    platform); the default package has none of it, and stays within its budget."""
+    _, default_zip = cfn
+    with zipfile.ZipFile(default_zip) as archive:
+        default_names = archive.namelist()
+    with zipfile.ZipFile(otel_zip) as archive:
+        names = archive.namelist()
+        bundled = {canonical(m.group(1)): m.group(2)
+                   for n in names if (m := re.match(r"^([^/]+?)-([^-/]+)\.dist-info/METADATA$", n))}
+    print(f"\ndeployment.zip: {default_zip.stat().st_size / 1e6:.2f} MB; with --with-otel {otel_zip.stat().st_size / 1e6:.2f} MB")
+    assert not any(n.startswith(("opentelemetry/sdk/", "opentelemetry/exporter/", "google/protobuf/")) for n in default_names)
+    assert "opentelemetry/sdk/trace/__init__.pyc" in names and "opentelemetry/exporter/otlp/proto/http/trace_exporter/__init__.pyc" in names
+    assert any(n.startswith("google/_upb/_message.") and n.endswith(".so") for n in names)  # protobuf's C module, for the Lambda's platform
+    assert bundled == {**pins(ROOT / "requirements.txt", here_only=True), **pins(ROOT / "requirements-otel.txt", here_only=True)}
+    assert otel_zip.stat().st_size < ZIPPED_LIMIT
+    # From the package alone, with an endpoint set, spans reach an OTLP receiver.
+    from tests.support.otlp_receiver import otlp_receiver
+
+    task = tmp_path / "task"
+    with zipfile.ZipFile(otel_zip) as archive:
+        archive.extractall(task)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+             "from chalicelib.telemetry import tracing\n"
+             "with tracing.span('probe', {'packaged': True}):\n    pass\n"
+             "import google.protobuf.internal.api_implementation as impl; print(impl.Type())\n")
+    with otlp_receiver() as receiver:
+        env = {"PATH": os.environ["PATH"], "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+               "AWS_LAMBDA_FUNCTION_NAME": "claude-agent-backend-prod-turn_runner"}  # each root span flushes, as in Lambda
+        result = subprocess.run([sys.executable, "-S", "-I", "-c", probe, str(task)], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "upb"
+        (span,) = receiver.wait_for(lambda spans: len(spans) == 1, timeout=10)
+    assert span.name == "probe" and span.attributes == {"packaged": True} and span.service == "claude-agent-backend"
