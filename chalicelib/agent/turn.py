@@ -20,7 +20,7 @@ from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
 from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.usage import TurnUsage, UsageService
-from chalicelib.services.user_settings import UserSettingsService
+from chalicelib.services.user_settings import UserSettings, UserSettingsService
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,18 @@ class AgentTurn:
                  on_messages_changed: Any, metadata: dict[str, Any], memory: AgentMemory | None = None,
                  save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
                  ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None,
-                 options: SessionOptions | None = None) -> TurnResult:
+                 options: SessionOptions | None = None, prefs: UserSettings | None = None,
+                 turn_id: str | None = None) -> TurnResult:
+        """Run one message. `prefs`: the user's settings when the caller read them already (the
+        runner reads them alongside the conversation); `turn_id` names the turn's usage record."""
         if self._client is None:
             self._client = build_client(self.settings.agent)
         memory = memory or AgentMemory()
         save = save_memory or (lambda _: None)
         # `durable(action, what)` retries a storage outage as the caller's other writes do.
-        prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
-                 else self.user_settings.get(user_id))
+        if prefs is None:
+            prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
+                     else self.user_settings.get(user_id))
         if options is not None:
             prefs = options.apply(prefs)
         # The model: what `start` asked for, then the user's settings, then the server default.
@@ -87,7 +91,7 @@ class AgentTurn:
             gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
             server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd, daily_left),
         )
-        self._meter(user_id, session_id, result)
+        self._meter(user_id, session_id, result, turn_id)
         return result
 
     def _daily_budget_left(self, user_id: str) -> float | None:
@@ -103,7 +107,7 @@ class AgentTurn:
             raise daily_budget_reached(user_id, budget)
         return left
 
-    def _meter(self, user_id: str, session_id: str, result: TurnResult) -> None:
+    def _meter(self, user_id: str, session_id: str, result: TurnResult, turn_id: str | None) -> None:
         """Add the turn to the user's usage; a failure is logged, the turn's answer stands."""
         if self.usage is None:
             return
@@ -111,7 +115,7 @@ class AgentTurn:
                          cache_read_tokens=result.usage.cache_read_input_tokens,
                          cache_creation_tokens=result.usage.cache_creation_input_tokens, cost_usd=result.cost_usd)
         try:
-            self.usage.record(user_id, session_id, used)
+            self.usage.record(user_id, session_id, used, turn_id)
         except Exception:  # noqa: BLE001 - metering must not turn a finished answer into an error
             log.exception("usage of a turn of user %s was not recorded", user_id)
 

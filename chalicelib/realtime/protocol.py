@@ -15,6 +15,7 @@ stream and carry `seq: 0`.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -206,3 +207,14 @@ def split_frame(payload: dict[str, Any], limit: int = MAX_PART_BYTES) -> list[st
     slices = [text[i:i + step] for i in range(0, len(text), step)]
     return [encode({"event": payload.get("event"), "seq": payload.get("seq", 0), "part": n, "parts": len(slices),
                     "data": piece}) for n, piece in enumerate(slices, start=1)]
+
+
+def cut_short_result(started: datetime, *, turns: int) -> dict[str, Any]:
+    """The `result` of a turn that ended on an error outside the agent loop (or was cut off):
+    usage and cost are not known there. Clients wait for `result` to end a turn."""
+    return {
+        "event": "result", "turns": turns,
+        "durationMs": int((datetime.now(timezone.utc) - started).total_seconds() * 1000),
+        "usage": {"inputTokens": 0, "outputTokens": 0, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0},
+        "costUsd": None, "model": None, "stopReason": "error", "interrupted": False,
+    }

@@ -32,6 +32,13 @@ class RecoveringSandbox:
         self._recreate = recreate
         self._lock = threading.Lock()
         self.session_id = sandbox.session_id
+        # Whether anything may have changed the workspace (a write, a delete, a command, a new
+        # sandbox): a turn that only read (a plain reply, the skill listing) has nothing to save.
+        self.changed = False
+
+    def _changing(self, call: Callable[[Sandbox], Any]) -> Any:
+        self.changed = True
+        return self._retrying(call)
 
     def _retrying(self, call: Callable[[Sandbox], Any]) -> Any:
         current = self._sandbox
@@ -40,15 +47,16 @@ class RecoveringSandbox:
         except SandboxGone:
             with self._lock:
                 if self._sandbox is current:  # a parallel call may have recreated it already
+                    self.changed = True
                     self._sandbox = self._recreate()
                 replacement = self._sandbox
         return call(replacement)
 
     def write_file(self, path: str, content: bytes | str) -> None:
-        self._retrying(lambda s: s.write_file(path, content))
+        self._changing(lambda s: s.write_file(path, content))
 
     def write_files(self, files: dict[str, bytes | str]) -> None:
-        self._retrying(lambda s: s.write_files(files))
+        self._changing(lambda s: s.write_files(files))
 
     def read_file(self, path: str) -> bytes:
         return self._retrying(lambda s: s.read_file(path))  # type: ignore[no-any-return]
@@ -57,16 +65,16 @@ class RecoveringSandbox:
         return self._retrying(lambda s: s.list_files(path, recursive=recursive))  # type: ignore[no-any-return]
 
     def delete_file(self, path: str) -> None:
-        self._retrying(lambda s: s.delete_file(path))
+        self._changing(lambda s: s.delete_file(path))
 
     def exec(self, command: str, *, timeout: float | None = None, max_output: int = 100_000) -> ExecResult:
-        return self._retrying(lambda s: s.exec(command, timeout=timeout, max_output=max_output))  # type: ignore[no-any-return]
+        return self._changing(lambda s: s.exec(command, timeout=timeout, max_output=max_output))  # type: ignore[no-any-return]
 
     def bash(self) -> BashSession:
         return _RecoveringBash(self)
 
     def mount_bucket(self, spec: MountSpec) -> list[str]:
-        return self._retrying(lambda s: s.mount_bucket(spec))  # type: ignore[no-any-return]
+        return self._changing(lambda s: s.mount_bucket(spec))  # type: ignore[no-any-return]
 
     def destroy(self) -> None:
         self._sandbox.destroy()
@@ -79,9 +87,9 @@ class _RecoveringBash:
         self.owner = owner
 
     def run(self, command: str, *, timeout: float | None = None, max_output: int = 30_000) -> ExecResult:
-        return self.owner._retrying(  # type: ignore[no-any-return]
+        return self.owner._changing(  # type: ignore[no-any-return]
             lambda s: s.bash().run(command, timeout=timeout, max_output=max_output)
         )
 
     def restart(self) -> None:
-        self.owner._retrying(lambda s: s.bash().restart())
+        self.owner._changing(lambda s: s.bash().restart())

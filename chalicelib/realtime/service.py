@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,6 +26,8 @@ from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.handoff import Handoff
+from chalicelib.realtime.lease import TurnRequest, claim_next
 from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.protocol import (
     ClearFrame,
@@ -47,6 +51,7 @@ from chalicelib.realtime.state import (
     SessionState,
     StateStore,
     Subscriber,
+    utcnow,
 )
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
@@ -145,7 +150,7 @@ class RealtimeService:
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
         # Not subscribed yet: a reconnecting client's first frame is `resume`, which must see to
         # its missed events before any live one reaches it (start, message and resume subscribe).
-        _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
+        _, state = self.states.update(session_id, lambda s: _note_setup(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
         if state.turn is not None:
@@ -317,14 +322,18 @@ class RealtimeService:
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
                               **({"id": message.message_id} if message.message_id else {}))
 
-        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool, str | None]:
+        runner_id = uuid.uuid4().hex[:12]
+        lease = timedelta(seconds=self.settings.turn_lease_seconds)
+
+        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool, str | None, bool]:
             notice = state.take_repair_notice()
             earlier = state.accepted_message(queued.id)
             if earlier is not None:
                 # A resend, or our own write applied though its response was lost and retried:
                 # answered as the first time, and queued once.
                 state.subscribe(self._subscriber(conn))
-                return earlier, _needs_runner(state), notice
+                claimed = _claimed_by(state, runner_id)
+                return earlier, _needs_runner(state) or claimed, notice, claimed
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
                     f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
@@ -334,44 +343,75 @@ class RealtimeService:
             accepted = AcceptedMessage(id=queued.id, position=len(state.queue) - 1 + (1 if state.turn_active else 0))
             state.accepted = [*state.accepted, accepted][-RECENT_MESSAGES:]
             state.subscribe(self._subscriber(conn))
+            if state.turn is None:
+                # Idle: claim the turn for the runner about to start, in this same write (handoff.py).
+                taken = claim_next(state, runner_id, utcnow(), lease)
+                return accepted, True, notice, isinstance(taken, TurnRequest)
             # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
-            return accepted, not state.turn_active, notice
+            return accepted, not state.turn_active, notice, False
 
         try:
-            (accepted, needs_runner, notice), state = self.states.update(conn.session_id, enqueue,
-                                                                         create=self._rebuilt_state(conn))
+            (accepted, needs_runner, notice, claimed), written = self.states.update_versioned(
+                conn.session_id, enqueue, create=self._rebuilt_state(conn))
         except StorageUnavailable as exc:
-            return [self._after_failed_enqueue(conn.session_id, queued.id, exc)]
-        self._see_it_runs(conn.session_id, state, needs_runner)
+            return [self._after_failed_enqueue(conn.session_id, queued.id, exc, runner_id)]
+        handoff = Handoff.of(runner_id, written) if claimed else None
+        self._see_it_runs(conn.session_id, written.state, needs_runner, handoff)
         return [*_repaired(notice), frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
 
-    def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool) -> None:
+    def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool, handoff: Handoff | None = None) -> None:
         if needs_runner:
-            self.dispatcher.dispatch(session_id)
+            try:
+                self.dispatcher.dispatch(session_id, handoff)
+            except AppError:
+                if handoff is not None:
+                    self._release(session_id, handoff.runner_id)
+                raise
         elif state.turn is not None and state.turn.renewal_overdue(self.settings.turn_lease_seconds / 3):
             # It missed a renewal: probably dead. A runner waits its lease out and takes over.
             self._start_runner(session_id)
 
-    def _after_failed_enqueue(self, session_id: str, message_id: str, exc: StorageUnavailable) -> dict[str, Any]:
+    def _release(self, session_id: str, runner_id: str) -> None:
+        """The runner a claim was made for could not be started: put its message back at the
+        head of the queue, so the next frame's runner takes it at once (not after the lease)."""
+
+        def release(state: SessionState) -> None:
+            turn = state.turn
+            if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
+                state.turn = None
+                if all(q.id != turn.prompt.id for q in state.queue):
+                    state.queue.insert(0, turn.prompt)
+
+        try:
+            self.states.update(session_id, release)
+        except AppError as exc:  # the lease runs out and the next runner repairs (and reruns) it
+            log.warning("could not release the claim of session %s: %s", session_id, exc.message)
+
+    def _after_failed_enqueue(self, session_id: str, message_id: str, exc: StorageUnavailable,
+                              runner_id: str) -> dict[str, Any]:
         """The enqueue's write failed, but it may have landed (a lost response): read the state
         back and answer for certain, starting the runner if it is queued. Never "retry" for a
         message that is in the queue."""
         log.warning("queueing message %s of session %s failed (%s); checking whether it landed", message_id, session_id, exc)
         try:
-            state = durably(lambda: self.states.read(session_id), "checking whether the message was queued")
+            found = durably(lambda: self.states.read_versioned(session_id), "checking whether the message was queued")
         except AppError:
             return error_frame(
                 f"Storage is failing ({exc}): it is not known whether message {message_id!r} was queued. Send it again "
                 "with the same messageId once storage is back: a resend is queued at most once.",
                 "storage_unavailable",
             ) | {"messageId": message_id}
+        state = found.state if found is not None else None
         accepted = state.accepted_message(message_id) if state is not None else None
-        if state is None or accepted is None:
+        if found is None or state is None or accepted is None:
             return error_frame(
                 f"Message {message_id!r} was not queued: storage failed ({exc}). Send it again (with the same messageId).",
                 "message_not_queued",
             ) | {"messageId": message_id}
-        self._see_it_runs(session_id, state, _needs_runner(state))
+        # Our write landed: when it claimed the turn too, that claim's runner is started here.
+        claimed = _claimed_by(state, runner_id)
+        self._see_it_runs(session_id, state, _needs_runner(state) or claimed,
+                          Handoff.of(runner_id, found) if claimed else None)
         return frame("status", status="queued", messageId=accepted.id, position=accepted.position)
 
     def _check_daily_budget(self, user_id: str) -> None:
@@ -444,13 +484,18 @@ class RealtimeService:
             if state.turn is not None and not state.turn_active:
                 self._start_runner(conn.session_id)  # the lease ran out: repair it now
             return _repaired(notice)  # the runner replays, then continues live, in order
-        missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
+        missed = self.events.replay(state, after_seq)
         return [*_repaired(notice), *missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
 
 
 def _repaired(notice: str | None) -> list[dict[str, Any]]:
     """The `session_repaired` status for a rebuilt state, if this frame's update took the notice."""
     return [frame("status", status="session_repaired", message=notice)] if notice else []
+
+
+def _claimed_by(state: SessionState, runner_id: str) -> bool:
+    """Whether the state's turn is a claim made for this runner and not yet started by it."""
+    return state.turn is not None and state.turn.runner_id == runner_id and state.turn.prompt is not None
 
 
 def _needs_runner(state: SessionState) -> bool:
@@ -462,12 +507,16 @@ def _forget_permissions(state: SessionState) -> None:
     state.remembered_permissions = {}
 
 
-def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:
-    """Give the session the skill index its latest /setup built (unless the state's is newer).
+def _note_setup(state: SessionState, index: SkillIndex | None) -> None:
+    """Note which /setup built the session's skills (their index itself stays in the session
+    record, which the runner reads at turn start).
 
     A newer index means a /setup since: the permission answers remembered before it end there
     ("remember" lasts for the session's current sandbox)."""
-    current = state.agent_memory.skill_index
-    if index is not None and (current is None or current.built_at < index.built_at):
-        state.agent_memory.skill_index = index
+    legacy = state.agent_memory.skill_index if state.agent_memory is not None else None
+    known = state.skills_built_at or (legacy.built_at if legacy is not None else None)
+    if index is not None and (known is None or known < index.built_at):
+        state.skills_built_at = index.built_at
         state.remembered_permissions = {}
+    elif state.skills_built_at is None and known is not None:
+        state.skills_built_at = known

@@ -89,7 +89,8 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[C
 
         container = get_container(Settings.from_env({**os.environ, **stage_env}))
         # The turn runner Lambda as app.py declares it (the Engine.IO-aware sender included).
-        dispatcher = ThreadDispatcher(lambda sid: app_module.turn_runner({"sessionId": sid}, None))
+        dispatcher = ThreadDispatcher(lambda sid, handoff: app_module.turn_runner(
+            {"sessionId": sid, **({"handoff": handoff.payload()} if handoff else {})}, None))
         invoker = ThreadInvoker(lambda payload: app_module.turn_runner(payload, None))
         container.override("dispatcher", dispatcher)
         container.override("background", invoker)
