@@ -101,6 +101,10 @@ class MessageFrame(_Frame):
     # The client's id for this message: a resend with the same id (after a lost `queued`
     # answer) gets the first one's answer and never runs twice.
     message_id: str | None = Field(default=None, alias="messageId", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # The session the client connected to, optional: the edge then reads the session's state
+    # while it looks the connection up (one round trip less at turn start). The connection's
+    # record still decides the session; a frame naming another is answered from the record.
+    session_id: str | None = Field(default=None, alias="sessionId", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class InterruptFrame(_Frame):

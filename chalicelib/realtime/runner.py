@@ -119,12 +119,15 @@ class TurnRunner:
         runner_id = handoff.runner_id if handed is not None and handoff is not None else uuid.uuid4().hex[:12]
         ran = 0
         waited = False
+        # The state as this runner's last write left it: the next claim starts from it.
+        last: Versioned | None = None
         for _ in range(MAX_TURNS_PER_INVOCATION):
             if ran and time_left is not None and time_left() < 300:
                 if reinvoke is not None:
                     reinvoke()
                 return ran
-            claim, known = handed if handed is not None else self._claim(session_id, runner_id)
+            claim, known = handed if handed is not None else self._claim(session_id, runner_id, last)
+            last = None
             if isinstance(claim, LeaseHeld):
                 if waited:
                     return ran
@@ -141,7 +144,7 @@ class TurnRunner:
                 if not self.repairs.repair(claim):
                     return ran  # storage is failing: the lease runs out and the next runner retries
                 continue
-            outcome = self._run_one(claim, known, handed=handed is not None)
+            outcome, last = self._run_one(claim, known, handed=handed is not None)
             if outcome == "stale":
                 # A retried invocation: claim as a new runner (the turn it names is waited out and repaired).
                 handed, runner_id = None, uuid.uuid4().hex[:12]
@@ -202,11 +205,18 @@ class TurnRunner:
         claim = claim_next(handoff.state.model_copy(deep=True), handoff.runner_id, utcnow(), self.lease)
         return (claim, handoff.versioned) if isinstance(claim, TurnRequest) else None
 
-    def _claim(self, session_id: str, runner_id: str) -> tuple[TurnRequest | Recovery | LeaseHeld | QueueEmpty | ClaimFailed,
-                                                               Versioned | None]:
+    def _claim(self, session_id: str, runner_id: str, known: Versioned | None
+               ) -> tuple[TurnRequest | Recovery | LeaseHeld | QueueEmpty | ClaimFailed, Versioned | None]:
+        """Claim the next turn (one conditional write; none when there is nothing to take).
+
+        `known` is the state as this runner's last turn ended it: a message queued before that
+        write is in it, and one queued after it found no turn and was claimed by its edge (see
+        handoff.py), so an empty queue there needs no read."""
         try:
             claim, written = durably(
-                lambda: self.states.update_versioned(session_id, lambda state: claim_next(state, runner_id, utcnow(), self.lease)),
+                lambda: self.states.update_versioned(
+                    session_id, lambda state: claim_next(state, runner_id, utcnow(), self.lease), known=known,
+                    write_if=lambda taken: not isinstance(taken, (QueueEmpty, LeaseHeld))),
                 "claiming the next turn",
             )
         except AppError as exc:
@@ -216,8 +226,8 @@ class TurnRunner:
 
     # -- one turn -----------------------------------------------------------------------------
 
-    def _run_one(self, request: TurnRequest, known: Versioned | None, *, handed: bool) -> Outcome:
-        """Run one claimed turn."""
+    def _run_one(self, request: TurnRequest, known: Versioned | None, *, handed: bool) -> tuple[Outcome, Versioned | None]:
+        """Run one claimed turn; return how it went and the state as its last write left it."""
         with log_context.bound(sessionId=request.session_id, turnId=request.turn_id, userId=request.user_id):
             log.info("turn started")
             metrics = TurnMetrics(request.session_id, request.turn_id) if turn_metrics.enabled() else None
@@ -227,14 +237,15 @@ class TurnRunner:
                 earlier_events=lambda after: self.events.replay(before, after) if before is not None else [],
                 ceiling=request.seq_ceiling, observer=metrics.observe if metrics is not None else None,
             )
+            cursor = StateCursor(self.states, request.session_id, known)
             try:
-                outcome = self._run_streamed(request, StateCursor(self.states, request.session_id, known), stream, handed)
+                outcome = self._run_streamed(request, cursor, stream, handed)
             finally:
                 if metrics is not None:
                     metrics.publish()
             log.info("turn ended%s", {"recorded": "", "unrecorded": " (its end not recorded)",
                                       "stale": " (a stale handoff: not run)"}[outcome])
-            return outcome
+            return outcome, cursor.known if outcome == "recorded" else None
 
     def _run_streamed(self, request: TurnRequest, cursor: StateCursor, stream: TurnStream, handed: bool) -> Outcome:
         lease = request.lease

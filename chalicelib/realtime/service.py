@@ -7,10 +7,12 @@ replies (acknowledgements, history, errors about a frame) go straight back with 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -51,6 +53,7 @@ from chalicelib.realtime.state import (
     SessionState,
     StateStore,
     Subscriber,
+    Versioned,
     utcnow,
 )
 from chalicelib.security import bearer_token, key_matches
@@ -60,6 +63,7 @@ from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 from chalicelib.services.usage import UsageService
 from chalicelib.storage import StorageUnavailable
+from chalicelib.storage.base import StorageError
 from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
@@ -217,14 +221,32 @@ class RealtimeService:
         """Handle one client frame; every problem becomes an `error` event on this connection."""
         sender.configure(event.domain_name, event.stage)
         reply = lambda payload: sender.send(event.connection_id, payload)  # noqa: E731
-        conn = self.connections.get(event.connection_id)
+        conn, prefetched = self._connection_and_state(event)
         if conn is None:
             reply(error_frame("This connection is not registered (it may have expired): reconnect.", "unknown_connection"))
             return
+        if prefetched is not None and prefetched.state.session_id != conn.session_id:
+            prefetched = None  # the frame named another session: the record decides
         with log_context.bound(sessionId=conn.session_id, userId=conn.user_id):
-            self._frame(conn, event, reply)
+            self._frame(conn, event, reply, prefetched)
 
-    def _frame(self, conn: Connection, event: WsEvent, reply: Callable[[dict[str, Any]], object]) -> None:
+    def _connection_and_state(self, event: WsEvent) -> tuple[Connection | None, Versioned | None]:
+        """The connection's record and, when a `message` frame names its session, that session's
+        state read at the same time (a turn start waits one round trip less)."""
+        hint = _session_hint(event.body)
+        if hint is None:
+            return self.connections.get(event.connection_id), None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            state_f = pool.submit(self.states.read_versioned, hint)
+            conn = self.connections.get(event.connection_id)
+            try:
+                prefetched = state_f.result()
+            except (AppError, StorageError):
+                prefetched = None  # the enqueue reads it again, and reports a failure itself
+        return conn, prefetched
+
+    def _frame(self, conn: Connection, event: WsEvent, reply: Callable[[dict[str, Any]], object],
+               prefetched: Versioned | None = None) -> None:
         try:
             parsed = parse_client_frame(event.body)
         except FrameError as exc:
@@ -233,7 +255,7 @@ class RealtimeService:
             return
         log.info("frame %s", type(parsed).__name__)
         try:
-            for payload in self._handle(conn, parsed):
+            for payload in self._handle(conn, parsed, prefetched):
                 reply(payload)
         except QuotaExceeded as exc:
             reply({**error_frame(exc.message, exc.code), "retryAfter": exc.retry_after})
@@ -243,11 +265,11 @@ class RealtimeService:
             log.exception("handling %s for session %s failed", type(parsed).__name__, conn.session_id)
             reply(error_frame("The server failed to handle this frame; it has been logged. Retry.", "internal_error"))
 
-    def _handle(self, conn: Connection, parsed: BaseModel) -> list[dict[str, Any]]:
+    def _handle(self, conn: Connection, parsed: BaseModel, prefetched: Versioned | None = None) -> list[dict[str, Any]]:
         if isinstance(parsed, StartFrame):
             return self._start(conn, parsed)
         if isinstance(parsed, MessageFrame):
-            return self._message(conn, parsed)
+            return self._message(conn, parsed, prefetched)
         if isinstance(parsed, InterruptFrame):
             return self._interrupt(conn)
         if isinstance(parsed, GetHistoryFrame):
@@ -313,7 +335,7 @@ class RealtimeService:
             )
         ]
 
-    def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
+    def _message(self, conn: Connection, message: MessageFrame, prefetched: Versioned | None = None) -> list[dict[str, Any]]:
         """Queue the message (once per `messageId`) and see that a runner will take it."""
         self._require_model_key()
         if self.quotas is not None:
@@ -352,7 +374,7 @@ class RealtimeService:
 
         try:
             (accepted, needs_runner, notice, claimed), written = self.states.update_versioned(
-                conn.session_id, enqueue, create=self._rebuilt_state(conn))
+                conn.session_id, enqueue, create=self._rebuilt_state(conn), known=prefetched)
         except StorageUnavailable as exc:
             return [self._after_failed_enqueue(conn.session_id, queued.id, exc, runner_id)]
         handoff = Handoff.of(runner_id, written) if claimed else None
@@ -491,6 +513,18 @@ class RealtimeService:
 def _repaired(notice: str | None) -> list[dict[str, Any]]:
     """The `session_repaired` status for a rebuilt state, if this frame's update took the notice."""
     return [frame("status", status="session_repaired", message=notice)] if notice else []
+
+
+def _session_hint(body: str | None) -> str | None:
+    """The `sessionId` a `message` frame names, if any (read before the frame is validated)."""
+    if not body or '"sessionId"' not in body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    hint = parsed.get("sessionId") if isinstance(parsed, dict) and parsed.get("action") == "message" else None
+    return hint if isinstance(hint, str) and ID_PATTERN.match(hint) and hint not in (".", "..") else None
 
 
 def _claimed_by(state: SessionState, runner_id: str) -> bool:

@@ -255,10 +255,12 @@ class StateStore:
         *,
         create: Callable[[], SessionState] | None = None,
         known: Versioned | None = None,
+        write_if: Callable[[T], bool] | None = None,
     ) -> tuple[T, Versioned]:
         """`update`, returning the state written with its new ETag. With `known` (a state and
         the ETag it was read or written under), the first attempt writes on it without reading:
-        one PUT when nothing changed since, a read and a retry when something did."""
+        one PUT when nothing changed since, a read and a retry when something did. When
+        `write_if(result)` is false nothing is written (the state as found is returned)."""
         key = layout.session_key(session_id, STATE_RECORD)
         for attempt in range(self.max_attempts):
             found: tuple[SessionState | None, str, bytes] | None
@@ -283,7 +285,13 @@ class StateStore:
                                       "The conversation is intact; send your message again if it has no answer.")
             else:
                 state, etag = found[0], found[1]
-            result = mutate(state)
+            if write_if is not None and etag is not None:
+                unchanged = state.model_copy(deep=True)
+                result = mutate(state)
+                if not write_if(result):
+                    return result, Versioned(unchanged, etag)
+            else:
+                result = mutate(state)
             state.updated_at = utcnow()
             try:
                 info = self.store.put(
