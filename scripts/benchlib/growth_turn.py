@@ -152,6 +152,10 @@ def measure(quick: bool = False) -> list[Figure]:
                     ops[count].append(Totals.of(storage.take_traffic()))
                     window = [entry for entry in log if sent <= entry[0] <= arrived]
                     starts[count].append((critical_path(window), arrived - sent))
+                    if os.environ.get("BENCH_TRACE"):
+                        print(f"turn start {(arrived - sent) * 1000:.1f} ms, {critical_path(window)} round trips:")
+                        for start, end, _, request in sorted(window):
+                            print(f"  {(start - sent) * 1000:6.1f} → {(end - sent) * 1000:6.1f} ms  {request[:100]}")
                 parts[0].http.delete(f"/sandbox/start{count}")
         # Polling: the watcher's ticks while the model streams for about two seconds.
         with harness(storage, bucket, Path(tmp) / "b", {"TURN_POLL_SECONDS": "0.5", "TURN_LEASE_SECONDS": "30"}) as parts:
