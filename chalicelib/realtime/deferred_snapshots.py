@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from chalicelib.errors import AppError
 from chalicelib.realtime.durable import durably
@@ -86,3 +87,14 @@ class DeferredSnapshots:
             return
         sandbox = self.sandbox_for(session_id)
         durably(lambda: snapshots.save(session_id, user_id, sandbox), "saving the workspace snapshot")
+
+
+def snapshot_failed(failure: Exception) -> dict[str, Any]:
+    """The status telling the client the workspace was not saved (the turn's result stands)."""
+    reason = failure.message if isinstance(failure, AppError) else f"{type(failure).__name__}: {failure}"
+    return {
+        "event": "status", "status": "workspace_save_failed",
+        "code": failure.code if isinstance(failure, AppError) else "workspace_snapshot_failed",
+        "message": f"The workspace could not be saved ({reason}). The last snapshot stands; the workspace "
+                   "is saved again after the next turn.",
+    }

@@ -10,15 +10,17 @@ then its prompt may be what makes it fail, and the client is asked to send it ag
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
+from chalicelib.errors import AppError
 from chalicelib.realtime.deferred_snapshots import DeferredSnapshots
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
-from chalicelib.realtime.lease import Lease, Recovery, finish
+from chalicelib.realtime.lease import Lease, LeaseHeld, QueueEmpty, Recovery, finish, take_over
 from chalicelib.realtime.protocol import cut_short_result, error_frame
 from chalicelib.realtime.sender import Sender
-from chalicelib.realtime.state import SEQ_BLOCK, QueuedPrompt, StateStore
+from chalicelib.realtime.state import SEQ_BLOCK, QueuedPrompt, StateStore, utcnow
 from chalicelib.realtime.stream import TurnStream, serve
 from chalicelib.realtime.transcript import Transcript
 from chalicelib.services.conversations import ConversationsService, ConversationUnreadable, FencedOut
@@ -45,6 +47,39 @@ class TurnRepair:
         self.sender = sender
         self.snapshots = snapshots
         self.lease = lease
+
+    def give_up(self, session_id: str, why: str) -> str:
+        """The runner's invocation for this session failed for good (Lambda's retries ran out and
+        its on-failure destination says so): repair the turn it left, as a takeover would, but do
+        not run its prompt again (it may be what makes the runner fail), and tell the client.
+
+        Returns "repaired"; "running" when a live runner holds the turn (a later invocation took
+        over: nothing to repair); "idle" when no turn is open (the queue, if any, runs at the next
+        message or connect); "failed" when storage failed on the way (the message is retried)."""
+        runner_id = uuid.uuid4().hex[:12]
+        try:
+            known = durably(lambda: self.states.read(session_id), "reading the session state")
+        except AppError as exc:
+            log.error("cannot read the state of session %s: %s", session_id, exc.message)
+            return "failed"
+        # Decided on a read first: a live or absent turn is left as it is, unwritten.
+        if known is None or known.turn is None:
+            return "idle"
+        if not known.turn.is_stale(utcnow()):
+            return "running"
+        try:
+            taken, _ = durably(
+                lambda: self.states.update(session_id, lambda state: take_over(state, runner_id, utcnow(), self.lease)),
+                "taking over the failed turn",
+            )
+        except AppError as exc:
+            log.error("cannot take over the failed turn of session %s: %s", session_id, exc.message)
+            return "failed"
+        if isinstance(taken, QueueEmpty):
+            return "idle"
+        if isinstance(taken, LeaseHeld):
+            return "running"
+        return "repaired" if self.repair(taken, gave_up=why) else "failed"
 
     def repair(self, rec: Recovery, gave_up: str | None = None) -> bool:
         """Repair the taken-over turn; False when storage failed on the way (the lease runs out

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.agent_memory import TurnMemory
-from chalicelib.realtime.deferred_snapshots import DeferredSnapshots
+from chalicelib.realtime.deferred_snapshots import DeferredSnapshots, snapshot_failed
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog, TurnLog
 from chalicelib.realtime.handoff import Handoff
@@ -47,13 +47,11 @@ from chalicelib.realtime.lease import (
     TurnRequest,
     claim_next,
     finish,
-    take_over,
 )
 from chalicelib.realtime.permissions import PermissionDesk
 from chalicelib.realtime.protocol import cut_short_result, error_frame
-from chalicelib.realtime.recovery import answer_cut_off_calls
 from chalicelib.realtime.repair import TurnRepair, log_lost
-from chalicelib.realtime.sandbox_guard import RecoveringSandbox
+from chalicelib.realtime.sandbox_guard import RecoveringSandbox, open_sandbox
 from chalicelib.realtime.sender import Sender
 from chalicelib.realtime.state import StateCursor, StateStore, Versioned, utcnow
 from chalicelib.realtime.stream import TurnStream, serve
@@ -61,9 +59,9 @@ from chalicelib.realtime.transcript import Transcript
 from chalicelib.realtime.turn_saves import TurnSaves
 from chalicelib.realtime.turn_start import read_inputs
 from chalicelib.realtime.watcher import TurnWatcher
-from chalicelib.sandbox.base import Sandbox, SandboxError, SandboxGone
 from chalicelib.services.conversations import ConversationsService, FencedOut
 from chalicelib.services.sessions import SessionsService
+from chalicelib.services.skill_index import SkillIndex
 from chalicelib.services.user_settings import UserSettings
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
 from chalicelib.telemetry import log_context, turn_metrics
@@ -161,37 +159,8 @@ class TurnRunner:
         return ran
 
     def give_up(self, session_id: str, why: str) -> str:
-        """The runner's invocation for this session failed for good (Lambda's retries ran out and
-        its on-failure destination says so): repair the turn it left, as a takeover would, but do
-        not run its prompt again (it may be what makes the runner fail), and tell the client.
-
-        Returns "repaired"; "running" when a live runner holds the turn (a later invocation took
-        over: nothing to repair); "idle" when no turn is open (the queue, if any, runs at the next
-        message or connect); "failed" when storage failed on the way (the message is retried)."""
-        runner_id = uuid.uuid4().hex[:12]
-        try:
-            known = durably(lambda: self.states.read(session_id), "reading the session state")
-        except AppError as exc:
-            log.error("cannot read the state of session %s: %s", session_id, exc.message)
-            return "failed"
-        # Decided on a read first: a live or absent turn is left as it is, unwritten.
-        if known is None or known.turn is None:
-            return "idle"
-        if not known.turn.is_stale(utcnow()):
-            return "running"
-        try:
-            taken, _ = durably(
-                lambda: self.states.update(session_id, lambda state: take_over(state, runner_id, utcnow(), self.lease)),
-                "taking over the failed turn",
-            )
-        except AppError as exc:
-            log.error("cannot take over the failed turn of session %s: %s", session_id, exc.message)
-            return "failed"
-        if isinstance(taken, QueueEmpty):
-            return "idle"
-        if isinstance(taken, LeaseHeld):
-            return "running"
-        return "repaired" if self.repairs.repair(taken, gave_up=why) else "failed"
+        """The runner's invocation for this session failed for good: see `TurnRepair.give_up`."""
+        return self.repairs.give_up(session_id, why)
 
     # -- claiming -----------------------------------------------------------------------------
 
@@ -274,7 +243,7 @@ class TurnRunner:
             code = exc.code if isinstance(exc, AppError) else "turn_failed"
             try:
                 stream.emit(error_frame(message, code))
-                self._save_cut_off(transcript, saves, stream)
+                saves.save_cut_off(stream.emit)
             except FencedOut as fenced:
                 lost = True
                 log_lost(lease, fenced)
@@ -299,7 +268,7 @@ class TurnRunner:
         if handed and transcript.metadata.get("lastPromptId") == request.prompt.id:
             raise _StaleHandoff
         stream.emit({"event": "status", "status": "running", "turnId": request.turn_id, "messageId": request.prompt.id})
-        sandbox = RecoveringSandbox(self._sandbox(request, stream), lambda: self._recreate_sandbox(request, stream))
+        sandbox = open_sandbox(self.sessions, request.session_id, request.user_id, stream.emit)
         sandboxes.append(sandbox)
         metadata = transcript.metadata
         metadata.setdefault("startedAt", utcnow().isoformat())
@@ -335,8 +304,10 @@ class TurnRunner:
             if lost:
                 log_lost(lease)
                 return "unrecorded"
-            self._report_snapshot(stream, self.snapshots.after_turn(
-                request.session_id, request.user_id, changed=changed, queued_behind=watcher.queued_behind))
+            failure = self.snapshots.after_turn(request.session_id, request.user_id, changed=changed,
+                                                queued_behind=watcher.queued_behind)
+            if failure is not None:
+                stream.emit(snapshot_failed(failure))
             tail = stream.peek_unflushed()
             if len(json.dumps(tail, default=str)) > INLINE_EVENTS_BYTES:
                 if not self._still_holds(lease, cursor):
@@ -376,61 +347,8 @@ class TurnRunner:
         state = durably(cursor.refresh, "checking the turn's lease")
         return state is not None and lease.holds(state)
 
-    def _save_cut_off(self, transcript: Transcript, saves: TurnSaves, stream: TurnStream) -> None:
-        """After a failure, save the messages the turn had (its last save may have failed),
-        with every unanswered tool call answered as cut off, so the next turn can go on."""
-        latest = saves.latest
-        if latest is None:
-            return
-        messages, added = answer_cut_off_calls(latest)
-        for block in added:
-            stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
-        if added or saves.unsaved:
-            # One attempt: the error is out already, and if storage is still down the lease runs
-            # out and the next runner (or the next turn) repairs the stored conversation instead.
-            transcript.save(messages, prompt_id=saves.prompt_id, retry=False)
-            saves.pending = None
+    # -- the skill index ---------------------------------------------------------------------
 
-    @staticmethod
-    def _report_snapshot(stream: TurnStream, failure: Exception | None) -> None:
-        """Tell the client the workspace was not saved (the turn's result stands)."""
-        if failure is None:
-            return
-        reason = failure.message if isinstance(failure, AppError) else f"{type(failure).__name__}: {failure}"
-        stream.emit({
-            "event": "status", "status": "workspace_save_failed",
-            "code": failure.code if isinstance(failure, AppError) else "workspace_snapshot_failed",
-            "message": f"The workspace could not be saved ({reason}). The last snapshot stands; the workspace "
-                       "is saved again after the next turn.",
-        })
-
-    # -- the sandbox and the skill index --------------------------------------------------------
-
-    def _skill_index(self, session_id: str) -> Any:
+    def _skill_index(self, session_id: str) -> SkillIndex | None:
         record = self.sessions.find_record(session_id)
         return record.skill_index if record is not None else None
-
-    def _sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
-        """The session's sandbox; if it went away, a fresh one with the skills loaded again."""
-        try:
-            return self.sessions.sandbox_for(request.session_id)
-        except SandboxGone:
-            return self._recreate_sandbox(request, stream)
-        except SandboxError as exc:
-            raise AppError(f"The sandbox is unavailable: {exc}. Retry shortly.", code="sandbox_unavailable") from exc
-
-    def _recreate_sandbox(self, request: TurnRequest, stream: TurnStream) -> Sandbox:
-        reloaded = self.sessions.reload_skills(request.session_id, request.user_id)
-        stream.emit({
-            "event": "status", "status": "sandbox_recreated",
-            "message": "The sandbox had gone away (idle timeout, host restart, its folder deleted or a move to "
-            "another host); a new one was prepared, its files were restored from the last snapshot and the "
-            "skills were loaded again.",
-            "skillsLoaded": reloaded.skills,
-        })
-        if reloaded.not_restored is not None:
-            stream.emit({"event": "status", "status": "workspace_not_restored", "message": reloaded.not_restored})
-        if reloaded.lost_save is not None:
-            stream.emit({"event": "status", "status": "workspace_save_failed", "code": "workspace_not_saved_before_reaping",
-                         "message": reloaded.lost_save})
-        return self.sessions.sandbox_for(request.session_id)

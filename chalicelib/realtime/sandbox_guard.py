@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from chalicelib.errors import AppError
 from chalicelib.sandbox.base import (
     WORKSPACE,
     BashSession,
@@ -20,8 +21,42 @@ from chalicelib.sandbox.base import (
     FileEntry,
     MountSpec,
     Sandbox,
+    SandboxError,
     SandboxGone,
 )
+
+if TYPE_CHECKING:
+    from chalicelib.services.sessions import SessionsService
+
+
+def open_sandbox(sessions: SessionsService, session_id: str, user_id: str,
+                 emit: Callable[[dict[str, Any]], object]) -> RecoveringSandbox:
+    """The session's sandbox for a turn (a fresh one, skills loaded again, if it went away),
+    made again on the first call that finds it gone; `emit` tells the client when it was."""
+
+    def recreate() -> Sandbox:
+        reloaded = sessions.reload_skills(session_id, user_id)
+        emit({
+            "event": "status", "status": "sandbox_recreated",
+            "message": "The sandbox had gone away (idle timeout, host restart, its folder deleted or a move to "
+            "another host); a new one was prepared, its files were restored from the last snapshot and the "
+            "skills were loaded again.",
+            "skillsLoaded": reloaded.skills,
+        })
+        if reloaded.not_restored is not None:
+            emit({"event": "status", "status": "workspace_not_restored", "message": reloaded.not_restored})
+        if reloaded.lost_save is not None:
+            emit({"event": "status", "status": "workspace_save_failed", "code": "workspace_not_saved_before_reaping",
+                  "message": reloaded.lost_save})
+        return sessions.sandbox_for(session_id)
+
+    try:
+        current = sessions.sandbox_for(session_id)
+    except SandboxGone:
+        current = recreate()
+    except SandboxError as exc:
+        raise AppError(f"The sandbox is unavailable: {exc}. Retry shortly.", code="sandbox_unavailable") from exc
+    return RecoveringSandbox(current, recreate)
 
 
 class RecoveringSandbox:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from chalicelib.realtime.recovery import answer_cut_off_calls
 from chalicelib.realtime.transcript import Transcript
 
 Message = dict[str, Any]
@@ -45,6 +46,21 @@ class TurnSaves:
         """Save what is still pending (the turn ended before a reply: an error, an interrupt)."""
         if self.pending is not None:
             self.transcript.save(self.pending, prompt_id=self.prompt_id)
+            self.pending = None
+
+    def save_cut_off(self, emit: Callable[[dict[str, Any]], object]) -> None:
+        """After a failure, save the messages the turn had (its last save may have failed),
+        with every unanswered tool call answered as cut off, so the next turn can go on."""
+        latest = self.latest
+        if latest is None:
+            return
+        messages, added = answer_cut_off_calls(latest)
+        for block in added:
+            emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
+        if added or self.unsaved:
+            # One attempt: the error is out already, and if storage is still down the lease runs
+            # out and the next runner (or the next turn) repairs the stored conversation instead.
+            self.transcript.save(messages, prompt_id=self.prompt_id, retry=False)
             self.pending = None
 
     @property

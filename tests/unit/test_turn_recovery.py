@@ -140,7 +140,7 @@ def test_a_state_written_before_the_memory_moved_out_is_read_and_migrated(tmp_pa
 
     from chalicelib.realtime.agent_memory import WORKING_CONTEXT, TurnMemory
     from chalicelib.realtime.lease import TurnRequest, claim_next, finish
-    from chalicelib.realtime.state import QueuedPrompt, SessionState, StateStore
+    from chalicelib.realtime.state import QueuedPrompt, StateStore
     from chalicelib.storage import layout
     from chalicelib.storage.local import LocalDirectoryStore
 
