@@ -313,7 +313,12 @@ class TurnRunner:
                 if not self._still_holds(lease, cursor):
                     log_lost(lease)
                     return "unrecorded"
-                turn_log.flush()
+                try:
+                    turn_log.flush()
+                except AppError as exc:
+                    # The client had them live; ending the turn matters more than its log.
+                    log.error("turn %s of session %s: its last events were not logged: %s",
+                              request.turn_id, request.session_id, exc.message)
                 tail = []
             ended, _ = durably(lambda: cursor.update(lambda s: finish(
                 s, lease, seq=stream.seq, tail=tail or None, logged=turn_log.logged)), "recording the end of the turn")
