@@ -45,9 +45,10 @@ class AgentTurn:
                  save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
                  ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None,
                  options: SessionOptions | None = None, prefs: UserSettings | None = None,
-                 turn_id: str | None = None) -> TurnResult:
+                 turn_id: str | None = None, spent_today: float | None = None) -> TurnResult:
         """Run one message. `prefs`: the user's settings when the caller read them already (the
-        runner reads them alongside the conversation); `turn_id` names the turn's usage record."""
+        runner reads them alongside the conversation); `turn_id` names the turn's usage record;
+        `spent_today`: the day's cost as the edge just checked it (None: listed here)."""
         if self._client is None:
             self._client = build_client(self.settings.agent)
         memory = memory or AgentMemory()
@@ -80,7 +81,7 @@ class AgentTurn:
             save(memory)
 
         thinking = thinking_param(prefs.thinking, spec_for(chosen_model))
-        daily_left = self._daily_budget_left(user_id)
+        daily_left = self._daily_budget_left(user_id, spent_today)
         result = run_turn(
             client=self._client, model=chosen_model, system=system, history=history,
             prompt=prompt, prompt_id=prompt_id, max_turns=turns,
@@ -94,7 +95,7 @@ class AgentTurn:
         self._meter(user_id, session_id, result, turn_id)
         return result
 
-    def _daily_budget_left(self, user_id: str) -> float | None:
+    def _daily_budget_left(self, user_id: str, spent_today: float | None = None) -> float | None:
         """What USER_DAILY_BUDGET_USD leaves today (None: no daily budget); a message when
         nothing is left is refused before it costs anything."""
         if self.quotas is None or self.usage is None:
@@ -102,7 +103,7 @@ class AgentTurn:
         budget = self.quotas.limits(user_id).daily_budget_usd
         if budget is None:
             return None
-        left = budget - self.usage.spent_today(user_id)
+        left = budget - (spent_today if spent_today is not None else self.usage.spent_today(user_id))
         if left <= 0:
             raise daily_budget_reached(user_id, budget)
         return left

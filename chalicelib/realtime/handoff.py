@@ -27,10 +27,14 @@ class Handoff(ApiModel):
     etag: str
     state: SessionState
     claimed_at: datetime
+    # What the user's day had cost when the edge checked USER_DAILY_BUDGET_USD (None: not
+    # checked): the turn bounds its budget by it instead of listing the day's usage again.
+    spent_today: float | None = None
 
     @classmethod
-    def of(cls, runner_id: str, written: Versioned) -> Handoff:
-        return cls(runner_id=runner_id, etag=written.etag, state=written.state, claimed_at=utcnow())
+    def of(cls, runner_id: str, written: Versioned, spent_today: float | None = None) -> Handoff:
+        return cls(runner_id=runner_id, etag=written.etag, state=written.state, claimed_at=utcnow(),
+                   spent_today=spent_today)
 
     def fresh(self, lease_seconds: float, now: datetime | None = None) -> bool:
         """Young enough that no retry, takeover or repair can have happened since."""

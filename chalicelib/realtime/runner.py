@@ -142,7 +142,7 @@ class TurnRunner:
                 if not self.repairs.repair(claim):
                     return ran  # storage is failing: the lease runs out and the next runner retries
                 continue
-            outcome, last = self._run_one(claim, known, handed=handed is not None)
+            outcome, last = self._run_one(claim, known, handed=handoff if handed is not None else None)
             if outcome == "stale":
                 # A retried invocation: claim as a new runner (the turn it names is waited out and repaired).
                 handed, runner_id = None, uuid.uuid4().hex[:12]
@@ -195,7 +195,8 @@ class TurnRunner:
 
     # -- one turn -----------------------------------------------------------------------------
 
-    def _run_one(self, request: TurnRequest, known: Versioned | None, *, handed: bool) -> tuple[Outcome, Versioned | None]:
+    def _run_one(self, request: TurnRequest, known: Versioned | None, *, handed: Handoff | None
+                 ) -> tuple[Outcome, Versioned | None]:
         """Run one claimed turn; return how it went and the state as its last write left it."""
         with log_context.bound(sessionId=request.session_id, turnId=request.turn_id, userId=request.user_id):
             log.info("turn started")
@@ -216,7 +217,7 @@ class TurnRunner:
                                       "stale": " (a stale handoff: not run)"}[outcome])
             return outcome, cursor.known if outcome == "recorded" else None
 
-    def _run_streamed(self, request: TurnRequest, cursor: StateCursor, stream: TurnStream, handed: bool) -> Outcome:
+    def _run_streamed(self, request: TurnRequest, cursor: StateCursor, stream: TurnStream, handed: Handoff | None) -> Outcome:
         lease = request.lease
         serve(stream, request.subscribers)
         watcher = TurnWatcher(cursor, lease, stream, lease_duration=self.lease, renew_every=self.renew_every,
@@ -261,11 +262,11 @@ class TurnRunner:
             stream.close()
 
     def _turn(self, request: TurnRequest, stream: TurnStream, watcher: TurnWatcher, transcript: Transcript,
-              saves: TurnSaves, sandboxes: list[RecoveringSandbox], handed: bool) -> None:
+              saves: TurnSaves, sandboxes: list[RecoveringSandbox], handed: Handoff | None) -> None:
         inputs = read_inputs(transcript, session_id=request.session_id, user_id=request.user_id,
                              read_settings=self.read_settings, read_skill_index=self._skill_index,
                              skills_built_at=request.skills_built_at)
-        if handed and transcript.metadata.get("lastPromptId") == request.prompt.id:
+        if handed is not None and transcript.metadata.get("lastPromptId") == request.prompt.id:
             raise _StaleHandoff
         stream.emit({"event": "status", "status": "running", "turnId": request.turn_id, "messageId": request.prompt.id})
         sandbox = open_sandbox(self.sessions, request.session_id, request.user_id, stream.emit)
@@ -286,6 +287,7 @@ class TurnRunner:
                 lease=request.lease,
             ).ask,
             durable=durably, options=request.options, prefs=inputs.prefs, turn_id=request.turn_id,
+            spent_today=handed.spent_today if handed is not None else None,
         )
         saves.settle()
 

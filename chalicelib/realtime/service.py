@@ -338,8 +338,9 @@ class RealtimeService:
     def _message(self, conn: Connection, message: MessageFrame, prefetched: Versioned | None = None) -> list[dict[str, Any]]:
         """Queue the message (once per `messageId`) and see that a runner will take it."""
         self._require_model_key()
+        spent: float | None = None
         if self.quotas is not None:
-            self._check_daily_budget(conn.user_id)
+            spent = self._check_daily_budget(conn.user_id)
             self.quotas.count_message(conn.user_id)
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
                               **({"id": message.message_id} if message.message_id else {}))
@@ -377,7 +378,7 @@ class RealtimeService:
                 conn.session_id, enqueue, create=self._rebuilt_state(conn), known=prefetched)
         except StorageUnavailable as exc:
             return [self._after_failed_enqueue(conn.session_id, queued.id, exc, runner_id)]
-        handoff = Handoff.of(runner_id, written) if claimed else None
+        handoff = Handoff.of(runner_id, written, spent) if claimed else None
         self._see_it_runs(conn.session_id, written.state, needs_runner, handoff)
         return [*_repaired(notice), frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
 
@@ -436,12 +437,17 @@ class RealtimeService:
                           Handoff.of(runner_id, found) if claimed else None)
         return frame("status", status="queued", messageId=accepted.id, position=accepted.position)
 
-    def _check_daily_budget(self, user_id: str) -> None:
-        """Refuse a message once the user's day has cost USER_DAILY_BUDGET_USD (`daily_budget_reached`)."""
+    def _check_daily_budget(self, user_id: str) -> float | None:
+        """Refuse a message once the user's day has cost USER_DAILY_BUDGET_USD (`daily_budget_reached`);
+        return what the day has cost (None: no daily budget)."""
         assert self.quotas is not None
         budget = self.quotas.limits(user_id).daily_budget_usd
-        if budget is not None and self.usage is not None and self.usage.spent_today(user_id) >= budget:
+        if budget is None or self.usage is None:
+            return None
+        spent = self.usage.spent_today(user_id)
+        if spent >= budget:
             raise daily_budget_reached(user_id, budget)
+        return spent
 
     def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
         def flag(state: SessionState) -> int:
