@@ -230,7 +230,7 @@ class TurnRunner:
         started = utcnow()
         lost = False
         try:
-            self._turn(request, stream, watcher, transcript, saves, sandboxes, handed)
+            self._turn(request, cursor, stream, watcher, transcript, saves, sandboxes, handed)
         except _StaleHandoff:
             watcher.stop()
             stream.close()
@@ -261,7 +261,7 @@ class TurnRunner:
         finally:
             stream.close()
 
-    def _turn(self, request: TurnRequest, stream: TurnStream, watcher: TurnWatcher, transcript: Transcript,
+    def _turn(self, request: TurnRequest, cursor: StateCursor, stream: TurnStream, watcher: TurnWatcher, transcript: Transcript,
               saves: TurnSaves, sandboxes: list[RecoveringSandbox], handed: Handoff | None) -> None:
         inputs = read_inputs(transcript, session_id=request.session_id, user_id=request.user_id,
                              read_settings=self.read_settings, read_skill_index=self._skill_index,
@@ -284,7 +284,7 @@ class TurnRunner:
             ask_permission=PermissionDesk(
                 self.states, request.session_id, request.turn_id, stream.emit, watcher.interrupted.is_set,
                 timeout_seconds=self.settings.agent.permission_timeout_seconds, poll_seconds=self.poll_interval,
-                lease=request.lease,
+                lease=request.lease, cursor=cursor,
             ).ask,
             durable=durably, options=request.options, prefs=inputs.prefs, turn_id=request.turn_id,
             spent_today=handed.spent_today if handed is not None else None,
