@@ -10,6 +10,12 @@ A handoff is taken only while it is fresh (younger than half the lease): Lambda 
 invocation that failed a minute or more later, and by then the turn it handed over may have run
 or been repaired, so a stale one is dropped and the runner claims from the stored state as it
 always did. The runner also drops it when the conversation shows the prompt saved already.
+
+What a claim by the runner's own conditional write decided and a handoff does not: two copies
+of one invocation running at the same moment (Lambda's at-least-once delivery, within seconds)
+both take it. Both then answer the message (the model is asked twice, the conversation keeps the
+last save, which holds one answer), and only one end of the turn is recorded: the other's is
+refused (LeaseLost) once its state write finds the first's.
 """
 
 from __future__ import annotations
