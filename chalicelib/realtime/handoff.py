@@ -14,9 +14,9 @@ always did. The runner also drops it when the conversation shows the prompt save
 What a claim by the runner's own conditional write decided and a handoff does not: two copies
 of one invocation running at the same moment (Lambda's at-least-once delivery, within seconds)
 both take it. Both then answer the message (the model is asked twice, the client may see both
-streamed under the same seqs, the conversation keeps the
-last save, which holds one answer), and only one end of the turn is recorded: the other's is
-refused (LeaseLost) once its state write finds the first's.
+streamed under the same seqs, the conversation keeps the last save, which holds one answer), and
+only one end of the turn is recorded: the other's is refused (LeaseLost) once its state write
+finds the first's.
 """
 
 from __future__ import annotations
