@@ -218,7 +218,7 @@ class Container:
 
         return TurnRunner(self.settings, StateStore(self.store), EventLog(self.store), self.sessions,
                           self.conversations, sender, self.agent_turn, poll_interval=self.settings.turn_poll_seconds,
-                          snapshots=self.workspace_snapshots)
+                          snapshots=self.workspace_snapshots, read_settings=self.user_settings.get)
 
 
 @functools.lru_cache(maxsize=8)

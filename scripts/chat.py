@@ -123,8 +123,10 @@ def _chat(args: argparse.Namespace) -> int:
                 return 1
             prompts = [args.prompt] if args.prompt else _interactive()
             for prompt in prompts:
-                # A fresh id per message: a resend with the same id is queued at most once.
-                ws.send(json.dumps({"action": "message", "prompt": prompt, "messageId": f"m-{uuid.uuid4().hex}"}))
+                # A fresh id per message: a resend with the same id is queued at most once. Naming
+                # the session lets the server read its state while it looks the connection up.
+                ws.send(json.dumps({"action": "message", "prompt": prompt, "messageId": f"m-{uuid.uuid4().hex}",
+                                    "sessionId": session}))
                 outcome = show_until(ws, {"result"}, interruptible=True)
                 if outcome == "error":
                     status = 1

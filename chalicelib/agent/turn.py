@@ -20,7 +20,7 @@ from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
 from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.usage import TurnUsage, UsageService
-from chalicelib.services.user_settings import UserSettingsService
+from chalicelib.services.user_settings import UserSettings, UserSettingsService
 from chalicelib.telemetry import tracing
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,20 @@ class AgentTurn:
                  on_messages_changed: Any, metadata: dict[str, Any], memory: AgentMemory | None = None,
                  save_memory: Callable[[AgentMemory], None] | None = None, conversation_id: str = "",
                  ask_permission: AskUser | None = None, durable: Callable[..., Any] | None = None,
-                 options: SessionOptions | None = None) -> TurnResult:
+                 options: SessionOptions | None = None, prefs: UserSettings | None = None,
+                 turn_id: str | None = None, spent_today: float | None = None) -> TurnResult:
+        """Run one message. `prefs`: the user's settings when the caller read them already (the
+        runner reads them alongside the conversation); `turn_id` names the turn's usage record;
+        `spent_today`: the day's cost as the edge just checked it (None: listed here)."""
         with tracing.span("turn", {"session.id": session_id, "turn.prompt_id": prompt_id}) as span:
             if self._client is None:
                 self._client = build_client(self.settings.agent)
             memory = memory or AgentMemory()
             save = save_memory or (lambda _: None)
             # `durable(action, what)` retries a storage outage as the caller's other writes do.
-            prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
-                     else self.user_settings.get(user_id))
+            if prefs is None:
+                prefs = (durable(lambda: self.user_settings.get(user_id), "reading the user's settings") if durable is not None
+                         else self.user_settings.get(user_id))
             if options is not None:
                 prefs = options.apply(prefs)
             # The model: what `start` asked for, then the user's settings, then the server default.
@@ -78,7 +83,7 @@ class AgentTurn:
                 save(memory)
 
             thinking = thinking_param(prefs.thinking, spec_for(chosen_model))
-            daily_left = self._daily_budget_left(user_id)
+            daily_left = self._daily_budget_left(user_id, spent_today)
             result = run_turn(
                 client=self._client, model=chosen_model, system=system, history=history,
                 prompt=prompt, prompt_id=prompt_id, max_turns=turns,
@@ -89,13 +94,13 @@ class AgentTurn:
                 gate=ToolGate(prefs.permissions, ask_permission, self.settings.agent.permission_timeout_seconds),
                 server=server, budget_usd=_budget(prefs.max_budget_usd, self.settings.agent.max_budget_usd, daily_left),
             )
-            self._meter(user_id, session_id, result)
+            self._meter(user_id, session_id, result, turn_id)
             span.set({**turn_attributes(result), "gen_ai.request.model": chosen_model})
             if result.error_code:
                 span.fail(result.error_code)
         return result
 
-    def _daily_budget_left(self, user_id: str) -> float | None:
+    def _daily_budget_left(self, user_id: str, spent_today: float | None = None) -> float | None:
         """What USER_DAILY_BUDGET_USD leaves today (None: no daily budget); a message when
         nothing is left is refused before it costs anything."""
         if self.quotas is None or self.usage is None:
@@ -103,12 +108,12 @@ class AgentTurn:
         budget = self.quotas.limits(user_id).daily_budget_usd
         if budget is None:
             return None
-        left = budget - self.usage.spent_today(user_id)
+        left = budget - (spent_today if spent_today is not None else self.usage.spent_today(user_id))
         if left <= 0:
             raise daily_budget_reached(user_id, budget)
         return left
 
-    def _meter(self, user_id: str, session_id: str, result: TurnResult) -> None:
+    def _meter(self, user_id: str, session_id: str, result: TurnResult, turn_id: str | None) -> None:
         """Add the turn to the user's usage; a failure is logged, the turn's answer stands."""
         if self.usage is None:
             return
@@ -116,7 +121,7 @@ class AgentTurn:
                          cache_read_tokens=result.usage.cache_read_input_tokens,
                          cache_creation_tokens=result.usage.cache_creation_input_tokens, cost_usd=result.cost_usd)
         try:
-            self.usage.record(user_id, session_id, used)
+            self.usage.record(user_id, session_id, used, turn_id)
         except Exception:  # noqa: BLE001 - metering must not turn a finished answer into an error
             log.exception("usage of a turn of user %s was not recorded", user_id)
 

@@ -12,12 +12,15 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.errors import ServiceUnavailable
 from chalicelib.telemetry import tracing
+
+if TYPE_CHECKING:
+    from chalicelib.realtime.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,8 @@ log = logging.getLogger(__name__)
 class TurnDispatcher(Protocol):
     """Starts a turn runner for a session, in the background."""
 
-    def dispatch(self, session_id: str) -> None:
+    def dispatch(self, session_id: str, handoff: Handoff | None = None) -> None:
+        """Start a runner; `handoff`: the turn the edge claimed for it (see handoff.py)."""
         ...
 
 
@@ -36,13 +40,16 @@ class LambdaDispatcher:
         self.client = lambda_client
         self.function_name = function_name
 
-    def dispatch(self, session_id: str) -> None:
+    def dispatch(self, session_id: str, handoff: Handoff | None = None) -> None:
+        # The handler's trace context (W3C traceparent; none when tracing is off): the runner continues it.
+        payload: dict[str, Any] = {"sessionId": session_id, **tracing.headers()}
+        if handoff is not None:
+            payload["handoff"] = handoff.payload()
         try:
             self.client.invoke(
                 FunctionName=self.function_name,
                 InvocationType="Event",
-                # The handler's trace context (W3C traceparent; none when tracing is off): the runner continues it.
-                Payload=json.dumps({"sessionId": session_id, **tracing.headers()}).encode(),
+                Payload=json.dumps(payload).encode(),
             )
         except (ClientError, BotoCoreError) as exc:
             raise ServiceUnavailable(
@@ -55,17 +62,17 @@ class LambdaDispatcher:
 class ThreadDispatcher:
     """Run the turn runner on a daemon thread of this process."""
 
-    def __init__(self, run: Callable[[str], Any]) -> None:
+    def __init__(self, run: Callable[[str, Handoff | None], Any]) -> None:
         self.run = run
         self.threads: list[threading.Thread] = []
 
-    def dispatch(self, session_id: str) -> None:
+    def dispatch(self, session_id: str, handoff: Handoff | None = None) -> None:
         carrier = tracing.headers()  # a new thread starts with no trace context: hand this one over
 
         def target() -> None:
             try:
                 with tracing.continued(carrier), tracing.span("turn runner", {"session.id": session_id}, kind="consumer"):
-                    self.run(session_id)
+                    self.run(session_id, handoff)
             except Exception:  # noqa: BLE001 - a background thread has nobody else to tell
                 log.exception("turn runner for session %s failed", session_id)
 

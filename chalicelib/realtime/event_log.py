@@ -1,8 +1,10 @@
 """Durable copies of a turn's events, so a client that reconnects after the turn can catch up.
 
-While a turn runs, the runner replays from memory; it writes the events here at the end of
-the turn (and at each message boundary, so a runner that dies mid-turn loses little). Only the
-current and last turn are kept.
+While a turn runs, the runner replays from memory; it writes the events here at each message
+boundary a turn goes on from (a tool call, so a runner that dies mid-turn loses little). The
+events after the last chunk go with the write that ends the turn, in the state
+(`SessionState.last_events`), unless they are too large for it; a plain message writes no chunk.
+Only the current and last turn are kept.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chalicelib.realtime.durable import durably
+from chalicelib.realtime.state import SessionState
+from chalicelib.realtime.stream import TurnStream
 from chalicelib.storage import ObjectStore, layout
 from chalicelib.storage.base import get_many, iter_all
 
@@ -39,6 +44,16 @@ class EventLog:
         events = [e for key in sorted(keys) if chunks[key] for e in json.loads(chunks[key].body)]  # type: ignore[union-attr]
         return [e for e in events if e["seq"] > after_seq]
 
+    def replay(self, state: SessionState, after_seq: int) -> list[dict[str, Any]]:
+        """The events of the state's last turn with seq > after_seq: its log's chunks (read only
+        when it wrote any) and the tail its ending write kept in the state."""
+        if state.last_turn_id is None:
+            return []
+        logged = self.read(state.session_id, state.last_turn_id, after_seq) if state.last_turn_logged else []
+        seen = {e["seq"] for e in logged}
+        inline = [e for e in state.last_events or [] if e["seq"] > after_seq and e["seq"] not in seen]
+        return sorted([*logged, *inline], key=lambda e: int(e["seq"]))
+
     def prune(self, session_id: str, keep_turn_ids: set[str]) -> int:
         """Delete the chunks of every turn not in `keep_turn_ids`."""
         prefix = self._prefix(session_id)
@@ -46,3 +61,22 @@ class EventLog:
             o.key for o in iter_all(self.store, prefix) if o.key[len(prefix):].split("/", 1)[0] not in keep_turn_ids
         ]
         return self.store.delete_many(stale) if stale else 0
+
+
+class TurnLog:
+    """One turn's writes to its event log: each call writes the events not written yet."""
+
+    def __init__(self, events: EventLog, session_id: str, turn_id: str, stream: TurnStream) -> None:
+        self.events = events
+        self.session_id = session_id
+        self.turn_id = turn_id
+        self.stream = stream
+        #: Whether any chunk was written (the turn's end says so, for pruning and replay).
+        self.logged = False
+
+    def flush(self) -> None:
+        chunk = self.stream.peek_unflushed()
+        if chunk:
+            durably(lambda: self.events.append(self.session_id, self.turn_id, chunk), "saving the turn's events")
+            self.logged = True
+            self.stream.mark_flushed(len(chunk))

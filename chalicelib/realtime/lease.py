@@ -24,8 +24,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from chalicelib.agent.memory import AgentMemory
+from chalicelib.agent.memory import WorkingContext
 from chalicelib.agent.permissions import PendingPermission
 from chalicelib.agent.session_options import SessionOptions
 from chalicelib.realtime.state import SEQ_BLOCK, QueuedPrompt, RunningTurn, SessionState, Subscriber
@@ -90,7 +91,10 @@ class TurnRequest:
     last_turn_id: str | None
     lease: Lease
     seq_ceiling: int = 0
-    agent_memory: AgentMemory | None = None
+    # The working context a state written before it moved to the conversation's metadata held.
+    legacy_context: WorkingContext | None = None
+    # Which /setup built the session's skills (a cached skill index older than it is not used).
+    skills_built_at: datetime | None = None
     # What the client's `start` narrowed for the session (either protocol's option names).
     options: SessionOptions | None = None
 
@@ -182,7 +186,9 @@ def _request(state: SessionState, turn: RunningTurn, prompt: QueuedPrompt, start
         session_id=state.session_id, user_id=state.user_id, conversation_id=state.conversation_id,
         turn_id=turn.turn_id, prompt=prompt, model=state.model, max_turns=state.max_turns,
         subscribers=list(state.subscribers), last_seq=first, last_turn_id=state.last_turn_id,
-        seq_ceiling=state.seq_ceiling, agent_memory=state.agent_memory.model_copy(deep=True),
+        seq_ceiling=state.seq_ceiling,
+        legacy_context=state.agent_memory.context if state.agent_memory is not None else None,
+        skills_built_at=state.skills_built_at,
         lease=Lease.of(state.session_id, turn), options=state.options,
     )
 
@@ -190,3 +196,38 @@ def _request(state: SessionState, turn: RunningTurn, prompt: QueuedPrompt, start
 def _pending_of(state: SessionState, turn_id: str) -> PendingPermission | None:
     pending = state.pending_permission
     return pending if pending is not None and pending.turn_id == turn_id else None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What recording a turn's end found: who to serve its last events, and whether the turn
+    before it left event-log chunks to prune."""
+
+    subscribers: list[Subscriber]
+    prune: bool
+
+
+def finish(state: SessionState, lease: Lease, *, seq: int, tail: list[dict[str, Any]] | None, logged: bool,
+           requeue: QueuedPrompt | None = None) -> Finished:
+    """Record the end of the lease's turn (fenced: LeaseLost once another runner holds it).
+
+    `tail` is the turn's events not in its event log (kept in the state for a resume; None:
+    all are logged), `logged` whether the turn wrote log chunks; `requeue` a prompt to run again."""
+    lease.require(state, "recording the end of the turn")
+    prune = state.last_turn_logged and state.last_turn_id not in (None, lease.turn_id)
+    state.last_seq = max(state.last_seq, seq)
+    state.turn = None
+    state.last_turn_id = lease.turn_id
+    state.last_events = tail
+    state.last_turn_logged = logged
+    # Everything up to seq is accounted for; the next turn numbers on from there.
+    state.seq_ceiling = seq
+    # The agent's memory moved out of the state: a state written before drops it here.
+    state.agent_memory = None
+    if state.pending_permission is not None and state.pending_permission.turn_id == lease.turn_id:
+        # Its runner died waiting (or could not close it): nobody waits for an answer now,
+        # so a `permission` frame for it is refused instead of acknowledged.
+        state.pending_permission = None
+    if requeue is not None and all(q.id != requeue.id for q in state.queue):
+        state.queue.insert(0, requeue)
+    return Finished(list(state.subscribers), prune)

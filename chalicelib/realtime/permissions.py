@@ -13,26 +13,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from chalicelib.agent.permissions import Decision, PendingPermission, PermissionAnswer
 from chalicelib.errors import AppError, Conflict
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.lease import Lease
 from chalicelib.realtime.protocol import PermissionFrame
-from chalicelib.realtime.state import SessionState, StateStore, utcnow
+from chalicelib.realtime.state import SessionState, StateCursor, StateStore, utcnow
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], dict[str, Any]]
+T = TypeVar("T")
 
 
 class PermissionDesk:
     """The runner's side: asks the client, waits on the session state for the answer."""
 
     def __init__(self, states: StateStore, session_id: str, turn_id: str, emit: Emit, should_stop: Callable[[], bool], *,
-                 timeout_seconds: float, poll_seconds: float, lease: Lease | None = None) -> None:
+                 timeout_seconds: float, poll_seconds: float, lease: Lease | None = None,
+                 cursor: StateCursor | None = None) -> None:
         self.states = states
+        # The turn's view of the state (see StateCursor): writes start from it, and a poll is a
+        # HeadObject that reads the body only once the state changed (the answer came).
+        self.cursor = cursor
         # Its writes are fenced by the turn's lease like the runner's own (see lease.py).
         self.lease = lease
         self.session_id = session_id
@@ -56,7 +61,7 @@ class PermissionDesk:
             return remembered
 
         # Retried through a storage blip like the turn's other writes: failing here ends the turn.
-        remembered, _ = durably(lambda: self.states.update(self.session_id, open_request), "opening a permission request")
+        remembered, _ = durably(lambda: self._update(open_request), "opening a permission request")
         if remembered is not None:
             return PermissionAnswer(decision=remembered, reason="remembered")
         self.emit({"event": "permission_request", "toolUseId": tool_use_id, "name": name, "input": tool_input,
@@ -73,7 +78,7 @@ class PermissionDesk:
             if self.should_stop():
                 return PermissionAnswer(decision="deny", reason="interrupted")
             try:
-                state = self.states.read(self.session_id)
+                state = self.cursor.refresh() if self.cursor is not None else self.states.read(self.session_id)
             except AppError as exc:  # a storage hiccup: ask again at the next tick
                 log.warning("reading the permission answer for session %s failed: %s", self.session_id, exc.message)
                 state = None
@@ -94,7 +99,12 @@ class PermissionDesk:
             if state.pending_permission is not None and state.pending_permission.tool_use_id == tool_use_id:
                 state.pending_permission = None
 
-        durably(lambda: self.states.update(self.session_id, close), "closing a permission request")
+        durably(lambda: self._update(close), "closing a permission request")
+
+    def _update(self, mutate: Callable[[SessionState], T]) -> tuple[T, SessionState]:
+        if self.cursor is not None:
+            return self.cursor.update(mutate)
+        return self.states.update(self.session_id, mutate)
 
 
 def record_decision(states: StateStore, session_id: str, answer: PermissionFrame) -> dict[str, Any]:

@@ -15,6 +15,7 @@ stream and carry `seq: 0`.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -100,6 +101,10 @@ class MessageFrame(_Frame):
     # The client's id for this message: a resend with the same id (after a lost `queued`
     # answer) gets the first one's answer and never runs twice.
     message_id: str | None = Field(default=None, alias="messageId", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # The session the client connected to, optional: the edge then reads the session's state
+    # while it looks the connection up (one round trip less at turn start). The connection's
+    # record still decides the session; a frame naming another is answered from the record.
+    session_id: str | None = Field(default=None, alias="sessionId", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class InterruptFrame(_Frame):
@@ -206,3 +211,14 @@ def split_frame(payload: dict[str, Any], limit: int = MAX_PART_BYTES) -> list[st
     slices = [text[i:i + step] for i in range(0, len(text), step)]
     return [encode({"event": payload.get("event"), "seq": payload.get("seq", 0), "part": n, "parts": len(slices),
                     "data": piece}) for n, piece in enumerate(slices, start=1)]
+
+
+def cut_short_result(started: datetime, *, turns: int) -> dict[str, Any]:
+    """The `result` of a turn that ended on an error outside the agent loop (or was cut off):
+    usage and cost are not known there. Clients wait for `result` to end a turn."""
+    return {
+        "event": "result", "turns": turns,
+        "durationMs": int((datetime.now(timezone.utc) - started).total_seconds() * 1000),
+        "usage": {"inputTokens": 0, "outputTokens": 0, "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0},
+        "costUsd": None, "model": None, "stopReason": "error", "interrupted": False,
+    }

@@ -7,10 +7,14 @@ replies (acknowledgements, history, errors about a frame) go straight back with 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,6 +28,8 @@ from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
+from chalicelib.realtime.handoff import Handoff
+from chalicelib.realtime.lease import TurnRequest, claim_next
 from chalicelib.realtime.permissions import record_decision
 from chalicelib.realtime.protocol import (
     ClearFrame,
@@ -47,6 +53,8 @@ from chalicelib.realtime.state import (
     SessionState,
     StateStore,
     Subscriber,
+    Versioned,
+    utcnow,
 )
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.services.conversations import ConversationsService
@@ -55,6 +63,7 @@ from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 from chalicelib.services.usage import UsageService
 from chalicelib.storage import StorageUnavailable
+from chalicelib.storage.base import StorageError
 from chalicelib.telemetry import log_context
 
 log = logging.getLogger(__name__)
@@ -145,7 +154,7 @@ class RealtimeService:
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
         # Not subscribed yet: a reconnecting client's first frame is `resume`, which must see to
         # its missed events before any live one reaches it (start, message and resume subscribe).
-        _, state = self.states.update(session_id, lambda s: _take_skill_index(s, record.skill_index), create=lambda: SessionState(
+        _, state = self.states.update(session_id, lambda s: _note_setup(s, record.skill_index), create=lambda: SessionState(
             session_id=session_id, user_id=record.user_id, conversation_id=session_id
         ))
         if state.turn is not None:
@@ -212,14 +221,32 @@ class RealtimeService:
         """Handle one client frame; every problem becomes an `error` event on this connection."""
         sender.configure(event.domain_name, event.stage)
         reply = lambda payload: sender.send(event.connection_id, payload)  # noqa: E731
-        conn = self.connections.get(event.connection_id)
+        conn, prefetched = self._connection_and_state(event)
         if conn is None:
             reply(error_frame("This connection is not registered (it may have expired): reconnect.", "unknown_connection"))
             return
+        if prefetched is not None and prefetched.state.session_id != conn.session_id:
+            prefetched = None  # the frame named another session: the record decides
         with log_context.bound(sessionId=conn.session_id, userId=conn.user_id):
-            self._frame(conn, event, reply)
+            self._frame(conn, event, reply, prefetched)
 
-    def _frame(self, conn: Connection, event: WsEvent, reply: Callable[[dict[str, Any]], object]) -> None:
+    def _connection_and_state(self, event: WsEvent) -> tuple[Connection | None, Versioned | None]:
+        """The connection's record and, when a `message` frame names its session, that session's
+        state read at the same time (a turn start waits one round trip less)."""
+        hint = _session_hint(event.body)
+        if hint is None:
+            return self.connections.get(event.connection_id), None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            state_f = pool.submit(self.states.read_versioned, hint)
+            conn = self.connections.get(event.connection_id)
+            try:
+                prefetched = state_f.result()
+            except (AppError, StorageError):
+                prefetched = None  # the enqueue reads it again, and reports a failure itself
+        return conn, prefetched
+
+    def _frame(self, conn: Connection, event: WsEvent, reply: Callable[[dict[str, Any]], object],
+               prefetched: Versioned | None = None) -> None:
         try:
             parsed = parse_client_frame(event.body)
         except FrameError as exc:
@@ -228,7 +255,7 @@ class RealtimeService:
             return
         log.info("frame %s", type(parsed).__name__)
         try:
-            for payload in self._handle(conn, parsed):
+            for payload in self._handle(conn, parsed, prefetched):
                 reply(payload)
         except QuotaExceeded as exc:
             reply({**error_frame(exc.message, exc.code), "retryAfter": exc.retry_after})
@@ -238,11 +265,11 @@ class RealtimeService:
             log.exception("handling %s for session %s failed", type(parsed).__name__, conn.session_id)
             reply(error_frame("The server failed to handle this frame; it has been logged. Retry.", "internal_error"))
 
-    def _handle(self, conn: Connection, parsed: BaseModel) -> list[dict[str, Any]]:
+    def _handle(self, conn: Connection, parsed: BaseModel, prefetched: Versioned | None = None) -> list[dict[str, Any]]:
         if isinstance(parsed, StartFrame):
             return self._start(conn, parsed)
         if isinstance(parsed, MessageFrame):
-            return self._message(conn, parsed)
+            return self._message(conn, parsed, prefetched)
         if isinstance(parsed, InterruptFrame):
             return self._interrupt(conn)
         if isinstance(parsed, GetHistoryFrame):
@@ -308,23 +335,28 @@ class RealtimeService:
             )
         ]
 
-    def _message(self, conn: Connection, message: MessageFrame) -> list[dict[str, Any]]:
+    def _message(self, conn: Connection, message: MessageFrame, prefetched: Versioned | None = None) -> list[dict[str, Any]]:
         """Queue the message (once per `messageId`) and see that a runner will take it."""
         self._require_model_key()
+        spent: float | None = None
         if self.quotas is not None:
-            self._check_daily_budget(conn.user_id)
+            spent = self._check_daily_budget(conn.user_id)
             self.quotas.count_message(conn.user_id)
         queued = QueuedPrompt(prompt=message.prompt, max_turns=message.options.max_turns,
                               **({"id": message.message_id} if message.message_id else {}))
 
-        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool, str | None]:
+        runner_id = uuid.uuid4().hex[:12]
+        lease = timedelta(seconds=self.settings.turn_lease_seconds)
+
+        def enqueue(state: SessionState) -> tuple[AcceptedMessage, bool, str | None, bool]:
             notice = state.take_repair_notice()
             earlier = state.accepted_message(queued.id)
             if earlier is not None:
                 # A resend, or our own write applied though its response was lost and retried:
                 # answered as the first time, and queued once.
                 state.subscribe(self._subscriber(conn))
-                return earlier, _needs_runner(state), notice
+                claimed = _claimed_by(state, runner_id)
+                return earlier, _needs_runner(state) or claimed, notice, claimed
             if len(state.queue) >= MAX_QUEUE:
                 raise Conflict(
                     f"{MAX_QUEUE} messages are already waiting: wait for a result or interrupt.", code="queue_full"
@@ -334,52 +366,88 @@ class RealtimeService:
             accepted = AcceptedMessage(id=queued.id, position=len(state.queue) - 1 + (1 if state.turn_active else 0))
             state.accepted = [*state.accepted, accepted][-RECENT_MESSAGES:]
             state.subscribe(self._subscriber(conn))
+            if state.turn is None:
+                # Idle: claim the turn for the runner about to start, in this same write (handoff.py).
+                taken = claim_next(state, runner_id, utcnow(), lease)
+                return accepted, True, notice, isinstance(taken, TurnRequest)
             # A runner whose lease ran out is dead: the next runner repairs its turn and goes on.
-            return accepted, not state.turn_active, notice
+            return accepted, not state.turn_active, notice, False
 
         try:
-            (accepted, needs_runner, notice), state = self.states.update(conn.session_id, enqueue,
-                                                                         create=self._rebuilt_state(conn))
+            (accepted, needs_runner, notice, claimed), written = self.states.update_versioned(
+                conn.session_id, enqueue, create=self._rebuilt_state(conn), known=prefetched)
         except StorageUnavailable as exc:
-            return [self._after_failed_enqueue(conn.session_id, queued.id, exc)]
-        self._see_it_runs(conn.session_id, state, needs_runner)
+            return [self._after_failed_enqueue(conn.session_id, queued.id, exc, runner_id)]
+        handoff = Handoff.of(runner_id, written, spent) if claimed else None
+        self._see_it_runs(conn.session_id, written.state, needs_runner, handoff)
         return [*_repaired(notice), frame("status", status="queued", messageId=accepted.id, position=accepted.position)]
 
-    def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool) -> None:
+    def _see_it_runs(self, session_id: str, state: SessionState, needs_runner: bool, handoff: Handoff | None = None) -> None:
         if needs_runner:
-            self.dispatcher.dispatch(session_id)
+            try:
+                self.dispatcher.dispatch(session_id, handoff)
+            except AppError:
+                if handoff is not None:
+                    self._release(session_id, handoff.runner_id)
+                raise
         elif state.turn is not None and state.turn.renewal_overdue(self.settings.turn_lease_seconds / 3):
             # It missed a renewal: probably dead. A runner waits its lease out and takes over.
             self._start_runner(session_id)
 
-    def _after_failed_enqueue(self, session_id: str, message_id: str, exc: StorageUnavailable) -> dict[str, Any]:
+    def _release(self, session_id: str, runner_id: str) -> None:
+        """The runner a claim was made for could not be started: put its message back at the
+        head of the queue, so the next frame's runner takes it at once (not after the lease)."""
+
+        def release(state: SessionState) -> None:
+            turn = state.turn
+            if turn is not None and turn.runner_id == runner_id and turn.prompt is not None:
+                state.turn = None
+                if all(q.id != turn.prompt.id for q in state.queue):
+                    state.queue.insert(0, turn.prompt)
+
+        try:
+            self.states.update(session_id, release)
+        except AppError as exc:  # the lease runs out and the next runner repairs (and reruns) it
+            log.warning("could not release the claim of session %s: %s", session_id, exc.message)
+
+    def _after_failed_enqueue(self, session_id: str, message_id: str, exc: StorageUnavailable,
+                              runner_id: str) -> dict[str, Any]:
         """The enqueue's write failed, but it may have landed (a lost response): read the state
         back and answer for certain, starting the runner if it is queued. Never "retry" for a
         message that is in the queue."""
         log.warning("queueing message %s of session %s failed (%s); checking whether it landed", message_id, session_id, exc)
         try:
-            state = durably(lambda: self.states.read(session_id), "checking whether the message was queued")
+            found = durably(lambda: self.states.read_versioned(session_id), "checking whether the message was queued")
         except AppError:
             return error_frame(
                 f"Storage is failing ({exc}): it is not known whether message {message_id!r} was queued. Send it again "
                 "with the same messageId once storage is back: a resend is queued at most once.",
                 "storage_unavailable",
             ) | {"messageId": message_id}
+        state = found.state if found is not None else None
         accepted = state.accepted_message(message_id) if state is not None else None
-        if state is None or accepted is None:
+        if found is None or state is None or accepted is None:
             return error_frame(
                 f"Message {message_id!r} was not queued: storage failed ({exc}). Send it again (with the same messageId).",
                 "message_not_queued",
             ) | {"messageId": message_id}
-        self._see_it_runs(session_id, state, _needs_runner(state))
+        # Our write landed: when it claimed the turn too, that claim's runner is started here.
+        claimed = _claimed_by(state, runner_id)
+        self._see_it_runs(session_id, state, _needs_runner(state) or claimed,
+                          Handoff.of(runner_id, found) if claimed else None)
         return frame("status", status="queued", messageId=accepted.id, position=accepted.position)
 
-    def _check_daily_budget(self, user_id: str) -> None:
-        """Refuse a message once the user's day has cost USER_DAILY_BUDGET_USD (`daily_budget_reached`)."""
+    def _check_daily_budget(self, user_id: str) -> float | None:
+        """Refuse a message once the user's day has cost USER_DAILY_BUDGET_USD (`daily_budget_reached`);
+        return what the day has cost (None: no daily budget)."""
         assert self.quotas is not None
         budget = self.quotas.limits(user_id).daily_budget_usd
-        if budget is not None and self.usage is not None and self.usage.spent_today(user_id) >= budget:
+        if budget is None or self.usage is None:
+            return None
+        spent = self.usage.spent_today(user_id)
+        if spent >= budget:
             raise daily_budget_reached(user_id, budget)
+        return spent
 
     def _interrupt(self, conn: Connection) -> list[dict[str, Any]]:
         def flag(state: SessionState) -> int:
@@ -444,13 +512,30 @@ class RealtimeService:
             if state.turn is not None and not state.turn_active:
                 self._start_runner(conn.session_id)  # the lease ran out: repair it now
             return _repaired(notice)  # the runner replays, then continues live, in order
-        missed = self.events.read(conn.session_id, last_turn_id, after_seq) if last_turn_id else []
+        missed = self.events.replay(state, after_seq)
         return [*_repaired(notice), *missed, frame("status", status="resumed", lastSeq=last_seq, replayed=len(missed))]
 
 
 def _repaired(notice: str | None) -> list[dict[str, Any]]:
     """The `session_repaired` status for a rebuilt state, if this frame's update took the notice."""
     return [frame("status", status="session_repaired", message=notice)] if notice else []
+
+
+def _session_hint(body: str | None) -> str | None:
+    """The `sessionId` a `message` frame names, if any (read before the frame is validated)."""
+    if not body or '"sessionId"' not in body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    hint = parsed.get("sessionId") if isinstance(parsed, dict) and parsed.get("action") == "message" else None
+    return hint if isinstance(hint, str) and ID_PATTERN.match(hint) and hint not in (".", "..") else None
+
+
+def _claimed_by(state: SessionState, runner_id: str) -> bool:
+    """Whether the state's turn is a claim made for this runner and not yet started by it."""
+    return state.turn is not None and state.turn.runner_id == runner_id and state.turn.prompt is not None
 
 
 def _needs_runner(state: SessionState) -> bool:
@@ -462,12 +547,16 @@ def _forget_permissions(state: SessionState) -> None:
     state.remembered_permissions = {}
 
 
-def _take_skill_index(state: SessionState, index: SkillIndex | None) -> None:
-    """Give the session the skill index its latest /setup built (unless the state's is newer).
+def _note_setup(state: SessionState, index: SkillIndex | None) -> None:
+    """Note which /setup built the session's skills (their index itself stays in the session
+    record, which the runner reads at turn start).
 
     A newer index means a /setup since: the permission answers remembered before it end there
     ("remember" lasts for the session's current sandbox)."""
-    current = state.agent_memory.skill_index
-    if index is not None and (current is None or current.built_at < index.built_at):
-        state.agent_memory.skill_index = index
+    legacy = state.agent_memory.skill_index if state.agent_memory is not None else None
+    known = state.skills_built_at or (legacy.built_at if legacy is not None else None)
+    if index is not None and (known is None or known < index.built_at):
+        state.skills_built_at = index.built_at
         state.remembered_permissions = {}
+    elif state.skills_built_at is None and known is not None:
+        state.skills_built_at = known

@@ -8,8 +8,10 @@ queued while a turn finishes, or a resume racing the end of a turn, is never los
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -132,8 +134,19 @@ class SessionState(ApiModel):
     seq_ceiling: int = 0
     # Raised by every claim of the turn (see lease.py): the fencing token runner writes carry.
     lease_epoch: int = 0
-    # The skill index and the working context (summary + recent messages) of the agent.
-    agent_memory: AgentMemory = Field(default_factory=AgentMemory)
+    # Read only (states written before the agent's memory moved out): the skill index now comes
+    # from the session record and the working context lives in the conversation's metadata, so
+    # the state stays a few KB at any skill count. Never written back (`exclude`).
+    agent_memory: AgentMemory | None = Field(default=None, exclude=True)
+    # When the skill index the session's permission answers were remembered under was built
+    # (the /setup that made the sandbox): a newer /setup forgets them.
+    skills_built_at: datetime | None = None
+    # The last turn's events not in its event log (`events/{turnId}/`), kept with the write that
+    # ended it: a plain message writes no log object. None: read the log alone.
+    last_events: list[dict[str, Any]] | None = None
+    # Whether the last turn wrote chunks to its event log (True for states written before: the
+    # next finish then prunes by listing once).
+    last_turn_logged: bool = True
     # A tool call waiting for the user's approval, and the answers they asked to remember.
     pending_permission: PendingPermission | None = None
     remembered_permissions: dict[str, Decision] = Field(default_factory=dict)
@@ -187,6 +200,14 @@ class SessionState(ApiModel):
         return max(self.seq_ceiling, self.last_seq)
 
 
+@dataclass(frozen=True)
+class Versioned:
+    """A state as stored under one ETag."""
+
+    state: SessionState
+    etag: str
+
+
 class StateStore:
     """Conditional read-modify-write of `sessions/{id}/state.json`."""
 
@@ -200,6 +221,18 @@ class StateStore:
         found = self._read(session_id)
         return found[0] if found else None
 
+    def read_versioned(self, session_id: str) -> Versioned | None:
+        """The current state with its ETag (None: none, or it does not parse)."""
+        found = self._read(session_id)
+        return Versioned(found[0], found[1]) if found is not None and found[0] is not None else None
+
+    def etag(self, session_id: str) -> str | None:
+        """The stored state's ETag, by a HEAD (no body read); None when there is none."""
+        try:
+            return self.store.head(layout.session_key(session_id, STATE_RECORD)).etag
+        except ObjectNotFound:
+            return None
+
     def update(
         self,
         session_id: str,
@@ -212,9 +245,29 @@ class StateStore:
         `mutate` may be called several times (once per attempt), so it must only change the
         state it is given. When no state exists, `create` makes the initial one.
         """
+        result, written = self.update_versioned(session_id, mutate, create=create)
+        return result, written.state
+
+    def update_versioned(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionState], T],
+        *,
+        create: Callable[[], SessionState] | None = None,
+        known: Versioned | None = None,
+        write_if: Callable[[T], bool] | None = None,
+    ) -> tuple[T, Versioned]:
+        """`update`, returning the state written with its new ETag. With `known` (a state and
+        the ETag it was read or written under), the first attempt writes on it without reading:
+        one PUT when nothing changed since, a read and a retry when something did. When
+        `write_if(result)` is false nothing is written (the state as found is returned)."""
         key = layout.session_key(session_id, STATE_RECORD)
-        for _ in range(self.max_attempts):
-            found = self._read(session_id)
+        for attempt in range(self.max_attempts):
+            found: tuple[SessionState | None, str, bytes] | None
+            if attempt == 0 and known is not None:
+                found = (known.state.model_copy(deep=True), known.etag, b"")
+            else:
+                found = self._read(session_id)
             if found is None or found[0] is None:
                 if create is None:
                     raise Conflict(
@@ -232,10 +285,16 @@ class StateStore:
                                       "The conversation is intact; send your message again if it has no answer.")
             else:
                 state, etag = found[0], found[1]
-            result = mutate(state)
+            if write_if is not None and etag is not None:
+                unchanged = state.model_copy(deep=True)
+                result = mutate(state)
+                if not write_if(result):
+                    return result, Versioned(unchanged, etag)
+            else:
+                result = mutate(state)
             state.updated_at = utcnow()
             try:
-                self.store.put(
+                info = self.store.put(
                     key,
                     state.model_dump_json(by_alias=True).encode(),
                     content_type="application/json",
@@ -244,7 +303,7 @@ class StateStore:
                 )
             except PreconditionFailed:
                 continue
-            return result, state
+            return result, Versioned(state, info.etag)
         raise Conflict(
             f"Session {session_id!r} is changing too fast to update; retry.", code="state_contention"
         )
@@ -282,3 +341,50 @@ class StateStore:
             return SessionState.model_validate_json(stored.body), stored.info.etag, stored.body
         except ValidationError:
             return None, stored.info.etag, stored.body
+
+
+class StateCursor:
+    """A runner's latest knowledge of its session's state and its ETag, shared by the turn and
+    its watcher: writes start from it (no read when nothing changed since), and a poll reads
+    the body only when a HEAD says the ETag moved."""
+
+    def __init__(self, states: StateStore, session_id: str, known: Versioned | None) -> None:
+        self.states = states
+        self.session_id = session_id
+        self._known = known
+        self._lock = threading.Lock()
+        #: Bytes of state bodies read by `refresh` (the benchmark's figure for polling).
+        self.bytes_read = 0
+
+    @property
+    def known(self) -> Versioned | None:
+        with self._lock:
+            return self._known
+
+    def _keep(self, versioned: Versioned | None) -> None:
+        with self._lock:
+            self._known = versioned
+
+    def update(self, mutate: Callable[[SessionState], T]) -> tuple[T, SessionState]:
+        """A conditional read-modify-write starting from what is known."""
+        result, written = self.states.update_versioned(self.session_id, mutate, known=self.known)
+        self._keep(written)
+        return result, written.state
+
+    def refresh(self) -> SessionState | None:
+        """The current state: a HEAD, and a GET only when its ETag is not the known one.
+        None when the state is gone (or does not parse)."""
+        known = self.known
+        etag = self.states.etag(self.session_id)
+        if etag is None:
+            self._keep(None)
+            return None
+        if known is not None and known.etag == etag:
+            return known.state
+        found = self.states._read(self.session_id)
+        if found is None or found[0] is None:
+            self._keep(None)
+            return None
+        self.bytes_read += len(found[2])
+        self._keep(Versioned(found[0], found[1]))
+        return found[0]

@@ -207,6 +207,13 @@ class TurnStream:
             return False
 
 
+def serve(stream: TurnStream, subscribers: list[Subscriber]) -> None:
+    """Send the turn's events to these connections (all of one API Gateway stage)."""
+    if subscribers:
+        stream.sender.configure(subscribers[0].domain_name, subscribers[0].stage)
+    stream.follow(subscribers)
+
+
 def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Merge runs of text `stream` frames (up to MAX_MERGED_CHARS each), keeping the last `seq`."""
     merged: list[dict[str, Any]] = []

@@ -1,8 +1,12 @@
 """The running turn's watcher: polls the session state, renews the lease, follows reconnects.
 
-It is given what it needs (the store, the lease, the stream, its timings) rather than the
-runner, and reports back only through its flags: `interrupted` (stop as soon as the loop can)
-and `lost` (another runner took the turn over; this one must write nothing more).
+It is given what it needs (the state cursor, the lease, the stream, its timings) rather than
+the runner, and reports back only through its flags: `interrupted` (stop as soon as the loop
+can) and `lost` (another runner took the turn over; this one must write nothing more).
+
+A poll is a HEAD of `state.json`: its body (a few KB, whatever the skill count: the agent's
+memory is not in it) is read only when its ETag moved, that is when something happened (a
+message queued behind, a tab subscribed, an interrupt, a takeover).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from chalicelib.realtime.lease import Lease, LeaseLost
-from chalicelib.realtime.state import SEQ_BLOCK, SessionState, StateStore, Subscriber, utcnow
+from chalicelib.realtime.state import SEQ_BLOCK, SessionState, StateCursor, Subscriber, utcnow
 from chalicelib.realtime.stream import TurnStream
 
 log = logging.getLogger(__name__)
@@ -24,9 +28,9 @@ log = logging.getLogger(__name__)
 class TurnWatcher:
     """Polls `state.json` every `poll_interval` during a turn and renews the lease every `renew_every`."""
 
-    def __init__(self, states: StateStore, lease: Lease, stream: TurnStream, *, lease_duration: timedelta,
+    def __init__(self, cursor: StateCursor, lease: Lease, stream: TurnStream, *, lease_duration: timedelta,
                  renew_every: float, poll_interval: float, on_subscribers: Callable[[list[Subscriber]], None]) -> None:
-        self.states = states
+        self.cursor = cursor
         self.lease = lease
         self.stream = stream
         self.lease_duration = lease_duration
@@ -63,7 +67,7 @@ class TurnWatcher:
         if time.monotonic() - self._last_renewal >= self.renew_every:
             state: SessionState | None = self._renew()
         else:
-            state = self.states.read(self.lease.session_id)
+            state = self.cursor.refresh()
         if state is None:
             # The state went away under a running turn: DELETE /sandbox destroyed the session.
             # Stop at the next step, and leave the workspace alone (as after a takeover).
@@ -93,7 +97,7 @@ class TurnWatcher:
             s.seq_ceiling = max(s.seq_ceiling, mark)
 
         try:
-            _, state = self.states.update(self.lease.session_id, renew)
+            _, state = self.cursor.update(renew)
         except LeaseLost as exc:
             log.warning("%s", exc.message)
             self.lost.set()

@@ -173,7 +173,17 @@ def _run_turns(payload: dict[str, Any], session_id: str, context: Any, websocket
     # known at run time when CloudFormation names it).
     name = getattr(context, "function_name", None)
     dispatcher = LambdaDispatcher(aws_session().client("lambda"), name) if name and name != "turn_runner" else services.dispatcher
-    ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id))
+    handoff = None
+    if isinstance(payload.get("handoff"), dict):
+        from pydantic import ValidationError
+
+        from chalicelib.realtime.handoff import Handoff
+
+        try:
+            handoff = Handoff.model_validate(payload["handoff"])
+        except ValidationError as exc:  # the runner claims from the stored state instead
+            log.warning("dropped a turn handoff that does not parse: %s", exc.errors()[0]["msg"])
+    ran = runner.run(session_id, time_left=time_left, reinvoke=lambda: dispatcher.dispatch(session_id), handoff=handoff)
     return {"sessionId": session_id, "turns": ran}
 
 

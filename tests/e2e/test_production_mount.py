@@ -123,9 +123,10 @@ def test_the_agent_cannot_see_or_rewrite_settings_or_conversations(production: P
     for key in ("users/alice/settings/preferences.json", "users/alice/conversations/secret-conv.json",
                 "users/alice/cache/skills-bundle.json"):
         assert after[key] == before[key], key
-    # The server's own writes of the turn: the conversation, and the day's usage it meters.
-    by_server = {"users/alice/conversations/sess-prod.json", f"users/alice/usage/{datetime.now(timezone.utc):%Y-%m-%d}.json"}
-    written_by_agent = set(after) - set(before) - by_server
+    # The server's own writes of the turn: the conversation, and the turn's usage record it meters.
+    by_server = {"users/alice/conversations/sess-prod.json"}
+    usage_day = f"users/alice/usage/{datetime.now(timezone.utc):%Y-%m-%d}/sess-prod/"
+    written_by_agent = {k for k in set(after) - set(before) - by_server if not k.startswith(usage_day)}
     # Whatever the agent wrote landed among the user's skills (the mount is live), nowhere else.
     assert "users/alice/skills/agent-wrote.md" in written_by_agent
     assert all(k.startswith("users/alice/skills/") for k in written_by_agent), written_by_agent

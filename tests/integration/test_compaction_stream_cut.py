@@ -50,8 +50,9 @@ def test_a_summary_cut_mid_stream_is_asked_again_not_kept(tmp_path: Path, monkey
     assert not [f for f in frames if f["event"] == "error"], frames
     assert any(f["event"] == "status" and f.get("status") == "compacted" for f in frames)
     assert frames[-1]["stopReason"] == "end_turn"
-    state = json.loads((tmp_path / "data/sessions/cs1/state.json").read_text())
-    summary = state["agentMemory"]["context"]["summary"]
+    # The working context is kept in the conversation's metadata, saved with it.
+    stored = json.loads((tmp_path / "data/users/alice/conversations/cs1.json").read_text())
+    summary = stored["metadata"]["workingContext"]["summary"]
     assert "CUT-SUMMARY" not in summary and FULL_SUMMARY in summary
     assert FULL_SUMMARY in json.dumps(fake.requests[-1]["messages"][0]["content"])
     # Nor was the cut text passed on: not to a later summarising call, not to the model.

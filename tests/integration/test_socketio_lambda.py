@@ -88,7 +88,8 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[C
         stage_env = json.loads((Path(app_module.__file__).parent / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
         container = get_container(Settings.from_env({**os.environ, **stage_env}))
         # The turn runner Lambda as app.py declares it (the Engine.IO-aware sender included).
-        dispatcher = ThreadDispatcher(lambda sid: app_module.turn_runner({"sessionId": sid}, None))
+        dispatcher = ThreadDispatcher(lambda sid, handoff: app_module.turn_runner(
+            {"sessionId": sid, **({"handoff": handoff.payload()} if handoff else {})}, None))
         invoker = ThreadInvoker(lambda payload: app_module.turn_runner(payload, None))
         container.override("dispatcher", dispatcher)
         container.override("background", invoker)

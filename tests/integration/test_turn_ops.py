@@ -3,8 +3,9 @@
 The REST endpoints are pinned in test_storage_ops.py; this pins what a chat costs: connect,
 a turn with one model reply, a turn with a tool call, disconnect. The state poller is set to
 tick once an hour and the lease to last 15 minutes here, so they add nothing; in production
-they add one GetObject per TURN_POLL_SECONDS and one GetObject + PutObject (the lease renewal)
-per TURN_LEASE_SECONDS / 3 while a turn runs. The README's cost figures for turns come from TURN_OPS.
+they add one HeadObject per TURN_POLL_SECONDS (the body is read only when the state changed)
+and one PutObject (the lease renewal, conditional on the state as last known) per
+TURN_LEASE_SECONDS / 3 while a turn runs. The README's cost figures for turns come from TURN_OPS.
 """
 
 from __future__ import annotations
@@ -27,42 +28,40 @@ from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
 # step → {"Operation kind-of-object": count}
+BASE = {"GetObject connection": 1, "GetObject state": 1, "PutObject state": 2, "GetObject settings": 1,
+        "GetObject conversation": 1, "PutObject usage": 1}
 TURN_OPS: dict[str, dict[str, int]] = {
     "$connect": {"GetObject session": 1, "PutObject connection": 1, "GetObject state": 1, "PutObject state": 1},
-    # queue, claim, finish (state); the prompt and the reply (conversation), each with its
-    # events (event log), then a final flush; the listing that prunes older turns' logs; the
-    # day's usage metered (one conditional read-modify-write per turn). Before the writes that are
-    # not conditional on the state (the snapshot, the last events), one read of the state checks
-    # that the turn still holds its lease (fencing, issue 21).
-    "message → turn with one model reply": {
-        "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 2, "PutObject event log": 3, "ListObjectsV2 event log": 1,
-        "HeadObject workspace": 1,
-    },
-    # + the tool result and the second reply, each saved with its events; the previous turn's log pruned
+    # The edge reads the connection and the state at once (the frame names its session), and one
+    # conditional write queues the message and claims the turn for the runner it starts (handoff:
+    # the runner neither reads nor writes the state to start). The runner reads the conversation
+    # and the settings at once (and, the first time this process runs the session, the session
+    # record's skill index), saves the conversation once (prompt and reply together), meters the
+    # turn with one blind PutObject of its own usage record, and records the end of the turn with
+    # its events in one conditional write of the state. No tool ran: no workspace snapshot.
+    "message → turn with one model reply": {**BASE, "GetObject session": 1, "PutObject conversation": 1},
+    "message → another turn with one model reply": {**BASE, "PutObject conversation": 1},
+    # + the tool call and its result saved, each with the events so far (event log); the
+    # workspace check after a turn that ran a tool
     "message → turn with a tool call (two model replies)": {
-        "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1, "HeadObject workspace": 1,
+        **BASE, "PutObject conversation": 3, "PutObject event log": 2, "HeadObject workspace": 1,
     },
-    # each further tool call: its result and the next reply, each saved with its events
+    # each further tool call: its result and the next reply, each saved with its events; the
+    # previous turn's log (it wrote one) pruned
     "message → turn with two tool calls (three model replies)": {
-        "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 6, "PutObject event log": 7, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1, "HeadObject workspace": 1,
+        **BASE, "PutObject conversation": 5, "PutObject event log": 4, "HeadObject workspace": 1,
+        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1,
     },
-    # The workspace snapshot after a turn (tests above: nothing changed, so only its HEAD): the
-    # first time files changed, the archive and the owner marker DELETE /users/{u} finds it by;
-    # afterwards the archive alone. Class A per turn for the workspace: at most one after the first.
+    # The workspace snapshot after a turn: the first time files changed, the archive and the owner
+    # marker DELETE /users/{u} finds it by; afterwards the archive alone.
     "message → turn whose tool writes a file (first snapshot)": {
-        "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1, "PutObject workspace marker": 1,
+        **BASE, "PutObject conversation": 3, "PutObject event log": 2, "HeadObject workspace": 1,
+        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1, "PutObject workspace": 1,
+        "PutObject workspace marker": 1,
     },
     "message → turn whose tool changes a file": {
-        "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
-        "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1,
+        **BASE, "PutObject conversation": 3, "PutObject event log": 2, "HeadObject workspace": 1,
+        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1, "PutObject workspace": 1,
     },
     "$disconnect": {"GetObject connection": 1, "DeleteObject connection": 1, "GetObject state": 1, "PutObject state": 1},
 }
@@ -115,11 +114,13 @@ def test_storage_operations_of_a_chat_are_pinned(tmp_path: Path, monkeypatch: py
         def turn(*replies: Reply) -> None:
             management.sent.clear()
             fake.script(*replies)
-            client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "go"})))
+            client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps(
+                {"action": "message", "prompt": "go", "sessionId": "ops"})))
             management.wait_for("c1", "result")
             dispatcher.join(30)
 
         measure("message → turn with one model reply", lambda: turn(Reply([Text("hello there", chunks=4)])))
+        measure("message → another turn with one model reply", lambda: turn(Reply([Text("hello again", chunks=4)])))
         measure("message → turn with a tool call (two model replies)", lambda: turn(
             Reply([ToolUse("bash", {"command": "echo hi"})]), Reply([Text("done")])))
         measure("message → turn with two tool calls (three model replies)", lambda: turn(
@@ -136,3 +137,6 @@ def test_storage_operations_of_a_chat_are_pinned(tmp_path: Path, monkeypatch: py
         b = sum(n for op, n in ops.items() if op.split()[0] in CLASS_B)
         print(f"  {step:55s} A={a} B={b}  {ops}")
     assert seen == TURN_OPS
+    plain = seen["message → another turn with one model reply"]
+    assert sum(n for op, n in plain.items() if op.split()[0] in CLASS_A) <= 4
+    assert sum(n for op, n in plain.items() if op.split()[0] in CLASS_B) <= 4

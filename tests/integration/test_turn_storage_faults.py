@@ -81,8 +81,9 @@ def test_a_lasting_outage_ends_the_turn_with_an_error_and_the_next_message_works
     token = setup_session(client, "sf2")
     client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "sf2", "token": token}))
     fake.script(Reply([ToolUse("bash", {"command": "echo the-lost-output"})]), Reply([Text("Carrying on.")]))
-    # The prompt and the tool call are saved; from the tool result on, the conversation cannot be.
-    proxy.add(FaultRule("PUT", r"/conversations/", action="status", status=503, skip=2, times=None))
+    # The prompt and the tool call are saved (together: one write); from the tool result on, the
+    # conversation cannot be.
+    proxy.add(FaultRule("PUT", r"/conversations/", action="status", status=503, skip=1, times=None))
     started = time.monotonic()
     client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "one"})))
     frames = management.wait_for("c1", "error", timeout=120)
@@ -126,8 +127,8 @@ def test_a_turn_that_ended_but_could_not_record_it_is_not_reported_as_cut_off(fa
     token = setup_session(client, "sf3")
     client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "sf3", "token": token}))
     fake.script(Reply([Text("First answer.")]), Reply([Text("Second answer.")]))
-    # The message is queued and claimed; recording the end of the turn fails for good.
-    proxy.add(FaultRule("PUT", r"/state\.json", action="status", status=503, skip=2, times=None))
+    # The message is queued and claimed (one write); recording the end of the turn fails for good.
+    proxy.add(FaultRule("PUT", r"/state\.json", action="status", status=503, skip=1, times=None))
     client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "one"})))
     first = management.wait_for("c1", "result", timeout=60)
     dispatcher.join(120)

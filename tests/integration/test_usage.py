@@ -72,3 +72,26 @@ def test_usage_route(local_api: Api) -> None:
     for query in ("from=2027-13-01", "from=2027-01-02&to=2027-01-01", "from=2026-01-01&to=2026-12-31"):
         bad = local_api.get(f"/users/alice/usage?{query}")
         assert bad.status_code == 400, query
+
+
+def test_a_day_metered_in_the_older_layout_still_counts_with_the_new_records(store: ObjectStore) -> None:
+    # Before per-turn records, a day was one document updated by read-modify-write: the day's
+    # listing finds it and adds it to the records metered since, in the report and the budget.
+    import json
+
+    from chalicelib.storage import layout
+
+    old = {"messages": 2, "turns": 3, "input_tokens": 10, "output_tokens": 20, "cache_read_tokens": 1,
+           "cache_creation_tokens": 2, "cost_usd": 0.25, "unpriced_messages": 1, "sessions": ["s0", "s1"]}
+    store.put(layout.usage_key("alice", "2027-01-15"), json.dumps(old).encode())
+    usage = UsageService(store, clock=lambda: DAY)
+    usage.record("alice", "s1", TurnUsage(turns=1, input_tokens=5, output_tokens=5, cache_read_tokens=0,
+                                          cache_creation_tokens=0, cost_usd=0.125), "turn-a")
+    usage.record("alice", "s2", TurnUsage(turns=1, input_tokens=5, output_tokens=5, cache_read_tokens=0,
+                                          cache_creation_tokens=0, cost_usd=0.125), "turn-b")
+    usage.record("alice", "s2", TurnUsage(turns=1, input_tokens=5, output_tokens=5, cache_read_tokens=0,
+                                          cache_creation_tokens=0, cost_usd=0.125), "turn-b")  # a retried write: once
+    day = usage.report("alice", None, None).days[0]
+    assert (day.messages, day.turns, day.input_tokens, day.output_tokens) == (4, 5, 20, 30)
+    assert (day.unpriced_messages, day.sessions) == (1, 3)
+    assert day.cost_usd == pytest.approx(0.5) and usage.spent_today("alice") == pytest.approx(0.5)

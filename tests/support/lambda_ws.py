@@ -103,7 +103,7 @@ def lambda_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
         container = get_container(Settings.from_env({**os.environ, **stage_env}))
         sender = ChaliceSender(api)
-        dispatcher = ThreadDispatcher(lambda sid: container.turn_runner(sender).run(sid))
+        dispatcher = ThreadDispatcher(lambda sid, handoff: container.turn_runner(sender).run(sid, handoff=handoff))
         container.override("dispatcher", dispatcher)
         container._built.pop("realtime", None)
         try:

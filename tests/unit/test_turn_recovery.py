@@ -101,32 +101,61 @@ def test_a_resume_during_a_repair_gets_each_event_once() -> None:
 
 def test_a_runner_whose_turn_was_taken_over_does_not_overwrite_the_working_context(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A runner that stalled past its lease (its turn repaired and the queue moved on by another)
-    # must not put back the working context it computed: the newer turn's compaction wins, and
-    # the stale runner is told it lost its lease (it stops).
-    from types import SimpleNamespace
-
+    # must not put back the working context it computed: the context lives in the conversation's
+    # metadata and goes with its fenced save, so the newer turn's compaction wins and the stale
+    # runner is told it lost its lease (it stops).
     import pytest
 
     from chalicelib.agent.memory import AgentMemory, WorkingContext
-    from chalicelib.realtime.lease import Lease, LeaseLost
-    from chalicelib.realtime.runner import TurnRunner
-    from chalicelib.realtime.state import SessionState, StateStore
+    from chalicelib.realtime.agent_memory import WORKING_CONTEXT, TurnMemory
+    from chalicelib.realtime.transcript import Transcript
+    from chalicelib.services.conversations import ConversationsService, Fence, FencedOut
     from chalicelib.storage.local import LocalDirectoryStore
 
-    states = StateStore(LocalDirectoryStore(tmp_path))
-    now = utcnow()
-    newer = AgentMemory(context=WorkingContext(conversation_id="s", summary="newer", kept_from=6))
-    turn = RunningTurn(turn_id="t2", runner_id="alive", prompt_id="p2", started_at=now, heartbeat_at=now, epoch=2)
-    states.update("s", lambda s: None, create=lambda: SessionState(session_id="s", user_id="u", conversation_id="s",
-                                                                    turn=turn, agent_memory=newer, lease_epoch=2))
-    stale = AgentMemory(context=WorkingContext(conversation_id="s", summary="stale", kept_from=2))
-    runner = SimpleNamespace(states=states)
-    with pytest.raises(LeaseLost):
-        TurnRunner._save_memory(runner, Lease("s", "t1", "stalled", 1), stale)  # type: ignore[arg-type]
-    assert states.read("s").agent_memory == newer  # type: ignore[union-attr]
-    # Same turn and runner but an older claim (the runner's own earlier epoch): refused too.
-    with pytest.raises(LeaseLost):
-        TurnRunner._save_memory(runner, Lease("s", "t2", "alive", 1), stale)  # type: ignore[arg-type]
-    # The runner that holds the turn does save its context.
-    TurnRunner._save_memory(runner, Lease("s", "t2", "alive", 2), stale)  # type: ignore[arg-type]
-    assert states.read("s").agent_memory == stale  # type: ignore[union-attr]
+    conversations = ConversationsService(LocalDirectoryStore(tmp_path))
+    stale_turn = Transcript(conversations, "u", "s", Fence("s", 1))
+    stale_turn.load()
+    newer_turn = Transcript(conversations, "u", "s", Fence("s", 2))
+    newer_turn.load()
+    newer = TurnMemory("s", newer_turn.metadata, None)
+    newer.keep(AgentMemory(context=WorkingContext(conversation_id="s", summary="newer", kept_from=6)))
+    newer_turn.save([{"role": "user", "content": "hi"}])
+    stale = TurnMemory("s", stale_turn.metadata, None)
+    stale.keep(AgentMemory(context=WorkingContext(conversation_id="s", summary="stale", kept_from=2)))
+    with pytest.raises(FencedOut):
+        stale_turn.save([{"role": "user", "content": "hi"}], retry=False)
+    stored = conversations.load("u", "s")
+    assert stored is not None and stored[0]["metadata"][WORKING_CONTEXT]["summary"] == "newer"
+    # The next turn reads it back from the conversation.
+    again = Transcript(conversations, "u", "s", Fence("s", 3))
+    again.load()
+    context = TurnMemory("s", again.metadata, None).memory.context
+    assert context is not None and context.summary == "newer" and context.kept_from == 6
+
+
+def test_a_state_written_before_the_memory_moved_out_is_read_and_migrated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Old layout: state.json held `agentMemory` (skill index + working context). It still parses,
+    # its context seeds the conversation's metadata, and the turn's end drops it from the state.
+    import json
+
+    from chalicelib.realtime.agent_memory import WORKING_CONTEXT, TurnMemory
+    from chalicelib.realtime.lease import TurnRequest, claim_next, finish
+    from chalicelib.realtime.state import QueuedPrompt, StateStore
+    from chalicelib.storage import layout
+    from chalicelib.storage.local import LocalDirectoryStore
+
+    store = LocalDirectoryStore(tmp_path)
+    old = {"sessionId": "s", "userId": "u", "conversationId": "s", "queue": [QueuedPrompt(prompt="hi").model_dump(mode="json", by_alias=True)],
+           "agentMemory": {"skillIndex": {"entries": [], "fingerprint": "f", "builtAt": "2026-01-01T00:00:00Z"},
+                           "context": {"conversationId": "s", "summary": "old summary", "keptFrom": 4}}}
+    store.put(layout.session_key("s", "state.json"), json.dumps(old).encode())
+    states = StateStore(store)
+    request, _ = states.update("s", lambda s: claim_next(s, "r", utcnow(), timedelta(seconds=30)))
+    assert isinstance(request, TurnRequest) and request.legacy_context is not None
+    metadata: dict[str, object] = {}
+    memory = TurnMemory("s", metadata, None, request.legacy_context).memory
+    assert memory.context is not None and memory.context.summary == "old summary"
+    assert metadata[WORKING_CONTEXT]["summary"] == "old summary"  # type: ignore[index]
+    states.update("s", lambda s: finish(s, request.lease, seq=request.last_seq + 1, tail=None, logged=False))
+    raw = json.loads(store.get(layout.session_key("s", "state.json")).body)
+    assert "agentMemory" not in raw and raw["turn"] is None
