@@ -29,6 +29,9 @@ function sendPrompt(event) {
   const prompt = $("prompt").value.trim();
   if (!prompt || $("send").disabled) return;
   const message = {action: "message", prompt, messageId: newMessageId()};
+  // Naming the session lets the server read its state alongside the connection's record: one
+  // storage round trip less before the model is asked (the connection still decides the session).
+  if (state.session?.sessionId) message.sessionId = state.session.sessionId;
   if (!send(message)) return;
   state.unacked = message;
   setFollowing(true);
