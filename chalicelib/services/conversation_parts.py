@@ -7,14 +7,15 @@ the head holds only a recent tail: once it would pass `SEAL_BYTES` (16 KiB), all
 `KEEP_TAIL` messages are sealed into a part at `users/{u}/conversation-parts/{id}/…` (written
 before the head that names it, never overwritten), and the head names the parts in order:
 
-    "$parts":    [key, …]          the latest parts (at most MAX_HEAD_PARTS)
+    "$parts":    [name, …]         the latest parts (at most MAX_HEAD_PARTS), by name under the prefix
     "$counts":   [n, …]            how many messages each of them holds
-    "$chapters": [[key, n], …]     immutable objects naming MAX_HEAD_PARTS earlier parts each
+    "$chapters": [[name, n], …]    immutable objects naming MAX_HEAD_PARTS earlier parts each
                                    ({"parts": [...], "counts": [...]}), and their message count
 
 When the head would name more than MAX_HEAD_PARTS parts, the oldest of them are written into a
-chapter, so the head grows by one 60-byte reference per 32 parts (about 400 KiB of history) and
-every save writes at most about SEAL_BYTES plus the new messages, however long the history.
+chapter, so the head names at most 64 parts (about 1.5 KB, 750 KB of 2 KB replies: a whole
+working context, read in one round trip after the head's) plus a 30-byte reference per chapter
+(one per 64 parts), and every save writes at most about SEAL_BYTES plus the new messages.
 
 Readers put the messages back together (`read`, with `need=0`), so GET returns the whole body.
 A turn reads only what its working context needs (`need`: the compaction point the head's
@@ -35,6 +36,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +52,7 @@ KEEP_TAIL = 2
 #: The most one part holds when a long tail is sealed at once (a REST-posted body).
 PART_BYTES = 64 * 1024
 #: The most parts the head names itself; older ones are named by chapters.
-MAX_HEAD_PARTS = 32
+MAX_HEAD_PARTS = 64
 #: Keys in a stored head that describe its layout; never returned to readers.
 PARTS_FIELD = "$parts"
 COUNTS_FIELD = "$counts"
@@ -191,8 +193,9 @@ class ConversationParts:
         except PartsMissing:
             # What is still readable of it: its own names (a chapter that is gone names nothing).
             names = body.get(PARTS_FIELD), [c[0] for c in body.get(CHAPTERS_FIELD) or [] if isinstance(c, list) and c]
-            return {k for group in names if isinstance(group, list) for k in group
-                    if isinstance(k, str) and _inside(k, prefix)}
+            keys = {k if k.startswith(prefix) else prefix + k for group in names if isinstance(group, list)
+                    for k in group if isinstance(k, str)}
+            return {k for k in keys if _inside(k, prefix)}
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -265,25 +268,29 @@ class ConversationParts:
     def _layout(self, conversation_id: str, body: dict[str, Any], prefix: str) -> Sealed | None:
         """The layout a head names; None for the earlier one (parts without counts)."""
         parts, counts, chapters = body.get(PARTS_FIELD), body.get(COUNTS_FIELD), body.get(CHAPTERS_FIELD)
-        if parts in (None, []) and chapters in (None, []):
+        if parts in (None, []) and chapters in (None, []) and counts in (None, []):
             return Sealed()
         if counts is None and not chapters:
             return None
-        keys = self._names(conversation_id, parts or [], prefix)
+        keys = self._names(conversation_id, parts or [], prefix, relative=True)
         if not (isinstance(counts, list) and len(counts) == len(keys) and all(_count(n) for n in counts)):
             raise PartsMissing(f"the head of conversation {conversation_id!r} has no valid {COUNTS_FIELD}")
         if not isinstance(chapters, list) or not all(isinstance(c, list) and len(c) == 2 and _count(c[1]) for c in chapters):
             raise PartsMissing(f"the head of conversation {conversation_id!r} has no valid {CHAPTERS_FIELD}")
-        chapter_keys = self._names(conversation_id, [c[0] for c in chapters], prefix)
+        chapter_keys = self._names(conversation_id, [c[0] for c in chapters], prefix, relative=True)
         return Sealed(chapters=[Chapter(k, c[1]) for k, c in zip(chapter_keys, chapters, strict=True)],
                       parts=[Part(k, n) for k, n in zip(keys, counts, strict=True)])
 
     @staticmethod
-    def _names(conversation_id: str, names: Any, prefix: str) -> list[str]:
-        if not isinstance(names, list) or not all(isinstance(k, str) and _inside(k, prefix) for k in names):
+    def _names(conversation_id: str, names: Any, prefix: str, *, relative: bool = False) -> list[str]:
+        """The keys `names` stand for: keys (the 1 MiB layout) or names under `prefix` (this one)."""
+        if not isinstance(names, list) or not all(isinstance(k, str) for k in names):
+            raise PartsMissing(f"the head of conversation {conversation_id!r} does not name its parts as strings")
+        keys = [prefix + k for k in names] if relative else list(names)
+        if not all(_inside(k, prefix) for k in keys):
             # Only this conversation's own parts are ever read, whatever a stored head says.
             raise PartsMissing(f"the head of conversation {conversation_id!r} names parts outside {prefix}")
-        return list(names)
+        return keys
 
     def _load(self, conversation_id: str, sealed: Sealed, need: int) -> None:
         """Read the chapters and parts holding messages from `need` on (two round trips at most)."""
@@ -311,13 +318,15 @@ class ConversationParts:
             return
         found = self._fetch(conversation_id, [c.key for c in wanted], kind=dict)
         for chapter in wanted:
-            listed: dict[str, Any] = found[chapter.key]  # type: ignore[assignment]
-            keys, counts = listed.get("parts"), listed.get("counts")
-            if not (isinstance(keys, list) and isinstance(counts, list) and len(keys) == len(counts)
-                    and all(isinstance(k, str) and _count(n) for k, n in zip(keys, counts, strict=True))
-                    and sum(counts) == chapter.count and all(_inside(k, chapter.key.rsplit("/", 1)[0] + "/") for k in keys)):
+            listed: dict[str, Any] = found[chapter.key]
+            names, counts = listed.get("parts"), listed.get("counts")
+            prefix = chapter.key.rsplit("/", 1)[0] + "/"
+            if not (isinstance(names, list) and isinstance(counts, list) and len(names) == len(counts)
+                    and all(isinstance(k, str) and _inside(prefix + k, prefix) and _count(n)
+                            for k, n in zip(names, counts, strict=True))
+                    and sum(counts) == chapter.count):
                 raise PartsMissing(f"chapter {chapter.key} of conversation {conversation_id!r} is not a list of its parts")
-            chapter.parts = [Part(k, n) for k, n in zip(keys, counts, strict=True)]
+            chapter.parts = [Part(prefix + k, n) for k, n in zip(names, counts, strict=True)]
 
     def _fetch(self, conversation_id: str, keys: list[str], kind: type = list) -> dict[str, Any]:
         """Each key's parsed body (from the cache when it holds it); PartsMissing for one that
@@ -410,7 +419,7 @@ class ConversationParts:
     def _write_chapter(self, sealed: Sealed, prefix: str) -> None:
         """Move the head's oldest MAX_HEAD_PARTS parts into a new chapter (written first)."""
         moved, sealed.parts = sealed.parts[:MAX_HEAD_PARTS], sealed.parts[MAX_HEAD_PARTS:]
-        body = encode({"parts": [p.key for p in moved], "counts": [p.count for p in moved]})
+        body = encode({"parts": [_name(p.key) for p in moved], "counts": [p.count for p in moved]})
         key = self._unique(prefix, f"chapter-{len(sealed.chapters) + 1:06d}")
         self.store.put(key, body, content_type="application/json")  # type: ignore[arg-type]
         sealed.unconfirmed.add(key)
@@ -427,9 +436,9 @@ class ConversationParts:
         head = {k: v for k, v in body.items() if k not in LAYOUT_FIELDS}
         head["messages"] = tail
         if sealed.parts or sealed.chapters:
-            head[PARTS_FIELD] = [p.key for p in sealed.parts]
+            head[PARTS_FIELD] = [_name(p.key) for p in sealed.parts]
             head[COUNTS_FIELD] = [p.count for p in sealed.parts]
-            head[CHAPTERS_FIELD] = [[c.key, c.count] for c in sealed.chapters]
+            head[CHAPTERS_FIELD] = [[_name(c.key), c.count] for c in sealed.chapters]
         return encode(head)
 
     def _remember(self, user_id: str, conversation_id: str, sealed: Sealed) -> None:
@@ -439,6 +448,11 @@ class ConversationParts:
             self._known.move_to_end(key)
             while len(self._known) > _REMEMBERED:
                 self._known.popitem(last=False)
+
+
+def _name(key: str) -> str:
+    """A part's name under its conversation's prefix (what this layout stores)."""
+    return key.rsplit("/", 1)[1]
 
 
 def _inside(key: str, prefix: str) -> bool:
@@ -461,3 +475,21 @@ def _chunks(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         chunks[-1].append(message)
         size += length
     return chunks
+
+
+class RecentHistory(list[dict[str, Any]]):
+    """A turn's history whose first `loaded_from` messages were not read (they are `UNLOADED`):
+    the working context starts after them. `whole()` reads them when it turns out to need them
+    (no compaction recorded, or the session's context starts earlier)."""
+
+    def __init__(self, messages: list[dict[str, Any]], load_rest: Callable[[list[dict[str, Any]]], None]) -> None:
+        super().__init__(messages)
+        self.loaded_from = next((i for i, m in enumerate(messages) if m is not UNLOADED), len(messages))
+        self._load_rest = load_rest
+
+    def whole(self) -> RecentHistory:
+        """This history with every message read (one more round trip when some were not)."""
+        if self.loaded_from:
+            self._load_rest(self)
+            self.loaded_from = 0
+        return self

@@ -51,5 +51,6 @@ def test_a_replace_deletes_the_parts_it_no_longer_names(store: ObjectStore) -> N
     turn.append("alice", "c1", {**long_body(26), "metadata": {}}, fence=Fence("s1", 1), etag=etag)
     loaded = ConversationsService(store).load("alice", "c1")
     assert loaded is not None and len(loaded[0]["messages"]) == 26
-    named = set(json.loads(store.get("users/alice/conversations/c1.json").body)["$parts"])
+    head = json.loads(store.get("users/alice/conversations/c1.json").body)
+    named = ConversationsService(store).parts.named("alice", "c1", head)
     assert {o.key for o in iter_all(store, PARTS)} == named  # every stored part is named
