@@ -263,6 +263,12 @@ class ConversationParts:
         keys = [o.key for o in iter_all(self.store, layout.conversation_parts_prefix(user_id, conversation_id))]
         return self.store.delete_many(keys) if keys else 0
 
+    def drop_cache(self) -> None:
+        """Forget the parts kept in memory: the next reads fetch them (a cold process)."""
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
     # -- inside ----------------------------------------------------------------------------
 
     def _layout(self, conversation_id: str, body: dict[str, Any], prefix: str) -> Sealed | None:

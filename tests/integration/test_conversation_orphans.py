@@ -27,6 +27,7 @@ from chalicelib.storage.base import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 from chalicelib.storage.s3 import S3Store, build_s3_client
 from tests.fakes.fake_anthropic import Reply, Response, Text
+from tests.support.api import ROOT
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 from tests.support.s3 import create_bucket, storage_settings
 
@@ -99,7 +100,8 @@ def test_compaction_leaves_no_orphans_and_the_next_turn_reads_from_its_point(tmp
             management.sent.clear()
             if prompt == "second":
                 # A cold process: the parts the first turn read are not in memory.
-                get_container(Settings.from_env({**os.environ})).conversations.parts._cache.clear()
+                stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+                get_container(Settings.from_env({**os.environ, **stage_env})).conversations.parts.drop_cache()
                 read.clear()
             client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": prompt})))
             frames = management.wait_for("c1", "result", timeout=60)
@@ -119,10 +121,10 @@ def test_compaction_leaves_no_orphans_and_the_next_turn_reads_from_its_point(tmp
     # The second turn read no part that holds only messages before the compaction point.
     whole = ConversationsService(store).load("alice", "k1")
     assert whole is not None and whole[0]["messages"][:60] == seeded and len(whole[0]["messages"]) == 64
-    offset, early = 0, set()
+    offset, early, needed = 0, set(), set()
     for key, count in zip(head["$parts"], head["$counts"], strict=True):
-        if offset + count < kept_from - 1:
-            early.add(parts + key)
+        (early if offset + count < kept_from - 1 else needed).add(parts + key)
         offset += count
     assert early and not early & second_turn_read, sorted(second_turn_read)
+    assert needed & second_turn_read  # read cold: the parts from the compaction point were fetched
     assert "SUMMARY" in json.dumps(fake.requests[-1]["messages"][0]["content"])
