@@ -162,8 +162,6 @@ class ConversationParts:
         for part in self._flat(sealed):
             messages.extend(part.messages if part.messages is not None else [UNLOADED] * part.count)
         whole["messages"] = messages + tail
-        if need == 0:
-            self._remember(user_id, conversation_id, sealed)
         return whole, sealed
 
     def fill(self, conversation_id: str, sealed: Sealed, messages: list[dict[str, Any]]) -> None:
@@ -226,7 +224,6 @@ class ConversationParts:
             while len(sealed.parts) > MAX_HEAD_PARTS:
                 self._write_chapter(sealed, prefix)
             head = self._head(body, sealed, tail)
-        self._remember(user_id, conversation_id, sealed)
         return head
 
     def confirmed(self, user_id: str, conversation_id: str, sealed: Sealed) -> None:
@@ -234,18 +231,26 @@ class ConversationParts:
         what the layout stopped naming (a rewritten history) is referenced by nothing."""
         sealed.unconfirmed.clear()
         gone, sealed.superseded = sealed.superseded - sealed.keys(), set()
-        self._remember(user_id, conversation_id, sealed)
         if gone:
             self.delete_unreferenced(user_id, conversation_id, gone, set())
 
     def remembered(self, user_id: str, conversation_id: str) -> Sealed:
-        """What this process last wrote or read whole of a conversation (empty if nothing)."""
+        """The layout this process's saves without one of their own (`append` without `sealed`)
+        keep of a conversation: empty at first (its first save then seals afresh)."""
         with self._lock:
-            return self._known.get(f"{user_id}/{conversation_id}") or Sealed()
+            key = f"{user_id}/{conversation_id}"
+            sealed = self._known.get(key)
+            if sealed is None:
+                sealed = self._known[key] = Sealed()
+            self._known.move_to_end(key)
+            while len(self._known) > _REMEMBERED:
+                self._known.popitem(last=False)
+            return sealed
 
     def forget(self, user_id: str, conversation_id: str) -> None:
         """The conversation was replaced whole (REST POST, clear): its old parts no longer count."""
-        self._remember(user_id, conversation_id, Sealed())
+        with self._lock:
+            self._known.pop(f"{user_id}/{conversation_id}", None)
 
     def delete_unreferenced(self, user_id: str, conversation_id: str, before: set[str], keep: set[str]) -> int:
         """Delete the parts and chapters in `before` that `keep` does not hold (this
@@ -446,14 +451,6 @@ class ConversationParts:
             head[COUNTS_FIELD] = [p.count for p in sealed.parts]
             head[CHAPTERS_FIELD] = [[_name(c.key), c.count] for c in sealed.chapters]
         return encode(head)
-
-    def _remember(self, user_id: str, conversation_id: str, sealed: Sealed) -> None:
-        with self._lock:
-            key = f"{user_id}/{conversation_id}"
-            self._known[key] = sealed
-            self._known.move_to_end(key)
-            while len(self._known) > _REMEMBERED:
-                self._known.popitem(last=False)
 
 
 def _name(key: str) -> str:

@@ -203,6 +203,9 @@ class ConversationsService:
         named = self.parts.named(user_id, conversation_id, current) if current is not None else set()
         metadata = current.get("metadata") if current is not None else None
         same_session = isinstance(metadata, dict) and metadata.get("sessionId") == fence.session_id
+        # What the head being overwritten names and this save will not: referenced by nothing
+        # once it is stored (a stale runner's newly sealed parts, say).
+        sealed.superseded |= named - sealed.keys()
         if same_session and sealed.keys() - sealed.unconfirmed <= named:
             return
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.errors import ValidationFailed
+from chalicelib.errors import Conflict, ValidationFailed
 from chalicelib.services.conversation_parts import (
     CHAPTERS_FIELD,
     CONTEXT_FROM_FIELD,
@@ -21,7 +21,7 @@ from chalicelib.services.conversation_parts import (
     RecentHistory,
     encode,
 )
-from chalicelib.services.conversations import ConversationsService
+from chalicelib.services.conversations import ConversationsService, Fence
 from chalicelib.storage.base import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 
@@ -239,3 +239,57 @@ def test_a_tampered_layout_is_refused(tmp_path: Path, head: dict[str, Any]) -> N
     with pytest.raises(ValidationFailed) as caught:
         ConversationsService(store).get("u", "c")
     assert caught.value.code == "conversation_incomplete"
+
+
+def _long(store: LocalDirectoryStore, n: int = 200, context_from: int = 190) -> list[dict[str, Any]]:
+    messages = [reply(i) for i in range(n)]
+    writer = ConversationsService(store)
+    for k in range(1, n + 1):
+        writer.append("u", "c", {"conversationId": "c", "messages": messages[:k], "metadata": {CONTEXT_FROM_FIELD: context_from}},
+                      fence=Fence("s1", 1), etag=None if k == 1 else writer.load("u", "c")[1])  # type: ignore[index]
+    return messages
+
+
+def test_a_replace_under_a_turn_that_read_from_its_compaction_point_is_not_overwritten(tmp_path: Path) -> None:
+    store = LocalDirectoryStore(tmp_path)
+    _long(store)
+    turn = ConversationsService(store)
+    loaded = turn.load_recent("u", "c")
+    assert loaded is not None and loaded[0]["messages"][0] is UNLOADED
+    fresh = {"conversationId": "c", "messages": [{"role": "user", "content": "fresh start"}]}
+    ConversationsService(store).save("u", "c", fresh)  # deletes every part the turn did not read
+    with pytest.raises(Conflict) as caught:
+        turn.append("u", "c", {**loaded[0], "messages": [*loaded[0]["messages"], reply(200)]},
+                    fence=Fence("s1", 2), etag=loaded[1], sealed=loaded[2])
+    assert caught.value.code == "conversation_replaced"
+    assert ConversationsService(store).load("u", "c")[0] == fresh  # type: ignore[index]
+    assert iter_all(store, "users/u/conversation-parts/c/") == []
+
+
+def test_a_new_owner_overwrites_a_stale_runners_save_keeping_the_parts_it_did_not_read(tmp_path: Path) -> None:
+    local = LocalDirectoryStore(tmp_path)
+    messages = _long(local)
+    store = Counting(local)
+    owner = ConversationsService(store)  # type: ignore[arg-type]
+    loaded = owner.load_recent("u", "c")
+    assert loaded is not None
+    # The paused runner (epoch 1) saves once more before the new owner's first save.
+    stale = ConversationsService(local)
+    stale_read = stale.load_recent("u", "c")
+    assert stale_read is not None
+    late = [{"role": "user", "content": f"LATE {i} " + "l" * 2_000} for i in range(12)]  # enough to seal a part
+    stale.append("u", "c", {**stale_read[0], "messages": [*stale_read[0]["messages"], *late]},
+                 fence=Fence("s1", 1), etag=stale_read[1], sealed=stale_read[2])
+    assert stale_read[2].parts[-1].messages == [*messages[-2:], *late[:-2]]
+    store.take()
+    mine = [*loaded[0]["messages"], reply(200)]
+    owner.append("u", "c", {**loaded[0], "messages": mine}, fence=Fence("s1", 2), etag=loaded[1], sealed=loaded[2])
+    _, written = store.take()
+    assert [k for k, _ in written if "conversation-parts" in k] == []  # no part written again
+    whole = ConversationsService(local).load("u", "c")
+    assert whole is not None and whole[0]["messages"] == [*messages, reply(200)]
+    assert unnamed(local, ConversationsService(local)) == set()
+    # And the stale runner is fenced off from now on.
+    with pytest.raises(Conflict):
+        stale.append("u", "c", {**stale_read[0], "messages": [*stale_read[0]["messages"], reply(1)]},
+                     fence=Fence("s1", 1), etag=stale_read[1], sealed=stale_read[2])
