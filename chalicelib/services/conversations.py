@@ -154,8 +154,8 @@ class ConversationsService:
         are written, so it never fails for the conversation's size. Return the head's ETag.
 
         `sealed` is the layout `load_recent` returned (updated here); the body's messages may
-        then hold `UNLOADED` for those it did not read. Without it, what this process last
-        wrote or read of the conversation is used.
+        then hold `UNLOADED` for those it did not read. Without it, the layout this process's
+        earlier saves without one left is used (none at first: everything is sealed afresh).
 
         With a `fence`, the write is conditional on `etag` (the head as last read or written;
         None: no head yet). When the head changed meanwhile it is read again: a newer epoch of
@@ -214,7 +214,8 @@ class ConversationsService:
             raise _replaced(conversation_id, str(exc)) from None
         # Ours, never named by a head that stayed: nothing references them.
         self.parts.delete_unreferenced(user_id, conversation_id, sealed.unconfirmed - named, set())
-        sealed.chapters, sealed.parts, sealed.unconfirmed, sealed.superseded = [], [], set(), set()
+        # Sealed afresh: what the overwritten head names goes once this save's head is stored.
+        sealed.chapters, sealed.parts, sealed.unconfirmed, sealed.superseded = [], [], set(), set(named)
 
     def _named_parts(self, user_id: str, conversation_id: str) -> set[str]:
         """The parts the stored head names (none when there is no head or it does not parse)."""
