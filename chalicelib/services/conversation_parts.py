@@ -33,16 +33,20 @@ knows no head names them (see `ConversationsService.append`), and a whole replac
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib import safejson
 from chalicelib.storage import ObjectStore, layout
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import StorageError, get_many, iter_all
+
+log = logging.getLogger(__name__)
 
 #: The head's messages are sealed into a part once the head would pass this size.
 SEAL_BYTES = 16 * 1024
@@ -63,6 +67,9 @@ CONTEXT_FROM_FIELD = "contextFrom"
 #: Parts are immutable, so their bytes can be kept in memory: a warm process reads only heads.
 CACHE_BYTES = 16 * 1024 * 1024
 _REMEMBERED = 64
+#: A part no head names is swept once it is this old: by then the writer that sealed it has
+#: stored its head or died (a paused one is fenced off: its head write is refused).
+SWEEP_AGE = timedelta(minutes=10)
 
 #: Stands for a sealed message a turn did not read (before its working context). One object,
 #: compared by identity; its text is unique per process, so no real message's digest matches it.
@@ -106,6 +113,8 @@ class Sealed:
     # Named by an earlier head, no longer by this layout (history rewritten): deleted once a
     # head naming this layout is stored.
     superseded: set[str] = field(default_factory=set)
+    # A chapter was written: the next stored head sweeps what no head names.
+    sweep: bool = False
 
     @property
     def count(self) -> int:
@@ -233,6 +242,24 @@ class ConversationParts:
         gone, sealed.superseded = sealed.superseded - sealed.keys(), set()
         if gone:
             self.delete_unreferenced(user_id, conversation_id, gone, set())
+        if sealed.sweep:
+            sealed.sweep = False
+            try:
+                self.sweep(user_id, conversation_id, sealed)
+            except (StorageError, PartsMissing) as exc:
+                # The save stands; the next chapter's sweep tries again.
+                log.warning("sweeping the unnamed parts of conversation %s failed: %s", conversation_id, exc)
+
+    def sweep(self, user_id: str, conversation_id: str, sealed: Sealed) -> int:
+        """Delete the parts and chapters that `sealed` (the stored head's layout) does not name
+        and that are older than SWEEP_AGE: sealed by a process that died before it stored the
+        head naming them. One listing, run once per chapter (every 64 parts)."""
+        self._load_chapters(conversation_id, sealed.chapters)
+        named = sealed.keys()
+        cutoff = datetime.now(UTC) - SWEEP_AGE
+        prefix = layout.conversation_parts_prefix(user_id, conversation_id)
+        stale = {o.key for o in iter_all(self.store, prefix) if o.key not in named and o.last_modified < cutoff}
+        return self.delete_unreferenced(user_id, conversation_id, stale, set()) if stale else 0
 
     def remembered(self, user_id: str, conversation_id: str) -> Sealed:
         """The layout this process's saves without one of their own (`append` without `sealed`)
@@ -436,6 +463,7 @@ class ConversationParts:
         sealed.unconfirmed.add(key)
         self._cache_put(key, body)
         sealed.chapters.append(Chapter(key, sum(p.count for p in moved), moved))
+        sealed.sweep = True
 
     @staticmethod
     def _unique(prefix: str, name: str) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chalicelib.errors import Conflict, ValidationFailed
+from chalicelib.services import conversation_parts
 from chalicelib.services.conversation_parts import (
     CHAPTERS_FIELD,
     CONTEXT_FROM_FIELD,
@@ -293,3 +295,35 @@ def test_a_new_owner_overwrites_a_stale_runners_save_keeping_the_parts_it_did_no
     with pytest.raises(Conflict):
         stale.append("u", "c", {**stale_read[0], "messages": [*stale_read[0]["messages"], reply(1)]},
                      fence=Fence("s1", 1), etag=stale_read[1], sealed=stale_read[2])
+
+
+class DiesBeforeTheHead(Counting):
+    """A process that dies after sealing a part, before it stores the head naming it."""
+
+    def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        if "/conversations/" in key:
+            raise RuntimeError("killed")
+        return super().put(key, data, **kwargs)
+
+
+@pytest.mark.parametrize("age_minutes", [0, 10])
+def test_parts_a_dead_writer_left_unnamed_are_swept_at_the_next_chapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        age_minutes: int) -> None:
+    monkeypatch.setattr(conversation_parts, "SWEEP_AGE", timedelta(minutes=age_minutes))
+    store = LocalDirectoryStore(tmp_path)
+    messages = [reply(i) for i in range(700)]
+    writer = ConversationsService(store)
+    for n in range(1, 21):
+        writer.append("u", "c", {"conversationId": "c", "messages": messages[:n]})
+    loaded = writer.load_recent("u", "c")
+    assert loaded is not None
+    dying = ConversationsService(DiesBeforeTheHead(store))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        dying.append("u", "c", {"conversationId": "c", "messages": messages[:40]}, sealed=loaded[2])
+    orphans = unnamed(store, writer)
+    assert orphans  # sealed, never named
+    for n in range(21, 701):  # the survivor goes on, past its next chapter
+        writer.append("u", "c", {"conversationId": "c", "messages": messages[:n]})
+    assert len(head_of(store)[CHAPTERS_FIELD]) >= 1
+    assert unnamed(store, writer) == (set() if age_minutes == 0 else orphans)  # a young one may be in flight: kept
+    assert ConversationsService(store).load("u", "c")[0]["messages"] == messages  # type: ignore[index]
