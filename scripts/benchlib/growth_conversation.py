@@ -122,6 +122,9 @@ def measure(quick: bool = False) -> list[Figure]:
             return ConversationsService(S3Store(client, bucket))
 
         def take() -> Totals:
+            # The proxy records a request just after answering it: let the last one land in
+            # this message's count, not the next one's.
+            time.sleep(0.02)
             return Totals.of(storage.take_traffic())
 
         take()
@@ -161,8 +164,10 @@ def measure(quick: bool = False) -> list[Figure]:
                 "whole history": kb(history_bytes), "working context": kb(working_bytes)},
                "≤ the working context (+ head, one part, one chapter)", start_compacted <= bound and start_plain <= history_bytes + 64_000),
         Figure(AREA, "storage operations per message (load + 2 saves)", ops, "informational", True),
-        Figure(AREA, "encode time per save", encode_ms, f"message {last} ≤ 1.5× message {sizes[0]}",
-               sum(encode[-10:]) <= 1.5 * sum(encode[:10]) + 0.001),
+        # An absolute target: a fraction of a millisecond is timer and scheduling noise, and the
+        # issue measured 9-19 ms per save at 433-866 KB before the head was bounded.
+        Figure(AREA, "encode time per save (mean of 10)", encode_ms, "≤ 1 ms at every size (was 9–19 ms)",
+               all(sum(encode[max(0, n - 10):n]) / len(encode[max(0, n - 10):n]) <= 0.001 for n in sizes)),
     ]
 
 
