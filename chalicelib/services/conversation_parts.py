@@ -225,9 +225,10 @@ class ConversationParts:
         if len(head) > SEAL_BYTES and len(tail) > KEEP_TAIL:
             for chunk in _chunks(tail[:-KEEP_TAIL]):
                 key = self._unique(prefix, f"{len(sealed.parts) + len(sealed.chapters) * MAX_HEAD_PARTS + 1:06d}")
-                self.store.put(key, encode(chunk), content_type="application/json")  # type: ignore[arg-type]
+                data = encode(chunk)
+                self.store.put(key, data, content_type="application/json")  # type: ignore[arg-type]
                 sealed.unconfirmed.add(key)
-                self._cache_put(key, encode(chunk))
+                self._cache_put(key, data)
                 sealed.parts.append(Part(key, len(chunk), list(chunk)))
             tail = tail[-KEEP_TAIL:]
             while len(sealed.parts) > MAX_HEAD_PARTS:
@@ -240,15 +241,16 @@ class ConversationParts:
         what the layout stopped naming (a rewritten history) is referenced by nothing."""
         sealed.unconfirmed.clear()
         gone, sealed.superseded = sealed.superseded - sealed.keys(), set()
-        if gone:
-            self.delete_unreferenced(user_id, conversation_id, gone, set())
-        if sealed.sweep:
-            sealed.sweep = False
-            try:
+        sweep, sealed.sweep = sealed.sweep, False
+        try:
+            if gone:
+                self.delete_unreferenced(user_id, conversation_id, gone, set())
+            if sweep:
                 self.sweep(user_id, conversation_id, sealed)
-            except (StorageError, PartsMissing) as exc:
-                # The save stands; the next chapter's sweep tries again.
-                log.warning("sweeping the unnamed parts of conversation %s failed: %s", conversation_id, exc)
+        except (StorageError, PartsMissing) as exc:
+            # The save stands (retrying it would not help): what was not deleted now is an
+            # unnamed part, which the next chapter's sweep deletes.
+            log.warning("deleting the unnamed parts of conversation %s failed: %s", conversation_id, exc)
 
     def sweep(self, user_id: str, conversation_id: str, sealed: Sealed) -> int:
         """Delete the parts and chapters that `sealed` (the stored head's layout) does not name
