@@ -2,8 +2,9 @@
 
 The REST API and the agent write the same format, `{conversationId, messages, metadata}`, so
 a conversation the agent saved can be read over REST and one posted over REST continued. A
-turn appends (`append`): past a mebibyte, earlier messages are sealed into parts (see
-`conversation_parts`), and every read puts the whole body back together.
+turn appends (`append`): past 16 KiB, earlier messages are sealed into immutable parts (see
+`conversation_parts`), so a save costs the same however long the history; GET puts the whole
+body back together, and a turn reads only the parts its working context needs (`load_recent`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from chalicelib.errors import (
     ValidationFailed,
 )
 from chalicelib.ids import validate_id
-from chalicelib.services.conversation_parts import PARTS_FIELD, ConversationParts, PartsMissing
+from chalicelib.services.conversation_parts import (
+    ConversationParts,
+    HistoryReplaced,
+    PartsMissing,
+    Sealed,
+    context_from,
+)
 from chalicelib.services.limits import MAX_CONVERSATION_BYTES
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
@@ -124,14 +131,15 @@ class ConversationsService:
                 code="conversation_too_large",
             )
         # The parts the head being replaced names (a GET, Class B: cheaper than listing them).
-        before = self._named_parts(user_id, conversation_id) if not if_none_match else []
+        before = self._named_parts(user_id, conversation_id) if not if_none_match else set()
         try:
             etag = self.store.put(
                 layout.conversation_key(user_id, conversation_id), data, content_type="application/json",
                 if_match=if_match, if_none_match=if_none_match,
             ).etag
             # Replaced whole: the parts the new body does not name are referenced by nothing now.
-            self.parts.delete_unreferenced(user_id, conversation_id, before, body.get(PARTS_FIELD))
+            self.parts.forget(user_id, conversation_id)
+            self.parts.delete_unreferenced(user_id, conversation_id, before, self.parts.named(user_id, conversation_id, body))
             return etag
         except (StoragePreconditionFailed, ObjectNotFound):
             raise PreconditionFailed(
@@ -141,9 +149,13 @@ class ConversationsService:
             ) from None
 
     def append(self, user_id: str, conversation_id: str, body: dict[str, Any], *, fence: Fence | None = None,
-               etag: str | None = None) -> str:
+               etag: str | None = None, sealed: Sealed | None = None) -> str:
         """A turn's save of the whole conversation: only the head and any newly sealed part
         are written, so it never fails for the conversation's size. Return the head's ETag.
+
+        `sealed` is the layout `load_recent` returned (updated here); the body's messages may
+        then hold `UNLOADED` for those it did not read. Without it, the layout this process's
+        earlier saves without one left is used (none at first: everything is sealed afresh).
 
         With a `fence`, the write is conditional on `etag` (the head as last read or written;
         None: no head yet). When the head changed meanwhile it is read again: a newer epoch of
@@ -151,41 +163,74 @@ class ConversationsService:
         runner's write that got in before the new owner's first save) is overwritten, as an
         unfenced save would. A head that does not parse is never overwritten."""
         key = layout.conversation_key(user_id, conversation_id)
+        if sealed is None:
+            sealed = self.parts.remembered(user_id, conversation_id)
         if fence is None:
-            head = self.parts.head_for_append(user_id, conversation_id, body)
-            return self.store.put(key, head, content_type="application/json").etag
+            head = self._head(user_id, conversation_id, body, sealed)
+            etag = self.store.put(key, head, content_type="application/json").etag
+            self.parts.confirmed(user_id, conversation_id, sealed)
+            return etag
         metadata = dict(body.get("metadata") or {})
         metadata.update({"sessionId": fence.session_id, "leaseEpoch": fence.epoch})
-        head = self.parts.head_for_append(user_id, conversation_id, {**body, "metadata": metadata})
+        fenced = {**body, "metadata": metadata}
+        head = self._head(user_id, conversation_id, fenced, sealed)
         expected = etag
         for _ in range(FENCED_ATTEMPTS):
             try:
-                return self.store.put(key, head, content_type="application/json", if_match=expected,
-                                      if_none_match=expected is None).etag
+                stored = self.store.put(key, head, content_type="application/json", if_match=expected,
+                                        if_none_match=expected is None).etag
+                self.parts.confirmed(user_id, conversation_id, sealed)
+                return stored
             except StoragePreconditionFailed:
-                expected = self._check_fence(user_id, conversation_id, fence)
-                # Someone else wrote the head (a REST replace or `clear` deletes the parts it no
-                # longer names): seal afresh rather than name parts that may be gone.
-                self.parts.forget(user_id, conversation_id)
-                head = self.parts.head_for_append(user_id, conversation_id, {**body, "metadata": metadata})
+                expected, current = self._check_fence(user_id, conversation_id, fence)
+                self._after_overwrite(user_id, conversation_id, fenced, sealed, current, fence)
+                head = self._head(user_id, conversation_id, fenced, sealed)
         raise Conflict(f"Conversation {conversation_id!r} kept changing while the turn saved it; the turn stopped.",
                        code="conversation_contention")
 
-    def _named_parts(self, user_id: str, conversation_id: str) -> list[str]:
-        """The parts the stored head names ([] when there is none or it does not parse)."""
+    def _head(self, user_id: str, conversation_id: str, body: dict[str, Any], sealed: Sealed) -> bytes:
+        try:
+            return self.parts.head_for_append(user_id, conversation_id, body, sealed)
+        except HistoryReplaced as exc:
+            raise _replaced(conversation_id, str(exc)) from None
+
+    def _after_overwrite(self, user_id: str, conversation_id: str, body: dict[str, Any], sealed: Sealed,
+                         current: dict[str, Any] | None, fence: Fence) -> None:
+        """Someone else wrote the head this save is about to overwrite. A stale runner of the
+        same session only ever adds parts, so ours are still there when it names them; any
+        other writer (a REST replace, `clear`) deletes the parts it stopped naming, so the
+        messages are sealed afresh (reading first those this turn had not read)."""
+        named = self.parts.named(user_id, conversation_id, current) if current is not None else set()
+        metadata = current.get("metadata") if current is not None else None
+        same_session = isinstance(metadata, dict) and metadata.get("sessionId") == fence.session_id
+        # What the head being overwritten names and this save will not: referenced by nothing
+        # once it is stored (a stale runner's newly sealed parts, say).
+        sealed.superseded |= named - sealed.keys()
+        if same_session and sealed.keys() - sealed.unconfirmed <= named:
+            return
+        try:
+            self.parts.fill(conversation_id, sealed, body["messages"])
+        except HistoryReplaced as exc:
+            raise _replaced(conversation_id, str(exc)) from None
+        # Ours, never named by a head that stayed: nothing references them.
+        self.parts.delete_unreferenced(user_id, conversation_id, sealed.unconfirmed - named, set())
+        # Sealed afresh: what the overwritten head names goes once this save's head is stored.
+        sealed.chapters, sealed.parts, sealed.unconfirmed, sealed.superseded = [], [], set(), set(named)
+
+    def _named_parts(self, user_id: str, conversation_id: str) -> set[str]:
+        """The parts the stored head names (none when there is no head or it does not parse)."""
         try:
             stored = safejson.loads(self.store.get(layout.conversation_key(user_id, conversation_id)).body)
         except (ObjectNotFound, ValueError):
-            return []
-        named = stored.get(PARTS_FIELD) if isinstance(stored, dict) else None
-        return [k for k in named if isinstance(k, str)] if isinstance(named, list) else []
+            return set()
+        return self.parts.named(user_id, conversation_id, stored) if isinstance(stored, dict) else set()
 
-    def _check_fence(self, user_id: str, conversation_id: str, fence: Fence) -> str | None:
-        """The stored head's ETag (None: no head), after checking `fence` may overwrite it."""
+    def _check_fence(self, user_id: str, conversation_id: str, fence: Fence) -> tuple[str | None, dict[str, Any] | None]:
+        """The stored head's ETag and body (None: no head), after checking `fence` may overwrite it."""
         try:
             obj = self.store.get(layout.conversation_key(user_id, conversation_id))
         except ObjectNotFound:
-            return None
+            return None, None
         stored = self._parse(conversation_id, obj.body)
         metadata = stored.get("metadata")
         if isinstance(metadata, dict) and metadata.get("sessionId") == fence.session_id:
@@ -195,7 +240,7 @@ class ConversationsService:
                     f"Conversation {conversation_id!r} was saved under lease epoch {epoch} of session "
                     f"{fence.session_id!r}; this runner's epoch {fence.epoch} is older: another runner owns the turn.",
                 )
-        return obj.info.etag
+        return obj.info.etag, stored
 
     @staticmethod
     def _parse(conversation_id: str, data: bytes) -> dict[str, Any]:
@@ -208,52 +253,83 @@ class ConversationsService:
             raise ConversationUnreadable(conversation_id, "it is not a JSON object")
         return body
 
-    def _assembled(self, user_id: str, conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self.parts.assemble(user_id, conversation_id, body)
-        except PartsMissing as exc:
-            raise ValidationFailed(
-                f"Conversation {conversation_id!r} is stored incompletely ({exc}): it was changed outside the API. "
-                "DELETE it, or rewrite it with POST.",
-                code="conversation_incomplete",
-            ) from None
+    def _read(self, user_id: str, conversation_id: str, need: Any = 0, *,
+              served: bool = False) -> tuple[Any, str, Sealed, datetime] | None:
+        """(body put back together, ETag, layout, last modified) of a stored conversation, or None.
+
+        `need`: the first message wanted (0: all), or a callable giving it from the stored head.
+        `served` (GET): a stored JSON value that is not an object is returned as it is. A head
+        that does not parse raises ConversationUnreadable; one naming a missing part is
+        read once more (a whole replace may have deleted it between the two reads), then
+        reported as incomplete."""
+        for attempt in range(2):
+            try:
+                obj = self.store.get(layout.conversation_key(user_id, conversation_id))
+            except ObjectNotFound:
+                return None
+            # One that does not parse is reported, never taken for an empty one: a turn would save
+            # its reply over it and the history would be gone.
+            if served:
+                try:
+                    value = safejson.loads(obj.body)
+                except ValueError as exc:
+                    raise ConversationUnreadable(conversation_id, str(exc)) from None
+                if not isinstance(value, dict):
+                    return value, obj.info.etag, Sealed(), obj.info.last_modified
+            body = self._parse(conversation_id, obj.body)
+            try:
+                whole, sealed = self.parts.read(user_id, conversation_id, body, need(body) if callable(need) else need)
+                return whole, obj.info.etag, sealed, obj.info.last_modified
+            except PartsMissing as exc:
+                if attempt == 0:
+                    continue
+                raise ValidationFailed(
+                    f"Conversation {conversation_id!r} is stored incompletely ({exc}): it was changed outside the API. "
+                    "DELETE it, or rewrite it with POST.",
+                    code="conversation_incomplete",
+                ) from None
+        raise AssertionError("unreachable")
 
     def load(self, user_id: str, conversation_id: str) -> tuple[dict[str, Any], str] | None:
         """(body, etag) of a stored conversation, or None; ConversationUnreadable when its head
         does not parse."""
+        read = self._read(user_id, conversation_id)
+        return (read[0], read[1]) if read is not None else None
+
+    def load_recent(self, user_id: str, conversation_id: str) -> tuple[dict[str, Any], str, Sealed] | None:
+        """What a turn reads: like `load`, but the sealed parts before the working context (the
+        compaction point recorded in the head's metadata, `contextFrom`) are not read; their
+        messages are `UNLOADED`. Pass the layout to `append` and to `load_rest`."""
+        read = self._read(user_id, conversation_id, lambda head: max(0, context_from(head) - 1))
+        return (read[0], read[1], read[2]) if read is not None else None
+
+    def load_rest(self, conversation_id: str, sealed: Sealed, messages: list[dict[str, Any]]) -> None:
+        """Put the messages `load_recent` left out in place of their `UNLOADED` entries."""
         try:
-            obj = self.store.get(layout.conversation_key(user_id, conversation_id))
-        except ObjectNotFound:
-            return None
-        # One that does not parse is reported, never taken for an empty one: a turn would save
-        # its reply over it and the history would be gone.
-        body = self._parse(conversation_id, obj.body)
-        return self._assembled(user_id, conversation_id, body), obj.info.etag
+            self.parts.fill(conversation_id, sealed, messages)
+        except HistoryReplaced as exc:
+            raise _replaced(conversation_id, str(exc)) from None
 
     def get(self, user_id: str, conversation_id: str) -> tuple[ConversationDetail, str]:
         """GET one conversation; 404 "Conversation not found"."""
-        key = layout.conversation_key(user_id, conversation_id)
         try:
-            obj = self.store.get(key)
-        except ObjectNotFound:
-            raise NotFound("Conversation not found", code="conversation_not_found") from None
-        try:
-            body = safejson.loads(obj.body)
-        except ValueError as exc:
+            read = self._read(user_id, conversation_id, served=True)
+        except ConversationUnreadable as exc:
             # Only a write around the API stores such a body (REST bodies are parsed the same way).
             raise ValidationFailed(
-                f"Conversation {conversation_id!r} is stored but cannot be served: {exc} "
+                f"Conversation {conversation_id!r} is stored but cannot be served: {exc.detail} "
                 "It was written outside the API; DELETE it, or rewrite it with POST.",
                 code="conversation_unreadable",
             ) from None
-        if isinstance(body, dict):
-            body = self._assembled(user_id, conversation_id, body)
+        if read is None:
+            raise NotFound("Conversation not found", code="conversation_not_found") from None
+        body, etag, _, modified = read
         return (
             ConversationDetail(
                 user_id=user_id, conversation_id=conversation_id, conversation=body,
-                metadata=body.get("metadata") if isinstance(body, dict) else None, uploaded=obj.info.last_modified,
+                metadata=body.get("metadata") if isinstance(body, dict) else None, uploaded=modified,
             ),
-            obj.info.etag,
+            etag,
         )
 
     def list(self, user_id: str, limit: int = 100, cursor: str | None = None) -> ConversationList:
@@ -314,11 +390,20 @@ class ConversationUnreadable(ValidationFailed):
     code = "conversation_unreadable"
 
     def __init__(self, conversation_id: str, detail: str) -> None:
+        self.detail = detail
         super().__init__(
             f"Conversation {conversation_id!r} is stored but cannot be read ({detail}); it is kept as it is and "
             "nothing was written. GET /users/{userId}/conversations/{conversationId} shows it; rewrite it with POST "
             "or DELETE it, or start another conversation.",
         )
+
+
+def _replaced(conversation_id: str, detail: str) -> Conflict:
+    return Conflict(
+        f"Conversation {conversation_id!r} was replaced while the turn ran (a REST POST or clear): the earlier "
+        f"messages this turn had not read are gone ({detail}). Nothing was written; send the message again.",
+        code="conversation_replaced",
+    )
 
 
 #: The ids of conversations dated exactly T ride in the cursor (so they are not repeated in
