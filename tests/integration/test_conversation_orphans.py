@@ -111,9 +111,9 @@ def test_compaction_leaves_no_orphans_and_the_next_turn_reads_from_its_point(tmp
                 assert any(f["event"] == "status" and f.get("status") == "compacted" for f in frames)
     second_turn_read = set(read)
     store = LocalDirectoryStore(data)
-    state = json.loads((data / "sessions/k1/state.json").read_text())
-    kept_from = state["agentMemory"]["context"]["keptFrom"]
     head = json.loads((data / "users/alice/conversations/k1.json").read_text())
+    # The working context is kept in the conversation's metadata, beside the offset the next turn reads from.
+    kept_from = head["metadata"]["workingContext"]["keptFrom"]
     assert kept_from > 20 and head["metadata"]["contextFrom"] == kept_from
     parts = "users/alice/conversation-parts/k1/"
     named = ConversationsService(store).parts.named("alice", "k1", head)
