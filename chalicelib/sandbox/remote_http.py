@@ -20,6 +20,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
     SnapshotTooLarge,
 )
+from chalicelib.sandbox.snapshot_format import SnapshotDamaged
 
 _ERRORS: dict[str, type[SandboxError]] = {
     "sandbox_gone": SandboxGone,
@@ -28,6 +29,7 @@ _ERRORS: dict[str, type[SandboxError]] = {
     "is_a_directory": SandboxIsADirectory,
     "mount_failed": MountError,
     "snapshot_too_large": SnapshotTooLarge,
+    "snapshot_damaged": SnapshotDamaged,
 }
 
 

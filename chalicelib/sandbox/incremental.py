@@ -1,0 +1,468 @@
+"""Incremental workspace snapshots, the sandbox's side: what changed since the stored snapshot,
+and a restore from one (the format is `snapshot_format`).
+
+The sandbox remembers, for the last few snapshots it made or applied (by their root's MD5), each
+entry's lstat (type, mode, size, mtime, inode) and manifest entry. A save walks the workspace (a
+stat per entry, no file read), and reads, hashes and packs only the files whose lstat moved; the
+rest keep their place in the packs already stored. So an unchanged workspace costs one walk, and
+a changed one costs the walk plus what changed.
+
+Like the archive (`archive`), every step goes through directory fds opened with O_NOFOLLOW from
+the sandbox's own root fd, so a link the agent plants or a folder it swaps mid-walk is never
+followed; an entry that changes under the walk is left for the next save (its lstat is not
+remembered, so the next walk reads it again).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import errno
+import hashlib
+import io
+import os
+import stat
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chalicelib.sandbox.archive import (
+    RAW_FACTOR,
+    _check_fits,
+    _clear,
+    _copy_sparse,
+    _Folders,
+    _too_large,
+    allocated_bytes,
+    clean_relative,
+    excluded,
+)
+from chalicelib.sandbox.base import SandboxError, SandboxPathError
+from chalicelib.sandbox.paths import iter_tree
+from chalicelib.sandbox.snapshot_format import (
+    ZLIB_LEVEL,
+    Entry,
+    PackWriter,
+    Root,
+    SnapshotDamaged,
+    SnapshotDelta,
+    decode_root,
+    encode_root,
+    entry_line,
+    file_content,
+    index_segments,
+    new_lineage,
+    path_fields,
+    read_entries,
+    seal,
+)
+
+if TYPE_CHECKING:
+    from chalicelib.sandbox.paths import DirTree
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Folders deeper than this are walked by `paths.iter_tree` (one fd whatever the depth) instead.
+_FAST_DEPTH = 64
+_READ = 1 << 20
+#: Snapshots a sandbox remembers (the stored one, and saves that may have lost a race to it).
+_REMEMBERED = 4
+
+Stat = tuple[int, int, int, int]
+
+
+def _key(info: os.stat_result) -> Stat:
+    return (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def walk(root_fd: int) -> dict[str, Stat]:
+    """Every entry below the workspace but the skills: its lstat key, by relative path."""
+    try:
+        return _walk_fast(root_fd)
+    except _TooDeep:
+        return {f.rel: _key(f.info) for f in iter_tree(root_fd, skip=excluded)}
+
+
+def _walk_fast(root_fd: int) -> dict[str, Stat]:
+    """scandir from fds, one fd per level (a deep tree goes to `iter_tree`, which holds one)."""
+    out: dict[str, Stat] = {}
+    frames: list[tuple[int, str, list[str]]] = []
+    fd, prefix = os.open(".", _DIR_FLAGS, dir_fd=root_fd), ""
+    try:
+        while True:
+            frames.append((fd, prefix, _scan(fd, prefix, out)))
+            fd = -1
+            if len(frames) > _FAST_DEPTH:
+                raise _TooDeep
+            while True:  # the next folder to enter
+                while frames and not frames[-1][2]:
+                    os.close(frames.pop()[0])
+                if not frames:
+                    return out
+                parent, parent_prefix, pending = frames[-1]
+                name = pending.pop()
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    out.pop(parent_prefix + name, None)  # replaced by a link or removed: not remembered
+                    continue
+                prefix = parent_prefix + name + "/"
+                break
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        for frame in frames:
+            os.close(frame[0])
+
+
+def _scan(fd: int, prefix: str, out: dict[str, Stat]) -> list[str]:
+    """Record one folder's entries; return its subfolders' names."""
+    subdirs: list[str] = []
+    with os.scandir(fd) as scan:
+        for found in scan:
+            rel = prefix + found.name
+            if prefix == ".claude/" and excluded(rel):
+                continue
+            try:
+                info = found.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            out[rel] = _key(info)
+            if stat.S_ISDIR(info.st_mode):
+                subdirs.append(found.name)
+    return subdirs
+
+
+@dataclass(frozen=True)
+class SnapshotState:
+    """A snapshot as the sandbox knows it: its root, and each entry's lstat key and manifest line."""
+
+    root: Root
+    root_md5: str
+    entries: dict[str, Entry]
+    lines: dict[str, str]
+    stats: dict[str, Stat]
+    #: segment lines -> (key, size): a segment whose lines are unchanged is not written again
+    segments: dict[tuple[str, ...], tuple[str, int]]
+
+
+class _Parents:
+    """The fd of the folder of the last entry read (entries come sorted, so it is mostly reused).
+    Folders are entered one component at a time with O_NOFOLLOW from the root fd."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd, self.rel, self.fd = root_fd, "", os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+
+    def of(self, rel: str) -> tuple[int, str] | None:
+        folder, _, name = rel.rpartition("/")
+        if folder != self.rel:
+            fd = os.open(".", _DIR_FLAGS, dir_fd=self.root_fd)
+            try:
+                for part in folder.split("/") if folder else []:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = child
+            except OSError:
+                os.close(fd)
+                return None  # moved, removed or replaced by a link since the walk: next save
+            os.close(self.fd)
+            self.fd, self.rel = fd, folder
+        return self.fd, name
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _entry_of(parents: _Parents, rel: str, st: Stat, writer: PackWriter,
+              known: dict[str, tuple[str, int, int]], budget: list[int]) -> tuple[Entry, Stat] | None:
+    """The manifest entry of one changed entry (its content packed), with the lstat key it was
+    read at; None when it vanished or changed type since the walk."""
+    where = parents.of(rel)
+    if where is None:
+        return None
+    parent, name = where
+    mode = st[0]
+    if stat.S_ISDIR(mode):
+        return Entry(**path_fields(rel), kind="dir", mode=mode & 0o777), st
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(name, dir_fd=parent)
+        except OSError:
+            return None
+        return Entry(**path_fields(rel), kind="symlink", mode=0o777, mtime_ns=st[2],
+                     target=base64.b64encode(os.fsencode(target)).decode()), st
+    if not stat.S_ISREG(mode):
+        return None  # fifos, sockets and devices are not workspace content
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        return None
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode):
+            return None
+        budget[0] -= now.st_size
+        if budget[0] < 0:
+            raise _TooLargeRaw
+        pack, offset = writer.start()
+        buffer = writer.packs[pack]
+        digest = hashlib.sha256()
+        squeeze = zlib.compressobj(ZLIB_LEVEL)
+        left = now.st_size
+        while left:
+            chunk = os.read(fd, min(_READ, left))
+            if not chunk:  # shrank while read: the size recorded is kept, the rest zeros
+                chunk = bytes(min(_READ, left))
+            digest.update(chunk)
+            buffer += squeeze.compress(chunk)
+            left -= len(chunk)
+        if now.st_size:
+            buffer += squeeze.flush()
+        hexdigest = digest.hexdigest()[:32]
+        length = len(buffer) - offset
+        if hexdigest in known:  # the same bytes are stored already (a touch, a copy, a rename)
+            del buffer[offset:]
+            pack, offset, length = known[hexdigest]
+        elif not now.st_size:
+            pack, offset, length = "", 0, 0
+        taken = allocated_bytes(now.st_size, now.st_blocks * 512)
+        entry = Entry(**path_fields(rel), kind="file", mode=now.st_mode & 0o777, mtime_ns=now.st_mtime_ns,
+                      size=now.st_size, allocated=taken if taken < allocated_bytes(now.st_size) else None,
+                      digest=hexdigest, pack=pack or None, offset=offset, length=length)
+        return entry, _key(now)
+    finally:
+        os.close(fd)
+
+
+class _TooLargeRaw(Exception):
+    pass
+
+
+def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int) -> tuple[SnapshotDelta, SnapshotState] | None:
+    """What a save writes against `base` (None: from nothing), and the state it leaves; None
+    when nothing changed since `base`. SnapshotTooLarge past `max_bytes`."""
+    current = walk(root_fd)
+    if base is not None and current == base.stats:
+        return None
+    lineage = base.root.lineage if base is not None else new_lineage()
+    entries: dict[str, Entry] = {}
+    lines: dict[str, str] = {}
+    stats: dict[str, Stat] = {}
+    to_read: list[str] = []
+    for rel, st in current.items():
+        if base is not None and base.stats.get(rel) == st and rel in base.entries:
+            entries[rel], lines[rel], stats[rel] = base.entries[rel], base.lines[rel], st
+        else:
+            to_read.append(rel)
+    known: dict[str, tuple[str, int, int]] = {}
+    if base is not None:
+        # A pack mostly garbage (less than half of it still used) is not kept for the few files
+        # it still holds: they are packed again, and the pack goes with the next root.
+        live: dict[str, int] = {}
+        for entry in entries.values():
+            if entry.pack is not None:
+                live[entry.pack] = live.get(entry.pack, 0) + entry.length
+        sparse = {key for key, size in base.root.packs.items() if live.get(key, 0) * 2 < size}
+        for rel in [r for r, e in entries.items() if e.pack in sparse]:
+            del entries[rel], lines[rel], stats[rel]
+            to_read.append(rel)
+        known = {e.digest: (e.pack, e.offset, e.length) for e in entries.values()
+                 if e.digest is not None and e.pack is not None and e.pack not in sparse}
+    writer = PackWriter(lineage)
+    budget = [max_bytes * RAW_FACTOR - sum(e.size for e in entries.values())]
+    parents = _Parents(root_fd)
+    try:
+        for rel in sorted(to_read):
+            made = _entry_of(parents, rel, current[rel], writer, known, budget)
+            if made is None:
+                continue
+            entry, st = made
+            entries[rel], lines[rel], stats[rel] = entry, entry_line(entry), st
+            if entry.digest is not None and entry.pack is not None:
+                known.setdefault(entry.digest, (entry.pack, entry.offset, entry.length))
+    except _TooLargeRaw:
+        raise _too_large(max_bytes, f"its files add up to more than {max_bytes * RAW_FACTOR // 2**20} MiB") from None
+    finally:
+        parents.close()
+    return _seal(lineage, base, entries, lines, stats, writer, max_bytes)
+
+
+def _seal(lineage: str, base: SnapshotState | None, entries: dict[str, Entry], lines: dict[str, str],
+          stats: dict[str, Stat], writer: PackWriter, max_bytes: int) -> tuple[SnapshotDelta, SnapshotState]:
+    """Cut the segments, write the root, and name what the new root no longer needs."""
+    sizes = {**(base.root.packs if base is not None else {}), **{k: len(v) for k, v in writer.packs.items()}}
+    root, objects, segments = seal(lineage, entries, lines, base.segments if base is not None else {}, sizes)
+    objects.update({key: bytes(writer.packs[key]) for key in root.packs if key in writer.packs})
+    if root.stored > max_bytes:
+        raise _too_large(max_bytes, f"the snapshot would take {root.stored} bytes")
+    data = encode_root(root)
+    obsolete = sorted(base.root.objects() - root.objects()) if base is not None else []
+    content = sum(1 for rel in entries if rel != ".claude")
+    delta = SnapshotDelta(data, objects, obsolete, base.root_md5 if base is not None else None, content)
+    return delta, SnapshotState(root, hashlib.md5(data).hexdigest(), entries, lines, stats, segments)
+
+
+def apply_snapshot(root_fd: int, root_data: bytes, objects: dict[str, bytes], max_bytes: int,
+                   owner: tuple[int, int] | None, disk_limited: bool) -> tuple[int, SnapshotState]:
+    """Make the workspace (skills untouched) hold exactly the snapshot's entries.
+
+    Everything is checked before anything is removed: every object present and matching its
+    address, every path inside the workspace, once, and below no link of the snapshot; a
+    snapshot whose files cannot fit the workspace's disk is refused (SandboxError).
+    """
+    root = decode_root(root_data)
+    entries = sorted(read_entries(root, objects), key=lambda e: e.rel)
+    raw = size_total = 0
+    seen: set[str] = set()
+    links: list[str] = []
+    for entry in entries:
+        rel = entry.rel
+        if clean_relative(rel) != rel or excluded(rel) or rel in seen:
+            raise SnapshotDamaged(f"The snapshot's entry {rel!r} is outside the workspace, the skills' or repeated.")
+        seen.add(rel)
+        if entry.kind == "symlink":
+            links.append(rel)
+        if entry.kind == "file":
+            if entry.size and (entry.pack is None or entry.pack not in objects):
+                raise SnapshotDamaged(f"The pack holding {rel} is missing.")
+            size_total += entry.size
+            raw += allocated_bytes(entry.size, entry.allocated)
+    if size_total > max_bytes * RAW_FACTOR or root.stored > max_bytes:
+        raise _too_large(max_bytes, "its files add up to more than the cap allows")
+    names = sorted(seen)
+    for link in links:  # an entry below a link sorts right after "link/": one bisection per link
+        at = bisect.bisect_left(names, link + "/")
+        if at < len(names) and names[at].startswith(link + "/"):
+            raise SandboxPathError(f"{names[at]!r} cannot be written: {link} is a symbolic link in the snapshot.")
+    files = 0
+    try:
+        if owner is None:
+            found = os.fstat(root_fd)
+            if os.geteuid() == 0 and (found.st_uid, found.st_gid) != (0, 0):
+                owner = (found.st_uid, found.st_gid)
+        if disk_limited:
+            _check_fits(root_fd, len(entries), raw)
+        _clear(root_fd)
+        folders = _Folders(root_fd, owner)
+        try:
+            for entry in entries:
+                files += _restore_one(folders, entry, objects, owner)
+        finally:
+            folders.close()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SandboxError(
+                "The workspace snapshot does not fit the sandbox's disk (SANDBOX_DISK_MB): the restore stopped "
+                "part way. Raise SANDBOX_DISK_MB on the sandbox host; the snapshot is kept."
+            ) from None
+        raise
+    by_rel = {e.rel: e for e in entries}
+    lines, segments = index_segments(root, by_rel)
+    stats = walk(root_fd)
+    state = SnapshotState(root, hashlib.md5(root_data).hexdigest(), by_rel, lines,
+                          {rel: st for rel, st in stats.items() if rel in by_rel}, segments)
+    return files, state
+
+
+def _restore_one(folders: _Folders, entry: Entry, objects: dict[str, bytes], owner: tuple[int, int] | None) -> int:
+    parent, name = folders.parent_of(entry.rel)
+    if entry.kind == "dir":
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        os.chmod(name, (entry.mode & 0o777) | 0o700, dir_fd=parent, follow_symlinks=False)
+    elif entry.kind == "symlink":
+        os.symlink(os.fsdecode(base64.b64decode(entry.target or "")), name, dir_fd=parent)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+    else:
+        data = file_content(entry, objects.get(entry.pack or "")) if entry.size else b""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            if data:
+                _copy_sparse(io.BytesIO(data), fd, entry.size)
+            os.fchmod(fd, entry.mode & 0o777)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+        return 1
+    if owner is not None:
+        os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
+    return 0
+
+
+class IncrementalSnapshotMixin:
+    """Incremental snapshots of a workspace on this machine's disk, for LocalSandbox.
+
+    Needs `self.files` (the DirTree on the workspace: its root fd, and `owner`), `self.disk_limited`
+    and `self._alive()`, like `archive.WorkspaceArchiveMixin`.
+    """
+
+    files: DirTree
+    disk_limited: bool
+    _alive: Callable[[], None]
+
+    def _snapshot_memory(self) -> tuple[threading.Lock, OrderedDict[str, SnapshotState]]:
+        found = getattr(self, "_snapshots_known", None)
+        if found is None:
+            found = (threading.Lock(), OrderedDict())
+            self._snapshots_known = found
+        return found
+
+    def snapshot_unchanged(self) -> list[str]:
+        """The root MD5s of the snapshots this sandbox made or applied that the workspace still
+        matches exactly (a walk, nothing read): a save whose stored root is one of them writes nothing."""
+        self._alive()
+        lock, known = self._snapshot_memory()
+        with lock:
+            if not known:
+                return []
+            current = walk(self.files.root_fd)
+            return [md5 for md5, state in known.items() if state.stats == current]
+
+    def snapshot_delta(self, max_bytes: int, base: str | None) -> SnapshotDelta | None:
+        """The objects and root a save writes when the stored root's MD5 is `base` (None: no
+        snapshot stored); None when the workspace still matches that root.
+
+        A root this sandbox did not make or apply gives a delta from nothing (every file packed
+        again, `base` None in it). SnapshotTooLarge past `max_bytes`."""
+        self._alive()
+        lock, known = self._snapshot_memory()
+        with lock:
+            state = known.get(base) if base is not None else None
+            made = make_delta(self.files.root_fd, state, max_bytes)
+            if made is None:
+                return None
+            delta, after = made
+            self._remember(known, after)
+            return delta
+
+    def import_snapshot(self, root: bytes, objects: dict[str, bytes], max_bytes: int) -> int:
+        """Replace the workspace (skills untouched) by the snapshot's entries; return the file count.
+
+        SnapshotDamaged when an object is missing or wrong; SandboxError when it cannot fit the disk."""
+        self._alive()
+        lock, known = self._snapshot_memory()
+        with lock:
+            files, state = apply_snapshot(self.files.root_fd, root, objects, max_bytes,
+                                          self.files.owner, self.disk_limited)
+            known.clear()
+            self._remember(known, state)
+            return files
+
+    @staticmethod
+    def _remember(known: OrderedDict[str, SnapshotState], state: SnapshotState) -> None:
+        known[state.root_md5] = state
+        known.move_to_end(state.root_md5)
+        while len(known) > _REMEMBERED:
+            known.popitem(last=False)
