@@ -413,7 +413,7 @@ class IncrementalSnapshotMixin:
     _alive: Callable[[], None]
 
     def _snapshot_memory(self) -> tuple[threading.Lock, OrderedDict[str, SnapshotState]]:
-        found = getattr(self, "_snapshots_known", None)
+        found: tuple[threading.Lock, OrderedDict[str, SnapshotState]] | None = getattr(self, "_snapshots_known", None)
         if found is None:
             found = (threading.Lock(), OrderedDict())
             self._snapshots_known = found

@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from chalicelib.sandbox.base import SandboxError, WorkspaceEntry
 
-FORMAT = 1
 #: A pack is closed once it holds this many bytes of file content (a bigger file has one of its own).
 PACK_BYTES = 8 * 2**20
 #: Entries per segment at most; on average a segment ends after 1 entry in 256 (the path's hash).
@@ -83,7 +82,7 @@ class Root(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal[1] = FORMAT
+    format: Literal[1] = 1
     lineage: str = Field(pattern=r"^[0-9a-f]{16}$")
     segments: list[str]
     segment_sizes: list[int]

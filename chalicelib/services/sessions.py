@@ -421,11 +421,8 @@ class SessionsService:
         """
         if self.snapshots is None:
             return Restored(sandbox)
-        data = self.snapshots.load(session_id, user_id)
-        if data is None:
-            return Restored(sandbox)
         try:
-            sandbox.import_workspace(data, self.snapshots.max_bytes)
+            self.snapshots.restore(session_id, user_id, sandbox)
             return Restored(sandbox)
         except (SandboxUnavailable, SandboxGone) as exc:
             self._drop_sandbox(session_id)
@@ -438,7 +435,7 @@ class SessionsService:
         log.warning("workspace snapshot of session %s not restored, set aside: %s", session_id, reason)
         self._drop_sandbox(session_id)
         fresh = self._create_sandbox(session_id, options)
-        self.snapshots.set_aside(session_id, user_id, data)
+        self.snapshots.set_aside(session_id, user_id)
         return Restored(fresh, (
             f"The workspace's snapshot could not be restored ({reason}); this session starts with an empty "
             f"workspace. The snapshot is kept apart: GET /sessions/{session_id}/files?snapshot=unrestored lists it, "
