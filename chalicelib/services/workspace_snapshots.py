@@ -90,7 +90,7 @@ def manifest_key(session_id: str, user_id: str, *, unrestored: bool = False) -> 
 
 def objects_prefix(session_id: str, user_id: str) -> str:
     """The folder of the packs and segments of `user_id`'s snapshots of the session."""
-    return layout.session_key(session_id, f"workspace/{validate_id(user_id, 'userId')}/")
+    return layout.session_key(session_id, f"workspace/{validate_id(user_id, 'userId')}") + "/"
 
 
 def stored_bytes(store: ObjectStore, session_id: str, user_id: str) -> int:
