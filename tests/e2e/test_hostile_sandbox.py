@@ -36,6 +36,7 @@ from tests.e2e.conftest import World
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 from tests.support.gateway import receive_until
 from tests.support.sandbox_host import running_sandbox_host
+from tests.support.snapshots import manifest_path, snapshot_files, write_snapshot
 
 ROOTED = os.geteuid() == 0
 pytestmark = [
@@ -423,7 +424,16 @@ def test_a_network_on_agent_cannot_use_the_api_on_the_host(world: World, monkeyp
 
 
 def _snapshot(world: World, session: str, user: str = "mallory") -> Path:
-    return world.data_dir / "sessions" / session / "workspace" / f"{user}.tar.gz"
+    return world.data_dir / manifest_path(session, user)
+
+
+def _store_snapshot(world: World, session: str, files: dict[str, bytes]) -> None:
+    """Put a snapshot into the embedded store's folder, as a save would have written it."""
+    def put(key: str, data: bytes) -> None:
+        (world.data_dir / key).parent.mkdir(parents=True, exist_ok=True)
+        (world.data_dir / key).write_bytes(data)
+
+    write_snapshot(put, session, "mallory", files)
 
 
 def _reap(world: World, session: str) -> None:
@@ -522,7 +532,7 @@ def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: Wor
         ws.send(json.dumps({"action": "message", "prompt": "one"}))
         receive_until(ws, "result", timeout=60)
         _reap(world, session)
-        _snapshot(world, session).write_bytes(_too_big_snapshot())
+        _store_snapshot(world, session, {"a.txt": b"keep\n", "big.bin": os.urandom(6 * 2**20)})
         ws.send(json.dumps({"action": "message", "prompt": "two"}))
         frames = receive_until(ws, "result", timeout=60)
     notes = [f for f in frames if f.get("status") == "workspace_not_restored"]
@@ -538,9 +548,11 @@ def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: Wor
     assert gone.status_code == 200, gone.text
     bad = world.http.get(f"/sessions/{session}/files", params={"snapshot": "other"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
-    # The setup path too: a snapshot that does not fit is set aside, and setup answers 200.
+    assert set(snapshot_files(lambda k: (world.data_dir / k).read_bytes(), session, "mallory", unrestored=True)) == {"a.txt"}
+    # The setup path too, with a snapshot of the earlier layout (one archive): set aside, setup answers 200.
     _reap(world, session)
-    _snapshot(world, session).write_bytes(_too_big_snapshot())
+    _snapshot(world, session).unlink(missing_ok=True)
+    (world.data_dir / f"sessions/{session}/workspace/mallory.tar.gz").write_bytes(_too_big_snapshot())
     again = world.http.post(f"/setup/{session}?userId=mallory")
     assert again.status_code == 200, again.text
     assert "could not be restored" in again.json()["workspaceNotRestored"]
