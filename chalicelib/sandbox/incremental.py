@@ -49,6 +49,7 @@ from chalicelib.sandbox.snapshot_format import (
     Root,
     SnapshotDamaged,
     SnapshotDelta,
+    check_pack,
     decode_root,
     encode_root,
     entry_line,
@@ -279,19 +280,24 @@ def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int) -> tupl
     writer = PackWriter(lineage)
     budget = [max_bytes * RAW_FACTOR - sum(e.size for e in entries.values())]
     parents = _Parents(root_fd)
+    fresh: dict[str, Entry] = {}
     try:
         for rel in sorted(to_read):
             made = _entry_of(parents, rel, current[rel], writer, known, budget)
             if made is None:
                 continue
             entry, st = made
-            entries[rel], lines[rel], stats[rel] = entry, entry_line(entry), st
+            entries[rel], stats[rel] = entry, st
+            fresh[rel] = entry
             if entry.digest is not None and entry.pack is not None:
                 known.setdefault(entry.digest, (entry.pack, entry.offset, entry.length))
     except _TooLargeRaw:
         raise _too_large(max_bytes, f"its files add up to more than {max_bytes * RAW_FACTOR // 2**20} MiB") from None
     finally:
         parents.close()
+    writer.finish(fresh)
+    for rel, entry in fresh.items():
+        entries[rel], lines[rel] = entry, entry_line(entry)
     return _seal(lineage, base, entries, lines, stats, writer, max_bytes)
 
 
@@ -331,13 +337,15 @@ def apply_snapshot(root_fd: int, root_data: bytes, objects: dict[str, bytes], ma
         if entry.kind == "symlink":
             links.append(rel)
         if entry.kind == "file":
-            if entry.size and (entry.pack is None or entry.pack not in objects):
+            if entry.size and (entry.pack is None or entry.pack not in root.packs):
                 raise SnapshotDamaged(f"The pack holding {rel} is missing.")
             size_total += entry.size
             raw += allocated_bytes(entry.size, entry.allocated)
     if size_total > max_bytes * RAW_FACTOR or root.stored > max_bytes:
         raise _too_large(max_bytes, "its files add up to more than the cap allows")
     names = sorted(seen)
+    for key in root.packs:
+        check_pack(key, objects.get(key))
     for link in links:  # an entry below a link sorts right after "link/": one bisection per link
         at = bisect.bisect_left(names, link + "/")
         if at < len(names) and names[at].startswith(link + "/"):

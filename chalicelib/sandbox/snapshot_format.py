@@ -2,7 +2,7 @@
 
 A snapshot is three kinds of object, all below the owner's folder of the session:
 
-    {lineage}/p-{random}     a pack: the contents of some files, each a zlib stream, end to end
+    {lineage}/p-{sha256}     a pack: the contents of some files, each a zlib stream, end to end
     {lineage}/s-{sha256}     a segment: a run of the manifest's entries (path-sorted), gzip JSON
     root                     the manifest's root: its segments, the packs they use and their sizes
 
@@ -217,8 +217,21 @@ def new_lineage() -> str:
 
 
 def new_pack_key(lineage: str) -> str:
-    """A key for a pack about to be written (random: packs are never rewritten in place)."""
-    return f"{lineage}/p-{os.urandom(12).hex()}"
+    """A provisional key for a pack being filled (`PackWriter.finish` gives it its content address)."""
+    return f"{lineage}/new-{os.urandom(12).hex()}"
+
+
+def pack_key(lineage: str, data: bytes) -> str:
+    """A pack's content address: a restore checks every pack against it before touching the workspace."""
+    return f"{lineage}/p-{hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def check_pack(key: str, data: bytes | None) -> None:
+    """SnapshotDamaged unless the pack is present and matches its content address."""
+    if data is None:
+        raise SnapshotDamaged(f"The snapshot's pack {key} is missing.")
+    if hashlib.sha256(data).hexdigest()[:32] != key.rsplit("-", 1)[-1]:
+        raise SnapshotDamaged(f"The snapshot's pack {key} does not match its content address.")
 
 
 @dataclass
@@ -235,6 +248,15 @@ class PackWriter:
             self.current = new_pack_key(self.lineage)
             self.packs[self.current] = bytearray()
         return self.current, len(self.packs[self.current])
+
+    def finish(self, entries: dict[str, Entry]) -> None:
+        """Give each filled pack its content address, in `self.packs` and in the entries using it."""
+        renamed = {key: pack_key(self.lineage, bytes(data)) for key, data in self.packs.items() if data}
+        self.packs = {renamed[key]: data for key, data in self.packs.items() if key in renamed}
+        self.current = None
+        for rel, entry in entries.items():
+            if entry.pack in renamed:
+                entries[rel] = entry.model_copy(update={"pack": renamed[entry.pack]})
 
     def add(self, data: bytes) -> tuple[str, int, int, str]:
         """Append one file's bytes; return (pack, offset, length, digest)."""

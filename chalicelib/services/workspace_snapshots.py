@@ -311,6 +311,7 @@ class WorkspaceSnapshots:
         changed, writer, lineage = _apply_edit(entries, rel, content, root)
         if not changed:
             return False
+        writer.finish(entries)
         lines, reuse = fmt.index_segments(root, dict(loaded.entries or {})) if loaded is not None and root else ({}, {})
         lines = {r: lines.get(r) or fmt.entry_line(e) for r, e in entries.items()}
         sizes = {**(root.packs if root is not None else {}), **{k: len(v) for k, v in writer.packs.items()}}

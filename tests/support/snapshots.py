@@ -31,6 +31,7 @@ def write_snapshot(put: Callable[[str, bytes], None], session: str, user: str, f
         pack, offset, length, digest = writer.add(body)
         entries[rel] = fmt.Entry(**fmt.path_fields(rel), kind="file", mode=0o644, size=len(body), digest=digest,
                                  pack=pack if body else None, offset=offset, length=length)
+    writer.finish(entries)
     lines = {rel: fmt.entry_line(e) for rel, e in entries.items()}
     root, objects, _ = fmt.seal(writer.lineage, entries, lines, {}, {k: len(v) for k, v in writer.packs.items()})
     for key, data in {**objects, **{k: bytes(v) for k, v in writer.packs.items()}}.items():
