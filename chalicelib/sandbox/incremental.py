@@ -165,9 +165,12 @@ class _Parents:
     def of(self, rel: str) -> tuple[int, str] | None:
         folder, _, name = rel.rpartition("/")
         if folder != self.rel:
-            fd = os.open(".", _DIR_FLAGS, dir_fd=self.root_fd)
+            # Below the current folder (a deep tree, in sorted order): go on from it.
+            below = self.rel == "" or folder.startswith(self.rel + "/")
+            fd = os.open(".", _DIR_FLAGS, dir_fd=self.fd if below else self.root_fd)
+            rest = folder[len(self.rel):].lstrip("/") if below else folder
             try:
-                for part in folder.split("/") if folder else []:
+                for part in rest.split("/") if rest else []:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                     os.close(fd)
                     fd = child
