@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Literal, TypeVar
 
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from chalicelib.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 from chalicelib.ids import validate_id
 from chalicelib.sandbox import archive
 from chalicelib.sandbox.base import (
@@ -31,6 +31,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
     WorkspaceEntry,
 )
+from chalicelib.sandbox.snapshot_format import SnapshotDamaged
 from chalicelib.services.models import ApiModel
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
@@ -244,6 +245,9 @@ class WorkspaceFilesService:
             return call()
         except SandboxFileNotFound as exc:
             raise NotFound(str(exc), code="file_not_found") from None
+        except SnapshotDamaged as exc:
+            raise Conflict(f"{exc} The snapshot is damaged: its other files can still be read.",
+                           code="snapshot_damaged") from None
         except SandboxPathError as exc:
             raise BadRequest(str(exc), code="invalid_path") from None
         except SandboxUnavailable as exc:

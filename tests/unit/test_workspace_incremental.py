@@ -14,6 +14,7 @@ import pytest
 
 from chalicelib.sandbox import incremental
 from chalicelib.sandbox import snapshot_format as fmt
+from chalicelib.sandbox.archive import WorkspaceArchiveMixin
 from chalicelib.sandbox.base import SandboxError, SandboxPathError, SnapshotTooLarge
 from chalicelib.sandbox.incremental import IncrementalSnapshotMixin
 from chalicelib.sandbox.paths import DirTree, remove_path
@@ -22,7 +23,7 @@ from tests.unit.test_workspace_archive import _deep, workspace
 CAP = 10 * 2**20
 
 
-class Box(IncrementalSnapshotMixin):
+class Box(WorkspaceArchiveMixin, IncrementalSnapshotMixin):
     """A workspace folder with the sandbox's snapshot methods (LocalSandbox without bwrap)."""
 
     def __init__(self, path: Path) -> None:
