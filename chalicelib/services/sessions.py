@@ -198,8 +198,10 @@ class SessionsService:
         if reserved and self.quotas is not None:
             self.quotas.confirm_session(user_id, session_id)
         not_restored = None
-        if existing is not None or isinstance(found, str):
-            # A record there, or one set aside as unreadable: the workspace may have a snapshot.
+        if existing is not None or isinstance(found, str) or not claimed:
+            # A record there, one set aside as unreadable, or none but the session already this
+            # user's (DELETE /sandbox keeps the claim and the snapshot): the workspace may have a
+            # snapshot. A session claimed just now has none (its owner's key was never written).
             restored = self._restore_if_new(session_id, user_id, sandbox, options)
             sandbox, not_restored = restored.sandbox, restored.not_restored
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
