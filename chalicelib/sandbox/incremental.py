@@ -72,6 +72,8 @@ _READ = 1 << 20
 _REMEMBERED = 4
 
 Stat = tuple[int, int, int, int]
+#: In `snapshot_unchanged`'s answer: the workspace is empty and was already found so.
+EMPTY = "empty"
 
 
 def _key(info: os.stat_result) -> Stat:
@@ -432,14 +434,20 @@ class IncrementalSnapshotMixin:
 
     def snapshot_unchanged(self) -> list[str]:
         """The root MD5s of the snapshots this sandbox made or applied that the workspace still
-        matches exactly (a walk, nothing read): a save whose stored root is one of them writes nothing."""
+        matches exactly (a walk, nothing read): a save whose stored root is one of them writes
+        nothing. `EMPTY` among them: the workspace holds nothing but `.claude`, as it did when
+        this sandbox last looked."""
         self._alive()
         lock, known = self._snapshot_memory()
         with lock:
             if not known:
                 return []
             current = walk(self.files.root_fd)
-            return [md5 for md5, state in known.items() if state.stats == current]
+            matching = [state for state in known.values() if state.stats == current]
+            # An empty workspace (nothing but .claude) is "empty" too: with no snapshot stored,
+            # a save has nothing to write and need not ask the sandbox for a delta again.
+            empty = [EMPTY] if any(all(rel == ".claude" for rel in state.entries) for state in matching) else []
+            return [state.root_md5 for state in matching] + empty
 
     def snapshot_delta(self, max_bytes: int, base: str | None) -> SnapshotDelta | None:
         """The objects and root a save writes when the stored root's MD5 is `base` (None: no

@@ -52,6 +52,7 @@ from chalicelib.sandbox.base import (
     SnapshotTooLarge,
     WorkspaceEntry,
 )
+from chalicelib.sandbox.incremental import EMPTY
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage.base import ObjectInfo, PreconditionFailed, get_many, iter_all
 
@@ -167,13 +168,19 @@ class WorkspaceSnapshots:
             base = stored.etag.strip('"') if stored is not None else None
             if base is not None and base in unchanged:
                 return SaveResult("unchanged", stored.size if stored is not None else 0)
+            if stored is None and EMPTY in unchanged:
+                return SaveResult("empty", 0)  # found empty before (and any archive of the earlier layout deleted)
             try:
                 delta = sandbox.snapshot_delta(self.max_bytes, base)
             except SnapshotTooLarge as exc:
                 raise PayloadTooLarge(str(exc), code="workspace_snapshot_too_large") from None
             if delta is None:
                 return SaveResult("unchanged", stored.size if stored is not None else 0)
-            if stored is None and delta.files == 0 and not self._exists(snapshot_key(session_id, user_id)):
+            if stored is None and delta.files == 0:
+                # Nothing to keep. An archive of the earlier layout is older than this live, empty
+                # workspace (a save would have replaced it): it goes, as a save of it would have
+                # emptied it. A delete is free on R2, where a HEAD to ask first is not.
+                self.store.delete_many([snapshot_key(session_id, user_id)])
                 return SaveResult("empty", 0)
             written = self._write(session_id, user_id, delta, stored)
             if written is not None:

@@ -37,7 +37,9 @@ TURN_OPS: dict[str, dict[str, int]] = {
     "message → turn with one model reply": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
         "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 2, "PutObject event log": 3, "ListObjectsV2 event log": 1,
-        "HeadObject workspace": 1,
+        # the snapshot root's HEAD; the sandbox's first save of an empty workspace deletes any
+        # archive of the earlier layout (free on R2), later ones know it empty and skip that
+        "HeadObject workspace": 1, "DeleteObjects workspace": 1,
     },
     # + the tool result and the second reply, each saved with its events; the previous turn's log pruned
     "message → turn with a tool call (two model replies)": {
@@ -51,18 +53,22 @@ TURN_OPS: dict[str, dict[str, int]] = {
         "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 6, "PutObject event log": 7, "ListObjectsV2 event log": 1,
         "DeleteObjects event log": 1, "HeadObject workspace": 1,
     },
-    # The workspace snapshot after a turn (tests above: nothing changed, so only its HEAD): the
-    # first time files changed, the archive and the owner marker DELETE /users/{u} finds it by;
-    # afterwards the archive alone. Class A per turn for the workspace: at most one after the first.
+    # The workspace snapshot after a turn (tests above: nothing changed, so only its root's HEAD):
+    # when files changed, a pack of the changed files and the manifest segment holding them
+    # ("workspace object"), then the root; the first time also the owner marker DELETE /users/{u}
+    # finds it by (and the earlier layout's archive deleted), afterwards the objects the new root
+    # no longer references deleted. Class A per turn for the workspace: three when files changed.
     "message → turn whose tool writes a file (first snapshot)": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
         "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1, "PutObject workspace marker": 1,
+        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace object": 2, "PutObject workspace": 1,
+        "PutObject workspace marker": 1, "DeleteObjects workspace": 1,
     },
     "message → turn whose tool changes a file": {
         "GetObject connection": 1, "GetObject state": 5, "PutObject state": 4, "GetObject conversation": 1,
         "GetObject settings": 1, "GetObject usage": 1, "PutObject usage": 1, "PutObject conversation": 4, "PutObject event log": 5, "ListObjectsV2 event log": 1,
-        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace": 1,
+        "DeleteObjects event log": 1, "HeadObject workspace": 1, "PutObject workspace object": 2, "PutObject workspace": 1,
+        "DeleteObjects workspace object": 1,
     },
     "$disconnect": {"GetObject connection": 1, "DeleteObject connection": 1, "GetObject state": 1, "PutObject state": 1},
 }
@@ -77,8 +83,8 @@ def kind(key: str) -> str:
         return "connection"
     if parts[0] == "workspace-owners":
         return "workspace marker"
-    if parts[0] == "sessions" and len(parts) > 2 and parts[-2] == "workspace":
-        return "workspace"
+    if parts[0] == "sessions" and len(parts) > 3 and parts[2] == "workspace":
+        return "workspace object" if len(parts) > 4 else "workspace"
     if parts[0] == "sessions":
         return {"session.json": "session", "state.json": "state"}.get(parts[-1], "event log")
     section = parts[2] if len(parts) > 2 else key
