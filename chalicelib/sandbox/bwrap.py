@@ -483,6 +483,7 @@ class LocalSandbox(WorkspaceArchiveMixin, IncrementalSnapshotMixin):
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
+        self.close_snapshot_watch()
         if getattr(self, "files", None) is not None:
             self.files.close()
         self._unmount()

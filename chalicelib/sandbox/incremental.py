@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import base64
 import bisect
+import ctypes
 import errno
 import hashlib
 import io
 import os
 import stat
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,34 +73,39 @@ _READ = 1 << 20
 #: Snapshots a sandbox remembers (the stored one, and saves that may have lost a race to it).
 _REMEMBERED = 4
 
-Stat = tuple[int, int, int, int]
+#: (mode, size, mtime, inode, ctime): ctime because a rewrite can set mtime back, never ctime.
+Stat = tuple[int, int, int, int, int]
 #: In `snapshot_unchanged`'s answer: the workspace is empty and was already found so.
 EMPTY = "empty"
 
 
 def _key(info: os.stat_result) -> Stat:
-    return (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+    return (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
 
 
 class _TooDeep(Exception):
     pass
 
 
-def walk(root_fd: int) -> dict[str, Stat]:
-    """Every entry below the workspace but the skills: its lstat key, by relative path."""
+def walk(root_fd: int, watch: Callable[[int], bool] | None = None) -> tuple[dict[str, Stat], bool]:
+    """Every entry below the workspace but the skills: its lstat key, by relative path; and
+    whether `watch(dir_fd)` (called on every folder before it is listed) held for all of them."""
     try:
-        return _walk_fast(root_fd)
+        return _walk_fast(root_fd, watch)
     except _TooDeep:
-        return {f.rel: _key(f.info) for f in iter_tree(root_fd, skip=excluded)}
+        return {f.rel: _key(f.info) for f in iter_tree(root_fd, skip=excluded)}, False
 
 
-def _walk_fast(root_fd: int) -> dict[str, Stat]:
+def _walk_fast(root_fd: int, watch: Callable[[int], bool] | None) -> tuple[dict[str, Stat], bool]:
     """scandir from fds, one fd per level (a deep tree goes to `iter_tree`, which holds one)."""
     out: dict[str, Stat] = {}
+    watched = watch is not None
     frames: list[tuple[int, str, list[str]]] = []
     fd, prefix = os.open(".", _DIR_FLAGS, dir_fd=root_fd), ""
     try:
         while True:
+            # Watched before it is listed: a change after the listing is always an event.
+            watched = watched and watch is not None and watch(fd)
             frames.append((fd, prefix, _scan(fd, prefix, out)))
             fd = -1
             if len(frames) > _FAST_DEPTH:
@@ -107,7 +114,7 @@ def _walk_fast(root_fd: int) -> dict[str, Stat]:
                 while frames and not frames[-1][2]:
                     os.close(frames.pop()[0])
                 if not frames:
-                    return out
+                    return out, watched
                 parent, parent_prefix, pending = frames[-1]
                 name = pending.pop()
                 try:
@@ -252,10 +259,13 @@ class _TooLargeRaw(Exception):
     pass
 
 
-def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int) -> tuple[SnapshotDelta, SnapshotState] | None:
+def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int,
+               current: dict[str, Stat] | None = None) -> tuple[SnapshotDelta, SnapshotState] | None:
     """What a save writes against `base` (None: from nothing), and the state it leaves; None
-    when nothing changed since `base`. SnapshotTooLarge past `max_bytes`."""
-    current = walk(root_fd)
+    when nothing changed since `base`. `current`: the workspace's lstats when just walked.
+    SnapshotTooLarge past `max_bytes`."""
+    if current is None:
+        current = walk(root_fd)[0]
     if base is not None and current == base.stats:
         return None
     lineage = base.root.lineage if base is not None else new_lineage()
@@ -322,7 +332,8 @@ def _seal(lineage: str, base: SnapshotState | None, entries: dict[str, Entry], l
 
 
 def apply_snapshot(root_fd: int, root_data: bytes, objects: dict[str, bytes], max_bytes: int,
-                   owner: tuple[int, int] | None, disk_limited: bool) -> tuple[int, SnapshotState]:
+                   owner: tuple[int, int] | None, disk_limited: bool,
+                   walker: Callable[[int], dict[str, Stat]] | None = None) -> tuple[int, SnapshotState]:
     """Make the workspace (skills untouched) hold exactly the snapshot's entries.
 
     Everything is checked before anything is removed: every object present and matching its
@@ -379,7 +390,7 @@ def apply_snapshot(root_fd: int, root_data: bytes, objects: dict[str, bytes], ma
         raise
     by_rel = {e.rel: e for e in entries}
     lines, segments = index_segments(root, by_rel)
-    stats = walk(root_fd)
+    stats = walker(root_fd) if walker is not None else walk(root_fd)[0]
     state = SnapshotState(root, hashlib.md5(root_data).hexdigest(), by_rel, lines,
                           {rel: st for rel, st in stats.items() if rel in by_rel}, segments)
     return files, state
@@ -414,16 +425,61 @@ def _restore_one(folders: _Folders, entry: Entry, objects: dict[str, bytes], own
     return 0
 
 
+#: inotify events that mean an entry changed (reads, opens and closes without a write do not).
+_IN_EVENTS = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # MODIFY ATTRIB CLOSE_WRITE MOVED_* CREATE DELETE *_SELF
+_IN_ONLYDIR = 0x01000000
+#: A save walks anyway when its last walk is older than this: inotify does not see writes
+#: through a shared mmap, which only the files' times show.
+FULL_WALK_SECONDS = 60.0
+
+
+class _Watcher:
+    """inotify on every folder of the workspace: no event since a walk means no entry changed,
+    so an unchanged check needs no walk. Each folder is watched through the fd the walk opened it
+    with (`/proc/self/fd/N`, never a path the agent could swap)."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.fd = fd
+
+    def watch(self, dir_fd: int) -> bool:
+        """Watch the folder open at `dir_fd`; False when the kernel refuses (max_user_watches)."""
+        return bool(self._libc.inotify_add_watch(self.fd, f"/proc/self/fd/{dir_fd}".encode(), _IN_EVENTS | _IN_ONLYDIR) >= 0)
+
+    def fired(self) -> bool:
+        """Whether any event came since the last call (all of them are read)."""
+        seen = False
+        while True:
+            try:
+                if not os.read(self.fd, 65536):
+                    return seen
+            except BlockingIOError:
+                return seen
+            seen = True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class IncrementalSnapshotMixin:
     """Incremental snapshots of a workspace on this machine's disk, for LocalSandbox.
 
     Needs `self.files` (the DirTree on the workspace: its root fd, and `owner`), `self.disk_limited`
-    and `self._alive()`, like `archive.WorkspaceArchiveMixin`.
+    and `self._alive()`, like `archive.WorkspaceArchiveMixin`. The workspace's folders are watched
+    with inotify from each walk on: while no event comes (and the last walk is recent), the
+    lstats that walk found still hold, and an unchanged check costs no walk at all.
     """
 
     files: DirTree
     disk_limited: bool
     _alive: Callable[[], None]
+    # Per instance once set; the class values are the defaults before the first walk.
+    _watcher: _Watcher | None = None
+    _watch_failed: bool = False
+    _armed: tuple[dict[str, Stat], float] | None = None
 
     def _snapshot_memory(self) -> tuple[threading.Lock, OrderedDict[str, SnapshotState]]:
         found: tuple[threading.Lock, OrderedDict[str, SnapshotState]] | None = getattr(self, "_snapshots_known", None)
@@ -432,17 +488,43 @@ class IncrementalSnapshotMixin:
             self._snapshots_known = found
         return found
 
+    def _current(self) -> dict[str, Stat]:
+        """The workspace's lstats: those of the last watched walk while no event came since (and
+        it is recent), else a new walk, which watches every folder it lists."""
+        watcher = self._watcher
+        if watcher is None and not self._watch_failed:
+            try:
+                watcher = self._watcher = _Watcher()
+            except OSError:
+                self._watch_failed = True  # no inotify here: every check walks
+        armed = self._armed
+        if watcher is not None and not watcher.fired() and armed is not None \
+                and time.monotonic() - armed[1] < FULL_WALK_SECONDS:
+            return armed[0]
+        started = time.monotonic()
+        current, watched = walk(self.files.root_fd, watcher.watch if watcher is not None else None)
+        # A walk that could not watch every folder (too deep, too many watches) arms nothing.
+        self._armed = (current, started) if watched else None
+        return current
+
+    def close_snapshot_watch(self) -> None:
+        """Stop watching the workspace (the sandbox is being destroyed)."""
+        watcher = self._watcher
+        self._watcher, self._armed = None, None
+        if watcher is not None:
+            watcher.close()
+
     def snapshot_unchanged(self) -> list[str]:
         """The root MD5s of the snapshots this sandbox made or applied that the workspace still
-        matches exactly (a walk, nothing read): a save whose stored root is one of them writes
-        nothing. `EMPTY` among them: the workspace holds nothing but `.claude`, as it did when
-        this sandbox last looked."""
+        matches exactly (no event since its last walk, or a walk; nothing read): a save whose
+        stored root is one of them writes nothing. `EMPTY` among them: the workspace holds
+        nothing but `.claude`, as it did when this sandbox last looked."""
         self._alive()
         lock, known = self._snapshot_memory()
         with lock:
             if not known:
                 return []
-            current = walk(self.files.root_fd)
+            current = self._current()
             matching = [state for state in known.values() if state.stats == current]
             # An empty workspace (nothing but .claude) is "empty" too: with no snapshot stored,
             # a save has nothing to write and need not ask the sandbox for a delta again.
@@ -459,7 +541,7 @@ class IncrementalSnapshotMixin:
         lock, known = self._snapshot_memory()
         with lock:
             state = known.get(base) if base is not None else None
-            made = make_delta(self.files.root_fd, state, max_bytes)
+            made = make_delta(self.files.root_fd, state, max_bytes, self._current())
             if made is None:
                 return None
             delta, after = made
@@ -473,8 +555,9 @@ class IncrementalSnapshotMixin:
         self._alive()
         lock, known = self._snapshot_memory()
         with lock:
+            self._armed = None
             files, state = apply_snapshot(self.files.root_fd, root, objects, max_bytes,
-                                          self.files.owner, self.disk_limited)
+                                          self.files.owner, self.disk_limited, walker=lambda fd: self._current())
             known.clear()
             self._remember(known, state)
             return files

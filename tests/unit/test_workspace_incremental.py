@@ -117,6 +117,47 @@ def test_a_changed_save_writes_only_what_changed(tmp_path: Path) -> None:
     assert fresh is not None and fresh.base is None and fresh.obsolete == []
 
 
+def test_an_unchanged_check_needs_no_walk_until_an_event_comes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = tmp_path / "ws"
+    (ws / "a/b").mkdir(parents=True)
+    (ws / "a/b/deep.txt").write_text("one")
+    box = Box(ws)
+    first = box.snapshot_delta(CAP, None)
+    assert first is not None
+    walks: list[int] = []
+    real = incremental.walk
+    monkeypatch.setattr(incremental, "walk", lambda fd, watch=None: walks.append(fd) or real(fd, watch))
+    (ws / "a/b/deep.txt").read_text()  # reading is not a change
+    assert box.snapshot_unchanged() == [first.root_md5] and walks == []
+    # A rewrite of the same size whose mtime is set back: an event, a walk, and the ctime moved.
+    before = (ws / "a/b/deep.txt").stat()
+    (ws / "a/b/deep.txt").write_text("two")
+    os.utime(ws / "a/b/deep.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert box.snapshot_unchanged() == [] and len(walks) == 1
+    second = box.snapshot_delta(CAP, first.root_md5)
+    assert second is not None and [zlib.decompress(v) for k, v in second.objects.items() if "/p-" in k] == [b"two"]
+    # A folder made after the walk is watched from the next walk on: a file in it is seen.
+    (ws / "new").mkdir()
+    assert box.snapshot_delta(CAP, second.root_md5) is not None
+    (ws / "new/f.txt").write_text("inside")
+    assert box.snapshot_unchanged() == []
+
+
+def test_a_change_no_event_reports_is_found_by_the_periodic_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Writes through a shared mmap raise no inotify event; the walk every FULL_WALK_SECONDS sees them.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "mapped.bin").write_bytes(b"a" * 4096)
+    box = Box(ws)
+    first = box.snapshot_delta(CAP, None)
+    assert first is not None
+    monkeypatch.setattr(incremental._Watcher, "fired", lambda self: False)
+    (ws / "mapped.bin").write_bytes(b"b" * 4096)
+    assert box.snapshot_unchanged() == [first.root_md5]  # no event, and the last walk is recent
+    monkeypatch.setattr(incremental, "FULL_WALK_SECONDS", 0.0)
+    assert box.snapshot_unchanged() == []
+
+
 def test_mostly_dead_packs_are_packed_again(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -144,11 +185,11 @@ def test_links_are_never_followed_even_when_swapped_in_after_the_walk(tmp_path: 
     (ws / "d/secret.txt").write_text("decoy")
     os.symlink(outside, ws / "dir-link")
     os.symlink(outside / "secret.txt", ws / "file-link")
-    walked = incremental.walk(os.open(ws, os.O_RDONLY | os.O_DIRECTORY))
+    walked, _ = incremental.walk(os.open(ws, os.O_RDONLY | os.O_DIRECTORY))
     # The agent swaps the folder for a link to the host's secrets between the walk and the read.
     (ws / "d").rename(ws / "d-old")
     os.symlink(outside, ws / "d")
-    monkeypatch.setattr(incremental, "walk", lambda fd: dict(walked))
+    monkeypatch.setattr(incremental, "walk", lambda fd, watch=None: (dict(walked), False))
     delta = Box(ws).snapshot_delta(CAP, None)
     assert delta is not None
     packs = b"".join(zlib.decompress(v) for k, v in delta.objects.items() if "/p-" in k)
