@@ -413,8 +413,12 @@ def _restore_one(folders: _Folders, entry: Entry, objects: dict[str, bytes], own
         try:
             if owner is not None:
                 os.fchown(fd, *owner)
-            if data:
-                _copy_sparse(io.BytesIO(data), fd, entry.size)
+            if data and entry.allocated is not None:
+                _copy_sparse(io.BytesIO(data), fd, entry.size)  # its holes stay holes
+            elif data:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fchmod(fd, entry.mode & 0o777)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:

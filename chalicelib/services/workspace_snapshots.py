@@ -230,11 +230,13 @@ class WorkspaceSnapshots:
                     return None
                 return sandbox.import_workspace(archive_data, self.max_bytes)
             root, data, etag = found
+            # The listing the orphan sweep needs is taken meanwhile: it costs no time of its own.
+            listed = _POOL.submit(iter_all, self.store, snapshot_prefix(session_id))
             objects = self._objects(session_id, user_id, root)
             if len(objects) < len(root.objects()) and attempt == 0 and self._etag(key) != etag:
                 continue  # a save replaced the root (and deleted its garbage) while we read: read again
             files = sandbox.import_snapshot(data, objects, self.max_bytes)
-            self._sweep(session_id, user_id, root)
+            self._sweep(session_id, user_id, root, listed.result())
             return files
         return None
 
@@ -254,10 +256,10 @@ class WorkspaceSnapshots:
         self.store.put(manifest_key(session_id, user_id, unrestored=True), data, content_type="application/json")
         self.store.delete_many([key])
 
-    def _sweep(self, session_id: str, user_id: str, root: fmt.Root) -> None:
-        """Delete the owner's objects no root references (a save cut before its root), once old."""
+    def _sweep(self, session_id: str, user_id: str, root: fmt.Root, listed: list[ObjectInfo]) -> None:
+        """Delete the owner's objects no root references (a save cut before its root), once old.
+        `listed`: the session's snapshot folder, listed before the restore read its objects."""
         prefix = objects_prefix(session_id, user_id)
-        listed = iter_all(self.store, snapshot_prefix(session_id))
         found = [o for o in listed if o.key.startswith(prefix)]
         keep = root.objects()
         aside_key = manifest_key(session_id, user_id, unrestored=True)
