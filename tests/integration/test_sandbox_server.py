@@ -152,3 +152,30 @@ def test_a_non_utf8_name_travels_through_the_host(tmp_path: Path) -> None:
         sandbox.exec("rm -f /workspace/*")
         sandbox.import_workspace(data, 2**20)
         assert "bad\\377" in sandbox.exec("ls -b /workspace").stdout
+
+
+def test_incremental_snapshots_travel_through_the_host(tmp_path: Path) -> None:
+    from chalicelib.sandbox.remote import RemoteSandboxProvider
+    from chalicelib.sandbox.snapshot_format import SnapshotDamaged
+
+    with running_sandbox_host(tmp_path) as (url, token):
+        remote = RemoteSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        sandbox = remote.create("inc1", SandboxOptions())
+        assert sandbox.snapshot_unchanged() == []  # it never made nor applied one
+        sandbox.exec("mkdir -p src && echo one > src/a.txt && touch \"$(printf 'bad\\377')\"")
+        first = sandbox.snapshot_delta(2**20, None)
+        assert first is not None and first.base is None and first.files == 3
+        assert sandbox.snapshot_unchanged() == [first.root_md5]
+        assert sandbox.snapshot_delta(2**20, first.root_md5) is None  # 204: nothing changed
+        sandbox.exec("echo two > src/a.txt")
+        second = sandbox.snapshot_delta(2**20, first.root_md5)
+        assert second is not None and second.base == first.root_md5 and second.obsolete
+        stored = {**first.objects, **second.objects}
+        other = remote.create("inc2", SandboxOptions())
+        assert other.import_snapshot(second.root, stored, 2**20) == 2
+        assert other.exec("cat src/a.txt; ls -b").stdout == "two\nbad\\377\nsrc\n"
+        assert other.snapshot_unchanged() == [second.root_md5]
+        missing = {k: v for k, v in stored.items() if "/p-" not in k}
+        with pytest.raises(SnapshotDamaged, match="missing"):
+            other.import_snapshot(second.root, missing, 2**20)
+        assert other.exec("cat src/a.txt").stdout == "two\n"  # refused before anything was removed
