@@ -45,6 +45,7 @@ from chalicelib.sandbox.archive import (
 from chalicelib.sandbox.base import SandboxError, SandboxPathError
 from chalicelib.sandbox.paths import iter_tree
 from chalicelib.sandbox.snapshot_format import (
+    REFRESH_SECONDS,
     ZLIB_LEVEL,
     Entry,
     PackWriter,
@@ -279,6 +280,8 @@ def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int,
         else:
             to_read.append(rel)
     known: dict[str, tuple[str, int, int]] = {}
+    now = time.time()
+    stale = {k for k in base.root.objects() if now - base.root.written.get(k, 0) >= REFRESH_SECONDS} if base else set()
     if base is not None:
         # A pack mostly garbage (less than half of it still used) is not kept for the few files
         # it still holds: they are packed again, and the pack goes with the next root.
@@ -286,7 +289,9 @@ def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int,
         for entry in entries.values():
             if entry.pack is not None:
                 live[entry.pack] = live.get(entry.pack, 0) + entry.length
-        sparse = {key for key, size in base.root.packs.items() if live.get(key, 0) * 2 < size}
+        # So is one written more than REFRESH_SECONDS ago: the bucket expires objects by age.
+        sparse = {key for key, size in base.root.packs.items()
+                  if live.get(key, 0) * 2 < size or key in stale}
         for rel in [r for r, e in entries.items() if e.pack in sparse]:
             del entries[rel], lines[rel], stats[rel]
             to_read.append(rel)
@@ -313,14 +318,17 @@ def make_delta(root_fd: int, base: SnapshotState | None, max_bytes: int,
     writer.finish(fresh)
     for rel, entry in fresh.items():
         entries[rel], lines[rel] = entry, entry_line(entry)
-    return _seal(lineage, base, entries, lines, stats, writer, max_bytes)
+    return _seal(lineage, base, entries, lines, stats, writer, max_bytes, stale)
 
 
 def _seal(lineage: str, base: SnapshotState | None, entries: dict[str, Entry], lines: dict[str, str],
-          stats: dict[str, Stat], writer: PackWriter, max_bytes: int) -> tuple[SnapshotDelta, SnapshotState]:
-    """Cut the segments, write the root, and name what the new root no longer needs."""
+          stats: dict[str, Stat], writer: PackWriter, max_bytes: int, stale: set[str]) -> tuple[SnapshotDelta, SnapshotState]:
+    """Cut the segments, write the root, and name what the new root no longer needs. A `stale`
+    segment is encoded and written again (same bytes, same key, a new write time)."""
     sizes = {**(base.root.packs if base is not None else {}), **{k: len(v) for k, v in writer.packs.items()}}
-    root, objects, segments = seal(lineage, entries, lines, base.segments if base is not None else {}, sizes)
+    reuse = {run: found for run, found in base.segments.items() if found[0] not in stale} if base is not None else {}
+    root, objects, segments = seal(lineage, entries, lines, reuse, sizes,
+                                   base.root.written if base is not None else None)
     objects.update({key: bytes(writer.packs[key]) for key in root.packs if key in writer.packs})
     if root.stored > max_bytes:
         raise _too_large(max_bytes, f"the snapshot would take {root.stored} bytes")

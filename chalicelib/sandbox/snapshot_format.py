@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +39,8 @@ PACK_BYTES = 8 * 2**20
 #: Entries per segment at most; on average a segment ends after 1 entry in 256 (the path's hash).
 SEGMENT_MAX = 1024
 ZLIB_LEVEL = 1
+#: A save writes again the objects its root still uses that are older than this (see `Root.written`).
+REFRESH_SECONDS = 24 * 3600
 
 
 class SnapshotDamaged(SandboxError):
@@ -88,6 +91,10 @@ class Root(BaseModel):
     segment_sizes: list[int]
     packs: dict[str, int]
     files: int = Field(ge=0)
+    #: When each object was written (Unix seconds): those older than REFRESH_SECONDS are written
+    #: again by the next save, so the bucket's expiry of `sessions/` (by object age) never takes
+    #: an object out from under a root that still uses it.
+    written: dict[str, int] = Field(default_factory=dict)
 
     @property
     def stored(self) -> int:
@@ -330,9 +337,10 @@ SegmentIndex = dict[tuple[str, ...], tuple[str, int]]
 
 
 def seal(lineage: str, entries: dict[str, Entry], lines: dict[str, str], reuse: SegmentIndex,
-         pack_sizes: dict[str, int]) -> tuple[Root, dict[str, bytes], SegmentIndex]:
+         pack_sizes: dict[str, int], written: dict[str, int] | None = None) -> tuple[Root, dict[str, bytes], SegmentIndex]:
     """The root of these entries, the segments not already stored (`reuse`: lines -> key and size
-    of stored segments) and the index of the new root's segments. `pack_sizes`: every pack's size."""
+    of stored segments) and the index of the new root's segments. `pack_sizes`: every pack's size;
+    `written`: when each stored object was written (the previous root's; the rest is written now)."""
     new: dict[str, bytes] = {}
     index: SegmentIndex = {}
     keys: list[str] = []
@@ -347,8 +355,10 @@ def seal(lineage: str, entries: dict[str, Entry], lines: dict[str, str], reuse: 
         keys.append(found[0])
         sizes.append(found[1])
     packs = {e.pack: pack_sizes[e.pack] for e in entries.values() if e.pack is not None}
+    now, before = int(time.time()), written or {}
     root = Root(lineage=lineage, segments=keys, segment_sizes=sizes, packs=packs,
-                files=sum(1 for e in entries.values() if e.kind == "file"))
+                files=sum(1 for e in entries.values() if e.kind == "file"),
+                written={k: now if k in new else before.get(k, now) for k in [*keys, *packs]})
     return root, new, index
 
 

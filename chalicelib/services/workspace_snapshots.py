@@ -324,7 +324,7 @@ class WorkspaceSnapshots:
         lines, reuse = fmt.index_segments(root, dict(loaded.entries or {})) if loaded is not None and root else ({}, {})
         lines = {r: lines.get(r) or fmt.entry_line(e) for r, e in entries.items()}
         sizes = {**(root.packs if root is not None else {}), **{k: len(v) for k, v in writer.packs.items()}}
-        new_root, objects, _ = fmt.seal(lineage, entries, lines, reuse, sizes)
+        new_root, objects, _ = fmt.seal(lineage, entries, lines, reuse, sizes, root.written if root is not None else None)
         objects.update({k: bytes(v) for k, v in writer.packs.items() if k in new_root.packs})
         if new_root.stored > self.max_bytes:
             raise PayloadTooLarge(f"The workspace snapshot would take {new_root.stored} bytes, past "

@@ -176,6 +176,29 @@ def test_mostly_dead_packs_are_packed_again(tmp_path: Path) -> None:
     assert len(zlib.decompressobj().decompress(second.objects[new_pack])) == 10_000
 
 
+def test_objects_older_than_a_day_are_written_again_with_the_next_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bucket expires `sessions/` objects by age: an object a root still uses must not be
+    # much older than the root, or it expires first and the snapshot is damaged.
+    ws = tmp_path / "ws"
+    for i in range(600):
+        (ws / f"d{i // 100}").mkdir(parents=True, exist_ok=True)
+        (ws / f"d{i // 100}/f{i}").write_bytes(os.urandom(100))
+    box = Box(ws)
+    first = box.snapshot_delta(CAP, None)
+    assert first is not None
+    (ws / "d0/f0").write_bytes(b"changed")
+    fresh = box.snapshot_delta(CAP, first.root_md5)
+    assert fresh is not None and len([k for k in fresh.objects if "/s-" in k]) <= 2  # nothing stale yet
+    monkeypatch.setattr(incremental, "REFRESH_SECONDS", 0)
+    (ws / "d0/f0").write_bytes(b"changed again")
+    refreshed = box.snapshot_delta(CAP, fresh.root_md5)
+    assert refreshed is not None
+    root = fmt.decode_root(refreshed.root)
+    assert set(root.objects()) <= set(refreshed.objects)  # every object the root uses, written now
+    assert set(fmt.decode_root(fresh.root).packs) <= set(refreshed.obsolete)
+    assert max(root.written.values()) - min(root.written.values()) <= 1
+
+
 def test_links_are_never_followed_even_when_swapped_in_after_the_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
