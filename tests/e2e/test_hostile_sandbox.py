@@ -157,6 +157,50 @@ def test_swapping_a_folder_and_a_symlink_never_reaches_another_session(provider:
     assert outcomes.get("read", 0) > 0 and outcomes.get("write", 0) > 0, outcomes  # the race was really run
 
 
+def test_saves_racing_a_folder_and_symlink_swap_never_take_another_sessions_files(provider: LocalSandboxProvider) -> None:
+    """Incremental saves while the agent swaps a folder and a link to another session's workspace
+    (renameat2 RENAME_EXCHANGE): the snapshots hold the link as a link, never the victim's bytes,
+    and a restore of each writes nothing outside the restoring sandbox."""
+    import zlib
+
+    from chalicelib.sandbox import snapshot_format as fmt
+
+    victim = provider.create("victim-s", SandboxOptions())
+    victim.write_file("/workspace/secret.txt", "victim-secret-7731")
+    attacker = provider.create("attacker-s", SandboxOptions())
+    attacker.write_file("/workspace/race/d/secret.txt", "decoy")
+    attacker.exec(f"ln -s {victim.workspace} /workspace/race/l")
+    swapper = threading.Thread(target=lambda: attacker.exec(
+        f"python3 -c '{RENAME_SWAPPER}' {time.time() + 6}", timeout=20), daemon=True)
+    swapper.start()
+    time.sleep(0.5)
+    stored: dict[str, bytes] = {}
+    base: str | None = None
+    last_root = b""
+    saves = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        delta = attacker.snapshot_delta(2**20, base)
+        if delta is None:
+            continue
+        saves += 1
+        stored.update(delta.objects)
+        for key, data in delta.objects.items():
+            if "/p-" in key:
+                assert b"victim-secret-7731" not in zlib.decompressobj().decompress(data)
+        base, last_root = delta.root_md5, delta.root
+        entries = fmt.read_entries(fmt.decode_root(delta.root), stored)
+        links = [e.rel for e in entries if e.kind == "symlink"]
+        assert not [e.rel for e in entries for link in links if e.rel.startswith(link + "/")]
+    swapper.join(timeout=30)
+    assert saves > 1
+    restored = provider.create("restored-s", SandboxOptions())
+    restored.import_snapshot(last_root, stored, 2**20)
+    assert [p.name for p in victim.workspace.iterdir()] == ["secret.txt"]
+    assert "victim-secret-7731" not in restored.exec("cat /workspace/race/d/secret.txt 2>/dev/null; "
+                                                    "find /workspace -type f -exec cat {} +").stdout
+
+
 def test_the_swap_race_through_the_editor_tool_never_reaches_another_user(world: World) -> None:
     victim = agent(world, "h-victim", ["echo victim-secret-7310 > /workspace/secret.txt && echo ok"], user="victim")
     assert "ok" in victim[0]["content"]
