@@ -520,11 +520,14 @@ class IncrementalSnapshotMixin:
         return current
 
     def close_snapshot_watch(self) -> None:
-        """Stop watching the workspace (the sandbox is being destroyed)."""
-        watcher = self._watcher
-        self._watcher, self._armed = None, None
-        if watcher is not None:
-            watcher.close()
+        """Stop watching the workspace (the sandbox is being destroyed). Under the snapshot lock:
+        a save still reading the watcher's fd must not read a number the kernel gave to another."""
+        lock, _ = self._snapshot_memory()
+        with lock:
+            watcher = self._watcher
+            self._watcher, self._armed, self._watch_failed = None, None, True
+            if watcher is not None:
+                watcher.close()
 
     def snapshot_unchanged(self) -> list[str]:
         """The root MD5s of the snapshots this sandbox made or applied that the workspace still
