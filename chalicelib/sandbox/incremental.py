@@ -2,17 +2,17 @@
 and a restore from one (the format is `snapshot_format`).
 
 The sandbox remembers, for the last few snapshots it made or applied (by their root's MD5), each
-entry's lstat (type, mode, size, mtime, inode) and manifest entry. A save walks the workspace (a
-stat per entry, no file read), and reads, hashes and packs only the files whose lstat moved; the
-rest keep their place in the packs already stored. So an unchanged workspace costs one walk, and
-a changed one costs the walk plus what changed.
+entry's lstat (type, mode, size, mtime, inode, ctime) and manifest entry. A save walks the
+workspace (a stat per entry, no file read), and reads, hashes and packs only the files whose
+lstat moved; the rest keep their place in the packs already stored. Every folder is watched with
+inotify from the walk on, so while no event comes the walk's lstats still hold: an unchanged
+workspace costs no walk at all, and a changed one the walk plus what changed.
 
 Like the archive (`archive`), every step goes through directory fds opened with O_NOFOLLOW from
 the sandbox's own root fd, so a link the agent plants or a folder it swaps mid-walk is never
 followed; an entry that changes under the walk is left for the next save (its lstat is not
 remembered, so the next walk reads it again).
 """
-
 from __future__ import annotations
 
 import base64
