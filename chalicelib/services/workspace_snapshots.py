@@ -81,6 +81,8 @@ UNRESTORED_MANIFEST_SUFFIX = ".unrestored.manifest.json"
 ORPHAN_AGE = timedelta(hours=1)
 #: Saves that lose the race for the root (If-Match) before giving up.
 SAVE_ATTEMPTS = 3
+#: Reads of a root whose objects a save deleted meanwhile (it replaced the root) before giving up.
+RESTORE_ATTEMPTS = 3
 
 
 def manifest_key(session_id: str, user_id: str, *, unrestored: bool = False) -> str:
@@ -198,7 +200,10 @@ class WorkspaceSnapshots:
             old = self._root(key)
             if old is not None:
                 garbage = old[0].objects()
-        self._put_many({prefix + k: v for k, v in delta.objects.items()})
+        # Erasing a user must find this session's workspace without scanning every session: with
+        # the first snapshot, its marker goes up with the objects, before the root.
+        marker = {owner_marker_key(user_id, session_id): b""} if stored is None else {}
+        self._put_many({**{prefix + k: v for k, v in delta.objects.items()}, **marker})
         try:
             if stored is not None:
                 self.store.put(key, delta.root, content_type="application/json", if_match=stored.etag)
@@ -207,10 +212,7 @@ class WorkspaceSnapshots:
         except PreconditionFailed:
             return None  # its objects are swept as orphans; no root references them
         if stored is None:
-            # Erasing a user must find this session's workspace without scanning every session;
-            # the earlier layout's archive is replaced by this snapshot.
-            self.store.put(owner_marker_key(user_id, session_id), b"", content_type="text/plain")
-            self.store.delete_many([snapshot_key(session_id, user_id)])
+            self.store.delete_many([snapshot_key(session_id, user_id)])  # replaced by this snapshot
         garbage -= fmt.decode_root(delta.root).objects()
         if garbage:
             self.store.delete_many(sorted(prefix + k for k in garbage))
@@ -222,7 +224,7 @@ class WorkspaceSnapshots:
         """Put the stored snapshot (either layout) into the sandbox; the file count, or None when
         there is none. SandboxError (SnapshotDamaged among them) when it cannot be restored."""
         key = manifest_key(session_id, user_id)
-        for attempt in range(2):
+        for attempt in range(RESTORE_ATTEMPTS):
             found = self._root(key)
             if found is None:
                 archive_data = self.load(session_id, user_id)
@@ -233,7 +235,7 @@ class WorkspaceSnapshots:
             # The listing the orphan sweep needs is taken meanwhile: it costs no time of its own.
             listed = _POOL.submit(iter_all, self.store, snapshot_prefix(session_id))
             objects = self._objects(session_id, user_id, root)
-            if len(objects) < len(root.objects()) and attempt == 0 and self._etag(key) != etag:
+            if len(objects) < len(root.objects()) and attempt < RESTORE_ATTEMPTS - 1 and self._etag(key) != etag:
                 continue  # a save replaced the root (and deleted its garbage) while we read: read again
             files = sandbox.import_snapshot(data, objects, self.max_bytes)
             self._sweep(session_id, user_id, root, listed.result())
@@ -331,14 +333,15 @@ class WorkspaceSnapshots:
                                   f"WORKSPACE_SNAPSHOT_MB={self.max_bytes // 2**20} MiB: delete large files first.",
                                   code="workspace_snapshot_too_large")
         prefix = objects_prefix(session_id, user_id)
-        self._put_many({prefix + k: v for k, v in objects.items()})
+        first = loaded is None or loaded.etag is None
+        marker = {owner_marker_key(user_id, session_id): b""} if first else {}
+        self._put_many({**{prefix + k: v for k, v in objects.items()}, **marker})
         key = manifest_key(session_id, user_id, unrestored=unrestored)
         data = fmt.encode_root(new_root)
         if loaded is not None and loaded.etag is not None:
             self.store.put(key, data, content_type="application/json", if_match=loaded.etag)
         else:
             self.store.put(key, data, content_type="application/json", if_none_match=True)
-            self.store.put(owner_marker_key(user_id, session_id), b"", content_type="text/plain")
         garbage = (root.objects() if root is not None else set()) - new_root.objects()
         if garbage:
             self.store.delete_many(sorted(prefix + k for k in garbage))
