@@ -282,6 +282,7 @@ class SnapshotDelta:
 
     `base`: the MD5 of the stored root this delta was made against (its objects that `obsolete`
     does not name are reused), or None when it was made from nothing (every object is new).
+    `files`: its entries but `.claude` (0: an empty workspace, nothing worth keeping).
     """
 
     root: bytes
