@@ -21,8 +21,10 @@ import ctypes
 import errno
 import hashlib
 import io
+import itertools
 import os
 import stat
+import struct
 import threading
 import time
 import zlib
@@ -445,10 +447,21 @@ _IN_ONLYDIR = 0x01000000
 FULL_WALK_SECONDS = 60.0
 
 
-class _Watcher:
-    """inotify on every folder of the workspace: no event since a walk means no entry changed,
-    so an unchanged check needs no walk. Each folder is watched through the fd the walk opened it
-    with (`/proc/self/fd/N`, never a path the agent could swap)."""
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class _Inotify:
+    """One inotify instance for the whole process (the kernel allows 128 per user by default,
+    and a host runs more sandboxes than that), its watches tagged with the sandbox that made
+    them. No event since a walk means no entry of that sandbox's workspace changed, so its
+    unchanged check needs no walk. Each folder is watched through the fd the walk opened it with
+    (`/proc/self/fd/N`, never a path the agent could swap)."""
+
+    _shared: _Inotify | None = None
+    _failed = False
+    _create = threading.Lock()
 
     def __init__(self) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -456,24 +469,69 @@ class _Watcher:
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self.fd = fd
+        self._lock = threading.Lock()
+        self._owner: dict[int, int] = {}  # watch descriptor -> the sandbox's token
+        self._dirty: set[int] = set()
 
-    def watch(self, dir_fd: int) -> bool:
-        """Watch the folder open at `dir_fd`; False when the kernel refuses (max_user_watches)."""
-        return bool(self._libc.inotify_add_watch(self.fd, f"/proc/self/fd/{dir_fd}".encode(), _IN_EVENTS | _IN_ONLYDIR) >= 0)
+    @classmethod
+    def shared(cls) -> _Inotify | None:
+        """The process's instance; None where inotify cannot be had (every check walks then)."""
+        with cls._create:
+            if cls._shared is None and not cls._failed:
+                try:
+                    cls._shared = cls()
+                except OSError:
+                    cls._failed = True
+            return cls._shared
 
-    def fired(self) -> bool:
-        """Whether any event came since the last call (all of them are read)."""
-        seen = False
+    def watch(self, token: int, dir_fd: int) -> bool:
+        """Watch the folder open at `dir_fd` for sandbox `token`; False when the kernel refuses
+        (`fs.inotify.max_user_watches`)."""
+        wd = self._libc.inotify_add_watch(self.fd, f"/proc/self/fd/{dir_fd}".encode(), _IN_EVENTS | _IN_ONLYDIR)
+        if wd < 0:
+            return False
+        with self._lock:
+            self._owner[wd] = token
+        return True
+
+    def fired(self, token: int) -> bool:
+        """Whether any event came for sandbox `token` since the last call."""
+        with self._lock:
+            self._drain()
+            seen = token in self._dirty
+            self._dirty.discard(token)
+            return seen
+
+    def forget(self, token: int) -> None:
+        """Drop the sandbox's watches (it is being destroyed)."""
+        with self._lock:
+            self._drain()
+            for wd in [wd for wd, owner in self._owner.items() if owner == token]:
+                self._libc.inotify_rm_watch(self.fd, wd)
+                del self._owner[wd]
+            self._dirty.discard(token)
+
+    def _drain(self) -> None:
         while True:
             try:
-                if not os.read(self.fd, 65536):
-                    return seen
+                data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return seen
-            seen = True
+                return
+            if not data:
+                return
+            at = 0
+            while at + _EVENT.size <= len(data):
+                wd, mask, _, size = _EVENT.unpack_from(data, at)
+                at += _EVENT.size + size
+                if mask & _IN_Q_OVERFLOW:  # events were lost: every sandbox walks again
+                    self._dirty.update(self._owner.values())
+                    continue
+                owner = self._owner.pop(wd, None) if mask & _IN_IGNORED else self._owner.get(wd)
+                if owner is not None:
+                    self._dirty.add(owner)
 
-    def close(self) -> None:
-        os.close(self.fd)
+
+_tokens = itertools.count(1)
 
 
 class IncrementalSnapshotMixin:
@@ -489,8 +547,8 @@ class IncrementalSnapshotMixin:
     disk_limited: bool
     _alive: Callable[[], None]
     # Per instance once set; the class values are the defaults before the first walk.
-    _watcher: _Watcher | None = None
-    _watch_failed: bool = False
+    _watch_token: int = 0
+    _watch_closed: bool = False
     _armed: tuple[dict[str, Stat], float] | None = None
 
     def _snapshot_memory(self) -> tuple[threading.Lock, OrderedDict[str, SnapshotState]]:
@@ -503,31 +561,28 @@ class IncrementalSnapshotMixin:
     def _current(self) -> dict[str, Stat]:
         """The workspace's lstats: those of the last watched walk while no event came since (and
         it is recent), else a new walk, which watches every folder it lists."""
-        watcher = self._watcher
-        if watcher is None and not self._watch_failed:
-            try:
-                watcher = self._watcher = _Watcher()
-            except OSError:
-                self._watch_failed = True  # no inotify here: every check walks
+        inotify = _Inotify.shared() if not self._watch_closed else None
+        if inotify is not None and not self._watch_token:
+            self._watch_token = next(_tokens)
+        token = self._watch_token
         armed = self._armed
-        if watcher is not None and not watcher.fired() and armed is not None \
+        if inotify is not None and not inotify.fired(token) and armed is not None \
                 and time.monotonic() - armed[1] < FULL_WALK_SECONDS:
             return armed[0]
         started = time.monotonic()
-        current, watched = walk(self.files.root_fd, watcher.watch if watcher is not None else None)
+        current, watched = walk(self.files.root_fd, (lambda fd: inotify.watch(token, fd)) if inotify is not None else None)
         # A walk that could not watch every folder (too deep, too many watches) arms nothing.
         self._armed = (current, started) if watched else None
         return current
 
     def close_snapshot_watch(self) -> None:
-        """Stop watching the workspace (the sandbox is being destroyed). Under the snapshot lock:
-        a save still reading the watcher's fd must not read a number the kernel gave to another."""
+        """Stop watching the workspace (the sandbox is being destroyed)."""
         lock, _ = self._snapshot_memory()
         with lock:
-            watcher = self._watcher
-            self._watcher, self._armed, self._watch_failed = None, None, True
-            if watcher is not None:
-                watcher.close()
+            self._watch_closed, self._armed = True, None
+            inotify = _Inotify.shared() if self._watch_token else None
+            if inotify is not None:
+                inotify.forget(self._watch_token)
 
     def snapshot_unchanged(self) -> list[str]:
         """The root MD5s of the snapshots this sandbox made or applied that the workspace still

@@ -143,6 +143,27 @@ def test_an_unchanged_check_needs_no_walk_until_an_event_comes(tmp_path: Path, m
     assert box.snapshot_unchanged() == []
 
 
+def test_sandboxes_share_one_inotify_instance_and_see_only_their_own_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    boxes = [folder_box(tmp_path / f"ws{i}") for i in range(3)]
+    deltas = [box.snapshot_delta(CAP, None) for box in boxes]
+    shared = incremental._Inotify.shared()
+    assert shared is not None and all(d is not None for d in deltas)
+    walks: list[int] = []
+    real = incremental.walk
+    monkeypatch.setattr(incremental, "walk", lambda fd, watch=None: walks.append(fd) or real(fd, watch))
+    (tmp_path / "ws1/sub/f.txt").write_text("changed")
+    answers = [box.snapshot_unchanged() for box in boxes]
+    assert answers[0] and answers[2] and answers[1] == [] and len(walks) == 1  # only ws1 walked
+    boxes[1].close_snapshot_watch()
+    assert not [wd for wd, token in shared._owner.items() if token == boxes[1]._watch_token]
+
+
+def folder_box(root: Path) -> Box:
+    (root / "sub").mkdir(parents=True)
+    (root / "sub/f.txt").write_text("one")
+    return Box(root)
+
+
 def test_a_change_no_event_reports_is_found_by_the_periodic_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Writes through a shared mmap raise no inotify event; the walk every FULL_WALK_SECONDS sees them.
     ws = tmp_path / "ws"
@@ -151,7 +172,7 @@ def test_a_change_no_event_reports_is_found_by_the_periodic_walk(tmp_path: Path,
     box = Box(ws)
     first = box.snapshot_delta(CAP, None)
     assert first is not None
-    monkeypatch.setattr(incremental._Watcher, "fired", lambda self: False)
+    monkeypatch.setattr(incremental._Inotify, "fired", lambda self, token: False)
     (ws / "mapped.bin").write_bytes(b"b" * 4096)
     assert box.snapshot_unchanged() == [first.root_md5]  # no event, and the last walk is recent
     monkeypatch.setattr(incremental, "FULL_WALK_SECONDS", 0.0)
