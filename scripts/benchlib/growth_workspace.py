@@ -150,7 +150,7 @@ def measure(quick: bool = False) -> list[Figure]:
         Figure(AREA, "unchanged-workspace check (a save, nothing changed)", unchanged,
                f"≤ 50 ms at {big}", raw[f"unchanged {big}"] <= 50),
         Figure(AREA, "changed save, one 4 KB file rewritten", changed,
-               "bytes written independent of the workspace (≤ 64 KB at 50 MB: one pack, one segment, the root)",
+               f"bytes written independent of the workspace (≤ 64 KB at {big_mb} MB: one pack, one segment, the root)",
                big_bytes <= 64_000 and big_bytes <= max(small_bytes, 1) * 20),
         Figure(AREA, f"restore into a new sandbox ({big}, {big_mb} MB)", {big: _ms(raw["restore"])},
                "≤ 2 s", raw["restore"] <= 2000),
