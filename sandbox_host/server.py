@@ -370,9 +370,16 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
         return Response(encode_frames(delta.root, delta.objects, base=delta.base, obsolete=delta.obsolete,
                                       files=delta.files), media_type="application/octet-stream")
 
-    def snapshot_import(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+    def snapshot_import(request: Request, sandbox: LocalSandbox, raw: bytes) -> Response:
         sent = decode_frames(raw)
-        return {"files": sandbox.import_snapshot(sent.root, sent.objects, max_bytes(request))}
+        try:
+            return _Json({"files": sandbox.import_snapshot(sent.root, sent.objects, max_bytes(request))})
+        except (SnapshotTooLarge, SnapshotDamaged, SandboxPathError, SandboxGone):
+            raise
+        except SandboxError as exc:
+            # The snapshot does not fit this sandbox (its disk): the API sets it aside and goes on
+            # with an empty workspace, where a 500 would make it retry a restore that cannot work.
+            return _error(422, str(exc), "snapshot_not_restorable")
 
     def entries(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
         return {"entries": [asdict(e) for e in sandbox.workspace_entries()]}

@@ -30,6 +30,7 @@ _ERRORS: dict[str, type[SandboxError]] = {
     "mount_failed": MountError,
     "snapshot_too_large": SnapshotTooLarge,
     "snapshot_damaged": SnapshotDamaged,
+    "snapshot_not_restorable": SandboxError,
 }
 
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.sandbox.base import SandboxOptions
+from chalicelib.sandbox.base import SandboxError, SandboxOptions
 from tests.support.sandbox_host import running_sandbox_host, serve
+from tests.support.snapshots import manifest_path, write_snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
@@ -179,3 +180,23 @@ def test_incremental_snapshots_travel_through_the_host(tmp_path: Path) -> None:
         with pytest.raises(SnapshotDamaged, match="missing"):
             other.import_snapshot(second.root, missing, 2**20)
         assert other.exec("cat src/a.txt").stdout == "two\n"  # refused before anything was removed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs per session needs root")
+def test_a_snapshot_that_does_not_fit_the_hosts_disk_is_not_restorable_not_unavailable(tmp_path: Path) -> None:
+    # A 5xx would make the API retry the restore forever (503 workspace_restore_failed); a
+    # SandboxError lets it set the snapshot aside and go on with an empty workspace.
+    from chalicelib.sandbox.base import SandboxUnavailable
+    from chalicelib.sandbox.remote import RemoteSandboxProvider
+
+    with running_sandbox_host(tmp_path, SANDBOX_DISK_MB="4") as (url, token):
+        remote = RemoteSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        stored: dict[str, bytes] = {}
+        write_snapshot(stored.__setitem__, "fit", "alice", {"big.bin": os.urandom(6 * 2**20)})
+        objects = {k.rsplit("/alice/", 1)[1]: v for k, v in stored.items() if "/alice/" in k}
+        target = remote.create("fit2", SandboxOptions())
+        target.exec("echo mine > keep.txt")
+        with pytest.raises(SandboxError, match="SANDBOX_DISK_MB") as refused:
+            target.import_snapshot(stored[manifest_path("fit", "alice")], objects, 2**24)
+        assert not isinstance(refused.value, SandboxUnavailable)
+        assert target.exec("cat keep.txt").stdout == "mine\n"
