@@ -47,6 +47,7 @@ from chalicelib.sandbox.archive import (
 from chalicelib.sandbox.base import SandboxError, SandboxPathError
 from chalicelib.sandbox.paths import iter_tree
 from chalicelib.sandbox.snapshot_format import (
+    EMPTY,
     REFRESH_SECONDS,
     ZLIB_LEVEL,
     Entry,
@@ -78,8 +79,6 @@ _REMEMBERED = 4
 
 #: (mode, size, mtime, inode, ctime): ctime because a rewrite can set mtime back, never ctime.
 Stat = tuple[int, int, int, int, int]
-#: In `snapshot_unchanged`'s answer: the workspace is empty and was already found so.
-EMPTY = "empty"
 
 
 def _key(info: os.stat_result) -> Stat:

@@ -39,6 +39,8 @@ PACK_BYTES = 8 * 2**20
 #: Entries per segment at most; on average a segment ends after 1 entry in 256 (the path's hash).
 SEGMENT_MAX = 1024
 ZLIB_LEVEL = 1
+#: In a sandbox's `snapshot_unchanged` answer: the workspace is empty and was already found so.
+EMPTY = "empty"
 #: A save writes again the objects its root still uses that are older than this (see `Root.written`).
 REFRESH_SECONDS = 24 * 3600
 

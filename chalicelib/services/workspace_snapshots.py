@@ -52,7 +52,6 @@ from chalicelib.sandbox.base import (
     SnapshotTooLarge,
     WorkspaceEntry,
 )
-from chalicelib.sandbox.incremental import EMPTY
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage.base import ObjectInfo, PreconditionFailed, get_many, iter_all
 
@@ -170,7 +169,7 @@ class WorkspaceSnapshots:
             base = stored.etag.strip('"') if stored is not None else None
             if base is not None and base in unchanged:
                 return SaveResult("unchanged", stored.size if stored is not None else 0)
-            if stored is None and EMPTY in unchanged:
+            if stored is None and fmt.EMPTY in unchanged:
                 return SaveResult("empty", 0)  # found empty before (and any archive of the earlier layout deleted)
             try:
                 delta = sandbox.snapshot_delta(self.max_bytes, base)
