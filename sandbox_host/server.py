@@ -47,6 +47,7 @@ from chalicelib.sandbox.base import (
 )
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
 from chalicelib.sandbox.egress_policy import MAX_RULES, normalize_rule
+from chalicelib.sandbox.snapshot_format import SnapshotDamaged, decode_frames, encode_frames
 from chalicelib.security import bearer_token
 from chalicelib.telemetry import tracing
 from sandbox_host.operations import Operations, OperationsSettings
@@ -278,6 +279,8 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
                     return _error(422, str(exc), "mount_failed")
                 except SnapshotTooLarge as exc:
                     return _error(413, str(exc), "snapshot_too_large")
+                except SnapshotDamaged as exc:
+                    return _error(422, str(exc), "snapshot_damaged")
                 except IsolationUnavailable as exc:
                     return _error(503, str(exc), "isolation_unavailable")
                 except SandboxError as exc:
@@ -371,6 +374,27 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
     def import_archive(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
         return {"files": sandbox.import_workspace(raw, max_bytes(request))}
 
+    def snapshot_unchanged(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
+        return {"unchanged": sandbox.snapshot_unchanged()}
+
+    def snapshot_delta(request: Request, sandbox: LocalSandbox, raw: bytes) -> Response:
+        delta = sandbox.snapshot_delta(max_bytes(request), request.query_params.get("base") or None)
+        if delta is None:
+            return Response(status_code=204)
+        return Response(encode_frames(delta.root, delta.objects, base=delta.base, obsolete=delta.obsolete,
+                                      files=delta.files), media_type="application/octet-stream")
+
+    def snapshot_import(request: Request, sandbox: LocalSandbox, raw: bytes) -> Response:
+        sent = decode_frames(raw)
+        try:
+            return _Json({"files": sandbox.import_snapshot(sent.root, sent.objects, max_bytes(request))})
+        except (SnapshotTooLarge, SnapshotDamaged, SandboxPathError, SandboxGone):
+            raise
+        except SandboxError as exc:
+            # The snapshot does not fit this sandbox (its disk): the API sets it aside and goes on
+            # with an empty workspace, where a 500 would make it retry a restore that cannot work.
+            return _error(422, str(exc), "snapshot_not_restorable")
+
     def entries(request: Request, sandbox: LocalSandbox, raw: bytes) -> dict[str, Any]:
         return {"entries": [asdict(e) for e in sandbox.workspace_entries()]}
 
@@ -407,6 +431,10 @@ def create_app(settings: Settings | None = None, *, reaper_interval: float = 30.
             Route(s + "/archive", endpoint(export_archive), methods=["GET"]),
             Route(s + "/archive", endpoint(import_archive, cap=max_bytes), methods=["PUT"]),
             Route(s + "/entries", endpoint(entries), methods=["GET"]),
+            Route(s + "/snapshot/unchanged", endpoint(snapshot_unchanged), methods=["GET"]),
+            Route(s + "/snapshot", endpoint(snapshot_delta), methods=["POST"]),
+            # The frames carry the objects (at most maxBytes) plus a header and the root.
+            Route(s + "/snapshot", endpoint(snapshot_import, cap=lambda r: max_bytes(r) + 2**20), methods=["PUT"]),
             Route("/admin/drain", endpoint(drain, needs_session=False), methods=["POST"]),
         ],
         lifespan=lifespan,

@@ -7,9 +7,12 @@ Every path is a sandbox path under /workspace; implementations refuse anything e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, SecretStr
+
+if TYPE_CHECKING:  # the format module imports this one
+    from chalicelib.sandbox.snapshot_format import SnapshotDelta
 
 WORKSPACE = "/workspace"
 CLAUDE_DIR = "/workspace/.claude"
@@ -193,6 +196,20 @@ class Sandbox(Protocol):
 
     def workspace_entries(self) -> list[WorkspaceEntry]:
         """Every entry under /workspace but the skills: path (relative), kind, size, modified."""
+        ...
+
+    def snapshot_unchanged(self) -> list[str]:
+        """The root MD5s of the incremental snapshots this sandbox made or applied that its
+        workspace still matches (a walk of lstats; nothing read)."""
+        ...
+
+    def snapshot_delta(self, max_bytes: int, base: str | None) -> SnapshotDelta | None:
+        """The new objects and root of an incremental snapshot against the stored root whose MD5
+        is `base` (see `snapshot_format`); None when the workspace still matches it."""
+        ...
+
+    def import_snapshot(self, root: bytes, objects: dict[str, bytes], max_bytes: int) -> int:
+        """Make /workspace (skills untouched) hold exactly an incremental snapshot's entries."""
         ...
 
 

@@ -59,6 +59,7 @@ from chalicelib.sandbox.bwrap_argv import HostLayout, LaunchPlan, bwrap_argv
 from chalicelib.sandbox.cgroups import Cgroups, Counters, SessionCgroup
 from chalicelib.sandbox.egress_policy import AddressGuard
 from chalicelib.sandbox.egress_proxy import PROXY_ENVIRONMENT, EgressProxy
+from chalicelib.sandbox.incremental import IncrementalSnapshotMixin
 from chalicelib.sandbox.netns import SandboxNetwork, create_network
 from chalicelib.sandbox.process import run_capped
 from chalicelib.sandbox.shell import BashSession, Launch
@@ -75,7 +76,7 @@ _FULL_DISK = b"No space left on device"
 _NO_FORK = b"Resource temporarily unavailable"
 
 
-class LocalSandbox(WorkspaceArchiveMixin):
+class LocalSandbox(WorkspaceArchiveMixin, IncrementalSnapshotMixin):
     """One session's workspace on this machine."""
 
     def __init__(self, session_id: str, root: Path, provider: LocalSandboxProvider, options: SandboxOptions) -> None:
@@ -482,6 +483,7 @@ class LocalSandbox(WorkspaceArchiveMixin):
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
+        self.close_snapshot_watch()
         if getattr(self, "files", None) is not None:
             self.files.close()
         self._unmount()

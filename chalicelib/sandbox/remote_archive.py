@@ -11,6 +11,7 @@ import httpx
 
 from chalicelib.sandbox.base import WorkspaceEntry
 from chalicelib.sandbox.remote_http import host_request
+from chalicelib.sandbox.snapshot_format import SnapshotDelta, decode_frames, encode_frames
 
 
 class RemoteArchiveMixin:
@@ -32,6 +33,23 @@ class RemoteArchiveMixin:
         """Replace the workspace (skills untouched) by the archive; return the file count."""
         response = self._send("PUT", "/archive", params={"maxBytes": str(max_bytes)}, content=archive,
                               headers={"Content-Type": "application/gzip"})
+        return int(response.json()["files"])
+
+    def snapshot_unchanged(self) -> list[str]:
+        """The root MD5s of the snapshots the workspace still matches (a walk on the host)."""
+        return [str(m) for m in self._send("GET", "/snapshot/unchanged").json()["unchanged"]]
+
+    def snapshot_delta(self, max_bytes: int, base: str | None) -> SnapshotDelta | None:
+        """What a save writes against the stored root `base`, made on the host; None (204) when unchanged."""
+        params = {"maxBytes": str(max_bytes), **({"base": base} if base else {})}
+        response = self._send("POST", "/snapshot", params=params)
+        return None if response.status_code == 204 else decode_frames(response.content)
+
+    def import_snapshot(self, root: bytes, objects: dict[str, bytes], max_bytes: int) -> int:
+        """Replace the workspace (skills untouched) by the snapshot's entries; return the file count."""
+        response = self._send("PUT", "/snapshot", params={"maxBytes": str(max_bytes)},
+                              content=encode_frames(root, objects),
+                              headers={"Content-Type": "application/octet-stream"})
         return int(response.json()["files"])
 
     def workspace_entries(self) -> list[WorkspaceEntry]:

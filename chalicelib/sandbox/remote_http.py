@@ -21,6 +21,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
     SnapshotTooLarge,
 )
+from chalicelib.sandbox.snapshot_format import SnapshotDamaged
 from chalicelib.telemetry import tracing
 
 _ERRORS: dict[str, type[SandboxError]] = {
@@ -30,6 +31,8 @@ _ERRORS: dict[str, type[SandboxError]] = {
     "is_a_directory": SandboxIsADirectory,
     "mount_failed": MountError,
     "snapshot_too_large": SnapshotTooLarge,
+    "snapshot_damaged": SnapshotDamaged,
+    "snapshot_not_restorable": SandboxError,
 }
 
 _SESSION_PATH = re.compile(r"^/sessions/[^/]+")

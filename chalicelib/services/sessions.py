@@ -198,8 +198,10 @@ class SessionsService:
         if reserved and self.quotas is not None:
             self.quotas.confirm_session(user_id, session_id)
         not_restored = None
-        if existing is not None or isinstance(found, str):
-            # A record there, or one set aside as unreadable: the workspace may have a snapshot.
+        if existing is not None or isinstance(found, str) or not claimed:
+            # A record there, one set aside as unreadable, or none but the session already this
+            # user's (DELETE /sandbox keeps the claim and the snapshot): the workspace may have a
+            # snapshot. A session claimed just now has none (its owner's key was never written).
             restored = self._restore_if_new(session_id, user_id, sandbox, options)
             sandbox, not_restored = restored.sandbox, restored.not_restored
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
@@ -421,11 +423,8 @@ class SessionsService:
         """
         if self.snapshots is None:
             return Restored(sandbox)
-        data = self.snapshots.load(session_id, user_id)
-        if data is None:
-            return Restored(sandbox)
         try:
-            sandbox.import_workspace(data, self.snapshots.max_bytes)
+            self.snapshots.restore(session_id, user_id, sandbox)
             return Restored(sandbox)
         except (SandboxUnavailable, SandboxGone) as exc:
             self._drop_sandbox(session_id)
@@ -438,7 +437,7 @@ class SessionsService:
         log.warning("workspace snapshot of session %s not restored, set aside: %s", session_id, reason)
         self._drop_sandbox(session_id)
         fresh = self._create_sandbox(session_id, options)
-        self.snapshots.set_aside(session_id, user_id, data)
+        self.snapshots.set_aside(session_id, user_id)
         return Restored(fresh, (
             f"The workspace's snapshot could not be restored ({reason}); this session starts with an empty "
             f"workspace. The snapshot is kept apart: GET /sessions/{session_id}/files?snapshot=unrestored lists it, "

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict
 from chalicelib.errors import BadRequest
 from chalicelib.services.counters import read_document
 from chalicelib.services.models import ApiModel
-from chalicelib.services.workspace_snapshots import OWNERS, snapshot_key
-from chalicelib.storage import ObjectNotFound, ObjectStore, layout
+from chalicelib.services.workspace_snapshots import OWNERS, stored_bytes
+from chalicelib.storage import ObjectStore, layout
 from chalicelib.storage.base import iter_all
 
 MAX_DAYS = 92
@@ -164,10 +164,7 @@ class UsageService:
         """Skills, conversations, settings and the user's workspace snapshots, now."""
         total = sum(o.size for o in iter_all(self.store, layout.user_prefix(user_id)))
         for marker in iter_all(self.store, f"{OWNERS}{user_id}/"):
-            try:
-                total += self.store.head(snapshot_key(marker.key.rsplit("/", 1)[1], user_id)).size
-            except ObjectNotFound:
-                continue
+            total += stored_bytes(self.store, marker.key.rsplit("/", 1)[1], user_id)
         return total
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Literal, TypeVar
 
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from chalicelib.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 from chalicelib.ids import validate_id
 from chalicelib.sandbox import archive
 from chalicelib.sandbox.base import (
@@ -31,6 +31,7 @@ from chalicelib.sandbox.base import (
     SandboxUnavailable,
     WorkspaceEntry,
 )
+from chalicelib.sandbox.snapshot_format import SnapshotDamaged
 from chalicelib.services.models import ApiModel
 from chalicelib.services.sessions import SessionsService
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
@@ -99,16 +100,18 @@ class WorkspaceFilesService:
         `snapshot=unrestored`: the snapshot that could not be restored, kept apart (setup and the
         turn's `workspace_not_restored` say when there is one)."""
         if self._unrestored(snapshot):
-            aside = self._unrestored_archive(session_id)
-            files = [_file(e) for e in sorted(self.snapshots.entries(aside), key=lambda e: e.path)]
+            owner = self._unrestored_owner(session_id)
+            aside = self._through(lambda: self.snapshots.entries(session_id, owner, unrestored=True))
+            if aside is None:
+                raise self._nothing_aside(session_id)
+            files = [_file(e) for e in sorted(aside, key=lambda e: e.path)]
             return FileListing(session_id=session_id, source="unrestored", files=files, count=len(files))
         owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             entries = self._through(lambda: sandbox.workspace_entries())
             source: Source = "sandbox"
         else:
-            data = self.snapshots.load(session_id, owner)
-            entries = self.snapshots.entries(data) if data is not None else []
+            entries = self._through(lambda: self.snapshots.entries(session_id, owner) or [])
             source = "snapshot"
         files = [_file(e) for e in sorted(entries, key=lambda e: e.path)]
         return FileListing(session_id=session_id, source=source, files=files, count=len(files))
@@ -117,18 +120,17 @@ class WorkspaceFilesService:
         """One file's bytes; 404 when absent, 400 for a folder, a link or a path outside /workspace."""
         rel = self._path(path, writing=False)
         if self._unrestored(snapshot):
-            unrestored = self._unrestored_archive(session_id)
-            data = self._through(lambda: self.snapshots.read(unrestored, rel))
+            owner = self._unrestored_owner(session_id)
+            if not self.snapshots.has_unrestored(session_id, owner):
+                raise self._nothing_aside(session_id)
+            data = self._through(lambda: self.snapshots.read(session_id, owner, rel, unrestored=True))
             guessed = mimetypes.guess_type(posixpath.basename(rel))[0] or "application/octet-stream"
             return FileContent(path=f"{WORKSPACE}/{rel}", data=data, content_type=guessed)
         owner, sandbox = self._locate(session_id)
         if sandbox is not None:
             data = self._through(lambda: sandbox.read_file(f"{WORKSPACE}/{rel}"))
         else:
-            stored = self.snapshots.load(session_id, owner)
-            if stored is None:
-                raise NotFound(f"No file at {WORKSPACE}/{rel}: the session's workspace is empty.", code="file_not_found")
-            data = self._through(lambda: self.snapshots.read(stored, rel))
+            data = self._through(lambda: self.snapshots.read(session_id, owner, rel))
         guessed = mimetypes.guess_type(posixpath.basename(rel))[0] or "application/octet-stream"
         return FileContent(path=f"{WORKSPACE}/{rel}", data=data, content_type=guessed)
 
@@ -157,6 +159,8 @@ class WorkspaceFilesService:
         rel = self._path(path, writing=True)
         if self._unrestored(snapshot):
             owner = self._unrestored_owner(session_id)
+            if not self.snapshots.has_unrestored(session_id, owner):
+                raise self._nothing_aside(session_id)
             if not self._through(lambda: self.snapshots.edit(session_id, owner, rel, None, unrestored=True)):
                 raise NotFound(f"No file at {WORKSPACE}/{rel} in the unrestored snapshot.", code="file_not_found")
             return FileDeleted(session_id=session_id, path=f"{WORKSPACE}/{rel}", source="unrestored")
@@ -192,12 +196,10 @@ class WorkspaceFilesService:
             raise NotFound(f"Session {session_id!r} has no workspace.", code="session_not_found")
         return owner
 
-    def _unrestored_archive(self, session_id: str) -> bytes:
-        data = self.snapshots.load(session_id, self._unrestored_owner(session_id), unrestored=True)
-        if data is None:
-            raise NotFound(f"Session {session_id!r} has no snapshot set aside: every restore of it succeeded.",
-                           code="snapshot_not_found")
-        return data
+    @staticmethod
+    def _nothing_aside(session_id: str) -> NotFound:
+        return NotFound(f"Session {session_id!r} has no snapshot set aside: every restore of it succeeded.",
+                        code="snapshot_not_found")
 
     def _locate(self, session_id: str) -> tuple[str, Sandbox | None]:
         """The session's owner and live sandbox (None when gone); 404 for a session without either
@@ -243,6 +245,9 @@ class WorkspaceFilesService:
             return call()
         except SandboxFileNotFound as exc:
             raise NotFound(str(exc), code="file_not_found") from None
+        except SnapshotDamaged as exc:
+            raise Conflict(f"{exc} The snapshot is damaged: its other files can still be read.",
+                           code="snapshot_damaged") from None
         except SandboxPathError as exc:
             raise BadRequest(str(exc), code="invalid_path") from None
         except SandboxUnavailable as exc:

@@ -36,6 +36,7 @@ from tests.e2e.conftest import World
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 from tests.support.gateway import receive_until
 from tests.support.sandbox_host import running_sandbox_host
+from tests.support.snapshots import manifest_path, snapshot_files, write_snapshot
 
 ROOTED = os.geteuid() == 0
 pytestmark = [
@@ -154,6 +155,50 @@ def test_swapping_a_folder_and_a_symlink_never_reaches_another_session(provider:
     written = [p.name for p in victim.workspace.iterdir()]
     assert written == ["secret.txt"], written  # nothing was ever written into the victim's workspace
     assert outcomes.get("read", 0) > 0 and outcomes.get("write", 0) > 0, outcomes  # the race was really run
+
+
+def test_saves_racing_a_folder_and_symlink_swap_never_take_another_sessions_files(provider: LocalSandboxProvider) -> None:
+    """Incremental saves while the agent swaps a folder and a link to another session's workspace
+    (renameat2 RENAME_EXCHANGE): the snapshots hold the link as a link, never the victim's bytes,
+    and a restore of each writes nothing outside the restoring sandbox."""
+    import zlib
+
+    from chalicelib.sandbox import snapshot_format as fmt
+
+    victim = provider.create("victim-s", SandboxOptions())
+    victim.write_file("/workspace/secret.txt", "victim-secret-7731")
+    attacker = provider.create("attacker-s", SandboxOptions())
+    attacker.write_file("/workspace/race/d/secret.txt", "decoy")
+    attacker.exec(f"ln -s {victim.workspace} /workspace/race/l")
+    swapper = threading.Thread(target=lambda: attacker.exec(
+        f"python3 -c '{RENAME_SWAPPER}' {time.time() + 6}", timeout=20), daemon=True)
+    swapper.start()
+    time.sleep(0.5)
+    stored: dict[str, bytes] = {}
+    base: str | None = None
+    last_root = b""
+    saves = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        delta = attacker.snapshot_delta(2**20, base)
+        if delta is None:
+            continue
+        saves += 1
+        stored.update(delta.objects)
+        for key, data in delta.objects.items():
+            if "/p-" in key:
+                assert b"victim-secret-7731" not in zlib.decompressobj().decompress(data)
+        base, last_root = delta.root_md5, delta.root
+        entries = fmt.read_entries(fmt.decode_root(delta.root), stored)
+        links = [e.rel for e in entries if e.kind == "symlink"]
+        assert not [e.rel for e in entries for link in links if e.rel.startswith(link + "/")]
+    swapper.join(timeout=30)
+    assert saves > 1
+    restored = provider.create("restored-s", SandboxOptions())
+    restored.import_snapshot(last_root, stored, 2**20)
+    assert [p.name for p in victim.workspace.iterdir()] == ["secret.txt"]
+    assert "victim-secret-7731" not in restored.exec("cat /workspace/race/d/secret.txt 2>/dev/null; "
+                                                    "find /workspace -type f -exec cat {} +").stdout
 
 
 def test_the_swap_race_through_the_editor_tool_never_reaches_another_user(world: World) -> None:
@@ -423,7 +468,16 @@ def test_a_network_on_agent_cannot_use_the_api_on_the_host(world: World, monkeyp
 
 
 def _snapshot(world: World, session: str, user: str = "mallory") -> Path:
-    return world.data_dir / "sessions" / session / "workspace" / f"{user}.tar.gz"
+    return world.data_dir / manifest_path(session, user)
+
+
+def _store_snapshot(world: World, session: str, files: dict[str, bytes]) -> None:
+    """Put a snapshot into the embedded store's folder, as a save would have written it."""
+    def put(key: str, data: bytes) -> None:
+        (world.data_dir / key).parent.mkdir(parents=True, exist_ok=True)
+        (world.data_dir / key).write_bytes(data)
+
+    write_snapshot(put, session, "mallory", files)
 
 
 def _reap(world: World, session: str) -> None:
@@ -522,7 +576,7 @@ def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: Wor
         ws.send(json.dumps({"action": "message", "prompt": "one"}))
         receive_until(ws, "result", timeout=60)
         _reap(world, session)
-        _snapshot(world, session).write_bytes(_too_big_snapshot())
+        _store_snapshot(world, session, {"a.txt": b"keep\n", "big.bin": os.urandom(6 * 2**20)})
         ws.send(json.dumps({"action": "message", "prompt": "two"}))
         frames = receive_until(ws, "result", timeout=60)
     notes = [f for f in frames if f.get("status") == "workspace_not_restored"]
@@ -538,9 +592,11 @@ def test_a_snapshot_that_cannot_be_restored_leaves_the_session_usable(world: Wor
     assert gone.status_code == 200, gone.text
     bad = world.http.get(f"/sessions/{session}/files", params={"snapshot": "other"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
-    # The setup path too: a snapshot that does not fit is set aside, and setup answers 200.
+    assert set(snapshot_files(lambda k: (world.data_dir / k).read_bytes(), session, "mallory", unrestored=True)) == {"a.txt"}
+    # The setup path too, with a snapshot of the earlier layout (one archive): set aside, setup answers 200.
     _reap(world, session)
-    _snapshot(world, session).write_bytes(_too_big_snapshot())
+    _snapshot(world, session).unlink(missing_ok=True)
+    (world.data_dir / f"sessions/{session}/workspace/mallory.tar.gz").write_bytes(_too_big_snapshot())
     again = world.http.post(f"/setup/{session}?userId=mallory")
     assert again.status_code == 200, again.text
     assert "could not be restored" in again.json()["workspaceNotRestored"]

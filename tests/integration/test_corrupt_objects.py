@@ -115,7 +115,8 @@ def test_an_unreadable_conversation_is_never_overwritten(harness) -> None:  # ty
     assert management.sent["c1"][-1]["code"] == "conversation_unreadable"
 
 
-def test_an_unreadable_snapshot_leaves_the_session_usable_with_an_empty_workspace(harness) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("damaged", ["root", "pack"])
+def test_an_unreadable_snapshot_leaves_the_session_usable_with_an_empty_workspace(harness, damaged: str) -> None:  # type: ignore[no-untyped-def]
     from chalicelib.config import Settings
     from chalicelib.container import get_container
     from tests.support.api import ROOT
@@ -127,9 +128,11 @@ def test_an_unreadable_snapshot_leaves_the_session_usable_with_an_empty_workspac
     message(client, "c1", "write a file")
     management.wait_for("c1", "result")
     dispatcher.join(30)
-    snapshot = data / "sessions/cs4/workspace/alice.tar.gz"
+    root = data / "sessions/cs4/workspace/alice.manifest.json"
+    snapshot = root if damaged == "root" else next((data / "sessions/cs4/workspace/alice").rglob("p-*"))
     truncated = snapshot.read_bytes()[: snapshot.stat().st_size // 2]
     snapshot.write_bytes(truncated)
+    aside = root.read_bytes()
     stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
     # The sandbox is reaped: the next turn makes a new one and restores it from the snapshot.
     assert get_container(Settings.from_env({**os.environ, **stage_env})).sandboxes.destroy("cs4")
@@ -150,7 +153,10 @@ def test_an_unreadable_snapshot_leaves_the_session_usable_with_an_empty_workspac
         else:
             assert not [f for f in frames if f.get("status") == "workspace_not_restored"]  # told once
     # Set aside where the files API still reads it (?snapshot=unrestored) and no save replaces it.
-    assert (data / "sessions/cs4/workspace/alice.unrestored.tar.gz").read_bytes() == truncated
+    assert (data / "sessions/cs4/workspace/alice.unrestored.manifest.json").read_bytes() == aside
+    assert not root.exists()
+    if damaged == "pack":
+        assert snapshot.read_bytes() == truncated  # kept for the unrestored root, not swept
 
 
 def test_a_dead_turn_over_an_unreadable_conversation_is_closed_not_retried_forever(harness) -> None:  # type: ignore[no-untyped-def]

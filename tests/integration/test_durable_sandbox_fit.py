@@ -7,14 +7,13 @@ a workspace before destroying it (and keeps it while storage is down).
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,13 @@ import pytest
 
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import SandboxError, SandboxOptions
-from chalicelib.sandbox.bwrap import LocalSandboxProvider
+from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
 from devserver.reaper import IdleReaper
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 from tests.support.api import make_api
 from tests.support.fault_proxy import FaultProxy, FaultRule
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
+from tests.support.snapshots import manifest_path, snapshot_files, write_snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
@@ -43,16 +43,27 @@ def provider(tmp_path: Path) -> Iterator[LocalSandboxProvider]:
         p.destroy(sid)
 
 
-def test_restored_files_belong_to_the_session_uid_and_stay_usable(provider: LocalSandboxProvider) -> None:
+def carry(first: LocalSandbox, layout: str) -> Callable[[LocalSandbox], int]:
+    """Save `first`'s workspace in one layout; return what restores it into another sandbox."""
+    if layout == "archive":  # today's .tar.gz snapshots stay restorable
+        data = first.export_workspace(CAP)
+        assert data is not None
+        return lambda into: into.import_workspace(data, CAP)
+    delta = first.snapshot_delta(CAP, None)
+    assert delta is not None
+    return lambda into: into.import_snapshot(delta.root, delta.objects, CAP)
+
+
+@pytest.mark.parametrize("layout", ["incremental", "archive"])
+def test_restored_files_belong_to_the_session_uid_and_stay_usable(provider: LocalSandboxProvider, layout: str) -> None:
     first = provider.create("own-1", SandboxOptions())
     made = first.exec("mkdir -p src/deep && echo one > src/deep/a.txt && chmod 640 src/deep/a.txt && ln -s src/deep/a.txt link")
     assert made.exit_code == 0, made.stdout
-    data = first.export_workspace(CAP)
-    assert data is not None
+    restore = carry(first, layout)
     provider.destroy("own-1")
 
     again = provider.create("own-1", SandboxOptions())
-    assert again.import_workspace(data, CAP) == 1
+    assert restore(again) == 1
     if again.uid is not None:
         owners = set()
         for folder, dirs, files in os.walk(again.workspace):
@@ -79,22 +90,27 @@ def test_a_snapshot_larger_than_the_disk_is_refused_before_anything_is_removed(p
         tar.addfile(info, io.BytesIO(blob))
     with pytest.raises(SandboxError, match="SANDBOX_DISK_MB"):
         sandbox.import_workspace(out.getvalue(), CAP)
+    stored: dict[str, bytes] = {}
+    write_snapshot(stored.__setitem__, "full-1", "alice", {"big.bin": blob})
+    objects = {k.rsplit("/alice/", 1)[1]: v for k, v in stored.items() if "/alice/" in k}
+    with pytest.raises(SandboxError, match="SANDBOX_DISK_MB"):
+        sandbox.import_snapshot(stored[manifest_path("full-1", "alice")], objects, CAP)
     assert sandbox.read_file("/workspace/keep.txt") == b"still here"
     assert sandbox.exec("ls").stdout.split() == ["keep.txt"]
 
 
-def test_sparse_files_that_fit_the_disk_are_restored_as_sparse(provider: LocalSandboxProvider) -> None:
+@pytest.mark.parametrize("layout", ["incremental", "archive"])
+def test_sparse_files_that_fit_the_disk_are_restored_as_sparse(provider: LocalSandboxProvider, layout: str) -> None:
     # Issue 24: two 6 MiB sparse files in a 4 MiB workspace saved fine and then never restored
     # (their length was counted against the disk, not what they take), so the session was bricked.
     first = provider.create("sparse-1", SandboxOptions())
     made = first.exec("truncate -s 6M a.bin b.bin && printf 'head' | dd of=a.bin conv=notrunc 2>/dev/null && "
                       "printf 'tail' | dd of=b.bin bs=1 seek=6291452 conv=notrunc 2>/dev/null && du -sk . && md5sum a.bin b.bin")
     assert made.exit_code == 0, made
-    data = first.export_workspace(CAP)
-    assert data is not None
+    restore = carry(first, layout)
     provider.destroy("sparse-1")
     second = provider.create("sparse-1", SandboxOptions())
-    assert second.import_workspace(data, CAP) == 2
+    assert restore(second) == 2
     again = second.exec("du -sk .; md5sum a.bin b.bin; stat -c '%s' a.bin b.bin")
     assert again.stdout.split("\n", 1)[1] == made.stdout.split("\n", 1)[1] + "6291456\n6291456\n", (made, again)
     assert int(again.stdout.split()[0]) <= 64  # KiB in use: holes stayed holes
@@ -109,9 +125,8 @@ def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) 
             yield client, management, fake, dispatcher, proxy, api
 
 
-def archived(api: Any, key: str) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(api.raw(key)))) as tar:
-        return {m.name: (tar.extractfile(m) or io.BytesIO()).read() for m in tar if m.isreg()}
+def archived(api: Any, session: str) -> dict[str, bytes]:
+    return snapshot_files(api.raw, session, "alice")
 
 
 def test_the_snapshot_after_a_turn_rides_out_a_storage_outage(faulty) -> None:  # type: ignore[no-untyped-def]
@@ -120,14 +135,14 @@ def test_the_snapshot_after_a_turn_rides_out_a_storage_outage(faulty) -> None:  
     client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "snapout", "token": token}))
     fake.script(Reply([ToolUse("bash", {"command": "echo kept > /workspace/made.txt"})]), Reply([Text("done")]))
     # More failures in a row than botocore's own 4 attempts ride out: the runner's backoff must.
-    proxy.add(FaultRule("PUT", r"/workspace/alice\.tar\.gz", action="status", status=503, times=5))
+    proxy.add(FaultRule("PUT", r"/workspace/alice\.manifest\.json", action="status", status=503, times=5))
     client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": "go"})))
     frames = management.wait_for("c1", "result", timeout=90)
     dispatcher.join(60)
     assert proxy.fired("status") == 5
     assert frames[-1]["stopReason"] == "end_turn"
     assert not [f for f in management.sent.get("c1", []) if f["event"] == "error"]
-    assert archived(api, "sessions/snapout/workspace/alice.tar.gz")["made.txt"] == b"kept\n"
+    assert archived(api, "snapout")["made.txt"] == b"kept\n"
 
 
 def test_the_local_reaper_saves_an_idle_workspace_and_keeps_it_while_storage_is_down(faulty) -> None:  # type: ignore[no-untyped-def]
@@ -143,7 +158,7 @@ def test_the_local_reaper_saves_an_idle_workspace_and_keeps_it_while_storage_is_
     reaper = IdleReaper(lambda: container.sandboxes, idle_seconds=0.2, before_destroy=container.sessions.save_workspace)
     time.sleep(0.4)
 
-    proxy.add(FaultRule("PUT", r"/workspace/alice\.tar\.gz", action="status", status=503, times=None))
+    proxy.add(FaultRule("PUT", r"/workspace/alice\.manifest\.json", action="status", status=503, times=None))
     assert reaper.reap_once() == []  # storage is down: the files would be lost, so the sandbox stays
     assert "idle" in container.sandboxes.sessions()
 
@@ -151,7 +166,7 @@ def test_the_local_reaper_saves_an_idle_workspace_and_keeps_it_while_storage_is_
     time.sleep(0.4)
     assert reaper.reap_once() == ["idle"]
     assert "idle" not in container.sandboxes.sessions()
-    assert archived(api, "sessions/idle/workspace/alice.tar.gz")["late.txt"] == b"written after the turn"
+    assert archived(api, "idle")["late.txt"] == b"written after the turn"
 
 
 def test_a_repaired_turn_saves_the_files_its_dead_runner_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,7 +189,5 @@ def test_a_repaired_turn_saves_the_files_its_dead_runner_left(tmp_path: Path, mo
             assert time.monotonic() < deadline, management.sent.get("c1")
             time.sleep(0.05)
         dispatcher.join(30)
-    snapshot = tmp_path / "data/sessions/dead3/workspace/alice.tar.gz"
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(snapshot.read_bytes()))) as tar:
-        member = tar.extractfile("job/output.txt")
-        assert member is not None and member.read() == b"made by the dead turn"
+    saved = snapshot_files(lambda key: (tmp_path / "data" / key).read_bytes(), "dead3", "alice")
+    assert saved["job/output.txt"] == b"made by the dead turn"

@@ -22,6 +22,7 @@ from tests.fakes.fake_anthropic import Reply, Text, ToolUse
 from tests.support.api import make_api
 from tests.support.lambda_ws import FakeManagementClient, lambda_harness, ws_event
 from tests.support.sandbox_host import HostProcess, free_port
+from tests.support.snapshots import snapshot_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
@@ -71,7 +72,7 @@ def test_a_session_outlives_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
             wrote = turn(client, management, fake, dispatcher, "mkdir -p out && echo durable-42 > out/result.txt && echo ok")
             assert "ok" in tool_output(wrote) and "sandbox_recreated" not in statuses(wrote)
-            assert "sessions/dur/workspace/alice.tar.gz" in api.keys()
+            assert "sessions/dur/workspace/alice.manifest.json" in api.keys()
 
             # 1. The first host dies; the second comes up. The session moves, files and skills intact.
             first.kill()
@@ -116,11 +117,8 @@ def test_a_session_outlives_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
-    """Three messages sent together: each turn changes a file, the archive is written once, after the last."""
-    import gzip
-    import io
+    """Three messages sent together: each turn changes a file, the snapshot is written once, after the last."""
     import os
-    import tarfile
     from collections import Counter
 
     from chalicelib.config import Settings
@@ -135,7 +133,7 @@ def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: 
         puts: Counter[str] = Counter()
 
         def count(params: dict[str, Any], model: Any, **_: Any) -> None:
-            if model.name == "PutObject" and params["Key"].endswith("workspace/alice.tar.gz"):
+            if model.name == "PutObject" and params["Key"].endswith("workspace/alice.manifest.json"):
                 puts["snapshot"] += 1
 
         store.client.meta.events.register("before-parameter-build.s3", count)  # type: ignore[attr-defined]
@@ -152,6 +150,4 @@ def test_a_burst_of_turns_writes_the_snapshot_once(tmp_path: Path, monkeypatch: 
             time.sleep(0.05)
         dispatcher.join(60)
         assert puts["snapshot"] == 1
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(api.raw("sessions/burst/workspace/alice.tar.gz")))) as tar:
-            member = tar.extractfile("burst.txt")
-            assert member is not None and member.read() == b"0\n1\n2\n"
+        assert snapshot_files(api.raw, "burst", "alice")["burst.txt"] == b"0\n1\n2\n"

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.sandbox.base import SandboxOptions
+from chalicelib.sandbox.base import SandboxError, SandboxOptions
 from tests.support.sandbox_host import running_sandbox_host, serve
+from tests.support.snapshots import manifest_path, write_snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
@@ -152,3 +153,50 @@ def test_a_non_utf8_name_travels_through_the_host(tmp_path: Path) -> None:
         sandbox.exec("rm -f /workspace/*")
         sandbox.import_workspace(data, 2**20)
         assert "bad\\377" in sandbox.exec("ls -b /workspace").stdout
+
+
+def test_incremental_snapshots_travel_through_the_host(tmp_path: Path) -> None:
+    from chalicelib.sandbox.remote import RemoteSandboxProvider
+    from chalicelib.sandbox.snapshot_format import SnapshotDamaged
+
+    with running_sandbox_host(tmp_path) as (url, token):
+        remote = RemoteSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        sandbox = remote.create("inc1", SandboxOptions())
+        assert sandbox.snapshot_unchanged() == []  # it never made nor applied one
+        sandbox.exec("mkdir -p src && echo one > src/a.txt && touch \"$(printf 'bad\\377')\"")
+        first = sandbox.snapshot_delta(2**20, None)
+        assert first is not None and first.base is None and first.files == 3
+        assert sandbox.snapshot_unchanged() == [first.root_md5]
+        assert sandbox.snapshot_delta(2**20, first.root_md5) is None  # 204: nothing changed
+        sandbox.exec("echo two > src/a.txt")
+        second = sandbox.snapshot_delta(2**20, first.root_md5)
+        assert second is not None and second.base == first.root_md5 and second.obsolete
+        stored = {**first.objects, **second.objects}
+        other = remote.create("inc2", SandboxOptions())
+        assert other.import_snapshot(second.root, stored, 2**20) == 2
+        assert other.exec("cat src/a.txt; ls -b").stdout == "two\nbad\\377\nsrc\n"
+        assert other.snapshot_unchanged() == [second.root_md5]
+        missing = {k: v for k, v in stored.items() if "/p-" not in k}
+        with pytest.raises(SnapshotDamaged, match="missing"):
+            other.import_snapshot(second.root, missing, 2**20)
+        assert other.exec("cat src/a.txt").stdout == "two\n"  # refused before anything was removed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs per session needs root")
+def test_a_snapshot_that_does_not_fit_the_hosts_disk_is_not_restorable_not_unavailable(tmp_path: Path) -> None:
+    # A 5xx would make the API retry the restore forever (503 workspace_restore_failed); a
+    # SandboxError lets it set the snapshot aside and go on with an empty workspace.
+    from chalicelib.sandbox.base import SandboxUnavailable
+    from chalicelib.sandbox.remote import RemoteSandboxProvider
+
+    with running_sandbox_host(tmp_path, SANDBOX_DISK_MB="4") as (url, token):
+        remote = RemoteSandboxProvider(Settings.from_env({"SANDBOX_URL": url, "SANDBOX_TOKEN": token}))
+        stored: dict[str, bytes] = {}
+        write_snapshot(stored.__setitem__, "fit", "alice", {"big.bin": os.urandom(6 * 2**20)})
+        objects = {k.rsplit("/alice/", 1)[1]: v for k, v in stored.items() if "/alice/" in k}
+        target = remote.create("fit2", SandboxOptions())
+        target.exec("echo mine > keep.txt")
+        with pytest.raises(SandboxError, match="SANDBOX_DISK_MB") as refused:
+            target.import_snapshot(stored[manifest_path("fit", "alice")], objects, 2**24)
+        assert not isinstance(refused.value, SandboxUnavailable)
+        assert target.exec("cat keep.txt").stdout == "mine\n"

@@ -41,13 +41,15 @@ OPS: dict[str, dict[str, int]] = {
     "GET /users/{u}/settings": {"GetObject": 1},
     "PUT /users/{u}/settings": {"PutObject": 1},
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
-    # + the listing of the user's workspace markers (workspace-owners/{u}/)
-    "DELETE /users/{u}": {"ListObjectsV2": 3, "DeleteObjects": 3, "GetObject": 2},
+    # + the listing of the user's workspace markers (workspace-owners/{u}/), and for each of its
+    # two sessions the listing of the user's snapshot objects (packs and segments) in it
+    "DELETE /users/{u}": {"ListObjectsV2": 5, "DeleteObjects": 3, "GetObject": 2},
     "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 3},
     # a file written straight to the bucket: read on its own, then the bundle is rewritten
     "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 4},
-    # the record (whose workspace), the snapshot's HEAD (unchanged: nothing written), then the records
-    "DELETE /sandbox/{s}": {"GetObject": 1, "HeadObject": 1, "ListObjectsV2": 1, "DeleteObjects": 1},
+    # the record (whose workspace), the snapshot root's HEAD (an empty workspace: nothing written,
+    # an archive of the earlier layout deleted, free on R2), then the records
+    "DELETE /sandbox/{s}": {"GetObject": 1, "HeadObject": 1, "ListObjectsV2": 1, "DeleteObjects": 2},
     "GET /health": {},
 }
 

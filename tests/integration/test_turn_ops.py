@@ -52,16 +52,20 @@ TURN_OPS: dict[str, dict[str, int]] = {
         **BASE, "PutObject conversation": 5, "PutObject event log": 4, "HeadObject workspace": 1,
         "ListObjectsV2 event log": 1, "DeleteObjects event log": 1,
     },
-    # The workspace snapshot after a turn: the first time files changed, the archive and the owner
-    # marker DELETE /users/{u} finds it by; afterwards the archive alone.
+    # The workspace snapshot after a turn (the tests above: nothing changed, so only its root's
+    # HEAD): when files changed, a pack of the changed files and the manifest segment holding them
+    # ("workspace object"), then the root; the first time also the owner marker DELETE /users/{u}
+    # finds it by (and the earlier layout's archive deleted), afterwards the objects the new root
+    # no longer references deleted. Class A per turn for the workspace: three when files changed.
     "message → turn whose tool writes a file (first snapshot)": {
         **BASE, "PutObject conversation": 3, "PutObject event log": 2, "HeadObject workspace": 1,
-        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1, "PutObject workspace": 1,
-        "PutObject workspace marker": 1,
+        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1, "PutObject workspace object": 2, "PutObject workspace": 1,
+        "PutObject workspace marker": 1, "DeleteObjects workspace": 1,
     },
     "message → turn whose tool changes a file": {
         **BASE, "PutObject conversation": 3, "PutObject event log": 2, "HeadObject workspace": 1,
-        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1, "PutObject workspace": 1,
+        "ListObjectsV2 event log": 1, "DeleteObjects event log": 1, "PutObject workspace object": 2, "PutObject workspace": 1,
+        "DeleteObjects workspace object": 1,
     },
     "$disconnect": {"GetObject connection": 1, "DeleteObject connection": 1, "GetObject state": 1, "PutObject state": 1},
 }
@@ -76,8 +80,8 @@ def kind(key: str) -> str:
         return "connection"
     if parts[0] == "workspace-owners":
         return "workspace marker"
-    if parts[0] == "sessions" and len(parts) > 2 and parts[-2] == "workspace":
-        return "workspace"
+    if parts[0] == "sessions" and len(parts) > 3 and parts[2] == "workspace":
+        return "workspace object" if len(parts) > 4 else "workspace"
     if parts[0] == "sessions":
         return {"session.json": "session", "state.json": "state"}.get(parts[-1], "event log")
     section = parts[2] if len(parts) > 2 else key

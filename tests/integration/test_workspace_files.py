@@ -185,3 +185,19 @@ def test_a_session_id_stays_its_owners_while_anything_of_it_remains(files_api: A
     assert sandbox("f4").exec("ls /workspace").stdout.split() == ["bob.txt"]
     assert api.delete("/users/bob").status_code == 200
     assert not [k for k in api.keys() if "/workspace/" in k or k.startswith("workspace-owners/")]
+
+def test_setup_after_delete_sandbox_restores_the_kept_snapshot(files_api: Api) -> None:
+    """DELETE /sandbox keeps the snapshot (and the claim): the owner's next setup restores it, and
+    its first save builds on it instead of replacing it with an empty workspace."""
+    api = files_api
+    assert api.post("/setup/f6?userId=alice").status_code == 200
+    assert put(api, "f6", "kept.txt", b"before destroy").status_code == 200
+    assert api.delete("/sandbox/f6").status_code == 200
+    assert api.post("/setup/f6?userId=alice").status_code == 200
+    assert sandbox("f6").exec("cat /workspace/kept.txt").stdout == "before destroy"
+    assert put(api, "f6", "new.txt", b"after").status_code == 200
+    assert api.delete("/sandbox/f6").status_code == 200
+    listed = body(api.get("/sessions/f6/files"))
+    assert listed["source"] == "snapshot"
+    assert {f["path"] for f in listed["files"]} == {"/workspace/kept.txt", "/workspace/new.txt"}
+    assert get(api, "f6", "kept.txt").body == b"before destroy"
