@@ -42,9 +42,11 @@ TURN_OPS: dict[str, dict[str, int]] = {
     "message → turn with one model reply": {**BASE, "GetObject session": 1, "PutObject conversation": 1},
     "message → another turn with one model reply": {**BASE, "PutObject conversation": 1},
     # + the tool call and its result saved, each with the events so far (event log); the
-    # workspace check after a turn that ran a tool
+    # workspace check after a turn that ran a tool (the session's first: its sandbox's first save
+    # of an empty workspace deletes any archive of the earlier layout, free on R2)
     "message → turn with a tool call (two model replies)": {
         **BASE, "PutObject conversation": 3, "PutObject event log": 2, "HeadObject workspace": 1,
+        "DeleteObjects workspace": 1,
     },
     # each further tool call: its result and the next reply, each saved with its events; the
     # previous turn's log (it wrote one) pruned
