@@ -30,6 +30,7 @@ from typing import Any
 from chalicelib.agent.memory import AgentMemory
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
+from chalicelib.realtime.clearing import empty_conversation, take_clear
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
 from chalicelib.realtime.lease import (
@@ -191,10 +192,9 @@ class TurnRunner:
     def _finish(self, lease: Lease, stream: TurnStream, requeue: QueuedPrompt | None = None) -> None:
         """Record the end of the turn (fenced: a runner that lost its lease records nothing)."""
 
-        def finish(state: SessionState) -> list[Subscriber]:
+        def finish(state: SessionState) -> tuple[list[Subscriber], bool]:
             lease.require(state, "recording the end of the turn")
             state.last_seq = max(state.last_seq, stream.seq)
-            state.turn = None
             state.last_turn_id = lease.turn_id
             # Everything up to stream.seq is accounted for; the next turn numbers on from there.
             state.seq_ceiling = stream.seq
@@ -204,11 +204,29 @@ class TurnRunner:
                 state.pending_permission = None
             if requeue is not None and all(q.id != requeue.id for q in state.queue):
                 state.queue.insert(0, requeue)
-            return list(state.subscribers)
+            clear = take_clear(state)
+            state.turn = None
+            return list(state.subscribers), clear
 
-        subscribers, _ = durably(lambda: self.states.update(lease.session_id, finish), "recording the end of the turn")
+        (subscribers, clear), state = durably(lambda: self.states.update(lease.session_id, finish),
+                                              "recording the end of the turn")
         # A resume that raced the end of the turn is ours to serve: it saw the turn running.
         self._follow(stream, subscribers)
+        if clear:
+            self._clear_after_turn(state, subscribers)
+
+    def _clear_after_turn(self, state: SessionState, subscribers: list[Subscriber]) -> None:
+        """The `clear` asked for while the turn ran (see clearing.py), done before the next turn."""
+        try:
+            cleared = durably(lambda: empty_conversation(self.conversations, state.user_id, state.conversation_id),
+                              "clearing the conversation")
+        except AppError as exc:
+            # The turn's end is recorded: only the clear failed, and the client can send it again.
+            log.error("clearing the conversation of session %s after its turn failed: %s", state.session_id, exc.message)
+            cleared = error_frame(f"The conversation could not be cleared ({exc.message}): send `clear` again.",
+                                  "clear_failed")
+        for subscriber in subscribers:
+            self.sender.send(subscriber.connection_id, cleared)
 
     def _follow(self, stream: TurnStream, subscribers: list[Subscriber]) -> None:
         """Send the turn's events to these connections (all of one API Gateway stage)."""
