@@ -79,7 +79,8 @@ def dev_server(port: int, env: dict[str, str], log: Path) -> Iterator[subprocess
 def model(body: dict[str, Any]) -> Reply:
     """Answers name the prompt they answer, so the stored conversation shows what answered what."""
     last = body["messages"][-1]["content"]
-    text = last if isinstance(last, str) else next((b.get("text", "") for b in last if b.get("type") == "text"), "")
+    # (The last text: a prompt left unanswered by a kill is sent together with the next one.)
+    text = last if isinstance(last, str) else ([b.get("text", "") for b in last if b.get("type") == "text"] or [""])[-1]
     return Reply([Text(f"answer to {text}", chunks=8)], delay=0.03)
 
 
@@ -94,11 +95,13 @@ class Client:
     completed: list[str] = field(default_factory=list)  # message ids whose turn ended
     cut_off: set[str] = field(default_factory=set)  # told `turn_cut_off` for these
     disconnects: int = 0
+    stale_repairs: int = 0  # repairs of a turn whose result it had heard (killed before recording its end)
     reconnects: int = 0
     failures: list[str] = field(default_factory=list)
     completed_at: list[float] = field(default_factory=list)
     last_seq: int = 0
     ws: ClientConnection | None = None
+    trace: list[str] = field(default_factory=list)  # what it heard, for a failure's report
 
     def prompt(self, n: int) -> str:
         return f"{self.user} message {n}"
@@ -145,6 +148,7 @@ class Soak:
                 time.sleep(0.2)
                 continue
             client.reconnects += 1
+            client.trace.append(f"reconnect afterSeq={client.last_seq}")
             ws.send(json.dumps({"action": "resume", "afterSeq": client.last_seq}))
             client.ws = ws
             return ws
@@ -162,6 +166,7 @@ class Soak:
         message_id, prompt = client.message_id(n), client.prompt(n)
         frame = json.dumps({"action": "message", "prompt": prompt, "messageId": message_id})
         acknowledged = finished = sent = rerun = False
+        running_for: str | None = None  # the message the last `running` status named
         will_drop = self._chance(DISCONNECT_CHANCE)
         for _ in range(100_000):  # bounded by the deadline
             if acknowledged and finished:
@@ -183,8 +188,13 @@ class Soak:
                 sent = acknowledged
                 continue
             if event.get("seq"):
-                client.last_seq = max(client.last_seq, event["seq"])
+                if event["seq"] <= client.last_seq:
+                    continue  # heard already: a resume's replay can overlap what came live (README)
+                client.last_seq = event["seq"]
             kind, code = event["event"], event.get("code")
+            if kind != "stream":
+                client.trace.append(f"{message_id} {kind} {event.get('status') or code or ''} seq={event.get('seq')} "
+                                    f"id={event.get('messageId')} {event.get('message', '')[:60]}")
             if kind == "status" and event.get("status") == "queued" and event.get("messageId") == message_id:
                 if not acknowledged:
                     client.acknowledged.append(message_id)
@@ -197,6 +207,14 @@ class Soak:
                 will_drop = False
                 client.disconnects += 1
                 self._drop(client)
+            elif kind == "status" and event.get("status") == "running":
+                running_for = event.get("messageId")
+                if running_for != message_id:
+                    client.failures.append(f"{message_id}: a turn ran {running_for} meanwhile")
+            elif running_for != message_id and kind in ("error", "result") and event.get("seq"):
+                # The repair of the previous turn, killed after its `result` went out but before
+                # its end was recorded: the client had its answer already (see the report).
+                client.stale_repairs += kind == "result"
             elif kind == "error" and code == "turn_cut_off":
                 # Cut off by a kill: run again when its prompt had not been read, else told so.
                 if "runs again" in event.get("message", ""):
@@ -279,10 +297,13 @@ def test_soak_kill_9_disconnects_and_several_users(tmp_path: Path) -> None:
         "users": USERS, "messages acknowledged": sum(len(c.acknowledged) for c in clients),
         "completed": sum(len(c.completed) for c in clients), "kills": len(kills),
         "disconnects": sum(c.disconnects for c in clients), "reconnects": sum(c.reconnects for c in clients),
-        "cut off (told)": sum(len(c.cut_off) for c in clients), **invariants,
+        "cut off (told)": sum(len(c.cut_off) for c in clients),
+        "repairs of a finished turn": sum(c.stale_repairs for c in clients), **invariants,
         "sandbox processes left": len(leftover_processes), "wall s": round(time.monotonic() - started, 1),
     }
     print("\nsoak:", json.dumps(totals))
+    for client in clients:
+        (tmp_path / f"trace-{client.user}.txt").write_text("\n".join(client.trace))
     for n, kill in enumerate(kills):
         print(f"kill {n + 1}: serving again after {kill['serving_after']:.1f} s, "
               f"every client answered again after {kill['recovered_after']:.1f} s")
@@ -294,8 +315,21 @@ def test_soak_kill_9_disconnects_and_several_users(tmp_path: Path) -> None:
     assert totals["messages acknowledged"] >= USERS * 3 and totals["disconnects"] > 0
 
 
+def _settle(store: LocalDirectoryStore, clients: list[Client], timeout: float) -> None:
+    """Wait (bounded) until no session records a turn or a queued prompt: a runner sends `result`
+    just before it records the turn's end, so the last turn may still be closing. One that does
+    not settle within `timeout` (several leases) is stuck, and counted so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [json.loads(store.get(layout.session_key(c.session, "state.json")).body) for c in clients]
+        if all(s.get("turn") is None and not s.get("queue") for s in states):
+            return
+        time.sleep(0.2)
+
+
 def _check_invariants(api: str, data: Path, clients: list[Client]) -> dict[str, int]:
     store = LocalDirectoryStore(data)
+    _settle(store, clients, timeout=5 * LEASE_SECONDS)
     lost = duplicated = unanswered = stuck = orphaned = stale_events = 0
     for client in clients:
         response = httpx.get(f"{api}/users/{client.user}/conversations/{client.session}", timeout=30)
@@ -309,12 +343,18 @@ def _check_invariants(api: str, data: Path, clients: list[Client]) -> dict[str, 
             answered = answers.count(f"answer to {prompt}")
             lost += stored == 0
             duplicated += stored > 1 or answered > 1
-            unanswered += stored == 1 and answered == 0 and message_id not in client.cut_off
+            if stored == 1 and answered == 0 and message_id not in client.cut_off:
+                unanswered += 1
+                client.trace.append(f"UNANSWERED {message_id}")
         state = json.loads(store.get(layout.session_key(client.session, "state.json")).body)
-        stuck += state.get("turn") is not None or bool(state.get("queue"))
+        if state.get("turn") is not None or state.get("queue"):
+            stuck += 1
+            client.trace.append(f"STUCK {json.dumps({k: state.get(k) for k in ('turn', 'queue', 'lastTurnId')})}")
         events = layout.session_prefix(client.session) + "events/"
         logged = {o.key[len(events):].split("/", 1)[0] for o in iter_all(store, events)}
-        stale_events += len(logged - {state.get("lastTurnId")})
+        if logged - {state.get("lastTurnId")}:
+            stale_events += len(logged - {state.get("lastTurnId")})
+            client.trace.append(f"STALE EVENTS {sorted(logged)} last turn {state.get('lastTurnId')}")
         head = json.loads(store.get(layout.conversation_key(client.user, client.session)).body)
         parts = {o.key for o in iter_all(store, layout.conversation_parts_prefix(client.user, client.session))}
         orphaned += len(parts - set(head.get("$parts") or []))
