@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chalice import Response
@@ -25,6 +24,7 @@ from chalicelib.identity.token_shape import looks_like_jwt
 from chalicelib.ids import ID_PATTERN
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.web.access import forbidden_user, may_connect
+from chalicelib.web.liveness import open_check
 
 if TYPE_CHECKING:
     from chalicelib.realtime.service import WsEvent
@@ -67,7 +67,7 @@ def connect(event: WebsocketEvent, websocket_api: Any = None) -> Response:
                 owner = container().sessions.owner_of(session_id) if ID_PATTERN.fullmatch(session_id) else None
                 if not may_connect(user, owner):
                     raise forbidden_user()
-            alive = _alive(websocket_api, ws_event.domain_name, ws_event.stage) if websocket_api is not None else None
+            alive = open_check(websocket_api, ws_event.domain_name, ws_event.stage) if websocket_api is not None else None
             decision = container().realtime.connect(ws_event, preauthorized=user is not None, alive=alive)
         except AppError as exc:
             log.info("websocket connect refused: %s", exc.code)
@@ -152,25 +152,6 @@ def _within_frame_rate(event: WsEvent, sender: Any, websocket_api: Any) -> bool:
         with contextlib.suppress(WebsocketDisconnectedError):
             websocket_api.close(event.connection_id)
     return False
-
-
-def _alive(websocket_api: Any, domain_name: str, stage: str) -> Callable[[str], bool]:
-    """Whether a recorded connection is still open (GetConnection; the management API says
-    410 Gone for one closed without a $disconnect, as a killed local server leaves them)."""
-    from chalicelib.realtime.sender import ChaliceSender
-
-    ChaliceSender(websocket_api).configure(domain_name, stage)
-
-    def alive(connection_id: str) -> bool:
-        try:
-            websocket_api.info(connection_id)
-        except WebsocketDisconnectedError:
-            return False
-        except Exception as exc:  # noqa: BLE001 - not known to be gone: it keeps counting
-            log.warning("could not look connection %s up (%s): counted as open", connection_id, exc)
-        return True
-
-    return alive
 
 
 def disconnect(event: WebsocketEvent) -> None:

@@ -205,3 +205,18 @@ def test_the_plain_protocols_start_takes_the_same_options(world) -> None:  # typ
     tool_result = next(f for f in frames if f["event"] == "tool_result")
     assert tool_result["is_error"] is True and "do not allow the bash tool" in tool_result["content"]
     assert frames[-1]["stopReason"] == "budget_reached"
+
+
+@pytest.mark.parametrize("edge", BOTH)
+def test_the_connection_cap_and_a_flood_of_events(world, monkeypatch: pytest.MonkeyPatch, edge) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WS_CONNECTIONS_PER_SESSION", "1")
+    monkeypatch.setenv("WS_FRAMES_PER_SECOND", "5")
+    result = run_scenario("limits", {**_agent(world, f"sio-limits-{edge}", edge), "flood": 400})
+    [refused] = events(result, "connect_error", on="second")
+    assert refused["data"] == {"code": "too_many_connections"} and "WS_CONNECTIONS_PER_SESSION" in refused["message"]
+    histories = events(result, "history", on="first")
+    assert 1 <= len(histories) < 50  # the burst and what refilled, not 400
+    if edge != "lambda":  # over API Gateway's framing a refused packet gets no answer
+        errors = events(result, "error", on="first")
+        assert errors and {e["details"]["code"] for e in errors} == {"frame_rate_exceeded"}
+    assert result["disconnectReason"] in ("io server disconnect", "transport close")
