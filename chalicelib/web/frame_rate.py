@@ -23,6 +23,9 @@ from typing import Any
 
 # A connection refused this many seconds' worth of frames in a row is closed.
 FLOOD_SECONDS = 5
+# The close code the local gateway closes a flooding connection with (1008: policy violation),
+# reason `frame_rate_exceeded`. API Gateway's DeleteConnection chooses its own code.
+FLOOD_CLOSE_CODE = 1008
 # Buckets kept at most (least recently used forgotten first): bounded memory whatever connects.
 MAX_TRACKED = 10_000
 
