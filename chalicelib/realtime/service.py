@@ -153,9 +153,10 @@ class RealtimeService:
         session_id = record.session_id
         state = self._count_connection(event.connection_id, record, alive)
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
-        if state.turn is not None:
+        if state.turn is not None or state.queue:
             # A client reconnecting mid-turn may be back because the server died (kill -9, a
-            # restart): a runner checks the turn's lease, and repairs the turn if it runs out.
+            # restart): a runner checks the turn's lease, and repairs the turn if it runs out;
+            # a message queued when it died runs now.
             self._start_runner(session_id)
         return state
 
