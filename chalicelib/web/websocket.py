@@ -142,7 +142,10 @@ def _within_frame_rate(event: WsEvent, sender: Any, websocket_api: Any) -> bool:
     reply (its framing is known only from storage); a flood closes the connection."""
     from chalicelib.web.frame_rate import Verdict, limiter, refusal
 
-    per_second = current_settings().ws_frames_per_second
+    try:
+        per_second = current_settings().ws_frames_per_second
+    except AppError:
+        return True  # misconfigured: the frame is answered with what is wrong (see message)
     verdict = limiter(per_second).check(event.connection_id)
     if verdict is Verdict.ADMIT:
         return True
