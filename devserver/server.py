@@ -241,6 +241,7 @@ class LocalGatewayApp:
         with self.lock:
             self.connections[connection_id] = conn
         writer = asyncio.create_task(self._writer(conn))
+        engineio = "EIO" in ws.query_params  # a Socket.IO client over API Gateway's framing
         try:
             while True:
                 received = await ws.receive()
@@ -254,7 +255,9 @@ class LocalGatewayApp:
                     await writer
                     await ws.close(code=FLOOD_CLOSE_CODE, reason="frame_rate_exceeded")
                     break
-                if verdict is Verdict.REFUSE_AND_TELL:
+                if verdict is Verdict.REFUSE_AND_TELL and not engineio:
+                    # (An Engine.IO client would not parse a plain frame: its refusals are dropped,
+                    # as the Lambda edge does.)
                     await conn.outbox.put(json.dumps(refusal(current_settings().ws_frames_per_second)))
                 if verdict is not Verdict.ADMIT:
                     continue

@@ -215,8 +215,9 @@ def test_the_connection_cap_and_a_flood_of_events(world, monkeypatch: pytest.Mon
     [refused] = events(result, "connect_error", on="second")
     assert refused["data"] == {"code": "too_many_connections"} and "WS_CONNECTIONS_PER_SESSION" in refused["message"]
     histories = events(result, "history", on="first")
-    assert 1 <= len(histories) < 50  # the burst and what refilled, not 400
+    assert len(histories) < 50  # at most the burst and what refilled, not 400
     if edge != "lambda":  # over API Gateway's framing a refused packet gets no answer
+        assert histories
         errors = events(result, "error", on="first")
         assert errors and {e["details"]["code"] for e in errors} == {"frame_rate_exceeded"}
     assert result["disconnectReason"] in ("io server disconnect", "transport close")
