@@ -209,7 +209,7 @@ app.websocket_api.session = aws_session()
 
 @app.on_ws_connect()
 def ws_connect(event):
-    return websocket.connect(event)
+    return websocket.connect(event, app.websocket_api)
 
 
 @app.on_ws_message()

@@ -203,6 +203,11 @@ class Settings(_Frozen):
     # A running turn holds a lease in the session state, renewed every third of it (one Class A
     # write each): how long a dead runner can hold a session before another takes over.
     turn_lease_seconds: float = Field(default=10.0, ge=1, le=900)
+    # Frames one websocket connection may send per second (a burst of as many is allowed): past
+    # it a frame is refused (`frame_rate_exceeded`), and a connection that keeps flooding is closed.
+    ws_frames_per_second: int = Field(default=20, ge=1, le=10_000)
+    # Websocket connections open at once on one session (tabs, devices): the next is refused (429).
+    ws_connections_per_session: int = Field(default=10, ge=1, le=1_000)
 
     @property
     def is_production(self) -> bool:
@@ -285,6 +290,8 @@ class Settings(_Frozen):
                 trusted_proxies=_split(get("TRUSTED_PROXIES")),
                 turn_poll_seconds=_float(get, "TURN_POLL_SECONDS", 0.5),
                 turn_lease_seconds=_float(get, "TURN_LEASE_SECONDS", 10.0),
+                ws_frames_per_second=_int(get, "WS_FRAMES_PER_SECOND", 20),
+                ws_connections_per_session=_int(get, "WS_CONNECTIONS_PER_SESSION", 10),
             )
         except ValueError as exc:  # int() failures and pydantic's ValidationError
             raise Misconfigured(f"Invalid configuration: {_describe(exc)}") from exc

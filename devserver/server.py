@@ -42,6 +42,7 @@ from chalicelib.aws import trust_local_gateway
 from chalicelib.config import Settings, current_settings
 from chalicelib.errors import AppError
 from chalicelib.web.cors import origin_refused
+from chalicelib.web.frame_rate import FLOOD_CLOSE_CODE, Verdict, limiter, refusal
 from devserver import edge
 from devserver.request_scope import make_request_scoped
 from devserver.socketio_server import SocketIOConnection, SocketIOGateway
@@ -240,14 +241,30 @@ class LocalGatewayApp:
         with self.lock:
             self.connections[connection_id] = conn
         writer = asyncio.create_task(self._writer(conn))
+        engineio = "EIO" in ws.query_params  # a Socket.IO client over API Gateway's framing
         try:
             while True:
                 received = await ws.receive()
                 if received["type"] == "websocket.disconnect":
                     raise WebSocketDisconnect(received.get("code", 1000))
                 conn.last_active_at = datetime.now(timezone.utc)
+                verdict = self._frame_rate(connection_id)
+                if verdict is Verdict.CLOSE:
+                    log.warning("websocket %s closed: it kept sending past WS_FRAMES_PER_SECOND", connection_id)
+                    await conn.outbox.put(None)  # what is queued for it (the refusal) goes first
+                    await writer
+                    await ws.close(code=FLOOD_CLOSE_CODE, reason="frame_rate_exceeded")
+                    break
+                if verdict is Verdict.REFUSE_AND_TELL and not engineio:
+                    # (An Engine.IO client would not parse a plain frame: its refusals are dropped,
+                    # as the Lambda edge does.)
+                    await conn.outbox.put(json.dumps(refusal(current_settings().ws_frames_per_second)))
+                if verdict is not Verdict.ADMIT:
+                    continue
                 text = received.get("text")
                 event = self._event("$default", "MESSAGE", connection_id, ws, text)
+                # Checked here, before the frame takes a worker: the handler does not count it again.
+                event["requestContext"]["frameRateChecked"] = True
                 if text is None:  # a binary frame: API Gateway passes it on base64-encoded
                     event.update(body=base64.b64encode(received.get("bytes") or b"").decode(), isBase64Encoded=True)
                 # Each frame is its own Lambda invocation; its return value is not sent (as in AWS).
@@ -257,12 +274,23 @@ class LocalGatewayApp:
         finally:
             with self.lock:
                 self.connections.pop(connection_id, None)
+            with contextlib.suppress(AppError):
+                limiter(current_settings().ws_frames_per_second).forget(connection_id)
             await conn.outbox.put(None)
             await writer
             disconnect = self._handler("$disconnect")
             if disconnect is not None:
                 await run_in_threadpool(self._run_logged, disconnect, self._event("$disconnect", "DISCONNECT", connection_id, ws),
                                         self._context("websocket_disconnect"))
+
+    @staticmethod
+    def _frame_rate(connection_id: str) -> Verdict:
+        """WS_FRAMES_PER_SECOND for one frame, on the event loop (see chalicelib.web.frame_rate)."""
+        try:
+            per_second = current_settings().ws_frames_per_second
+        except AppError:
+            return Verdict.ADMIT  # misconfigured: the handler answers the frame with what is wrong
+        return limiter(per_second).check(connection_id)
 
     async def _writer(self, conn: _Connection) -> None:
         # One writer per connection keeps frames in the order the management API received them.

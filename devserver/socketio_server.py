@@ -29,6 +29,7 @@ from chalicelib.realtime.protocol import encode
 from chalicelib.realtime.socketio_events import NAMESPACES, ServerEvent, server_events
 from chalicelib.web import socketio_edge
 from chalicelib.web.cors import origin_refused
+from chalicelib.web.frame_rate import Verdict, limiter, refusal
 
 if TYPE_CHECKING:
     from devserver.server import LocalGatewayApp
@@ -130,14 +131,16 @@ class SocketIOGateway:
                 "The server failed to open the session; it has been logged. Retry.", {"code": "internal_error"}) from None
         self.by_sid[(sid, namespace)] = conn
 
-    @staticmethod
-    def _open(handshake: socketio_edge.Handshake, sender: _OutboxSender) -> None:
+    def _open(self, handshake: socketio_edge.Handshake, sender: _OutboxSender) -> None:
         from chalicelib.web.websocket import container
 
         refused = origin_refused(current_settings(), handshake.headers)
         if refused is not None:
             raise socketio_edge.SocketIORefused(refused, "origin_not_allowed")
-        socketio_edge.open_session(container(), handshake, sender)
+        # A connection this process does not hold is gone (closed without its disconnect, or
+        # held by a server that was killed): not counted against WS_CONNECTIONS_PER_SESSION.
+        connections = self.gateway.connections
+        socketio_edge.open_session(container(), handshake, sender, alive=lambda cid: cid in connections)
 
     def _disconnect_handler(self, namespace: str) -> Callable[..., Any]:
         async def disconnect(sid: str, reason: Any = None) -> None:
@@ -145,6 +148,7 @@ class SocketIOGateway:
             if conn is None:
                 return
             await self._forget(conn)
+            limiter(current_settings().ws_frames_per_second).forget(conn.handshake.connection_id)
             await run_in_threadpool(self._close, conn.handshake.connection_id)
         return disconnect
 
@@ -173,9 +177,23 @@ class SocketIOGateway:
                 return
             conn.last_active_at = datetime.now(timezone.utc)
             sender = _OutboxSender(conn)
+            if not await self._within_frame_rate(conn, sender):
+                return
             async with conn.lock:
                 await run_in_threadpool(self._handle, conn, event, list(args), sender)
         return on_event
+
+    async def _within_frame_rate(self, conn: SocketIOConnection, sender: _OutboxSender) -> bool:
+        """WS_FRAMES_PER_SECOND, checked on the event loop before the event takes a worker (see
+        chalicelib.web.frame_rate): told once a second, and a flood is disconnected."""
+        per_second = current_settings().ws_frames_per_second
+        verdict = limiter(per_second).check(conn.handshake.connection_id)
+        if verdict is Verdict.REFUSE_AND_TELL:
+            sender.send(conn.handshake.connection_id, refusal(per_second))
+        elif verdict is Verdict.CLOSE:
+            log.warning("Socket.IO client %s disconnected: it kept sending past %d events a second", conn.sid, per_second)
+            await self.sio.disconnect(conn.sid, namespace=conn.namespace)
+        return verdict is Verdict.ADMIT
 
     @staticmethod
     def _handle(conn: SocketIOConnection, event: str, args: list[Any], sender: _OutboxSender) -> None:

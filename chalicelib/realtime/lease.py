@@ -29,6 +29,7 @@ from typing import Any
 from chalicelib.agent.memory import WorkingContext
 from chalicelib.agent.permissions import PendingPermission
 from chalicelib.agent.session_options import SessionOptions
+from chalicelib.realtime.clearing import take_clear
 from chalicelib.realtime.state import SEQ_BLOCK, QueuedPrompt, RunningTurn, SessionState, Subscriber
 from chalicelib.services.conversations import Fence, FencedOut
 
@@ -205,6 +206,8 @@ class Finished:
 
     subscribers: list[Subscriber]
     prune: bool
+    #: A `clear` waited for this turn's end (taken in the same write: see clearing.py).
+    clear: bool = False
 
 
 def finish(state: SessionState, lease: Lease, *, seq: int, tail: list[dict[str, Any]] | None, logged: bool,
@@ -215,6 +218,7 @@ def finish(state: SessionState, lease: Lease, *, seq: int, tail: list[dict[str, 
     all are logged), `logged` whether the turn wrote log chunks; `requeue` a prompt to run again."""
     lease.require(state, "recording the end of the turn")
     prune = state.last_turn_logged and state.last_turn_id not in (None, lease.turn_id)
+    clear = take_clear(state)
     state.last_seq = max(state.last_seq, seq)
     state.turn = None
     state.last_turn_id = lease.turn_id
@@ -230,4 +234,4 @@ def finish(state: SessionState, lease: Lease, *, seq: int, tail: list[dict[str, 
         state.pending_permission = None
     if requeue is not None and all(q.id != requeue.id for q in state.queue):
         state.queue.insert(0, requeue)
-    return Finished(list(state.subscribers), prune)
+    return Finished(list(state.subscribers), prune, clear)

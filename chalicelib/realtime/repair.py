@@ -14,6 +14,7 @@ import uuid
 from datetime import timedelta
 
 from chalicelib.errors import AppError
+from chalicelib.realtime.clearing import clear_after_turn
 from chalicelib.realtime.deferred_snapshots import DeferredSnapshots
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog
@@ -163,3 +164,6 @@ class TurnRepair:
             s, rec.lease, seq=stream.seq, tail=None, logged=True, requeue=requeue)), "recording the end of the turn")
         # A resume that raced the end of the turn is ours to serve: it saw the turn running.
         serve(stream, ended.subscribers)
+        if ended.clear:
+            clear_after_turn(self.conversations, self.sender, session_id=rec.session_id, user_id=rec.user_id,
+                             conversation_id=rec.conversation_id, subscribers=ended.subscribers)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from chalicelib.config import Settings
 from chalicelib.errors import AppError
 from chalicelib.realtime.agent_memory import TurnMemory
+from chalicelib.realtime.clearing import clear_after_turn
 from chalicelib.realtime.deferred_snapshots import DeferredSnapshots, snapshot_failed
 from chalicelib.realtime.durable import durably
 from chalicelib.realtime.event_log import EventLog, TurnLog
@@ -329,6 +330,9 @@ class TurnRunner:
             serve(stream, ended.subscribers)
             if ended.prune:
                 self.events.prune(request.session_id, {request.turn_id})
+            if ended.clear:
+                clear_after_turn(self.conversations, self.sender, session_id=request.session_id, user_id=request.user_id,
+                                 conversation_id=request.conversation_id, subscribers=ended.subscribers)
             return "recorded"
         except FencedOut as exc:
             log_lost(lease, exc)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from chalicelib.agent.session_options import SessionOptions
 from chalicelib.config import Settings
 from chalicelib.errors import AppError, Conflict, NotFound, QuotaExceeded
 from chalicelib.ids import ID_PATTERN
+from chalicelib.realtime.clearing import CLEARING, clear_deferred, defer_clear, empty_conversation
 from chalicelib.realtime.connections import Connection, ConnectionRegistry
 from chalicelib.realtime.dispatch import TurnDispatcher
 from chalicelib.realtime.durable import durably
@@ -130,9 +130,11 @@ class RealtimeService:
 
     # -- $connect ------------------------------------------------------------------------
 
-    def connect(self, event: WsEvent, *, preauthorized: bool = False) -> ConnectDecision:
+    def connect(self, event: WsEvent, *, preauthorized: bool = False,
+                alive: Callable[[str], bool] | None = None) -> ConnectDecision:
         """Accept only a session /setup created, with its token or the API key (or, when the
-        edge has already matched a user token to the session's owner, `preauthorized`)."""
+        edge has already matched a user token to the session's owner, `preauthorized`), and
+        only below the session's connection cap (see attach; `alive` as there)."""
         query = event.query or {}
         session_id = query.get("sessionId") or ""
         if not ID_PATTERN.match(session_id) or session_id in (".", ".."):
@@ -144,23 +146,60 @@ class RealtimeService:
         refused = None if preauthorized else self._credential_refusal(event, record)
         if refused is not None:
             return refused
-        self.attach(event, record)
+        self.attach(event, record, alive=alive)
         return ConnectDecision(200)
 
-    def attach(self, event: WsEvent, record: SessionRecord, socketio: bool = False) -> SessionState:
+    def attach(self, event: WsEvent, record: SessionRecord, socketio: bool = False,
+               alive: Callable[[str], bool] | None = None) -> SessionState:
         """Bind an authenticated connection to the session `record` describes (both protocols'
-        connects end here); returns the session's live state."""
+        connects end here); returns the session's live state.
+
+        The session's open connections are counted in its state, by conditional writes, so the
+        cap holds however many Lambdas connect at once: past WS_CONNECTIONS_PER_SESSION the
+        connection is refused (429 `too_many_connections`). At the cap, `alive` (the management
+        API's GetConnection) tells which recorded connections are gone without a $disconnect
+        (a killed server), and those are forgotten first."""
         session_id = record.session_id
+        state = self._count_connection(event.connection_id, record, alive)
         self.connections.add(event.connection_id, session_id, record.user_id, event.domain_name, event.stage, socketio)
-        # Not subscribed yet: a reconnecting client's first frame is `resume`, which must see to
-        # its missed events before any live one reaches it (start, message and resume subscribe).
-        _, state = self.states.update(session_id, lambda s: _note_setup(s, record.skill_index), create=lambda: SessionState(
-            session_id=session_id, user_id=record.user_id, conversation_id=session_id
-        ))
-        if state.turn is not None:
+        if state.turn is not None or state.queue:
             # A client reconnecting mid-turn may be back because the server died (kill -9, a
-            # restart): a runner checks the turn's lease, and repairs the turn if it runs out.
+            # restart): a runner checks the turn's lease, and repairs the turn if it runs out;
+            # a message queued when it died runs now.
             self._start_runner(session_id)
+        return state
+
+    def _count_connection(self, connection_id: str, record: SessionRecord,
+                          alive: Callable[[str], bool] | None) -> SessionState:
+        cap = self.settings.ws_connections_per_session
+        gone: set[str] = set()
+
+        def admit(state: SessionState) -> bool:
+            _note_setup(state, record.skill_index)
+            # Not subscribed yet: a reconnecting client's first frame is `resume`, which must see to
+            # its missed events before any live one reaches it (start, message and resume subscribe).
+            state.connections = [c for c in state.connections if c not in gone]
+            if connection_id in state.connections:
+                return True
+            if len(state.connections) >= cap:
+                return False
+            state.connections.append(connection_id)
+            return True
+
+        def create() -> SessionState:
+            return SessionState(session_id=record.session_id, user_id=record.user_id, conversation_id=record.session_id)
+
+        admitted, state = self.states.update(record.session_id, admit, create=create)
+        if not admitted and alive is not None:
+            gone.update(c for c in state.connections if not alive(c))
+            if gone:
+                admitted, state = self.states.update(record.session_id, admit, create=create)
+        if not admitted:
+            raise QuotaExceeded(
+                f"Session {record.session_id!r} already has {cap} open connections (WS_CONNECTIONS_PER_SESSION): "
+                "close one (another tab or device) and connect again.",
+                retry_after=5, code="too_many_connections",
+            )
         return state
 
     def start_runner(self, session_id: str) -> None:
@@ -208,6 +247,7 @@ class RealtimeService:
 
         def unsubscribe(state: SessionState) -> None:
             state.unsubscribe(event.connection_id)
+            state.connections = [c for c in state.connections if c != event.connection_id]
 
         try:
             self.states.update(conn.session_id, unsubscribe)
@@ -471,29 +511,32 @@ class RealtimeService:
             "history", conversationId=conversation_id, messages=body.get("messages", []), metadata=body.get("metadata", {})
         )
 
-    def _settled(self, session_id: str, wait: float = 3.0) -> SessionState | None:
-        """The state once no turn is running, waiting a moment: the runner sends `result`
-        just before it records the turn as finished."""
-        deadline = time.monotonic() + wait
-        state = self.states.read(session_id)
-        while state is not None and state.turn_active and time.monotonic() < deadline:
-            time.sleep(0.05)
-            state = self.states.read(session_id)
-        return state
-
     def _clear(self, conn: Connection) -> list[dict[str, Any]]:
-        state = self._settled(conn.session_id)
+        """Empty the conversation now or, while a turn runs, when it ends: answered at once with
+        `status: clearing`, and the turn's runner sends `cleared` (see clearing.py). No frame
+        handler waits for a turn: a worker all sessions share is never held."""
+        state = self.states.read(conn.session_id)
         if state is not None and state.turn_active:
-            raise Conflict("A turn is running: interrupt it, then clear.", code="turn_in_progress")
+            if clear_deferred(state, conn.connection_id):
+                return [frame("status", status="clearing", message=CLEARING)]  # a repeat: nothing to write
+            subscriber = self._subscriber(conn)
+
+            def defer(current: SessionState) -> bool:
+                deferred = defer_clear(current)
+                if deferred:
+                    current.subscribe(subscriber)  # the connection hears `cleared`
+                return deferred
+
+            deferred, state = self.states.update(conn.session_id, defer)
+            if deferred:
+                self._see_it_runs(conn.session_id, state, False)  # a dead runner's turn is taken over
+                return [frame("status", status="clearing", message=CLEARING)]
         conversation_id = state.conversation_id if state else conn.session_id
-        existing = self.conversations.load(conn.user_id, conversation_id)
-        body: dict[str, Any] = dict(existing[0]) if existing else {"conversationId": conversation_id}
-        body["messages"] = []
-        self.conversations.save(conn.user_id, conversation_id, body)
+        cleared = empty_conversation(self.conversations, conn.user_id, conversation_id)
         if state is not None and state.remembered_permissions:
             # `clear` starts over: permission answers remembered before it are forgotten too.
             self.states.update(conn.session_id, _forget_permissions)
-        return [frame("cleared", conversationId=conversation_id)]
+        return [cleared]
 
     def _resume(self, conn: Connection, after_seq: int) -> list[dict[str, Any]]:
         def subscribe(state: SessionState) -> tuple[bool, str | None, int, str | None]:

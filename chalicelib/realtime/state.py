@@ -152,6 +152,12 @@ class SessionState(ApiModel):
     remembered_permissions: dict[str, Decision] = Field(default_factory=dict)
     # Set when an unreadable state was rebuilt: the next client frame is told (`session_repaired`).
     repaired: str | None = None
+    # A `clear` that arrived while this turn (its id) ran: the turn's runner empties the
+    # conversation when the turn ends and sends `cleared`, so no frame handler waits for a turn.
+    clear_after_turn: str | None = None
+    # The websocket connections open on the session (ids), counted at $connect against
+    # WS_CONNECTIONS_PER_SESSION by this object's conditional writes, so every Lambda counts alike.
+    connections: list[str] = Field(default_factory=list)
     updated_at: datetime = Field(default_factory=utcnow)
 
     def take_repair_notice(self) -> str | None:

@@ -33,6 +33,7 @@ from chalicelib.realtime.socketio_events import NAMESPACES, ServerEvent, ack_id,
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.web import socketio_edge
 from chalicelib.web.auth import user_token_among
+from chalicelib.web.liveness import open_check
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ def _connect_namespace(services: Container, link: EngineIOLink, packet: packets.
         def accepted() -> None:
             services.engineio_links.connected(link, namespace)  # from here on, frames are sent as events
 
-        socketio_edge.open_session(services, handshake, sender, accepted)
+        alive = open_check(sender.inner.websocket_api, handshake.domain_name, handshake.stage)
+        socketio_edge.open_session(services, handshake, sender, accepted, alive=alive)
         # Acknowledged last: the client holds events received before it (a reconnect's status and
         # history) and delivers them first, before it sends anything of its own.
         sender.inner.send_text(link.connection_id, packets.encode_socket(packets.CONNECT, namespace, {"sid": link.sid}))

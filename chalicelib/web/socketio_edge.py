@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.container import Container
-from chalicelib.errors import AppError, NotFound
+from chalicelib.errors import AppError, NotFound, QuotaExceeded
 from chalicelib.identity.principal import EndUser
 from chalicelib.ids import ID_PATTERN
 from chalicelib.realtime.protocol import frame
@@ -72,16 +72,20 @@ class Handshake:
 
 
 def open_session(services: Container, handshake: Handshake, sender: Sender,
-                 accepted: Callable[[], None] | None = None) -> SessionRecord:
+                 accepted: Callable[[], None] | None = None, alive: Callable[[str], bool] | None = None) -> SessionRecord:
     """Authenticate, create the session if the caller may and it does not exist, bind the
-    connection to it, call `accepted` (before anything is sent), and (a reconnect) send
-    `status: Session resumed` and the history.
+    connection to it (within WS_CONNECTIONS_PER_SESSION; `alive` as RealtimeService.attach's),
+    call `accepted` (before anything is sent), and (a reconnect) send `status: Session resumed`
+    and the history.
 
     Raises SocketIORefused with what to send instead."""
     record = _authorize(services, handshake)
     realtime = services.realtime
     known = realtime.states.read(record.session_id) is not None
-    state = realtime.attach(handshake.ws_event(), record, socketio=True)
+    try:
+        state = realtime.attach(handshake.ws_event(), record, socketio=True, alive=alive)
+    except QuotaExceeded as exc:
+        raise SocketIORefused(exc.message, exc.code) from None
     if accepted is not None:
         accepted()
     if known:

@@ -6,12 +6,13 @@ handlers: the REST Lambda's cold start does not pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from chalice import Response
-from chalice.app import WebsocketEvent
+from chalice.app import WebsocketDisconnectedError, WebsocketEvent
 
 from chalicelib import secrets
 from chalicelib.aws import aws_session
@@ -23,6 +24,7 @@ from chalicelib.identity.token_shape import looks_like_jwt
 from chalicelib.ids import ID_PATTERN
 from chalicelib.security import bearer_token, key_matches
 from chalicelib.web.access import forbidden_user, may_connect
+from chalicelib.web.liveness import open_check
 
 if TYPE_CHECKING:
     from chalicelib.realtime.service import WsEvent
@@ -40,8 +42,9 @@ def container() -> Container:
     return get_container(current_settings())
 
 
-def connect(event: WebsocketEvent) -> Response:
-    """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason.
+def connect(event: WebsocketEvent, websocket_api: Any = None) -> Response:
+    """$connect: 200 accepts the upgrade; 401/403/404 refuse it with a JSON reason, and 429
+    (`too_many_connections`) one past WS_CONNECTIONS_PER_SESSION.
 
     A user token (in `Authorization: Bearer` or `?access_token=`) opens only its own user's
     sessions; the /setup token and the API key work as before.
@@ -65,7 +68,8 @@ def connect(event: WebsocketEvent) -> Response:
                 owner = container().sessions.owner_of(session_id) if ID_PATTERN.fullmatch(session_id) else None
                 if not may_connect(user, owner):
                     raise forbidden_user()
-            decision = container().realtime.connect(ws_event, preauthorized=user is not None)
+            alive = open_check(websocket_api, ws_event.domain_name, ws_event.stage) if websocket_api is not None else None
+            decision = container().realtime.connect(ws_event, preauthorized=user is not None, alive=alive)
         except AppError as exc:
             log.info("websocket connect refused: %s", exc.code)
             return Response(body=json.dumps({"error": exc.message, "code": exc.code}), status_code=exc.status)
@@ -111,6 +115,10 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
     sender = ChaliceSender(websocket_api)
     raw = event.to_dict()
     ws_event = WsEvent.from_lambda_event(raw)
+    # (The local gateway checks the rate before a frame takes one of its workers, and says so.)
+    checked = bool((raw.get("requestContext") or {}).get("frameRateChecked"))
+    if not checked and not _within_frame_rate(ws_event, sender, websocket_api):
+        return
     if raw.get("isBase64Encoded"):
         # API Gateway hands a binary frame over base64-encoded; the protocol is JSON text only.
         sender.configure(ws_event.domain_name, ws_event.stage)
@@ -131,6 +139,29 @@ def message(event: WebsocketEvent, websocket_api: Any) -> None:
         services.realtime.message(ws_event, sender)
 
 
+def _within_frame_rate(event: WsEvent, sender: Any, websocket_api: Any) -> bool:
+    """WS_FRAMES_PER_SECOND, checked before the frame touches storage (see frame_rate.py). A
+    refused plain frame is told once a second; a Socket.IO packet (not JSON) is dropped without a
+    reply (its framing is known only from storage); a flood closes the connection."""
+    from chalicelib.web.frame_rate import Verdict, limiter, refusal
+
+    try:
+        per_second = current_settings().ws_frames_per_second
+    except AppError:
+        return True  # misconfigured: the frame is answered with what is wrong (see message)
+    verdict = limiter(per_second).check(event.connection_id)
+    if verdict is Verdict.ADMIT:
+        return True
+    sender.configure(event.domain_name, event.stage)
+    if verdict is Verdict.REFUSE_AND_TELL and (event.body or "").lstrip().startswith("{"):
+        sender.send(event.connection_id, refusal(per_second))
+    elif verdict is Verdict.CLOSE:
+        log.warning("websocket %s closed: it kept sending past %d frames a second", event.connection_id, per_second)
+        with contextlib.suppress(WebsocketDisconnectedError):
+            websocket_api.close(event.connection_id)
+    return False
+
+
 def disconnect(event: WebsocketEvent) -> None:
     """$disconnect: forget the connection; a running turn goes on."""
     from chalicelib.realtime.service import WsEvent
@@ -138,7 +169,10 @@ def disconnect(event: WebsocketEvent) -> None:
 
     raw = event.to_dict()
     with _bound(raw), tracing.span("websocket disconnect", {"websocket.connection_id": event.connection_id}, kind="server"):
+        from chalicelib.web.frame_rate import limiter
+
         services = container()
+        limiter(services.settings.ws_frames_per_second).forget(event.connection_id)
         conn = services.realtime.disconnect(WsEvent.from_lambda_event(raw))
         if conn is not None and conn.socketio:
             # (A Socket.IO client refused at its CONNECT has no connection record: the ping forgets it.)

@@ -232,3 +232,18 @@ def test_user_tokens_open_only_their_own_users_sessions(world, monkeypatch: pyte
     assert events(forged, "connect_error")[0]["data"] == {"code": "invalid_token"}
     assert world.http.get(f"/sessions/{session}-new/files", headers=operator).status_code == 404
     assert len(world.fake.requests) == 1
+
+
+def test_the_connection_cap_and_a_flood_of_events(world, monkeypatch: pytest.MonkeyPatch, edge) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WS_CONNECTIONS_PER_SESSION", "1")
+    monkeypatch.setenv("WS_FRAMES_PER_SECOND", "5")
+    result = run_scenario("limits", {**_agent(world, f"sio-limits-{edge}", edge), "flood": 400})
+    [refused] = events(result, "connect_error", on="second")
+    assert refused["data"] == {"code": "too_many_connections"} and "WS_CONNECTIONS_PER_SESSION" in refused["message"]
+    histories = events(result, "history", on="first")
+    assert len(histories) < 50  # at most the burst and what refilled, not 400
+    if edge != "lambda":  # over API Gateway's framing a refused packet gets no answer
+        assert histories
+        errors = events(result, "error", on="first")
+        assert errors and {e["details"]["code"] for e in errors} == {"frame_rate_exceeded"}
+    assert result["disconnectReason"] in ("io server disconnect", "transport close")

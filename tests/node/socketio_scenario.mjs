@@ -49,6 +49,21 @@ function useAgentSocket() {
 }
 
 const scenarios = {
+  // WS_FRAMES_PER_SECOND and WS_CONNECTIONS_PER_SESSION, set low by the test: a second
+  // connection to the session is refused; a flood of events is refused, then disconnected.
+  async limits() {
+    const options = { query: { sessionId: p.sessionId }, auth: p.auth, reconnection: false };
+    const first = io(p.url, edge(options));
+    record(first, "first");
+    await waitFor(first, "connect");
+    const second = io(p.url, edge(options));
+    record(second, "second");
+    await waitFor(second, "connect_error");
+    second.close();
+    const closed = waitFor(first, "disconnect");
+    for (let i = 0; i < p.flood; i++) first.emit("get_history");
+    out.disconnectReason = await closed;
+  },
   // The guide's section "4. Connect to Agent", verbatim but for the URL.
   async guide() {
     const socket = io(p.guideUrl);

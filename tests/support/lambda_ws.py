@@ -45,6 +45,7 @@ class FakeManagementClient:
     def __init__(self) -> None:
         self.sent: dict[str, list[dict[str, Any]]] = {}
         self.gone: set[str] = set()
+        self.closed: list[str] = []  # connections the app closed (delete_connection)
         self.refused: list[int] = []  # sizes of frames refused as too large
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
@@ -58,6 +59,19 @@ class FakeManagementClient:
                 raise PayloadTooLargeException(f"Message too long: {len(Data)} bytes")
             self.sent.setdefault(ConnectionId, []).append(json.loads(Data))
             self.arrived.notify_all()
+
+    def get_connection(self, ConnectionId: str) -> dict[str, Any]:  # noqa: N803 - boto3 names
+        with self.lock:
+            if ConnectionId in self.gone:
+                raise GoneException(ConnectionId)
+            return {"ConnectionId": ConnectionId}
+
+    def delete_connection(self, ConnectionId: str) -> None:  # noqa: N803 - boto3 names
+        with self.lock:
+            if ConnectionId in self.gone:
+                raise GoneException(ConnectionId)
+            self.gone.add(ConnectionId)
+            self.closed.append(ConnectionId)
 
     def wait_for(self, connection_id: str, event: str, timeout: float = 20) -> list[dict[str, Any]]:
         with self.lock:
