@@ -234,6 +234,7 @@ def test_user_tokens_open_only_their_own_users_sessions(world, monkeypatch: pyte
     assert len(world.fake.requests) == 1
 
 
+@pytest.mark.parametrize("edge", BOTH)
 def test_the_connection_cap_and_a_flood_of_events(world, monkeypatch: pytest.MonkeyPatch, edge) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("WS_CONNECTIONS_PER_SESSION", "1")
     monkeypatch.setenv("WS_FRAMES_PER_SECOND", "5")
