@@ -16,7 +16,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -45,6 +45,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.quotas import QuotasService
 from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
+from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, SkillForm, main_files, main_path
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
 from chalicelib.services.user_settings import NetworkRules
@@ -150,6 +151,7 @@ class SessionsService:
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
+        self.catalog = SkillCatalog(store)
         self.folders = SkillFolders(store)
         # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
         # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
@@ -168,19 +170,21 @@ class SessionsService:
         validate_id(user_id, "userId")
         assert user_id is not None
 
-        with ThreadPoolExecutor(max_workers=5) as pool:
+        with ThreadPoolExecutor(max_workers=6) as pool:
             if self.quotas is not None:
                 pool.submit(self.quotas.limits, user_id)  # warms the cache reserve_session reads
             record_f = pool.submit(self._read_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
+            catalog_f = pool.submit(self.catalog.load, user_id)
             found = record_f.result()
             # A record that did not parse was set aside (a str): set up afresh, workspace restored.
             existing = None if isinstance(found, str) else found
             options = options_f.result()
             listing = listing_f.result()
             bundle = bundle_f.result()
+            catalog = catalog_f.result()
         if existing is not None and existing[0].user_id != user_id:
             raise owned_by_another_user(session_id)
         # A session without a record may still be another user's (destroyed while its turn
@@ -204,6 +208,7 @@ class SessionsService:
             sandbox, not_restored = restored.sandbox, restored.not_restored
         method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
         skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
+        described, catalog_update = self._describe(user_id, listing, catalog, skill_files[1])
 
         token = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
@@ -215,12 +220,14 @@ class SessionsService:
             setup_method=method,
             created_at=existing[0].created_at if existing else now,
             last_active_at=now,
-            skill_index=build_index(skill_files[0]),
+            skill_index=build_index(skill_files[0], described),
             sandbox_host=_host(sandbox),
             quota_slot=reserved or (existing is not None and existing[0].quota_slot),
         )
         with ThreadPoolExecutor(max_workers=3) as pool:
             save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
+            if catalog_update is not None:
+                pool.submit(catalog_update)  # opportunistic, like the bundle's repair
             marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
             if mounted is None:
                 loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
@@ -608,6 +615,20 @@ class SessionsService:
         # bodies only if nothing else was missing (else it would lose the other files' entries).
         complete = len(missing) == len(match.missing)
         return files, bodies, match.stale and complete
+
+    def _describe(self, user_id: str, listing: list[ObjectInfo], loaded: LoadedCatalog,
+                  bodies: dict[str, bytes]) -> tuple[dict[str, str], Callable[[], None] | None]:
+        """(sandbox path -> description) of every skill, from the catalog where it matches the
+        listing; the others are described from the bodies in hand (no request). Also the
+        catalog's repair when it was behind or holds skills that are gone, else None."""
+        mains = main_files(user_id, listing)
+        wanted: dict[str, tuple[SkillForm, ObjectInfo | None]] = {n: v for n, v in mains.items()}
+        entries, behind = self.catalog.resolve(user_id, wanted, loaded, bodies, fold=False)
+        described = {f"{SKILLS_DIR}/{main_path(n, e.form)}": e.description for n, e in entries.items()}
+        gone = any(n not in mains for n in loaded.document.entries)
+        if not behind and not gone:
+            return described, None
+        return described, lambda: self.catalog.fold(user_id, loaded, entries, listed=mains)
 
     def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,
                       skill_files: tuple[dict[str, bytes], dict[str, bytes], bool]) -> list[str]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Literal
@@ -16,7 +17,7 @@ from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, Preconditio
 from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from chalicelib.services.skill_bundle import SkillBundle
+from chalicelib.services.skill_catalog import SkillCatalog, describe_main
 from chalicelib.services.skill_folders import FolderLease, SkillFolders
 from chalicelib.services.skill_format import (
     NAME_PATTERN,
@@ -28,6 +29,8 @@ from chalicelib.services.skill_format import (
 from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, get_many, iter_all
+
+log = logging.getLogger(__name__)
 
 MAX_SKILL_FILE_BYTES = 1024 * 1024
 MAX_SKILL_FILES = 100
@@ -62,6 +65,8 @@ class SkillItem(ApiModel):
     size: int
     updated: datetime | None
     description: str
+    #: Why a file stored behind the API breaks the rules (an upload would have been refused); else null.
+    error: str | None = None
 
 
 class SkillList(ApiModel):
@@ -126,7 +131,7 @@ class SkillsService:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self.bundle = SkillBundle(store)
+        self.catalog = SkillCatalog(store)
         self.folders = SkillFolders(store)
 
     def upload(self, user_id: str, upload: SkillUpload, if_match: str | None = None, if_none_match: bool = False) -> tuple[SkillUploaded, str]:
@@ -200,12 +205,22 @@ class SkillsService:
         self, user_id: str, name: str, form: SkillForm, main: str, files: dict[str, bytes],
         if_match: str | None, if_none_match: bool, lease: FolderLease | None,
     ) -> ObjectInfo:
-        """Write the files (a folder: then its manifest, then drop the replaced files); the main file's info."""
+        """Write the files (a folder: then its manifest, then drop the replaced files), then the
+        skill's catalog entry; the main file's info.
+
+        A folder whose write fails (a full disk, a refused write) is put back as it was: files
+        it added are deleted and files it replaced get their old bodies again, so its previous
+        manifest still describes it and a partial folder is never listed or served.
+        """
         stale: list[str] = []
+        previous: dict[str, bytes] = {}
         if form == "folder":
             folder = layout.skill_key(user_id, name) + "/"
             wanted = {layout.skill_key(user_id, p) for p in files} | {layout.skill_manifest_key(user_id, name)}
-            stale = [o.key for o in iter_all(self.store, folder) if o.key not in wanted]
+            existing = [o.key for o in iter_all(self.store, folder)]
+            stale = [k for k in existing if k not in wanted]
+            replaced = [layout.skill_key(user_id, p) for p in files if layout.skill_key(user_id, p) in existing]
+            previous = {k: o.body for k, o in get_many(self.store, replaced).items() if o is not None}
         try:
             info = self.store.put(
                 layout.skill_key(user_id, main),
@@ -221,21 +236,54 @@ class SkillsService:
             ) from None
         except ObjectNotFound:  # S3 answers If-Match on a missing key with 404
             raise PreconditionFailed(f"Skill {name!r} does not exist, so If-Match cannot match: drop If-Match to create it.") from None
-        written = {layout.skill_key(user_id, main): (info, files[main])}
+        written = {layout.skill_key(user_id, main): info}
+        if lease is not None:
+            try:
+                self._write_rest(user_id, name, main, files, written, lease)
+            except Exception:
+                self._put_back(user_id, list(written), previous)
+                raise
+        if stale:
+            self.store.delete_many(stale)
+        try:
+            self.catalog.record(user_id, describe_main(name, form, info, files[main]))
+        except StorageError as exc:
+            # The skill is stored: the list describes it from its file and folds it in.
+            log.warning("catalog entry of skill %s of %s not written (the list will describe it): %s", name, user_id, exc)
+        return info
+
+    def _write_rest(self, user_id: str, name: str, main: str, files: dict[str, bytes],
+                    written: dict[str, ObjectInfo], lease: FolderLease) -> None:
+        """A folder's other files, then its manifest (last: it is what readers trust)."""
         extras = [p for p in files if p != main]
         if extras:
             with ThreadPoolExecutor(max_workers=min(16, len(extras))) as pool:
-                infos = pool.map(lambda p: self.store.put(layout.skill_key(user_id, p), files[p], content_type=_content_type(p)), extras)
-                written.update({layout.skill_key(user_id, p): (i, files[p]) for p, i in zip(extras, infos)})
-        if lease is not None:
-            folder_len = len(layout.skill_key(user_id, name)) + 1
-            manifest = self.folders.manifest_body(lease.upload_id, {k[folder_len:]: i.etag for k, (i, _) in written.items()})
-            manifest_key = layout.skill_manifest_key(user_id, name)
-            written[manifest_key] = (self.store.put(manifest_key, manifest, content_type="application/json"), manifest)
-        if stale:
-            self.store.delete_many(stale)
-        self.bundle.record_writes(user_id, written, removed=stale)
-        return info
+                futures = {p: pool.submit(self.store.put, layout.skill_key(user_id, p), files[p], content_type=_content_type(p))
+                           for p in extras}
+                failure: BaseException | None = None
+                for p, future in futures.items():
+                    try:
+                        written[layout.skill_key(user_id, p)] = future.result()
+                    except Exception as exc:  # noqa: BLE001 - re-raised below, after every write ended
+                        failure = failure or exc
+                if failure is not None:
+                    raise failure
+        folder_len = len(layout.skill_key(user_id, name)) + 1
+        manifest = self.folders.manifest_body(lease.upload_id, {k[folder_len:]: i.etag for k, i in written.items()})
+        self.store.put(layout.skill_manifest_key(user_id, name), manifest, content_type="application/json")
+
+    def _put_back(self, user_id: str, written: list[str], previous: dict[str, bytes]) -> None:
+        """Undo a folder upload that failed half-way (best effort: deletes free space first)."""
+        added = [k for k in written if k not in previous]
+        try:
+            if added:
+                self.store.delete_many(added)
+            for key in written:
+                if key in previous:
+                    self.store.put(key, previous[key], content_type=_content_type(key))
+        except StorageError as exc:
+            log.error("folder upload of %s failed and could not be undone (%s): its previous manifest still "
+                      "tells readers which files are its own", user_id, exc)
 
     def list(self, user_id: str, limit: int = MAX_LIMIT, cursor: str | None = None) -> SkillList:
         """One page of skills: flat files and folders, in name order, each counted once."""
@@ -245,38 +293,35 @@ class SkillsService:
         if state is not None and not isinstance(token, str):
             raise BadRequest("Invalid cursor: pass back nextCursor unchanged.", code="invalid_cursor")
         with ThreadPoolExecutor(max_workers=1) as pool:
-            bundle_f = pool.submit(self.bundle.load, user_id)  # alongside the listing, not after it
+            catalog_f = pool.submit(self.catalog.load, user_id)  # alongside the listing, not after it
             try:
                 page = self.store.list(prefix, delimiter="/", max_keys=limit, continuation_token=token)
             except StorageError as exc:
                 if token is None:
                     raise
                 raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
-            bundle = bundle_f.result()
+            loaded = catalog_f.result()
         flat = {o.key[len(prefix):]: o for o in page.objects}
         folders = [p[len(prefix):-1] for p in page.prefixes]
-        # A delimited listing gives flat files' ETags, so the bundle can serve those; a folder's
-        # SKILL.md is not listed, so it is read.
-        served = self.bundle.match(user_id, list(flat.values()), bundle).bodies
-        main_keys = [prefix + n for n in flat if prefix + n not in served] + [f"{prefix}{n}/{SKILL_FILE}" for n in folders]
-        mains = get_many(self.store, main_keys)
+        # The listing is the truth (which skills exist, a flat file's ETag); the catalog gives
+        # what was worked out at upload. A folder's SKILL.md is not in a delimited listing.
+        wanted: dict[str, tuple[SkillForm, ObjectInfo | None]] = {n: ("flat", i) for n, i in flat.items()}
+        wanted.update({n: ("folder", None) for n in folders})
+        entries, _ = self.catalog.resolve(user_id, wanted, loaded)
         items = []
-        for name in sorted([*flat, *folders]):
+        for name in sorted(wanted):
             is_folder = name not in flat
-            info: ObjectInfo | None
-            if not is_folder and prefix + name in served:
-                info, body = flat[name], served[prefix + name]
-            else:
-                obj = mains.get(f"{prefix}{name}/{SKILL_FILE}" if is_folder else prefix + name)
-                info, body = (obj.info, obj.body) if obj else (None, b"")
+            entry = entries.get(name)
+            info = flat.get(name)
             items.append(
                 SkillItem(
                     name=name,
                     form="folder" if is_folder else "flat",
                     path=f"{SANDBOX_SKILLS_DIR}/{name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{name}",
-                    size=info.size if info else 0,
-                    updated=info.last_modified if info else None,
-                    description=describe(body.decode("utf-8", "replace"), is_skill_md=is_folder),
+                    size=info.size if info else (entry.size if entry else 0),
+                    updated=info.last_modified if info else (entry.updated if entry else None),
+                    description=entry.description if entry else "",
+                    error=entry.error if entry else (f"The folder has no {SKILL_FILE}." if is_folder else None),
                 )
             )
         return SkillList(
@@ -340,7 +385,7 @@ class SkillsService:
             except ObjectNotFound:
                 raise NotFound("Skill not found", code="skill_not_found") from None
             self.store.delete(key)
-            self.bundle.record_writes(user_id, {}, removed=[key])
+            self.catalog.forget(user_id, name)
         else:
             key = layout.skill_key(user_id, name)
             lease = self.folders.acquire(user_id, name)  # not under an upload's feet
@@ -349,7 +394,7 @@ class SkillsService:
                 if not keys:
                     raise NotFound("Skill not found", code="skill_not_found")
                 self.store.delete_many(keys)
-                self.bundle.record_writes(user_id, {}, removed=keys)
+                self.catalog.forget(user_id, name)
             finally:
                 lease.release()
         return SkillDeleted(user_id=user_id, skill_name=name, key=key)

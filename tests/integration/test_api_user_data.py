@@ -165,9 +165,9 @@ def test_erase_user_removes_everything_and_counts(api: Api) -> None:
     api.send("PUT", "/users/hal/settings", {"maxTurns": 2})
     api.post("/users/other/skills", {"name": "keep.md", "content": "k"})
     r = api.delete("/users/hal")
-    # 2 skill files, the folder's manifest, a conversation, settings, and the skills bundle
-    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 6}
-    assert list(api.keys()) == ["users/other/cache/skills-bundle.json", "users/other/skills/keep.md"]
+    # 2 skill files, the folder's manifest, a conversation, settings, and the 2 skills' catalog entries
+    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 7}
+    assert list(api.keys()) == ["users/other/cache/skill-catalog/keep.md.json", "users/other/skills/keep.md"]
 
 
 def test_storage_outage_is_a_503_with_retry_after_and_changes_nothing(local_api: Api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
