@@ -13,7 +13,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
+from chalicelib.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
@@ -26,7 +33,7 @@ from chalicelib.services.skill_format import (
     describe,
     validate_skill_md,
 )
-from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
+from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, StorageFull, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, get_many, iter_all
 
@@ -185,6 +192,12 @@ class SkillsService:
         lease = self.folders.acquire(user_id, name) if form == "folder" else None
         try:
             info = self._write_files(user_id, name, form, main, files, if_match, if_none_match, lease)
+        except StorageFull as exc:
+            raise ServiceUnavailable(
+                f"Storage is full ({exc}): skill {name!r} was not written, and its previous version (if any) is "
+                "still the one listed and served. Free space, or raise the store's capacity, then retry.",
+                code="storage_full",
+            ) from exc
         finally:
             if lease is not None:
                 lease.release()
