@@ -45,8 +45,9 @@ from chalicelib.storage.base import (
 log = logging.getLogger(__name__)
 
 SkillForm = Literal["flat", "folder"]
-#: How much of a main file is described: the frontmatter limit is far below it.
-MAX_DESCRIBED_BYTES = 64 * 1024
+#: How much of a main file is described: what an upload may hold (a larger file written behind the
+#: API is described from its start; its frontmatter limit is far below this).
+MAX_DESCRIBED_BYTES = 1024 * 1024
 _FOLD_ATTEMPTS = 3
 
 
