@@ -45,7 +45,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.quotas import QuotasService
 from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
 from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
-from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, SkillForm, main_files, main_path
+from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, main_files, main_path
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
 from chalicelib.services.user_settings import NetworkRules
@@ -177,14 +177,15 @@ class SessionsService:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.bundle.load, user_id)
-            catalog_f = pool.submit(self.catalog.load, user_id)
+            # A process that has described this user's skills before checks them by ETag alone.
+            catalog_f = None if self.catalog.knows(user_id) else pool.submit(self.catalog.load, user_id)
             found = record_f.result()
             # A record that did not parse was set aside (a str): set up afresh, workspace restored.
             existing = None if isinstance(found, str) else found
             options = options_f.result()
             listing = listing_f.result()
             bundle = bundle_f.result()
-            catalog = catalog_f.result()
+            catalog = catalog_f.result() if catalog_f is not None else None
         if existing is not None and existing[0].user_id != user_id:
             raise owned_by_another_user(session_id)
         # A session without a record may still be another user's (destroyed while its turn
@@ -616,16 +617,16 @@ class SessionsService:
         complete = len(missing) == len(match.missing)
         return files, bodies, match.stale and complete
 
-    def _describe(self, user_id: str, listing: list[ObjectInfo], loaded: LoadedCatalog,
+    def _describe(self, user_id: str, listing: list[ObjectInfo], loaded: LoadedCatalog | None,
                   bodies: dict[str, bytes]) -> tuple[dict[str, str], Callable[[], None] | None]:
         """(sandbox path -> description) of every skill, from the catalog where it matches the
         listing; the others are described from the bodies in hand (no request). Also the
-        catalog's repair when it was behind or holds skills that are gone, else None."""
+        catalog's repair when it was behind or holds skills that are gone, else None.
+        `loaded` is None when this process remembers the user's entries (see skill_catalog)."""
         mains = main_files(user_id, listing)
-        wanted: dict[str, tuple[SkillForm, ObjectInfo | None]] = {n: v for n, v in mains.items()}
-        entries, behind = self.catalog.resolve(user_id, wanted, loaded, bodies, fold=False)
+        entries, behind = self.catalog.resolve(user_id, mains, loaded, bodies, fold=False)
         described = {f"{SKILLS_DIR}/{main_path(n, e.form)}": e.description for n, e in entries.items()}
-        gone = any(n not in mains for n in loaded.document.entries)
+        gone = loaded is not None and any(n not in mains for n in loaded.document.entries)
         if not behind and not gone:
             return described, None
         return described, lambda: self.catalog.fold(user_id, loaded, entries, listed=mains)

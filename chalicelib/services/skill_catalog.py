@@ -22,6 +22,8 @@ bounded parse, and folded in. Losing the catalog loses nothing: it is rebuilt fr
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +51,8 @@ SkillForm = Literal["flat", "folder"]
 #: API is described from its start; its frontmatter limit is far below this).
 MAX_DESCRIBED_BYTES = 1024 * 1024
 _FOLD_ATTEMPTS = 3
+#: Entries a process keeps in memory (about 300 bytes each).
+MAX_REMEMBERED = 20_000
 
 
 class CatalogEntry(ApiModel):
@@ -115,19 +119,34 @@ def main_files(user_id: str, listing: Iterable[ObjectInfo]) -> dict[str, tuple[S
 
 
 class SkillCatalog:
-    """Reads, writes and folds one user's catalog."""
+    """Reads, writes and folds one user's catalog, and keeps the entries it has seen in memory.
 
-    def __init__(self, store: ObjectStore) -> None:
+    An entry in memory is keyed by its main file's key and ETag, which every listing shows, so
+    a warm process (a Lambda container, the dev server) lists a page with the listing alone and
+    can never serve an entry the listing contradicts.
+    """
+
+    def __init__(self, store: ObjectStore, *, max_remembered: int = MAX_REMEMBERED) -> None:
         self.store = store
+        self.max_remembered = max_remembered
+        self._remembered: OrderedDict[tuple[str, str], CatalogEntry] = OrderedDict()
+        self._users: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def record(self, user_id: str, entry: CatalogEntry) -> None:
         """After an upload: its own entry (small, whatever the number of skills)."""
         self.store.put(layout.skill_catalog_entry_key(user_id, entry.name), entry.model_dump_json(by_alias=True).encode(),
                        content_type="application/json")
+        self._remember(user_id, [entry])
 
     def forget(self, user_id: str, name: str) -> None:
         """After a delete: the skill's own entry goes (the folded one is dropped by the next fold)."""
         self.store.delete(layout.skill_catalog_entry_key(user_id, name))
+
+    def knows(self, user_id: str) -> bool:
+        """Whether this process holds the user's entries (read or written here before)."""
+        with self._lock:
+            return user_id in self._users
 
     def load(self, user_id: str) -> LoadedCatalog:
         """The folded catalog; an empty one when there is none or it cannot be read."""
@@ -142,57 +161,86 @@ class SkillCatalog:
             log.warning("skills catalog %s is unreadable and will be rebuilt: %s", key, exc.errors()[:1])
             return LoadedCatalog(CatalogDocument(), stored.info.etag)
 
-    def resolve(self, user_id: str, wanted: dict[str, tuple[SkillForm, ObjectInfo | None]],
-                loaded: LoadedCatalog, bodies: dict[str, bytes] | None = None, *,
+    def resolve(self, user_id: str, wanted: dict[str, tuple[SkillForm, ObjectInfo]],
+                loaded: LoadedCatalog | None, bodies: dict[str, bytes] | None = None, *,
                 fold: bool = True) -> tuple[dict[str, CatalogEntry], bool]:
-        """The entry of each wanted skill (name -> form and its main file's listed info, None when
-        the listing does not show it, as for a folder in a delimited listing).
+        """The entry of each wanted skill (name -> form and its main file's listed info), and
+        whether the folded catalog was behind.
 
-        Entries the catalog holds for the listed ETag are used as they are. The others come
-        from the uploads' own entries, else from the main files (`bodies`, keyed by storage
-        key, or read), described once; then the catalog is folded and rewritten.
+        An entry is used only for the ETag the listing shows: from memory, else from the folded
+        catalog (`loaded`, or read now when None), else from the upload's own entry, else made
+        from the main file (`bodies`, keyed by storage key, or read), described once. Then
+        (`fold`) what the catalog lacked is folded into it. With `bodies` (setup holds every
+        main file) the uploads' entries are not read: describing costs less than a round trip.
         """
-        prefix = layout.skills_prefix(user_id)
         found: dict[str, CatalogEntry] = {}
-        behind: dict[str, tuple[SkillForm, ObjectInfo | None]] = {}
-        for name, (form, info) in wanted.items():
+        with self._lock:
+            for name, (form, info) in wanted.items():
+                entry = self._remembered.get((info.key, info.etag))
+                if entry is not None and entry.form == form and entry.name == name:
+                    found[name] = entry
+        missing = {n: v for n, v in wanted.items() if n not in found}
+        if not missing:
+            return found, False
+        if loaded is None:
+            loaded = self.load(user_id)
+        behind: dict[str, tuple[SkillForm, ObjectInfo]] = {}
+        for name, (form, info) in missing.items():
             entry = loaded.document.entries.get(name)
-            if entry is not None and entry.form == form and (info is None or entry.etag == info.etag):
+            if entry is not None and entry.form == form and entry.etag == info.etag:
                 found[name] = entry
             else:
                 behind[name] = (form, info)
         if not behind:
+            self._remember(user_id, found.values())
             return found, False
         own = {} if bodies is not None else get_many(self.store, [layout.skill_catalog_entry_key(user_id, n) for n in behind])
-        unread: dict[str, tuple[SkillForm, ObjectInfo | None]] = {}
+        unread: dict[str, tuple[SkillForm, ObjectInfo]] = {}
         for name, (form, info) in behind.items():
             entry = _parse_entry(own.get(layout.skill_catalog_entry_key(user_id, name)))
-            if entry is not None and entry.form == form and (info is None or entry.etag == info.etag):
+            if entry is not None and entry.form == form and entry.etag == info.etag:
                 found[name] = entry
             else:
                 unread[name] = (form, info)
         have = bodies or {}
-        mains = get_many(self.store, [prefix + main_path(n, f) for n, (f, _) in unread.items()
-                                      if prefix + main_path(n, f) not in have or unread[n][1] is None])
+        mains = get_many(self.store, [info.key for _, info in unread.values() if info.key not in have])
         for name, (form, info) in unread.items():
-            key = prefix + main_path(name, form)
-            obj = mains.get(key)
-            if obj is not None:
+            obj = mains.get(info.key)
+            if info.key in have:
+                found[name] = describe_main(name, form, info, have[info.key])
+            elif obj is not None:
                 found[name] = describe_main(name, form, obj.info, obj.body)
-            elif key in have and info is not None:
-                found[name] = describe_main(name, form, info, have[key])
-            # else: gone since the listing (a folder without SKILL.md lists nothing to describe)
+            # else: deleted since the listing; the next list will not show it
+        self._remember(user_id, found.values())
         if fold:
             self.fold(user_id, loaded, {n: found[n] for n in behind if n in found}, listed=None)
         return found, True
 
-    def fold(self, user_id: str, loaded: LoadedCatalog, entries: dict[str, CatalogEntry],
+    def _remember(self, user_id: str, entries: Iterable[CatalogEntry]) -> None:
+        prefix = layout.skills_prefix(user_id)
+        with self._lock:
+            self._users[user_id] = None
+            self._users.move_to_end(user_id)
+            for entry in entries:
+                key = (prefix + main_path(entry.name, entry.form), entry.etag)
+                self._remembered[key] = entry
+                self._remembered.move_to_end(key)
+            while len(self._remembered) > self.max_remembered:
+                self._remembered.popitem(last=False)
+            while len(self._users) > self.max_remembered:
+                self._users.popitem(last=False)
+
+    def fold(self, user_id: str, loaded: LoadedCatalog | None, entries: dict[str, CatalogEntry],
              listed: Iterable[str] | None) -> None:
-        """Rewrite the folded catalog with `entries`; with `listed` (every skill name of a full
-        listing), drop the entries of skills that are gone. Opportunistic: a concurrent writer
-        or a storage fault leaves the old one, and the next reader folds again."""
+        """Rewrite the folded catalog (`loaded`, or read now) with `entries`; with `listed` (every
+        skill name of a full listing), drop the entries of skills that are gone. Opportunistic:
+        a concurrent writer or a storage fault leaves the old one, and the next reader folds again."""
         keep = set(listed) if listed is not None else None
-        current = loaded
+        try:
+            current = loaded if loaded is not None else self.load(user_id)
+        except StorageError as exc:
+            log.warning("skills catalog of %s not read to fold (the next reader folds again): %s", user_id, exc)
+            return
         for _ in range(_FOLD_ATTEMPTS):
             merged = dict(current.document.entries)
             merged.update(entries)
@@ -204,9 +252,14 @@ class SkillCatalog:
                 self._save(user_id, CatalogDocument(entries=dict(sorted(merged.items()))), current.etag)
                 return
             except (PreconditionFailed, ObjectNotFound):
-                current = self.load(user_id)  # another reader folded first: fold into its version
+                pass  # another reader folded first: fold into its version
             except StorageError as exc:
                 log.warning("skills catalog of %s not rewritten (the next list folds again): %s", user_id, exc)
+                return
+            try:
+                current = self.load(user_id)
+            except StorageError as exc:
+                log.warning("skills catalog of %s not read again to fold: %s", user_id, exc)
                 return
 
     def _save(self, user_id: str, document: CatalogDocument, etag: str | None) -> None:

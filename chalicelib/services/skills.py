@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -24,7 +26,7 @@ from chalicelib.errors import (
 from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from chalicelib.services.skill_catalog import SkillCatalog, describe_main
+from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, describe_main
 from chalicelib.services.skill_folders import FolderLease, SkillFolders
 from chalicelib.services.skill_format import (
     NAME_PATTERN,
@@ -94,6 +96,16 @@ class SkillDetail(ApiModel):
     form: SkillForm
     description: str
     files: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass
+class _Listed:
+    """One skill as a listing shows it: its main file (None: a folder without SKILL.md) and its last key."""
+
+    name: str
+    form: SkillForm
+    main: ObjectInfo | None = None
+    last_key: str = ""
 
 
 class SkillDeleted(ApiModel):
@@ -299,40 +311,40 @@ class SkillsService:
                       "tells readers which files are its own", user_id, exc)
 
     def list(self, user_id: str, limit: int = MAX_LIMIT, cursor: str | None = None) -> SkillList:
-        """One page of skills: flat files and folders, in name order, each counted once."""
+        """One page of skills: flat files and folders, in name order, each counted once.
+
+        A page is one listing of the skills folder (the truth: which skills exist, and each
+        main file's ETag), and the descriptions worked out at upload, which this process holds
+        in memory once it has read them (see skill_catalog); a process that does not yet reads
+        the user's catalog alongside the listing.
+        """
         prefix = layout.skills_prefix(user_id)
         state = decode_cursor(cursor)
-        token = state.get("t") if state else None
-        if state is not None and not isinstance(token, str):
-            raise BadRequest("Invalid cursor: pass back nextCursor unchanged.", code="invalid_cursor")
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            catalog_f = pool.submit(self.catalog.load, user_id)  # alongside the listing, not after it
-            try:
-                page = self.store.list(prefix, delimiter="/", max_keys=limit, continuation_token=token)
-            except StorageError as exc:
-                if token is None:
-                    raise
-                raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
-            loaded = catalog_f.result()
-        flat = {o.key[len(prefix):]: o for o in page.objects}
-        folders = [p[len(prefix):-1] for p in page.prefixes]
-        # The listing is the truth (which skills exist, a flat file's ETag); the catalog gives
-        # what was worked out at upload. A folder's SKILL.md is not in a delimited listing.
-        wanted: dict[str, tuple[SkillForm, ObjectInfo | None]] = {n: ("flat", i) for n, i in flat.items()}
-        wanted.update({n: ("folder", None) for n in folders})
+        after = state.get("a") if state else None
+        if state is not None and not (isinstance(after, str) and 0 < len(after) <= 1024):
+            raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor")
+        loaded: LoadedCatalog | None = None
+        if self.catalog.knows(user_id):
+            listed, next_after = self._listed(prefix, after, limit)
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                catalog_f = pool.submit(self.catalog.load, user_id)  # alongside the listing, not after it
+                listed, next_after = self._listed(prefix, after, limit)
+                loaded = catalog_f.result()
+        wanted = {g.name: (g.form, g.main) for g in listed if g.main is not None}
         entries, _ = self.catalog.resolve(user_id, wanted, loaded)
         items = []
-        for name in sorted(wanted):
-            is_folder = name not in flat
-            entry = entries.get(name)
-            info = flat.get(name)
+        for group in sorted(listed, key=lambda g: g.name):
+            is_folder = group.form == "folder"
+            entry = entries.get(group.name)
+            info = group.main
             items.append(
                 SkillItem(
-                    name=name,
-                    form="folder" if is_folder else "flat",
-                    path=f"{SANDBOX_SKILLS_DIR}/{name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{name}",
-                    size=info.size if info else (entry.size if entry else 0),
-                    updated=info.last_modified if info else (entry.updated if entry else None),
+                    name=group.name,
+                    form=group.form,
+                    path=f"{SANDBOX_SKILLS_DIR}/{group.name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{group.name}",
+                    size=info.size if info else 0,
+                    updated=info.last_modified if info else None,
                     description=entry.description if entry else "",
                     error=entry.error if entry else (f"The folder has no {SKILL_FILE}." if is_folder else None),
                 )
@@ -342,8 +354,44 @@ class SkillsService:
             skills=[i.name for i in items],
             count=len(items),
             items=items,
-            next_cursor=encode_cursor({"t": page.next_token}) if page.next_token else None,
+            next_cursor=encode_cursor({"a": next_after}) if next_after else None,
         )
+
+    def _listed(self, prefix: str, after: str | None, limit: int) -> tuple[builtins.list[_Listed], str | None]:
+        """Up to `limit` whole skills listed after the key `prefix + after`, in key order, and
+        the `after` of the next page (None on the last).
+
+        The listing is not delimited, so each folder's SKILL.md and its ETag are seen; a folder
+        cut off by the end of a listing page is left to the next one (read on only when a
+        single folder fills the page).
+        """
+        groups: builtins.list[_Listed] = []
+        token: str | None = None
+        max_keys = min(MAX_LIMIT, max(4 * limit, 64))
+        while True:
+            try:
+                page = self.store.list(prefix, max_keys=max_keys, start_after=prefix + after if after and token is None else None,
+                                       continuation_token=token)
+            except StorageError as exc:
+                if after is None:
+                    raise
+                raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
+            for obj in page.objects:
+                name, slash, inner = obj.key[len(prefix):].partition("/")
+                form: SkillForm = "folder" if slash else "flat"
+                if not groups or groups[-1].name != name or groups[-1].form != form:
+                    groups.append(_Listed(name, form))
+                group = groups[-1]
+                group.last_key = obj.key
+                if form == "flat" or inner == SKILL_FILE:
+                    group.main = obj
+            whole = groups if page.next_token is None or groups[-1].form == "flat" else groups[:-1]
+            if page.next_token is None or whole:
+                break
+            token = page.next_token  # one folder bigger than a listing page: read on
+        more = page.next_token is not None or len(whole) > limit
+        taken = whole[:limit]
+        return taken, (taken[-1].last_key[len(prefix):] if more and taken else None)
 
     def get(self, user_id: str, name: str) -> tuple[SkillDetail, str]:
         """The skill's main file (and a folder's other files); 404 if there is none."""

@@ -51,12 +51,44 @@ def test_the_list_folds_the_entries_once_then_reads_one_catalog(store: LocalDire
 
     real = yaml.safe_load
     monkeypatch.setattr(yaml, "safe_load", lambda text: parsed.append(text) or real(text))
-    first = skills.list(USER)
+    first = SkillsService(store).list(USER)  # another process: it folds the uploads' entries
     assert [i.description for i in first.items] == ["A: First.", "Fill PDF forms. Use for PDFs."]
     document = CatalogDocument.model_validate_json(store.get(layout.skill_catalog_key(USER)).body)
     assert set(document.entries) == {"a.md", "pdf-tools"}
-    assert skills.list(USER) == first
+    assert skills.list(USER) == first == SkillsService(store).list(USER)
     assert parsed == []  # described at upload: no list parses a frontmatter again
+
+
+def test_a_folder_uploaded_again_is_never_listed_with_its_old_description(store: LocalDirectoryStore) -> None:
+    uploader, lister = SkillsService(store), SkillsService(store)  # two processes
+    uploader.upload(USER, SkillUpload(name="pdf-tools", files={"SKILL.md": SKILL_MD}))
+    assert lister.list(USER).items[0].description.startswith("Fill")
+    uploader.upload(USER, SkillUpload(name="pdf-tools", files={"SKILL.md": SKILL_MD.replace("Fill", "Merge")}))
+    assert lister.list(USER).items[0].description.startswith("Merge")
+    assert SkillsService(store).list(USER).items[0].description.startswith("Merge")
+
+
+def test_pages_hold_whole_skills_and_follow_on_without_gaps(store: LocalDirectoryStore) -> None:
+    skills = SkillsService(store)
+    names = []
+    for i in range(7):
+        if i % 2:
+            skills.upload(USER, SkillUpload(name=f"f{i}", files={
+                "SKILL.md": SKILL_MD.replace("pdf-tools", f"f{i}"), **{f"x{n}.txt": "x" for n in range(30)}}))
+            names.append(f"f{i}")
+        else:
+            skills.upload(USER, SkillUpload(name=f"f{i}.md", content=f"# {i}"))
+            names.append(f"f{i}.md")
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = SkillsService(store).list(USER, limit=2, cursor=cursor)
+        assert page.count <= 2 and all(i.error is None for i in page.items)
+        seen += page.skills
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(names) and pages <= 5
 
 
 def test_an_entry_is_never_trusted_over_the_listing(store: LocalDirectoryStore) -> None:
@@ -76,7 +108,7 @@ def test_a_damaged_catalog_is_rebuilt_not_trusted(store: LocalDirectoryStore) ->
     skills = SkillsService(store)
     skills.upload(USER, SkillUpload(name="a.md", content="# A\n\nText."))
     store.put(layout.skill_catalog_key(USER), b"\x00 not json")
-    assert skills.list(USER).items[0].description == "A: Text."
+    assert SkillsService(store).list(USER).items[0].description == "A: Text."
     assert CatalogDocument.model_validate_json(store.get(layout.skill_catalog_key(USER)).body).entries["a.md"]
 
 
