@@ -149,7 +149,8 @@ class Container:
         from chalicelib.services.sessions import SessionsService
 
         return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes,
-                                                              snapshots=self.workspace_snapshots, quotas=self.quotas))
+                                                              snapshots=self.workspace_snapshots, quotas=self.quotas,
+                                                              catalog=self.skills.catalog))
 
     @property
     def workspace_snapshots(self) -> WorkspaceSnapshots:

@@ -143,7 +143,8 @@ class SessionsService:
     """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
 
     def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None,
-                 snapshots: WorkspaceSnapshots | None = None, quotas: QuotasService | None = None) -> None:
+                 snapshots: WorkspaceSnapshots | None = None, quotas: QuotasService | None = None,
+                 catalog: SkillCatalog | None = None) -> None:
         self.settings = settings
         self.quotas = quotas
         self.snapshots = snapshots
@@ -151,7 +152,8 @@ class SessionsService:
         self.sandboxes = sandboxes
         self.cache = cache or BodyCache()
         self.bundle = SkillBundle(store)
-        self.catalog = SkillCatalog(store)
+        # Shared with the skills service: what an upload described, setup need not describe again.
+        self.catalog = catalog or SkillCatalog(store)
         self.folders = SkillFolders(store)
         # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
         # in this process only, since storage was failing when it happened (./scripts/dev's reaper).

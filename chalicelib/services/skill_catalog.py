@@ -106,12 +106,13 @@ def describe_main(name: str, form: SkillForm, info: ObjectInfo, body: bytes) -> 
 
 
 def main_files(user_id: str, listing: Iterable[ObjectInfo]) -> dict[str, tuple[SkillForm, ObjectInfo]]:
-    """Each skill of a full (undelimited) listing, by name, with its main file's info."""
+    """Each skill of a full (undelimited) listing, by name, with its main file's info: every
+    top-level file is a flat skill, as the list shows it, and a folder's main file is SKILL.md."""
     prefix = layout.skills_prefix(user_id)
     found: dict[str, tuple[SkillForm, ObjectInfo]] = {}
     for info in listing:
         parts = info.key[len(prefix):].split("/")
-        if len(parts) == 1 and parts[0].endswith(".md"):
+        if len(parts) == 1:
             found[parts[0]] = ("flat", info)
         elif len(parts) == 2 and parts[1] == SKILL_FILE:
             found[parts[0]] = ("folder", info)

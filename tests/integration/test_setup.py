@@ -146,19 +146,20 @@ FUSE = os.path.exists("/dev/fuse") and shutil.which("s3fs") is not None and os.g
 @pytest.mark.parametrize("api", ["s3"], indirect=True)
 def test_production_mounts_the_users_prefix(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     upload_skills(api)
+    api = production(api, monkeypatch)
     assert api.post("/setup/prod-0?userId=alice").status_code == 200  # builds the bundle and the catalog
     api.delete("/sandbox/prod-0")
-    api = production(api, monkeypatch)
     ops: list[str] = []
     stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["prod"]["environment_variables"]
     client = get_container(Settings.from_env({**os.environ, **stage_env})).store.client  # type: ignore[attr-defined]
     client.meta.events.register("before-call.s3", lambda model, **_: ops.append(model.name))
     body = api.post("/setup/prod-1?userId=alice").json_body
     assert body["setupMethod"] == "r2_mount", body
-    # Record, settings, the skills listing, bundle and catalog (they feed the session's skill
-    # index; the mount itself serves the files) and the user's limits, all in parallel, then the
-    # ownership claim of the new id, then the record and the claim's erasure marker in parallel.
-    assert sorted(ops) == ["GetObject"] * 5 + ["ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
+    # Record, settings, the skills listing and bundle (they feed the session's skill index, with
+    # the descriptions this process remembers; the mount itself serves the files) in parallel
+    # (the user's limits are cached since prod-0), then the ownership claim of the new id, then
+    # the record and the claim's erasure marker in parallel.
+    assert sorted(ops) == ["GetObject"] * 3 + ["ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
     assert "/workspace/.claude/skills/debugging.md" in body["skillsLoaded"]
     sandbox = sandbox_of("prod-1", "prod")
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout.startswith("# Debugging Skill")
