@@ -38,6 +38,7 @@ from chalicelib.services.skill_format import (
 from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, StorageFull, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, get_many, iter_all
+from chalicelib.storage.cache import BodyCache
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,10 @@ def _encode(path: str, content: str) -> bytes:
 class SkillsService:
     """The user's skills in object storage."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, cache: BodyCache | None = None) -> None:
         self.store = store
+        # Bodies this process wrote, for setup here to load without reading them back.
+        self.cache = cache or BodyCache()
         self.catalog = SkillCatalog(store)
         self.folders = SkillFolders(store)
 
@@ -270,6 +273,10 @@ class SkillsService:
                 raise
         if stale:
             self.store.delete_many(stale)
+        for key, written_info in written.items():
+            body = files.get(key[len(layout.skills_prefix(user_id)):])
+            if body is not None:
+                self.cache.remember(key, written_info.etag, body)
         try:
             self.catalog.record(user_id, describe_main(name, form, info, files[main]))
         except StorageError as exc:
@@ -295,7 +302,9 @@ class SkillsService:
                     raise failure
         folder_len = len(layout.skill_key(user_id, name)) + 1
         manifest = self.folders.manifest_body(lease.upload_id, {k[folder_len:]: i.etag for k, i in written.items()})
-        self.store.put(layout.skill_manifest_key(user_id, name), manifest, content_type="application/json")
+        manifest_key = layout.skill_manifest_key(user_id, name)
+        info = self.store.put(manifest_key, manifest, content_type="application/json")
+        self.cache.remember(manifest_key, info.etag, manifest)
 
     def _put_back(self, user_id: str, written: list[str], previous: dict[str, bytes]) -> None:
         """Undo a folder upload that failed half-way (best effort: deletes free space first)."""

@@ -52,9 +52,9 @@ OPS: dict[str, dict[str, int]] = {
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
     # + the listing of the user's workspace markers (workspace-owners/{u}/)
     "DELETE /users/{u}": {"ListObjectsV2": 3, "DeleteObjects": 3, "GetObject": 3},
-    # the first after uploads: the 5 files read, then the bundle written (the catalog is current,
-    # and this process shares the skills service's memory of it)
-    "POST /setup/{s}?userId={u} (first after uploads)": {"GetObject": 9, "ListObjectsV2": 1, "PutObject": 4},
+    # the first after uploads: the bundle written. This process holds what its uploads wrote (the
+    # bodies and their catalog entries); another would read the 5 files first.
+    "POST /setup/{s}?userId={u} (first after uploads)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 4},
     # record, settings, bundle: the skills' descriptions are checked against the listing by ETag
     # in this process's memory (a process that has not seen the user reads the catalog too)
     "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 3},
