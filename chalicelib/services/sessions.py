@@ -1,12 +1,16 @@
 """Sessions: POST /setup prepares a sandbox holding the user's skills; DELETE /sandbox ends it.
 
 Setup is on the critical path of every conversation, so its storage round trips are counted:
-one parallel batch (session record, user settings, skills listing, skills bundle), then one
-parallel batch (the session record write, and any skill file the bundle could not serve),
-whatever the number of skills. Only when the bundle was behind the files does a third
-request rewrite it (see `skill_bundle`). A session without a record (new, or destroyed) is
+one parallel batch (session record, user settings, skills listing, skills bundle, and the
+skills catalog in a process that has not seen the user), then one parallel batch (the session
+record write, and any skill file the bundle could not serve), whatever the number of skills.
+Only when the bundle or the catalog was behind the files does a further request rewrite it
+(see `skill_bundle`, `skill_catalog`). A session without a record (new, or destroyed) is
 claimed for its user between the two batches (`session_owners`: one conditional write; its
 erasure marker joins the second batch).
+
+How the skills reach the sandbox is `skill_mount` (a named `MountOutcome`); reading them, their
+descriptions and the derived copies' repair is `skill_loading` (a `SkillFiles`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,9 +35,6 @@ from chalicelib.errors import AppError, Conflict, NotFound, ServiceUnavailable
 from chalicelib.ids import validate_id
 from chalicelib.sandbox.archive import has_content
 from chalicelib.sandbox.base import (
-    MOUNT_DIR,
-    MountError,
-    MountSpec,
     Sandbox,
     SandboxError,
     SandboxGone,
@@ -44,22 +45,19 @@ from chalicelib.sandbox.base import (
 from chalicelib.services.models import ApiModel
 from chalicelib.services.quotas import QuotasService
 from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
-from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
-from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, main_files, main_path
-from chalicelib.services.skill_folders import SkillFolders
-from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
+from chalicelib.services.skill_catalog import SkillCatalog
+from chalicelib.services.skill_index import SkillIndex, build_index
+from chalicelib.services.skill_loading import SkillLoader
+from chalicelib.services.skill_mount import SetupMethod, SkillMount
 from chalicelib.services.user_settings import NetworkRules
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
-from chalicelib.storage.base import ObjectInfo, iter_all
+from chalicelib.storage.base import iter_all
 from chalicelib.storage.cache import BodyCache
 from chalicelib.storage.quarantine import set_aside
-from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryCredentialsError
 
 log = logging.getLogger(__name__)
 
-SetupMethod = Literal["r2_load_dev", "r2_mount", "r2_load_fallback"]
-SKILLS_DIR = MOUNT_DIR  # where the agent finds the skills, mounted or copied
 # (session id, its record or None for no record) that the current call has just read: the
 # fleet's host lookup (host_of) answers from it instead of reading the record again, a storage
 # round trip on setup's critical path.
@@ -150,11 +148,10 @@ class SessionsService:
         self.snapshots = snapshots
         self.store = store
         self.sandboxes = sandboxes
-        self.cache = cache or BodyCache()
-        self.bundle = SkillBundle(store)
-        # Shared with the skills service: what an upload described, setup need not describe again.
-        self.catalog = catalog or SkillCatalog(store)
-        self.folders = SkillFolders(store)
+        # Shared with the skills service: what an upload wrote and described, setup need not
+        # read or describe again.
+        self.skills = SkillLoader(store, cache or BodyCache(), catalog or SkillCatalog(store))
+        self.mount = SkillMount(settings, sandboxes)
         # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
         # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
         self._lost_saves: dict[str, str] = {}
@@ -178,9 +175,9 @@ class SessionsService:
             record_f = pool.submit(self._read_record, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
-            bundle_f = pool.submit(self.bundle.load, user_id)
+            bundle_f = pool.submit(self.skills.bundle.load, user_id)
             # A process that has described this user's skills before checks them by ETag alone.
-            catalog_f = None if self.catalog.knows(user_id) else pool.submit(self.catalog.load, user_id)
+            catalog_f = None if self.skills.catalog.knows(user_id) else pool.submit(self.skills.catalog.load, user_id)
             found = record_f.result()
             # A record that did not parse was set aside (a str): set up afresh, workspace restored.
             existing = None if isinstance(found, str) else found
@@ -209,9 +206,9 @@ class SessionsService:
             # A record there, or one set aside as unreadable: the workspace may have a snapshot.
             restored = self._restore_if_new(session_id, user_id, sandbox, options)
             sandbox, not_restored = restored.sandbox, restored.not_restored
-        method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
-        skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
-        described, catalog_update = self._describe(user_id, listing, catalog, skill_files[1])
+        mount = self.mount.try_mount(sandbox, user_id, listing, lambda: self._previous_method(session_id))
+        skill_files = self.skills.read(user_id, listing, bundle, mains_only=mount.mounted is not None)
+        described, catalog_update = self.skills.describe(user_id, listing, catalog, skill_files.bodies)
 
         token = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
@@ -220,10 +217,10 @@ class SessionsService:
             user_id=user_id,
             token_sha256=_sha256(token),
             sandbox_kind=self.sandboxes.kind,
-            setup_method=method,
+            setup_method=mount.method,
             created_at=existing[0].created_at if existing else now,
             last_active_at=now,
-            skill_index=build_index(skill_files[0], described),
+            skill_index=build_index(skill_files.files, described),
             sandbox_host=_host(sandbox),
             quota_slot=reserved or (existing is not None and existing[0].quota_slot),
         )
@@ -232,27 +229,27 @@ class SessionsService:
             if catalog_update is not None:
                 pool.submit(catalog_update)  # opportunistic, like the bundle's repair
             marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
-            if mounted is None:
-                loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
-            elif skill_files[2]:
+            if mount.mounted is None:
+                loaded_f = pool.submit(self.skills.write, sandbox, user_id, listing, bundle, skill_files)
+            elif skill_files.bundle_stale:
                 # The mount serves the files, but the bundle is behind (files written straight to the
                 # bucket): bring it up to date, so the next setup in any container reads one object.
-                pool.submit(self.bundle.repair, user_id, listing, skill_files[1], bundle)
+                pool.submit(self.skills.bundle.repair, user_id, listing, skill_files.bodies, bundle)
             save_f.result()
             if marked_f is not None:
                 marked_f.result()
-            loaded = mounted if mounted is not None else loaded_f.result()
+            loaded = mount.mounted if mount.mounted is not None else loaded_f.result()
 
         ws = f"{websocket_base}?sessionId={session_id}" if websocket_base else None
         return SetupResult(
             session_id=session_id,
             user_id=user_id,
-            setup_method=method,
+            setup_method=mount.method,
             skills_loaded=loaded,
             message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>" if ws else CHALICE_LOCAL_SETUP,
             websocket_url=ws,
             token=token,
-            fallback_reason=fallback_reason,
+            fallback_reason=mount.fallback_reason,
             workspace_not_restored=not_restored,
         )
 
@@ -275,16 +272,16 @@ class SessionsService:
         with ThreadPoolExecutor(max_workers=3) as pool:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
-            bundle_f = pool.submit(self.bundle.load, user_id)
+            bundle_f = pool.submit(self.skills.bundle.load, user_id)
             options = options_f.result()
             sandbox = self._create_sandbox(session_id, options)
             self._note_host(session_id, sandbox)
             restored = self._restore(session_id, user_id, sandbox, options)
             listing, bundle = listing_f.result(), bundle_f.result()
-            files = self._skill_files(user_id, listing, bundle)
+            files = self.skills.read(user_id, listing, bundle)
             with self._lost_lock:
                 lost = self._lost_saves.pop(session_id, None)
-            return Reloaded(self._write_skills(restored.sandbox, user_id, listing, bundle, files), restored.not_restored, lost)
+            return Reloaded(self.skills.write(restored.sandbox, user_id, listing, bundle, files), restored.not_restored, lost)
 
     def remember_lost_save(self, session_id: str, reason: str) -> None:
         """A sandbox was destroyed without its last save (the reaper's ceiling): its next turn says so."""
@@ -473,6 +470,11 @@ class SessionsService:
         except PreconditionFailed:
             log.warning("session %s record changed while noting its new host %s", session_id, host)
 
+    def _previous_method(self, session_id: str) -> SetupMethod | None:
+        """How the session was set up before (None: it was not, or its record is unreadable)."""
+        found = self._load_record(session_id)
+        return found[0].setup_method if found is not None else None
+
     def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
         found = self._read_record(session_id)
         return None if isinstance(found, str) else found
@@ -527,132 +529,6 @@ class SessionsService:
         except SandboxError as exc:
             raise ServiceUnavailable(f"The sandbox could not be created: {exc}", code="sandbox_failed") from exc
 
-    def _try_mount(self, sandbox: Sandbox, user_id: str,
-                   listing: list[ObjectInfo]) -> tuple[SetupMethod, str | None, list[str] | None]:
-        """Production mounts the user's skills; development (and any failure) loads files.
-
-        `listing` (the skills prefix, read anyway for the skill index) tells the mount what it
-        must show, so verifying it costs one file's lookup, not one per file."""
-        if not self.settings.is_production:
-            return "r2_load_dev", None, None
-        spec = self._mount_spec(user_id)
-        if spec is None:
-            return "r2_load_fallback", "No storage credentials to give the mount (set R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY).", None
-        if not self.sandboxes.supports_mount(spec):
-            return "r2_load_fallback", "The sandbox host cannot mount storage (no /dev/fuse or s3fs there).", None
-        try:
-            spec = self._scope_credentials(spec, user_id)
-        except TemporaryCredentialsError as exc:
-            previous = self._load_record(sandbox.session_id)
-            if previous is not None and previous[0].setup_method == "r2_mount":
-                # Its sandbox may still hold the old mount: loading files would go through it
-                # (deleting and rewriting the user's skills in storage). The old mount stays as it is.
-                raise ServiceUnavailable(
-                    f"The session's storage mount could not be renewed: {exc} Retry POST /setup later, "
-                    "or set up a new sessionId.", code="mount_credentials_unavailable") from exc
-            log.warning("no temporary credentials for user %s, loading files instead: %s", user_id, exc)
-            return "r2_load_fallback", f"Temporary credentials for the mount were not issued: {exc}", None
-        prefix = layout.skills_prefix(user_id)
-        listed = tuple(i.key[len(prefix):] for i in listing if not i.key.endswith(("/", "/" + layout.SKILL_MANIFEST)))
-        spec = spec.model_copy(update={"expect": listed})
-        try:
-            seen = sandbox.mount_bucket(spec)
-        except MountError as exc:
-            log.warning("mount failed for user %s, loading files instead: %s", user_id, exc)
-            return "r2_load_fallback", f"Mounting storage failed: {exc}", None
-        return "r2_mount", None, sorted(p for p in seen if p.startswith(SKILLS_DIR + "/"))
-
-    def _scope_credentials(self, spec: MountSpec, user_id: str) -> MountSpec:
-        """With CLOUDFLARE_API_TOKEN, swap the server's R2 keys for temporary ones that reach only
-        this user's skills, for one session's lifetime. Never falls back to the server's keys."""
-        storage = self.settings.storage
-        if spec.kind != "s3" or storage.cloudflare_api_token is None:
-            return spec
-        if not storage.r2_account_id or storage.access_key_id is None:
-            raise TemporaryCredentialsError(
-                "CLOUDFLARE_API_TOKEN is set, but R2_ACCOUNT_ID and R2_ACCESS_KEY_ID (the parent token's Access Key ID) "
-                "are needed too: set them."
-            )
-        issuer = R2TemporaryCredentials(
-            api_token=storage.cloudflare_api_token, account_id=storage.r2_account_id, bucket=storage.bucket,
-            parent_access_key_id=storage.access_key_id.get_secret_value(), base_url=storage.cloudflare_api_base_url,
-        )
-        issued = issuer.issue([layout.skills_prefix(user_id)], storage.session_lifetime_seconds, "object-read-write")
-        return spec.model_copy(update={"access_key_id": issued.access_key_id, "secret_access_key": issued.secret_access_key,
-                                       "session_token": issued.session_token})
-
-    def _mount_spec(self, user_id: str) -> MountSpec | None:
-        storage = self.settings.storage
-        if storage.backend == "local":
-            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
-        if storage.access_key_id is None or storage.secret_access_key is None:
-            return None
-        return MountSpec(
-            kind="s3",
-            bucket=storage.bucket,
-            prefix=layout.skills_prefix(user_id),
-            endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
-            region=storage.region,
-            access_key_id=storage.access_key_id,
-            secret_access_key=storage.secret_access_key,
-        )
-
-    def _skill_files(self, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle, *,
-                     mains_only: bool = False) -> tuple[dict[str, bytes], dict[str, bytes], bool]:
-        """(sandbox path -> body, storage key -> body, bundle stale) of the user's skill files.
-
-        Bodies come from the bundle where its ETags match the listing, then from this
-        process's cache, and only then from storage, all of those in one parallel batch.
-        `mains_only` (a mounted session) fetches just what the skill index needs.
-        """
-        prefix = layout.skills_prefix(user_id)
-        match = self.bundle.match(user_id, listing, bundle)
-        missing = match.missing
-        if mains_only:
-            missing = [i for i in missing if is_main_file(f"{SKILLS_DIR}/{i.key[len(prefix):]}")]
-        bodies = {**match.bodies, **self.cache.get_many(self.store, missing)}
-        # Folders are served as their manifest commits them (a concurrent upload is never half seen).
-        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
-        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
-        # A mounted session fetched only the main files: the bundle can be rewritten from these
-        # bodies only if nothing else was missing (else it would lose the other files' entries).
-        complete = len(missing) == len(match.missing)
-        return files, bodies, match.stale and complete
-
-    def _describe(self, user_id: str, listing: list[ObjectInfo], loaded: LoadedCatalog | None,
-                  bodies: dict[str, bytes]) -> tuple[dict[str, str], Callable[[], None] | None]:
-        """(sandbox path -> description) of every skill, from the catalog where it matches the
-        listing; the others are described from the bodies in hand (no request). Also the
-        catalog's repair when it was behind or holds skills that are gone, else None.
-        `loaded` is None when this process remembers the user's entries (see skill_catalog)."""
-        mains = main_files(user_id, listing)
-        entries, behind = self.catalog.resolve(user_id, mains, loaded, bodies, fold=False)
-        described = {f"{SKILLS_DIR}/{main_path(n, e.form)}": e.description for n, e in entries.items()}
-        gone = loaded is not None and any(n not in mains for n in loaded.document.entries)
-        if not behind and not gone:
-            return described, None
-        return described, lambda: self.catalog.fold(user_id, loaded, entries, listed=mains)
-
-    def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,
-                      skill_files: tuple[dict[str, bytes], dict[str, bytes], bool]) -> list[str]:
-        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
-        files, bodies, stale = skill_files
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # The repair (a storage write) overlaps the sandbox writes.
-            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if stale else None
-            try:
-                # Start from an empty folder so skills deleted since the last setup disappear.
-                sandbox.delete_file(SKILLS_DIR)
-                to_write: dict[str, bytes | str] = dict(files)
-                sandbox.write_files(to_write)
-            except SandboxGone:
-                raise
-            except SandboxError as exc:
-                raise ServiceUnavailable(f"Loading skills into the sandbox failed: {exc}", code="sandbox_failed") from exc
-            finally:
-                if repair is not None:
-                    repair.result()
-        return sorted(files)
 
 
 def _host(sandbox: Sandbox) -> str | None:

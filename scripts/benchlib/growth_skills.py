@@ -79,7 +79,7 @@ def measure(quick: bool = False) -> list[Figure]:
         def forget_catalog() -> None:
             """Drop the entries this process remembers, as another Lambda container would start."""
             container = get_container(Settings.from_env({**os.environ, **stage_env}))
-            container.skills.catalog = container.sessions.catalog = SkillCatalog(container.store)
+            container.skills.catalog = container.sessions.skills.catalog = SkillCatalog(container.store)
 
         def seed(user: str, count: int) -> None:
             def put(i: int) -> None:
