@@ -45,16 +45,16 @@ from chalicelib.sandbox.base import (
 from chalicelib.services.models import ApiModel
 from chalicelib.services.quotas import QuotasService
 from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
+from chalicelib.services.session_records import SessionRecord, SessionRecords
 from chalicelib.services.skill_catalog import SkillCatalog
-from chalicelib.services.skill_index import SkillIndex, build_index
+from chalicelib.services.skill_index import build_index
 from chalicelib.services.skill_loading import SkillLoader
 from chalicelib.services.skill_mount import SetupMethod, SkillMount
 from chalicelib.services.user_settings import NetworkRules
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
-from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage.base import iter_all
 from chalicelib.storage.cache import BodyCache
-from chalicelib.storage.quarantine import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +62,6 @@ log = logging.getLogger(__name__)
 # fleet's host lookup (host_of) answers from it instead of reading the record again, a storage
 # round trip on setup's critical path.
 _record_in_hand: ContextVar[tuple[str, SessionRecord | None] | None] = ContextVar("record_in_hand", default=None)
-
-
-class SessionRecord(ApiModel):
-    """What `sessions/{sessionId}/session.json` holds: who owns the session and where it runs."""
-
-    session_id: str
-    user_id: str
-    token_sha256: str
-    sandbox_kind: str
-    setup_method: SetupMethod
-    created_at: datetime
-    last_active_at: datetime
-    # Built from the bodies setup read, so a message never reads every skill to list them.
-    skill_index: SkillIndex | None = None
-    # The sandbox host the session was placed on (a fleet of hosts); None for local sandboxes.
-    sandbox_host: str | None = None
-    # Whether the session is counted among its user's live sessions (USER_MAX_SESSIONS), so
-    # that destroying it frees the slot without reading the counter when nothing was counted.
-    quota_slot: bool = False
 
 
 CHALICE_LOCAL_SETUP = ("Sandbox prepared, but this server is `chalice local`, which serves the REST API only and no "
@@ -152,6 +133,7 @@ class SessionsService:
         # read or describe again.
         self.skills = SkillLoader(store, cache or BodyCache(), catalog or SkillCatalog(store))
         self.mount = SkillMount(settings, sandboxes)
+        self.records = SessionRecords(store)
         # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
         # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
         self._lost_saves: dict[str, str] = {}
@@ -172,7 +154,7 @@ class SessionsService:
         with ThreadPoolExecutor(max_workers=6) as pool:
             if self.quotas is not None:
                 pool.submit(self.quotas.limits, user_id)  # warms the cache reserve_session reads
-            record_f = pool.submit(self._read_record, session_id)
+            record_f = pool.submit(self.records.read, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.skills.bundle.load, user_id)
@@ -225,7 +207,7 @@ class SessionsService:
             quota_slot=reserved or (existing is not None and existing[0].quota_slot),
         )
         with ThreadPoolExecutor(max_workers=3) as pool:
-            save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
+            save_f = pool.submit(self.records.save, record, existing[1] if existing else None)
             if catalog_update is not None:
                 pool.submit(catalog_update)  # opportunistic, like the bundle's repair
             marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
@@ -293,7 +275,7 @@ class SessionsService:
     def get_record(self, session_id: str) -> SessionRecord:
         """The session's record; NotFound if /setup never created it."""
         validate_id(session_id, "sessionId")
-        found = self._read_record(session_id)
+        found = self.records.read(session_id)
         if isinstance(found, str):
             raise NotFound(
                 f"Session {session_id!r} had an unreadable record; it was set aside as {found}. Call POST "
@@ -321,7 +303,7 @@ class SessionsService:
     def find_record(self, session_id: str) -> SessionRecord | None:
         """The session's record, or None (never set up, or destroyed)."""
         validate_id(session_id, "sessionId")
-        found = self._load_record(session_id)
+        found = self.records.load(session_id)
         return found[0] if found is not None else None
 
     def _is_live(self, session_id: str) -> bool:
@@ -460,55 +442,13 @@ class SessionsService:
     def _note_host(self, session_id: str, sandbox: Sandbox) -> None:
         """Record a new host after a move, so every process routes the session there."""
         host = _host(sandbox)
-        found = self._load_record(session_id) if host is not None else None
-        if found is None or found[0].sandbox_host == host:
-            return
-        record = found[0].model_copy(update={"sandbox_host": host})
-        try:
-            self.store.put(layout.session_key(session_id), record.model_dump_json(by_alias=True).encode(),
-                           content_type="application/json", if_match=found[1])
-        except PreconditionFailed:
-            log.warning("session %s record changed while noting its new host %s", session_id, host)
+        if host is not None:
+            self.records.note_host(session_id, host)
 
     def _previous_method(self, session_id: str) -> SetupMethod | None:
         """How the session was set up before (None: it was not, or its record is unreadable)."""
-        found = self._load_record(session_id)
+        found = self.records.load(session_id)
         return found[0].setup_method if found is not None else None
-
-    def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
-        found = self._read_record(session_id)
-        return None if isinstance(found, str) else found
-
-    def _read_record(self, session_id: str) -> tuple[SessionRecord, str] | str | None:
-        """(record, etag); None when there is none; for one that does not parse, the key it was
-        set aside as (under corrupt/): it is removed, so the next /setup writes a fresh one
-        instead of refusing forever as a concurrent setup."""
-        key = layout.session_key(session_id)
-        try:
-            stored = self.store.get(key)
-        except ObjectNotFound:
-            return None
-        try:
-            return SessionRecord.model_validate_json(stored.body), stored.info.etag
-        except ValidationError:
-            aside = set_aside(self.store, key, stored.body, "it does not parse as a session record")
-            self.store.delete(key)
-            return aside
-
-    def _save_record(self, record: SessionRecord, etag: str | None) -> None:
-        try:
-            self.store.put(
-                layout.session_key(record.session_id),
-                record.model_dump_json(by_alias=True).encode(),
-                content_type="application/json",
-                if_match=etag,
-                if_none_match=etag is None,
-            )
-        except PreconditionFailed:
-            raise Conflict(
-                f"Session {record.session_id!r} was set up concurrently by another request: retry.",
-                code="concurrent_setup",
-            ) from None
 
     def _sandbox_options(self, user_id: str) -> SandboxOptions:
         try:
