@@ -6,8 +6,9 @@ skills catalog in a process that has not seen the user), then one parallel batch
 record write, and any skill file the bundle could not serve), whatever the number of skills.
 Only when the bundle or the catalog was behind the files does a further request rewrite it
 (see `skill_bundle`, `skill_catalog`). A session without a record (new, or destroyed) is
-claimed for its user between the two batches (`session_owners`: one conditional write; its
-erasure marker joins the second batch).
+claimed for its user as soon as its record was read (`session_owners`: one conditional write,
+while the skills listing is still being read; its erasure marker joins the second batch), and
+its sandbox is made then too.
 
 How the skills reach the sandbox is `skill_mount` (a named `MountOutcome`); reading them, their
 descriptions and the derived copies' repair is `skill_loading` (a `SkillFiles`).
@@ -96,6 +97,18 @@ class Restored:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A session made ready for its skills: its sandbox, whether setup claimed the id for the user
+    (its erasure marker is then written with the record), whether it took a live-sessions slot,
+    and why the workspace was not restored (None: it was, or there was nothing to restore)."""
+
+    sandbox: Sandbox
+    claimed: bool
+    reserved: bool
+    not_restored: str | None
+
+
+@dataclass(frozen=True)
 class Reloaded:
     """What reloading a vanished sandbox did: the skills it loaded, and a restore that failed."""
 
@@ -152,8 +165,8 @@ class SessionsService:
         assert user_id is not None
 
         with ThreadPoolExecutor(max_workers=6) as pool:
-            if self.quotas is not None:
-                pool.submit(self.quotas.limits, user_id)  # warms the cache reserve_session reads
+            # warms the cache reserve_session reads
+            limits_f = pool.submit(self.quotas.limits, user_id) if self.quotas is not None else None
             record_f = pool.submit(self.records.read, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
@@ -164,30 +177,15 @@ class SessionsService:
             # A record that did not parse was set aside (a str): set up afresh, workspace restored.
             existing = None if isinstance(found, str) else found
             options = options_f.result()
+            if limits_f is not None:
+                limits_f.result()
+            # The claim, the sandbox and its restore need the record, not the skills: they go on
+            # while the skills listing (the longest read, for a user with many skills) is read.
+            prepared = self._prepare(session_id, user_id, found, options)
+            sandbox = prepared.sandbox
             listing = listing_f.result()
             bundle = bundle_f.result()
             catalog = catalog_f.result() if catalog_f is not None else None
-        if existing is not None and existing[0].user_id != user_id:
-            raise owned_by_another_user(session_id)
-        # A session without a record may still be another user's (destroyed while its turn
-        # winds down, or kept as a snapshot): the ownership claim decides.
-        claimed = existing is None and self.owners.claim(session_id, user_id)
-
-        reserved = self.quotas is not None and self.quotas.reserve_session(user_id, session_id, self._is_live)
-        try:
-            with _holding(session_id, existing[0] if existing is not None else None):
-                sandbox = self._create_sandbox(session_id, options)
-        except Exception:
-            if reserved and self.quotas is not None:
-                self.quotas.release_session(user_id, session_id)
-            raise
-        if reserved and self.quotas is not None:
-            self.quotas.confirm_session(user_id, session_id)
-        not_restored = None
-        if existing is not None or isinstance(found, str):
-            # A record there, or one set aside as unreadable: the workspace may have a snapshot.
-            restored = self._restore_if_new(session_id, user_id, sandbox, options)
-            sandbox, not_restored = restored.sandbox, restored.not_restored
         mount = self.mount.try_mount(sandbox, user_id, listing, lambda: self._previous_method(session_id))
         skill_files = self.skills.read(user_id, listing, bundle, mains_only=mount.mounted is not None)
         described, catalog_update = self.skills.describe(user_id, listing, catalog, skill_files.bodies)
@@ -204,13 +202,13 @@ class SessionsService:
             last_active_at=now,
             skill_index=build_index(skill_files.files, described),
             sandbox_host=_host(sandbox),
-            quota_slot=reserved or (existing is not None and existing[0].quota_slot),
+            quota_slot=prepared.reserved or (existing is not None and existing[0].quota_slot),
         )
         with ThreadPoolExecutor(max_workers=3) as pool:
             save_f = pool.submit(self.records.save, record, existing[1] if existing else None)
             if catalog_update is not None:
                 pool.submit(catalog_update)  # opportunistic, like the bundle's repair
-            marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
+            marked_f = pool.submit(self.owners.mark, session_id, user_id) if prepared.claimed else None
             if mount.mounted is None:
                 loaded_f = pool.submit(self.skills.write, sandbox, user_id, listing, bundle, skill_files)
             elif skill_files.bundle_stale:
@@ -232,8 +230,36 @@ class SessionsService:
             websocket_url=ws,
             token=token,
             fallback_reason=mount.fallback_reason,
-            workspace_not_restored=not_restored,
+            workspace_not_restored=prepared.not_restored,
         )
+
+    def _prepare(self, session_id: str, user_id: str, found: tuple[SessionRecord, str] | str | None,
+                 options: SandboxOptions) -> Prepared:
+        """Claim the session for its user, take its quota slot, make its sandbox and restore its
+        workspace."""
+        existing = None if isinstance(found, str) else found
+        if existing is not None and existing[0].user_id != user_id:
+            raise owned_by_another_user(session_id)
+        # A session without a record may still be another user's (destroyed while its turn
+        # winds down, or kept as a snapshot): the ownership claim decides.
+        claimed = existing is None and self.owners.claim(session_id, user_id)
+
+        reserved = self.quotas is not None and self.quotas.reserve_session(user_id, session_id, self._is_live)
+        try:
+            with _holding(session_id, existing[0] if existing is not None else None):
+                sandbox = self._create_sandbox(session_id, options)
+        except Exception:
+            if reserved and self.quotas is not None:
+                self.quotas.release_session(user_id, session_id)
+            raise
+        if reserved and self.quotas is not None:
+            self.quotas.confirm_session(user_id, session_id)
+        not_restored = None
+        if existing is not None or isinstance(found, str):
+            # A record there, or one set aside as unreadable: the workspace may have a snapshot.
+            restored = self._restore_if_new(session_id, user_id, sandbox, options)
+            sandbox, not_restored = restored.sandbox, restored.not_restored
+        return Prepared(sandbox, claimed, reserved, not_restored)
 
     def reload_skills(self, session_id: str, user_id: str) -> Reloaded:
         """Recreate a sandbox that went away (reaped, host restarted) and load the skills again.
