@@ -138,14 +138,15 @@ class SkillCatalog:
         """After an upload: its own entry (small, whatever the number of skills)."""
         self.store.put(layout.skill_catalog_entry_key(user_id, entry.name), entry.model_dump_json(by_alias=True).encode(),
                        content_type="application/json")
-        self._remember(user_id, [entry])
+        self._remember(user_id, [entry], whole=False)
 
     def forget(self, user_id: str, name: str) -> None:
         """After a delete: the skill's own entry goes (the folded one is dropped by the next fold)."""
         self.store.delete(layout.skill_catalog_entry_key(user_id, name))
 
     def knows(self, user_id: str) -> bool:
-        """Whether this process holds the user's entries (read or written here before)."""
+        """Whether this process holds the user's entries: it has read their catalog before (an
+        upload here remembers its own entry, not the others')."""
         with self._lock:
             return user_id in self._users
 
@@ -181,23 +182,34 @@ class SkillCatalog:
                 if entry is not None and entry.form == form and entry.name == name:
                     found[name] = entry
         missing = {n: v for n, v in wanted.items() if n not in found}
-        if not missing:
-            return found, False
+        if not missing and loaded is None:
+            return found, False  # all in memory: nothing read, nothing to fold
         if loaded is None:
             loaded = self.load(user_id)
-        behind: dict[str, tuple[SkillForm, ObjectInfo]] = {}
+        unfolded: dict[str, tuple[SkillForm, ObjectInfo]] = {}
         for name, (form, info) in missing.items():
             entry = loaded.document.entries.get(name)
             if entry is not None and entry.form == form and entry.etag == info.etag:
                 found[name] = entry
             else:
-                behind[name] = (form, info)
-        if not behind:
-            self._remember(user_id, found.values())
-            return found, False
-        own = {} if bodies is not None else get_many(self.store, [layout.skill_catalog_entry_key(user_id, n) for n in behind])
+                unfolded[name] = (form, info)
+        if unfolded:
+            found.update(self._describe_unfolded(user_id, unfolded, bodies))
+        self._remember(user_id, found.values())
+        # What the folded catalog lacks, this process included (entries its uploads remembered).
+        behind = {n: e for n, e in found.items() if loaded.document.entries.get(n) != e}
+        if fold and behind:
+            self.fold(user_id, loaded, behind, listed=None)
+        return found, bool(behind)
+
+    def _describe_unfolded(self, user_id: str, unfolded: dict[str, tuple[SkillForm, ObjectInfo]],
+                           bodies: dict[str, bytes] | None) -> dict[str, CatalogEntry]:
+        """Entries the folded catalog lacks: the uploads' own (unless `bodies` holds every main
+        file, when describing costs less than a round trip), else described from the main file."""
+        found: dict[str, CatalogEntry] = {}
+        own = {} if bodies is not None else get_many(self.store, [layout.skill_catalog_entry_key(user_id, n) for n in unfolded])
         unread: dict[str, tuple[SkillForm, ObjectInfo]] = {}
-        for name, (form, info) in behind.items():
+        for name, (form, info) in unfolded.items():
             entry = _parse_entry(own.get(layout.skill_catalog_entry_key(user_id, name)))
             if entry is not None and entry.form == form and entry.etag == info.etag:
                 found[name] = entry
@@ -212,16 +224,14 @@ class SkillCatalog:
             elif obj is not None:
                 found[name] = describe_main(name, form, obj.info, obj.body)
             # else: deleted since the listing; the next list will not show it
-        self._remember(user_id, found.values())
-        if fold:
-            self.fold(user_id, loaded, {n: found[n] for n in behind if n in found}, listed=None)
-        return found, True
+        return found
 
-    def _remember(self, user_id: str, entries: Iterable[CatalogEntry]) -> None:
+    def _remember(self, user_id: str, entries: Iterable[CatalogEntry], *, whole: bool = True) -> None:
         prefix = layout.skills_prefix(user_id)
         with self._lock:
-            self._users[user_id] = None
-            self._users.move_to_end(user_id)
+            if whole:
+                self._users[user_id] = None
+                self._users.move_to_end(user_id)
             for entry in entries:
                 key = (prefix + main_path(entry.name, entry.form), entry.etag)
                 self._remembered[key] = entry
