@@ -21,10 +21,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -36,6 +33,7 @@ from chalicelib.errors import AppError, Conflict, NotFound, ServiceUnavailable
 from chalicelib.ids import validate_id
 from chalicelib.sandbox.archive import has_content
 from chalicelib.sandbox.base import (
+    Placement,
     Sandbox,
     SandboxError,
     SandboxGone,
@@ -59,10 +57,6 @@ from chalicelib.storage.cache import BodyCache
 
 log = logging.getLogger(__name__)
 
-# (session id, its record or None for no record) that the current call has just read: the
-# fleet's host lookup (host_of) answers from it instead of reading the record again, a storage
-# round trip on setup's critical path.
-_record_in_hand: ContextVar[tuple[str, SessionRecord | None] | None] = ContextVar("record_in_hand", default=None)
 
 
 CHALICE_LOCAL_SETUP = ("Sandbox prepared, but this server is `chalice local`, which serves the REST API only and no "
@@ -246,8 +240,9 @@ class SessionsService:
 
         reserved = self.quotas is not None and self.quotas.reserve_session(user_id, session_id, self._is_live)
         try:
-            with _holding(session_id, existing[0] if existing is not None else None):
-                sandbox = self._create_sandbox(session_id, options)
+            # The record just read says where the session runs: the fleet need not read it again
+            # (a storage round trip on setup's critical path).
+            sandbox = self._create_sandbox(session_id, options, Placement(existing[0].sandbox_host if existing else None))
         except Exception:
             if reserved and self.quotas is not None:
                 self.quotas.release_session(user_id, session_id)
@@ -282,7 +277,7 @@ class SessionsService:
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
             bundle_f = pool.submit(self.skills.bundle.load, user_id)
             options = options_f.result()
-            sandbox = self._create_sandbox(session_id, options)
+            sandbox = self._create_sandbox(session_id, options, Placement(record.sandbox_host))
             self._note_host(session_id, sandbox)
             restored = self._restore(session_id, user_id, sandbox, options)
             listing, bundle = listing_f.result(), bundle_f.result()
@@ -357,8 +352,7 @@ class SessionsService:
 
     def host_of(self, session_id: str) -> str | None:
         """The sandbox host the session's record names (the fleet routes by it)."""
-        held = _record_in_hand.get()
-        record = held[1] if held is not None and held[0] == session_id else self.find_record(session_id)
+        record = self.find_record(session_id)
         return record.sandbox_host if record is not None else None
 
     # -- destroy -------------------------------------------------------------------------
@@ -487,9 +481,9 @@ class SessionsService:
         return SandboxOptions(allow_network=wanted.allowNetwork, network_allow=tuple(rules.allow),
                               network_deny=tuple(rules.deny))
 
-    def _create_sandbox(self, session_id: str, options: SandboxOptions) -> Sandbox:
+    def _create_sandbox(self, session_id: str, options: SandboxOptions, placement: Placement | None = None) -> Sandbox:
         try:
-            return self.sandboxes.create(session_id, options)
+            return self.sandboxes.create(session_id, options, placement)
         except SandboxUnavailable as exc:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
         except SandboxError as exc:
@@ -500,16 +494,6 @@ class SessionsService:
 def _host(sandbox: Sandbox) -> str | None:
     host = getattr(sandbox, "host", None)
     return host if isinstance(host, str) else None
-
-
-@contextmanager
-def _holding(session_id: str, record: SessionRecord | None) -> Iterator[None]:
-    """While the caller holds the session's record it has just read (None: it has none)."""
-    token = _record_in_hand.set((session_id, record))
-    try:
-        yield
-    finally:
-        _record_in_hand.reset(token)
 
 
 def _sha256(value: str) -> str:
