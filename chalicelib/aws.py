@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from botocore.session import Session as BotocoreSession
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 LOCAL_SERVICES = ("apigatewaymanagementapi", "lambda")
 # Under the local gateway the region only names a fake endpoint, and a newcomer's machine has no
@@ -71,6 +73,20 @@ def _shared_loader(session: BotocoreSession) -> Any:
         return _loader
 
 
+def parse_timestamp(value: Any) -> datetime:
+    """botocore's timestamp parsing, with ISO 8601 (every listed object's LastModified) parsed by
+    the standard library: dateutil took 160 ms of CPU to parse the dates of a 1,000-key listing."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    result: datetime = botocore_parse_timestamp(value)
+    return result
+
+
 class AwsSession:
     """The part of a boto3 Session this app uses, on botocore: `client()` and `region_name`.
 
@@ -89,6 +105,7 @@ class AwsSession:
             if self._session is None:
                 session = BotocoreSession()
                 session.register_component("data_loader", _shared_loader(session))
+                session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
                 self._session = session
             return self._session
 

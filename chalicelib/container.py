@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from chalicelib.services.users import UsersService
     from chalicelib.services.workspace_files import WorkspaceFilesService
     from chalicelib.services.workspace_snapshots import WorkspaceSnapshots
+    from chalicelib.storage.cache import BodyCache
 
 T = TypeVar("T")
 
@@ -112,7 +113,14 @@ class Container:
     def skills(self) -> SkillsService:
         from chalicelib.services.skills import SkillsService
 
-        return self._once("skills", lambda: SkillsService(self.store))
+        return self._once("skills", lambda: SkillsService(self.store, cache=self.skill_bodies))
+
+    @property
+    def skill_bodies(self) -> BodyCache:
+        """Skill file bodies by key and ETag, shared by uploads and setup within this process."""
+        from chalicelib.storage.cache import BodyCache
+
+        return self._once("skill_bodies", BodyCache)
 
     @property
     def conversations(self) -> ConversationsService:
@@ -149,7 +157,8 @@ class Container:
         from chalicelib.services.sessions import SessionsService
 
         return self._once("sessions", lambda: SessionsService(self.settings, self.store, self.sandboxes,
-                                                              snapshots=self.workspace_snapshots, quotas=self.quotas))
+                                                              cache=self.skill_bodies, snapshots=self.workspace_snapshots,
+                                                              quotas=self.quotas, catalog=self.skills.catalog))
 
     @property
     def workspace_snapshots(self) -> WorkspaceSnapshots:

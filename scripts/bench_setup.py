@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             return elapsed
 
         labels = {
-            "api": "first setup, skills uploaded through the API (bundle current)",
+            "api": "first setup, skills uploaded through the API in this process (their bodies held; it builds the bundle)",
             "direct": "first setup, skills written straight to the bucket (every file read, bundle rebuilt)",
             "warm": "same user again in this process",
         }

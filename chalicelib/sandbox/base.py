@@ -213,13 +213,22 @@ class Sandbox(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the caller's session record (just read) places a session: a fleet host, or None
+    (not placed yet, or a provider without hosts). Given to `create`, it spares the provider
+    reading the record again; without it, a fleet looks the session up itself."""
+
+    host: str | None
+
+
 class SandboxProvider(Protocol):
     """Creates, finds and destroys sandboxes by session id."""
 
     #: "bwrap", "unisolated" or "remote"; reported by /health.
     kind: str
 
-    def create(self, session_id: str, options: SandboxOptions) -> Sandbox:
+    def create(self, session_id: str, options: SandboxOptions, placement: Placement | None = None) -> Sandbox:
         """Create the session's sandbox, or return the existing one (idempotent)."""
         ...
 

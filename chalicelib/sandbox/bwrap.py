@@ -50,6 +50,7 @@ from chalicelib.sandbox.base import (
     IsolationUnavailable,
     MountError,
     MountSpec,
+    Placement,
     SandboxError,
     SandboxGone,
     SandboxIsADirectory,
@@ -615,8 +616,9 @@ class LocalSandboxProvider:
             "AppArmor userns restriction). Where the platform allows neither, sessions cannot be isolated there."
         )
 
-    def create(self, session_id: str, options: SandboxOptions) -> LocalSandbox:
-        """Create the sandbox, or return the existing one with the new options applied."""
+    def create(self, session_id: str, options: SandboxOptions, placement: Placement | None = None) -> LocalSandbox:
+        """Create the sandbox, or return the existing one with the new options applied (one host:
+        `placement` does not apply)."""
         validate_id(session_id, "sessionId")
         with self._lock:
             self._last_used[session_id] = time.monotonic()

@@ -21,7 +21,7 @@ import httpx
 
 from chalicelib.config import Settings
 from chalicelib.ids import validate_id
-from chalicelib.sandbox.base import MountSpec, SandboxGone, SandboxOptions, SandboxUnavailable
+from chalicelib.sandbox.base import MountSpec, Placement, SandboxGone, SandboxOptions, SandboxUnavailable
 from chalicelib.sandbox.discovery import HostDirectory, build_host_directory
 from chalicelib.sandbox.remote import RemoteSandbox, RemoteSandboxProvider
 
@@ -108,9 +108,11 @@ class FleetSandboxProvider:
         known = self._recorded(session_id)
         return known if known in self.directory.hosts() else None
 
-    def _recorded(self, session_id: str) -> str | None:
+    def _recorded(self, session_id: str, placement: Placement | None = None) -> str | None:
         with self._lock:
             known = self._placed.get(session_id)
+        if known is None and placement is not None:
+            return placement.host
         if known is None and self.resolve_host is not None:
             known = self.resolve_host(session_id)
         return known
@@ -124,10 +126,13 @@ class FleetSandboxProvider:
 
     # -- SandboxProvider -----------------------------------------------------------------
 
-    def create(self, session_id: str, options: SandboxOptions) -> RemoteSandbox:
-        """Refresh the session on its host when that host is live and not draining; else place it anew."""
+    def create(self, session_id: str, options: SandboxOptions, placement: Placement | None = None) -> RemoteSandbox:
+        """Refresh the session on its host when that host is live and not draining; else place it anew.
+
+        `placement` is the caller's record of it (setup has just read it): without one, the
+        resolver reads the record."""
         validate_id(session_id, "sessionId")
-        recorded = self._recorded(session_id)
+        recorded = self._recorded(session_id, placement)
         current = recorded if recorded in self.directory.hosts() else None
         if current is not None:
             try:

@@ -19,6 +19,7 @@ from chalicelib.sandbox.base import (
     ExecResult,
     FileEntry,
     MountSpec,
+    Placement,
     SandboxGone,
     SandboxOptions,
 )
@@ -121,7 +122,7 @@ class RemoteSandboxProvider:
                 return {"status": "unknown: the sandbox host did not answer"}
         return self._limits
 
-    def create(self, session_id: str, options: SandboxOptions) -> RemoteSandbox:
+    def create(self, session_id: str, options: SandboxOptions, placement: Placement | None = None) -> RemoteSandbox:
         validate_id(session_id, "sessionId")
         self.client.call("POST", f"/sessions/{session_id}", json={"allowNetwork": options.allow_network,
                          "networkAllow": list(options.network_allow), "networkDeny": list(options.network_deny)})

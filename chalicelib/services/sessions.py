@@ -1,12 +1,17 @@
 """Sessions: POST /setup prepares a sandbox holding the user's skills; DELETE /sandbox ends it.
 
 Setup is on the critical path of every conversation, so its storage round trips are counted:
-one parallel batch (session record, user settings, skills listing, skills bundle), then one
-parallel batch (the session record write, and any skill file the bundle could not serve),
-whatever the number of skills. Only when the bundle was behind the files does a third
-request rewrite it (see `skill_bundle`). A session without a record (new, or destroyed) is
-claimed for its user between the two batches (`session_owners`: one conditional write; its
-erasure marker joins the second batch).
+one parallel batch (session record, user settings, skills listing, skills bundle, and the
+skills catalog in a process that has not seen the user), then one parallel batch (the session
+record write, and any skill file the bundle could not serve), whatever the number of skills.
+Only when the bundle or the catalog was behind the files does a further request rewrite it
+(see `skill_bundle`, `skill_catalog`). A session without a record (new, or destroyed) is
+claimed for its user as soon as its record was read (`session_owners`: one conditional write,
+while the skills listing is still being read; its erasure marker joins the second batch), and
+its sandbox is made then too.
+
+How the skills reach the sandbox is `skill_mount` (a named `MountOutcome`); reading them, their
+descriptions and the derived copies' repair is `skill_loading` (a `SkillFiles`).
 """
 
 from __future__ import annotations
@@ -16,10 +21,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -31,9 +33,7 @@ from chalicelib.errors import AppError, Conflict, NotFound, ServiceUnavailable
 from chalicelib.ids import validate_id
 from chalicelib.sandbox.archive import has_content
 from chalicelib.sandbox.base import (
-    MOUNT_DIR,
-    MountError,
-    MountSpec,
+    Placement,
     Sandbox,
     SandboxError,
     SandboxGone,
@@ -44,44 +44,19 @@ from chalicelib.sandbox.base import (
 from chalicelib.services.models import ApiModel
 from chalicelib.services.quotas import QuotasService
 from chalicelib.services.session_owners import SessionOwners, owned_by_another_user, owner_key
-from chalicelib.services.skill_bundle import LoadedBundle, SkillBundle
-from chalicelib.services.skill_folders import SkillFolders
-from chalicelib.services.skill_index import SkillIndex, build_index, is_main_file
+from chalicelib.services.session_records import SessionRecord, SessionRecords
+from chalicelib.services.skill_catalog import SkillCatalog
+from chalicelib.services.skill_index import build_index
+from chalicelib.services.skill_loading import SkillLoader
+from chalicelib.services.skill_mount import SetupMethod, SkillMount
 from chalicelib.services.user_settings import NetworkRules
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
-from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
-from chalicelib.storage.base import ObjectInfo, iter_all
+from chalicelib.storage import ObjectNotFound, ObjectStore, layout
+from chalicelib.storage.base import iter_all
 from chalicelib.storage.cache import BodyCache
-from chalicelib.storage.quarantine import set_aside
-from chalicelib.storage.r2_credentials import R2TemporaryCredentials, TemporaryCredentialsError
 
 log = logging.getLogger(__name__)
 
-SetupMethod = Literal["r2_load_dev", "r2_mount", "r2_load_fallback"]
-SKILLS_DIR = MOUNT_DIR  # where the agent finds the skills, mounted or copied
-# (session id, its record or None for no record) that the current call has just read: the
-# fleet's host lookup (host_of) answers from it instead of reading the record again, a storage
-# round trip on setup's critical path.
-_record_in_hand: ContextVar[tuple[str, SessionRecord | None] | None] = ContextVar("record_in_hand", default=None)
-
-
-class SessionRecord(ApiModel):
-    """What `sessions/{sessionId}/session.json` holds: who owns the session and where it runs."""
-
-    session_id: str
-    user_id: str
-    token_sha256: str
-    sandbox_kind: str
-    setup_method: SetupMethod
-    created_at: datetime
-    last_active_at: datetime
-    # Built from the bodies setup read, so a message never reads every skill to list them.
-    skill_index: SkillIndex | None = None
-    # The sandbox host the session was placed on (a fleet of hosts); None for local sandboxes.
-    sandbox_host: str | None = None
-    # Whether the session is counted among its user's live sessions (USER_MAX_SESSIONS), so
-    # that destroying it frees the slot without reading the counter when nothing was counted.
-    quota_slot: bool = False
 
 
 CHALICE_LOCAL_SETUP = ("Sandbox prepared, but this server is `chalice local`, which serves the REST API only and no "
@@ -116,6 +91,18 @@ class Restored:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A session made ready for its skills: its sandbox, whether setup claimed the id for the user
+    (its erasure marker is then written with the record), whether it took a live-sessions slot,
+    and why the workspace was not restored (None: it was, or there was nothing to restore)."""
+
+    sandbox: Sandbox
+    claimed: bool
+    reserved: bool
+    not_restored: str | None
+
+
+@dataclass(frozen=True)
 class Reloaded:
     """What reloading a vanished sandbox did: the skills it loaded, and a restore that failed."""
 
@@ -142,15 +129,18 @@ class SessionsService:
     """Creates, refreshes and destroys sessions (a sandbox plus its record in storage)."""
 
     def __init__(self, settings: Settings, store: ObjectStore, sandboxes: SandboxProvider, cache: BodyCache | None = None,
-                 snapshots: WorkspaceSnapshots | None = None, quotas: QuotasService | None = None) -> None:
+                 snapshots: WorkspaceSnapshots | None = None, quotas: QuotasService | None = None,
+                 catalog: SkillCatalog | None = None) -> None:
         self.settings = settings
         self.quotas = quotas
         self.snapshots = snapshots
         self.store = store
         self.sandboxes = sandboxes
-        self.cache = cache or BodyCache()
-        self.bundle = SkillBundle(store)
-        self.folders = SkillFolders(store)
+        # Shared with the skills service: what an upload wrote and described, setup need not
+        # read or describe again.
+        self.skills = SkillLoader(store, cache or BodyCache(), catalog or SkillCatalog(store))
+        self.mount = SkillMount(settings, sandboxes)
+        self.records = SessionRecords(store)
         # Sandboxes the local reaper destroyed though their workspace could not be saved, and why:
         # in this process only, since storage was failing when it happened (./scripts/dev's reaper).
         self._lost_saves: dict[str, str] = {}
@@ -168,19 +158,80 @@ class SessionsService:
         validate_id(user_id, "userId")
         assert user_id is not None
 
-        with ThreadPoolExecutor(max_workers=5) as pool:
-            if self.quotas is not None:
-                pool.submit(self.quotas.limits, user_id)  # warms the cache reserve_session reads
-            record_f = pool.submit(self._read_record, session_id)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            # warms the cache reserve_session reads
+            limits_f = pool.submit(self.quotas.limits, user_id) if self.quotas is not None else None
+            record_f = pool.submit(self.records.read, session_id)
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
-            bundle_f = pool.submit(self.bundle.load, user_id)
+            bundle_f = pool.submit(self.skills.bundle.load, user_id)
+            # A process that has described this user's skills before checks them by ETag alone.
+            catalog_f = None if self.skills.catalog.knows(user_id) else pool.submit(self.skills.catalog.load, user_id)
             found = record_f.result()
             # A record that did not parse was set aside (a str): set up afresh, workspace restored.
             existing = None if isinstance(found, str) else found
             options = options_f.result()
+            if limits_f is not None:
+                limits_f.result()
+            # The claim, the sandbox and its restore need the record, not the skills: they go on
+            # while the skills listing (the longest read, for a user with many skills) is read.
+            prepared = self._prepare(session_id, user_id, found, options)
+            sandbox = prepared.sandbox
             listing = listing_f.result()
             bundle = bundle_f.result()
+            catalog = catalog_f.result() if catalog_f is not None else None
+        mount = self.mount.try_mount(sandbox, user_id, listing, lambda: self._previous_method(session_id))
+        skill_files = self.skills.read(user_id, listing, bundle, mains_only=mount.mounted is not None)
+        described, catalog_update = self.skills.describe(user_id, listing, catalog, skill_files.bodies)
+
+        token = secrets.token_urlsafe(32)
+        now = datetime.now(timezone.utc)
+        record = SessionRecord(
+            session_id=session_id,
+            user_id=user_id,
+            token_sha256=_sha256(token),
+            sandbox_kind=self.sandboxes.kind,
+            setup_method=mount.method,
+            created_at=existing[0].created_at if existing else now,
+            last_active_at=now,
+            skill_index=build_index(skill_files.files, described),
+            sandbox_host=_host(sandbox),
+            quota_slot=prepared.reserved or (existing is not None and existing[0].quota_slot),
+        )
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            save_f = pool.submit(self.records.save, record, existing[1] if existing else None)
+            if catalog_update is not None:
+                pool.submit(catalog_update)  # opportunistic, like the bundle's repair
+            marked_f = pool.submit(self.owners.mark, session_id, user_id) if prepared.claimed else None
+            if mount.mounted is None:
+                loaded_f = pool.submit(self.skills.write, sandbox, user_id, listing, bundle, skill_files)
+            elif skill_files.bundle_stale:
+                # The mount serves the files, but the bundle is behind (files written straight to the
+                # bucket): bring it up to date, so the next setup in any container reads one object.
+                pool.submit(self.skills.bundle.repair, user_id, listing, skill_files.bodies, bundle)
+            save_f.result()
+            if marked_f is not None:
+                marked_f.result()
+            loaded = mount.mounted if mount.mounted is not None else loaded_f.result()
+
+        ws = f"{websocket_base}?sessionId={session_id}" if websocket_base else None
+        return SetupResult(
+            session_id=session_id,
+            user_id=user_id,
+            setup_method=mount.method,
+            skills_loaded=loaded,
+            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>" if ws else CHALICE_LOCAL_SETUP,
+            websocket_url=ws,
+            token=token,
+            fallback_reason=mount.fallback_reason,
+            workspace_not_restored=prepared.not_restored,
+        )
+
+    def _prepare(self, session_id: str, user_id: str, found: tuple[SessionRecord, str] | str | None,
+                 options: SandboxOptions) -> Prepared:
+        """Claim the session for its user, take its quota slot, make its sandbox and restore its
+        workspace."""
+        existing = None if isinstance(found, str) else found
         if existing is not None and existing[0].user_id != user_id:
             raise owned_by_another_user(session_id)
         # A session without a record may still be another user's (destroyed while its turn
@@ -189,8 +240,9 @@ class SessionsService:
 
         reserved = self.quotas is not None and self.quotas.reserve_session(user_id, session_id, self._is_live)
         try:
-            with _holding(session_id, existing[0] if existing is not None else None):
-                sandbox = self._create_sandbox(session_id, options)
+            # The record just read says where the session runs: the fleet need not read it again
+            # (a storage round trip on setup's critical path).
+            sandbox = self._create_sandbox(session_id, options, Placement(existing[0].sandbox_host if existing else None))
         except Exception:
             if reserved and self.quotas is not None:
                 self.quotas.release_session(user_id, session_id)
@@ -204,49 +256,7 @@ class SessionsService:
             # snapshot. A session claimed just now has none (its owner's key was never written).
             restored = self._restore_if_new(session_id, user_id, sandbox, options)
             sandbox, not_restored = restored.sandbox, restored.not_restored
-        method, fallback_reason, mounted = self._try_mount(sandbox, user_id, listing)
-        skill_files = self._skill_files(user_id, listing, bundle, mains_only=mounted is not None)
-
-        token = secrets.token_urlsafe(32)
-        now = datetime.now(timezone.utc)
-        record = SessionRecord(
-            session_id=session_id,
-            user_id=user_id,
-            token_sha256=_sha256(token),
-            sandbox_kind=self.sandboxes.kind,
-            setup_method=method,
-            created_at=existing[0].created_at if existing else now,
-            last_active_at=now,
-            skill_index=build_index(skill_files[0]),
-            sandbox_host=_host(sandbox),
-            quota_slot=reserved or (existing is not None and existing[0].quota_slot),
-        )
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            save_f = pool.submit(self._save_record, record, existing[1] if existing else None)
-            marked_f = pool.submit(self.owners.mark, session_id, user_id) if claimed else None
-            if mounted is None:
-                loaded_f = pool.submit(self._write_skills, sandbox, user_id, listing, bundle, skill_files)
-            elif skill_files[2]:
-                # The mount serves the files, but the bundle is behind (files written straight to the
-                # bucket): bring it up to date, so the next setup in any container reads one object.
-                pool.submit(self.bundle.repair, user_id, listing, skill_files[1], bundle)
-            save_f.result()
-            if marked_f is not None:
-                marked_f.result()
-            loaded = mounted if mounted is not None else loaded_f.result()
-
-        ws = f"{websocket_base}?sessionId={session_id}" if websocket_base else None
-        return SetupResult(
-            session_id=session_id,
-            user_id=user_id,
-            setup_method=method,
-            skills_loaded=loaded,
-            message=f"Sandbox prepared. Connect via WebSocket to {ws}&token=<token>" if ws else CHALICE_LOCAL_SETUP,
-            websocket_url=ws,
-            token=token,
-            fallback_reason=fallback_reason,
-            workspace_not_restored=not_restored,
-        )
+        return Prepared(sandbox, claimed, reserved, not_restored)
 
     def reload_skills(self, session_id: str, user_id: str) -> Reloaded:
         """Recreate a sandbox that went away (reaped, host restarted) and load the skills again.
@@ -267,16 +277,16 @@ class SessionsService:
         with ThreadPoolExecutor(max_workers=3) as pool:
             options_f = pool.submit(self._sandbox_options, user_id)
             listing_f = pool.submit(iter_all, self.store, layout.skills_prefix(user_id))
-            bundle_f = pool.submit(self.bundle.load, user_id)
+            bundle_f = pool.submit(self.skills.bundle.load, user_id)
             options = options_f.result()
-            sandbox = self._create_sandbox(session_id, options)
+            sandbox = self._create_sandbox(session_id, options, Placement(record.sandbox_host))
             self._note_host(session_id, sandbox)
             restored = self._restore(session_id, user_id, sandbox, options)
             listing, bundle = listing_f.result(), bundle_f.result()
-            files = self._skill_files(user_id, listing, bundle)
+            files = self.skills.read(user_id, listing, bundle)
             with self._lost_lock:
                 lost = self._lost_saves.pop(session_id, None)
-            return Reloaded(self._write_skills(restored.sandbox, user_id, listing, bundle, files), restored.not_restored, lost)
+            return Reloaded(self.skills.write(restored.sandbox, user_id, listing, bundle, files), restored.not_restored, lost)
 
     def remember_lost_save(self, session_id: str, reason: str) -> None:
         """A sandbox was destroyed without its last save (the reaper's ceiling): its next turn says so."""
@@ -288,7 +298,7 @@ class SessionsService:
     def get_record(self, session_id: str) -> SessionRecord:
         """The session's record; NotFound if /setup never created it."""
         validate_id(session_id, "sessionId")
-        found = self._read_record(session_id)
+        found = self.records.read(session_id)
         if isinstance(found, str):
             raise NotFound(
                 f"Session {session_id!r} had an unreadable record; it was set aside as {found}. Call POST "
@@ -316,7 +326,7 @@ class SessionsService:
     def find_record(self, session_id: str) -> SessionRecord | None:
         """The session's record, or None (never set up, or destroyed)."""
         validate_id(session_id, "sessionId")
-        found = self._load_record(session_id)
+        found = self.records.load(session_id)
         return found[0] if found is not None else None
 
     def _is_live(self, session_id: str) -> bool:
@@ -344,8 +354,7 @@ class SessionsService:
 
     def host_of(self, session_id: str) -> str | None:
         """The sandbox host the session's record names (the fleet routes by it)."""
-        held = _record_in_hand.get()
-        record = held[1] if held is not None and held[0] == session_id else self.find_record(session_id)
+        record = self.find_record(session_id)
         return record.sandbox_host if record is not None else None
 
     # -- destroy -------------------------------------------------------------------------
@@ -452,50 +461,13 @@ class SessionsService:
     def _note_host(self, session_id: str, sandbox: Sandbox) -> None:
         """Record a new host after a move, so every process routes the session there."""
         host = _host(sandbox)
-        found = self._load_record(session_id) if host is not None else None
-        if found is None or found[0].sandbox_host == host:
-            return
-        record = found[0].model_copy(update={"sandbox_host": host})
-        try:
-            self.store.put(layout.session_key(session_id), record.model_dump_json(by_alias=True).encode(),
-                           content_type="application/json", if_match=found[1])
-        except PreconditionFailed:
-            log.warning("session %s record changed while noting its new host %s", session_id, host)
+        if host is not None:
+            self.records.note_host(session_id, host)
 
-    def _load_record(self, session_id: str) -> tuple[SessionRecord, str] | None:
-        found = self._read_record(session_id)
-        return None if isinstance(found, str) else found
-
-    def _read_record(self, session_id: str) -> tuple[SessionRecord, str] | str | None:
-        """(record, etag); None when there is none; for one that does not parse, the key it was
-        set aside as (under corrupt/): it is removed, so the next /setup writes a fresh one
-        instead of refusing forever as a concurrent setup."""
-        key = layout.session_key(session_id)
-        try:
-            stored = self.store.get(key)
-        except ObjectNotFound:
-            return None
-        try:
-            return SessionRecord.model_validate_json(stored.body), stored.info.etag
-        except ValidationError:
-            aside = set_aside(self.store, key, stored.body, "it does not parse as a session record")
-            self.store.delete(key)
-            return aside
-
-    def _save_record(self, record: SessionRecord, etag: str | None) -> None:
-        try:
-            self.store.put(
-                layout.session_key(record.session_id),
-                record.model_dump_json(by_alias=True).encode(),
-                content_type="application/json",
-                if_match=etag,
-                if_none_match=etag is None,
-            )
-        except PreconditionFailed:
-            raise Conflict(
-                f"Session {record.session_id!r} was set up concurrently by another request: retry.",
-                code="concurrent_setup",
-            ) from None
+    def _previous_method(self, session_id: str) -> SetupMethod | None:
+        """How the session was set up before (None: it was not, or its record is unreadable)."""
+        found = self.records.load(session_id)
+        return found[0].setup_method if found is not None else None
 
     def _sandbox_options(self, user_id: str) -> SandboxOptions:
         try:
@@ -508,141 +480,19 @@ class SessionsService:
         return SandboxOptions(allow_network=wanted.allowNetwork, network_allow=tuple(rules.allow),
                               network_deny=tuple(rules.deny))
 
-    def _create_sandbox(self, session_id: str, options: SandboxOptions) -> Sandbox:
+    def _create_sandbox(self, session_id: str, options: SandboxOptions, placement: Placement | None = None) -> Sandbox:
         try:
-            return self.sandboxes.create(session_id, options)
+            return self.sandboxes.create(session_id, options, placement)
         except SandboxUnavailable as exc:
             raise ServiceUnavailable(f"The sandbox host cannot be reached: {exc}", code="sandbox_unavailable") from exc
         except SandboxError as exc:
             raise ServiceUnavailable(f"The sandbox could not be created: {exc}", code="sandbox_failed") from exc
 
-    def _try_mount(self, sandbox: Sandbox, user_id: str,
-                   listing: list[ObjectInfo]) -> tuple[SetupMethod, str | None, list[str] | None]:
-        """Production mounts the user's skills; development (and any failure) loads files.
-
-        `listing` (the skills prefix, read anyway for the skill index) tells the mount what it
-        must show, so verifying it costs one file's lookup, not one per file."""
-        if not self.settings.is_production:
-            return "r2_load_dev", None, None
-        spec = self._mount_spec(user_id)
-        if spec is None:
-            return "r2_load_fallback", "No storage credentials to give the mount (set R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY).", None
-        if not self.sandboxes.supports_mount(spec):
-            return "r2_load_fallback", "The sandbox host cannot mount storage (no /dev/fuse or s3fs there).", None
-        try:
-            spec = self._scope_credentials(spec, user_id)
-        except TemporaryCredentialsError as exc:
-            previous = self._load_record(sandbox.session_id)
-            if previous is not None and previous[0].setup_method == "r2_mount":
-                # Its sandbox may still hold the old mount: loading files would go through it
-                # (deleting and rewriting the user's skills in storage). The old mount stays as it is.
-                raise ServiceUnavailable(
-                    f"The session's storage mount could not be renewed: {exc} Retry POST /setup later, "
-                    "or set up a new sessionId.", code="mount_credentials_unavailable") from exc
-            log.warning("no temporary credentials for user %s, loading files instead: %s", user_id, exc)
-            return "r2_load_fallback", f"Temporary credentials for the mount were not issued: {exc}", None
-        prefix = layout.skills_prefix(user_id)
-        listed = tuple(i.key[len(prefix):] for i in listing if not i.key.endswith(("/", "/" + layout.SKILL_MANIFEST)))
-        spec = spec.model_copy(update={"expect": listed})
-        try:
-            seen = sandbox.mount_bucket(spec)
-        except MountError as exc:
-            log.warning("mount failed for user %s, loading files instead: %s", user_id, exc)
-            return "r2_load_fallback", f"Mounting storage failed: {exc}", None
-        return "r2_mount", None, sorted(p for p in seen if p.startswith(SKILLS_DIR + "/"))
-
-    def _scope_credentials(self, spec: MountSpec, user_id: str) -> MountSpec:
-        """With CLOUDFLARE_API_TOKEN, swap the server's R2 keys for temporary ones that reach only
-        this user's skills, for one session's lifetime. Never falls back to the server's keys."""
-        storage = self.settings.storage
-        if spec.kind != "s3" or storage.cloudflare_api_token is None:
-            return spec
-        if not storage.r2_account_id or storage.access_key_id is None:
-            raise TemporaryCredentialsError(
-                "CLOUDFLARE_API_TOKEN is set, but R2_ACCOUNT_ID and R2_ACCESS_KEY_ID (the parent token's Access Key ID) "
-                "are needed too: set them."
-            )
-        issuer = R2TemporaryCredentials(
-            api_token=storage.cloudflare_api_token, account_id=storage.r2_account_id, bucket=storage.bucket,
-            parent_access_key_id=storage.access_key_id.get_secret_value(), base_url=storage.cloudflare_api_base_url,
-        )
-        issued = issuer.issue([layout.skills_prefix(user_id)], storage.session_lifetime_seconds, "object-read-write")
-        return spec.model_copy(update={"access_key_id": issued.access_key_id, "secret_access_key": issued.secret_access_key,
-                                       "session_token": issued.session_token})
-
-    def _mount_spec(self, user_id: str) -> MountSpec | None:
-        storage = self.settings.storage
-        if storage.backend == "local":
-            return MountSpec(kind="bind", source_dir=str((storage.data_dir / layout.skills_prefix(user_id)).resolve()))
-        if storage.access_key_id is None or storage.secret_access_key is None:
-            return None
-        return MountSpec(
-            kind="s3",
-            bucket=storage.bucket,
-            prefix=layout.skills_prefix(user_id),
-            endpoint_url=self.settings.sandbox.mount_endpoint_url or storage.endpoint_url,
-            region=storage.region,
-            access_key_id=storage.access_key_id,
-            secret_access_key=storage.secret_access_key,
-        )
-
-    def _skill_files(self, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle, *,
-                     mains_only: bool = False) -> tuple[dict[str, bytes], dict[str, bytes], bool]:
-        """(sandbox path -> body, storage key -> body, bundle stale) of the user's skill files.
-
-        Bodies come from the bundle where its ETags match the listing, then from this
-        process's cache, and only then from storage, all of those in one parallel batch.
-        `mains_only` (a mounted session) fetches just what the skill index needs.
-        """
-        prefix = layout.skills_prefix(user_id)
-        match = self.bundle.match(user_id, listing, bundle)
-        missing = match.missing
-        if mains_only:
-            missing = [i for i in missing if is_main_file(f"{SKILLS_DIR}/{i.key[len(prefix):]}")]
-        bodies = {**match.bodies, **self.cache.get_many(self.store, missing)}
-        # Folders are served as their manifest commits them (a concurrent upload is never half seen).
-        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
-        files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
-        # A mounted session fetched only the main files: the bundle can be rewritten from these
-        # bodies only if nothing else was missing (else it would lose the other files' entries).
-        complete = len(missing) == len(match.missing)
-        return files, bodies, match.stale and complete
-
-    def _write_skills(self, sandbox: Sandbox, user_id: str, listing: list[ObjectInfo], bundle: LoadedBundle,
-                      skill_files: tuple[dict[str, bytes], dict[str, bytes], bool]) -> list[str]:
-        """Copy every skill file in, keeping its form (flat .md or folder/SKILL.md + files)."""
-        files, bodies, stale = skill_files
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # The repair (a storage write) overlaps the sandbox writes.
-            repair = pool.submit(self.bundle.repair, user_id, listing, bodies, bundle) if stale else None
-            try:
-                # Start from an empty folder so skills deleted since the last setup disappear.
-                sandbox.delete_file(SKILLS_DIR)
-                to_write: dict[str, bytes | str] = dict(files)
-                sandbox.write_files(to_write)
-            except SandboxGone:
-                raise
-            except SandboxError as exc:
-                raise ServiceUnavailable(f"Loading skills into the sandbox failed: {exc}", code="sandbox_failed") from exc
-            finally:
-                if repair is not None:
-                    repair.result()
-        return sorted(files)
 
 
 def _host(sandbox: Sandbox) -> str | None:
     host = getattr(sandbox, "host", None)
     return host if isinstance(host, str) else None
-
-
-@contextmanager
-def _holding(session_id: str, record: SessionRecord | None) -> Iterator[None]:
-    """While the caller holds the session's record it has just read (None: it has none)."""
-    token = _record_in_hand.set((session_id, record))
-    try:
-        yield
-    finally:
-        _record_in_hand.reset(token)
 
 
 def _sha256(value: str) -> str:

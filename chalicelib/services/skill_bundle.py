@@ -7,9 +7,11 @@ reads that one object next to the listing.
 
 The listing stays the only source of truth. A bundle entry is used only when its ETag equals
 the ETag the listing reports for that key, so a stale or damaged bundle can cost requests but
-can never serve wrong content. The REST skill writes update the bundle after they write the
-files; setup repairs it when it finds it behind (files written straight to the bucket or
-through the sandbox's mount). Losing the bundle loses nothing: it is rebuilt from the files.
+can never serve wrong content. Setup keeps it up to date: it rewrites it when it finds it behind
+(skills uploaded since, files written straight to the bucket or through the sandbox's mount).
+The REST skill writes leave it alone: rewriting it made each upload cost the size of every
+skill (170 MB written for a user's 1,000 uploads). Losing the bundle loses nothing: it is
+rebuilt from the files.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 64 * 1024
 #: A bundle never grows past this; files that do not fit are read on their own.
 MAX_TOTAL_BYTES = 8 * 1024 * 1024
-_UPDATE_ATTEMPTS = 5
 
 
 class BundleFile(BaseModel):
@@ -154,34 +155,6 @@ class SkillBundle:
             log.warning("could not rewrite the skills bundle of %s: %s", user_id, exc)
             return False
         return True
-
-    def record_writes(self, user_id: str, written: dict[str, tuple[ObjectInfo, bytes]], removed: list[str]) -> None:
-        """After a REST write: put the new files in, take the removed ones out.
-
-        `written` maps a skill key to its new info and body; `removed` lists deleted keys.
-        The files are already stored, so a failure here is logged and not raised: setup
-        will find the bundle behind and repair it.
-        """
-        prefix = layout.skills_prefix(user_id)
-        for _ in range(_UPDATE_ATTEMPTS):
-            loaded = self.load(user_id)
-            files = dict(loaded.document.files)
-            for key in removed:
-                files.pop(key[len(prefix):], None)
-            for key, (info, body) in written.items():
-                files.pop(key[len(prefix):], None)
-                if len(body) <= self.max_file_bytes:
-                    files[key[len(prefix):]] = BundleFile.of(info.etag, body)
-            try:
-                self._save(user_id, self._fit(dict(sorted(files.items()))), loaded.etag)
-                return
-            except (PreconditionFailed, ObjectNotFound):
-                continue  # another writer got there first: merge into its version
-            except StorageError as exc:
-                log.warning("skills bundle of %s not updated (setup will repair it): %s", user_id, exc)
-                return
-        log.warning("skills bundle of %s not updated after %d conflicting writers; setup will repair it",
-                    user_id, _UPDATE_ATTEMPTS)
 
     def _fit(self, files: dict[str, BundleFile]) -> BundleDocument:
         """Keep, in key order, each file that is small enough and still fits the total."""

@@ -54,18 +54,22 @@ def fingerprint(mains: Iterable[tuple[str, int]]) -> str:
     return digest.hexdigest()
 
 
-def entry(path: str, body: bytes) -> SkillEntry:
-    """The index entry of one main file."""
+def entry(path: str, body: bytes, description: str | None = None) -> SkillEntry:
+    """The index entry of one main file; `description` when it was worked out already (the catalog)."""
     is_folder = path.endswith("/" + SKILL_FILE)
     name = path.split("/")[-2] if is_folder else path.split("/")[-1]
-    text = body[:MAX_READ].decode("utf-8", "replace")
-    return SkillEntry(name=name, description=describe(text, is_skill_md=is_folder), path=path, size=len(body))
+    if description is None:
+        description = describe(body[:MAX_READ].decode("utf-8", "replace"), is_skill_md=is_folder)
+    return SkillEntry(name=name, description=description, path=path, size=len(body))
 
 
-def build_index(files: Mapping[str, bytes]) -> SkillIndex:
-    """The index of the main files among `files` (sandbox path -> body), in path order."""
+def build_index(files: Mapping[str, bytes], described: Mapping[str, str] | None = None) -> SkillIndex:
+    """The index of the main files among `files` (sandbox path -> body), in path order.
+
+    `described` (sandbox path -> description, from the skills catalog) spares parsing them again."""
     mains = sorted(p for p in files if is_main_file(p))
+    known = described or {}
     return SkillIndex(
-        entries=[entry(p, files[p]) for p in mains[:MAX_INDEXED]],
+        entries=[entry(p, files[p], known.get(p)) for p in mains[:MAX_INDEXED]],
         fingerprint=fingerprint((p, len(files[p])) for p in mains),
     )

@@ -6,17 +6,27 @@
 
 from __future__ import annotations
 
+import builtins
+import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
-from chalicelib.errors import BadRequest, NotFound, PayloadTooLarge, PreconditionFailed, ValidationFailed
+from chalicelib.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
-from chalicelib.services.skill_bundle import SkillBundle
+from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, describe_main
 from chalicelib.services.skill_folders import FolderLease, SkillFolders
 from chalicelib.services.skill_format import (
     NAME_PATTERN,
@@ -25,9 +35,12 @@ from chalicelib.services.skill_format import (
     describe,
     validate_skill_md,
 )
-from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, layout
+from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, StorageFull, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
 from chalicelib.storage.base import ObjectInfo, get_many, iter_all
+from chalicelib.storage.cache import BodyCache
+
+log = logging.getLogger(__name__)
 
 MAX_SKILL_FILE_BYTES = 1024 * 1024
 MAX_SKILL_FILES = 100
@@ -62,6 +75,8 @@ class SkillItem(ApiModel):
     size: int
     updated: datetime | None
     description: str
+    #: Why a file stored behind the API breaks the rules (an upload would have been refused); else null.
+    error: str | None = None
 
 
 class SkillList(ApiModel):
@@ -82,6 +97,16 @@ class SkillDetail(ApiModel):
     form: SkillForm
     description: str
     files: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass
+class _Listed:
+    """One skill as a listing shows it: its main file (None: a folder without SKILL.md) and its last key."""
+
+    name: str
+    form: SkillForm
+    main: ObjectInfo | None = None
+    last_key: str = ""
 
 
 class SkillDeleted(ApiModel):
@@ -124,9 +149,11 @@ def _encode(path: str, content: str) -> bytes:
 class SkillsService:
     """The user's skills in object storage."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, cache: BodyCache | None = None) -> None:
         self.store = store
-        self.bundle = SkillBundle(store)
+        # Bodies this process wrote, for setup here to load without reading them back.
+        self.cache = cache or BodyCache()
+        self.catalog = SkillCatalog(store)
         self.folders = SkillFolders(store)
 
     def upload(self, user_id: str, upload: SkillUpload, if_match: str | None = None, if_none_match: bool = False) -> tuple[SkillUploaded, str]:
@@ -180,6 +207,12 @@ class SkillsService:
         lease = self.folders.acquire(user_id, name) if form == "folder" else None
         try:
             info = self._write_files(user_id, name, form, main, files, if_match, if_none_match, lease)
+        except StorageFull as exc:
+            raise ServiceUnavailable(
+                f"Storage is full ({exc}): skill {name!r} was not written, and its previous version (if any) is "
+                "still the one listed and served. Free space, or raise the store's capacity, then retry.",
+                code="storage_full",
+            ) from exc
         finally:
             if lease is not None:
                 lease.release()
@@ -200,12 +233,22 @@ class SkillsService:
         self, user_id: str, name: str, form: SkillForm, main: str, files: dict[str, bytes],
         if_match: str | None, if_none_match: bool, lease: FolderLease | None,
     ) -> ObjectInfo:
-        """Write the files (a folder: then its manifest, then drop the replaced files); the main file's info."""
+        """Write the files (a folder: then its manifest, then drop the replaced files), then the
+        skill's catalog entry; the main file's info.
+
+        A folder whose write fails (a full disk, a refused write) is put back as it was: files
+        it added are deleted and files it replaced get their old bodies again, so its previous
+        manifest still describes it and a partial folder is never listed or served.
+        """
         stale: list[str] = []
+        previous: dict[str, bytes] = {}
         if form == "folder":
             folder = layout.skill_key(user_id, name) + "/"
             wanted = {layout.skill_key(user_id, p) for p in files} | {layout.skill_manifest_key(user_id, name)}
-            stale = [o.key for o in iter_all(self.store, folder) if o.key not in wanted]
+            existing = [o.key for o in iter_all(self.store, folder)]
+            stale = [k for k in existing if k not in wanted]
+            replaced = [layout.skill_key(user_id, p) for p in files if layout.skill_key(user_id, p) in existing]
+            previous = {k: o.body for k, o in get_many(self.store, replaced).items() if o is not None}
         try:
             info = self.store.put(
                 layout.skill_key(user_id, main),
@@ -221,62 +264,98 @@ class SkillsService:
             ) from None
         except ObjectNotFound:  # S3 answers If-Match on a missing key with 404
             raise PreconditionFailed(f"Skill {name!r} does not exist, so If-Match cannot match: drop If-Match to create it.") from None
-        written = {layout.skill_key(user_id, main): (info, files[main])}
+        written = {layout.skill_key(user_id, main): info}
+        if lease is not None:
+            try:
+                self._write_rest(user_id, name, main, files, written, lease)
+            except Exception:
+                self._put_back(user_id, list(written), previous)
+                raise
+        if stale:
+            self.store.delete_many(stale)
+        for key, written_info in written.items():
+            body = files.get(key[len(layout.skills_prefix(user_id)):])
+            if body is not None:
+                self.cache.remember(key, written_info.etag, body)
+        try:
+            self.catalog.record(user_id, describe_main(name, form, info, files[main]))
+        except StorageError as exc:
+            # The skill is stored: the list describes it from its file and folds it in.
+            log.warning("catalog entry of skill %s of %s not written (the list will describe it): %s", name, user_id, exc)
+        return info
+
+    def _write_rest(self, user_id: str, name: str, main: str, files: dict[str, bytes],
+                    written: dict[str, ObjectInfo], lease: FolderLease) -> None:
+        """A folder's other files, then its manifest (last: it is what readers trust)."""
         extras = [p for p in files if p != main]
         if extras:
             with ThreadPoolExecutor(max_workers=min(16, len(extras))) as pool:
-                infos = pool.map(lambda p: self.store.put(layout.skill_key(user_id, p), files[p], content_type=_content_type(p)), extras)
-                written.update({layout.skill_key(user_id, p): (i, files[p]) for p, i in zip(extras, infos)})
-        if lease is not None:
-            folder_len = len(layout.skill_key(user_id, name)) + 1
-            manifest = self.folders.manifest_body(lease.upload_id, {k[folder_len:]: i.etag for k, (i, _) in written.items()})
-            manifest_key = layout.skill_manifest_key(user_id, name)
-            written[manifest_key] = (self.store.put(manifest_key, manifest, content_type="application/json"), manifest)
-        if stale:
-            self.store.delete_many(stale)
-        self.bundle.record_writes(user_id, written, removed=stale)
-        return info
+                futures = {p: pool.submit(self.store.put, layout.skill_key(user_id, p), files[p], content_type=_content_type(p))
+                           for p in extras}
+                failure: BaseException | None = None
+                for p, future in futures.items():
+                    try:
+                        written[layout.skill_key(user_id, p)] = future.result()
+                    except Exception as exc:  # noqa: BLE001 - re-raised below, after every write ended
+                        failure = failure or exc
+                if failure is not None:
+                    raise failure
+        folder_len = len(layout.skill_key(user_id, name)) + 1
+        manifest = self.folders.manifest_body(lease.upload_id, {k[folder_len:]: i.etag for k, i in written.items()})
+        manifest_key = layout.skill_manifest_key(user_id, name)
+        info = self.store.put(manifest_key, manifest, content_type="application/json")
+        self.cache.remember(manifest_key, info.etag, manifest)
+
+    def _put_back(self, user_id: str, written: list[str], previous: dict[str, bytes]) -> None:
+        """Undo a folder upload that failed half-way (best effort: deletes free space first)."""
+        added = [k for k in written if k not in previous]
+        try:
+            if added:
+                self.store.delete_many(added)
+            for key in written:
+                if key in previous:
+                    self.store.put(key, previous[key], content_type=_content_type(key))
+        except StorageError as exc:
+            log.error("folder upload of %s failed and could not be undone (%s): its previous manifest still "
+                      "tells readers which files are its own", user_id, exc)
 
     def list(self, user_id: str, limit: int = MAX_LIMIT, cursor: str | None = None) -> SkillList:
-        """One page of skills: flat files and folders, in name order, each counted once."""
+        """One page of skills: flat files and folders, in name order, each counted once.
+
+        A page is one listing of the skills folder (the truth: which skills exist, and each
+        main file's ETag), and the descriptions worked out at upload, which this process holds
+        in memory once it has read them (see skill_catalog); a process that does not yet reads
+        the user's catalog alongside the listing.
+        """
         prefix = layout.skills_prefix(user_id)
         state = decode_cursor(cursor)
-        token = state.get("t") if state else None
-        if state is not None and not isinstance(token, str):
-            raise BadRequest("Invalid cursor: pass back nextCursor unchanged.", code="invalid_cursor")
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            bundle_f = pool.submit(self.bundle.load, user_id)  # alongside the listing, not after it
-            try:
-                page = self.store.list(prefix, delimiter="/", max_keys=limit, continuation_token=token)
-            except StorageError as exc:
-                if token is None:
-                    raise
-                raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
-            bundle = bundle_f.result()
-        flat = {o.key[len(prefix):]: o for o in page.objects}
-        folders = [p[len(prefix):-1] for p in page.prefixes]
-        # A delimited listing gives flat files' ETags, so the bundle can serve those; a folder's
-        # SKILL.md is not listed, so it is read.
-        served = self.bundle.match(user_id, list(flat.values()), bundle).bodies
-        main_keys = [prefix + n for n in flat if prefix + n not in served] + [f"{prefix}{n}/{SKILL_FILE}" for n in folders]
-        mains = get_many(self.store, main_keys)
+        after = state.get("a") if state else None
+        if state is not None and not (isinstance(after, str) and 0 < len(after) <= 1024):
+            raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor")
+        loaded: LoadedCatalog | None = None
+        if self.catalog.knows(user_id):
+            listed, next_after = self._listed(prefix, after, limit)
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                catalog_f = pool.submit(self.catalog.load, user_id)  # alongside the listing, not after it
+                listed, next_after = self._listed(prefix, after, limit)
+                loaded = catalog_f.result()
+        wanted = {g.name: (g.form, g.main) for g in listed if g.main is not None}
+        entries, _ = self.catalog.resolve(user_id, wanted, loaded)
         items = []
-        for name in sorted([*flat, *folders]):
-            is_folder = name not in flat
-            info: ObjectInfo | None
-            if not is_folder and prefix + name in served:
-                info, body = flat[name], served[prefix + name]
-            else:
-                obj = mains.get(f"{prefix}{name}/{SKILL_FILE}" if is_folder else prefix + name)
-                info, body = (obj.info, obj.body) if obj else (None, b"")
+        for group in sorted(listed, key=lambda g: g.name):
+            is_folder = group.form == "folder"
+            entry = entries.get(group.name)
+            info = group.main
             items.append(
                 SkillItem(
-                    name=name,
-                    form="folder" if is_folder else "flat",
-                    path=f"{SANDBOX_SKILLS_DIR}/{name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{name}",
+                    name=group.name,
+                    form=group.form,
+                    path=f"{SANDBOX_SKILLS_DIR}/{group.name}/{SKILL_FILE}" if is_folder else f"{SANDBOX_SKILLS_DIR}/{group.name}",
                     size=info.size if info else 0,
                     updated=info.last_modified if info else None,
-                    description=describe(body.decode("utf-8", "replace"), is_skill_md=is_folder),
+                    description=entry.description if entry else "",
+                    error=entry.error if entry else (f"The folder has no {SKILL_FILE}." if is_folder else None),
                 )
             )
         return SkillList(
@@ -284,8 +363,44 @@ class SkillsService:
             skills=[i.name for i in items],
             count=len(items),
             items=items,
-            next_cursor=encode_cursor({"t": page.next_token}) if page.next_token else None,
+            next_cursor=encode_cursor({"a": next_after}) if next_after else None,
         )
+
+    def _listed(self, prefix: str, after: str | None, limit: int) -> tuple[builtins.list[_Listed], str | None]:
+        """Up to `limit` whole skills listed after the key `prefix + after`, in key order, and
+        the `after` of the next page (None on the last).
+
+        The listing is not delimited, so each folder's SKILL.md and its ETag are seen; a folder
+        cut off by the end of a listing page is left to the next one (read on only when a
+        single folder fills the page).
+        """
+        groups: builtins.list[_Listed] = []
+        token: str | None = None
+        max_keys = min(MAX_LIMIT, max(4 * limit, 64))
+        while True:
+            try:
+                page = self.store.list(prefix, max_keys=max_keys, start_after=prefix + after if after and token is None else None,
+                                       continuation_token=token)
+            except StorageError as exc:
+                if after is None:
+                    raise
+                raise BadRequest("Invalid or expired cursor: start again without it.", code="invalid_cursor") from exc
+            for obj in page.objects:
+                name, slash, inner = obj.key[len(prefix):].partition("/")
+                form: SkillForm = "folder" if slash else "flat"
+                if not groups or groups[-1].name != name or groups[-1].form != form:
+                    groups.append(_Listed(name, form))
+                group = groups[-1]
+                group.last_key = obj.key
+                if form == "flat" or inner == SKILL_FILE:
+                    group.main = obj
+            whole = groups if page.next_token is None or groups[-1].form == "flat" else groups[:-1]
+            if page.next_token is None or whole:
+                break
+            token = page.next_token  # one folder bigger than a listing page: read on
+        more = page.next_token is not None or len(whole) > limit
+        taken = whole[:limit]
+        return taken, (taken[-1].last_key[len(prefix):] if more and taken else None)
 
     def get(self, user_id: str, name: str) -> tuple[SkillDetail, str]:
         """The skill's main file (and a folder's other files); 404 if there is none."""
@@ -340,7 +455,7 @@ class SkillsService:
             except ObjectNotFound:
                 raise NotFound("Skill not found", code="skill_not_found") from None
             self.store.delete(key)
-            self.bundle.record_writes(user_id, {}, removed=[key])
+            self.catalog.forget(user_id, name)
         else:
             key = layout.skill_key(user_id, name)
             lease = self.folders.acquire(user_id, name)  # not under an upload's feet
@@ -349,7 +464,7 @@ class SkillsService:
                 if not keys:
                     raise NotFound("Skill not found", code="skill_not_found")
                 self.store.delete_many(keys)
-                self.bundle.record_writes(user_id, {}, removed=keys)
+                self.catalog.forget(user_id, name)
             finally:
                 lease.release()
         return SkillDeleted(user_id=user_id, skill_name=name, key=key)

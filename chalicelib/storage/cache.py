@@ -46,6 +46,10 @@ class BodyCache:
             self._put(key, obj.info.etag, obj.body)
         return found
 
+    def remember(self, key: str, etag: str, body: bytes) -> None:
+        """Keep a body this process has just written, under the ETag storage gave it."""
+        self._put(key, etag, body)
+
     def _put(self, key: str, etag: str, body: bytes) -> None:
         if len(body) > self.max_bytes // 16:
             return  # a few huge objects must not evict everything else

@@ -7,6 +7,8 @@
     users/{userId}/conversations/{conversationId}.json
     users/{userId}/settings/preferences.json
     users/{userId}/cache/skills-bundle.json           copies of the small skill files (derived)
+    users/{userId}/cache/skill-catalog.json           every skill's listing fields, folded (derived)
+    users/{userId}/cache/skill-catalog/{name}.json    one skill's listing fields, written by its upload
     sessions/{sessionId}/...                          session records and turn state
 
 Callers pass ids that `chalicelib.ids` has validated; every function here re-checks, so a
@@ -49,6 +51,16 @@ def skill_lease_key(user_id: str, folder: str) -> str:
 def skills_bundle_key(user_id: str) -> str:
     """The skills bundle: derived from the skill files, so it sits outside `skills/`."""
     return f"{user_prefix(user_id)}cache/skills-bundle.json"
+
+
+def skill_catalog_key(user_id: str) -> str:
+    """The folded skills catalog (services/skill_catalog.py): derived, outside `skills/`."""
+    return f"{user_prefix(user_id)}cache/skill-catalog.json"
+
+
+def skill_catalog_entry_key(user_id: str, name: str) -> str:
+    """One skill's own catalog entry, written by its upload."""
+    return f"{user_prefix(user_id)}cache/skill-catalog/{validate_skill_path(name, 'skill name')}.json"
 
 
 def conversations_prefix(user_id: str) -> str:

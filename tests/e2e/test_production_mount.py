@@ -89,7 +89,8 @@ def test_the_agent_cannot_see_or_rewrite_settings_or_conversations(production: P
     assert http.post("/users/alice/conversations", json={"conversationId": "secret-conv", "messages": [
         {"role": "user", "content": SECRET_TEXT}]}).status_code == 200
     before = {key: production.raw(key) for key in production.keys()}
-    assert "users/alice/cache/skills-bundle.json" in before  # the bundle exists, and must stay out of sight
+    # The upload's catalog entry exists (setup writes the bundle and the folded catalog): all must stay out of sight.
+    assert "users/alice/cache/skill-catalog/debugging.md.json" in before
 
     setup = http.post("/setup/sess-prod?userId=alice").json()
     assert setup["setupMethod"] == "r2_mount", setup
@@ -98,7 +99,7 @@ def test_the_agent_cannot_see_or_rewrite_settings_or_conversations(production: P
                               "permission": "object-read-write", "ttlSeconds": 3600, "prefixes": ["users/alice/skills/"]}
 
     look = ("find /workspace /tmp /run /home /root /mnt /media /opt /srv /var -name preferences.json -o "
-            "-name skills-bundle.json -o -name 'secret-conv*' -o -name session.json 2>/dev/null; "
+            "-name skills-bundle.json -o -name 'skill-catalog*' -o -name 'secret-conv*' -o -name session.json 2>/dev/null; "
             f"grep -rls {SECRET_TEXT} /workspace /tmp 2>/dev/null; grep -rls SETTINGS-MARKER /workspace /tmp 2>/dev/null; "
             "find /workspace/.claude -type f | sort; echo END-OF-LOOK")
     rewrite = ('d=$(dirname "$(find /workspace/.claude -name debugging.md | head -1)"); '
@@ -115,16 +116,19 @@ def test_the_agent_cannot_see_or_rewrite_settings_or_conversations(production: P
     results = [f["content"] for f in frames if f["event"] == "tool_result"]
     assert len(results) == 2 and "END-OF-LOOK" in results[0] and "END-OF-REWRITE" in results[1], results
     seen = results[0]
-    for hidden in ("preferences.json", "skills-bundle.json", "secret-conv", "session.json", SECRET_TEXT, "SETTINGS-MARKER"):
+    for hidden in ("preferences.json", "skills-bundle.json", "skill-catalog", "secret-conv", "session.json", SECRET_TEXT,
+                   "SETTINGS-MARKER"):
         assert hidden not in seen, (hidden, seen)
     assert "debugging.md" in seen  # the skills themselves are there
 
     after = {key: production.raw(key) for key in production.keys()}
     for key in ("users/alice/settings/preferences.json", "users/alice/conversations/secret-conv.json",
-                "users/alice/cache/skills-bundle.json"):
+                "users/alice/cache/skill-catalog/debugging.md.json"):
         assert after[key] == before[key], key
-    # The server's own writes of the turn: the conversation, and the turn's usage record it meters.
-    by_server = {"users/alice/conversations/sess-prod.json"}
+    # The server's own writes: the conversation, the turn's usage record it meters, and what setup
+    # derives from the skills (the bundle and the folded catalog).
+    by_server = {"users/alice/conversations/sess-prod.json", "users/alice/cache/skills-bundle.json",
+                 "users/alice/cache/skill-catalog.json"}
     usage_day = f"users/alice/usage/{datetime.now(timezone.utc):%Y-%m-%d}/sess-prod/"
     written_by_agent = {k for k in set(after) - set(before) - by_server if not k.startswith(usage_day)}
     # Whatever the agent wrote landed among the user's skills (the mount is live), nowhere else.

@@ -81,6 +81,27 @@ def test_skill_list_items_and_pagination(api: Api) -> None:
     assert seen == full["skills"] and pages == 2
 
 
+def test_skill_pages_end_on_whole_folders_and_list_what_breaks_the_rules(api: Api) -> None:
+    big = {"SKILL.md": SKILL_MD.replace("pdf-tools", "big-tools"), **{f"x{i:02d}.txt": "x" for i in range(80)}}
+    assert api.post("/users/erin/skills", {"name": "big-tools", "files": big}).status_code == 200
+    for name in ("a.md", "z.md"):
+        api.post("/users/erin/skills", {"name": name, "content": f"# {name}"})
+    api.write_raw("users/erin/skills/loose/notes.txt", b"a folder without SKILL.md, written behind the API")
+    seen, cursor, pages = [], None, 0
+    while pages < 10:
+        page = api.get("/users/erin/skills?limit=1" + (f"&cursor={cursor}" if cursor else "")).json_body
+        assert page["count"] == 1  # a folder of 82 files is one item, never cut across two pages
+        seen += page["items"]
+        pages += 1
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert [i["name"] for i in seen] == ["a.md", "big-tools", "loose", "z.md"]
+    errors = {i["name"]: i["error"] for i in seen}
+    assert errors == {"a.md": None, "big-tools": None, "loose": "The folder has no SKILL.md.", "z.md": None}
+    assert api.get("/users/erin/skills?cursor=" + "eyJ0IjoieCJ9").status_code == 400  # an old-style cursor: start again
+
+
 def test_skill_get_and_delete_and_404s(api: Api) -> None:
     api.post("/users/dan/skills", {"name": "debugging.md", "content": "# D"})
     got = api.get("/users/dan/skills/debugging.md")
@@ -165,9 +186,9 @@ def test_erase_user_removes_everything_and_counts(api: Api) -> None:
     api.send("PUT", "/users/hal/settings", {"maxTurns": 2})
     api.post("/users/other/skills", {"name": "keep.md", "content": "k"})
     r = api.delete("/users/hal")
-    # 2 skill files, the folder's manifest, a conversation, settings, and the skills bundle
-    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 6}
-    assert list(api.keys()) == ["users/other/cache/skills-bundle.json", "users/other/skills/keep.md"]
+    # 2 skill files, the folder's manifest, a conversation, settings, and the 2 skills' catalog entries
+    assert r.json_body == {"status": "deleted", "userId": "hal", "objectsDeleted": 7}
+    assert list(api.keys()) == ["users/other/cache/skill-catalog/keep.md.json", "users/other/skills/keep.md"]
 
 
 def test_storage_outage_is_a_503_with_retry_after_and_changes_nothing(local_api: Api, monkeypatch) -> None:  # type: ignore[no-untyped-def]

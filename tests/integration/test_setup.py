@@ -71,7 +71,10 @@ BUNDLE = "users/alice/cache/skills-bundle.json"
 
 def test_files_changed_behind_the_api_are_loaded_fresh_and_the_bundle_catches_up(api: Api) -> None:
     upload_skills(api)
-    # The folder's manifest rides in the bundle too, so setup reads it without a request.
+    # Uploads leave the bundle alone (rewriting it cost every upload the size of every skill):
+    # the first setup builds it, and the folder's manifest rides in it too.
+    assert BUNDLE not in api.keys()
+    assert api.post("/setup/s-first?userId=alice").status_code == 200
     assert set(json.loads(api.raw(BUNDLE))["files"]) == {
         "debugging.md", "pdf-tools/SKILL.md", "pdf-tools/scripts/fill.py", "pdf-tools/.skill-manifest.json"}
     api.write_raw("users/alice/skills/debugging.md", b"# Changed behind the API")
@@ -144,16 +147,19 @@ FUSE = os.path.exists("/dev/fuse") and shutil.which("s3fs") is not None and os.g
 def test_production_mounts_the_users_prefix(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     upload_skills(api)
     api = production(api, monkeypatch)
+    assert api.post("/setup/prod-0?userId=alice").status_code == 200  # builds the bundle and the catalog
+    api.delete("/sandbox/prod-0")
     ops: list[str] = []
     stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["prod"]["environment_variables"]
     client = get_container(Settings.from_env({**os.environ, **stage_env})).store.client  # type: ignore[attr-defined]
     client.meta.events.register("before-call.s3", lambda model, **_: ops.append(model.name))
     body = api.post("/setup/prod-1?userId=alice").json_body
     assert body["setupMethod"] == "r2_mount", body
-    # Record, settings, the skills listing and bundle (they feed the session's skill index; the
-    # mount itself serves the files) and the user's limits, all in parallel, then the ownership
-    # claim of the new id, then the record and the claim's erasure marker in parallel.
-    assert sorted(ops) == ["GetObject"] * 4 + ["ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
+    # Record, settings, the skills listing and bundle (they feed the session's skill index, with
+    # the descriptions this process remembers; the mount itself serves the files) in parallel
+    # (the user's limits are cached since prod-0), then the ownership claim of the new id, then
+    # the record and the claim's erasure marker in parallel.
+    assert sorted(ops) == ["GetObject"] * 3 + ["ListObjectsV2", "PutObject", "PutObject", "PutObject"], ops
     assert "/workspace/.claude/skills/debugging.md" in body["skillsLoaded"]
     sandbox = sandbox_of("prod-1", "prod")
     assert sandbox.exec("cat /workspace/.claude/skills/debugging.md").stdout.startswith("# Debugging Skill")

@@ -34,6 +34,11 @@ def test_what_is_stored_behind_the_api_still_lists_quickly(local_api: Api) -> No
     elapsed = time.monotonic() - started
     assert listed.status_code == 200, listed.json_body
     assert "good.md" in listed.json_body["skills"] and "deep.md" in listed.json_body["skills"]
+    items = {i["name"]: i for i in listed.json_body["items"]}
+    assert items["good.md"]["error"] is None
+    assert "deeper than" in items["deep.md"]["error"] and "limit" in items["huge0.md"]["error"]
+    again = local_api.get("/users/u/skills").json_body  # from the catalog the first list folded
+    assert again["items"] == listed.json_body["items"]
     assert local_api.get("/users/u/skills/deep.md").status_code == 200
     assert local_api.post("/setup/fm1?userId=u").status_code == 200
     print(f"\nlisting 8 skills (6 with 300 KB headers, 1 nested 500 deep): {elapsed:.3f} s")

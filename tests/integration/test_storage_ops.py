@@ -16,23 +16,32 @@ import pytest
 
 from chalicelib.config import Settings
 from chalicelib.container import get_container
+from chalicelib.services.skill_catalog import SkillCatalog
 from tests.support.api import ROOT, Api, make_api
 
 SKILL_MD = "---\nname: pdf-tools\ndescription: PDFs. Use for PDFs.\n---\nbody"
 
 # endpoint → exact S3 operations, for a user with 3 flat skills + 1 folder skill (2 files),
-# 2 conversations and settings. Skill writes also update the skills bundle (GET + PUT), so
-# setup reads 3 objects (session record, settings, bundle) whatever the number of skills.
+# 2 conversations and settings. A skill write adds one small object, the skill's catalog entry
+# (skill_catalog.py), whatever the number of skills; the first list and the first setup after
+# writes fold what changed into the catalog and the bundle. Then a list is the listing alone in
+# a process that has seen the user (the listing and the catalog in one that has not), and a
+# setup reads 3 objects (record, settings, bundle) whatever the number of skills.
 OPS: dict[str, dict[str, int]] = {
-    "POST /users/{u}/skills (flat)": {"PutObject": 2, "GetObject": 1},
+    "POST /users/{u}/skills (flat)": {"PutObject": 2},
     # A folder upload also takes the folder's writer lease (PUT, then a free DELETE) and
     # writes its manifest last (skill_folders.py: concurrent uploads never merge).
-    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 5, "GetObject": 1, "DeleteObject": 1},
-    "GET /users/{u}/skills (3 flat, 1 folder)": {"ListObjectsV2": 1, "GetObject": 2},  # the bundle, the SKILL.md
+    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 5, "DeleteObject": 1},
+    # The listing alone: this process remembers each skill's entry by its main file's ETag.
+    "GET /users/{u}/skills (3 flat, 1 folder)": {"ListObjectsV2": 1},
+    # Another process: the catalog (none yet) and the 4 uploads' own entries, folded into one...
+    "GET /users/{u}/skills (first in another process after 4 uploads)": {"ListObjectsV2": 1, "GetObject": 5, "PutObject": 1},
+    # ...which the next process reads alongside the listing (one round trip).
+    "GET /users/{u}/skills (first in another process)": {"ListObjectsV2": 1, "GetObject": 1},
     "GET /users/{u}/skills/{flat}": {"GetObject": 1},
     "GET /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "GetObject": 3},  # the 2 files and the manifest
-    "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 1, "GetObject": 1, "PutObject": 1},
-    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1, "GetObject": 1, "PutObject": 2, "DeleteObject": 1},
+    "DELETE /users/{u}/skills/{flat}": {"HeadObject": 1, "DeleteObject": 2},  # the file and its catalog entry
+    "DELETE /users/{u}/skills/{folder}": {"ListObjectsV2": 1, "DeleteObjects": 1, "PutObject": 1, "DeleteObject": 2},
     # the GET reads the parts the replaced head names, to delete those the new one drops (issue 21)
     "POST /users/{u}/conversations": {"GetObject": 1, "PutObject": 1},
     "GET /users/{u}/conversations/{id}": {"GetObject": 1},
@@ -43,10 +52,16 @@ OPS: dict[str, dict[str, int]] = {
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
     # + the listing of the user's workspace markers (workspace-owners/{u}/), and for each of its
     # two sessions the listing of the user's snapshot objects (packs and segments) in it
-    "DELETE /users/{u}": {"ListObjectsV2": 5, "DeleteObjects": 3, "GetObject": 2},
+    "DELETE /users/{u}": {"ListObjectsV2": 5, "DeleteObjects": 3, "GetObject": 3},
+    # the first after uploads: the bundle written. This process holds what its uploads wrote (the
+    # bodies and their catalog entries); another would read the 5 files first.
+    "POST /setup/{s}?userId={u} (first after uploads)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 4},
+    # record, settings, bundle: the skills' descriptions are checked against the listing by ETag
+    # in this process's memory (a process that has not seen the user reads the catalog too)
     "POST /setup/{s}?userId={u} (4 skills, 5 files)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 3},
-    # a file written straight to the bucket: read on its own, then the bundle is rewritten
-    "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 4, "ListObjectsV2": 1, "PutObject": 4},
+    # a file written straight to the bucket: read on its own, described, then the bundle and the
+    # catalog (read, then written If-Match) rewritten alongside the record
+    "POST /setup/{s}?userId={u} (after an out-of-band write)": {"GetObject": 6, "ListObjectsV2": 1, "PutObject": 5},
     # the record (whose workspace), the snapshot root's HEAD (an empty workspace: nothing written,
     # an archive of the earlier layout deleted, free on R2), then the records
     "DELETE /sandbox/{s}": {"GetObject": 1, "HeadObject": 1, "ListObjectsV2": 1, "DeleteObjects": 2},
@@ -69,6 +84,13 @@ def s3_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) 
     yield api, counts
 
 
+def forget_catalog() -> None:
+    """Drop the skills catalog entries this process remembers, as a fresh process starts."""
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["dev"]["environment_variables"]
+    skills = get_container(Settings.from_env({**os.environ, **stage_env})).skills
+    skills.catalog = SkillCatalog(skills.store)
+
+
 def measure(counts: Counter[str], call) -> dict[str, int]:  # type: ignore[no-untyped-def]
     counts.clear()
     response = call()
@@ -83,7 +105,11 @@ def test_operation_counts_are_pinned(s3_api: tuple[Api, Counter[str]]) -> None:
         seen["POST /users/{u}/skills (flat)"] = measure(counts, lambda n=name: api.post("/users/u/skills", {"name": n, "content": f"# {n}"}))
     seen["POST /users/{u}/skills (folder, 2 files)"] = measure(
         counts, lambda: api.post("/users/u/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_MD, "x.py": "1"}}))
+    forget_catalog()  # as a process that has not seen this user (another Lambda container)
+    seen["GET /users/{u}/skills (first in another process after 4 uploads)"] = measure(counts, lambda: api.get("/users/u/skills"))
     seen["GET /users/{u}/skills (3 flat, 1 folder)"] = measure(counts, lambda: api.get("/users/u/skills"))
+    forget_catalog()
+    seen["GET /users/{u}/skills (first in another process)"] = measure(counts, lambda: api.get("/users/u/skills"))
     seen["GET /users/{u}/skills/{flat}"] = measure(counts, lambda: api.get("/users/u/skills/a.md"))
     seen["GET /users/{u}/skills/{folder}"] = measure(counts, lambda: api.get("/users/u/skills/pdf-tools"))
     seen["POST /users/{u}/conversations"] = measure(counts, lambda: api.post("/users/u/conversations", {"conversationId": "c1", "messages": []}))
@@ -93,6 +119,8 @@ def test_operation_counts_are_pinned(s3_api: tuple[Api, Counter[str]]) -> None:
     seen["PUT /users/{u}/settings"] = measure(counts, lambda: api.send("PUT", "/users/u/settings", {"maxTurns": 3}))
     seen["GET /users/{u}/settings"] = measure(counts, lambda: api.get("/users/u/settings"))
     seen["PATCH /users/{u}/settings"] = measure(counts, lambda: api.send("PATCH", "/users/u/settings", {"maxTurns": 4}))
+    seen["POST /setup/{s}?userId={u} (first after uploads)"] = measure(counts, lambda: api.post("/setup/s0?userId=u"))
+    api.delete("/sandbox/s0")
     seen["POST /setup/{s}?userId={u} (4 skills, 5 files)"] = measure(counts, lambda: api.post("/setup/s1?userId=u"))
     seen["DELETE /sandbox/{s}"] = measure(counts, lambda: api.delete("/sandbox/s1"))
     api.s3.put_object(Bucket=api.bucket, Key="users/u/skills/d.md", Body=b"# d")

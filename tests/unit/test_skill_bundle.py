@@ -23,9 +23,10 @@ def store(tmp_path: Path) -> LocalDirectoryStore:
 
 
 def put_skill(store: ObjectStore, bundle: SkillBundle, path: str, body: bytes) -> ObjectInfo:
-    """Write a file and record it, as the REST API does."""
+    """Write a file, then bring the bundle up to date as the next setup does (uploads leave it alone)."""
     info = store.put(PREFIX + path, body)
-    bundle.record_writes(USER, {PREFIX + path: (info, body)}, removed=[])
+    files = listing(store)
+    assert bundle.repair(USER, files, {i.key: store.get(i.key).body for i in files}, bundle.load(USER))
     return info
 
 
@@ -51,7 +52,7 @@ def test_text_and_binary_files_round_trip() -> None:
     assert BundleFile.model_validate_json(binary.model_dump_json()).body() == b"\xff\x00\xfe"
 
 
-def test_files_written_through_the_api_are_served_without_reads(store: LocalDirectoryStore) -> None:
+def test_files_the_bundle_holds_are_served_without_reads(store: LocalDirectoryStore) -> None:
     bundle = SkillBundle(store)
     put_skill(store, bundle, "a.md", b"# A")
     put_skill(store, bundle, "pdf/SKILL.md", b"---\nname: pdf\n---\n")
@@ -143,42 +144,14 @@ def test_repair_loses_to_a_concurrent_writer_and_keeps_its_bundle(store: LocalDi
     put_skill(store, bundle, "a.md", b"A")
     store.put(PREFIX + "b.md", b"B")
     files, loaded = listing(store), bundle.load(USER)  # setup reads...
-    put_skill(store, bundle, "c.md", b"C")  # ...an upload lands...
+    put_skill(store, bundle, "c.md", b"C")  # ...another setup repairs first...
     assert not bundle.repair(USER, files, {PREFIX + "a.md": b"A", PREFIX + "b.md": b"B"}, loaded)  # ...412
-    assert set(stored_document(store).files) == {"a.md", "c.md"}
-
-
-class InterleavingStore:
-    """Delegates to a real store; before the first bundle write, another writer records its file."""
-
-    backend_name = "local"
-
-    def __init__(self, inner: LocalDirectoryStore) -> None:
-        self.inner = inner
-        self.interleaved = False
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self.inner, name)
-
-    def put(self, key: str, body: bytes, **kw):  # type: ignore[no-untyped-def]
-        if key == BUNDLE_KEY and not self.interleaved:
-            self.interleaved = True
-            put_skill(self.inner, SkillBundle(self.inner), "other.md", b"O")
-        return self.inner.put(key, body, **kw)
-
-
-def test_concurrent_api_writes_merge_instead_of_overwriting(store: LocalDirectoryStore) -> None:
-    racing = InterleavingStore(store)
-    bundle = SkillBundle(racing)  # type: ignore[arg-type]
-    put_skill(store, SkillBundle(store), "a.md", b"A")
-    put_skill(racing, bundle, "mine.md", b"M")  # type: ignore[arg-type]
-    assert racing.interleaved
-    assert set(stored_document(store).files) == {"a.md", "mine.md", "other.md"}
+    assert set(stored_document(store).files) == {"a.md", "b.md", "c.md"}  # the other setup's, kept
 
 
 def test_removing_the_last_file_removes_the_bundle(store: LocalDirectoryStore) -> None:
     bundle = SkillBundle(store)
     put_skill(store, bundle, "a.md", b"A")
     store.delete(PREFIX + "a.md")
-    bundle.record_writes(USER, {}, removed=[PREFIX + "a.md"])
+    assert bundle.repair(USER, [], {}, bundle.load(USER))
     assert list(iter_all(store, layout.user_prefix(USER))) == []

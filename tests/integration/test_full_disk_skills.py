@@ -1,0 +1,81 @@
+"""Issue 21, row 6: a folder upload that finds the disk full fails whole.
+
+DATA_DIR on a tiny tmpfs (mounted here as root, unmounted after). A folder upload whose second
+file does not fit used to answer 500 and leave its SKILL.md behind, listed and served. Now the
+upload puts the folder back as it was: a new folder is not there at all, a replaced one is
+served, listed and loaded exactly as its previous upload (its manifest) left it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_setup import sandbox_of
+from tests.support.api import Api, make_api
+
+SKILL_V1 = "---\nname: pdf-tools\ndescription: Version one. Use for PDFs.\n---\n# One\n"
+SKILL_V2 = "---\nname: pdf-tools\ndescription: Version two. Use for PDFs.\n---\n# Two\n"
+BIG = "x" * 900_000  # under the 1 MiB file limit, over what the disk has left
+
+
+@pytest.fixture
+def full_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    data = tmp_path / "data"
+    data.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield make_api("local", tmp_path, monkeypatch, None)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def fill(data: Path, leave: int) -> Path:
+    """Take all but `leave` bytes of the filesystem."""
+    stat = os.statvfs(data)
+    filler = data / "filler.bin"
+    with filler.open("wb") as out:
+        out.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def skill_keys(api: Api) -> dict[str, str]:
+    return {k: v for k, v in api.keys().items() if k.startswith("users/u/skills/")}
+
+
+def test_a_new_folder_that_does_not_fit_is_not_there_at_all(full_api: Api) -> None:
+    fill(full_api.data_dir, leave=128 * 1024)
+    r = full_api.post("/users/u/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_V1, "big.txt": BIG}})
+    assert r.status_code == 503 and r.json_body["code"] == "storage_full", r.json_body
+    assert skill_keys(full_api) == {}
+    assert full_api.get("/users/u/skills").json_body["skills"] == []
+    assert full_api.get("/users/u/skills/pdf-tools").status_code == 404
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (setup loads the skills into a sandbox)")
+def test_a_replaced_folder_that_does_not_fit_stays_as_it_was(full_api: Api) -> None:
+    first = full_api.post("/users/u/skills", {"name": "pdf-tools", "files": {"SKILL.md": SKILL_V1, "notes.txt": "one"}})
+    assert first.status_code == 200, first.json_body
+    before = skill_keys(full_api)
+    fill(full_api.data_dir, leave=128 * 1024)
+    r = full_api.post("/users/u/skills", {"name": "pdf-tools",
+                                           "files": {"SKILL.md": SKILL_V2, "notes.txt": "two", "big.txt": BIG}})
+    assert r.status_code == 503 and r.json_body["code"] == "storage_full", r.json_body
+    assert skill_keys(full_api) == before  # the same files with the same ETags: the manifest matches
+    detail = full_api.get("/users/u/skills/pdf-tools").json_body
+    assert detail["content"] == SKILL_V1 and detail["files"] == {"notes.txt": "one"}
+    [item] = full_api.get("/users/u/skills").json_body["items"]
+    assert item["description"].startswith("Version one") and item["error"] is None
+    assert full_api.post("/setup/full1?userId=u").status_code == 200
+    sandbox = sandbox_of("full1")
+    assert sandbox.read_file("/workspace/.claude/skills/pdf-tools/SKILL.md").decode() == SKILL_V1
+    assert sandbox.read_file("/workspace/.claude/skills/pdf-tools/notes.txt") == b"one"
