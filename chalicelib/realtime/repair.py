@@ -164,6 +164,8 @@ class TurnRepair:
             s, rec.lease, seq=stream.seq, tail=None, logged=True, requeue=requeue)), "recording the end of the turn")
         # A resume that raced the end of the turn is ours to serve: it saw the turn running.
         serve(stream, ended.subscribers)
+        if ended.prune:  # the turn before left its log: this one's replaces it for a resume
+            self.events.prune(rec.session_id, {rec.dead.turn_id})
         if ended.clear:
             clear_after_turn(self.conversations, self.sender, session_id=rec.session_id, user_id=rec.user_id,
                              conversation_id=rec.conversation_id, subscribers=ended.subscribers)

@@ -42,6 +42,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from chalicelib.services.conversations import ConversationsService
 from chalicelib.storage import layout
 from chalicelib.storage.base import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
@@ -356,13 +357,6 @@ def test_soak_kill_9_disconnects_and_several_users(tmp_path: Path) -> None:
     assert totals["messages acknowledged"] >= USERS * 3 and totals["disconnects"] > 0
 
 
-def _repaired(store: LocalDirectoryStore, events: str, turn_id: str | None) -> bool:
-    """Whether the turn was closed by a repair (its log holds the repair's `turn_cut_off`)."""
-    keys = [o.key for o in iter_all(store, f"{events}{turn_id}/")] if turn_id else []
-    logged = [e for key in keys for e in json.loads(store.get(key).body)]
-    return any(e.get("event") == "error" and e.get("code") in ("turn_cut_off", "turn_failed") for e in logged)
-
-
 def _settle(store: LocalDirectoryStore, clients: list[Client], timeout: float) -> None:
     """Wait (bounded) until no session records a turn or a queued prompt: a runner sends `result`
     just before it records the turn's end, so the last turn may still be closing. One that does
@@ -378,7 +372,7 @@ def _settle(store: LocalDirectoryStore, clients: list[Client], timeout: float) -
 def _check_invariants(api: str, data: Path, clients: list[Client]) -> dict[str, int]:
     store = LocalDirectoryStore(data)
     _settle(store, clients, timeout=5 * LEASE_SECONDS)
-    lost = duplicated = unanswered = stuck = orphaned = stale_events = counted = left_by_repairs = 0
+    lost = duplicated = unanswered = stuck = orphaned = stale_events = counted = 0
     for client in clients:
         response = httpx.get(f"{api}/users/{client.user}/conversations/{client.session}", timeout=30)
         assert response.status_code == 200, response.text
@@ -401,17 +395,13 @@ def _check_invariants(api: str, data: Path, clients: list[Client]) -> dict[str, 
         events = layout.session_prefix(client.session) + "events/"
         logged = {o.key[len(events):].split("/", 1)[0] for o in iter_all(store, events)}
         stale = logged - {state.get("lastTurnId")}
-        if stale and _repaired(store, events, state.get("lastTurnId")):
-            # A repair (runner.py's _repair) records the dead turn's end without pruning the log
-            # of the turn before it; the session's next turn prunes it. Counted, not a failure.
-            left_by_repairs += len(stale)
-        elif stale:
+        if stale:  # a runner and a repair both prune the turn before theirs when they record an end
             stale_events += len(stale)
             client.trace.append(f"STALE EVENTS {sorted(logged)} last turn {state.get('lastTurnId')}")
         counted += len(state.get("connections") or [])
         head = json.loads(store.get(layout.conversation_key(client.user, client.session)).body)
         parts = {o.key for o in iter_all(store, layout.conversation_parts_prefix(client.user, client.session))}
-        orphaned += len(parts - set(head.get("$parts") or []))
+        orphaned += len(parts - ConversationsService(store).parts.named(client.user, client.session, head))
     return {"lost": lost, "duplicated": duplicated, "unanswered": unanswered, "stuck": stuck,
-            "orphaned parts": orphaned, "stale event logs": stale_events, "event logs a repair left": left_by_repairs,
+            "orphaned parts": orphaned, "stale event logs": stale_events,
             "connections still counted": counted}

@@ -51,8 +51,8 @@ OPS: dict[str, dict[str, int]] = {
     "PUT /users/{u}/settings": {"PutObject": 1},
     "PATCH /users/{u}/settings": {"GetObject": 1, "PutObject": 1},
     # + the listing of the user's workspace markers (workspace-owners/{u}/), and for each of its
-    # two sessions the listing of the user's snapshot objects (packs and segments) in it
-    "DELETE /users/{u}": {"ListObjectsV2": 5, "DeleteObjects": 3, "GetObject": 3},
+    # three sessions the listing of the user's snapshot objects (packs and segments) in it
+    "DELETE /users/{u}": {"ListObjectsV2": 6, "DeleteObjects": 3, "GetObject": 3},
     # the first after uploads: the bundle written. This process holds what its uploads wrote (the
     # bodies and their catalog entries); another would read the 5 files first.
     "POST /setup/{s}?userId={u} (first after uploads)": {"GetObject": 3, "ListObjectsV2": 1, "PutObject": 4},
