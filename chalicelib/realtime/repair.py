@@ -133,7 +133,8 @@ class TurnRepair:
         for block in added:
             stream.emit({"event": "tool_result", "tool_use_id": block["tool_use_id"], "content": block["content"], "is_error": True})
         prompt_saved = transcript.metadata.get("lastPromptId") == dead.prompt_id
-        requeue = dead.prompt if not prompt_saved and dead.prompt is not None and gave_up is None else None
+        requeue = (dead.prompt.model_copy(update={"rerun": True})
+                   if not prompt_saved and dead.prompt is not None and gave_up is None else None)
         kept = "What was said is kept" + (" and the unfinished tool call was marked as failed" if added else "")
         if gave_up is not None:
             stream.emit(error_frame(
@@ -145,7 +146,7 @@ class TurnRepair:
         else:
             stream.emit(error_frame(
                 "The server running this turn stopped before it finished (crash, restart or time limit). "
-                + ("Your message had not been read yet: it runs again now." if requeue is not None else
+                + ("Its answer had not been saved yet: your message runs again now (what streamed before the stop is superseded)." if requeue is not None else
                    f"{kept}: send a message to continue."),
                 "turn_cut_off",
             ))

@@ -70,6 +70,9 @@ from chalicelib.telemetry.turn_metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
 
+RERUN = ("The server running this message stopped before its answer was saved (crash, restart or time "
+         "limit): it runs again, and this answer replaces what streamed before the stop.")
+
 MAX_TURNS_PER_INVOCATION = 50
 #: The most a turn's last events may take in the state (serialised); more go to its event log.
 INLINE_EVENTS_BYTES = 16_000
@@ -270,6 +273,8 @@ class TurnRunner:
         if handed is not None and transcript.metadata.get("lastPromptId") == request.prompt.id:
             raise _StaleHandoff
         stream.emit({"event": "status", "status": "running", "turnId": request.turn_id, "messageId": request.prompt.id})
+        if request.prompt.rerun:
+            stream.emit({"event": "status", "status": "rerun", "messageId": request.prompt.id, "message": RERUN})
         sandbox = open_sandbox(self.sessions, request.session_id, request.user_id, stream.emit)
         sandboxes.append(sandbox)
         metadata = transcript.metadata

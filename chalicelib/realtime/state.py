@@ -47,6 +47,9 @@ class QueuedPrompt(ApiModel):
     prompt: str
     max_turns: int | None = None
     queued_at: datetime = Field(default_factory=utcnow)
+    #: Queued again by the repair of a turn cut off before its answer was saved: the new turn
+    #: says so in its own events, so a client that reconnects after the repair still hears it.
+    rerun: bool = False
 
 
 #: The most connections served at once per session; the oldest is dropped for a new one.

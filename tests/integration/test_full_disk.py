@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from chalicelib.services.conversations import ConversationsService
+from chalicelib.storage.local import LocalDirectoryStore
 from tests.fakes.fake_anthropic import Reply, Text
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 
@@ -75,8 +77,11 @@ def test_a_turn_whose_save_finds_the_disk_full_ends_at_once(tiny_data_dir: Path,
         assert errors and errors[0]["code"] == "storage_full", frames
         assert "Free space" in errors[0]["message"]
         assert frames[-1]["event"] == "result" and frames[-1]["stopReason"] == "error"
-        saved = json.loads(conversation.read_bytes())
-        assert "x" * 1000 not in json.dumps(saved)  # the reply that did not fit was not half-written
+        # Read as a reader does (head and sealed parts put back together): the save that refused
+        # may have sealed earlier messages into a part before its head found no room.
+        assert "x" * 1000 not in conversation.read_text()  # the reply that did not fit was not half-written
+        saved = whole_conversation(tiny_data_dir, "alice", "full")
+        assert "x" * 1000 not in json.dumps(saved)
         assert json.loads(before)["messages"] == saved["messages"][: len(json.loads(before)["messages"])]
 
         filler.unlink()
@@ -87,3 +92,10 @@ def test_a_turn_whose_save_finds_the_disk_full_ends_at_once(tiny_data_dir: Path,
         dispatcher.join(30)
         assert frames[-1]["stopReason"] == "end_turn", frames
         assert "room again" in conversation.read_text()
+
+
+def whole_conversation(data: Path, user_id: str, conversation_id: str) -> dict[str, Any]:
+    """The stored conversation as GET returns it (head and sealed parts together)."""
+    loaded = ConversationsService(LocalDirectoryStore(data)).load(user_id, conversation_id)
+    assert loaded is not None, conversation_id
+    return loaded[0]

@@ -30,7 +30,12 @@ const STATUS = {
     if (state.unacked && state.unacked.messageId === frame.messageId) state.unacked = null;
     setBadge("turn-badge", frame.position ? `Queued · position ${frame.position}` : "Starting…", "busy");
   },
-  running() { setBadge("turn-badge", "Working…", "busy"); setTurn({active: true}); },
+  running() {
+    // A turn's text never continues another's bubble (a message run again after a crash starts afresh).
+    if (state.current) { renderNow(state.current); state.current = null; }
+    setBadge("turn-badge", "Working…", "busy"); setTurn({active: true});
+  },
+  rerun(frame) { note(frame.message); },
   interrupting() { setBadge("turn-badge", "Stopping…", "busy"); },
   retrying(frame) {
     if (state.current) { state.current.text = state.current.text.slice(0, -frame.discardStreamed || undefined); scheduleRender(state.current); }
