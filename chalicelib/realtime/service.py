@@ -62,7 +62,7 @@ from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.sessions import SessionRecord, SessionsService
 from chalicelib.services.skill_index import SkillIndex
 from chalicelib.services.usage import UsageService
-from chalicelib.storage import StorageUnavailable
+from chalicelib.storage import StorageFull, StorageUnavailable
 from chalicelib.storage.base import StorageError
 from chalicelib.telemetry import log_context
 
@@ -418,6 +418,12 @@ class RealtimeService:
                 conn.session_id, enqueue, create=self._rebuilt_state(conn), known=prefetched)
         except StorageUnavailable as exc:
             return [self._after_failed_enqueue(conn.session_id, queued.id, exc, runner_id)]
+        except StorageFull as exc:
+            # A refused write wrote nothing: the message is certainly not queued.
+            return [error_frame(
+                f"Message {queued.id!r} was not queued: storage is full or read-only ({exc}). Free space, then "
+                "send it again (with the same messageId).", "storage_full",
+            ) | {"messageId": queued.id}]
         handoff = Handoff.of(runner_id, written, spent) if claimed else None
         self._see_it_runs(conn.session_id, written.state, needs_runner, handoff)
         return [*_repaired(notice), frame("status", status="queued", messageId=accepted.id, position=accepted.position)]

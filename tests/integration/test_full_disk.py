@@ -50,8 +50,35 @@ def fill(data: Path, leave: int) -> Path:
     return filler
 
 
-def message(client: Any, prompt: str) -> None:
-    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "message", "prompt": prompt})))
+def message(client: Any, prompt: str, message_id: str | None = None) -> None:
+    frame = {"action": "message", "prompt": prompt} | ({"messageId": message_id} if message_id else {})
+    client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps(frame)))
+
+
+def test_a_message_the_full_disk_refuses_is_said_not_queued_and_a_resend_runs_once(
+        tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
+        token = setup_session(client, "fullq")
+        client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "fullq", "token": token}))
+        management.sent.clear()
+        filler = fill(tiny_data_dir, leave=0)
+        message(client, "hello", "m-full-1")
+        [refused] = [f for f in management.wait_for("c1", "error") if f["event"] == "error"]
+        assert refused["code"] == "storage_full" and refused["messageId"] == "m-full-1", refused
+        assert "was not queued" in refused["message"] and "Free space" in refused["message"]
+        state = json.loads((tiny_data_dir / "sessions/fullq/state.json").read_text())
+        assert state["queue"] == [] and state.get("turn") is None  # nothing half-queued
+        assert not fake.requests
+
+        filler.unlink()
+        fake.script(Reply([Text("queued this time")]))
+        management.sent.clear()
+        message(client, "hello", "m-full-1")  # the resend the error asked for
+        frames = management.wait_for("c1", "result", timeout=30)
+        dispatcher.join(30)
+        assert frames[-1]["stopReason"] == "end_turn", frames
+        saved = whole_conversation(tiny_data_dir, "alice", "fullq")["messages"]
+        assert [m["content"] for m in saved if m["role"] == "user"] == ["hello"] and len(fake.requests) == 1
 
 
 def test_a_turn_whose_save_finds_the_disk_full_ends_at_once(tiny_data_dir: Path, tmp_path: Path,
