@@ -128,3 +128,24 @@ def test_compaction_leaves_no_orphans_and_the_next_turn_reads_from_its_point(tmp
     assert early and not early & second_turn_read, sorted(second_turn_read)
     assert needed & second_turn_read  # read cold: the parts from the compaction point were fetched
     assert "SUMMARY" in json.dumps(fake.requests[-1]["messages"][0]["content"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_a_clear_frame_deletes_every_part_of_a_sealed_conversation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21, row 8 (`clear`): the `clear` frame's whole replace leaves no part behind."""
+    data = tmp_path / "data"
+    store = LocalDirectoryStore(data)
+    seeded = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i:03d} " + "word " * 400} for i in range(40)]
+    ConversationsService(store).append("alice", "k2", {"conversationId": "k2", "messages": seeded}, fence=Fence("s1", 1))
+    parts = "users/alice/conversation-parts/k2/"
+    assert len(iter_all(store, parts)) >= 2  # sealed into parts
+    with lambda_harness(tmp_path, monkeypatch) as (client, management, _fake, _dispatcher):
+        token = setup_session(client, "k2")
+        client.lambda_.invoke("ws_connect", ws_event("$connect", "c1", query={"sessionId": "k2", "token": token}))
+        client.lambda_.invoke("ws_message", ws_event("$default", "c1", json.dumps({"action": "clear"})))
+        frames = management.wait_for("c1", "cleared", timeout=30)
+        assert not [f for f in frames if f["event"] == "error"], frames
+    assert iter_all(store, parts) == []
+    loaded = ConversationsService(LocalDirectoryStore(data)).load("alice", "k2")
+    assert loaded is not None and loaded[0]["messages"] == []
