@@ -313,6 +313,17 @@ def _remove_at(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+def restore_failure(exc: OSError) -> Exception:
+    """What a restore that failed on `exc` raises: running out of the sandbox's disk says which
+    limit to raise; anything else is `exc` itself."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SandboxError(
+            "The workspace snapshot does not fit the sandbox's disk (SANDBOX_DISK_MB): the restore stopped "
+            "part way. Raise SANDBOX_DISK_MB on the sandbox host; the snapshot is kept."
+        )
+    return exc
+
+
 def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] | None = None,
            disk_limited: bool = False) -> int:
     """Make the workspace (skills untouched) hold exactly the archive's entries; return how many files.
@@ -366,12 +377,7 @@ def unpack(workspace: Root, data: bytes, max_bytes: int, owner: tuple[int, int] 
                 raise
         folders.close()
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise SandboxError(
-                "The workspace snapshot does not fit the sandbox's disk (SANDBOX_DISK_MB): the restore stopped "
-                "part way. Raise SANDBOX_DISK_MB on the sandbox host; the snapshot is kept."
-            ) from None
-        raise
+        raise restore_failure(exc) from None
     finally:
         os.close(root)
     return files

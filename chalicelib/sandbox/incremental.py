@@ -43,8 +43,9 @@ from chalicelib.sandbox.archive import (
     allocated_bytes,
     clean_relative,
     excluded,
+    restore_failure,
 )
-from chalicelib.sandbox.base import SandboxError, SandboxPathError
+from chalicelib.sandbox.base import SandboxPathError
 from chalicelib.sandbox.paths import iter_tree
 from chalicelib.sandbox.snapshot_format import (
     EMPTY,
@@ -391,12 +392,7 @@ def apply_snapshot(root_fd: int, root_data: bytes, objects: dict[str, bytes], ma
         finally:
             folders.close()
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise SandboxError(
-                "The workspace snapshot does not fit the sandbox's disk (SANDBOX_DISK_MB): the restore stopped "
-                "part way. Raise SANDBOX_DISK_MB on the sandbox host; the snapshot is kept."
-            ) from None
-        raise
+        raise restore_failure(exc) from None
     by_rel = {e.rel: e for e in entries}
     lines, segments = index_segments(root, by_rel)
     stats = walker(root_fd) if walker is not None else walk(root_fd)[0]

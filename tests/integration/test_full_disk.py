@@ -9,9 +9,7 @@ space is freed, the next message runs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,32 +20,15 @@ from chalicelib.services.conversations import ConversationsService
 from chalicelib.storage.local import LocalDirectoryStore
 from tests.fakes.fake_anthropic import Reply, Text
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
+from tests.support.tmpfs import fill, tiny_tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
 
 @pytest.fixture
 def tiny_data_dir(tmp_path: Path) -> Iterator[Path]:
-    data = tmp_path / "data"
-    data.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(data)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tiny_tmpfs(tmp_path / "data", "8m") as data:
         yield data
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
-
-
-def fill(data: Path, leave: int) -> Path:
-    """Take all but `leave` bytes of the filesystem."""
-    stat = os.statvfs(data)
-    filler = data / "filler.bin"
-    with filler.open("wb") as out:
-        out.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
-    return filler
 
 
 def message(client: Any, prompt: str, message_id: str | None = None) -> None:

@@ -8,9 +8,7 @@ served, listed and loaded exactly as its previous upload (its manifest) left it.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from tests.integration.test_setup import sandbox_of
 from tests.support.api import Api, make_api
+from tests.support.tmpfs import fill, tiny_tmpfs
 
 SKILL_V1 = "---\nname: pdf-tools\ndescription: Version one. Use for PDFs.\n---\n# One\n"
 SKILL_V2 = "---\nname: pdf-tools\ndescription: Version two. Use for PDFs.\n---\n# Two\n"
@@ -26,26 +25,8 @@ BIG = "x" * 900_000  # under the 1 MiB file limit, over what the disk has left
 
 @pytest.fixture
 def full_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    data = tmp_path / "data"
-    data.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tiny_tmpfs(tmp_path / "data", "2m"):
         yield make_api("local", tmp_path, monkeypatch, None)
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
-
-
-def fill(data: Path, leave: int) -> Path:
-    """Take all but `leave` bytes of the filesystem."""
-    stat = os.statvfs(data)
-    filler = data / "filler.bin"
-    with filler.open("wb") as out:
-        out.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
-    return filler
 
 
 def skill_keys(api: Api) -> dict[str, str]:
