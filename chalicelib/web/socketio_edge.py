@@ -92,8 +92,11 @@ def open_session(services: Container, handshake: Handshake, sender: Sender,
         # Live events from now on (nothing replayed: the history below has what was said),
         # then the history, as the original sent them to a reconnecting client.
         resume = {"action": "resume", "afterSeq": state.seq_floor}
-        realtime.message(handshake.ws_event(json.dumps(resume)), sender)
-        realtime.message(handshake.ws_event(json.dumps({"action": "get_history"})), _NonEmptyHistory(sender))
+        # A resume that finds a turn still recorded (even its last instant) leaves the replay to
+        # the runner and says nothing; a Socket.IO client is told it resumed all the same.
+        realtime.message(handshake.ws_event(json.dumps(resume)), _Dropping(sender, _is_resumed))
+        sender.send(handshake.connection_id, frame("status", status="resumed", lastSeq=state.seq_floor, replayed=0))
+        realtime.message(handshake.ws_event(json.dumps({"action": "get_history"})), _Dropping(sender, _is_empty_history))
     return record
 
 
@@ -204,17 +207,24 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-class _NonEmptyHistory:
-    """A sender that drops an empty `history`: the original only sent a reconnecting client
-    its history when there was one."""
+def _is_resumed(payload: dict[str, Any]) -> bool:
+    return payload.get("event") == "status" and payload.get("status") == "resumed"
 
-    def __init__(self, inner: Sender) -> None:
+
+def _is_empty_history(payload: dict[str, Any]) -> bool:
+    """The original only sent a reconnecting client its history when there was one."""
+    return payload.get("event") == "history" and not payload.get("messages")
+
+
+class _Dropping:
+    """A sender that drops the frames `drop` picks and passes the rest on."""
+
+    def __init__(self, inner: Sender, drop: Callable[[dict[str, Any]], bool]) -> None:
         self.inner = inner
+        self.drop = drop
 
     def configure(self, domain_name: str, stage: str) -> None:
         self.inner.configure(domain_name, stage)
 
     def send(self, connection_id: str, payload: dict[str, Any]) -> bool:
-        if payload.get("event") == "history" and not payload.get("messages"):
-            return True
-        return self.inner.send(connection_id, payload)
+        return True if self.drop(payload) else self.inner.send(connection_id, payload)
