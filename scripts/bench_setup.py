@@ -27,12 +27,9 @@ import time
 import uuid
 from pathlib import Path
 
+from scripts.benchlib.timing import critical_path, skill_text
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def skill_text(i: int) -> str:
-    """A flat skill of about 1.5 KB, a typical size for a markdown instruction file."""
-    return f"# Skill {i}\n\nUse this when task {i} comes up.\n\n" + "".join(f"- step {n}: do the thing carefully.\n" for n in range(40))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,15 +106,6 @@ def main(argv: list[str] | None = None) -> int:
 # The User-Agent product of the API's storage requests (its clients are botocore's), told apart
 # from s3fs's.
 API_AGENT = "Botocore"
-
-
-def critical_path(requests: list[tuple[float, float, str, str]]) -> int:
-    """The longest chain of requests in which each starts after the previous one was answered."""
-    ordered = sorted(requests)
-    chain: list[int] = []
-    for i, (start, *_) in enumerate(ordered):
-        chain.append(1 + max((chain[j] for j in range(i) if ordered[j][1] <= start), default=0))
-    return max(chain, default=0)
 
 
 def production(runs: int, delay: float) -> int:

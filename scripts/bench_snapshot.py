@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+
+from scripts.benchlib.timing import median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,17 +46,6 @@ def fill(sandbox_workspace: Path, files: int, total_mb: int) -> int:
         (folder / f"file{i:04d}.{'bin' if i % 2 else 'py'}").write_bytes(data)
         written += size
     return written
-
-
-def median_ms(runs: int, step: Callable[[], object], before: Callable[[], object] | None = None) -> float:
-    times = []
-    for _ in range(runs):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,25 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from scripts.benchlib.growth import Figure, Totals, kb, table
+from scripts.benchlib.timing import critical_path, skill_text
 
 ROOT = Path(__file__).resolve().parents[2]
 DELAY = 0.02
 UPLOADS = 3  # uploads measured per size (the median is shown)
 SETUPS = 7  # setups timed per size, alternating (the median is shown: the machine is shared)
-
-
-def skill_text(i: int) -> str:
-    """A flat skill of about 1.5 KB, a typical size for a markdown instruction file."""
-    return f"# Skill {i}\n\nUse this when task {i} comes up.\n\n" + "".join(f"- step {n}: do the thing carefully.\n" for n in range(40))
-
-
-def critical_path(requests: list[tuple[float, float, str, str]]) -> int:
-    """The longest chain of requests in which each starts after the previous one was answered."""
-    ordered = sorted(requests)
-    chain: list[int] = []
-    for i, (start, *_) in enumerate(ordered):
-        chain.append(1 + max((chain[j] for j in range(i) if ordered[j][1] <= start), default=0))
-    return max(chain, default=0)
 
 
 def measure(quick: bool = False) -> list[Figure]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from scripts.benchlib.growth import Figure, Totals, kb, table
 from scripts.benchlib.storage_process import ROOT, RemoteStorage, remote_storage
+from scripts.benchlib.timing import critical_path
 
 DELAY = 0.02
 #: R2's prices per million operations (USD), for the monthly figure.
@@ -44,15 +45,6 @@ CLASS_B_PER_M = 0.36
 MESSAGES_A_MONTH = 1_000 * 50 * 30
 #: A plain message before this rework (tests/integration/test_turn_ops.py at 829b211).
 BEFORE = (11, 10)
-
-
-def critical_path(requests: list[tuple[float, float, str, str]]) -> int:
-    """The longest chain of requests in which each starts after the previous one was answered."""
-    ordered = sorted(requests)
-    chain: list[int] = []
-    for i, (start, *_) in enumerate(ordered):
-        chain.append(1 + max((chain[j] for j in range(i) if ordered[j][1] <= start), default=0))
-    return max(chain, default=0)
 
 
 def monthly(a: int, b: int) -> float:

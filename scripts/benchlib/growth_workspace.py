@@ -21,26 +21,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from scripts.benchlib.growth import Figure, kb, table
 from scripts.benchlib.latency_proxy import Traffic
+from scripts.benchlib.timing import median_ms
 
 AREA = "workspace"
 DELAY = 0.02
-
-
-def _median_ms(runs: int, step: Callable[[], object], before: Callable[[], object] | None = None) -> float:
-    times = []
-    for _ in range(runs):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _put_bytes(traffic: list[Traffic]) -> int:
@@ -87,7 +76,7 @@ def measure(quick: bool = False) -> list[Figure]:
                 fill(box.workspace, files, mb)
                 snapshots.save(sid, "bench", box)
                 storage.take_traffic()
-                raw[f"unchanged {label}"] = _median_ms(runs, lambda: snapshots.save(sid, "bench", box))  # noqa: B023
+                raw[f"unchanged {label}"] = median_ms(runs, lambda: snapshots.save(sid, "bench", box))  # noqa: B023
                 unchanged[label] = _ms(raw[f"unchanged {label}"])
                 victim = next(box.workspace.rglob("file0001.*"))
                 counter = iter(range(10**6))
@@ -101,7 +90,7 @@ def measure(quick: bool = False) -> list[Figure]:
                     assert snapshots.save(sid, "bench", box).outcome == "written"
                     sent.append(_put_bytes(storage.take_traffic()))
 
-                raw[f"changed {label}"] = _median_ms(runs, save, before=change)
+                raw[f"changed {label}"] = median_ms(runs, save, before=change)
                 changed[label] = f"{_ms(raw[f'changed {label}'])}, {kb(statistics.median(sent))} written"
                 raw[f"changed bytes {label}"] = statistics.median(sent)
                 if files == big_files:
@@ -112,7 +101,7 @@ def measure(quick: bool = False) -> list[Figure]:
                     def fresh() -> None:
                         current[:] = [provider.create(f"restore-{next(targets)}", SandboxOptions())]
 
-                    raw["restore"] = _median_ms(runs, lambda: restores.append(
+                    raw["restore"] = median_ms(runs, lambda: restores.append(
                         snapshots.restore(sid, "bench", current[0]) or 0), before=fresh)  # noqa: B023
                     assert restores and all(n == big_files for n in restores), restores
                     for other in [s for s in provider.sessions() if s.startswith("restore-")]:
