@@ -15,12 +15,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +29,14 @@ from websockets.sync.client import connect
 
 from chalicelib.storage.s3 import build_s3_client
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text, ToolUse
-from tests.support.api import ROOT
+from tests.support.dev_server import devserver
 from tests.support.gateway import receive_until
-from tests.support.health import wait_for_health
 from tests.support.s3 import create_bucket, moto_server, storage_settings
 from tests.support.sandbox_host import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
 LEASE_SECONDS = 3
-
-
-@contextmanager
-def dev_server(port: int, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The local gateway (what ./scripts/dev execs, without its install step) in its own process
-    group; yields once /health answers."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "devserver", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", proc=proc, timeout=60)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -117,7 +97,7 @@ def test_a_runner_paused_past_its_lease_loses_every_write(tmp_path: Path, store_
                 "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_MAX_RETRIES": "0",
                 **store_env,
             }
-            servers.append(stack.enter_context(dev_server(port, env, tmp_path / f"dev{n}.log")))
+            servers.append(stack.enter_context(devserver(port, env, tmp_path / f"dev{n}.log")))
         first, _ = servers
         # Each server looks for turns to resume once it is up; let that pass before m1 is queued,
         # or the second one could pick m1 up from its boot scan.

@@ -27,12 +27,9 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +44,7 @@ from chalicelib.storage import layout
 from chalicelib.storage.base import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
-from tests.support.api import ROOT
-from tests.support.health import wait_for_health
+from tests.support.dev_server import devserver
 from tests.support.sandbox_host import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -60,22 +56,6 @@ DRAIN_SECONDS = 40  # then every message in flight must finish within this
 LEASE_SECONDS = 3
 DISCONNECT_CHANCE = 0.25  # per message, a client drops its connection once
 UNATTRIBUTED_WAIT = 3.0  # seconds a client waits for a `running` after a turn's end it cannot place
-
-
-@contextmanager
-def dev_server(port: int, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The local gateway in its own process group; yields once /health answers. Left running
-    (not killed) on the way out, it is stopped with SIGTERM as ./scripts/dev would be."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "devserver", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", proc=proc, timeout=60)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
 
 
 def model(body: dict[str, Any]) -> Reply:
@@ -301,7 +281,7 @@ def test_soak_kill_9_disconnects_and_several_users(tmp_path: Path) -> None:
             "WS_CONNECTIONS_PER_SESSION": "2",
             "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_MAX_RETRIES": "1",
         }
-        server = dev_server(port, env, log)
+        server = devserver(port, env, log)
         proc = server.__enter__()
         try:
             clients = []
@@ -318,7 +298,7 @@ def test_soak_kill_9_disconnects_and_several_users(tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
                 proc.wait(timeout=10)
-                server = dev_server(port, env, log)
+                server = devserver(port, env, log)
                 proc = server.__enter__()
                 kills.append({"killed_at": killed_at, "serving_after": time.monotonic() - killed_at})
             for thread in threads:

@@ -24,8 +24,7 @@ from chalicelib.sandbox.base import SandboxError, SandboxOptions
 from chalicelib.sandbox.bwrap import LocalSandbox, LocalSandboxProvider
 from devserver.reaper import IdleReaper
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
-from tests.support.api import make_api
-from tests.support.fault_proxy import FaultProxy, FaultRule
+from tests.support.fault_proxy import FaultRule
 from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
 from tests.support.snapshots import manifest_path, snapshot_files, write_snapshot
 
@@ -115,14 +114,6 @@ def test_sparse_files_that_fit_the_disk_are_restored_as_sparse(provider: LocalSa
     assert again.stdout.split("\n", 1)[1] == made.stdout.split("\n", 1)[1] + "6291456\n6291456\n", (made, again)
     assert int(again.stdout.split()[0]) <= 64  # KiB in use: holes stayed holes
     assert second.exec("head -c 4 a.bin; tail -c 4 b.bin").stdout == "headtail"
-
-
-@pytest.fixture
-def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterator[tuple[Any, ...]]:
-    with FaultProxy(moto_endpoint) as proxy:
-        api = make_api("s3", tmp_path, monkeypatch, proxy.url)
-        with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
-            yield client, management, fake, dispatcher, proxy, api
 
 
 def archived(api: Any, session: str) -> dict[str, bytes]:

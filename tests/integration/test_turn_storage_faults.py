@@ -12,26 +12,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes.fake_anthropic import Reply, Text, ToolUse
-from tests.support.api import make_api
-from tests.support.fault_proxy import FaultProxy, FaultRule
-from tests.support.lambda_ws import lambda_harness, setup_session, ws_event
+from tests.support.fault_proxy import FaultRule
+from tests.support.lambda_ws import setup_session, ws_event
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
-
-
-@pytest.fixture
-def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> Iterator[tuple[Any, ...]]:
-    with FaultProxy(moto_endpoint) as proxy:
-        api = make_api("s3", tmp_path, monkeypatch, proxy.url)
-        with lambda_harness(tmp_path, monkeypatch) as (client, management, fake, dispatcher):
-            yield client, management, fake, dispatcher, proxy, api
 
 
 def stored_messages(api: Any, conversation: str) -> list[dict[str, Any]]:
