@@ -141,13 +141,13 @@ def test_a_pasted_token_names_its_user_and_a_bad_one_says_why(world, tenants, pa
     expect(page.locator("#connection-summary")).to_have_text("Connection · pia")
 
 
-def test_quota_refusals_are_said_with_the_way_to_the_usage(world, tenants, page, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def answer_one_then_send_another(world, page, user: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Sign in from an app's link as `user`, start a session, have one message answered, then
+    send a second (the one a limit refuses)."""
     from playwright.sync_api import expect
 
-    monkeypatch.setenv("USER_MESSAGES_PER_MINUTE", "1")
-    monkeypatch.setenv("USER_MAX_SESSIONS", "1")
-    page.goto(f"{world.url}/#token={mint(world, 'quinn')}")
-    page.wait_for_function("window.consoleApp.state.loadedUser === 'quinn'")
+    page.goto(f"{world.url}/#token={mint(world, user)}")
+    page.wait_for_function(f"window.consoleApp.state.loadedUser === {user!r}")
     start_session(page)
     world.fake.script(Reply([Text("One.")]), Reply([Text("Two.")]))
     page.fill("#prompt", "first")
@@ -155,6 +155,14 @@ def test_quota_refusals_are_said_with_the_way_to_the_usage(world, tenants, page,
     expect(page.locator("#transcript .result")).to_contain_text("1 turn ·")
     page.fill("#prompt", "second")
     page.keyboard.press("Enter")
+
+
+def test_quota_refusals_are_said_with_the_way_to_the_usage(world, tenants, page, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from playwright.sync_api import expect
+
+    monkeypatch.setenv("USER_MESSAGES_PER_MINUTE", "1")
+    monkeypatch.setenv("USER_MAX_SESSIONS", "1")
+    answer_one_then_send_another(world, page, "quinn")
     card = page.locator("#transcript .error-card")
     expect(card).to_contain_text("Error: quota_exceeded")
     expect(card).to_contain_text("USER_MESSAGES_PER_MINUTE=1")
@@ -178,15 +186,7 @@ def test_the_days_budget_spent_is_said_and_shown(world, tenants, page, monkeypat
     from playwright.sync_api import expect
 
     monkeypatch.setenv("USER_DAILY_BUDGET_USD", "0.0003")  # one reply of the fake model costs $0.0004
-    page.goto(f"{world.url}/#token={mint(world, 'dana')}")
-    page.wait_for_function("window.consoleApp.state.loadedUser === 'dana'")
-    start_session(page)
-    world.fake.script(Reply([Text("One.")]), Reply([Text("Two.")]))
-    page.fill("#prompt", "first")
-    page.keyboard.press("Enter")
-    expect(page.locator("#transcript .result")).to_contain_text("1 turn ·")
-    page.fill("#prompt", "second")
-    page.keyboard.press("Enter")
+    answer_one_then_send_another(world, page, "dana")
     card = page.locator("#transcript .error-card")
     expect(card).to_contain_text("Error: daily_budget_reached")
     expect(card).to_contain_text("messages resume at 00:00 UTC")
