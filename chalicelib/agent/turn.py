@@ -18,7 +18,7 @@ from chalicelib.agent.session_options import SessionOptions
 from chalicelib.agent.tools import TOOLS
 from chalicelib.config import Settings
 from chalicelib.sandbox.base import Sandbox
-from chalicelib.services.conversation_parts import CONTEXT_FROM_FIELD, RecentHistory
+from chalicelib.services.conversation_parts import RecentHistory
 from chalicelib.services.quotas import QuotasService, daily_budget_reached
 from chalicelib.services.usage import TurnUsage, UsageService
 from chalicelib.services.user_settings import UserSettings, UserSettingsService
@@ -77,8 +77,6 @@ class AgentTurn:
                 # The stored conversation was read from its recorded compaction point, but this
                 # session's context starts earlier (none yet, or another session's): read the rest.
                 history = history.whole()
-            # Recorded in the conversation: the next turn reads the stored messages from here on.
-            metadata[CONTEXT_FROM_FIELD] = context.kept_from
             if index_changed or context_changed:
                 save(memory)
             # Kept with the conversation (saved anyway): the next message sees what this one was sent with.
@@ -87,7 +85,6 @@ class AgentTurn:
 
             def keep_context(updated: WorkingContext) -> None:
                 memory.context = updated
-                metadata[CONTEXT_FROM_FIELD] = updated.kept_from
                 save(memory)
 
             thinking = thinking_param(prefs.thinking, spec_for(chosen_model))

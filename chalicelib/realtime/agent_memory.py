@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from chalicelib.agent.memory import AgentMemory, WorkingContext
+from chalicelib.services.conversation_parts import CONTEXT_FROM_FIELD
 from chalicelib.services.skill_index import SkillIndex
 
 #: The conversation metadata field the working context is kept in.
@@ -76,7 +77,7 @@ class TurnMemory:
         if context is None and legacy_context is not None:
             # Moved on first touch: the turn's conversation save carries it from now on.
             context = legacy_context
-            metadata[WORKING_CONTEXT] = legacy_context.model_dump(mode="json", by_alias=True)
+            _record(metadata, legacy_context)
         self.memory = AgentMemory(skill_index=skill_index, context=context)
 
     def keep(self, memory: AgentMemory) -> None:
@@ -86,9 +87,17 @@ class TurnMemory:
         if memory.skill_index is not None:
             self.cache.put(self.session_id, memory.skill_index)
         if memory.context is not None:
-            self.metadata[WORKING_CONTEXT] = memory.context.model_dump(mode="json", by_alias=True)
+            _record(self.metadata, memory.context)
         else:
             self.metadata.pop(WORKING_CONTEXT, None)
+            self.metadata.pop(CONTEXT_FROM_FIELD, None)
+
+
+def _record(metadata: dict[str, Any], context: WorkingContext) -> None:
+    """Keep the context in the conversation's metadata, and where its kept messages start as the
+    point the next turn reads the stored conversation from (`contextFrom`, see conversation_parts)."""
+    metadata[WORKING_CONTEXT] = context.model_dump(mode="json", by_alias=True)
+    metadata[CONTEXT_FROM_FIELD] = context.kept_from
 
 
 def _context_in(metadata: dict[str, Any]) -> WorkingContext | None:
