@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from chalicelib.realtime.state import utcnow
 from chalicelib.services.models import ApiModel
 from chalicelib.storage import ObjectNotFound, ObjectStore
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import get_many
+from chalicelib.storage.listing import iter_all
 
 PREFIX = "engineio/"
 _CACHE_SIZE = 1024

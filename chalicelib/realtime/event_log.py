@@ -16,7 +16,8 @@ from chalicelib.realtime.durable import durably
 from chalicelib.realtime.state import SessionState
 from chalicelib.realtime.stream import TurnStream
 from chalicelib.storage import ObjectStore, layout
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import get_many
+from chalicelib.storage.listing import iter_all
 
 
 class EventLog:

@@ -44,7 +44,8 @@ from typing import Any
 
 from chalicelib import safejson
 from chalicelib.storage import ObjectStore, layout
-from chalicelib.storage.base import StorageError, get_many, iter_all
+from chalicelib.storage.base import StorageError, get_many
+from chalicelib.storage.listing import iter_all
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import decode_cursor, encode_cursor
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage.base import ObjectInfo, iter_all
+from chalicelib.storage.base import ObjectInfo
+from chalicelib.storage.listing import iter_all
 
 #: Conditional writes a fenced save tries before giving up (each retry follows a write by
 #: someone else that the fence allowed to be overwritten: a REST replace, an older epoch).

@@ -17,7 +17,8 @@ from chalicelib.errors import Conflict
 from chalicelib.services.models import ApiModel
 from chalicelib.services.workspace_snapshots import OWNERS, owner_marker_key
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import get_many
+from chalicelib.storage.listing import iter_all
 
 OWNER_RECORD = "owner.json"
 

@@ -52,8 +52,8 @@ from chalicelib.services.skill_mount import SetupMethod, SkillMount
 from chalicelib.services.user_settings import NetworkRules
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots, snapshot_prefix
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
-from chalicelib.storage.base import iter_all
 from chalicelib.storage.cache import BodyCache
+from chalicelib.storage.listing import iter_all
 
 log = logging.getLogger(__name__)
 

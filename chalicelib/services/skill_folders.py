@@ -34,7 +34,8 @@ from pydantic import BaseModel, ValidationError
 
 from chalicelib.errors import Conflict
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed, layout
-from chalicelib.storage.base import ObjectInfo, get_many, iter_all
+from chalicelib.storage.base import ObjectInfo, get_many
+from chalicelib.storage.listing import iter_all
 
 log = logging.getLogger(__name__)
 

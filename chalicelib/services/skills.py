@@ -37,8 +37,9 @@ from chalicelib.services.skill_format import (
 )
 from chalicelib.storage import ObjectNotFound, ObjectStore, StorageError, StorageFull, layout
 from chalicelib.storage import PreconditionFailed as StoragePreconditionFailed
-from chalicelib.storage.base import ObjectInfo, get_many, iter_all
+from chalicelib.storage.base import ObjectInfo, get_many
 from chalicelib.storage.cache import BodyCache
+from chalicelib.storage.listing import iter_all
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from chalicelib.services.counters import read_document
 from chalicelib.services.models import ApiModel
 from chalicelib.services.workspace_snapshots import OWNERS, stored_bytes
 from chalicelib.storage import ObjectStore, layout
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 
 MAX_DAYS = 92
 MAX_SESSIONS_LISTED = 1000  # a day's distinct sessions kept for the count (the count stops there)

@@ -8,7 +8,7 @@ from chalicelib.services.models import ApiModel
 from chalicelib.services.session_owners import SessionOwners
 from chalicelib.services.workspace_snapshots import WorkspaceSnapshots  # noqa: I001 - apart, for merging
 from chalicelib.storage import ObjectStore, layout
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 
 
 class UserErased(ApiModel):

@@ -53,7 +53,8 @@ from chalicelib.sandbox.base import (
     WorkspaceEntry,
 )
 from chalicelib.storage import ObjectNotFound, ObjectStore, layout
-from chalicelib.storage.base import ObjectInfo, PreconditionFailed, get_many, iter_all
+from chalicelib.storage.base import ObjectInfo, PreconditionFailed, get_many
+from chalicelib.storage.listing import iter_all
 
 log = logging.getLogger(__name__)
 

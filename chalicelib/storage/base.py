@@ -139,18 +139,6 @@ class ObjectStore(Protocol):
         ...
 
 
-def iter_all(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
-    """Every object under `prefix`, following continuation tokens to the end."""
-    found: list[ObjectInfo] = []
-    token: str | None = None
-    while True:
-        page = store.list(prefix, continuation_token=token)
-        found.extend(page.objects)
-        token = page.next_token
-        if token is None:
-            return found
-
-
 def get_many(store: ObjectStore, keys: list[str], *, workers: int = 64) -> dict[str, StoredObject | None]:
     """GET every key in parallel, so N reads cost one round trip of latency, not N.
 

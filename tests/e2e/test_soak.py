@@ -41,7 +41,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from chalicelib.services.conversations import ConversationsService
 from chalicelib.storage import layout
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, Text
 from tests.support.dev_server import devserver

@@ -23,7 +23,7 @@ from chalicelib.config import Settings
 from chalicelib.container import get_container
 from chalicelib.services.conversations import ConversationsService, Fence
 from chalicelib.storage import ObjectStore
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 from chalicelib.storage.s3 import S3Store, build_s3_client
 from tests.fakes.fake_anthropic import Reply, Response, Text

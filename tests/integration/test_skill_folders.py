@@ -15,7 +15,7 @@ import pytest
 from chalicelib.errors import AppError
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skills import SkillsService, SkillUpload
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.s3 import S3Store, build_s3_client
 from tests.support.fault_proxy import FaultProxy, FaultRule
 from tests.support.s3 import create_bucket, storage_settings

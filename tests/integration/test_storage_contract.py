@@ -13,7 +13,8 @@ import pytest
 from moto import mock_aws
 
 from chalicelib.storage import ObjectNotFound, ObjectStore, PreconditionFailed
-from chalicelib.storage.base import get_many, iter_all
+from chalicelib.storage.base import get_many
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 from chalicelib.storage.s3 import S3Store, build_s3_client
 from tests.support.s3 import create_bucket, storage_settings

@@ -25,8 +25,9 @@ from chalicelib.services.workspace_snapshots import (
     snapshot_key,
     stored_bytes,
 )
-from chalicelib.storage.base import ObjectStore, iter_all
+from chalicelib.storage.base import ObjectStore
 from chalicelib.storage.factory import build_store
+from chalicelib.storage.listing import iter_all
 from tests.support.s3 import create_bucket, storage_settings
 from tests.unit.test_workspace_incremental import Box
 

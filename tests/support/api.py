@@ -51,7 +51,7 @@ class Api:
             from chalicelib.storage.local import LocalDirectoryStore
 
             store = LocalDirectoryStore(self.data_dir)
-            from chalicelib.storage.base import iter_all
+            from chalicelib.storage.listing import iter_all
 
             return {o.key: o.etag for o in iter_all(store, "")}
         found: dict[str, str] = {}

@@ -24,7 +24,7 @@ from chalicelib.services.conversation_parts import (
     encode,
 )
 from chalicelib.services.conversations import ConversationsService, Fence
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 
 

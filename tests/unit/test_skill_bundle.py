@@ -9,7 +9,8 @@ import pytest
 
 from chalicelib.services.skill_bundle import BundleDocument, BundleFile, SkillBundle
 from chalicelib.storage import layout
-from chalicelib.storage.base import ObjectInfo, ObjectStore, iter_all
+from chalicelib.storage.base import ObjectInfo, ObjectStore
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 
 USER = "alice"

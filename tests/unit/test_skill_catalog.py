@@ -10,7 +10,7 @@ import pytest
 from chalicelib.services.skill_catalog import CatalogDocument, SkillCatalog, describe_main
 from chalicelib.services.skills import SkillsService, SkillUpload
 from chalicelib.storage import StorageUnavailable, layout
-from chalicelib.storage.base import iter_all
+from chalicelib.storage.listing import iter_all
 from chalicelib.storage.local import LocalDirectoryStore
 
 USER = "alice"
