@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{area}: {len(found)} figures in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         figures.extend(found)
     print(table(figures))
-    missed = [f for f in figures if not f.met]
-    print(f"\n{len(figures) - len(missed)} of {len(figures)} targets met" + (" (--quick: sizes too small to judge)" if args.quick else ""))
+    judged = [f for f in figures if f.met is not None]
+    missed = [f for f in judged if not f.met]
+    print(f"\n{len(judged) - len(missed)} of {len(judged)} targets met" + (" (--quick: sizes too small to judge)" if args.quick else ""))
     return 1 if missed and not args.quick else 0
 
 

@@ -22,7 +22,8 @@ class Figure:
     #: size label -> measured value, e.g. {"message 10": "21 KB", "message 200": "23 KB"}
     measured: dict[str, str]
     target: str
-    met: bool
+    #: None: informational, with no target (not counted among the targets)
+    met: bool | None
 
 
 @dataclass(frozen=True)
@@ -62,5 +63,9 @@ def table(figures: list[Figure]) -> str:
     lines = ["| area | what | measured | target | met |", "|---|---|---|---|---|"]
     for f in figures:
         measured = "; ".join(f"{size}: {value}" for size, value in f.measured.items())
-        lines.append(f"| {f.area} | {f.what} | {measured} | {f.target} | {'yes' if f.met else '**no**'} |")
+        lines.append(f"| {f.area} | {f.what} | {measured} | {f.target} | {_verdict(f.met)} |")
     return "\n".join(lines)
+
+
+def _verdict(met: bool | None) -> str:
+    return "—" if met is None else "yes" if met else "**no**"
