@@ -14,9 +14,13 @@ folder ended with files from all ten. So:
 - Readers (GET of the skill, setup) take a folder's files from its manifest. A listed file
   whose ETag differs, a missing one, or a file newer than the manifest that it does not list,
   while a lease is held, means an upload is half-way: the reader waits for it (bounded) and
-  reads again, so it sees the old folder or the new one, never a mix. Without a lease the
-  difference was made behind the API (a tool, or the agent through the mount) and is served:
-  the current content of listed files, plus files newer than the manifest.
+  reads again, so it sees the old folder or the new one, never a mix. An upload that finished
+  while the folder was read (after its listing, before the look at the lease) left a manifest
+  other than the one listed: the reader reads again too. Only with no lease and the listed
+  manifest still current was the difference made behind the API (a tool, or the agent through
+  the mount); it is served: the current content of listed files, plus files newer than the
+  manifest. (An upload that failed, and put the folder back, while a reader read it is the one
+  case still served as found: it leaves the listed manifest current.)
 
 A folder without a manifest (written behind the API) is every file under it, as before.
 """
@@ -27,6 +31,7 @@ import logging
 import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -45,6 +50,8 @@ LEASE_SECONDS = 30
 #: How long a writer waits for another writer's lease, and a reader for a half-way upload.
 WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.1
+#: Folders resolved at once by setup's load.
+_PARALLEL_FOLDERS = 16
 
 
 class Manifest(BaseModel):
@@ -53,6 +60,13 @@ class Manifest(BaseModel):
     version: int = 1
     upload_id: str
     files: dict[str, str]
+
+
+class _FromListing:
+    """`SkillFolders.committed`'s default: the listed manifest's ETag is the one in the listing."""
+
+
+FROM_LISTING = _FromListing()
 
 
 class _Lease(BaseModel):
@@ -118,26 +132,36 @@ class SkillFolders:
     # -- readers -------------------------------------------------------------------------
 
     def committed(
-        self, user_id: str, name: str, listing: list[ObjectInfo], bodies: dict[str, bytes]
+        self, user_id: str, name: str, listing: list[ObjectInfo], bodies: dict[str, bytes],
+        *, listed_manifest: str | None | _FromListing = FROM_LISTING,
     ) -> tuple[list[ObjectInfo], dict[str, bytes]]:
         """The folder's files as its last upload committed them (see the module docstring).
 
         `listing` holds the folder's objects (the manifest included) and `bodies` at least the
-        manifest's body when there is one. Returns the files (manifest excluded) and their
-        bodies; when an upload is half-way it waits and reads the folder again.
+        manifest's body when there is one. `listed_manifest` is the manifest's ETag as the
+        folder was listed (None: there was none), when `listing` holds the infos of later reads;
+        by default, the one in `listing`. Returns the files (manifest excluded) and their bodies; when an upload is
+        half-way, or finished while the folder was read, it waits and reads the folder again.
         """
         folder = layout.skill_key(user_id, name) + "/"
+        manifest_key = folder + MANIFEST_NAME
+        began = (next((i.etag for i in listing if i.key == manifest_key), None)
+                 if isinstance(listed_manifest, _FromListing) else listed_manifest)
         deadline = time.monotonic() + self.wait_seconds
         while True:
             view = _resolve(folder, listing, bodies)
             if view.consistent:
                 return view.files, {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
-            if not self._lease_live(user_id, name) or time.monotonic() >= deadline:
-                # Made behind the API (or a writer died): serve what is there.
+            live, manifest_now = self._look(user_id, name)
+            if (not live and manifest_now == began) or time.monotonic() >= deadline:
+                # No upload holds the folder, and none committed a manifest since this reading
+                # began: the difference was made behind the API (or by a writer that died). Serve it.
                 return view.files, {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
-            time.sleep(random.uniform(_POLL_SECONDS / 2, _POLL_SECONDS))
-            listing = iter_all(self.store, folder)
-            fetched = get_many(self.store, [i.key for i in listing])
+            if live:
+                time.sleep(random.uniform(_POLL_SECONDS / 2, _POLL_SECONDS))
+            listed = iter_all(self.store, folder)
+            began = next((i.etag for i in listed if i.key == manifest_key), None)
+            fetched = get_many(self.store, [i.key for i in listed])
             bodies = {k: o.body for k, o in fetched.items() if o is not None}
             listing = [o.info for o in fetched.values() if o is not None]
 
@@ -154,14 +178,30 @@ class SkillFolders:
                     kept[info.key] = bodies[info.key]
             else:
                 folders.setdefault(name, []).append(info)
-        for name, infos in folders.items():
-            _, folder_bodies = self.committed(user_id, name, infos, {i.key: bodies[i.key] for i in infos if i.key in bodies})
-            kept.update(folder_bodies)
+        def resolve(item: tuple[str, list[ObjectInfo]]) -> dict[str, bytes]:
+            name, infos = item
+            return self.committed(user_id, name, infos, {i.key: bodies[i.key] for i in infos if i.key in bodies})[1]
+
+        # A folder that needs another look (an upload under way, or just finished) costs a lease
+        # read and a read again: all of them at once, not one folder after another.
+        with ThreadPoolExecutor(max_workers=max(1, min(_PARALLEL_FOLDERS, len(folders)))) as pool:
+            for folder_bodies in pool.map(resolve, folders.items()):
+                kept.update(folder_bodies)
         return kept
 
-    def _lease_live(self, user_id: str, name: str) -> bool:
-        held = self._read_lease(layout.skill_lease_key(user_id, name))
-        return held is not None and held[0].expires_at > _now()
+    def _look(self, user_id: str, name: str) -> tuple[bool, str | None]:
+        """Whether a writer holds the folder's lease now, and its manifest's ETag now (None:
+        none): both read at once, one round trip."""
+        def manifest_etag() -> str | None:
+            try:
+                return self.store.head(layout.skill_manifest_key(user_id, name)).etag
+            except ObjectNotFound:
+                return None
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            manifest_f = pool.submit(manifest_etag)
+            held = self._read_lease(layout.skill_lease_key(user_id, name))
+            return held is not None and held[0].expires_at > _now(), manifest_f.result()
 
     def _read_lease(self, key: str) -> tuple[_Lease, str] | None:
         try:

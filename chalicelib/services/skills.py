@@ -421,14 +421,18 @@ class SkillsService:
                 obj.info.etag,
             )
         folder = layout.skill_key(user_id, name) + "/"
-        keys = [o.key for o in iter_all(self.store, folder)]
+        listed = iter_all(self.store, folder)
+        keys = [o.key for o in listed]
         main_key = folder + SKILL_FILE
         if main_key not in keys:
             raise NotFound("Skill not found", code="skill_not_found")
         objects = {k: o for k, o in get_many(self.store, keys).items() if o is not None}
-        # The folder as its last upload committed it: never half of a concurrent upload.
+        # The folder as its last upload committed it: never half of a concurrent upload, nor a
+        # mix of the listing before an upload and the bodies after it.
+        manifest_key = layout.skill_manifest_key(user_id, name)
         infos, bodies = self.folders.committed(
-            user_id, name, [o.info for o in objects.values()], {k: o.body for k, o in objects.items()}
+            user_id, name, [o.info for o in objects.values()], {k: o.body for k, o in objects.items()},
+            listed_manifest=next((o.etag for o in listed if o.key == manifest_key), None),
         )
         main_info = next((i for i in infos if i.key == main_key), None)
         if main_info is None or main_key not in bodies:

@@ -15,6 +15,7 @@ import pytest
 from chalicelib.errors import AppError
 from chalicelib.services.skill_folders import SkillFolders
 from chalicelib.services.skills import SkillsService, SkillUpload
+from chalicelib.storage.base import ObjectNotFound
 from chalicelib.storage.listing import iter_all
 from chalicelib.storage.s3 import S3Store, build_s3_client
 from tests.support.fault_proxy import FaultProxy, FaultRule
@@ -105,6 +106,70 @@ def test_readers_see_the_old_folder_or_the_new_one_never_a_mix(store: S3Store) -
             r.join(timeout=60)
     assert torn == [], torn[:2]
     assert len(set(seen)) > 1  # the readers did read while the versions changed
+
+
+def test_a_reader_that_listed_before_an_upload_finished_reads_it_whole(store: S3Store) -> None:
+    """The race the test above finds now and then, made certain: a reader listed the folder
+    before upload 2 wrote its new file; by the time it read the bodies and asked whether an
+    upload was under way, upload 2 had finished and dropped its lease. Its manifest names a file
+    the listing lacks; the reader reads the folder again, instead of serving a mix as if the
+    difference had been made behind the API."""
+    service = SkillsService(store)
+    service.upload("ned", version(1))
+    folder = "users/ned/skills/multi/"
+    listed = iter_all(store, folder)
+    service.upload("ned", version(2))  # whole: files, manifest, old files deleted, lease dropped
+    fetched = {k: o for k, o in ((i.key, _get(store, i.key)) for i in listed) if o is not None}
+    assert folder + "only-2.txt" not in fetched  # the reader's view is torn: the new file unlisted
+    infos, bodies = SkillFolders(store).committed(
+        "ned", "multi", [o.info for o in fetched.values()], {k: o.body for k, o in fetched.items()},
+        listed_manifest=next(i.etag for i in listed if i.key.endswith(".skill-manifest.json")),
+    )
+    files = {k[len(folder):]: b.decode() for k, b in bodies.items() if not k.endswith("SKILL.md")}
+    assert files == {"common.txt": "v2", "only-2.txt": "v2"}
+    assert sorted(i.key[len(folder):] for i in infos) == ["SKILL.md", "common.txt", "only-2.txt"]
+
+
+def test_setup_sees_whole_folders_when_uploads_finish_between_its_listing_and_its_reads(store: S3Store) -> None:
+    """Setup's load (the listing before the uploads, bodies read after them) resolves every
+    folder the same way."""
+    service = SkillsService(store)
+    names = [f"multi-{i}" for i in range(12)]
+    for name in names:
+        service.upload("oda", SkillUpload(name=name, files={"SKILL.md": f"---\nname: {name}\ndescription: v1\n---\n",
+                                                             "a.txt": "v1", "old.txt": "v1"}))
+    listing = iter_all(store, "users/oda/skills/")
+    for name in names:
+        service.upload("oda", SkillUpload(name=name, files={"SKILL.md": f"---\nname: {name}\ndescription: v2\n---\n",
+                                                             "a.txt": "v2", "new.txt": "v2"}))
+    fetched = {i.key: _get(store, i.key) for i in listing}  # bodies read after the uploads
+    loaded = SkillFolders(store).committed_skill_files("oda", listing, {k: o.body for k, o in fetched.items() if o is not None})
+    for name in names:
+        mine = {k.rsplit("/", 1)[1]: v.decode() for k, v in loaded.items() if k.split("/")[3] == name}
+        assert mine.keys() == {"SKILL.md", "a.txt", "new.txt"} and mine["new.txt"] == "v2", (name, mine)
+
+
+def test_a_folder_changed_behind_the_api_costs_one_look_not_a_read_again(store: S3Store, moto_endpoint: str) -> None:
+    """The agent edited a file through the mount: no lease, and the listed manifest is still the
+    current one, so the reader serves what it found after one round trip (the lease and the
+    manifest's HEAD, at once), without reading the folder again."""
+    SkillsService(store).upload("pia", version(1))
+    store.put("users/pia/skills/multi/common.txt", b"edited by the agent")
+    with FaultProxy(moto_endpoint) as proxy:
+        proxied = S3Store(build_s3_client(storage_settings(proxy.url, store.bucket), boto3.session.Session()), store.bucket)
+        detail, _ = SkillsService(proxied).get("pia", "multi")
+        seen = [(r.method, r.target.split("?")[0].rsplit("/", 1)[-1]) for r in proxy.seen()]
+    assert detail.files["common.txt"] == "edited by the agent"
+    lists = [r for r in seen if r[0] == "GET" and r[1] in ("", store.bucket)]
+    assert len(lists) == 1, seen  # the folder was listed once
+    assert ("HEAD", ".skill-manifest.json") in seen and ("GET", "multi.json") in seen, seen
+
+
+def _get(store: S3Store, key: str):  # type: ignore[no-untyped-def]
+    try:
+        return store.get(key)
+    except ObjectNotFound:
+        return None
 
 
 def test_setup_load_honours_the_manifest(store: S3Store) -> None:
