@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel, ValidationError
@@ -165,10 +165,14 @@ class SkillFolders:
             bodies = {k: o.body for k, o in fetched.items() if o is not None}
             listing = [o.info for o in fetched.values() if o is not None]
 
-    def committed_skill_files(self, user_id: str, listing: list[ObjectInfo], bodies: dict[str, bytes]) -> dict[str, bytes]:
+    def committed_skill_files(self, user_id: str, listing: list[ObjectInfo], bodies: dict[str, bytes], *,
+                              moved: dict[str, str] | None = None) -> dict[str, bytes]:
         """`bodies` (keyed like `listing`, every skill of the user) restricted to what each
-        folder's manifest commits; flat skills pass through; manifests are left out."""
+        folder's manifest commits; flat skills pass through; manifests are left out. `moved`
+        holds the ETag of each body read in another version than the listing shows (the object
+        was rewritten in between): a folder is judged by the versions read."""
         prefix = layout.skills_prefix(user_id)
+        moved = moved or {}
         folders: dict[str, list[ObjectInfo]] = {}
         kept: dict[str, bytes] = {}
         for info in listing:
@@ -178,9 +182,13 @@ class SkillFolders:
                     kept[info.key] = bodies[info.key]
             else:
                 folders.setdefault(name, []).append(info)
+
         def resolve(item: tuple[str, list[ObjectInfo]]) -> dict[str, bytes]:
             name, infos = item
-            return self.committed(user_id, name, infos, {i.key: bodies[i.key] for i in infos if i.key in bodies})[1]
+            manifest_key = layout.skill_manifest_key(user_id, name)
+            read = [replace(i, etag=moved[i.key]) if i.key in moved else i for i in infos]
+            return self.committed(user_id, name, read, {i.key: bodies[i.key] for i in infos if i.key in bodies},
+                                  listed_manifest=next((i.etag for i in infos if i.key == manifest_key), None))[1]
 
         # A folder that needs another look (an upload under way, or just finished) costs a lease
         # read and a read again: all of them at once, not one folder after another.

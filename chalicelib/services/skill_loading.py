@@ -59,9 +59,14 @@ class SkillLoader:
         missing = match.missing
         if mains_only:
             missing = [i for i in missing if is_main_file(f"{SKILLS_DIR}/{i.key[len(prefix):]}")]
-        bodies = {**match.bodies, **self.cache.get_many(self.store, missing)}
-        # Folders are served as their manifest commits them (a concurrent upload is never half seen).
-        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies)
+        read = self.cache.read_many(self.store, missing)
+        bodies = {**match.bodies, **{key: body for key, (body, _) in read.items()}}
+        # Folders are served as their manifest commits them (a concurrent upload is never half
+        # seen), judged by the versions actually read: an object rewritten since the listing
+        # was read in its newer version.
+        listed = {i.key: i.etag for i in listing}
+        moved = {key: etag for key, (_, etag) in read.items() if listed.get(key) != etag}
+        bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies, moved=moved)
         files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
         # A mounted session fetched only the main files: the bundle can be rewritten from these
         # bodies only if nothing else was missing (else it would lose the other files' entries).

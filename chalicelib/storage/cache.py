@@ -26,7 +26,12 @@ class BodyCache:
 
     def get_many(self, store: ObjectStore, infos: list[ObjectInfo]) -> dict[str, bytes]:
         """Bodies of the listed objects: cached ones free, the rest fetched in parallel."""
-        found: dict[str, bytes] = {}
+        return {key: body for key, (body, _) in self.read_many(store, infos).items()}
+
+    def read_many(self, store: ObjectStore, infos: list[ObjectInfo]) -> dict[str, tuple[bytes, str]]:
+        """Like `get_many`, with the ETag of each body: the listed one, unless the object was
+        rewritten between the listing and its read (then the body is the newer one's)."""
+        found: dict[str, tuple[bytes, str]] = {}
         missing: list[ObjectInfo] = []
         with self._lock:
             for info in infos:
@@ -35,14 +40,14 @@ class BodyCache:
                     missing.append(info)
                 else:
                     self._items.move_to_end((info.key, info.etag))
-                    found[info.key] = body
+                    found[info.key] = (body, info.etag)
             self.hits += len(found)
             self.misses += len(missing)
         fetched = get_many(store, [i.key for i in missing])
         for key, obj in fetched.items():
             if obj is None:
                 continue  # deleted since the listing
-            found[key] = obj.body
+            found[key] = (obj.body, obj.info.etag)
             self._put(key, obj.info.etag, obj.body)
         return found
 

@@ -13,9 +13,13 @@ import boto3
 import pytest
 
 from chalicelib.errors import AppError
+from chalicelib.services.skill_bundle import SkillBundle
+from chalicelib.services.skill_catalog import SkillCatalog
 from chalicelib.services.skill_folders import SkillFolders
+from chalicelib.services.skill_loading import SkillLoader
 from chalicelib.services.skills import SkillsService, SkillUpload
 from chalicelib.storage.base import ObjectNotFound
+from chalicelib.storage.cache import BodyCache
 from chalicelib.storage.listing import iter_all
 from chalicelib.storage.s3 import S3Store, build_s3_client
 from tests.support.fault_proxy import FaultProxy, FaultRule
@@ -147,6 +151,29 @@ def test_setup_sees_whole_folders_when_uploads_finish_between_its_listing_and_it
     for name in names:
         mine = {k.rsplit("/", 1)[1]: v.decode() for k, v in loaded.items() if k.split("/")[3] == name}
         assert mine.keys() == {"SKILL.md", "a.txt", "new.txt"} and mine["new.txt"] == "v2", (name, mine)
+
+
+def test_setup_judges_a_folder_by_the_versions_it_read_not_the_ones_listed(store: S3Store) -> None:
+    """A warm process holds version 1's SKILL.md and manifest (cached by their listed ETags);
+    version 2 is uploaded between setup's listing and its read of common.txt. By the listing,
+    the folder looks whole; by what was read it is a mix. Setup reads it again and loads v2."""
+    service = SkillsService(store)
+
+    def upload(i: int) -> None:
+        skill = f"---\nname: duo\ndescription: Version {i}.\n---\nversion {i}\n"
+        service.upload("qin", SkillUpload(name="duo", files={"SKILL.md": skill, "common.txt": f"v{i}"}))
+
+    upload(1)
+    listing = iter_all(store, "users/qin/skills/")
+    cache = BodyCache()
+    for info in listing:
+        if not info.key.endswith("common.txt"):
+            cache.remember(info.key, info.etag, store.get(info.key).body)
+    upload(2)
+    loader = SkillLoader(store, cache, SkillCatalog(store))
+    files = loader.read("qin", listing, SkillBundle(store).load("qin")).files
+    loaded = {k.rsplit("/", 1)[1]: v.decode() for k, v in files.items()}
+    assert loaded == {"SKILL.md": "---\nname: duo\ndescription: Version 2.\n---\nversion 2\n", "common.txt": "v2"}
 
 
 def test_a_folder_changed_behind_the_api_costs_one_look_not_a_read_again(store: S3Store, moto_endpoint: str) -> None:
