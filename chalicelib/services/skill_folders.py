@@ -129,6 +129,23 @@ class SkillFolders:
         """The manifest for files (path inside the folder -> ETag) just written."""
         return Manifest(upload_id=upload_id, files=dict(sorted(etags.items()))).model_dump_json().encode()
 
+    def renew_manifest(self, user_id: str, name: str) -> None:
+        """After a failed upload put the folder back: its manifest again, same files, a new ETag,
+        so a reader that read the folder half-written sees it changed and reads it again."""
+        key = layout.skill_manifest_key(user_id, name)
+        try:
+            stored = self.store.get(key)
+        except ObjectNotFound:
+            return
+        manifest = _parse_manifest(stored.body)
+        if manifest is None:
+            return
+        body = manifest.model_copy(update={"upload_id": uuid.uuid4().hex}).model_dump_json().encode()
+        try:
+            self.store.put(key, body, content_type="application/json", if_match=stored.info.etag)
+        except (PreconditionFailed, ObjectNotFound):
+            pass  # rewritten meanwhile: its ETag changed anyway
+
     # -- readers -------------------------------------------------------------------------
 
     def committed(

@@ -243,35 +243,31 @@ class SkillsService:
         """
         stale: list[str] = []
         previous: dict[str, bytes] = {}
-        if form == "folder":
+        placeholder = False
+        if form == "folder" and lease is not None:
             folder = layout.skill_key(user_id, name) + "/"
-            wanted = {layout.skill_key(user_id, p) for p in files} | {layout.skill_manifest_key(user_id, name)}
+            manifest_key = layout.skill_manifest_key(user_id, name)
+            wanted = {layout.skill_key(user_id, p) for p in files} | {manifest_key}
             existing = [o.key for o in iter_all(self.store, folder)]
             stale = [k for k in existing if k not in wanted]
             replaced = [layout.skill_key(user_id, p) for p in files if layout.skill_key(user_id, p) in existing]
             previous = {k: o.body for k, o in get_many(self.store, replaced).items() if o is not None}
+            if manifest_key not in existing:
+                # Readers take a folder without a manifest as every file under it, so they would
+                # see this upload half-written: an empty manifest first hides it from them until
+                # the upload's own manifest names its files.
+                self.store.put(manifest_key, self.folders.manifest_body(lease.upload_id, {}), content_type="application/json")
+                placeholder = True
+        written: dict[str, ObjectInfo] = {}
         try:
-            info = self.store.put(
-                layout.skill_key(user_id, main),
-                files[main],
-                content_type="text/markdown; charset=utf-8",
-                if_match=if_match,
-                if_none_match=if_none_match,
-            )
-        except StoragePreconditionFailed:
-            raise PreconditionFailed(
-                f"Skill {name!r} " + ("already exists (If-None-Match: *)." if if_none_match else "changed since you read it (If-Match).")
-                + " GET it for the current ETag and retry.",
-            ) from None
-        except ObjectNotFound:  # S3 answers If-Match on a missing key with 404
-            raise PreconditionFailed(f"Skill {name!r} does not exist, so If-Match cannot match: drop If-Match to create it.") from None
-        written = {layout.skill_key(user_id, main): info}
-        if lease is not None:
-            try:
+            info = self._write_main(name, layout.skill_key(user_id, main), files[main], if_match, if_none_match)
+            written[layout.skill_key(user_id, main)] = info
+            if lease is not None:
                 self._write_rest(user_id, name, main, files, written, lease)
-            except Exception:
-                self._put_back(user_id, list(written), previous)
-                raise
+        except Exception:
+            if lease is not None:
+                self._put_back(user_id, name, list(written), previous, placeholder=placeholder)
+            raise
         if stale:
             self.store.delete_many(stale)
         for key, written_info in written.items():
@@ -284,6 +280,19 @@ class SkillsService:
             # The skill is stored: the list describes it from its file and folds it in.
             log.warning("catalog entry of skill %s of %s not written (the list will describe it): %s", name, user_id, exc)
         return info
+
+    def _write_main(self, name: str, key: str, body: bytes, if_match: str | None, if_none_match: bool) -> ObjectInfo:
+        """The skill's main file, under the client's precondition (412 when it does not hold)."""
+        try:
+            return self.store.put(key, body, content_type="text/markdown; charset=utf-8",
+                                  if_match=if_match, if_none_match=if_none_match)
+        except StoragePreconditionFailed:
+            raise PreconditionFailed(
+                f"Skill {name!r} " + ("already exists (If-None-Match: *)." if if_none_match else "changed since you read it (If-Match).")
+                + " GET it for the current ETag and retry.",
+            ) from None
+        except ObjectNotFound:  # S3 answers If-Match on a missing key with 404
+            raise PreconditionFailed(f"Skill {name!r} does not exist, so If-Match cannot match: drop If-Match to create it.") from None
 
     def _write_rest(self, user_id: str, name: str, main: str, files: dict[str, bytes],
                     written: dict[str, ObjectInfo], lease: FolderLease) -> None:
@@ -307,15 +316,25 @@ class SkillsService:
         info = self.store.put(manifest_key, manifest, content_type="application/json")
         self.cache.remember(manifest_key, info.etag, manifest)
 
-    def _put_back(self, user_id: str, written: list[str], previous: dict[str, bytes]) -> None:
-        """Undo a folder upload that failed half-way (best effort: deletes free space first)."""
+    def _put_back(self, user_id: str, name: str, written: list[str], previous: dict[str, bytes], *,
+                  placeholder: bool) -> None:
+        """Undo a folder upload that failed half-way (best effort: deletes free space first).
+
+        A reader that read the folder half-written must read it again: the manifest the upload
+        put up empty goes, and a manifest the folder had is written anew (same files, a new
+        ETag), which tells that reader the folder changed since its listing (see skill_folders).
+        """
         added = [k for k in written if k not in previous]
+        if placeholder:
+            added.append(layout.skill_manifest_key(user_id, name))
         try:
             if added:
                 self.store.delete_many(added)
             for key in written:
                 if key in previous:
                     self.store.put(key, previous[key], content_type=_content_type(key))
+            if written and not placeholder:
+                self.folders.renew_manifest(user_id, name)
         except StorageError as exc:
             log.error("folder upload of %s failed and could not be undone (%s): its previous manifest still "
                       "tells readers which files are its own", user_id, exc)

@@ -153,6 +153,33 @@ def test_setup_sees_whole_folders_when_uploads_finish_between_its_listing_and_it
         assert mine.keys() == {"SKILL.md", "a.txt", "new.txt"} and mine["new.txt"] == "v2", (name, mine)
 
 
+def test_a_first_upload_half_written_is_not_seen(store: S3Store, moto_endpoint: str) -> None:
+    """A folder's first upload holds back one file (its PUT hangs 2 s): a reader meanwhile gets
+    no such skill, or waits and gets it whole; never SKILL.md and common.txt without the rest."""
+    with FaultProxy(moto_endpoint) as proxy:
+        proxied = S3Store(build_s3_client(storage_settings(proxy.url, store.bucket), boto3.session.Session()), store.bucket)
+        proxy.add(FaultRule("PUT", r"/only-1\.txt$", action="hang", seconds=2.0))
+        uploading = threading.Thread(target=SkillsService(proxied).upload, args=("rae", version(1)))
+        uploading.start()
+        try:
+            deadline = time.monotonic() + 5
+            while "users/rae/skills/multi/common.txt" not in {o.key for o in iter_all(store, "users/rae/skills/")}:
+                assert time.monotonic() < deadline, "the upload never wrote common.txt"
+                time.sleep(0.02)
+            try:
+                detail, _ = SkillsService(store).get("rae", "multi")
+                assert assert_whole(detail.files, detail.content) == 1
+            except AppError as exc:
+                assert exc.code == "skill_not_found", exc
+            loaded = SkillFolders(store).committed_skill_files(
+                "rae", (listing := iter_all(store, "users/rae/skills/")), {i.key: store.get(i.key).body for i in listing})
+            assert {k.rsplit("/", 1)[1] for k in loaded} in (set(), {"SKILL.md", "common.txt", "only-1.txt"}), loaded
+        finally:
+            uploading.join(timeout=30)
+    detail, _ = SkillsService(store).get("rae", "multi")
+    assert assert_whole(detail.files, detail.content) == 1
+
+
 def test_setup_judges_a_folder_by_the_versions_it_read_not_the_ones_listed(store: S3Store) -> None:
     """A warm process holds version 1's SKILL.md and manifest (cached by their listed ETags);
     version 2 is uploaded between setup's listing and its read of common.txt. By the listing,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,28 @@ def test_a_folder_whose_write_is_refused_is_put_back_as_it_was(tmp_path: Path) -
     store.refuse = PREFIX + "pdf-tools/b.txt"
     with pytest.raises(StorageUnavailable):
         skills.upload(USER, SkillUpload(name="pdf-tools", files={"SKILL.md": SKILL_MD.replace("Fill", "Merge"), "a.txt": "two", "b.txt": "new"}))
-    assert {o.key: o.etag for o in iter_all(store, PREFIX)} == before
+    manifest = layout.skill_manifest_key(USER, "pdf-tools")
+    after = {o.key: o.etag for o in iter_all(store, PREFIX)}
+    # The same files with the same ETags; the manifest, same files, under a new ETag (a reader
+    # that read the folder half-written reads it again).
+    assert after.keys() == before.keys() and after[manifest] != before[manifest]
+    assert {k: e for k, e in after.items() if k != manifest} == {k: e for k, e in before.items() if k != manifest}
+    assert json.loads(store.get(manifest).body)["files"] == {"SKILL.md": before[PREFIX + "pdf-tools/SKILL.md"],
+                                                             "a.txt": before[PREFIX + "pdf-tools/a.txt"]}
     detail, _ = skills.get(USER, "pdf-tools")
     assert detail.content == SKILL_MD and detail.files == {"a.txt": "one"}
-    store.refuse = layout.skill_manifest_key(USER, "pdf-tools")  # the last write of all
+    store.refuse = manifest  # the last write of all (and the renewal: the manifest stays as it was)
     with pytest.raises(StorageUnavailable):
         skills.upload(USER, SkillUpload(name="pdf-tools", files={"SKILL.md": SKILL_MD.replace("Fill", "Merge"), "c.txt": "new"}))
-    assert {o.key: o.etag for o in iter_all(store, PREFIX)} == before
+    assert {o.key: o.etag for o in iter_all(store, PREFIX)} == after
+
+
+def test_a_new_folder_whose_write_is_refused_leaves_nothing(tmp_path: Path) -> None:
+    """The empty manifest a first upload puts up (readers see nothing of a half-written folder)
+    goes with the files when the upload fails."""
+    store = RefusingStore(tmp_path / "data")
+    skills = SkillsService(store)
+    store.refuse = PREFIX + "fresh/b.txt"
+    with pytest.raises(StorageUnavailable):
+        skills.upload(USER, SkillUpload(name="fresh", files={"SKILL.md": SKILL_MD.replace("pdf-tools", "fresh"), "b.txt": "x"}))
+    assert list(iter_all(store, PREFIX)) == []
