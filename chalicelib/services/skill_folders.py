@@ -10,7 +10,8 @@ folder ended with files from all ten. So:
   written nothing. The folder always ends as exactly one upload left it.
 - The upload writes the files, then the manifest `{name}/.skill-manifest.json` (its name can
   never be a user's file: skill paths may not start with a dot) listing each file with its
-  ETag, then deletes the files it replaced, then drops the lease.
+  ETag, then deletes the files it replaced, then drops the lease. Into a folder without a
+  manifest (its first upload) it first puts an empty one, which hides the files to come.
 - Readers (GET of the skill, setup) take a folder's files from its manifest. A listed file
   whose ETag differs, a missing one, or a file newer than the manifest that it does not list,
   while a lease is held, means an upload is half-way: the reader waits for it (bounded) and
@@ -19,8 +20,8 @@ folder ended with files from all ten. So:
   other than the one listed: the reader reads again too. Only with no lease and the listed
   manifest still current was the difference made behind the API (a tool, or the agent through
   the mount); it is served: the current content of listed files, plus files newer than the
-  manifest. (An upload that failed, and put the folder back, while a reader read it is the one
-  case still served as found: it leaves the listed manifest current.)
+  manifest. An upload that fails puts the folder back and writes its manifest again (same
+  files, a new ETag), so a reader that read it half-written reads it again too.
 
 A folder without a manifest (written behind the API) is every file under it, as before.
 """
