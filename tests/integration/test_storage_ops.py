@@ -30,8 +30,9 @@ SKILL_MD = "---\nname: pdf-tools\ndescription: PDFs. Use for PDFs.\n---\nbody"
 OPS: dict[str, dict[str, int]] = {
     "POST /users/{u}/skills (flat)": {"PutObject": 2},
     # A folder upload also takes the folder's writer lease (PUT, then a free DELETE) and
-    # writes its manifest last (skill_folders.py: concurrent uploads never merge).
-    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 5, "DeleteObject": 1},
+    # writes its manifest last (skill_folders.py: concurrent uploads never merge); a first upload
+    # puts up an empty manifest before its files (readers see none of it half-written).
+    "POST /users/{u}/skills (folder, 2 files)": {"ListObjectsV2": 1, "PutObject": 6, "DeleteObject": 1},
     # The listing alone: this process remembers each skill's entry by its main file's ETag.
     "GET /users/{u}/skills (3 flat, 1 folder)": {"ListObjectsV2": 1},
     # Another process: the catalog (none yet) and the 4 uploads' own entries, folded into one...
