@@ -51,7 +51,7 @@ LEASE_SECONDS = 30
 #: How long a writer waits for another writer's lease, and a reader for a half-way upload.
 WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.1
-#: Folders resolved at once by setup's load.
+#: Folders setup's load looks at once (those whose files differ from their manifest).
 _PARALLEL_FOLDERS = 16
 
 
@@ -61,13 +61,6 @@ class Manifest(BaseModel):
     version: int = 1
     upload_id: str
     files: dict[str, str]
-
-
-class _FromListing:
-    """`SkillFolders.committed`'s default: the listed manifest's ETag is the one in the listing."""
-
-
-FROM_LISTING = _FromListing()
 
 
 class _Lease(BaseModel):
@@ -151,34 +144,32 @@ class SkillFolders:
 
     def committed(
         self, user_id: str, name: str, listing: list[ObjectInfo], bodies: dict[str, bytes],
-        *, listed_manifest: str | None | _FromListing = FROM_LISTING,
+        *, listed_manifest: str | None,
     ) -> tuple[list[ObjectInfo], dict[str, bytes]]:
         """The folder's files as its last upload committed them (see the module docstring).
 
-        `listing` holds the folder's objects (the manifest included) and `bodies` at least the
-        manifest's body when there is one. `listed_manifest` is the manifest's ETag as the
-        folder was listed (None: there was none), when `listing` holds the infos of later reads;
-        by default, the one in `listing`. Returns the files (manifest excluded) and their bodies; when an upload is
-        half-way, or finished while the folder was read, it waits and reads the folder again.
+        `listing` holds the infos of the folder's objects as read (the manifest included) and
+        `bodies` at least the manifest's body when there is one; `listed_manifest` is the
+        manifest's ETag when the folder was listed (None: there was none). Returns the files
+        (manifest excluded) and their bodies; when an upload is half-way, or finished while the
+        folder was read, it waits and reads the folder again.
         """
         folder = layout.skill_key(user_id, name) + "/"
-        manifest_key = folder + MANIFEST_NAME
-        began = (next((i.etag for i in listing if i.key == manifest_key), None)
-                 if isinstance(listed_manifest, _FromListing) else listed_manifest)
+        began = listed_manifest
         deadline = time.monotonic() + self.wait_seconds
         while True:
             view = _resolve(folder, listing, bodies)
             if view.consistent:
-                return view.files, {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
+                return view.files, _bodies_of(view, bodies)
             live, manifest_now = self._look(user_id, name)
             if (not live and manifest_now == began) or time.monotonic() >= deadline:
                 # No upload holds the folder, and none committed a manifest since this reading
                 # began: the difference was made behind the API (or by a writer that died). Serve it.
-                return view.files, {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
+                return view.files, _bodies_of(view, bodies)
             if live:
                 time.sleep(random.uniform(_POLL_SECONDS / 2, _POLL_SECONDS))
             listed = iter_all(self.store, folder)
-            began = next((i.etag for i in listed if i.key == manifest_key), None)
+            began = manifest_etag(user_id, name, listed)
             fetched = get_many(self.store, [i.key for i in listed])
             bodies = {k: o.body for k, o in fetched.items() if o is not None}
             listing = [o.info for o in fetched.values() if o is not None]
@@ -200,19 +191,22 @@ class SkillFolders:
                     kept[info.key] = bodies[info.key]
             else:
                 folders.setdefault(name, []).append(info)
-
-        def resolve(item: tuple[str, list[ObjectInfo]]) -> dict[str, bytes]:
-            name, infos = item
-            manifest_key = layout.skill_manifest_key(user_id, name)
+        unsettled: list[tuple[str, list[ObjectInfo], dict[str, bytes], str | None]] = []
+        for name, infos in folders.items():
             read = [replace(i, etag=moved[i.key]) if i.key in moved else i for i in infos]
-            return self.committed(user_id, name, read, {i.key: bodies[i.key] for i in infos if i.key in bodies},
-                                  listed_manifest=next((i.etag for i in infos if i.key == manifest_key), None))[1]
-
-        # A folder that needs another look (an upload under way, or just finished) costs a lease
-        # read and a read again: all of them at once, not one folder after another.
-        with ThreadPoolExecutor(max_workers=max(1, min(_PARALLEL_FOLDERS, len(folders)))) as pool:
-            for folder_bodies in pool.map(resolve, folders.items()):
-                kept.update(folder_bodies)
+            folder_bodies = {i.key: bodies[i.key] for i in infos if i.key in bodies}
+            view = _resolve(layout.skill_key(user_id, name) + "/", read, folder_bodies)
+            if view.consistent:
+                kept.update(_bodies_of(view, folder_bodies))
+            else:
+                unsettled.append((name, read, folder_bodies, manifest_etag(user_id, name, infos)))
+        if unsettled:
+            # Each needs a look at its lease (and maybe a read again): all at once, not one
+            # folder after another.
+            with ThreadPoolExecutor(max_workers=min(_PARALLEL_FOLDERS, len(unsettled))) as pool:
+                for _, folder_bodies in pool.map(
+                        lambda u: self.committed(user_id, u[0], u[1], u[2], listed_manifest=u[3]), unsettled):
+                    kept.update(folder_bodies)
         return kept
 
     def _look(self, user_id: str, name: str) -> tuple[bool, str | None]:
@@ -272,6 +266,16 @@ def _resolve(folder: str, listing: list[ObjectInfo], bodies: dict[str, bytes]) -
             consistent = False  # newer than the manifest: an upload half-way, or a write behind the API
             files.append(info)
     return _View(sorted(files, key=lambda i: i.key), consistent)
+
+
+def manifest_etag(user_id: str, name: str, listing: list[ObjectInfo]) -> str | None:
+    """The ETag of the folder's manifest in a listing (None: not in it)."""
+    key = layout.skill_manifest_key(user_id, name)
+    return next((i.etag for i in listing if i.key == key), None)
+
+
+def _bodies_of(view: _View, bodies: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: bodies[k] for k in (i.key for i in view.files) if k in bodies}
 
 
 def _parse_manifest(body: bytes | None) -> Manifest | None:

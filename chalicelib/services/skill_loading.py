@@ -64,8 +64,8 @@ class SkillLoader:
         # Folders are served as their manifest commits them (a concurrent upload is never half
         # seen), judged by the versions actually read: an object rewritten since the listing
         # was read in its newer version.
-        listed = {i.key: i.etag for i in listing}
-        moved = {key: etag for key, (_, etag) in read.items() if listed.get(key) != etag}
+        listed = {i.key: i.etag for i in missing}
+        moved = {key: etag for key, (_, etag) in read.items() if listed[key] != etag}
         bodies_to_load = self.folders.committed_skill_files(user_id, listing, bodies, moved=moved)
         files = {f"{SKILLS_DIR}/{key[len(prefix):]}": body for key, body in bodies_to_load.items()}
         # A mounted session fetched only the main files: the bundle can be rewritten from these

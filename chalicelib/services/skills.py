@@ -27,7 +27,7 @@ from chalicelib.ids import validate_id, validate_skill_path
 from chalicelib.services.models import ApiModel
 from chalicelib.services.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from chalicelib.services.skill_catalog import LoadedCatalog, SkillCatalog, describe_main
-from chalicelib.services.skill_folders import FolderLease, SkillFolders
+from chalicelib.services.skill_folders import FolderLease, SkillFolders, manifest_etag
 from chalicelib.services.skill_format import (
     NAME_PATTERN,
     SKILL_FILE,
@@ -448,10 +448,9 @@ class SkillsService:
         objects = {k: o for k, o in get_many(self.store, keys).items() if o is not None}
         # The folder as its last upload committed it: never half of a concurrent upload, nor a
         # mix of the listing before an upload and the bodies after it.
-        manifest_key = layout.skill_manifest_key(user_id, name)
         infos, bodies = self.folders.committed(
             user_id, name, [o.info for o in objects.values()], {k: o.body for k, o in objects.items()},
-            listed_manifest=next((o.etag for o in listed if o.key == manifest_key), None),
+            listed_manifest=manifest_etag(user_id, name, listed),
         )
         main_info = next((i for i in infos if i.key == main_key), None)
         if main_info is None or main_key not in bodies:
